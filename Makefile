@@ -1,0 +1,38 @@
+# energydsl: `make demo` runs the main job, `make test` the tests; both set up .venv first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.energydsl-installed
+# The CPU build of PyTorch (a plain `torch` would pull a multi-GB CUDA build).
+TORCH  ?= torch==2.13.0
+
+.PHONY: setup demo test generate lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check '$(TORCH)'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/energydsl compile specs/dem.edsl specs/gbrbm.edsl specs/gaussian_rbm.edsl
+	$(BIN)/energydsl check specs/gbrbm.edsl specs/gaussian_rbm.edsl
+	$(BIN)/energydsl show specs/gbrbm.edsl
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+# Recompile every spec into generated/ (the golden files the tests compare against).
+generate: setup
+	$(BIN)/energydsl compile specs/*.edsl
+
+lint: setup
+	$(BIN)/ruff check energydsl tests bench generated
+
+bench: setup
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache dist build
