@@ -1,0 +1,246 @@
+"""Index-form algebra on SymPy expressions: small named rewrites and differentiation.
+
+SymPy's own `diff` and `doit` on `Sum`s over symbolic ranges produce `Piecewise`
+range conditions and `Product`s of exponentials; these rewrites keep sums in the
+shape a person writes them, so nothing ever expands to per-element scalars:
+
+- `make_sum`:   sum_i (a + b) = sum_i a + sum_i b;  sum_i c x_i = c sum_i x_i;
+                sum_i c = N c;  sum_i delta(i, p) f(i) = f(p);  sum_i sum_j f = sum_{i,j} f.
+- `substitute_index`: f(i)[i -> p] respecting bound indices (no capture).
+- `diff`:       d/dv[p] with Kronecker deltas resolved at once and the chain rule
+                through `let` definitions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import sympy as sp
+
+Limit = tuple[sp.Idx, sp.Expr, sp.Expr]
+
+
+def size_of(limit: Limit) -> sp.Expr:
+    return limit[2] - limit[1] + 1
+
+
+def bound_indices(expr: sp.Basic) -> set[sp.Symbol]:
+    """Every index bound by a Sum anywhere inside `expr`."""
+    found: set[sp.Symbol] = set()
+    for node in sp.preorder_traversal(expr):
+        if isinstance(node, sp.Sum):
+            found.update(limit[0] for limit in node.limits)
+    return found
+
+
+def fresh_like(index: sp.Idx, avoid: set[str]) -> sp.Idx:
+    """An index over the same range as `index` whose name is not in `avoid`."""
+    base = str(index.label).rstrip("0123456789'")
+    k = 1
+    while f"{base}{k}" in avoid:
+        k += 1
+    avoid.add(f"{base}{k}")
+    return sp.Idx(f"{base}{k}", (index.lower, index.upper))
+
+
+def _names(expr: sp.Basic) -> set[str]:
+    return {str(s) for s in expr.atoms(sp.Symbol, sp.Idx)} | {str(s) for s in bound_indices(expr)}
+
+
+def substitute_index(expr: sp.Expr, old: sp.Symbol, new: sp.Expr) -> sp.Expr:
+    """Replace the free index `old` by `new`; sums binding `old` are left alone and sums
+    binding a symbol of `new` are renamed first, so nothing is captured."""
+    if old not in expr.free_symbols:
+        return expr
+    if isinstance(expr, sp.Sum):
+        body, limits = expr.function, list(expr.limits)
+        clash = new.free_symbols if isinstance(new, sp.Basic) else set()
+        avoid = _names(expr) | {str(s) for s in clash}
+        for k, (idx, lo, hi) in enumerate(limits):
+            if idx in clash:
+                renamed = fresh_like(idx, avoid)
+                body = substitute_index(body, idx, renamed)
+                limits[k] = (renamed, lo, hi)
+        return sp.Sum(substitute_index(body, old, new), *limits)
+    if isinstance(expr, sp.Indexed):
+        return expr.base[tuple(new if i == old else i for i in expr.indices)]
+    if expr == old:
+        return new
+    if not expr.args:
+        return expr
+    return expr.func(*[substitute_index(a, old, new) for a in expr.args])
+
+
+def _delta_partner(factor: sp.Expr, index: sp.Symbol) -> sp.Symbol | None:
+    if isinstance(factor, sp.KroneckerDelta):
+        a, b = factor.args
+        if a == index and b != index:
+            return b
+        if b == index and a != index:
+            return a
+    return None
+
+
+def make_sum(body: sp.Expr, limits: Iterable[Limit]) -> sp.Expr:
+    """The normal form of sum_{limits} body (see the module docstring for the rules)."""
+    limits = [tuple(limit) for limit in limits]
+    body = sp.sympify(body)
+    if not limits:
+        return body
+    if body == 0:
+        return sp.S.Zero
+    if isinstance(body, sp.Add):
+        return sp.Add(*[make_sum(term, limits) for term in body.args])
+    if isinstance(body, sp.Sum):  # sum_i sum_j f = sum_{i,j} f
+        inner_limits = list(body.limits)
+        outer_names = {str(limit[0]) for limit in limits}
+        inner = body.function
+        avoid = _names(body) | outer_names
+        for k, (idx, lo, hi) in enumerate(inner_limits):
+            if str(idx) in outer_names:
+                renamed = fresh_like(idx, avoid)
+                inner = substitute_index(inner, idx, renamed)
+                inner_limits[k] = (renamed, lo, hi)
+        return make_sum(inner, limits + inner_limits)
+    factors = list(body.args) if isinstance(body, sp.Mul) else [body]
+    # sum_i delta(i, p) f(i) = f(p)
+    for limit in limits:
+        index = limit[0]
+        for k, factor in enumerate(factors):
+            partner = _delta_partner(factor, index)
+            if partner is not None:
+                rest = sp.Mul(*(factors[:k] + factors[k + 1:]))
+                remaining = [lim for lim in limits if lim[0] != index]
+                return make_sum(substitute_index(rest, index, partner), remaining)
+    # sum_i c x_i = c sum_i x_i ;  sum_i c = N c
+    indices = {limit[0] for limit in limits}
+    outside = [f for f in factors if not (f.free_symbols & indices)]
+    inside = [f for f in factors if f.free_symbols & indices]
+    scale = sp.Mul(*outside)
+    used = set().union(*(f.free_symbols for f in inside)) if inside else set()
+    kept = []
+    for limit in limits:
+        if limit[0] in used:
+            kept.append(limit)
+        else:
+            scale = scale * size_of(limit)
+    if not kept:
+        return scale * sp.Mul(*inside)
+    inner = sp.Mul(*inside)
+    if isinstance(inner, sp.Sum):
+        return scale * make_sum(inner.function, [*kept, *inner.limits]) \
+            if not ({str(lim[0]) for lim in kept} & {str(lim[0]) for lim in inner.limits}) \
+            else scale * sp.Sum(inner, *kept)
+    return scale * sp.Sum(inner, *kept)
+
+
+def normalise(expr: sp.Expr) -> sp.Expr:
+    """Rebuild bottom-up with every Sum in `make_sum` normal form."""
+    if not expr.args or isinstance(expr, (sp.Indexed, sp.Idx)):
+        return expr
+    if isinstance(expr, sp.Sum):
+        return make_sum(normalise(expr.function), expr.limits)
+    return expr.func(*[normalise(a) for a in expr.args])
+
+
+def contains_sum(expr: sp.Basic) -> bool:
+    return any(isinstance(node, sp.Sum) for node in sp.preorder_traversal(expr))
+
+
+def has_outer_sum(expr: sp.Basic) -> bool:
+    """A sum reachable through +, * and powers only (not inside a function): a term
+    that is itself a contraction, as opposed to an elementwise value like 1 - g."""
+    if isinstance(expr, sp.Sum):
+        return True
+    if isinstance(expr, (sp.Add, sp.Mul)):
+        return any(has_outer_sum(a) for a in expr.args)
+    if isinstance(expr, sp.Pow):
+        return has_outer_sum(expr.base)
+    return False
+
+
+def distribute(expr: sp.Expr) -> sp.Expr:
+    """a (b + c) = a b + a c, but only where b or c contains a sum: contractions then
+    reach the planner as separate einsums, while elementwise factors such as (1 - g)
+    stay whole and are computed once."""
+    if not expr.args or isinstance(expr, (sp.Indexed, sp.Idx)):
+        return expr
+    if isinstance(expr, sp.Sum):
+        return make_sum(distribute(expr.function), expr.limits)
+    args = [distribute(a) for a in expr.args]
+    if isinstance(expr, sp.Mul):
+        terms: list[sp.Expr] = [sp.S.One]
+        for factor in args:
+            if isinstance(factor, sp.Add) and has_outer_sum(factor):
+                terms = [t * part for t in terms for part in factor.args]
+            else:
+                terms = [t * factor for t in terms]
+        if len(terms) > 1:
+            return sp.Add(*[distribute(t) if isinstance(t, sp.Mul) else t for t in terms])
+        return terms[0]
+    return expr.func(*args)
+
+
+DefinitionLookup = Callable[[sp.Basic], object]
+
+
+def diff(expr: sp.Expr, var: sp.IndexedBase, at: tuple[sp.Expr, ...],
+         definition_of: DefinitionLookup | None = None) -> sp.Expr:
+    """d expr / d var[at], in index form.
+
+    `var[a]` differentiates to prod_k delta(a_k, at_k); sums resolve their deltas at
+    once (make_sum); `let` symbols are differentiated through their definitions (chain
+    rule), so derived expressions keep the named intermediates.
+    """
+
+    def d(node: sp.Expr) -> sp.Expr:
+        if node.is_Number or isinstance(node, sp.NumberSymbol):
+            return sp.S.Zero
+        if isinstance(node, sp.Indexed):
+            if node.base == var:
+                return sp.Mul(*[sp.KroneckerDelta(a, b) for a, b in zip(node.indices, at,
+                                                                        strict=True)])
+            definition = definition_of(node.base) if definition_of else None
+            if definition is not None:
+                body = definition.body
+                for formal, actual in zip(definition.indices, node.indices, strict=True):
+                    body = substitute_index(body, formal, actual)
+                return d(body)
+            return sp.S.Zero
+        if isinstance(node, sp.Symbol):
+            definition = definition_of(node) if definition_of else None
+            return d(definition.body) if definition is not None else sp.S.Zero
+        if isinstance(node, sp.Sum):
+            return make_sum(d(node.function), node.limits)
+        if isinstance(node, sp.Add):
+            return sp.Add(*[d(a) for a in node.args])
+        if isinstance(node, sp.Mul):
+            args = node.args
+            terms = []
+            for k, factor in enumerate(args):
+                dk = d(factor)
+                if dk != 0:
+                    terms.append(sp.Mul(*args[:k], dk, *args[k + 1:]))
+            return sp.Add(*terms)
+        if isinstance(node, sp.Pow):
+            base, exponent = node.args
+            d_base, d_exponent = d(base), d(exponent)
+            result = sp.S.Zero
+            if d_base != 0:
+                result += exponent * base ** (exponent - 1) * d_base
+            if d_exponent != 0:
+                result += node * sp.log(base) * d_exponent
+            return result
+        if isinstance(node, sp.KroneckerDelta):
+            return sp.S.Zero
+        if isinstance(node, sp.Function) and len(node.args) == 1:
+            inner = d(node.args[0])
+            if inner == 0:
+                return sp.S.Zero
+            return node.fdiff(1) * inner
+        if not (node.free_symbols & _var_symbols):
+            return sp.S.Zero
+        raise NotImplementedError(f"cannot differentiate {type(node).__name__}: {node}")
+
+    _var_symbols = {var} if isinstance(var, sp.Symbol) else {var.label}
+    return d(expr)

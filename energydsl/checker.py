@@ -1,0 +1,478 @@
+"""Stage 2, check: `syntax.Spec` -> `model.CheckedModel`.
+
+Resolves every name, checks arities and index ranges, infers the range of each bound
+index from the tensors it subscripts, and rejects names that would clash in the
+generated module. Errors are positioned; one diagnostic per faulty declaration.
+"""
+
+from __future__ import annotations
+
+import keyword
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import syntax as ast
+from .errors import Diagnostic, Span, SpecError, error
+from .model import (
+    CONTINUOUS_DOMAINS,
+    HIDDEN_DOMAINS,
+    CheckedModel,
+    Const,
+    Dim,
+    Initialiser,
+    Let,
+    Param,
+    Variable,
+)
+
+# Functions of the language, all elementwise and unary.
+FUNCTIONS = ("exp", "log", "log1p", "sqrt", "square", "softplus", "sigmoid", "tanh", "abs")
+
+KEYWORDS = ("model", "dim", "const", "visible", "hidden", "param", "let", "energy", "free",
+            "sum", "in", "where")
+
+# Names the generated module defines or inherits from torch.nn.Module: a spec name equal
+# to one of them would shadow a method. (Names starting with '_' are rejected wholesale.)
+RESERVED_ATTRIBUTES = frozenset("""
+    self torch math super cls dtype device
+    free_energy score laplacian sm_loss sm_terms reconstruct energy log_prob log_partition
+    sample precision dsm_loss ssm_loss nce_loss cnce_loss log_z spec_hash formulas
+    T_destination add_module apply bfloat16 buffers call_super_init children compile cpu
+    cuda double dump_patches eval extra_repr float forward get_buffer get_extra_state
+    get_parameter get_submodule half ipu load_state_dict modules mtia named_buffers
+    named_children named_modules named_parameters parameters register_backward_hook
+    register_buffer register_forward_hook register_forward_pre_hook
+    register_full_backward_hook register_full_backward_pre_hook
+    register_load_state_dict_post_hook register_load_state_dict_pre_hook register_module
+    register_parameter register_state_dict_post_hook register_state_dict_pre_hook
+    requires_grad_ set_extra_state set_submodule share_memory state_dict to to_empty train
+    training type xpu zero_grad
+""".split())
+
+INITIALISERS = {"normal": 1, "zeros": 0, "ones": 0, "constant": 1, "uniform": 2}
+DEFAULT_INIT = Initialiser("normal", (0.01,))
+
+
+def _describe_number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+@dataclass
+class _IndexBinding:
+    """An index in scope: where it was bound and every place it subscripts a tensor."""
+
+    ident: ast.Ident
+    explicit_range: ast.Ident | None
+    uses: list[tuple[str, ast.Ident, str, int]] = field(default_factory=list)
+
+
+class _Checker:
+    def __init__(self, spec: ast.Spec):
+        self.spec = spec
+        self.diagnostics: list[Diagnostic] = []
+        self.dims: dict[str, Dim] = {}
+        self.consts: dict[str, Const] = {}
+        self.variables: dict[str, Variable] = {}
+        self.params: dict[str, Param] = {}
+        self.lets: dict[str, Let] = {}
+        self.energies: list[ast.EnergyDecl] = []
+        self.declared: dict[str, Span] = {}
+        self.index_ranges: dict[ast.Ident, str] = {}
+
+    # ------------------------------------------------------------------ driver
+    def run(self) -> CheckedModel:
+        self._check_identifier(self.spec.model, "the model")
+        handlers: dict[type, Callable] = {
+            ast.DimDecl: self._dim,
+            ast.ConstDecl: self._const,
+            ast.VarDecl: self._variable,
+            ast.ParamDecl: self._param,
+            ast.LetDecl: self._let,
+            ast.EnergyDecl: self._energy,
+        }
+        for declaration in self.spec.declarations:
+            try:
+                handlers[type(declaration)](declaration)
+            except SpecError as exc:
+                self.diagnostics.extend(exc.diagnostics)
+        model = None
+        try:
+            model = self._assemble()
+        except SpecError as exc:
+            self.diagnostics.extend(exc.diagnostics)
+        if self.diagnostics:
+            raise SpecError(self.diagnostics)
+        assert model is not None
+        return model
+
+    def _assemble(self) -> CheckedModel:
+        visible = [v for v in self.variables.values() if v.role == "visible"]
+        hidden = {v.name: v for v in self.variables.values() if v.role == "hidden"}
+        end = Span(1, 1, len(self.spec.model.name) + 6)
+        if not visible:
+            raise error("the model declares no visible variable (e.g. 'visible v : real[D]')", end)
+        if len(visible) > 1:
+            raise error(f"only one visible variable is supported; '{visible[1].name}' is a "
+                        "second one", visible[1].span)
+        if not self.energies:
+            raise error("the model has no energy: write 'energy E(v, h) = ...' or "
+                        "'free energy F(v) = ...'", end)
+        for variable in [visible[0], *hidden.values()]:
+            if len(variable.shape) != 1:
+                raise error(f"{variable.role} variable '{variable.name}' must be a vector, "
+                            f"e.g. '{variable.role} {variable.name} : {variable.domain}[D]'",
+                            variable.span)
+        if len(self.energies) > 1:
+            raise error("the model has more than one energy", self.energies[1].name.span)
+        energy = self.energies[0]
+        if energy.role == "free_energy" and hidden:
+            name = next(iter(hidden))
+            raise error(f"a free energy F(v) cannot have hidden variables; '{name}' is hidden: "
+                        "write the joint energy E(v, h) instead", hidden[name].span)
+        return CheckedModel(
+            name=self.spec.model.name,
+            dims=self.dims,
+            consts=self.consts,
+            visible=visible[0],
+            hidden=hidden,
+            params=self.params,
+            lets=self.lets,
+            energy=energy,
+            index_ranges=self.index_ranges,
+        )
+
+    # ------------------------------------------------------------------ names
+    def _check_identifier(self, ident: ast.Ident, what: str) -> None:
+        name = ident.name
+        if name.startswith("_"):
+            raise error(f"'{name}' starts with '_', which is reserved for generated code; "
+                        f"choose another name for {what}", ident.span)
+        if name in KEYWORDS:
+            raise error(f"'{name}' is a keyword of the language and cannot name {what}",
+                        ident.span)
+        if keyword.iskeyword(name) or keyword.issoftkeyword(name):
+            raise error(f"'{name}' is a Python keyword and cannot name {what}", ident.span)
+        if name in FUNCTIONS:
+            raise error(f"'{name}' is a built-in function and cannot name {what}", ident.span)
+        if name in RESERVED_ATTRIBUTES and what != "the model":
+            raise error(f"'{name}' is used by the generated module and cannot name {what}",
+                        ident.span)
+
+    def _declare(self, ident: ast.Ident, what: str) -> None:
+        self._check_identifier(ident, what)
+        if ident.name in self.declared:
+            first = self.declared[ident.name]
+            raise error(f"'{ident.name}' is already declared (line {first.line})", ident.span)
+        if ident.name == self.spec.model.name:
+            raise error(f"'{ident.name}' is the model's name", ident.span)
+        self.declared[ident.name] = ident.span
+
+    # ------------------------------------------------------------------ declarations
+    def _dim(self, decl: ast.DimDecl) -> None:
+        self._declare(decl.name, "a dimension")
+        value = self._evaluate(decl.value, allow_consts=False)
+        if not (float(value).is_integer() and value >= 1):
+            raise error(f"dimension '{decl.name.name}' must be a positive integer, "
+                        f"got {_describe_number(value)}", _expr_span(decl.value))
+        derived = None if isinstance(decl.value, ast.Number) else decl.value
+        self.dims[decl.name.name] = Dim(decl.name.name, int(value), derived, decl.name.span)
+
+    def _const(self, decl: ast.ConstDecl) -> None:
+        self._declare(decl.name, "a constant")
+        value = self._evaluate(decl.value, allow_consts=True)
+        self.consts[decl.name.name] = Const(decl.name.name, value, decl.name.span)
+
+    def _shape(self, shape: tuple[ast.Ident, ...]) -> tuple[str, ...]:
+        for dim in shape:
+            if dim.name not in self.dims:
+                hint = " (declare it with 'dim')" if dim.name not in self.declared else ""
+                raise error(f"'{dim.name}' is not a dimension{hint}", dim.span)
+        return tuple(dim.name for dim in shape)
+
+    def _variable(self, decl: ast.VarDecl) -> None:
+        self._declare(decl.name, f"a {decl.role} variable")
+        domain = decl.domain.name
+        allowed = ("real",) if decl.role == "visible" else HIDDEN_DOMAINS
+        if domain not in allowed:
+            raise error(f"unknown domain '{domain}' for a {decl.role} variable; expected "
+                        + " or ".join(f"'{d}'" for d in allowed), decl.domain.span)
+        shape = self._shape(decl.shape)
+        self.variables[decl.name.name] = Variable(decl.name.name, decl.role, domain, shape,
+                                                  decl.name.span)
+
+    def _param(self, decl: ast.ParamDecl) -> None:
+        self._declare(decl.name, "a parameter")
+        shape = self._shape(decl.shape)
+        init = DEFAULT_INIT
+        if decl.init is not None:
+            kind = decl.init.name.name
+            if kind not in INITIALISERS:
+                raise error(f"unknown initialiser '{kind}'; expected one of "
+                            + ", ".join(INITIALISERS), decl.init.name.span)
+            arity = INITIALISERS[kind]
+            if len(decl.init.args) != arity:
+                raise error(f"initialiser '{kind}' takes {arity} argument"
+                            f"{'s' if arity != 1 else ''}, got {len(decl.init.args)}",
+                            decl.init.span)
+            args = tuple(float(self._evaluate(a, allow_consts=True)) for a in decl.init.args)
+            if kind == "normal" and args[0] < 0:
+                raise error("the scale of 'normal' must be non-negative", decl.init.span)
+            init = Initialiser(kind, args)
+        if decl.attributes:
+            attribute = decl.attributes[0]
+            raise error(f"unknown parameter attribute '{attribute.name.name}'",
+                        attribute.name.span)
+        self.params[decl.name.name] = Param(decl.name.name, shape, init, decl.name.span)
+
+    def _let(self, decl: ast.LetDecl) -> None:
+        self._declare(decl.name, "a definition")
+        scope: dict[str, _IndexBinding] = {}
+        for index in decl.indices:
+            if index.name in scope:
+                raise error(f"index '{index.name}' appears twice in '{decl.name.name}'",
+                            index.span)
+            scope[index.name] = _IndexBinding(index, None)
+        self._expression(decl.value, scope, where=f"'{decl.name.name}'")
+        shape = []
+        for index in decl.indices:
+            binding = scope[index.name]
+            if not binding.uses:
+                raise error(f"index '{index.name}' of '{decl.name.name}' does not appear in "
+                            "its definition", index.span)
+            shape.append(self._resolve_range(binding))
+        self.lets[decl.name.name] = Let(decl.name.name, decl.indices, tuple(shape), decl.value,
+                                        decl.name.span)
+
+    def _energy(self, decl: ast.EnergyDecl) -> None:
+        self._declare(decl.name, "the energy")
+        self.energies.append(decl)
+        seen: set[str] = set()
+        for position, arg in enumerate(decl.args):
+            variable = self.variables.get(arg.name)
+            if variable is None:
+                raise error(f"'{arg.name}' is not a declared variable", arg.span)
+            if arg.name in seen:
+                raise error(f"'{arg.name}' appears twice among the energy's arguments", arg.span)
+            seen.add(arg.name)
+            if position == 0 and variable.role != "visible":
+                raise error(f"the first argument of the energy must be the visible variable, "
+                            f"not the hidden '{arg.name}'", arg.span)
+            if position > 0 and variable.role != "hidden":
+                raise error(f"'{arg.name}' is visible; only the first argument may be",
+                            arg.span)
+        missing = [v.name for v in self.variables.values()
+                   if v.role == "hidden" and v.name not in seen]
+        if missing and decl.role == "energy":
+            raise error(f"the energy must list every hidden variable; '{missing[0]}' is missing",
+                        decl.name.span)
+        self._expression(decl.value, {}, where="the energy")
+        if not self._mentions(decl.value, next(iter(decl.args)).name):
+            raise error(f"the energy does not depend on '{decl.args[0].name}'",
+                        _expr_span(decl.value))
+
+    # ------------------------------------------------------------------ expressions
+    def _expression(self, expr: ast.Expr, scope: dict[str, _IndexBinding], where: str) -> None:
+        """Check names and arities; record every index use for range inference."""
+        if isinstance(expr, ast.Number):
+            _number_value(expr)
+        elif isinstance(expr, ast.Name):
+            self._scalar_name(expr, where)
+        elif isinstance(expr, ast.Indexed):
+            self._indexed(expr, scope, where)
+        elif isinstance(expr, ast.Call):
+            name = expr.func.name
+            if name not in FUNCTIONS:
+                raise error(f"unknown function '{name}'; the language has "
+                            + ", ".join(FUNCTIONS), expr.func.span)
+            if len(expr.args) != 1:
+                raise error(f"'{name}' takes 1 argument, got {len(expr.args)}", expr.span)
+            self._expression(expr.args[0], scope, where)
+        elif isinstance(expr, ast.Unary):
+            self._expression(expr.operand, scope, where)
+        elif isinstance(expr, ast.Binary):
+            self._expression(expr.left, scope, where)
+            self._expression(expr.right, scope, where)
+        elif isinstance(expr, ast.SumExpr):
+            self._sum(expr, scope, where)
+        else:  # pragma: no cover - the parser builds nothing else
+            raise TypeError(f"unexpected node {expr!r}")
+
+    def _scalar_name(self, expr: ast.Name, where: str) -> None:
+        name = expr.name
+        if name in self.dims or name in self.consts:
+            return
+        shape = self._tensor_shape(name, expr.span, where)
+        if shape:
+            raise error(f"'{name}' has {len(shape)} "
+                        f"ind{'ices' if len(shape) != 1 else 'ex'} but is used as {name}",
+                        expr.span)
+
+    def _tensor_shape(self, name: str, span: Span, where: str) -> tuple[str, ...]:
+        if name in self.variables:
+            variable = self.variables[name]
+            if variable.role == "hidden" and where != "the energy":
+                raise error(f"hidden variable '{name}' can only appear in the energy", span)
+            return variable.shape
+        if name in self.params:
+            return self.params[name].shape
+        if name in self.lets:
+            return self.lets[name].shape
+        if name in self.dims or name in self.consts:
+            raise error(f"'{name}' is a scalar and cannot be indexed", span)
+        raise error(f"unknown name '{name}'", span)
+
+    def _indexed(self, expr: ast.Indexed, scope: dict[str, _IndexBinding], where: str) -> None:
+        name = expr.base.name
+        shape = self._tensor_shape(name, expr.base.span, where)
+        if len(shape) != len(expr.indices):
+            used = f"{name}[{', '.join(i.name for i in expr.indices)}]"
+            if not shape:
+                raise error(f"'{name}' is a scalar but is used as {used}", expr.span)
+            raise error(f"'{name}' has {len(shape)} ind{'ices' if len(shape) != 1 else 'ex'} "
+                        f"but is used as {used}", expr.span)
+        for axis, index in enumerate(expr.indices):
+            if [i.name for i in expr.indices].count(index.name) > 1:
+                raise error(f"index '{index.name}' appears twice in {name}[...]; a diagonal "
+                            "is not supported", index.span)
+            binding = scope.get(index.name)
+            if binding is None:
+                raise error(f"index '{index.name}' is not bound by a sum"
+                            + (f" nor an index of {where}" if where.startswith("'") else ""),
+                            index.span)
+            self._use(binding, shape[axis], index, name, axis)
+
+    def _use(self, binding: _IndexBinding, dim: str, index: ast.Ident, tensor: str,
+             axis: int) -> None:
+        """Record a use; report at once if it contradicts the range known so far."""
+        known = binding.explicit_range.name if binding.explicit_range else None
+        origin = "as declared"
+        if known is None and binding.uses:
+            known, first, first_tensor, _ = binding.uses[0]
+            origin = f"from {first_tensor}[...] at line {first.span.line}"
+        if known is not None and known != dim:
+            raise error(f"dimension mismatch: index '{index.name}' ranges over {known} ({origin}) "
+                        f"but axis {axis + 1} of '{tensor}' has size {dim}", index.span)
+        binding.uses.append((dim, index, tensor, axis))
+
+    def _resolve_range(self, binding: _IndexBinding) -> str:
+        if binding.explicit_range is not None:
+            dim = binding.explicit_range.name
+        elif binding.uses:
+            dim = binding.uses[0][0]
+        else:
+            raise error(f"cannot infer the range of index '{binding.ident.name}': nothing in "
+                        f"the sum is indexed by it; write sum({binding.ident.name} in D: ...)",
+                        binding.ident.span)
+        self.index_ranges[binding.ident] = dim
+        return dim
+
+    def _sum(self, expr: ast.SumExpr, scope: dict[str, _IndexBinding], where: str) -> None:
+        inner = dict(scope)
+        new: list[_IndexBinding] = []
+        for binding in expr.bindings:
+            name = binding.index.name
+            if name in inner:
+                taken = "an enclosing sum" if name in scope else "this sum"
+                raise error(f"index '{name}' is already bound by {taken}", binding.index.span)
+            if binding.range is not None and binding.range.name not in self.dims:
+                raise error(f"'{binding.range.name}' is not a dimension", binding.range.span)
+            if name in self.declared:
+                raise error(f"index '{name}' has the name of a declared "
+                            f"{self._kind(name)}", binding.index.span)
+            record = _IndexBinding(binding.index, binding.range)
+            inner[name] = record
+            new.append(record)
+        self._expression(expr.body, inner, where)
+        for record in new:
+            self._resolve_range(record)
+
+    def _kind(self, name: str) -> str:
+        for kind, table in (("dimension", self.dims), ("constant", self.consts),
+                            ("variable", self.variables), ("parameter", self.params),
+                            ("definition", self.lets)):
+            if name in table:
+                return kind
+        return "name"
+
+    def _mentions(self, expr: ast.Expr, name: str) -> bool:
+        if isinstance(expr, ast.Name):
+            return expr.name == name or (expr.name in self.lets
+                                         and self._mentions(self.lets[expr.name].value, name))
+        if isinstance(expr, ast.Indexed):
+            return expr.base.name == name or (
+                expr.base.name in self.lets
+                and self._mentions(self.lets[expr.base.name].value, name))
+        if isinstance(expr, ast.Call):
+            return any(self._mentions(a, name) for a in expr.args)
+        if isinstance(expr, ast.Unary):
+            return self._mentions(expr.operand, name)
+        if isinstance(expr, ast.Binary):
+            return self._mentions(expr.left, name) or self._mentions(expr.right, name)
+        if isinstance(expr, ast.SumExpr):
+            return self._mentions(expr.body, name)
+        return False
+
+    # ------------------------------------------------------------------ constant folding
+    def _evaluate(self, expr: ast.Expr, allow_consts: bool) -> int | float:
+        """Value of a dimension or constant formula (numbers, dims, earlier constants)."""
+        if isinstance(expr, ast.Number):
+            return _number_value(expr)
+        if isinstance(expr, ast.Name):
+            if expr.name in self.dims:
+                return self.dims[expr.name].default
+            if allow_consts and expr.name in self.consts:
+                return self.consts[expr.name].default
+            what = "dimensions and numbers" if not allow_consts else \
+                "numbers, dimensions and constants"
+            raise error(f"'{expr.name}' cannot appear here: only {what} can", expr.span)
+        if isinstance(expr, ast.Unary):
+            value = self._evaluate(expr.operand, allow_consts)
+            return -value if expr.op == "-" else value
+        if isinstance(expr, ast.Binary):
+            left = self._evaluate(expr.left, allow_consts)
+            right = self._evaluate(expr.right, allow_consts)
+            try:
+                if expr.op == "+":
+                    value = left + right
+                elif expr.op == "-":
+                    value = left - right
+                elif expr.op == "*":
+                    value = left * right
+                elif expr.op == "/":
+                    value = left / right
+                    if float(value).is_integer() and isinstance(left, int) \
+                            and isinstance(right, int):
+                        value = int(value)
+                else:
+                    value = left ** right
+            except (ZeroDivisionError, OverflowError, ValueError, TypeError) as exc:
+                raise error(f"cannot evaluate this constant: {exc}", expr.span) from None
+            if isinstance(value, complex) or not math.isfinite(value):
+                raise error("this constant is not a finite real number", expr.span)
+            return value
+        raise error("only numbers, dimensions and constants can appear here", _expr_span(expr))
+
+
+def _number_value(number: ast.Number) -> int | float:
+    text = number.text
+    try:
+        if all(c.isdigit() for c in text):
+            if len(text) > 30:
+                raise OverflowError
+            return int(text)
+        value = float(text)
+    except (OverflowError, ValueError):
+        raise error(f"number {text} is out of range", number.span) from None
+    if not math.isfinite(value):
+        raise error(f"number {text} is out of range", number.span)
+    return value
+
+
+def _expr_span(expr: ast.Expr) -> Span:
+    return expr.span
+
+
+def check(spec: ast.Spec) -> CheckedModel:
+    """Resolve and check a parsed spec; raise SpecError listing every faulty declaration."""
+    return _Checker(spec).run()

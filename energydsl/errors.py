@@ -1,0 +1,58 @@
+"""One error hierarchy and one diagnostic format for every stage.
+
+Stages raise `SpecError` carrying positioned `Diagnostic`s; only the CLI prints them.
+The format is GCC's (`path:line:col: error: message`), followed by the source line and
+a caret, so editors and users find the spot at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Span:
+    """A position in a spec: 1-based line and column, and the length to underline."""
+
+    line: int
+    column: int
+    length: int = 1
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    message: str
+    span: Span | None = None
+    severity: str = "error"
+
+    def format(self, path: str, source: str | None) -> str:
+        """Render as `path:line:col: error: message`, the source line and a caret."""
+        if self.span is None:
+            return f"{path}: {self.severity}: {self.message}"
+        head = f"{path}:{self.span.line}:{self.span.column}: {self.severity}: {self.message}"
+        lines = source.splitlines() if source is not None else []
+        if not 1 <= self.span.line <= len(lines):
+            return head
+        text = lines[self.span.line - 1].expandtabs(1)
+        start = max(self.span.column - 1, 0)
+        length = max(1, min(self.span.length, max(len(text) - start, 1)))
+        caret = " " * start + "^" + "~" * (length - 1)
+        return f"{head}\n    {text}\n    {caret}"
+
+
+class SpecError(Exception):
+    """A mistake in the user's spec: reported with positions, never with a traceback."""
+
+    def __init__(self, diagnostics: list[Diagnostic] | Diagnostic):
+        if isinstance(diagnostics, Diagnostic):
+            diagnostics = [diagnostics]
+        self.diagnostics = list(diagnostics)
+        super().__init__("; ".join(d.message for d in self.diagnostics))
+
+    def format(self, path: str, source: str | None) -> str:
+        return "\n".join(d.format(path, source) for d in self.diagnostics)
+
+
+def error(message: str, span: Span | None = None) -> SpecError:
+    """Shorthand for a single-diagnostic SpecError."""
+    return SpecError(Diagnostic(message, span))

@@ -1,0 +1,289 @@
+"""Stage 4, marginalise: joint energy E(v, h) -> free energy F(v) = -log sum_h exp(-E).
+
+Per hidden unit, by SymPy: the terms of E that involve a generic unit h[u] form its
+unit energy e(h_u; v); summing exp(-e) over {0,1} or {-1,+1}, or integrating it over
+the reals (a Gaussian unit) or the positive reals (a Gamma-type unit), gives the unit's
+log-partition log z_u(v), and F = E_0(v) - sum_u log z_u(v). Terms coupling two units
+(h[j] h[k], or h inside a nonlinear function of a sum over units) are errors, as are
+integrals that diverge or have no closed form. Convergence conditions on constants
+become checks on the defaults here and in the generated constructor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import sympy as sp
+
+from .algebra import distribute, make_sum, normalise, substitute_index
+from .errors import SpecError, error
+from .functions import log1p, rewrite_log_one_plus, softplus
+from .lower import SymbolicModel
+from .model import DISCRETE_DOMAINS
+from .printing import dsl_str
+
+
+@dataclass(frozen=True)
+class HiddenUnit:
+    """What marginalisation learned about one hidden variable, per generic unit `index`.
+
+    `energy` is e(symbol; v), the part of E involving unit `index`; `log_partition` is
+    log z(v) = log sum/int exp(-e) over the unit's domain. Conditionals follow from both.
+    """
+
+    name: str
+    domain: str
+    index: sp.Idx
+    symbol: sp.Symbol
+    energy: sp.Expr
+    log_partition: sp.Expr
+
+
+@dataclass
+class FreeEnergyModel:
+    symbolic: SymbolicModel
+    free_energy: sp.Expr  # F(v), per sample, constants included
+    energy: sp.Expr | None  # E(v, h) when the spec gives one
+    hidden: dict[str, HiddenUnit] = field(default_factory=dict)
+    # Conditions on constants (e.g. gamma > 0) under which the integrals converge.
+    conditions: list[sp.Basic] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.symbolic.name
+
+
+def _hidden_occurrences(term: sp.Expr, hidden: dict[str, sp.IndexedBase]) -> dict[str, set]:
+    found: dict[str, set] = {}
+    for node in term.atoms(sp.Indexed):
+        for name, base in hidden.items():
+            if node.base == base:
+                found.setdefault(name, set()).add(node.indices)
+    return found
+
+
+def _split_outer_sum(term: sp.Expr) -> tuple[sp.Expr, sp.Sum | None]:
+    """term = coefficient * Sum(...): the outermost sum factor, if any."""
+    factors = sp.Mul.make_args(term)
+    sums = [f for f in factors if isinstance(f, sp.Sum)]
+    hidden_sums = [s for s in sums if s.atoms(sp.Indexed)]
+    if len(hidden_sums) != 1:
+        return term, None
+    outer = hidden_sums[0]
+    return sp.Mul(*[f for f in factors if f is not outer]), outer
+
+
+class _Marginaliser:
+    def __init__(self, model: SymbolicModel, span):
+        self.model = model
+        self.span = span
+        self.conditions: list[sp.Basic] = []
+
+    def fail(self, message: str) -> SpecError:
+        return error(message, self.span)
+
+    def unit_energies(self, energy: sp.Expr) -> tuple[sp.Expr, dict[str, tuple]]:
+        """Split E into E_0(v) and, per hidden variable, (unit index, symbol, e(h_u))."""
+        hidden = self.model.hidden
+        visible_part = sp.S.Zero
+        units: dict[str, tuple] = {}
+        for name, base in hidden.items():
+            dim = self.model.checked.hidden[name].shape[0]
+            domain = self.model.checked.hidden[name].domain
+            assumptions = {"positive": True} if domain == "positive" else {"real": True}
+            units[name] = [None, sp.Symbol(name, **assumptions), [], dim]
+        for term in sp.Add.make_args(distribute(normalise(energy))):
+            occurrences = _hidden_occurrences(term, hidden)
+            if not occurrences:
+                visible_part += term
+                continue
+            if len(occurrences) > 1:
+                a, b = sorted(occurrences)[:2]
+                raise self.fail(f"cannot marginalise: hidden variables '{a}' and '{b}' interact "
+                                f"in the term {dsl_str(term)}")
+            (name, index_sets), = occurrences.items()
+            if len(index_sets) > 1:
+                shown = " and ".join(sorted(f"{name}[{', '.join(map(str, ix))}]"
+                                            for ix in index_sets))
+                raise self.fail(f"cannot marginalise '{name}': units {shown} interact in the "
+                                f"term {dsl_str(term)}")
+            (indices,) = index_sets
+            coefficient, outer = _split_outer_sum(term)
+            bound = {limit[0] for limit in outer.limits} if outer is not None else set()
+            if outer is None or indices[0] not in bound:
+                raise self.fail(f"cannot marginalise '{name}': in the term {dsl_str(term)} the "
+                                f"units of '{name}' interact (they appear inside a nonlinear "
+                                f"function of a sum over them)")
+            index = indices[0]
+            if units[name][0] is None:  # name the generic unit as the spec's first sum does
+                units[name][0] = index
+            unit_index, symbol, pieces, _ = units[name]
+            limits = [limit for limit in outer.limits if limit[0] != index]
+            body = substitute_index(outer.function, index, unit_index)
+            body = body.xreplace({hidden[name][unit_index]: symbol})
+            if body.atoms(sp.Indexed) & {hidden[name][unit_index]}:
+                raise self.fail(f"cannot marginalise '{name}' in the term {dsl_str(term)}")
+            pieces.append(coefficient * make_sum(body, limits))
+        return visible_part, {n: (u if u is not None else self.model.index(dim, "u"), s,
+                                  sp.Add(*p)) for n, (u, s, p, dim) in units.items()}
+
+    def log_partition(self, name: str, domain: str, symbol: sp.Symbol, e: sp.Expr) -> sp.Expr:
+        if symbol not in e.free_symbols:
+            raise self.fail(f"the energy does not depend on hidden variable '{name}'")
+        if domain in DISCRETE_DOMAINS:
+            return _discrete_log_partition(symbol, e, DISCRETE_DOMAINS[domain])
+        keep = set(self.model.consts.values()) | set(self.model.dims.values())
+        placeholders, e_local = _abstract_visible(e, symbol, keep)
+        if domain == "real":
+            log_z, condition = self._gaussian(name, symbol, e_local)
+        else:
+            log_z, condition = self._positive(name, symbol, e_local)
+        back = {dummy: original for original, dummy in placeholders.items()}
+        self._record(name, condition.xreplace(back) if condition is not True else True)
+        return log_z.xreplace(back)
+
+    def _gaussian(self, name: str, h: sp.Symbol, e: sp.Expr) -> tuple[sp.Expr, object]:
+        """int exp(-(a h^2 + b h + c)) dh over the reals, after completing the square."""
+        try:
+            poly = sp.Poly(sp.expand(e), h)
+        except sp.PolynomialError:
+            poly = None
+        if poly is None or poly.degree() > 2 or any(
+                coeff.has(h) for coeff in poly.all_coeffs()):
+            raise self.fail(f"cannot marginalise real hidden variable '{name}': its energy "
+                            f"{dsl_str(e)} is not quadratic in {name}, so the integral has no "
+                            "closed form")
+        a, b, c = (poly.coeff_monomial(h**2), poly.coeff_monomial(h), poly.coeff_monomial(1))
+        if poly.degree() < 2 or a.is_nonpositive:
+            raise self.fail(f"the integral over real hidden variable '{name}' diverges: its "
+                            f"energy {dsl_str(e)} is not bounded below in {name} (the "
+                            f"coefficient of {name}^2 must be positive)")
+        if not a.is_positive:
+            raise self.fail(f"cannot show that the integral over '{name}' converges: the "
+                            f"coefficient of {name}^2, {dsl_str(a)}, must be positive")
+        log_z = _integrate_gaussian(a) + b**2 / (4 * a) - c
+        return log_z, True
+
+    def _positive(self, name: str, h: sp.Symbol, e: sp.Expr) -> tuple[sp.Expr, object]:
+        """int exp(-e) dh over h > 0 by SymPy, e.g. a Gamma-type unit a h + k log h."""
+        parts = sp.collect(sp.expand(e), [sp.log(h), h], evaluate=False)
+        if set(parts) - {sp.log(h), h, sp.S.One} or any(v.has(h) for v in parts.values()):
+            raise self.fail(f"cannot marginalise positive hidden variable '{name}': its energy "
+                            f"{dsl_str(e)} is not of the form a {name} + k log({name}) + c")
+        rate = parts.get(h, sp.S.Zero)
+        power = parts.get(sp.log(h), sp.S.Zero)
+        constant = parts.get(sp.S.One, sp.S.Zero)
+        if rate.is_nonpositive or rate == 0:
+            raise self.fail(f"the integral over positive hidden variable '{name}' diverges: "
+                            f"the coefficient of {name} must be positive")
+        if not rate.is_positive:
+            raise self.fail(f"cannot show that the integral over '{name}' converges: the "
+                            f"coefficient of {name}, {dsl_str(rate)}, must be positive")
+        value, condition = _integrate_gamma(power)
+        log_z = sp.expand(sp.expand_log(sp.log(value.subs(_RATE, rate)), force=True)) - constant
+        log_z = log_z.replace(lambda x: isinstance(x, sp.log) and isinstance(x.args[0], sp.gamma),
+                              lambda x: sp.loggamma(x.args[0].args[0]))
+        return log_z, condition
+
+    def _record(self, name: str, condition) -> None:
+        """Keep a convergence condition on constants; reject one that fails or depends on
+        parameters or v."""
+        condition = sp.simplify(condition) if condition is not True else sp.true
+        if condition == sp.true:
+            return
+        if condition == sp.false:
+            raise self.fail(f"the integral over hidden variable '{name}' diverges")
+        constants = set(self.model.consts.values())
+        if not condition.free_symbols <= constants:
+            raise self.fail(f"the integral over '{name}' converges only if "
+                            f"{dsl_str(condition)}, which this compiler cannot guarantee")
+        defaults = {self.model.consts[c.name]: self.model.checked.consts[c.name].default
+                    for c in self.model.consts.values()}
+        if condition.xreplace({k: sp.nsimplify(v) for k, v in defaults.items()}) != sp.true:
+            shown = ", ".join(f"{k} = {v}" for k, v in sorted(
+                (str(c), defaults[c]) for c in condition.free_symbols))
+            raise self.fail(f"the integral over '{name}' converges only if "
+                            f"{dsl_str(condition)}, but {shown}")
+        self.conditions.append(condition)
+
+
+_RATE = sp.Dummy("rate", positive=True)
+_HS = sp.Symbol("h", positive=True)
+_PRECISION = sp.Dummy("a", positive=True)
+_U = sp.Symbol("u", real=True)
+
+
+@lru_cache(maxsize=1)
+def _log_gaussian_integral() -> sp.Expr:
+    value, _ = sp.integrate(sp.exp(-_PRECISION * _U**2), (_U, -sp.oo, sp.oo), conds="separate")
+    return sp.expand_log(sp.log(value), force=True)
+
+
+def _integrate_gaussian(a: sp.Expr) -> sp.Expr:
+    """log int exp(-a u^2) du = log(pi / a) / 2, by SymPy (cached: it is always the same)."""
+    return sp.expand(sp.expand_log(_log_gaussian_integral().subs(_PRECISION, a), force=True))
+
+
+@lru_cache(maxsize=64)
+def _integrate_gamma_cached(power: sp.Expr) -> tuple[sp.Expr, object]:
+    integrand = _HS ** (-power) * sp.exp(-_RATE * _HS)
+    result = sp.integrate(integrand, (_HS, 0, sp.oo), conds="separate")
+    if not isinstance(result, tuple) or result[0].has(sp.Integral):
+        raise ValueError("no closed form")
+    return result
+
+
+def _integrate_gamma(power: sp.Expr) -> tuple[sp.Expr, object]:
+    try:
+        return _integrate_gamma_cached(power)
+    except ValueError:
+        raise error("the integral over a positive hidden unit has no closed form") from None
+
+
+def _abstract_visible(e: sp.Expr, h: sp.Symbol, keep: set) -> tuple[dict, sp.Expr]:
+    """Replace each sum and tensor entry (and scalar parameter) by a real placeholder, so
+    SymPy integrates a small expression whatever the spec's sizes; constants in `keep`
+    stay, so convergence conditions can name them."""
+    placeholders: dict[sp.Expr, sp.Dummy] = {}
+
+    def visit(node: sp.Expr) -> sp.Expr:
+        if isinstance(node, (sp.Sum, sp.Indexed)) or (
+                isinstance(node, sp.Symbol) and node != h and node not in keep):
+            if h not in node.free_symbols:
+                if node not in placeholders:
+                    placeholders[node] = sp.Dummy("x", real=True)
+                return placeholders[node]
+        if not node.args:
+            return node
+        return node.func(*[visit(a) for a in node.args])
+
+    return placeholders, visit(e)
+
+
+def _discrete_log_partition(h: sp.Symbol, e: sp.Expr, values: tuple[int, int]) -> sp.Expr:
+    """log(exp(-e(a)) + exp(-e(b))) = -e(a) + softplus(e(a) - e(b)): stable in float32."""
+    first, second = (e.subs(h, value) for value in values)
+    return -first + softplus(sp.expand(first - second))
+
+
+def marginalise(model: SymbolicModel) -> FreeEnergyModel:
+    """Derive F(v) by marginalising every hidden unit; a free-energy spec passes through."""
+    decl = model.checked.energy
+    if decl.role == "free_energy":
+        return FreeEnergyModel(model, model.energy, None)
+    worker = _Marginaliser(model, decl.value.span)
+    visible_part, units = worker.unit_energies(model.energy)
+    free_energy = visible_part
+    hidden = {}
+    for name, (index, symbol, e) in units.items():
+        domain = model.checked.hidden[name].domain
+        log_z = worker.log_partition(name, domain, symbol, e)
+        log_z = rewrite_log_one_plus(sp.expand(log_z))
+        hidden[name] = HiddenUnit(name, domain, index, symbol, e, log_z)
+        free_energy = free_energy - make_sum(log_z, [(index, 0, index.upper)])
+    free_energy = normalise(free_energy)
+    return FreeEnergyModel(model, free_energy, model.energy, hidden, worker.conditions)
+
+
+__all__ = ["FreeEnergyModel", "HiddenUnit", "marginalise", "log1p"]

@@ -1,0 +1,89 @@
+"""The checked model: what `checker` proved about a spec, in tables later stages read.
+
+Expressions stay as AST (`syntax`) nodes; `index_ranges` gives the dimension of every
+bound index (sum bindings and `let` indices), keyed by the binding's `Ident`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import syntax as ast
+from .errors import Span
+
+DISCRETE_DOMAINS = {"binary": (0, 1), "spin": (-1, 1)}
+CONTINUOUS_DOMAINS = ("real", "positive")
+HIDDEN_DOMAINS = tuple(DISCRETE_DOMAINS) + CONTINUOUS_DOMAINS
+
+
+@dataclass(frozen=True)
+class Dim:
+    name: str
+    default: int
+    derived_from: ast.Expr | None  # a formula of other dims; None for a constructor argument
+    span: Span
+
+
+@dataclass(frozen=True)
+class Const:
+    name: str
+    default: int | float
+    span: Span
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    role: str  # "visible" or "hidden"
+    domain: str  # real, positive, binary, spin
+    shape: tuple[str, ...]
+    span: Span
+
+
+@dataclass(frozen=True)
+class Initialiser:
+    kind: str  # normal, zeros, ones, constant, uniform
+    args: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    shape: tuple[str, ...]
+    init: Initialiser
+    span: Span
+
+
+@dataclass(frozen=True)
+class Let:
+    name: str
+    indices: tuple[ast.Ident, ...]
+    shape: tuple[str, ...]
+    value: ast.Expr
+    span: Span
+
+
+@dataclass
+class CheckedModel:
+    name: str
+    dims: dict[str, Dim]
+    consts: dict[str, Const]
+    visible: Variable
+    hidden: dict[str, Variable]
+    params: dict[str, Param]
+    lets: dict[str, Let]
+    energy: ast.EnergyDecl
+    index_ranges: dict[ast.Ident, str] = field(default_factory=dict)
+
+    def shape_of(self, name: str) -> tuple[str, ...]:
+        """Declared shape of a tensor name (variable, parameter or let)."""
+        if name == self.visible.name:
+            return self.visible.shape
+        for table in (self.hidden, self.params, self.lets):
+            if name in table:
+                return table[name].shape
+        raise KeyError(name)
+
+    @property
+    def has_hidden(self) -> bool:
+        return bool(self.hidden)

@@ -1,0 +1,118 @@
+"""Companion library: the course's generative models that are not energy-based.
+
+Every model is a plain ``torch.nn.Module`` following the protocol shared with the generated
+energy models:
+
+- ``loss(x)``: the training objective, a scalar tensor, lower is better;
+- ``log_prob(x)``: per-example log-likelihood, shape [N], where the model has one;
+  ``log_prob_kind`` says whether it is ``"exact"``, a ``"lower_bound"`` or ``"none"``
+  (then the method does not exist: autoencoders, GANs);
+- ``sample(n, generator=None)``: n samples shaped ``(n, *model.event_shape)``, i.e. [n, D]
+  for flat models or [n, 1, side, side] for image models;
+- ``data_kind``: ``"binary"`` ({0, 1} data) or ``"continuous"`` (values in [0, 1]).
+
+All models take flat data [N, D]; image models also accept [N, 1, side, side]. The GAN
+additionally has ``discriminator_loss``, ``generator_loss`` and ``train_step``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from .autoencoders import MLPAE, ConvAE, DenoisingAE, LinearAE, SparseAE
+from .autoregressive import FVSBN, LSTMAR, MADE, NADE, MaskedConv2d, PixelCNN
+from .flows import NICE, AdditiveCoupling, AffineCoupling, RealNVP, make_mask
+from .gan import (
+    DCGAN,
+    GAN,
+    discriminator_loss_from_logits,
+    generator_loss_from_logits,
+    minimax_value,
+)
+from .vae import VAE, ConvVAE, gaussian_kl
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "linear_ae": LinearAE,
+    "mlp_ae": MLPAE,
+    "conv_ae": ConvAE,
+    "denoising_ae": DenoisingAE,
+    "sparse_ae": SparseAE,
+    "vae": VAE,
+    "conv_vae": ConvVAE,
+    "gan": GAN,
+    "dcgan": DCGAN,
+    "nice": NICE,
+    "realnvp": RealNVP,
+    "fvsbn": FVSBN,
+    "nade": NADE,
+    "made": MADE,
+    "pixelcnn": PixelCNN,
+    "lstm_ar": LSTMAR,
+}
+
+#: What data each registered model expects with its default arguments.
+DATA_KINDS: dict[str, str] = {
+    name: str(getattr(cls, "data_kind", "continuous")) for name, cls in MODELS.items()
+}
+
+DATA_NOTES: dict[str, str] = {
+    "linear_ae": "continuous in [0, 1] (MSE reconstruction)",
+    "mlp_ae": "continuous in [0, 1] (MSE reconstruction; recon='bce' for binary)",
+    "conv_ae": "continuous in [0, 1], images side x side",
+    "denoising_ae": "continuous in [0, 1]",
+    "sparse_ae": "continuous in [0, 1]",
+    "vae": "binary {0, 1} (Bernoulli decoder); continuous with likelihood='gaussian'",
+    "conv_vae": "binary {0, 1} images (Bernoulli); continuous with likelihood='gaussian'",
+    "gan": "continuous in [0, 1] (generator output is (tanh + 1) / 2)",
+    "dcgan": "continuous in [0, 1] images side x side",
+    "nice": "continuous in [0, 1], discrete with `levels` values (uniformly dequantised)",
+    "realnvp": "continuous in [0, 1], discrete with `levels` values (logit dequantisation)",
+    "fvsbn": "binary {0, 1}",
+    "nade": "binary {0, 1}",
+    "made": "binary {0, 1}",
+    "pixelcnn": "binary {0, 1} images side x side",
+    "lstm_ar": "binary {0, 1}",
+}
+
+
+def create(name: str, **kwargs: object) -> nn.Module:
+    """Build the registered model ``name`` with keyword arguments."""
+    try:
+        factory = MODELS[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; known: {sorted(MODELS)}") from None
+    return factory(**kwargs)
+
+
+__all__ = [
+    "MODELS",
+    "DATA_KINDS",
+    "DATA_NOTES",
+    "create",
+    "LinearAE",
+    "MLPAE",
+    "ConvAE",
+    "DenoisingAE",
+    "SparseAE",
+    "VAE",
+    "ConvVAE",
+    "gaussian_kl",
+    "GAN",
+    "DCGAN",
+    "minimax_value",
+    "discriminator_loss_from_logits",
+    "generator_loss_from_logits",
+    "NICE",
+    "RealNVP",
+    "AdditiveCoupling",
+    "AffineCoupling",
+    "make_mask",
+    "FVSBN",
+    "NADE",
+    "MADE",
+    "PixelCNN",
+    "MaskedConv2d",
+    "LSTMAR",
+]

@@ -1,0 +1,277 @@
+"""Generative adversarial networks (seed 001, question 2; DCGAN guidelines of seed 004).
+
+Value function (seed 001, 2.2):  V(D, G) = E_pdata[log D(x)] + E_pz[log(1 - D(G(z)))].
+The discriminator outputs a *logit* l, D = sigmoid(l), so log D = logsigmoid(l) and
+log(1 - D) = logsigmoid(-l) are evaluated stably. For fixed G the best discriminator is
+D* = p_d / (p_d + p_g) and V(D*, G) = -log 4 + 2 JSD(p_d || p_g), which is -log 4 at
+p_g = p_d (seed 001, 2.3).
+
+A GAN has no likelihood: there is **no** ``log_prob`` (``log_prob_kind = "none"``), and no
+single objective either. Training alternates ``discriminator_loss(x)`` (minimised by D) and
+``generator_loss(n)`` (minimised by G); ``train_step(x, opt_d, opt_g)`` does one of each.
+``loss(x)`` returns their sum for monitoring only: minimising it is not GAN training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._utils import as_flat, as_images, randn
+
+__all__ = [
+    "GAN",
+    "DCGAN",
+    "minimax_value",
+    "discriminator_loss_from_logits",
+    "generator_loss_from_logits",
+]
+
+_GENERATOR_LOSSES = ("non_saturating", "minimax")
+
+
+def _weighted_mean(values: Tensor, weights: Tensor | None) -> Tensor:
+    if weights is None:
+        return values.mean()
+    return (values * weights).sum() / weights.sum()
+
+
+def minimax_value(
+    logit_real: Tensor,
+    logit_fake: Tensor,
+    weight_real: Tensor | None = None,
+    weight_fake: Tensor | None = None,
+) -> Tensor:
+    """V(D, G) = E_real[log D] + E_fake[log(1 - D)] from discriminator logits.
+
+    Plain means over samples, or weighted means (e.g. quadrature weights p(x_i) dx) when
+    weights are given; weights are normalised to sum to one.
+    """
+    return _weighted_mean(F.logsigmoid(logit_real), weight_real) + _weighted_mean(
+        F.logsigmoid(-logit_fake), weight_fake
+    )
+
+
+def discriminator_loss_from_logits(
+    logit_real: Tensor,
+    logit_fake: Tensor,
+    real_label: float = 1.0,
+    weight_real: Tensor | None = None,
+    weight_fake: Tensor | None = None,
+) -> Tensor:
+    """Binary cross-entropy of D with target ``real_label`` on real data and 0 on fakes.
+
+    ``real_label = 1`` gives exactly -V(D, G). ``real_label < 1`` is one-sided label
+    smoothing (seed 001, 2.5): the per-point optimum becomes
+    D = real_label * p_d / (p_d + p_g), which keeps D from saturating early.
+    """
+    real = F.binary_cross_entropy_with_logits(
+        logit_real, torch.full_like(logit_real, real_label), reduction="none"
+    )
+    fake = F.softplus(logit_fake)  # = -log(1 - sigmoid(l))
+    return _weighted_mean(real, weight_real) + _weighted_mean(fake, weight_fake)
+
+
+def generator_loss_from_logits(logit_fake: Tensor, kind: str = "non_saturating") -> Tensor:
+    """Generator objective from D's logits on fakes (seed 001, 2.4).
+
+    ``"minimax"``: minimise E[log(1 - D(G(z)))] = -E[softplus(l)]; its gradient
+    -sigmoid(l) vanishes when D confidently rejects fakes (l -> -inf), early in training.
+    ``"non_saturating"``: minimise -E[log D(G(z))] = E[softplus(-l)]; gradient
+    -sigmoid(-l) -> -1 there, so G still learns.
+    """
+    if kind == "minimax":
+        return -F.softplus(logit_fake).mean()
+    if kind == "non_saturating":
+        return F.softplus(-logit_fake).mean()
+    raise ValueError(f"kind must be one of {_GENERATOR_LOSSES}, got {kind!r}")
+
+
+class GAN(nn.Module):
+    """MLP GAN of seed 001 (2.5), for flat data in [0, 1].
+
+    Generator: z (N(0, I), ``z_dim``) -> Linear 128 -> LeakyReLU(0.2) -> [Linear -> BatchNorm
+    -> LeakyReLU(0.2)] for 256, 512, 1024 -> Linear D -> tanh, mapped to [0, 1] by
+    (t + 1) / 2. Discriminator: D -> 512 -> 256 -> 1 with LeakyReLU(0.2); it returns the
+    logit (the sigmoid of the seed is folded into the losses). No ``log_prob``.
+    """
+
+    data_kind = "continuous"
+    log_prob_kind = "none"
+
+    def __init__(
+        self,
+        dim: int = 64,
+        z_dim: int = 100,
+        generator_hidden: Sequence[int] = (128, 256, 512, 1024),
+        discriminator_hidden: Sequence[int] = (512, 256),
+        generator_loss_kind: str = "non_saturating",
+        real_label: float = 0.9,
+        leak: float = 0.2,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.event_shape: tuple[int, ...] = (dim,)
+        self._init_common(z_dim, generator_loss_kind, real_label)
+        g: list[nn.Module] = []
+        widths = [z_dim, *generator_hidden]
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+            g.append(nn.Linear(a, b))
+            if i > 0:  # seed 001: no BatchNorm after the first layer
+                g.append(nn.BatchNorm1d(b))
+            g.append(nn.LeakyReLU(leak))
+        g += [nn.Linear(widths[-1], dim), nn.Tanh()]
+        self.generator_net = nn.Sequential(*g)
+        d: list[nn.Module] = []
+        widths = [dim, *discriminator_hidden]
+        for a, b in zip(widths[:-1], widths[1:], strict=True):
+            d += [nn.Linear(a, b), nn.LeakyReLU(leak)]
+        d.append(nn.Linear(widths[-1], 1))
+        self.discriminator_net = nn.Sequential(*d)
+
+    def _init_common(self, z_dim: int, generator_loss_kind: str, real_label: float) -> None:
+        if generator_loss_kind not in _GENERATOR_LOSSES:
+            raise ValueError(
+                f"generator_loss_kind must be one of {_GENERATOR_LOSSES}, "
+                f"got {generator_loss_kind!r}"
+            )
+        if not 0.0 < real_label <= 1.0:
+            raise ValueError(f"real_label must be in (0, 1], got {real_label}")
+        self.z_dim = z_dim
+        self.generator_loss_kind = generator_loss_kind
+        self.real_label = real_label
+
+    # -- layout hooks -------------------------------------------------------------------
+    def _prepare(self, x: Tensor) -> Tensor:
+        return as_flat(x, self.dim)
+
+    def _noise(self, n: int, generator: torch.Generator | None) -> Tensor:
+        return randn((n, self.z_dim), self, generator)
+
+    # -- networks -----------------------------------------------------------------------
+    def generate(self, z: Tensor) -> Tensor:
+        """G(z) in [0, 1] (tanh output rescaled), shaped like the data."""
+        return (self.generator_net(z) + 1) / 2
+
+    def discriminate(self, x: Tensor) -> Tensor:
+        """Discriminator logit l(x), shape [N]; D(x) = sigmoid(l(x))."""
+        return self.discriminator_net(self._prepare(x)).reshape(-1)
+
+    def fake(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n generator samples with gradients, in the module's current train/eval mode."""
+        return self.generate(self._noise(n, generator))
+
+    # -- objectives ---------------------------------------------------------------------
+    def discriminator_loss(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """D's loss on a real batch x and as many (detached) fakes; minimised by D only."""
+        x = self._prepare(x)
+        fake = self.fake(x.shape[0], generator).detach()
+        return discriminator_loss_from_logits(
+            self.discriminate(x), self.discriminate(fake), self.real_label
+        )
+
+    def generator_loss(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """G's loss on n fresh fakes (non-saturating or minimax); minimised by G only."""
+        return generator_loss_from_logits(
+            self.discriminate(self.fake(n, generator)), self.generator_loss_kind
+        )
+
+    def loss(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """discriminator_loss(x) + generator_loss(len(x)): for monitoring only.
+
+        The two players minimise different objectives; use ``train_step`` to train.
+        """
+        n = x.shape[0]
+        return self.discriminator_loss(x, generator) + self.generator_loss(n, generator)
+
+    def train_step(
+        self,
+        x: Tensor,
+        opt_d: torch.optim.Optimizer,
+        opt_g: torch.optim.Optimizer,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, float]:
+        """One discriminator update then one generator update; returns both losses.
+
+        ``opt_d`` must hold the discriminator's parameters and ``opt_g`` the generator's.
+        """
+        opt_d.zero_grad(set_to_none=True)
+        d_loss = self.discriminator_loss(x, generator)
+        d_loss.backward()
+        opt_d.step()
+        opt_g.zero_grad(set_to_none=True)
+        g_loss = self.generator_loss(x.shape[0], generator)
+        g_loss.backward()
+        opt_g.step()
+        return {
+            "discriminator_loss": float(d_loss.detach()),
+            "generator_loss": float(g_loss.detach()),
+        }
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n samples G(z), z ~ N(0, I), with the generator in eval mode.
+
+        Eval mode makes BatchNorm use its running statistics, so sampling is deterministic
+        given the noise, works for n = 1 and leaves the statistics untouched.
+        """
+        was_training = self.generator_net.training
+        self.generator_net.eval()
+        try:
+            out = self.generate(self._noise(n, generator))
+        finally:
+            self.generator_net.train(was_training)
+        return out.reshape(n, *self.event_shape)
+
+
+class DCGAN(GAN):
+    """DCGAN for [N, 1, side, side] images (side divisible by 4), per seed 004's guidelines.
+
+    Strided convolutions instead of pooling in D and transposed convolutions in G; no fully
+    connected hidden layers (z enters as a 1x1 image); BatchNorm in both networks (not on
+    D's input layer nor G's output, as in the DCGAN paper); ReLU in G except the tanh
+    output (rescaled to [0, 1]); LeakyReLU in D. Accepts flat [N, side*side] data too.
+    """
+
+    def __init__(
+        self,
+        side: int = 8,
+        z_dim: int = 100,
+        channels: int = 32,
+        generator_loss_kind: str = "non_saturating",
+        real_label: float = 0.9,
+        leak: float = 0.2,
+    ) -> None:
+        nn.Module.__init__(self)
+        if side % 4:
+            raise ValueError(f"side must be divisible by 4, got {side}")
+        self.side = side
+        self.dim = side * side
+        self.event_shape = (1, side, side)
+        self._init_common(z_dim, generator_loss_kind, real_label)
+        s4, c, c2 = side // 4, channels, 2 * channels
+        self.generator_net = nn.Sequential(
+            nn.Unflatten(1, (z_dim, 1, 1)),
+            nn.ConvTranspose2d(z_dim, c2, s4, bias=False),  # 1x1 -> side/4
+            nn.BatchNorm2d(c2),
+            nn.ReLU(),
+            nn.ConvTranspose2d(c2, c, 4, stride=2, padding=1, bias=False),  # -> side/2
+            nn.BatchNorm2d(c),
+            nn.ReLU(),
+            nn.ConvTranspose2d(c, 1, 4, stride=2, padding=1),  # -> side
+            nn.Tanh(),
+        )
+        self.discriminator_net = nn.Sequential(
+            nn.Conv2d(1, c, 4, stride=2, padding=1),  # -> side/2
+            nn.LeakyReLU(leak),
+            nn.Conv2d(c, c2, 4, stride=2, padding=1, bias=False),  # -> side/4
+            nn.BatchNorm2d(c2),
+            nn.LeakyReLU(leak),
+            nn.Conv2d(c2, 1, s4),  # -> 1x1 logit
+        )
+
+    def _prepare(self, x: Tensor) -> Tensor:
+        return as_images(x, self.side)

@@ -1,0 +1,225 @@
+"""Variational autoencoders (seed 001, question 1): MLP and convolutional encoder/decoder.
+
+Generative model p(z) = N(0, I), p(x|z) Bernoulli(logits = g(z)) or N(mean = g(z), diag std^2);
+approximate posterior q(z|x) = N(mu(x), diag std(x)^2), sampled with the reparameterisation
+z = mu + std * eps so gradients reach the encoder (seed 001, 1.11).
+
+- ``elbo(x)``: E_q[log p(x|z)] - KL(q(z|x) || p(z)), one reparameterised sample and the
+  closed-form Gaussian KL (seed 001, 1.5/1.10). ``loss(x) = -mean(elbo(x))``.
+- ``iw_log_prob(x, k)``: the importance-weighted estimate
+  log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x) (seed 001, 1.4, with q as proposal).
+  Its expectation is a lower bound on log p(x) that is at least the ELBO, grows with k and
+  tends to log p(x). ``log_prob(x)`` returns it with ``n_importance`` samples, so it is a
+  stochastic *lower bound*, not the exact likelihood (``log_prob_kind = "lower_bound"``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import Normal
+
+from ._utils import as_flat, as_images, bernoulli_log_prob, randn, sample_bernoulli
+
+__all__ = ["VAE", "ConvVAE", "gaussian_kl"]
+
+_LIKELIHOODS = ("bernoulli", "gaussian")
+# Floor on the encoder's standard deviation: keeps log std finite in float32.
+_MIN_ENCODER_STD = 1e-4
+
+
+def gaussian_kl(mu: Tensor, std: Tensor) -> Tensor:
+    """KL(N(mu, diag std^2) || N(0, I)) per example, summed over the last dim.
+
+    Closed form (seed 001, 1.5): 1/2 sum(std^2 + mu^2 - 1) - sum(log std).
+    """
+    return 0.5 * (std.pow(2) + mu.pow(2) - 1).sum(-1) - torch.log(std).sum(-1)
+
+
+class VAE(nn.Module):
+    """MLP VAE as in seed 001 (1.12): D -> hidden (ReLU) -> (mu, std); z -> hidden (tanh) -> D.
+
+    ``likelihood="bernoulli"`` (binary data, BCE-with-logits) or ``"gaussian"`` (continuous
+    data; per-pixel learned std, floored at ``min_std`` so always-constant pixels cannot
+    make the density unbounded). Data are flat [N, D].
+    """
+
+    data_kind = "binary"
+    log_prob_kind = "lower_bound"
+
+    def __init__(
+        self,
+        dim: int = 64,
+        hidden: int = 128,
+        z_dim: int = 8,
+        likelihood: str = "bernoulli",
+        min_std: float = 1e-2,
+        n_importance: int = 16,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.event_shape: tuple[int, ...] = (dim,)
+        self._init_common(z_dim, likelihood, min_std, n_importance)
+        self.encoder = nn.Sequential(
+            nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 2 * z_dim)
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(z_dim, hidden), nn.Tanh(), nn.Linear(hidden, dim)
+        )
+
+    def _init_common(self, z_dim: int, likelihood: str, min_std: float, n_importance: int) -> None:
+        if likelihood not in _LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {_LIKELIHOODS}, got {likelihood!r}")
+        self.z_dim = z_dim
+        self.likelihood = likelihood
+        self.min_std = min_std
+        self.n_importance = n_importance
+        self.data_kind = "binary" if likelihood == "bernoulli" else "continuous"
+        if likelihood == "gaussian":
+            # softplus(0.5413) = 1: decoder std starts at about 1.
+            self.decoder_std_raw = nn.Parameter(torch.full(self.event_shape, 0.5413))
+
+    # -- layout -------------------------------------------------------------------------
+    def _prepare(self, x: Tensor) -> Tensor:
+        return as_flat(x, self.dim)
+
+    def _decoder_out(self, z: Tensor) -> Tensor:
+        """Raw decoder output with any leading dims: [..., z_dim] -> [..., *event_shape]."""
+        return self.decoder(z)
+
+    # -- distributions ------------------------------------------------------------------
+    def encode(self, x: Tensor) -> Normal:
+        """q(z|x) as a torch Normal with batch shape [N, z_dim]."""
+        mu, raw = self.encoder(self._prepare(x)).chunk(2, dim=-1)
+        return Normal(mu, F.softplus(raw) + _MIN_ENCODER_STD)
+
+    def decoder_std(self) -> Tensor:
+        """Per-pixel std of the Gaussian decoder."""
+        return F.softplus(self.decoder_std_raw) + self.min_std
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Decoder mean: sigmoid(logits) for Bernoulli, the mean for Gaussian."""
+        out = self._decoder_out(z)
+        return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
+
+    def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
+        """log p(x|z) summed over pixels; z may have leading sample dims ([K, N, z_dim])."""
+        out = self._decoder_out(z)
+        if self.likelihood == "bernoulli":
+            return bernoulli_log_prob(out, x)
+        lp = Normal(out, self.decoder_std()).log_prob(x)
+        return lp.reshape(*out.shape[: out.dim() - (x.dim() - 1)], -1).sum(-1)
+
+    @staticmethod
+    def reparameterize(
+        mu: Tensor, std: Tensor, n: int | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """z = mu + std * eps, eps ~ N(0, I); ``n`` adds a leading sample dimension."""
+        shape = mu.shape if n is None else (n, *mu.shape)
+        eps = torch.randn(shape, generator=generator, dtype=mu.dtype, device=mu.device)
+        return mu + std * eps
+
+    # -- objectives ---------------------------------------------------------------------
+    def elbo(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Per-example ELBO [N]: one-sample reconstruction term minus closed-form KL."""
+        x = self._prepare(x)
+        q = self.encode(x)
+        z = self.reparameterize(q.loc, q.scale, generator=generator)
+        return self.log_likelihood(x, z) - gaussian_kl(q.loc, q.scale)
+
+    def log_weights(
+        self, x: Tensor, k: int, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """log p(x, z_i) - log q(z_i|x) for k reparameterised z_i ~ q(z|x); shape [k, N].
+
+        Their mean is a k-sample ELBO estimate, their log-mean-exp the IW estimate.
+        """
+        x = self._prepare(x)
+        q = self.encode(x)
+        z = self.reparameterize(q.loc, q.scale, n=k, generator=generator)
+        prior = Normal(torch.zeros_like(z), torch.ones_like(z))
+        return (
+            self.log_likelihood(x, z) + prior.log_prob(z).sum(-1) - q.log_prob(z).sum(-1)
+        )
+
+    def iw_log_prob(
+        self, x: Tensor, k: int | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Importance-weighted estimate of log p(x) with k samples (logsumexp, stable)."""
+        k = self.n_importance if k is None else k
+        lw = self.log_weights(x, k, generator)
+        return torch.logsumexp(lw, dim=0) - math.log(k)
+
+    def log_prob(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Stochastic lower bound on log p(x): ``iw_log_prob`` with ``n_importance`` samples."""
+        return self.iw_log_prob(x, generator=generator)
+
+    def loss(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Negative ELBO averaged over the batch (nats per example)."""
+        return -self.elbo(x, generator).mean()
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, mean: bool = False
+    ) -> Tensor:
+        """Ancestral sampling (seed 001, 1.2): z ~ p(z), then x ~ p(x|z) (or its mean)."""
+        z = randn((n, self.z_dim), self, generator)
+        out = self._decoder_out(z)
+        if self.likelihood == "bernoulli":
+            x = torch.sigmoid(out) if mean else sample_bernoulli(out, generator)
+        else:
+            x = out if mean else out + self.decoder_std() * randn(out.shape, self, generator)
+        return x.reshape(n, *self.event_shape)
+
+
+class ConvVAE(VAE):
+    """Convolutional VAE for [N, 1, side, side] images (side divisible by 4).
+
+    Encoder: two stride-2 convolutions then a linear layer to (mu, std); decoder: a linear
+    layer then two stride-2 transposed convolutions. Accepts flat [N, side*side] data.
+    """
+
+    def __init__(
+        self,
+        side: int = 8,
+        channels: int = 32,
+        z_dim: int = 8,
+        likelihood: str = "bernoulli",
+        min_std: float = 1e-2,
+        n_importance: int = 16,
+    ) -> None:
+        nn.Module.__init__(self)
+        if side % 4:
+            raise ValueError(f"side must be divisible by 4, got {side}")
+        self.side = side
+        self.dim = side * side
+        self.event_shape = (1, side, side)
+        self._init_common(z_dim, likelihood, min_std, n_importance)
+        s4, c2 = side // 4, 2 * channels
+        self.encoder = nn.Sequential(
+            nn.Conv2d(1, channels, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(channels, c2, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(c2 * s4 * s4, 2 * z_dim),
+        )
+        self.decoder = nn.Sequential(
+            nn.Linear(z_dim, c2 * s4 * s4),
+            nn.ReLU(),
+            nn.Unflatten(1, (c2, s4, s4)),
+            nn.ConvTranspose2d(c2, channels, 4, stride=2, padding=1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(channels, 1, 4, stride=2, padding=1),
+        )
+
+    def _prepare(self, x: Tensor) -> Tensor:
+        return as_images(x, self.side)
+
+    def _decoder_out(self, z: Tensor) -> Tensor:
+        lead = z.shape[:-1]
+        out = self.decoder(z.reshape(-1, self.z_dim))
+        return out.reshape(*lead, *self.event_shape)

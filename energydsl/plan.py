@@ -1,0 +1,573 @@
+"""Stage 6, plan: derived SymPy expressions -> a straight-line tensor program.
+
+Every quantity becomes a list of `Step`s (one assignment each, commented with the
+formula it computes). The planner
+- keeps the batch as one more index (`_n`), so vectorisation is just einsum;
+- computes each `let`, derived quantity and repeated subexpression once (memoised up
+  to renaming of indices);
+- turns each sum of products into pairwise einsums in the order opt_einsum finds
+  cheapest for the spec's default sizes, after deciding per nested sum whether to
+  contract it first or merge it into the outer product (a squared sum becomes a product
+  of two renamed copies when that is cheaper: sum_l (sum_h A_h V_hl)^2 = A^T (V V^T) A).
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+
+import opt_einsum
+import sympy as sp
+
+from .algebra import substitute_index
+from .derive import Derivation
+from .lower import Definition
+from .printer import TorchPrinter
+from .printing import dsl_str
+
+BATCH = sp.Symbol("_n")
+DEFAULT_BATCH_SIZE = 128
+_LETTERS = "abcdefghijklmopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+@dataclass(frozen=True)
+class Operand:
+    """A value in the program: its Python code, axis order and whether it is a tensor."""
+
+    code: str
+    indices: tuple[sp.Basic, ...] = ()
+    is_tensor: bool = True
+
+    def relabel(self, mapping: dict) -> Operand:
+        return Operand(self.code, tuple(mapping.get(i, i) for i in self.indices), self.is_tensor)
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    code: str
+    comment: str
+    deps: tuple[str, ...]
+
+
+@dataclass
+class Program:
+    steps: list[Step] = field(default_factory=list)
+    outputs: dict[str, Operand] = field(default_factory=dict)
+
+    def needed(self, codes: list[str]) -> list[Step]:
+        """The steps an output needs, in program order (dead code dropped)."""
+        by_name = {step.name: step for step in self.steps}
+        wanted: set[str] = set()
+        stack = [name for name in codes if name in by_name]
+        while stack:
+            name = stack.pop()
+            if name in wanted:
+                continue
+            wanted.add(name)
+            stack.extend(dep for dep in by_name[name].deps if dep in by_name)
+        return [step for step in self.steps if step.name in wanted]
+
+
+def _free_indices(expr: sp.Basic) -> set[sp.Idx]:
+    return {s for s in expr.free_symbols if isinstance(s, sp.Idx)}
+
+
+class Planner:
+    def __init__(self, derivation: Derivation, batch_size: int = DEFAULT_BATCH_SIZE):
+        symbolic = derivation.model.symbolic
+        self.symbolic = symbolic
+        self.definitions: dict[str, Definition] = derivation.definitions
+        self.visible = symbolic.visible
+        self.batch_size = batch_size
+        self.defaults = {symbol: symbolic.checked.dims[name].default
+                         for name, symbol in symbolic.dims.items()}
+        self.scalar_names = {symbol: f"self.{name}" for name, symbol in symbolic.dims.items()}
+        self.scalar_names.update({s: f"self.{n}" for n, s in symbolic.consts.items()})
+        self.params = {str(base.label) if isinstance(base, sp.IndexedBase) else str(base): base
+                       for base in symbolic.params.values()}
+        self.program = Program()
+        self.memo: dict[sp.Basic, Operand] = {}
+        self.pair_memo: dict[tuple, tuple[str, str]] = {}
+        self.defined: dict[str, Operand] = {}
+        self.step_names: set[str] = set(self.definitions)
+        self.counter = 0
+        self.batched = self._batched_definitions()
+
+    # ------------------------------------------------------------------ facts
+    def _batched_definitions(self) -> set[str]:
+        batched: set[str] = set()
+        for name, definition in self.definitions.items():
+            if self._mentions_batched(definition.body, batched):
+                batched.add(name)
+        return batched
+
+    def _mentions_batched(self, expr: sp.Basic, batched: set[str]) -> bool:
+        for node in sp.preorder_traversal(expr):
+            if isinstance(node, sp.Indexed):
+                label = str(node.base.label)
+                if node.base == self.visible or label in batched:
+                    return True
+            elif isinstance(node, sp.Symbol) and str(node) in batched \
+                    and self._definition_symbol(node):
+                return True
+        return False
+
+    def _definition_symbol(self, node: sp.Basic) -> bool:
+        definition = self.definitions.get(str(node))
+        return definition is not None and definition.base == node
+
+    def indices_of(self, expr: sp.Basic) -> tuple:
+        """Axes of expr's value: the batch if it depends on v, then its free indices."""
+        free = self.order(expr, _free_indices(expr))
+        return ((BATCH,) if self._mentions_batched(expr, self.batched) else ()) + free
+
+    def size(self, index: sp.Basic) -> int:
+        if index == BATCH:
+            return self.batch_size
+        return int((index.upper - index.lower + 1).subs(self.defaults))
+
+    @staticmethod
+    def order(expr: sp.Basic, indices: set) -> tuple:
+        """A canonical axis order: by where each index subscripts tensors, then by name."""
+        signature: dict = {i: [] for i in indices}
+        for node in sp.preorder_traversal(expr):
+            if isinstance(node, sp.Indexed):
+                for axis, index in enumerate(node.indices):
+                    if index in signature:
+                        signature[index].append((str(node.base.label), axis))
+        return tuple(sorted(indices, key=lambda i: (sorted(signature[i]), str(i))))
+
+    # ------------------------------------------------------------------ memo keys
+    def _canonical(self, expr: sp.Expr) -> tuple[sp.Expr, dict]:
+        """expr with free indices renamed _F0.. (canonical order) and bound ones _B0..;
+        equal keys mean equal values up to that renaming."""
+        free = self.order(expr, _free_indices(expr))
+        to_placeholder = {}
+        key = expr
+        for k, index in enumerate(free):
+            placeholder = sp.Idx(f"_F{k}", (index.lower, index.upper))
+            key = substitute_index(key, index, placeholder)
+            to_placeholder[index] = placeholder
+        counter = [0]
+
+        def rename_bound(node: sp.Expr) -> sp.Expr:
+            if isinstance(node, sp.Sum):
+                body, limits = node.function, []
+                for index, lo, hi in node.limits:
+                    fresh = sp.Idx(f"_B{counter[0]}", (lo, hi))
+                    counter[0] += 1
+                    body = substitute_index(body, index, fresh)
+                    limits.append((fresh, lo, hi))
+                return sp.Sum(rename_bound(body), *limits)
+            if not node.args or isinstance(node, (sp.Indexed, sp.Idx)):
+                return node
+            return node.func(*[rename_bound(a) for a in node.args])
+
+        return rename_bound(key), to_placeholder
+
+    # ------------------------------------------------------------------ steps
+    def _new_name(self, hint: str | None = None) -> str:
+        if hint is not None and hint not in {s.name for s in self.program.steps}:
+            return hint
+        self.counter += 1
+        return f"_t{self.counter}"
+
+    def _emit(self, code: str, comment: str, name: str | None = None) -> str:
+        code = ast.unparse(ast.parse(code, mode="eval"))
+        if len(comment) > 96:
+            comment = comment[:93] + "..."
+        name = self._new_name(name)
+        deps = tuple(sorted({s.name for s in self.program.steps if _uses(code, s.name)}))
+        self.program.steps.append(Step(name, code, comment, deps))
+        return name
+
+    # ------------------------------------------------------------------ definitions
+    def define(self, name: str) -> Operand:
+        """The operand of a let or derived quantity, axes (batch?, formal indices)."""
+        if name in self.defined:
+            return self.defined[name]
+        definition = self.definitions[name]
+        target = ((BATCH,) if name in self.batched else ()) + tuple(definition.indices)
+        operand = self.operand(definition.body, name=name)
+        if operand.code != name:
+            operand = self.conform(operand, target, name, dsl_str(definition.body))
+        self.defined[name] = operand
+        return operand
+
+    def conform(self, operand: Operand, target: tuple, name: str | None,
+                comment: str) -> Operand:
+        """Give operand exactly the axes `target` (permuting and broadcasting)."""
+        if operand.indices == target and operand.is_tensor and (
+                name is None or operand.code == name):
+            return operand
+        if not operand.is_tensor:
+            shape = ", ".join(self.shape_code(i) for i in target)
+            code = f"{self.like}.new_full(({shape}{',' if len(target) == 1 else ''}), " \
+                   f"{operand.code})" if target else f"{self.like}.new_tensor({operand.code})"
+        else:
+            code = self.align(operand, target)
+            if set(operand.indices) != set(target):
+                shape = ", ".join(self.shape_code(i) for i in target)
+                code = f"{code}.expand({shape})"
+        return Operand(self._emit(code, comment, name), target)
+
+    like = "_like"  # the template binds a tensor giving dtype and device
+
+    def shape_code(self, index: sp.Basic) -> str:
+        if index == BATCH:
+            return "_batch"
+        size = index.upper - index.lower + 1
+        return TorchPrinter(set(), self.scalar_names).doprint(size)
+
+    # ------------------------------------------------------------------ expressions
+    def operand(self, expr: sp.Expr, name: str | None = None) -> Operand:
+        expr = sp.sympify(expr)
+        leaf = self._leaf(expr)
+        if leaf is not None:
+            return leaf
+        key, to_placeholder = self._canonical(expr)
+        if key in self.memo:
+            back = {p: i for i, p in to_placeholder.items()}
+            return self.memo[key].relabel(back)
+        if not self._has_tensor(expr):
+            code = TorchPrinter(set(), self.scalar_names).doprint(expr)
+            result = Operand(f"({code})" if not expr.is_Atom else code, (), False)
+        elif isinstance(expr, sp.Sum):
+            result = self.contraction(expr, name)
+        else:
+            result = self.elementwise(expr, name)
+        self.memo[key] = result.relabel(to_placeholder)
+        return result
+
+    def _leaf(self, expr: sp.Expr) -> Operand | None:
+        if isinstance(expr, sp.Indexed):
+            label = str(expr.base.label)
+            indices = tuple(expr.indices)
+            if len(set(indices)) != len(indices):
+                return None  # a diagonal: computed by einsum as a contraction
+            if expr.base == self.visible:
+                return Operand(label, (BATCH, *indices))
+            if label in self.params and self.params[label] == expr.base:
+                return Operand(f"self.{label}", indices)
+            if label in self.definitions and self.definitions[label].base == expr.base:
+                operand = self.define(label)
+                formal = tuple(self.definitions[label].indices)
+                return operand.relabel(dict(zip(formal, indices, strict=True)))
+            raise ValueError(f"unknown tensor {label}")  # pragma: no cover
+        if isinstance(expr, sp.Symbol):
+            name = str(expr)
+            if expr in self.scalar_names:
+                return Operand(self.scalar_names[expr], (), False)
+            if name in self.params and self.params[name] == expr:
+                return Operand(f"self.{name}", ())
+            if self._definition_symbol(expr):
+                return self.define(name)
+        return None
+
+    def _has_tensor(self, expr: sp.Basic) -> bool:
+        for node in sp.preorder_traversal(expr):
+            if isinstance(node, sp.Indexed):
+                return True
+            if isinstance(node, sp.Symbol) and (str(node) in self.params
+                                                 or self._definition_symbol(node)):
+                return True
+        return False
+
+    def elementwise(self, expr: sp.Expr, name: str | None) -> Operand:
+        """One step for a tree of +, *, powers and functions over tensor leaves."""
+        leaves: dict[sp.Expr, Operand] = {}
+
+        def collect(node: sp.Expr) -> None:
+            if not self._has_tensor(node):
+                return
+            if isinstance(node, (sp.Indexed, sp.Sum, sp.Symbol)) or (
+                    isinstance(node, sp.Function) and node is not expr):
+                # functions of tensors get their own step, so each is computed once
+                leaves[node] = self.operand(node)
+                return
+            for arg in node.args:
+                collect(arg)
+
+        collect(expr)
+        target = self.indices_of(expr)
+        placeholders = {}
+        for leaf, operand in leaves.items():
+            if operand.is_tensor:
+                placeholders[leaf] = sp.Symbol(self.align(operand, target, broadcast=True))
+            else:
+                placeholders[leaf] = sp.Symbol(operand.code)
+        printer = TorchPrinter({p for leaf, p in placeholders.items() if leaves[leaf].is_tensor},
+                               self.scalar_names)
+        code = printer.doprint(expr.xreplace(placeholders))
+        return Operand(self._emit(code, dsl_str(expr), name), target)
+
+    def _group_elementwise(self, factors: list) -> list:
+        """Factors over the same axes multiply elementwise (one step, not an einsum
+        operand each): sigmoid(a) (1 - sigmoid(a)) W^2 -> [sigmoid(a) (1 - sigmoid(a))] W^2."""
+        groups: dict[tuple, list] = {}
+        for factor in factors:
+            groups.setdefault(tuple(sorted(map(str, self.indices_of(factor)))), []).append(factor)
+        return [sp.Mul(*group) if len(group) > 1 else group[0] for group in groups.values()]
+
+    def _nest_private_indices(self, factors: list, output: tuple) -> list:
+        """sum_{k,j} A_j B_kj = sum_j A_j (sum_k B_kj): an index that only one factor
+        carries is summed inside that factor first, so the reduction is shared (column
+        norms, V V^T) and never repeated per contraction."""
+        changed = True
+        while changed:
+            changed = False
+            for k, factor in enumerate(factors):
+                others = set().union(*(self.indices_of(f) for j, f in enumerate(factors)
+                                       if j != k)) if len(factors) > 1 else set()
+                private = [i for i in self.indices_of(factor)
+                           if i != BATCH and i not in others and i not in output]
+                if private and len(factors) > 1:
+                    factors = factors[:k] + [sp.Sum(factor, *[(i, i.lower, i.upper)
+                                                             for i in private])] + factors[k + 1:]
+                    changed = True
+                    break
+        return factors
+
+    def align(self, operand: Operand, target: tuple, broadcast: bool = False) -> str:
+        """Code viewing `operand` with axes in `target` order (None for missing axes)."""
+        present = [i for i in target if i in operand.indices]
+        code = operand.code
+        if tuple(present) != operand.indices:
+            perm = [operand.indices.index(i) for i in present]
+            code = f"{code}.permute({', '.join(map(str, perm))})"
+        if not broadcast and len(present) == len(target):
+            return code
+        first = next((k for k, i in enumerate(target) if i in operand.indices), len(target))
+        view = [":" if i in operand.indices else "None" for i in target[first:]]
+        while view and view[-1] == ":":
+            view.pop()
+        if not view or not operand.indices:
+            return code
+        return f"{code}[{', '.join(view)}]"
+
+    # ------------------------------------------------------------------ contractions
+    def contraction(self, expr: sp.Sum, name: str | None) -> Operand:
+        """sum over indices of a product: pairwise einsums in opt_einsum's order."""
+        scalars, factors, _ = self._flatten(expr)
+        factors = self._group_elementwise(factors)
+        factors = self._nest_private_indices(factors, self.indices_of(expr))
+        operands = [self.operand(f) for f in factors]
+        coefficient = sp.Mul(*scalars)
+        for f, op in zip(factors, operands, strict=True):
+            if not op.is_tensor:
+                coefficient = coefficient * f
+        tensors = [op for op in operands if op.is_tensor]
+        output = self.indices_of(expr)
+        result = self._contract(tensors, output, dsl_str(expr), None if coefficient != 1 else name)
+        if coefficient != 1:
+            scale = TorchPrinter(set(), self.scalar_names).doprint(coefficient)
+            if not self._has_tensor(coefficient):
+                code = f"{scale} * {result.code}" if coefficient != -1 else f"-{result.code}"
+                return Operand(self._emit(code, dsl_str(expr), name), result.indices)
+            raise ValueError("tensor coefficient outside its sum")  # pragma: no cover
+        return result
+
+    def _split_scalars(self, factors) -> tuple[list, list]:
+        scalars = [f for f in factors if not self._has_tensor(f) and not _free_indices(f)]
+        rest = [f for f in factors if f not in scalars or _free_indices(f)]
+        return scalars, rest
+
+    def _flatten(self, expr: sp.Sum) -> tuple[list, list, list]:
+        """Factors of a sum of products, with nested sums merged in where cheaper."""
+        scalars, factors = self._split_scalars(sp.Mul.make_args(expr.function))
+        summed = [limit[0] for limit in expr.limits]
+        changed = True
+        while changed:
+            changed = False
+            for k, factor in enumerate(factors):
+                inner = _mergeable(factor)
+                if inner is None:
+                    continue
+                merged = self._merged_factors(inner, factors, summed)
+                if merged is None:
+                    continue
+                new_scalars, new_factors, new_summed = merged
+                candidate = factors[:k] + new_factors + factors[k + 1:]
+                if self._cost(candidate, summed + new_summed, expr) < \
+                        self._cost(factors, summed, expr) + self._nested_cost(factor):
+                    scalars += new_scalars
+                    factors, summed = candidate, summed + new_summed
+                    changed = True
+                    break
+        return scalars, factors, summed
+
+    def _merged_factors(self, inner: list[sp.Sum], context: list, summed: list):
+        """The factors of a product of sums, with bound indices renamed apart."""
+        taken = {str(i) for f in context for i in _all_indices(f)} | {str(i) for i in summed}
+        scalars, factors, new_summed = [], [], []
+        for term in inner:
+            body, limits = term.function, []
+            for index, lo, hi in term.limits:
+                fresh = index
+                if str(index) in taken:
+                    base = str(index.label).rstrip("0123456789")
+                    k = 1
+                    while f"{base}{k}" in taken:
+                        k += 1
+                    fresh = sp.Idx(f"{base}{k}", (lo, hi))
+                    body = substitute_index(body, index, fresh)
+                taken.add(str(fresh))
+                limits.append(fresh)
+            if any(isinstance(f, sp.Add) for f in sp.Mul.make_args(body)):
+                return None
+            s, f = self._split_scalars(sp.Mul.make_args(body))
+            scalars += s
+            factors += f
+            new_summed += limits
+        return scalars, factors, new_summed
+
+    def _equation(self, factors: list, output: tuple) -> tuple[str, list[tuple]]:
+        letters: dict = {}
+        terms, shapes = [], []
+        for factor in factors:
+            indices = self.indices_of(factor) if not isinstance(factor, Operand) \
+                else factor.indices
+            for index in indices:
+                letters.setdefault(index, _LETTERS[len(letters)])
+            terms.append("".join(letters[i] for i in indices))
+            shapes.append(tuple(self.size(i) for i in indices))
+        out = "".join(letters.get(i, "") for i in output)
+        return ",".join(terms) + "->" + out, shapes
+
+    def _cost(self, factors: list, summed: list, expr: sp.Sum) -> float:
+        tensor_factors = [f for f in factors if self._has_tensor(f)]
+        if not tensor_factors:
+            return 0.0
+        equation, shapes = self._equation(tensor_factors, self.indices_of(expr))
+        _, info = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize="auto")
+        elementwise = sum(_volume(s) for f, s in zip(tensor_factors, shapes, strict=True)
+                          if not isinstance(f, (sp.Indexed, sp.Symbol)))
+        return float(info.opt_cost) + elementwise
+
+    def _nested_cost(self, factor: sp.Expr) -> float:
+        """Cost of computing a nested sum on its own (nothing if already computed)."""
+        key, _ = self._canonical(factor)
+        if key in self.memo:
+            return 0.0
+        inner = factor.args[0] if isinstance(factor, sp.Pow) else factor
+        key, _ = self._canonical(inner)
+        if key in self.memo:
+            return 0.0
+        scalars, factors = self._split_scalars(sp.Mul.make_args(inner.function))
+        return self._cost(factors, [limit[0] for limit in inner.limits], inner)
+
+    def _contract(self, tensors: list[Operand], output: tuple, comment: str,
+                  name: str | None) -> Operand:
+        if len(tensors) == 1:
+            (single,) = tensors
+            if all(i in single.indices for i in output) and \
+                    [i for i in single.indices if i in output] == list(output):
+                axes = [k for k, i in enumerate(single.indices) if i not in output]
+                dims = str(axes[0]) if len(axes) == 1 else f"({', '.join(map(str, axes))})"
+                code = f"{single.code}.sum(dim={dims})"
+                return Operand(self._emit(code, comment, name), output)
+        equation, shapes = self._equation(tensors, output)
+        _, info = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize="auto")
+        current = list(tensors)
+        steps = info.contraction_list
+        for k, (positions, _removed, einsum, _remaining, _blas) in enumerate(steps):
+            picked = [current.pop(p) for p in positions]
+            inputs, out_letters = einsum.split("->")
+            letter_to_index = {}
+            for op, letters in zip(picked, inputs.split(","), strict=True):
+                letter_to_index.update(zip(letters, op.indices, strict=True))
+            out_indices = tuple(letter_to_index[c] for c in out_letters)
+            last = k == len(steps) - 1
+            if last:
+                out_indices = output
+                out_letters = "".join(next(c for c, i in letter_to_index.items() if i == o)
+                                      for o in output)
+            result = self._pairwise(picked, inputs, out_letters, out_indices,
+                                    comment if last else _partial_comment(picked),
+                                    name if last else None)
+            current.append(result)
+        return current[-1]
+
+    def _pairwise(self, picked: list[Operand], inputs: str, out_letters: str,
+                  out_indices: tuple, comment: str, name: str | None) -> Operand:
+        canonical: dict[str, str] = {}
+        for c in inputs.replace(",", "") + out_letters:
+            canonical.setdefault(c, _LETTERS[len(canonical)])
+        key = ("".join(canonical.get(c, c) for c in inputs) + "->"
+               + "".join(canonical[c] for c in out_letters), tuple(op.code for op in picked))
+        if key in self.pair_memo and name is None:
+            return Operand(self.pair_memo[key][0], out_indices)
+        equation = _pretty_equation(inputs, out_letters, picked, out_indices)
+        args = ", ".join(op.code for op in picked)
+        step = self._emit(f'torch.einsum("{equation}", {args})', comment, name)
+        self.pair_memo[key] = (step, equation)
+        return Operand(step, out_indices)
+
+
+def _pretty_equation(inputs: str, out_letters: str, picked: list[Operand],
+                     out_indices: tuple) -> str:
+    """Rename einsum letters after the spec's index names where possible (n = batch)."""
+    mapping: dict[str, str] = {}
+    used: set[str] = set()
+    pairs = []
+    for op, letters in zip(picked, inputs.split(","), strict=True):
+        pairs += list(zip(letters, op.indices, strict=True))
+    pairs += list(zip(out_letters, out_indices, strict=True))
+    for letter, index in pairs:
+        if letter in mapping:
+            continue
+        wish = "n" if index == BATCH else str(index)
+        if len(wish) != 1 or wish in used or not wish.isalpha():
+            wish = next(c for c in "abcdefghijklmopqrstuvwxyz" if c not in used
+                        and c not in {str(i) for _, i in pairs})
+        mapping[letter] = wish
+        used.add(wish)
+    return ",".join("".join(mapping[c] for c in t) for t in inputs.split(",")) + "->" + \
+        "".join(mapping[c] for c in out_letters)
+
+
+def _partial_comment(picked: list[Operand]) -> str:
+    return "partial contraction of " + ", ".join(op.code for op in picked)
+
+
+def _volume(shape: tuple) -> int:
+    out = 1
+    for s in shape:
+        out *= s
+    return out
+
+
+def _all_indices(expr: sp.Basic) -> set:
+    found = set(_free_indices(expr))
+    for node in sp.preorder_traversal(expr):
+        if isinstance(node, sp.Sum):
+            found.update(limit[0] for limit in node.limits)
+    return found
+
+
+def _mergeable(factor: sp.Expr) -> list[sp.Sum] | None:
+    """A nested sum, or a squared one as two copies, that could join the outer product."""
+    if isinstance(factor, sp.Sum):
+        return [factor]
+    if isinstance(factor, sp.Pow) and factor.exp == 2 and isinstance(factor.base, sp.Sum):
+        return [factor.base, factor.base]
+    return None
+
+
+def _uses(code: str, name: str) -> bool:
+    import re
+
+    return re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", code) is not None
+
+
+def plan(derivation: Derivation, outputs: list[str],
+         batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[Program, Planner]:
+    """Plan the named definitions (e.g. 'free_energy', 'score') as one shared program."""
+    planner = Planner(derivation, batch_size)
+    for name in outputs:
+        definition = derivation.definitions[name]
+        target = ((BATCH,) if name in planner.batched else ()) + tuple(definition.indices)
+        operand = planner.define(name)
+        planner.program.outputs[name] = (operand, target)
+    return planner.program, planner
