@@ -17,12 +17,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/energydsl compile specs/dem.edsl specs/gbrbm.edsl specs/gaussian_rbm.edsl
-	$(BIN)/energydsl check specs/gbrbm.edsl specs/gaussian_rbm.edsl
+	$(BIN)/energydsl compile specs/*.edsl
+	$(BIN)/energydsl check specs/*.edsl
 	$(BIN)/energydsl show specs/gbrbm.edsl
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # Recompile every spec into generated/ (the golden files the tests compare against).
 generate: setup

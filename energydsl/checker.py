@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from . import syntax as ast
 from .errors import Diagnostic, Span, SpecError, error
 from .model import (
-    CONTINUOUS_DOMAINS,
     HIDDEN_DOMAINS,
     CheckedModel,
     Const,
@@ -348,11 +347,12 @@ class _Checker:
         known = binding.explicit_range.name if binding.explicit_range else None
         origin = "as declared"
         if known is None and binding.uses:
-            known, first, first_tensor, _ = binding.uses[0]
-            origin = f"from {first_tensor}[...] at line {first.span.line}"
+            known, first, first_tensor, first_axis = binding.uses[0]
+            origin = f"axis {first_axis + 1} of '{first_tensor}' at {first.span.line}:" \
+                     f"{first.span.column}"
         if known is not None and known != dim:
             raise error(f"dimension mismatch: index '{index.name}' ranges over {known} ({origin}) "
-                        f"but axis {axis + 1} of '{tensor}' has size {dim}", index.span)
+                        f"but indexes axis {axis + 1} of '{tensor}', of size {dim}", index.span)
         binding.uses.append((dim, index, tensor, axis))
 
     def _resolve_range(self, binding: _IndexBinding) -> str:

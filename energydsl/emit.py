@@ -7,7 +7,9 @@ byte-identical files.
 
 from __future__ import annotations
 
+import ast
 import re
+import textwrap
 from dataclasses import dataclass
 from functools import cache
 
@@ -45,12 +47,47 @@ class Check:
 
 
 @dataclass(frozen=True)
+class Line:
+    comment: str
+    code: str  # `name = value`, wrapped to the line length
+
+
+@dataclass(frozen=True)
 class Method:
     name: str
     doc: str
     prologue: tuple[str, ...]
-    steps: tuple
+    steps: tuple[Line, ...]
     result: str
+
+
+LINE_LENGTH = 100
+
+
+def wrap_assignment(name: str, code: str, indent: int = 8) -> str:
+    """`name = a + b - c`, broken before top-level + and - when longer than a line."""
+    line = f"{name} = {code}"
+    if indent + len(line) <= LINE_LENGTH:
+        return line
+    node = ast.parse(code, mode="eval").body
+    terms: list[tuple[str, ast.expr]] = []
+    while isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub)):
+        terms.append(("+" if isinstance(node.op, ast.Add) else "-", node.right))
+        node = node.left
+    if not terms:
+        return line
+    pad = " " * (indent + 4)
+    parts = [ast.unparse(node)] + [f"{op} {ast.unparse(term)}" for op, term in reversed(terms)]
+    return f"{name} = (\n" + "\n".join(pad + p for p in parts) + "\n" + " " * indent + ")"
+
+
+def wrap_formulas(text: str, width: int = LINE_LENGTH - 4) -> str:
+    """Docstring formula lines wrapped at spaces, continuation lines indented."""
+    lines = []
+    for line in text.split("\n"):
+        lines += textwrap.wrap(line, width=width, subsequent_indent=" " * 18,
+                               break_long_words=False, break_on_hyphens=False) or [""]
+    return "\n".join(lines)
 
 
 @cache
@@ -123,11 +160,12 @@ def _method(name: str, definition: str, how: str | None, doc: str, program: Prog
     body = " ".join(step.code for step in steps) + " " + result
     prologue = []
     batch_used = _uses(body, "_batch")
-    prologue.append("_batch = self._check_input({v})".format(v=visible) if batch_used
-                    else "self._check_input({v})".format(v=visible))
+    prologue.append(f"_batch = self._check_input({visible})" if batch_used
+                    else f"self._check_input({visible})")
     if _uses(body, "_like"):
         prologue.append(f"_like = {visible}")
-    return Method(name, doc, tuple(prologue), tuple(steps), result)
+    lines = tuple(Line(step.comment, wrap_assignment(step.name, step.code)) for step in steps)
+    return Method(name, doc, tuple(prologue), lines, result)
 
 
 def emit(derivation: Derivation, spec_path: str) -> str:
@@ -159,7 +197,8 @@ def emit(derivation: Derivation, spec_path: str) -> str:
     for const in checked.consts.values():
         ctor_lines.append(f"self.{const.name} = {const.name}")
     for param in checked.params.values():
-        ctor_lines.append(f"self.{param.name} = torch.nn.Parameter({_init_code(param, planner)})")
+        ctor_lines.append(f"self.{param.name} = torch.nn.Parameter(\n"
+                          f"            {_init_code(param, planner)}\n        )")
 
     fmt = {"v": visible, "D": visible_dim}
     methods = [_method(name, definition, how, doc.format(**fmt), program, planner, visible)
@@ -170,7 +209,9 @@ def emit(derivation: Derivation, spec_path: str) -> str:
         spec_path=_safe_text(spec_path),
         model=checked,
         summary=summary,
-        formulas=_safe_text(formulas(derivation)),
+        formulas=wrap_formulas(_safe_text(formulas(derivation))),
+        uses_math=any("math." in line.code for m in methods for line in m.steps)
+        or any("math." in c.code for c in ctor_checks),
         ctor_doc=", ".join(f"{a.name}={a.default}" for a in ctor_args) or "none",
         params_doc=", ".join(f"{p.name} [{', '.join(p.shape)}]" for p in checked.params.values())
         or "none",

@@ -31,7 +31,7 @@ class softplus(sp.Function):  # noqa: N801 - printed as written in specs
         return self.args[0].is_real
 
     def _latex(self, printer):
-        return r"\operatorname{softplus}\left(%s\right)" % printer._print(self.args[0])
+        return r"\operatorname{softplus}\left(" + printer._print(self.args[0]) + r"\right)"
 
 
 class sigmoid(sp.Function):  # noqa: N801
@@ -55,7 +55,7 @@ class sigmoid(sp.Function):  # noqa: N801
         return self.args[0].is_real
 
     def _latex(self, printer):
-        return r"\sigma\left(%s\right)" % printer._print(self.args[0])
+        return r"\sigma\left(" + printer._print(self.args[0]) + r"\right)"
 
 
 class log1p(sp.Function):  # noqa: N801
@@ -79,7 +79,7 @@ class log1p(sp.Function):  # noqa: N801
         return None
 
     def _latex(self, printer):
-        return r"\log\left(1 + %s\right)" % printer._print(self.args[0])
+        return r"\log\left(1 + " + printer._print(self.args[0]) + r"\right)"
 
 
 def rewrite_log_one_plus(expr: sp.Expr) -> sp.Expr:

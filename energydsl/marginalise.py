@@ -79,16 +79,26 @@ class _Marginaliser:
         self.model = model
         self.span = span
         self.conditions: list[sp.Basic] = []
+        self.back: dict = {}  # placeholder -> the spec expression it stands for
 
-    def fail(self, message: str) -> SpecError:
-        return error(message, self.span)
+    def fail(self, message: str, hidden: str | None = None, index: str | None = None
+             ) -> SpecError:
+        """A positioned error: at the hidden variable's (indexed) use when we know it."""
+        span = self.span
+        if hidden is not None:
+            found = _find_use(self.model.checked.energy.value, hidden, index)
+            span = found or span
+        return error(message, span)
+
+    def show(self, expr: sp.Basic) -> str:
+        return dsl_str(expr.xreplace(self.back))
 
     def unit_energies(self, energy: sp.Expr) -> tuple[sp.Expr, dict[str, tuple]]:
         """Split E into E_0(v) and, per hidden variable, (unit index, symbol, e(h_u))."""
         hidden = self.model.hidden
         visible_part = sp.S.Zero
         units: dict[str, tuple] = {}
-        for name, base in hidden.items():
+        for name in hidden:
             dim = self.model.checked.hidden[name].shape[0]
             domain = self.model.checked.hidden[name].domain
             assumptions = {"positive": True} if domain == "positive" else {"real": True}
@@ -101,20 +111,20 @@ class _Marginaliser:
             if len(occurrences) > 1:
                 a, b = sorted(occurrences)[:2]
                 raise self.fail(f"cannot marginalise: hidden variables '{a}' and '{b}' interact "
-                                f"in the term {dsl_str(term)}")
+                                f"in the term {dsl_str(term)}", b)
             (name, index_sets), = occurrences.items()
             if len(index_sets) > 1:
-                shown = " and ".join(sorted(f"{name}[{', '.join(map(str, ix))}]"
-                                            for ix in index_sets))
-                raise self.fail(f"cannot marginalise '{name}': units {shown} interact in the "
-                                f"term {dsl_str(term)}")
+                uses = sorted(f"{name}[{', '.join(map(str, ix))}]" for ix in index_sets)
+                second = sorted(str(ix[0]) for ix in index_sets)[-1]
+                raise self.fail(f"cannot marginalise '{name}': units {' and '.join(uses)} "
+                                f"interact in the term {dsl_str(term)}", name, second)
             (indices,) = index_sets
             coefficient, outer = _split_outer_sum(term)
             bound = {limit[0] for limit in outer.limits} if outer is not None else set()
             if outer is None or indices[0] not in bound:
                 raise self.fail(f"cannot marginalise '{name}': in the term {dsl_str(term)} the "
                                 f"units of '{name}' interact (they appear inside a nonlinear "
-                                f"function of a sum over them)")
+                                f"function of a sum over them)", name)
             index = indices[0]
             if units[name][0] is None:  # name the generic unit as the spec's first sum does
                 units[name][0] = index
@@ -123,25 +133,25 @@ class _Marginaliser:
             body = substitute_index(outer.function, index, unit_index)
             body = body.xreplace({hidden[name][unit_index]: symbol})
             if body.atoms(sp.Indexed) & {hidden[name][unit_index]}:
-                raise self.fail(f"cannot marginalise '{name}' in the term {dsl_str(term)}")
+                raise self.fail(f"cannot marginalise '{name}' in the term {dsl_str(term)}", name)
             pieces.append(coefficient * make_sum(body, limits))
         return visible_part, {n: (u if u is not None else self.model.index(dim, "u"), s,
                                   sp.Add(*p)) for n, (u, s, p, dim) in units.items()}
 
     def log_partition(self, name: str, domain: str, symbol: sp.Symbol, e: sp.Expr) -> sp.Expr:
         if symbol not in e.free_symbols:
-            raise self.fail(f"the energy does not depend on hidden variable '{name}'")
+            raise self.fail(f"the energy does not depend on hidden variable '{name}'", name)
         if domain in DISCRETE_DOMAINS:
             return _discrete_log_partition(symbol, e, DISCRETE_DOMAINS[domain])
         keep = set(self.model.consts.values()) | set(self.model.dims.values())
         placeholders, e_local = _abstract_visible(e, symbol, keep)
+        self.back = {dummy: original for original, dummy in placeholders.items()}
         if domain == "real":
             log_z, condition = self._gaussian(name, symbol, e_local)
         else:
             log_z, condition = self._positive(name, symbol, e_local)
-        back = {dummy: original for original, dummy in placeholders.items()}
-        self._record(name, condition.xreplace(back) if condition is not True else True)
-        return log_z.xreplace(back)
+        self._record(name, condition.xreplace(self.back) if condition is not True else True)
+        return log_z.xreplace(self.back)
 
     def _gaussian(self, name: str, h: sp.Symbol, e: sp.Expr) -> tuple[sp.Expr, object]:
         """int exp(-(a h^2 + b h + c)) dh over the reals, after completing the square."""
@@ -152,16 +162,16 @@ class _Marginaliser:
         if poly is None or poly.degree() > 2 or any(
                 coeff.has(h) for coeff in poly.all_coeffs()):
             raise self.fail(f"cannot marginalise real hidden variable '{name}': its energy "
-                            f"{dsl_str(e)} is not quadratic in {name}, so the integral has no "
-                            "closed form")
+                            f"{self.show(e)} is not quadratic in {name}, so the integral has no "
+                            "closed form", name)
         a, b, c = (poly.coeff_monomial(h**2), poly.coeff_monomial(h), poly.coeff_monomial(1))
         if poly.degree() < 2 or a.is_nonpositive:
             raise self.fail(f"the integral over real hidden variable '{name}' diverges: its "
-                            f"energy {dsl_str(e)} is not bounded below in {name} (the "
-                            f"coefficient of {name}^2 must be positive)")
+                            f"energy {self.show(e)} is not bounded below in {name} (the "
+                            f"coefficient of {name}^2 must be positive)", name)
         if not a.is_positive:
             raise self.fail(f"cannot show that the integral over '{name}' converges: the "
-                            f"coefficient of {name}^2, {dsl_str(a)}, must be positive")
+                            f"coefficient of {name}^2, {self.show(a)}, must be positive", name)
         log_z = _integrate_gaussian(a) + b**2 / (4 * a) - c
         return log_z, True
 
@@ -170,16 +180,17 @@ class _Marginaliser:
         parts = sp.collect(sp.expand(e), [sp.log(h), h], evaluate=False)
         if set(parts) - {sp.log(h), h, sp.S.One} or any(v.has(h) for v in parts.values()):
             raise self.fail(f"cannot marginalise positive hidden variable '{name}': its energy "
-                            f"{dsl_str(e)} is not of the form a {name} + k log({name}) + c")
+                            f"{self.show(e)} is not of the form a {name} + k log({name}) + c",
+                            name)
         rate = parts.get(h, sp.S.Zero)
         power = parts.get(sp.log(h), sp.S.Zero)
         constant = parts.get(sp.S.One, sp.S.Zero)
         if rate.is_nonpositive or rate == 0:
             raise self.fail(f"the integral over positive hidden variable '{name}' diverges: "
-                            f"the coefficient of {name} must be positive")
+                            f"the coefficient of {name} must be positive", name)
         if not rate.is_positive:
             raise self.fail(f"cannot show that the integral over '{name}' converges: the "
-                            f"coefficient of {name}, {dsl_str(rate)}, must be positive")
+                            f"coefficient of {name}, {self.show(rate)}, must be positive", name)
         value, condition = _integrate_gamma(power)
         log_z = sp.expand(sp.expand_log(sp.log(value.subs(_RATE, rate)), force=True)) - constant
         log_z = log_z.replace(lambda x: isinstance(x, sp.log) and isinstance(x.args[0], sp.gamma),
@@ -193,18 +204,19 @@ class _Marginaliser:
         if condition == sp.true:
             return
         if condition == sp.false:
-            raise self.fail(f"the integral over hidden variable '{name}' diverges")
+            raise self.fail(f"the integral over hidden variable '{name}' diverges", name)
         constants = set(self.model.consts.values())
         if not condition.free_symbols <= constants:
             raise self.fail(f"the integral over '{name}' converges only if "
-                            f"{dsl_str(condition)}, which this compiler cannot guarantee")
+                            f"{self.show(condition)}, which this compiler cannot guarantee",
+                            name)
         defaults = {self.model.consts[c.name]: self.model.checked.consts[c.name].default
                     for c in self.model.consts.values()}
         if condition.xreplace({k: sp.nsimplify(v) for k, v in defaults.items()}) != sp.true:
             shown = ", ".join(f"{k} = {v}" for k, v in sorted(
                 (str(c), defaults[c]) for c in condition.free_symbols))
             raise self.fail(f"the integral over '{name}' converges only if "
-                            f"{dsl_str(condition)}, but {shown}")
+                            f"{dsl_str(condition)}, but {shown}", name)
         self.conditions.append(condition)
 
 
@@ -259,6 +271,27 @@ def _abstract_visible(e: sp.Expr, h: sp.Symbol, keep: set) -> tuple[dict, sp.Exp
         return node.func(*[visit(a) for a in node.args])
 
     return placeholders, visit(e)
+
+
+def _find_use(expr, name: str, index: str | None):
+    """Span of the first `name[index]` (or `name[...]`) in the energy's AST."""
+    from . import syntax as ast
+
+    stack = [expr]
+    while stack:  # depth first, left to right: the first use as the user reads it
+        node = stack.pop()
+        if isinstance(node, ast.Indexed) and node.base.name == name and (
+                index is None or node.indices[0].name == index):
+            return node.span
+        if isinstance(node, ast.Binary):
+            stack += [node.right, node.left]
+        elif isinstance(node, ast.Unary):
+            stack.append(node.operand)
+        elif isinstance(node, ast.Call):
+            stack += list(reversed(node.args))
+        elif isinstance(node, ast.SumExpr):
+            stack.append(node.body)
+    return None
 
 
 def _discrete_log_partition(h: sp.Symbol, e: sp.Expr, values: tuple[int, int]) -> sp.Expr:

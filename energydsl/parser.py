@@ -193,7 +193,8 @@ def _syntax_error(exc: UnexpectedInput, source: str):
         else:
             span = _span(token)
             found = f"'{token}'"
-        return error(f"unexpected {found}; expected {_describe_expected(exc.expected)}", span)
+        expected = getattr(exc, "accepts", None) or exc.expected
+        return error(f"unexpected {found}; expected {_describe_expected(expected)}", span)
     return error(f"syntax error: {exc}", Span(getattr(exc, "line", 1), getattr(exc, "column", 1)))
 
 

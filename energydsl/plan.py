@@ -175,8 +175,8 @@ class Planner:
 
     def _emit(self, code: str, comment: str, name: str | None = None) -> str:
         code = ast.unparse(ast.parse(code, mode="eval"))
-        if len(comment) > 96:
-            comment = comment[:93] + "..."
+        if len(comment) > 88:  # comments sit at 8 spaces of indentation, 100 columns
+            comment = comment[:85] + "..."
         name = self._new_name(name)
         deps = tuple(sorted({s.name for s in self.program.steps if _uses(code, s.name)}))
         self.program.steps.append(Step(name, code, comment, deps))

@@ -1,0 +1,86 @@
+"""The command line as a user meets it: compile, check, show, --help."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import torch
+
+from support import ROOT, compile_text, run_cli
+from energydsl.checking import check_compiled
+from energydsl.cli import main
+
+
+def test_compile_writes_an_importable_module(tmp_path):
+    result = run_cli("compile", "specs/gbrbm.edsl", "-o", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"specs/gbrbm.edsl -> {tmp_path / 'gbrbm.py'} (class GBRBM)\n"
+    code = ("import torch, gbrbm; m = gbrbm.GBRBM(D=10, K=3); "
+            "print(tuple(m.sm_loss(torch.randn(5, 10)).shape))")
+    shown = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                           text=True, check=True)
+    assert shown.stdout == "()\n"
+
+
+def test_compile_to_stdout(capsys):
+    assert main(["compile", "specs/gaussian_rbm.edsl", "-o", "-"]) == 0
+    assert capsys.readouterr().out == (ROOT / "generated" / "gaussian_rbm.py").read_text()
+
+
+def test_check_passes_on_the_specs(capsys):
+    assert main(["check", "specs/gbrbm.edsl", "specs/gaussian_rbm.edsl"]) == 0
+    out = capsys.readouterr().out
+    assert "specs/gbrbm.edsl: all 5 checks passed" in out
+    assert "MISMATCH" not in out
+
+
+def test_check_catches_a_wrong_derivation():
+    """A check that cannot fail is no check: break the generated score, see it fail."""
+    compiled = compile_text((ROOT / "specs" / "gbrbm.edsl").read_text())
+    assert check_compiled(compiled).ok
+    broken = compiled.source.replace("score = _t7 - v", "score = _t7 - 1.0001 * v")
+    assert broken != compiled.source
+    compiled.source = broken
+    report = check_compiled(compiled)
+    failed = {row.quantity for row in report.rows if not row.ok}
+    assert failed == {"score", "sm_loss", "d sm_loss / d W"}
+
+
+def test_check_with_sizes_and_a_failure_exit_status(tmp_path):
+    result = run_cli("check", "specs/gbrbm.edsl", "--size", "D=3", "--size", "K=2")
+    assert result.returncode == 0, result.stderr
+    assert "GBRBM at D=3, K=2" in result.stdout
+    result = run_cli("check", "specs/gbrbm.edsl", "--size", "Q=3")
+    assert result.returncode == 1
+    assert "--size names unknown dimension 'Q'" in result.stderr
+
+
+def test_show_prints_the_derived_formulas(capsys):
+    assert main(["show", "specs/gbrbm.edsl"]) == 0
+    out = capsys.readouterr().out
+    assert "Free energy:  F = -sum(j: softplus(sum(i: W[i, j]*v[i]))) + sum(i: v[i]^2)/2" in out
+    assert main(["show", "--latex", "specs/gaussian_rbm.edsl"]) == 0
+    out = capsys.readouterr().out
+    assert r"\sum_{i, j} W_{i j} h_{j} v_{i}" in out
+
+
+def test_help_is_fast_and_explains_itself():
+    code = ("import sys, energydsl.cli as c; c.build_parser().format_help(); "
+            "print('torch' in sys.modules, 'sympy' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout == "False False\n"
+    help_text = run_cli("--help").stdout
+    for word in ("compile", "check", "show", "examples:"):
+        assert word in help_text
+    assert "atomically" in run_cli("compile", "--help").stdout
+
+
+def test_generated_module_runs_in_float32_and_float64():
+    from support import load_class
+
+    cls, _ = load_class("gbrbm")
+    for dtype in (torch.float32, torch.float64):
+        model = cls(D=6, K=2, dtype=dtype)
+        assert model.sm_loss(torch.randn(4, 6, dtype=dtype)).dtype == dtype
