@@ -193,9 +193,43 @@ def diff(expr: sp.Expr, var: sp.IndexedBase, at: tuple[sp.Expr, ...],
     rule), so derived expressions keep the named intermediates.
     """
 
+    depends_cache: dict = {}
+
+    def depends(atom: sp.Expr) -> bool:
+        if atom not in depends_cache:
+            depends_cache[atom] = d(atom) != 0
+        return depends_cache[atom]
+
+    def dependent_atoms(node: sp.Expr) -> set:
+        """The tensors, lets and sums through which `node` depends on var."""
+        if isinstance(node, (sp.Indexed, sp.Sum)) or (
+                isinstance(node, sp.Symbol) and definition_of and definition_of(node)):
+            return {node} if depends(node) else set()
+        found: set = set()
+        for arg in node.args:
+            found |= dependent_atoms(arg)
+        return found
+
+    def univariate(node: sp.Expr) -> sp.Expr | None:
+        """d f(a) = f'(a) da when node is a function of one dependent atom a used more
+        than once: g (1 - g) -> (1 - 2 g) dg, one term where the product rule gives two."""
+        atoms = dependent_atoms(node)
+        if len(atoms) != 1:
+            return None
+        (atom,) = atoms
+        if sum(1 for n in sp.preorder_traversal(node) if n == atom) < 2:
+            return None
+        y = sp.Dummy("y", real=True)
+        derivative = sp.factor(sp.diff(node.xreplace({atom: y}), y)).xreplace({y: atom})
+        return derivative * d(atom)
+
     def d(node: sp.Expr) -> sp.Expr:
         if node.is_Number or isinstance(node, sp.NumberSymbol):
             return sp.S.Zero
+        if isinstance(node, (sp.Add, sp.Mul, sp.Pow)):
+            shortcut = univariate(node)
+            if shortcut is not None:
+                return shortcut
         if isinstance(node, sp.Indexed):
             if node.base == var:
                 return sp.Mul(*[sp.KroneckerDelta(a, b) for a, b in zip(node.indices, at,
@@ -244,3 +278,77 @@ def diff(expr: sp.Expr, var: sp.IndexedBase, at: tuple[sp.Expr, ...],
 
     _var_symbols = {var} if isinstance(var, sp.Symbol) else {var.label}
     return d(expr)
+
+
+def fold_definitions(expr: sp.Expr, definitions) -> sp.Expr:
+    """Write a let's definition back as its name wherever it appears, e.g.
+    sigmoid(u[h]) -> g[h] when `let g[h] = sigmoid(u[h])`: derived formulas then read
+    as a person would write them, and reuse the named value."""
+    for definition in definitions:
+        body = definition.body
+        if isinstance(body, (sp.Indexed, sp.Symbol)) or not body.args:
+            continue
+        wilds = {index: sp.Wild(f"w{k}") for k, index in enumerate(definition.indices)}
+        pattern = body
+        for index, wild in wilds.items():
+            pattern = substitute_index(pattern, index, wild)
+        if isinstance(definition.base, sp.IndexedBase):
+            replacement = definition.base[tuple(wilds.values())]
+        else:
+            replacement = definition.base
+        expr = expr.replace(pattern, replacement)
+    return expr
+
+
+_GENERIC_NAMES = tuple("ijklmpqrstuvwabcdefgh")
+
+
+def canonicalise(expr: sp.Expr, pools: dict[sp.Expr, list[str]],
+                 symmetric: frozenset = frozenset()) -> sp.Expr:
+    """Rename bound indices after a fixed pool per range (the spec's own names first) and
+    write symmetric matrices with sorted indices (L[j, i] -> L[i, j]). Alpha-equivalent
+    terms then become identical, so SymPy adds them up: 1/2 sum(i: L[p, i] y[i]) + 1/2
+    sum(j: y[j] L[j, p]) = sum(i: L[i, p] y[i]) for a symmetric L."""
+    free = {str(s) for s in expr.free_symbols}
+
+    def names_for(limit: Limit) -> list[str]:
+        size = sp.simplify(limit[2] - limit[1] + 1)
+        return list(pools.get(size, [])) + [n for n in _GENERIC_NAMES]
+
+    def first_position(body: sp.Expr, index: sp.Symbol) -> int:
+        for position, node in enumerate(sp.preorder_traversal(body)):
+            if node == index:
+                return position
+        return 1 << 30
+
+    def visit(node: sp.Expr, scope: set[str]) -> sp.Expr:
+        if isinstance(node, sp.Sum):
+            body, limits = node.function, list(node.limits)
+            order = sorted(range(len(limits)), key=lambda k: first_position(body, limits[k][0]))
+            taken = set(scope) | free
+            temporaries = []
+            for k in order:
+                idx, lo, hi = limits[k]
+                temporary = sp.Idx(f"_canon{k}", (lo, hi))
+                body = substitute_index(body, idx, temporary)
+                temporaries.append((k, temporary))
+            for k, temporary in temporaries:
+                _, lo, hi = limits[k]
+                name = next(n for n in names_for(limits[k]) if n not in taken)
+                taken.add(name)
+                new = sp.Idx(name, (lo, hi))
+                body = substitute_index(body, temporary, new)
+                limits[k] = (new, lo, hi)
+            inner_scope = scope | {str(limit[0]) for limit in limits}
+            return sp.Sum(visit(body, inner_scope), *limits)
+        if isinstance(node, sp.Indexed):
+            if node.base in symmetric and len(node.indices) == 2:
+                return node.base[tuple(sorted(node.indices, key=str))]
+            return node
+        if not node.args or isinstance(node, sp.Idx):
+            return node
+        return node.func(*[visit(a, scope) for a in node.args])
+
+    for _ in range(2):  # sorting symmetric indices can change the order of first use
+        expr = visit(expr, set())
+    return expr

@@ -18,7 +18,9 @@ from .model import (
     HIDDEN_DOMAINS,
     CheckedModel,
     Const,
+    Constraint,
     Dim,
+    GridMask,
     Initialiser,
     Let,
     Param,
@@ -29,7 +31,7 @@ from .model import (
 FUNCTIONS = ("exp", "log", "log1p", "sqrt", "square", "softplus", "sigmoid", "tanh", "abs")
 
 KEYWORDS = ("model", "dim", "const", "visible", "hidden", "param", "let", "energy", "free",
-            "sum", "in", "where")
+            "density", "sum", "in", "where")
 
 # Names the generated module defines or inherits from torch.nn.Module: a spec name equal
 # to one of them would shadow a method. (Names starting with '_' are rejected wholesale.)
@@ -49,7 +51,12 @@ RESERVED_ATTRIBUTES = frozenset("""
     training type xpu zero_grad
 """.split())
 
+# Generated methods a constrained parameter may be exposed as (no generated method
+# of the same name exists for a model with such a parameter).
+ACCESSOR_NAMES = {"precision"}
+
 INITIALISERS = {"normal": 1, "zeros": 0, "ones": 0, "constant": 1, "uniform": 2}
+ATTRIBUTES = {"symmetric": 0, "mask": 1, "diagonally_dominant": 0, "accessor": 1}
 DEFAULT_INIT = Initialiser("normal", (0.01,))
 
 
@@ -108,15 +115,15 @@ class _Checker:
     def _assemble(self) -> CheckedModel:
         visible = [v for v in self.variables.values() if v.role == "visible"]
         hidden = {v.name: v for v in self.variables.values() if v.role == "hidden"}
-        end = Span(1, 1, len(self.spec.model.name) + 6)
+        end = self.spec.model.span
         if not visible:
             raise error("the model declares no visible variable (e.g. 'visible v : real[D]')", end)
         if len(visible) > 1:
             raise error(f"only one visible variable is supported; '{visible[1].name}' is a "
                         "second one", visible[1].span)
         if not self.energies:
-            raise error("the model has no energy: write 'energy E(v, h) = ...' or "
-                        "'free energy F(v) = ...'", end)
+            raise error("the model has no energy: write 'energy E(v, h) = ...', "
+                        "'free energy F(v) = ...' or 'log density p(v) = ...'", end)
         for variable in [visible[0], *hidden.values()]:
             if len(variable.shape) != 1:
                 raise error(f"{variable.role} variable '{variable.name}' must be a vector, "
@@ -125,9 +132,10 @@ class _Checker:
         if len(self.energies) > 1:
             raise error("the model has more than one energy", self.energies[1].name.span)
         energy = self.energies[0]
-        if energy.role == "free_energy" and hidden:
+        if energy.role != "energy" and hidden:
             name = next(iter(hidden))
-            raise error(f"a free energy F(v) cannot have hidden variables; '{name}' is hidden: "
+            given = "a free energy F(v)" if energy.role == "free_energy" else "a log density"
+            raise error(f"{given} cannot have hidden variables; '{name}' is hidden: "
                         "write the joint energy E(v, h) instead", hidden[name].span)
         return CheckedModel(
             name=self.spec.model.name,
@@ -142,7 +150,8 @@ class _Checker:
         )
 
     # ------------------------------------------------------------------ names
-    def _check_identifier(self, ident: ast.Ident, what: str) -> None:
+    def _check_identifier(self, ident: ast.Ident, what: str,
+                          allow_method_names: bool = False) -> None:
         name = ident.name
         if name.startswith("_"):
             raise error(f"'{name}' starts with '_', which is reserved for generated code; "
@@ -154,7 +163,8 @@ class _Checker:
             raise error(f"'{name}' is a Python keyword and cannot name {what}", ident.span)
         if name in FUNCTIONS:
             raise error(f"'{name}' is a built-in function and cannot name {what}", ident.span)
-        if name in RESERVED_ATTRIBUTES and what != "the model":
+        reserved = RESERVED_ATTRIBUTES - (ACCESSOR_NAMES if allow_method_names else set())
+        if name in reserved and what != "the model":
             raise error(f"'{name}' is used by the generated module and cannot name {what}",
                         ident.span)
 
@@ -218,11 +228,67 @@ class _Checker:
             if kind == "normal" and args[0] < 0:
                 raise error("the scale of 'normal' must be non-negative", decl.init.span)
             init = Initialiser(kind, args)
-        if decl.attributes:
-            attribute = decl.attributes[0]
-            raise error(f"unknown parameter attribute '{attribute.name.name}'",
-                        attribute.name.span)
-        self.params[decl.name.name] = Param(decl.name.name, shape, init, decl.name.span)
+        constraint = self._constraint(decl, shape) if decl.attributes else None
+        self.params[decl.name.name] = Param(decl.name.name, shape, init, decl.name.span,
+                                            constraint)
+
+    def _constraint(self, decl: ast.ParamDecl, shape: tuple[str, ...]) -> Constraint:
+        """`where symmetric, mask(grid(h, w, c)), diagonally_dominant, accessor(name)`."""
+        seen: dict[str, ast.Attribute] = {}
+        for attribute in decl.attributes:
+            name = attribute.name.name
+            if name not in ATTRIBUTES:
+                raise error(f"unknown parameter attribute '{name}'; expected one of "
+                            + ", ".join(ATTRIBUTES), attribute.name.span)
+            if name in seen:
+                raise error(f"attribute '{name}' is given twice", attribute.name.span)
+            arity = ATTRIBUTES[name]
+            if len(attribute.args) != arity:
+                raise error(f"attribute '{name}' takes {arity} argument"
+                            f"{'s' if arity != 1 else ''}, got {len(attribute.args)}",
+                            attribute.span)
+            seen[name] = attribute
+        if len(shape) != 2 or shape[0] != shape[1]:
+            first = decl.attributes[0]
+            raise error(f"attribute '{first.name.name}' needs a square matrix parameter, but "
+                        f"'{decl.name.name}' has shape [{', '.join(shape)}]", first.name.span)
+        if "diagonally_dominant" in seen and "symmetric" not in seen:
+            raise error("'diagonally_dominant' makes a positive definite matrix only together "
+                        "with 'symmetric'; add it", seen["diagonally_dominant"].name.span)
+        mask = self._grid_mask(seen["mask"], shape[0]) if "mask" in seen else None
+        accessor = f"{decl.name.name}_value"
+        if "accessor" in seen:
+            arg = seen["accessor"].args[0]
+            if not isinstance(arg, ast.Name):
+                raise error("accessor(...) takes a method name", _expr_span(arg))
+            ident = ast.Ident(arg.name, arg.span)
+            self._check_identifier(ident, "an accessor method", allow_method_names=True)
+            if arg.name in self.declared:
+                raise error(f"'{arg.name}' is already declared", arg.span)
+            accessor = arg.name
+            self.declared[arg.name] = arg.span
+        return Constraint("symmetric" in seen, mask, "diagonally_dominant" in seen, accessor)
+
+    def _grid_mask(self, attribute: ast.Attribute, dim: str) -> GridMask:
+        call = attribute.args[0]
+        if not (isinstance(call, ast.Call) and call.func.name == "grid" and len(call.args) == 3):
+            raise error("mask(...) takes grid(height, width, connectivity)", _expr_span(call))
+        values, texts = [], []
+        for arg in call.args:
+            if not isinstance(arg, (ast.Name, ast.Number)):
+                raise error("grid(...) arguments are dimensions, constants or numbers",
+                            _expr_span(arg))
+            values.append(self._evaluate(arg, allow_consts=True))
+            texts.append(arg.name if isinstance(arg, ast.Name) else arg.text)
+        height, width, connectivity = values
+        if connectivity not in (4, 8):
+            raise error(f"grid connectivity must be 4 or 8, got "
+                        f"{_describe_number(connectivity)}", _expr_span(call.args[2]))
+        if height * width != self.dims[dim].default:
+            raise error(f"grid({texts[0]}, {texts[1]}, ...) has {_describe_number(height)} x "
+                        f"{_describe_number(width)} pixels but '{dim}' is "
+                        f"{self.dims[dim].default}", _expr_span(call))
+        return GridMask(*texts)
 
     def _let(self, decl: ast.LetDecl) -> None:
         self._declare(decl.name, "a definition")
@@ -244,8 +310,8 @@ class _Checker:
                                         decl.name.span)
 
     def _energy(self, decl: ast.EnergyDecl) -> None:
-        self._declare(decl.name, "the energy")
         self.energies.append(decl)
+        self._declare(decl.name, "the energy")
         seen: set[str] = set()
         for position, arg in enumerate(decl.args):
             variable = self.variables.get(arg.name)

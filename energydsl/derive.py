@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from .algebra import diff, distribute, make_sum, normalise
+from .algebra import canonicalise, diff, distribute, fold_definitions, make_sum, normalise
 from .lower import Definition
 from .marginalise import FreeEnergyModel
 
@@ -43,9 +43,16 @@ def derive(model: FreeEnergyModel) -> Derivation:
     p = symbolic.index(dim, "i")
     lookup = symbolic.definition_of
 
-    free_energy = normalise(model.free_energy)
-    score = distribute(normalise(-diff(free_energy, visible, (p,), lookup)))
-    laplacian = distribute(make_sum(diff(score, visible, (p,), lookup), [(p, 0, p.upper)]))
+    lets = list(symbolic.definitions.values())
+
+    def tidy(expr: sp.Expr) -> sp.Expr:
+        expr = distribute(normalise(fold_definitions(expr, lets)))
+        return canonicalise(expr, symbolic.index_pools, symbolic.symmetric)
+
+    free_energy = canonicalise(normalise(model.free_energy), symbolic.index_pools,
+                               symbolic.symmetric)
+    score = tidy(-diff(free_energy, visible, (p,), lookup))
+    laplacian = tidy(make_sum(diff(score, visible, (p,), lookup), [(p, 0, p.upper)]))
 
     score_base = sp.IndexedBase("score", shape=(symbolic.size(dim),), real=True)
     laplacian_symbol = sp.Symbol("laplacian", real=True)

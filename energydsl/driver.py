@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .checker import check
+from .conditionals import Conditionals, derive_conditionals
 from .derive import Derivation, derive
 from .emit import emit
 from .lower import lower
@@ -19,6 +20,7 @@ from .parser import parse
 @dataclass
 class Compiled:
     derivation: Derivation
+    conditionals: Conditionals
     source: str  # the generated module's text
 
 
@@ -30,4 +32,5 @@ def analyse(source: str) -> Derivation:
 def compile_source(source: str, spec_path: str) -> Compiled:
     """Spec text -> generated module text."""
     derivation = analyse(source)
-    return Compiled(derivation, emit(derivation, spec_path))
+    conditionals = derive_conditionals(derivation)
+    return Compiled(derivation, conditionals, emit(derivation, conditionals, spec_path))

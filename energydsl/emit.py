@@ -1,14 +1,12 @@
-"""Stage 7, emit: planned program -> the text of a self-contained PyTorch module.
+"""Stage 7, emit: derived definitions -> the text of a self-contained PyTorch module.
 
-Jinja2 holds the layout (templates/module.py.j2); every expression was already turned
-into code by the printer. The output depends only on the spec, so recompiling gives
-byte-identical files.
+Jinja2 holds the layout (templates/module.py.j2); the planner and printer already
+turned every expression into code, `methods` arranged them into method bodies. The
+output depends only on the spec, so recompiling gives byte-identical files.
 """
 
 from __future__ import annotations
 
-import ast
-import re
 import textwrap
 from dataclasses import dataclass
 from functools import cache
@@ -16,21 +14,21 @@ from functools import cache
 import jinja2
 
 from . import __version__
+from . import syntax as ast
+from .conditionals import Conditionals
 from .derive import Derivation
-from .plan import BATCH, Operand, Planner, Program, plan
-from .printing import dsl_str
-
-# Public methods of every generated module: name -> (definition, how to finish, doc).
-METHODS = (
-    ("free_energy", "free_energy", None, "Free energy F({v}) per sample, shape [N]."),
-    ("score", "score", None,
-     "Score d log p~({v}) / d{v} = -dF/d{v} per sample, shape [N, {D}]."),
-    ("laplacian", "laplacian", None,
-     "Laplacian sum_i d^2 log p~({v}) / d{v}_i^2 per sample, shape [N]."),
-    ("sm_loss", "sm_objective", "mean",
-     "Exact score-matching loss (Hyvarinen 2005), the batch mean of\n"
-     "        sum_i 1/2 score_i^2 + d score_i / d{v}_i, constants included."),
+from .methods import (
+    LINE_LENGTH,
+    Method,
+    MethodBuilder,
+    _bare,
+    signature,
+    uses_cholesky,
+    uses_math,
 )
+from .model import Param
+from .printer import TorchPrinter
+from .printing import dsl_str
 
 
 @dataclass(frozen=True)
@@ -46,50 +44,6 @@ class Check:
     message: str
 
 
-@dataclass(frozen=True)
-class Line:
-    comment: str
-    code: str  # `name = value`, wrapped to the line length
-
-
-@dataclass(frozen=True)
-class Method:
-    name: str
-    doc: str
-    prologue: tuple[str, ...]
-    steps: tuple[Line, ...]
-    result: str
-
-
-LINE_LENGTH = 100
-
-
-def wrap_assignment(name: str, code: str, indent: int = 8) -> str:
-    """`name = a + b - c`, broken before top-level + and - when longer than a line."""
-    line = f"{name} = {code}"
-    if indent + len(line) <= LINE_LENGTH:
-        return line
-    node = ast.parse(code, mode="eval").body
-    terms: list[tuple[str, ast.expr]] = []
-    while isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub)):
-        terms.append(("+" if isinstance(node.op, ast.Add) else "-", node.right))
-        node = node.left
-    if not terms:
-        return line
-    pad = " " * (indent + 4)
-    parts = [ast.unparse(node)] + [f"{op} {ast.unparse(term)}" for op, term in reversed(terms)]
-    return f"{name} = (\n" + "\n".join(pad + p for p in parts) + "\n" + " " * indent + ")"
-
-
-def wrap_formulas(text: str, width: int = LINE_LENGTH - 4) -> str:
-    """Docstring formula lines wrapped at spaces, continuation lines indented."""
-    lines = []
-    for line in text.split("\n"):
-        lines += textwrap.wrap(line, width=width, subsequent_indent=" " * 18,
-                               break_long_words=False, break_on_hyphens=False) or [""]
-    return "\n".join(lines)
-
-
 @cache
 def _template() -> jinja2.Template:
     env = jinja2.Environment(
@@ -103,15 +57,24 @@ def _template() -> jinja2.Template:
     return env.get_template("module.py.j2")
 
 
-def _safe_text(text: str) -> str:
-    """Text for a comment or docstring: printable ASCII, no quotes or backslashes that
-    could end the docstring or comment early."""
+def safe_text(text: str) -> str:
+    """Text for a comment or docstring: printable ASCII, no backslashes or triple quotes
+    that could end the docstring early."""
     text = text.replace("\\", "/").replace('"""', "'''")
     return "".join(c if (c.isprintable() and ord(c) < 128) or c == "\n" else "?"
                    for c in text)
 
 
-def _init_code(param, planner: Planner) -> str:
+def wrap_formulas(text: str, width: int = LINE_LENGTH - 4) -> str:
+    """Docstring formula lines wrapped at spaces, continuation lines indented."""
+    lines = []
+    for line in text.split("\n"):
+        lines += textwrap.wrap(line, width=width, subsequent_indent=" " * 18,
+                               break_long_words=False, break_on_hyphens=False) or [""]
+    return "\n".join(lines)
+
+
+def _init_code(param: Param) -> str:
     shape = ", ".join(f"self.{d}" for d in param.shape)
     size = f"({shape},)" if len(param.shape) == 1 else f"({shape})"
     opts = "dtype=dtype, device=device"
@@ -124,121 +87,11 @@ def _init_code(param, planner: Planner) -> str:
         return f"torch.ones({size}, {opts})"
     if kind == "constant":
         return f"torch.full({size}, {args[0]!r}, {opts})"
-    if kind == "uniform":
-        low, high = args
-        return f"{low!r} + {high - low!r} * torch.rand({size}, {opts})"
-    raise ValueError(kind)  # pragma: no cover
+    low, high = args  # uniform
+    return f"{low!r} + {high - low!r} * torch.rand({size}, {opts})"
 
 
-def _finish(operand: Operand, target: tuple, planner: Planner, how: str | None) -> str:
-    """The return expression: broadcast to [N, ...] if the value does not depend on v."""
-    code = operand.code
-    if operand.indices != target:
-        if not operand.is_tensor:
-            shape = ", ".join(planner.shape_code(i) for i in target)
-            code = f"_like.new_full(({shape}{',' if len(target) == 1 else ''}), {code})"
-        else:
-            code = planner.align(operand, target, broadcast=True)
-            shape = ", ".join(planner.shape_code(i) for i in target)
-            code = f"{code}.expand({shape})"
-    if how == "mean":
-        code = f"{code}.mean()"
-    return code
-
-
-def _uses(text: str, name: str) -> bool:
-    return re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", text) is not None
-
-
-def _method(name: str, definition: str, how: str | None, doc: str, program: Program,
-            planner: Planner, visible: str) -> Method:
-    operand, target = program.outputs[definition]
-    if BATCH not in target:
-        target = (BATCH, *target)
-    result = _finish(operand, target, planner, how)
-    steps = program.needed([operand.code])
-    body = " ".join(step.code for step in steps) + " " + result
-    prologue = []
-    batch_used = _uses(body, "_batch")
-    prologue.append(f"_batch = self._check_input({visible})" if batch_used
-                    else f"self._check_input({visible})")
-    if _uses(body, "_like"):
-        prologue.append(f"_like = {visible}")
-    lines = tuple(Line(step.comment, wrap_assignment(step.name, step.code)) for step in steps)
-    return Method(name, doc, tuple(prologue), lines, result)
-
-
-def emit(derivation: Derivation, spec_path: str) -> str:
-    """Render the generated module's source text."""
-    symbolic = derivation.model.symbolic
-    checked = symbolic.checked
-    visible = checked.visible.name
-    visible_dim = checked.visible.shape[0]
-    outputs = [definition for _, definition, _, _ in METHODS]
-    program, planner = plan(derivation, outputs)
-
-    ctor_args = [CtorArg(d.name, "int", str(d.default)) for d in checked.dims.values()
-                 if d.derived_from is None]
-    ctor_args += [CtorArg(c.name, "float" if isinstance(c.default, float) else "int",
-                          repr(c.default)) for c in checked.consts.values()]
-    ctor_checks = [Check(f"isinstance({a.name}, int) and {a.name} >= 1",
-                         f'f"{a.name} must be a positive integer, got {{{a.name}!r}}"')
-                   for a in ctor_args if a.type == "int" and a.name in checked.dims]
-    for condition in derivation.model.conditions:
-        code = planner_printer(planner, condition, local=True)
-        ctor_checks.append(Check(code, repr(_safe_text(
-            f"the model is normalisable only if {dsl_str(condition)}"))))
-    ctor_lines = []
-    for dim in checked.dims.values():
-        if dim.derived_from is None:
-            ctor_lines.append(f"self.{dim.name} = {dim.name}")
-        else:
-            ctor_lines.append(f"self.{dim.name} = {_dim_formula(dim.derived_from)}")
-    for const in checked.consts.values():
-        ctor_lines.append(f"self.{const.name} = {const.name}")
-    for param in checked.params.values():
-        ctor_lines.append(f"self.{param.name} = torch.nn.Parameter(\n"
-                          f"            {_init_code(param, planner)}\n        )")
-
-    fmt = {"v": visible, "D": visible_dim}
-    methods = [_method(name, definition, how, doc.format(**fmt), program, planner, visible)
-               for name, definition, how, doc in METHODS]
-    summary = _summary(derivation)
-    text = _template().render(
-        version=__version__,
-        spec_path=_safe_text(spec_path),
-        model=checked,
-        summary=summary,
-        formulas=wrap_formulas(_safe_text(formulas(derivation))),
-        uses_math=any("math." in line.code for m in methods for line in m.steps)
-        or any("math." in c.code for c in ctor_checks),
-        ctor_doc=", ".join(f"{a.name}={a.default}" for a in ctor_args) or "none",
-        params_doc=", ".join(f"{p.name} [{', '.join(p.shape)}]" for p in checked.params.values())
-        or "none",
-        visible=visible,
-        visible_dim=visible_dim,
-        first_param=next(iter(checked.params), None),
-        ctor_args=ctor_args,
-        ctor_checks=ctor_checks,
-        ctor_lines=ctor_lines,
-        methods=methods,
-    )
-    return text
-
-
-def planner_printer(planner: Planner, expr, local: bool = False) -> str:
-    """Code for a condition or scalar formula over dims and constants."""
-    from .printer import TorchPrinter
-
-    names = dict(planner.scalar_names)
-    if local:
-        names = {symbol: code.removeprefix("self.") for symbol, code in names.items()}
-    return TorchPrinter(set(), names).doprint(expr)
-
-
-def _dim_formula(expr) -> str:
-    from . import syntax as ast
-
+def _dim_formula(expr: ast.Expr) -> str:
     if isinstance(expr, ast.Number):
         return expr.text
     if isinstance(expr, ast.Name):
@@ -251,9 +104,44 @@ def _dim_formula(expr) -> str:
     raise ValueError(expr)  # pragma: no cover
 
 
+def _grid_argument(text: str, checked) -> str:
+    return f"self.{text}" if text in checked.dims or text in checked.consts else text
+
+
+def _accessor(param: Param, checked) -> Method:
+    """The method giving a constrained parameter's value from its raw parameter."""
+    constraint = param.constraint
+    lines = [f"raw = self.{param.name}"]
+    notes = []
+    value = "raw"
+    if constraint.symmetric:
+        lines.append("value = 0.5 * (raw + raw.T)")
+        value = "value"
+        notes.append("symmetric, (raw + raw^T) / 2")
+    if constraint.mask is not None:
+        lines.append(f"value = torch.where(self._{param.name}_mask, {value}, "
+                     f"torch.zeros_like({value}))")
+        value = "value"
+        notes.append("zero outside the grid neighbourhood of each pixel")
+    if constraint.diagonally_dominant:
+        lines += [f"off_diagonal = {value} - torch.diag_embed(torch.diagonal({value}))",
+                  "diagonal = (",
+                  "    off_diagonal.abs().sum(dim=1)",
+                  "    + torch.nn.functional.softplus(torch.diagonal(raw))",
+                  "    + 1e-6",
+                  ")",
+                  "return off_diagonal + torch.diag_embed(diagonal)"]
+        notes.append("strictly diagonally dominant with a positive diagonal, hence positive "
+                     "definite\n        for every raw value (Gershgorin)")
+    else:
+        lines.append(f"return {value}")
+    doc = f"{param.name} from its raw parameter: " + "; ".join(notes) + "."
+    doc = "\n        ".join(textwrap.wrap(doc.replace("\n        ", " "), width=88))
+    return Method(constraint.accessor, "", "torch.Tensor", doc, tuple(lines))
+
+
 def _summary(derivation: Derivation) -> str:
-    model = derivation.model
-    checked = model.symbolic.checked
+    checked = derivation.model.symbolic.checked
     visible = checked.visible
     parts = [f"energy-based model of {visible.name} in R^{visible.shape[0]}"]
     for hidden in checked.hidden.values():
@@ -261,7 +149,7 @@ def _summary(derivation: Derivation) -> str:
     return ", ".join(parts) + "."
 
 
-def formulas(derivation: Derivation) -> str:
+def formulas(derivation: Derivation, conditionals: Conditionals | None = None) -> str:
     """The model's formulas in spec notation (for docstrings and `show`)."""
     model = derivation.model
     lines = []
@@ -276,4 +164,90 @@ def formulas(derivation: Derivation) -> str:
     lines.append(f"SM objective: {dsl_str(derivation.sm_objective)}   (batch mean)")
     for condition in model.conditions:
         lines.append(f"Requires:     {dsl_str(condition)}")
+    if conditionals is not None:
+        for name, conditional in conditionals.hidden.items():
+            index = conditional.unit.index
+            lines.append(f"Conditional:  E[{name}[{index}] | v] = {dsl_str(conditional.mean)}")
+        if conditionals.sm_terms is not None:
+            for key, value in conditionals.sm_terms.items():
+                lines.append(f"SM term:      {key} = {dsl_str(value)}")
+        if conditionals.visible is not None:
+            visible = conditionals.visible
+            name = model.symbolic.checked.visible.name
+            lines.append(f"Conditional:  {name} | hidden ~ N(P^-1 b, P^-1) with "
+                         f"P[{visible.index}, {visible.second}] = {dsl_str(visible.precision)}, "
+                         f"b[{visible.index}] = {dsl_str(visible.linear)}")
+        if conditionals.gaussian_precision is not None:
+            p, q = conditionals.gaussian_indices
+            lines.append(f"Gaussian:     precision[{p}, {q}] = "
+                         f"{dsl_str(conditionals.gaussian_precision)}")
     return "\n".join(lines)
+
+
+def emit(derivation: Derivation, conditionals: Conditionals, spec_path: str) -> str:
+    """Render the generated module's source text."""
+    symbolic = derivation.model.symbolic
+    checked = symbolic.checked
+    builder = MethodBuilder(derivation, conditionals)
+    methods = builder.build()
+
+    ctor_args = [CtorArg(d.name, "int", str(d.default)) for d in checked.dims.values()
+                 if d.derived_from is None]
+    ctor_args += [CtorArg(c.name, "float" if isinstance(c.default, float) else "int",
+                          repr(c.default)) for c in checked.consts.values()]
+    ctor_checks = [Check(f"isinstance({a.name}, int) and {a.name} >= 1",
+                         f'f"{a.name} must be a positive integer, got {{{a.name}!r}}"')
+                   for a in ctor_args if a.type == "int" and a.name in checked.dims]
+    local_names = {s: n for n, s in symbolic.consts.items()}
+    local_names.update({s: n for n, s in symbolic.dims.items()})
+    for condition in derivation.model.conditions:
+        code = _bare(TorchPrinter(set(), local_names).doprint(condition))
+        message = safe_text(f"the model is normalisable only if {dsl_str(condition)}, got ")
+        values = ", ".join(f"{s}={{{s}!r}}" for s in sorted(map(str, condition.free_symbols)))
+        ctor_checks.append(Check(code, "f" + repr(message + values)))
+    ctor_lines = []
+    for dim in checked.dims.values():
+        if dim.derived_from is None:
+            ctor_lines.append(f"self.{dim.name} = {dim.name}")
+        else:
+            ctor_lines.append(f"self.{dim.name} = {_bare(_dim_formula(dim.derived_from))}")
+    for const in checked.consts.values():
+        ctor_lines.append(f"self.{const.name} = {const.name}")
+    accessors = []
+    grid_mask = False
+    for param in checked.params.values():
+        ctor_lines.append(f"self.{param.name} = torch.nn.Parameter(\n"
+                          f"            {_init_code(param)}\n        )")
+        if param.constraint is not None:
+            accessors.append(_accessor(param, checked))
+            mask = param.constraint.mask
+            if mask is not None:
+                grid_mask = True
+                args = ", ".join(_grid_argument(t, checked)
+                                 for t in (mask.height, mask.width, mask.connectivity))
+                ctor_lines.append(f"self.register_buffer(\n"
+                                  f'            "_{param.name}_mask",\n'
+                                  f"            _grid_mask({args}, device=device),\n"
+                                  "            persistent=False,\n        )")
+    all_methods = accessors + methods
+    return _template().render(
+        version=__version__,
+        spec_path=safe_text(spec_path),
+        model=checked,
+        summary=_summary(derivation),
+        formulas=wrap_formulas(safe_text(formulas(derivation, conditionals))),
+        ctor_doc=", ".join(f"{a.name}={a.default}" for a in ctor_args) or "none",
+        params_doc=", ".join(f"{p.name} [{', '.join(p.shape)}]" for p in checked.params.values())
+        or "none",
+        visible=checked.visible.name,
+        visible_dim=checked.visible.shape[0],
+        first_param=next(iter(checked.params), None),
+        ctor_args=ctor_args,
+        ctor_checks=ctor_checks,
+        ctor_lines=ctor_lines,
+        methods=all_methods,
+        signature=signature,
+        uses_math=uses_math(all_methods),
+        uses_cholesky=uses_cholesky(all_methods),
+        grid_mask=grid_mask,
+    )

@@ -48,6 +48,9 @@ class SymbolicModel:
     definitions: dict[str, Definition]
     energy: sp.Expr  # E(v, h), or F(v) when the spec gives a free energy
     taken_names: set[str] = field(default_factory=set)
+    # size -> the index names the spec uses over it, in order of first use
+    index_pools: dict[sp.Expr, list[str]] = field(default_factory=dict)
+    symmetric: frozenset = frozenset()  # bases of symmetric parameters
 
     @property
     def name(self) -> str:
@@ -132,6 +135,11 @@ class _Lowerer:
             return sp.Sum(self.expr(node.body, inner), *limits)
         raise TypeError(f"unexpected node {node!r}")  # pragma: no cover
 
+    def _energy(self) -> sp.Expr:
+        """E(v, h), or F(v); a log density log p~(v) gives F = -log p~."""
+        value = self.expr(self.checked.energy.value, {})
+        return -value if self.checked.energy.role == "log_density" else value
+
     def run(self) -> SymbolicModel:
         definitions = {}
         for let in self.checked.lets.values():
@@ -150,9 +158,21 @@ class _Lowerer:
             hidden={name: self.tensors[name] for name in checked.hidden},
             params={name: self.tensors[name] for name in checked.params},
             definitions=definitions,
-            energy=self.expr(checked.energy.value, {}),
+            energy=self._energy(),
             taken_names=taken,
+            index_pools=self._pools(),
+            symmetric=frozenset(self.tensors[p.name] for p in checked.params.values()
+                                if p.constraint is not None and p.constraint.symmetric),
         )
+
+    def _pools(self) -> dict[sp.Expr, list[str]]:
+        pools: dict[sp.Expr, list[str]] = {}
+        idents = sorted(self.checked.index_ranges, key=lambda i: (i.span.line, i.span.column))
+        for ident in idents:
+            names = pools.setdefault(self.dims[self.checked.index_ranges[ident]], [])
+            if ident.name not in names:
+                names.append(ident.name)
+        return pools
 
 
 def lower(checked: CheckedModel) -> SymbolicModel:

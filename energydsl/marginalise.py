@@ -38,6 +38,9 @@ class HiddenUnit:
     symbol: sp.Symbol
     energy: sp.Expr
     log_partition: sp.Expr
+    # e = a h^2 + b h + c for a real unit ("a", "b"); e = rate h + power log h + c for a
+    # positive one ("rate", "power"); empty for discrete units (e is used directly).
+    coefficients: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -48,6 +51,7 @@ class FreeEnergyModel:
     hidden: dict[str, HiddenUnit] = field(default_factory=dict)
     # Conditions on constants (e.g. gamma > 0) under which the integrals converge.
     conditions: list[sp.Basic] = field(default_factory=list)
+    visible_energy: sp.Expr = sp.S.Zero  # E_0(v): the terms of E without hidden units
 
     @property
     def name(self) -> str:
@@ -138,20 +142,22 @@ class _Marginaliser:
         return visible_part, {n: (u if u is not None else self.model.index(dim, "u"), s,
                                   sp.Add(*p)) for n, (u, s, p, dim) in units.items()}
 
-    def log_partition(self, name: str, domain: str, symbol: sp.Symbol, e: sp.Expr) -> sp.Expr:
+    def log_partition(self, name: str, domain: str, symbol: sp.Symbol, e: sp.Expr
+                      ) -> tuple[sp.Expr, dict]:
         if symbol not in e.free_symbols:
             raise self.fail(f"the energy does not depend on hidden variable '{name}'", name)
         if domain in DISCRETE_DOMAINS:
-            return _discrete_log_partition(symbol, e, DISCRETE_DOMAINS[domain])
+            return _discrete_log_partition(symbol, e, DISCRETE_DOMAINS[domain]), {}
         keep = set(self.model.consts.values()) | set(self.model.dims.values())
         placeholders, e_local = _abstract_visible(e, symbol, keep)
         self.back = {dummy: original for original, dummy in placeholders.items()}
         if domain == "real":
-            log_z, condition = self._gaussian(name, symbol, e_local)
+            log_z, condition, coefficients = self._gaussian(name, symbol, e_local)
         else:
-            log_z, condition = self._positive(name, symbol, e_local)
+            log_z, condition, coefficients = self._positive(name, symbol, e_local)
         self._record(name, condition.xreplace(self.back) if condition is not True else True)
-        return log_z.xreplace(self.back)
+        return log_z.xreplace(self.back), {k: v.xreplace(self.back)
+                                           for k, v in coefficients.items()}
 
     def _gaussian(self, name: str, h: sp.Symbol, e: sp.Expr) -> tuple[sp.Expr, object]:
         """int exp(-(a h^2 + b h + c)) dh over the reals, after completing the square."""
@@ -173,7 +179,7 @@ class _Marginaliser:
             raise self.fail(f"cannot show that the integral over '{name}' converges: the "
                             f"coefficient of {name}^2, {self.show(a)}, must be positive", name)
         log_z = _integrate_gaussian(a) + b**2 / (4 * a) - c
-        return log_z, True
+        return log_z, True, {"a": a, "b": b}
 
     def _positive(self, name: str, h: sp.Symbol, e: sp.Expr) -> tuple[sp.Expr, object]:
         """int exp(-e) dh over h > 0 by SymPy, e.g. a Gamma-type unit a h + k log h."""
@@ -195,7 +201,7 @@ class _Marginaliser:
         log_z = sp.expand(sp.expand_log(sp.log(value.subs(_RATE, rate)), force=True)) - constant
         log_z = log_z.replace(lambda x: isinstance(x, sp.log) and isinstance(x.args[0], sp.gamma),
                               lambda x: sp.loggamma(x.args[0].args[0]))
-        return log_z, condition
+        return log_z, condition, {"rate": rate, "power": power}
 
     def _record(self, name: str, condition) -> None:
         """Keep a convergence condition on constants; reject one that fails or depends on
@@ -311,12 +317,13 @@ def marginalise(model: SymbolicModel) -> FreeEnergyModel:
     hidden = {}
     for name, (index, symbol, e) in units.items():
         domain = model.checked.hidden[name].domain
-        log_z = worker.log_partition(name, domain, symbol, e)
+        log_z, coefficients = worker.log_partition(name, domain, symbol, e)
         log_z = rewrite_log_one_plus(sp.expand(log_z))
-        hidden[name] = HiddenUnit(name, domain, index, symbol, e, log_z)
+        hidden[name] = HiddenUnit(name, domain, index, symbol, e, log_z, coefficients)
         free_energy = free_energy - make_sum(log_z, [(index, 0, index.upper)])
     free_energy = normalise(free_energy)
-    return FreeEnergyModel(model, free_energy, model.energy, hidden, worker.conditions)
+    return FreeEnergyModel(model, free_energy, model.energy, hidden, worker.conditions,
+                           visible_part)
 
 
 __all__ = ["FreeEnergyModel", "HiddenUnit", "marginalise", "log1p"]

@@ -47,11 +47,36 @@ class Initialiser:
 
 
 @dataclass(frozen=True)
+class GridMask:
+    """Pixels of a height x width image in raster order; entry (a, b) may be non-zero
+    when b is in a's 4- or 8-connected neighbourhood (a pixel is its own neighbour)."""
+
+    height: str  # each a dimension or constant name, or a number as text
+    width: str
+    connectivity: str
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """How a parameter's value is made from its raw (free) `nn.Parameter`:
+    symmetric: (raw + raw^T) / 2;  mask: zero outside the mask;
+    diagonally_dominant: the diagonal becomes sum_j |offdiagonal_ij| + softplus(raw_ii)
+    + 1e-6, so a symmetric value is positive definite for every raw value (Gershgorin).
+    The generated module exposes the value through the method `accessor()`."""
+
+    symmetric: bool
+    mask: GridMask | None
+    diagonally_dominant: bool
+    accessor: str
+
+
+@dataclass(frozen=True)
 class Param:
     name: str
     shape: tuple[str, ...]
     init: Initialiser
     span: Span
+    constraint: Constraint | None = None
 
 
 @dataclass(frozen=True)

@@ -91,6 +91,10 @@ class _ToAst(Transformer):
         name, arg, value = children
         return ast.EnergyDecl("free_energy", _ident(name), (_ident(arg),), value, _span(meta))
 
+    def log_density_decl(self, meta, children):
+        name, arg, value = children
+        return ast.EnergyDecl("log_density", _ident(name), (_ident(arg),), value, _span(meta))
+
     def shape(self, meta, children):
         return tuple(map(_ident, children))
 

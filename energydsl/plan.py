@@ -14,6 +14,7 @@ formula it computes). The planner
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass, field
 
 import opt_einsum
@@ -26,6 +27,7 @@ from .printer import TorchPrinter
 from .printing import dsl_str
 
 BATCH = sp.Symbol("_n")
+_AXIS0, _AXIS1 = sp.Symbol("_a0"), sp.Symbol("_a1")
 DEFAULT_BATCH_SIZE = 128
 _LETTERS = "abcdefghijklmopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -74,11 +76,17 @@ def _free_indices(expr: sp.Basic) -> set[sp.Idx]:
 
 
 class Planner:
-    def __init__(self, derivation: Derivation, batch_size: int = DEFAULT_BATCH_SIZE):
+    """Plans definitions into one program. `inputs` are the method's tensor arguments
+    (base -> argument name), each batched along `_n`; by default the visible variable."""
+
+    def __init__(self, derivation: Derivation, batch_size: int = DEFAULT_BATCH_SIZE,
+                 inputs: dict | None = None, definitions: dict[str, Definition] | None = None):
         symbolic = derivation.model.symbolic
         self.symbolic = symbolic
-        self.definitions: dict[str, Definition] = derivation.definitions
+        self.definitions: dict[str, Definition] = definitions or derivation.definitions
         self.visible = symbolic.visible
+        self.inputs = inputs if inputs is not None else {
+            symbolic.visible: str(symbolic.visible.label)}
         self.batch_size = batch_size
         self.defaults = {symbol: symbolic.checked.dims[name].default
                          for name, symbol in symbolic.dims.items()}
@@ -86,6 +94,9 @@ class Planner:
         self.scalar_names.update({s: f"self.{n}" for n, s in symbolic.consts.items()})
         self.params = {str(base.label) if isinstance(base, sp.IndexedBase) else str(base): base
                        for base in symbolic.params.values()}
+        self.accessors = {name: param.constraint.accessor
+                          for name, param in symbolic.checked.params.items()
+                          if param.constraint is not None}
         self.program = Program()
         self.memo: dict[sp.Basic, Operand] = {}
         self.pair_memo: dict[tuple, tuple[str, str]] = {}
@@ -106,7 +117,8 @@ class Planner:
         for node in sp.preorder_traversal(expr):
             if isinstance(node, sp.Indexed):
                 label = str(node.base.label)
-                if node.base == self.visible or label in batched:
+                if node.base in self.inputs or (label in batched
+                                                and self.definitions[label].base == node.base):
                     return True
             elif isinstance(node, sp.Symbol) and str(node) in batched \
                     and self._definition_symbol(node):
@@ -178,7 +190,7 @@ class Planner:
         if len(comment) > 88:  # comments sit at 8 spaces of indentation, 100 columns
             comment = comment[:85] + "..."
         name = self._new_name(name)
-        deps = tuple(sorted({s.name for s in self.program.steps if _uses(code, s.name)}))
+        deps = tuple(sorted({s.name for s in self.program.steps if uses_name(code, s.name)}))
         self.program.steps.append(Step(name, code, comment, deps))
         return name
 
@@ -189,9 +201,11 @@ class Planner:
             return self.defined[name]
         definition = self.definitions[name]
         target = ((BATCH,) if name in self.batched else ()) + tuple(definition.indices)
-        operand = self.operand(definition.body, name=name)
-        if operand.code != name:
-            operand = self.conform(operand, target, name, dsl_str(definition.body))
+        internal = name.startswith("_")  # no alias step for the compiler's own definitions
+        operand = self.operand(definition.body, name=None if internal else name)
+        if operand.code != name and not (internal and operand.indices == target):
+            operand = self.conform(operand, target, None if internal else name,
+                                   dsl_str(definition.body))
         self.defined[name] = operand
         return operand
 
@@ -245,9 +259,12 @@ class Planner:
             label = str(expr.base.label)
             indices = tuple(expr.indices)
             if len(set(indices)) != len(indices):
-                return None  # a diagonal: computed by einsum as a contraction
-            if expr.base == self.visible:
-                return Operand(label, (BATCH, *indices))
+                return self._diagonal(expr)
+            if expr.base in self.inputs:
+                return Operand(self.inputs[expr.base], (BATCH, *indices))
+            if label in self.accessors and self.params[label] == expr.base:
+                return self._constrained(label).relabel(
+                    dict(zip((_AXIS0, _AXIS1), indices, strict=False)))
             if label in self.params and self.params[label] == expr.base:
                 return Operand(f"self.{label}", indices)
             if label in self.definitions and self.definitions[label].base == expr.base:
@@ -255,6 +272,8 @@ class Planner:
                 formal = tuple(self.definitions[label].indices)
                 return operand.relabel(dict(zip(formal, indices, strict=True)))
             raise ValueError(f"unknown tensor {label}")  # pragma: no cover
+        if isinstance(expr, sp.KroneckerDelta):
+            return self._delta(expr)
         if isinstance(expr, sp.Symbol):
             name = str(expr)
             if expr in self.scalar_names:
@@ -265,9 +284,43 @@ class Planner:
                 return self.define(name)
         return None
 
+    def _constrained(self, name: str) -> Operand:
+        """A constrained parameter's value, computed once per method by its accessor."""
+        key = ("constrained", name)
+        if key not in self.pair_memo:
+            step = self._emit(f"self.{self.accessors[name]}()",
+                              f"{name}, constrained (see {self.accessors[name]})", name)
+            self.pair_memo[key] = (step, "")
+        return Operand(self.pair_memo[key][0], (_AXIS0, _AXIS1))
+
+    def _diagonal(self, expr: sp.Indexed) -> Operand:
+        """W[i, i] and friends: einsum with a repeated letter (e.g. 'ii->i')."""
+        distinct = [sp.Idx(f"_d{k}", (i.lower, i.upper)) for k, i in enumerate(expr.indices)]
+        whole = self.operand(expr.base[tuple(distinct)])
+        letters: dict = {}
+        for index in expr.indices:
+            letters.setdefault(index, _LETTERS[len(letters)])
+        source = whole.relabel(dict(zip(distinct, expr.indices, strict=True)))
+        batch = "n" if BATCH in source.indices else ""
+        source_letters = "".join("n" if i == BATCH else letters[i] for i in source.indices)
+        unique = tuple(dict.fromkeys(expr.indices))
+        out = batch + "".join(letters[i] for i in unique)
+        code = f'torch.einsum("{source_letters}->{out}", {source.code})'
+        return Operand(self._emit(code, dsl_str(expr)), ((BATCH,) if batch else ()) + unique)
+
+    def _delta(self, expr: sp.KroneckerDelta) -> Operand:
+        """delta(p, q): an identity matrix of the index's size."""
+        a, b = expr.args
+        code = f"torch.eye({self.shape_code(a)}, dtype={self.like}.dtype, " \
+               f"device={self.like}.device)"
+        key = ("eye", self.shape_code(a))
+        if key not in self.pair_memo:
+            self.pair_memo[key] = (self._emit(code, f"identity ({a}, {b})"), "")
+        return Operand(self.pair_memo[key][0], (a, b))
+
     def _has_tensor(self, expr: sp.Basic) -> bool:
         for node in sp.preorder_traversal(expr):
-            if isinstance(node, sp.Indexed):
+            if isinstance(node, (sp.Indexed, sp.KroneckerDelta)):
                 return True
             if isinstance(node, sp.Symbol) and (str(node) in self.params
                                                  or self._definition_symbol(node)):
@@ -281,7 +334,7 @@ class Planner:
         def collect(node: sp.Expr) -> None:
             if not self._has_tensor(node):
                 return
-            if isinstance(node, (sp.Indexed, sp.Sum, sp.Symbol)) or (
+            if isinstance(node, (sp.Indexed, sp.Sum, sp.Symbol, sp.KroneckerDelta)) or (
                     isinstance(node, sp.Function) and node is not expr):
                 # functions of tensors get their own step, so each is computed once
                 leaves[node] = self.operand(node)
@@ -414,7 +467,7 @@ class Planner:
                     body = substitute_index(body, index, fresh)
                 taken.add(str(fresh))
                 limits.append(fresh)
-            if any(isinstance(f, sp.Add) for f in sp.Mul.make_args(body)):
+            if isinstance(body, sp.Add):
                 return None
             s, f = self._split_scalars(sp.Mul.make_args(body))
             scalars += s
@@ -555,9 +608,8 @@ def _mergeable(factor: sp.Expr) -> list[sp.Sum] | None:
     return None
 
 
-def _uses(code: str, name: str) -> bool:
-    import re
-
+def uses_name(code: str, name: str) -> bool:
+    """Whether code mentions the variable `name` (not as an attribute or a longer name)."""
     return re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", code) is not None
 
 

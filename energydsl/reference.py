@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from . import syntax as ast
-from .model import DISCRETE_DOMAINS, CheckedModel
+from .model import DISCRETE_DOMAINS, CheckedModel, Param
 
 BATCH_AXIS = "@n"
 CONFIG_AXIS = "@c"
@@ -199,25 +199,100 @@ def hidden_configurations(model: CheckedModel, sizes: dict[str, int], dtype: tor
     return {name: torch.stack(cols, dim=1) for name, cols in states.items()}, log_weight
 
 
+def _grid_neighbours(height: int, width: int, connectivity: int) -> torch.Tensor:
+    """The neighbourhood mask pixel by pixel, written out plainly (no broadcasting)."""
+    count = height * width
+    mask = torch.zeros(count, count, dtype=torch.bool)
+    for a in range(count):
+        for b in range(count):
+            dr = abs(a // width - b // width)
+            dc = abs(a % width - b % width)
+            mask[a, b] = (dr + dc <= 1) if connectivity == 4 else (max(dr, dc) <= 1)
+    return mask
+
+
+def constrained_value(param: Param, raw: torch.Tensor, sizes: dict[str, int],
+                      scalars: dict[str, float]) -> torch.Tensor:
+    """A constrained parameter's value from its raw tensor (see model.Constraint)."""
+    constraint = param.constraint
+    if constraint is None:
+        return raw
+    value = raw
+    if constraint.symmetric:
+        value = (raw + raw.transpose(0, 1)) / 2
+    if constraint.mask is not None:
+        def number(text: str) -> int:
+            return int(sizes.get(text, scalars.get(text, float(text) if text[0].isdigit()
+                                                   else 0)))
+
+        grid = constraint.mask
+        mask = _grid_neighbours(number(grid.height), number(grid.width),
+                                number(grid.connectivity))
+        value = value * mask.to(value.dtype)
+    if constraint.diagonally_dominant:
+        eye = torch.eye(value.shape[0], dtype=value.dtype)
+        off = value * (1 - eye)
+        diagonal = off.abs().sum(dim=1) + torch.nn.functional.softplus(torch.diagonal(raw)) \
+            + 1e-6
+        value = off + eye * diagonal[:, None]
+    return value
+
+
+@dataclass
+class Reference:
+    """The spec's energy on concrete parameters (raw values, constrained here)."""
+
+    model: CheckedModel
+    sizes: dict[str, int]
+    scalars: dict[str, float]
+    params: dict[str, torch.Tensor]
+
+    def energy(self, v: torch.Tensor, hidden: dict[str, torch.Tensor] | None = None,
+               paired: bool = False) -> torch.Tensor:
+        """E(v, h) (or F(v)): [N, C] for every sample against every hidden state, or [N]
+        when `paired` (row n of v goes with row n of each hidden tensor)."""
+        model = self.model
+        tensors = {name: constrained_value(model.params[name], raw, self.sizes, self.scalars)
+                   for name, raw in self.params.items()}
+        tensors[model.visible.name] = v
+        batched = {model.visible.name: BATCH_AXIS}
+        for name, state in (hidden or {}).items():
+            tensors[name] = state
+            batched[name] = BATCH_AXIS if paired else CONFIG_AXIS
+        value = Interpreter(model, self.sizes, self.scalars, tensors, batched).eval(
+            model.energy.value)
+        if model.energy.role == "log_density":
+            value = Value(-value.tensor, value.axes)
+        axes = (BATCH_AXIS,) if paired else (BATCH_AXIS, CONFIG_AXIS)
+        energy = _align(value, axes)
+        if not isinstance(energy, torch.Tensor):
+            energy = torch.tensor(energy, dtype=v.dtype)
+        energy = energy.reshape(energy.shape + (1,) * (len(axes) - energy.ndim))
+        columns = () if paired else (max([len(t) for t in (hidden or {}).values()] or [1]),)
+        return energy.expand(v.shape[0], *columns)
+
+    def configurations(self, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        return hidden_configurations(self.model, self.sizes, dtype)
+
+    def free_energy(self, v: torch.Tensor) -> torch.Tensor:
+        """F(v) = -log sum_h exp(-E(v, h)), or the spec's F(v); per sample, shape [N]."""
+        states, log_weight = self.configurations(v.dtype)
+        energy = self.energy(v, states)
+        if not states:
+            return energy[:, 0]
+        return -torch.logsumexp(-energy + log_weight, dim=1)
+
+    def posterior(self, v: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Every hidden state and its probability given each sample: [N, C]."""
+        states, log_weight = self.configurations(v.dtype)
+        energy = self.energy(v, states)
+        return states, torch.softmax(-energy + log_weight, dim=1)
+
+
 def reference_free_energy(model: CheckedModel, sizes: dict[str, int], scalars: dict[str, float],
                           params: dict[str, torch.Tensor], v: torch.Tensor) -> torch.Tensor:
-    """F(v) = -log sum_h exp(-E(v, h)), or the spec's F(v); per sample, shape [N]."""
-    tensors = dict(params)
-    tensors[model.visible.name] = v
-    batched = {model.visible.name: BATCH_AXIS}
-    states, log_weight = hidden_configurations(model, sizes, v.dtype)
-    for name, state in states.items():
-        tensors[name] = state
-        batched[name] = CONFIG_AXIS
-    value = Interpreter(model, sizes, scalars, tensors, batched).eval(model.energy.value)
-    energy = _align(value, (BATCH_AXIS, CONFIG_AXIS))
-    if not isinstance(energy, torch.Tensor):
-        energy = torch.tensor(energy, dtype=v.dtype)
-    energy = energy.reshape(energy.shape + (1,) * (2 - energy.ndim))
-    energy = energy.expand(v.shape[0], len(log_weight))
-    if not states:
-        return energy[:, 0]
-    return -torch.logsumexp(-energy + log_weight, dim=1)
+    """F(v) by enumeration/quadrature of the spec's own energy."""
+    return Reference(model, sizes, scalars, params).free_energy(v)
 
 
 def check_sizes(model: CheckedModel, overrides: dict[str, int]) -> dict[str, int]:

@@ -145,7 +145,8 @@ class LetDecl:
 
 @dataclass(frozen=True)
 class EnergyDecl:
-    """`energy E(v, h) = ...` (role "energy") or `free energy F(v) = ...` ("free_energy")."""
+    """`energy E(v, h) = ...` (role "energy"), `free energy F(v) = ...` ("free_energy") or
+    `log density p(v) = ...` ("log_density": the unnormalised log p~(v) = -F(v))."""
 
     role: str
     name: Ident

@@ -6,8 +6,15 @@ Energy:       E = sum(j: h[j]^2)/2 + sum(i: v[i]^2)/2 - sum(i, j: W[i, j]*h[j]*v
 Free energy:  F = -K*log(pi)/2 - K*log(2)/2 + sum(i: v[i]^2)/2 - sum(j: sum(i: W[i,
                   j]*v[i])^2)/2
 Score:        score[k] = -v[k] + sum(j: W[k, j]*sum(i: W[i, j]*v[i]))
-Laplacian:    laplacian = -D + sum(k, j: W[k, j]^2)
+Laplacian:    laplacian = -D + sum(i, j: W[i, j]^2)
 SM objective: laplacian + sum(k: score[k]^2)/2   (batch mean)
+Conditional:  E[h[j] | v] = sum(i: W[i, j]*v[i])
+SM term:      squared_error = sum(k: score[k]^2)/2
+SM term:      variance = sum(i, j: W[i, j]^2)
+SM term:      curvature = -D
+Conditional:  v | hidden ~ N(P^-1 b, P^-1) with P[k, q] = delta(k, q), b[k] = sum(j: W[k,
+                  j]*h[j])
+Gaussian:     precision[k, q] = delta(k, q) - sum(j: W[k, j]*W[q, j])
 """
 
 import math
@@ -42,25 +49,35 @@ class GaussianRBM(torch.nn.Module):
             0.01 * torch.randn((self.D, self.K), dtype=dtype, device=device)
         )
 
-    def _check_input(self, v: torch.Tensor) -> int:
+    def _check(self, name: str, value: torch.Tensor, size: int, rows: int | None = None) -> int:
         """Fail early, naming the expected shape, rather than deep inside an einsum."""
-        if not isinstance(v, torch.Tensor):
-            raise TypeError(f"expected a torch.Tensor, got {type(v).__name__}")
-        if v.ndim != 2 or v.shape[1] != self.D:
-            raise ValueError(
-                f"expected v of shape [N, {self.D}], got {list(v.shape)}"
-            )
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"expected {name} as a torch.Tensor, got {type(value).__name__}")
+        if value.ndim != 2 or value.shape[1] != size or rows not in (None, value.shape[0]):
+            expected = f"[{'N' if rows is None else rows}, {size}]"
+            raise ValueError(f"expected {name} of shape {expected}, got {list(value.shape)}")
         reference = self.W
-        if v.dtype != reference.dtype or v.device != reference.device:
+        if value.dtype != reference.dtype or value.device != reference.device:
             raise ValueError(
-                f"expected v with dtype {reference.dtype} on {reference.device}, "
-                f"got {v.dtype} on {v.device}"
+                f"expected {name} with dtype {reference.dtype} on {reference.device}, "
+                f"got {value.dtype} on {value.device}"
             )
-        return v.shape[0]
+        return value.shape[0]
+
+    def _cholesky(self, precision: torch.Tensor) -> torch.Tensor:
+        """The lower Cholesky factor, or a clear error if the precision is not positive
+        definite."""
+        factor, info = torch.linalg.cholesky_ex(precision)
+        if bool((info != 0).any()):
+            raise ValueError(
+                "the precision is not positive definite: "
+                "at these parameters the model is not normalisable"
+            )
+        return factor
 
     def free_energy(self, v: torch.Tensor) -> torch.Tensor:
         """Free energy F(v) per sample, shape [N]."""
-        self._check_input(v)
+        self._check("v", v, self.D)
         # v[i]^2
         _t1 = torch.square(v)
         # sum(i: v[i]^2)
@@ -82,7 +99,7 @@ class GaussianRBM(torch.nn.Module):
 
     def score(self, v: torch.Tensor) -> torch.Tensor:
         """Score d log p~(v) / dv = -dF/dv per sample, shape [N, D]."""
-        self._check_input(v)
+        self._check("v", v, self.D)
         # sum(i: W[i, j]*v[i])
         _t3 = torch.einsum('ij,ni->nj', self.W, v)
         # sum(j: W[k, j]*sum(i: W[i, j]*v[i]))
@@ -93,30 +110,30 @@ class GaussianRBM(torch.nn.Module):
 
     def laplacian(self, v: torch.Tensor) -> torch.Tensor:
         """Laplacian sum_i d^2 log p~(v) / dv_i^2 per sample, shape [N]."""
-        _batch = self._check_input(v)
-        # W[k, j]^2
+        _batch = self._check("v", v, self.D)
+        # W[i, j]^2
         _t7 = torch.square(self.W)
-        # sum(k, j: W[k, j]^2)
+        # sum(i, j: W[i, j]^2)
         _t8 = _t7.sum(dim=(0, 1))
-        # -D + sum(k, j: W[k, j]^2)
+        # -D + sum(i, j: W[i, j]^2)
         laplacian = -self.D + _t8
         return laplacian.expand(_batch)
 
     def sm_loss(self, v: torch.Tensor) -> torch.Tensor:
         """Exact score-matching loss (Hyvarinen 2005), the batch mean of
         sum_i 1/2 score_i^2 + d score_i / dv_i, constants included."""
-        self._check_input(v)
+        self._check("v", v, self.D)
         # sum(i: W[i, j]*v[i])
         _t3 = torch.einsum('ij,ni->nj', self.W, v)
         # sum(j: W[k, j]*sum(i: W[i, j]*v[i]))
         _t6 = torch.einsum('nj,kj->nk', _t3, self.W)
         # -v[k] + sum(j: W[k, j]*sum(i: W[i, j]*v[i]))
         score = _t6 - v
-        # W[k, j]^2
+        # W[i, j]^2
         _t7 = torch.square(self.W)
-        # sum(k, j: W[k, j]^2)
+        # sum(i, j: W[i, j]^2)
         _t8 = _t7.sum(dim=(0, 1))
-        # -D + sum(k, j: W[k, j]^2)
+        # -D + sum(i, j: W[i, j]^2)
         laplacian = -self.D + _t8
         # score[k]^2
         _t9 = torch.square(score)
@@ -125,3 +142,114 @@ class GaussianRBM(torch.nn.Module):
         # laplacian + sum(k: score[k]^2)/2
         sm_objective = 0.5 * _t10 + laplacian
         return sm_objective.mean()
+
+    def reconstruct(self, v: torch.Tensor) -> torch.Tensor:
+        """The autoencoder view (Swersky et al. 2011): a gradient step of size 1 on
+        the free energy, v + score(v), shape [N, D]."""
+        return v + self.score(v)
+
+    def mean_h(self, v: torch.Tensor) -> torch.Tensor:
+        """E[h | v], shape [N, K] (real units)."""
+        self._check("v", v, self.D)
+        # sum(i: W[i, j]*v[i])
+        _t3 = torch.einsum('ij,ni->nj', self.W, v)
+        return _t3
+
+    def sample_h(self, v: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A draw of h ~ p(h | v), shape [N, K]; units are independent given v."""
+        _batch = self._check("v", v, self.D)
+        _like = v
+        # sum(i: W[i, j]*v[i])
+        _t3 = torch.einsum('ij,ni->nj', self.W, v)
+        # 1
+        _t11 = _like.new_full((self.K,), 1)
+        mean = _t3
+        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+        return mean + _t11.expand(_batch, self.K) * noise
+
+    def sm_terms(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The three terms of the latent-EBM score-matching theorem (Swersky et al. 2011),
+        batch means summing to sm_loss: squared_error = 1/2 |E[dE/dv | v]|^2,
+        variance = sum_i var[dE/dv_i | v], curvature = -sum_i E[d^2E/dv_i^2 | v]."""
+        _batch = self._check("v", v, self.D)
+        _like = v
+        # sum(i: W[i, j]*v[i])
+        _t3 = torch.einsum('ij,ni->nj', self.W, v)
+        # sum(j: W[k, j]*sum(i: W[i, j]*v[i]))
+        _t6 = torch.einsum('nj,kj->nk', _t3, self.W)
+        # -v[k] + sum(j: W[k, j]*sum(i: W[i, j]*v[i]))
+        score = _t6 - v
+        # W[i, j]^2
+        _t7 = torch.square(self.W)
+        # sum(i, j: W[i, j]^2)
+        _t8 = _t7.sum(dim=(0, 1))
+        # score[k]^2
+        _t9 = torch.square(score)
+        # sum(k: score[k]^2)
+        _t10 = _t9.sum(dim=1)
+        # sum(k: score[k]^2)/2
+        _t12 = 0.5 * _t10
+        return {
+            "squared_error": _t12.mean(),
+            "variance": _t8.expand(_batch).mean(),
+            "curvature": _like.new_full((_batch,), -self.D).mean(),
+        }
+
+    def mean_v(self, h: torch.Tensor) -> torch.Tensor:
+        """E[v | h], shape [N, D]: v given the hidden units is
+        Gaussian (with identity covariance)."""
+        self._check("h", h, self.K)
+        # sum(j: W[k, j]*h[j])
+        _t1 = torch.einsum('kj,nj->nk', self.W, h)
+        return _t1
+
+    def sample_v(self, h: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A draw of v ~ p(v | h), shape [N, D]."""
+        self._check("h", h, self.K)
+        # sum(j: W[k, j]*h[j])
+        _t1 = torch.einsum('kj,nj->nk', self.W, h)
+        mean = _t1
+        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+        return mean + noise
+
+    def _gaussian_precision(self) -> torch.Tensor:
+        """d^2 F / dv^2, constant because F is quadratic in v: the precision."""
+        _like = self.W
+        # sum(j: W[k, j]*W[q, j])
+        _t13 = torch.einsum('qj,kj->kq', self.W, self.W)
+        # identity (k, q)
+        _t14 = torch.eye(self.D, dtype=_like.dtype, device=_like.device)
+        # delta(k, q) - sum(j: W[k, j]*W[q, j])
+        _t15 = -_t13 + _t14
+        return _t15
+
+    def _gaussian(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Cholesky factor L of the precision, the mean and log Z: F(v) = 1/2 v^T P v - b^T v + F(0)
+        with b = score(0), so log Z = -F(0) + 1/2 b^T P^-1 b + D/2 log(2 pi) - sum log diag L."""
+        factor = self._cholesky(self._gaussian_precision())
+        zero = factor.new_zeros(1, self.D)
+        linear = self.score(zero)[0]
+        mean = torch.cholesky_solve(linear[:, None], factor)[:, 0]
+        log_z = (
+            -self.free_energy(zero)[0]
+            + 0.5 * (linear * mean).sum()
+            + 0.5 * self.D * math.log(2 * math.pi)
+            - torch.log(torch.diagonal(factor)).sum()
+        )
+        return factor, mean, log_z
+
+    def log_partition(self) -> torch.Tensor:
+        """log Z = log of the integral of exp(-F(v)) dv, exact (F is quadratic)."""
+        return self._gaussian()[2]
+
+    def log_prob(self, v: torch.Tensor) -> torch.Tensor:
+        """log p(v) = -F(v) - log Z, normalised, shape [N]."""
+        return -self.free_energy(v) - self.log_partition()
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n exact draws from p(v) = N(P^-1 b, P^-1), shape [n, D]."""
+        factor, mean, _ = self._gaussian()
+        shape = (n, mean.shape[0])
+        noise = torch.randn(shape, generator=generator, dtype=mean.dtype, device=mean.device)
+        offset = torch.linalg.solve_triangular(factor.mT, noise.T, upper=True)
+        return mean + offset.T

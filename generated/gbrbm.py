@@ -5,9 +5,16 @@
 Energy:       E = sum(i: v[i]^2)/2 - sum(i, j: W[i, j]*h[j]*v[i])
 Free energy:  F = -sum(j: softplus(sum(i: W[i, j]*v[i]))) + sum(i: v[i]^2)/2
 Score:        score[k] = -v[k] + sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[k, j])
-Laplacian:    laplacian = -D + sum(k, j: (1 - sigmoid(sum(i: W[i, j]*v[i])))*sigmoid(sum(i: W[i,
-                  j]*v[i]))*W[k, j]^2)
+Laplacian:    laplacian = -D + sum(i, j: (1 - sigmoid(sum(k: W[k, j]*v[k])))*sigmoid(sum(k: W[k,
+                  j]*v[k]))*W[i, j]^2)
 SM objective: laplacian + sum(k: score[k]^2)/2   (batch mean)
+Conditional:  E[h[j] | v] = sigmoid(sum(i: W[i, j]*v[i]))
+SM term:      squared_error = sum(k: score[k]^2)/2
+SM term:      variance = -sum(i, j: (sigmoid(sum(k: W[k, j]*v[k])) - 1)*sigmoid(sum(k: W[k,
+                  j]*v[k]))*W[i, j]^2)
+SM term:      curvature = -D
+Conditional:  v | hidden ~ N(P^-1 b, P^-1) with P[k, q] = delta(k, q), b[k] = sum(j: W[k,
+                  j]*h[j])
 """
 
 import torch
@@ -40,25 +47,24 @@ class GBRBM(torch.nn.Module):
             0.01 * torch.randn((self.D, self.K), dtype=dtype, device=device)
         )
 
-    def _check_input(self, v: torch.Tensor) -> int:
+    def _check(self, name: str, value: torch.Tensor, size: int, rows: int | None = None) -> int:
         """Fail early, naming the expected shape, rather than deep inside an einsum."""
-        if not isinstance(v, torch.Tensor):
-            raise TypeError(f"expected a torch.Tensor, got {type(v).__name__}")
-        if v.ndim != 2 or v.shape[1] != self.D:
-            raise ValueError(
-                f"expected v of shape [N, {self.D}], got {list(v.shape)}"
-            )
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"expected {name} as a torch.Tensor, got {type(value).__name__}")
+        if value.ndim != 2 or value.shape[1] != size or rows not in (None, value.shape[0]):
+            expected = f"[{'N' if rows is None else rows}, {size}]"
+            raise ValueError(f"expected {name} of shape {expected}, got {list(value.shape)}")
         reference = self.W
-        if v.dtype != reference.dtype or v.device != reference.device:
+        if value.dtype != reference.dtype or value.device != reference.device:
             raise ValueError(
-                f"expected v with dtype {reference.dtype} on {reference.device}, "
-                f"got {v.dtype} on {v.device}"
+                f"expected {name} with dtype {reference.dtype} on {reference.device}, "
+                f"got {value.dtype} on {value.device}"
             )
-        return v.shape[0]
+        return value.shape[0]
 
     def free_energy(self, v: torch.Tensor) -> torch.Tensor:
         """Free energy F(v) per sample, shape [N]."""
-        self._check_input(v)
+        self._check("v", v, self.D)
         # v[i]^2
         _t1 = torch.square(v)
         # sum(i: v[i]^2)
@@ -75,7 +81,7 @@ class GBRBM(torch.nn.Module):
 
     def score(self, v: torch.Tensor) -> torch.Tensor:
         """Score d log p~(v) / dv = -dF/dv per sample, shape [N, D]."""
-        self._check_input(v)
+        self._check("v", v, self.D)
         # sum(i: W[i, j]*v[i])
         _t3 = torch.einsum('ij,ni->nj', self.W, v)
         # sigmoid(sum(i: W[i, j]*v[i]))
@@ -88,27 +94,27 @@ class GBRBM(torch.nn.Module):
 
     def laplacian(self, v: torch.Tensor) -> torch.Tensor:
         """Laplacian sum_i d^2 log p~(v) / dv_i^2 per sample, shape [N]."""
-        self._check_input(v)
+        self._check("v", v, self.D)
         # sum(i: W[i, j]*v[i])
         _t3 = torch.einsum('ij,ni->nj', self.W, v)
         # sigmoid(sum(i: W[i, j]*v[i]))
         _t6 = torch.sigmoid(_t3)
-        # W[k, j]^2
+        # W[i, j]^2
         _t8 = torch.square(self.W)
-        # sum(k: W[k, j]^2)
+        # sum(i: W[i, j]^2)
         _t9 = _t8.sum(dim=0)
-        # (1 - sigmoid(sum(i: W[i, j]*v[i])))*sigmoid(sum(i: W[i, j]*v[i]))
+        # (1 - sigmoid(sum(k: W[k, j]*v[k])))*sigmoid(sum(k: W[k, j]*v[k]))
         _t10 = _t6 * (1 - _t6)
-        # sum(k, j: (1 - sigmoid(sum(i: W[i, j]*v[i])))*sigmoid(sum(i: W[i, j]*v[i]))*W[k, j]^2)
+        # sum(i, j: (1 - sigmoid(sum(k: W[k, j]*v[k])))*sigmoid(sum(k: W[k, j]*v[k]))*W[i, j]^2)
         _t11 = torch.einsum('nj,j->n', _t10, _t9)
-        # -D + sum(k, j: (1 - sigmoid(sum(i: W[i, j]*v[i])))*sigmoid(sum(i: W[i, j]*v[i]))*W[k,...
+        # -D + sum(i, j: (1 - sigmoid(sum(k: W[k, j]*v[k])))*sigmoid(sum(k: W[k, j]*v[k]))*W[i,...
         laplacian = -self.D + _t11
         return laplacian
 
     def sm_loss(self, v: torch.Tensor) -> torch.Tensor:
         """Exact score-matching loss (Hyvarinen 2005), the batch mean of
         sum_i 1/2 score_i^2 + d score_i / dv_i, constants included."""
-        self._check_input(v)
+        self._check("v", v, self.D)
         # sum(i: W[i, j]*v[i])
         _t3 = torch.einsum('ij,ni->nj', self.W, v)
         # sigmoid(sum(i: W[i, j]*v[i]))
@@ -117,15 +123,15 @@ class GBRBM(torch.nn.Module):
         _t7 = torch.einsum('nj,kj->nk', _t6, self.W)
         # -v[k] + sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[k, j])
         score = _t7 - v
-        # W[k, j]^2
+        # W[i, j]^2
         _t8 = torch.square(self.W)
-        # sum(k: W[k, j]^2)
+        # sum(i: W[i, j]^2)
         _t9 = _t8.sum(dim=0)
-        # (1 - sigmoid(sum(i: W[i, j]*v[i])))*sigmoid(sum(i: W[i, j]*v[i]))
+        # (1 - sigmoid(sum(k: W[k, j]*v[k])))*sigmoid(sum(k: W[k, j]*v[k]))
         _t10 = _t6 * (1 - _t6)
-        # sum(k, j: (1 - sigmoid(sum(i: W[i, j]*v[i])))*sigmoid(sum(i: W[i, j]*v[i]))*W[k, j]^2)
+        # sum(i, j: (1 - sigmoid(sum(k: W[k, j]*v[k])))*sigmoid(sum(k: W[k, j]*v[k]))*W[i, j]^2)
         _t11 = torch.einsum('nj,j->n', _t10, _t9)
-        # -D + sum(k, j: (1 - sigmoid(sum(i: W[i, j]*v[i])))*sigmoid(sum(i: W[i, j]*v[i]))*W[k,...
+        # -D + sum(i, j: (1 - sigmoid(sum(k: W[k, j]*v[k])))*sigmoid(sum(k: W[k, j]*v[k]))*W[i,...
         laplacian = -self.D + _t11
         # score[k]^2
         _t12 = torch.square(score)
@@ -134,3 +140,79 @@ class GBRBM(torch.nn.Module):
         # laplacian + sum(k: score[k]^2)/2
         sm_objective = 0.5 * _t13 + laplacian
         return sm_objective.mean()
+
+    def reconstruct(self, v: torch.Tensor) -> torch.Tensor:
+        """The autoencoder view (Swersky et al. 2011): a gradient step of size 1 on
+        the free energy, v + score(v), shape [N, D]."""
+        return v + self.score(v)
+
+    def mean_h(self, v: torch.Tensor) -> torch.Tensor:
+        """E[h | v], shape [N, K] (binary units)."""
+        self._check("v", v, self.D)
+        # sum(i: W[i, j]*v[i])
+        _t3 = torch.einsum('ij,ni->nj', self.W, v)
+        # sigmoid(sum(i: W[i, j]*v[i]))
+        _t6 = torch.sigmoid(_t3)
+        return _t6
+
+    def sample_h(self, v: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A draw of h ~ p(h | v), shape [N, K]; units are independent given v."""
+        self._check("v", v, self.D)
+        # sum(i: W[i, j]*v[i])
+        _t3 = torch.einsum('ij,ni->nj', self.W, v)
+        # sigmoid(sum(i: W[i, j]*v[i]))
+        _t6 = torch.sigmoid(_t3)
+        return torch.bernoulli(_t6, generator=generator)
+
+    def sm_terms(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The three terms of the latent-EBM score-matching theorem (Swersky et al. 2011),
+        batch means summing to sm_loss: squared_error = 1/2 |E[dE/dv | v]|^2,
+        variance = sum_i var[dE/dv_i | v], curvature = -sum_i E[d^2E/dv_i^2 | v]."""
+        _batch = self._check("v", v, self.D)
+        _like = v
+        # sum(i: W[i, j]*v[i])
+        _t3 = torch.einsum('ij,ni->nj', self.W, v)
+        # sigmoid(sum(i: W[i, j]*v[i]))
+        _t6 = torch.sigmoid(_t3)
+        # sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[k, j])
+        _t7 = torch.einsum('nj,kj->nk', _t6, self.W)
+        # -v[k] + sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[k, j])
+        score = _t7 - v
+        # W[i, j]^2
+        _t8 = torch.square(self.W)
+        # sum(i: W[i, j]^2)
+        _t9 = _t8.sum(dim=0)
+        # score[k]^2
+        _t12 = torch.square(score)
+        # sum(k: score[k]^2)
+        _t13 = _t12.sum(dim=1)
+        # sum(k: score[k]^2)/2
+        _t14 = 0.5 * _t13
+        # (sigmoid(sum(k: W[k, j]*v[k])) - 1)*sigmoid(sum(k: W[k, j]*v[k]))
+        _t15 = _t6 * (_t6 - 1)
+        # sum(i, j: (sigmoid(sum(k: W[k, j]*v[k])) - 1)*sigmoid(sum(k: W[k, j]*v[k]))*W[i, j]^2)
+        _t16 = torch.einsum('nj,j->n', _t15, _t9)
+        # -sum(i, j: (sigmoid(sum(k: W[k, j]*v[k])) - 1)*sigmoid(sum(k: W[k, j]*v[k]))*W[i, j]^2)
+        _t17 = -_t16
+        return {
+            "squared_error": _t14.mean(),
+            "variance": _t17.mean(),
+            "curvature": _like.new_full((_batch,), -self.D).mean(),
+        }
+
+    def mean_v(self, h: torch.Tensor) -> torch.Tensor:
+        """E[v | h], shape [N, D]: v given the hidden units is
+        Gaussian (with identity covariance)."""
+        self._check("h", h, self.K)
+        # sum(j: W[k, j]*h[j])
+        _t1 = torch.einsum('kj,nj->nk', self.W, h)
+        return _t1
+
+    def sample_v(self, h: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """A draw of v ~ p(v | h), shape [N, D]."""
+        self._check("h", h, self.K)
+        # sum(j: W[k, j]*h[j])
+        _t1 = torch.einsum('kj,nj->nk', self.W, h)
+        mean = _t1
+        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
+        return mean + noise

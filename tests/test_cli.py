@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import torch
-
 from support import ROOT, compile_text, run_cli
+
 from energydsl.checking import check_compiled
 from energydsl.cli import main
 
@@ -31,7 +31,7 @@ def test_compile_to_stdout(capsys):
 def test_check_passes_on_the_specs(capsys):
     assert main(["check", "specs/gbrbm.edsl", "specs/gaussian_rbm.edsl"]) == 0
     out = capsys.readouterr().out
-    assert "specs/gbrbm.edsl: all 5 checks passed" in out
+    assert "specs/gbrbm.edsl: all 12 checks passed" in out
     assert "MISMATCH" not in out
 
 
@@ -44,7 +44,8 @@ def test_check_catches_a_wrong_derivation():
     compiled.source = broken
     report = check_compiled(compiled)
     failed = {row.quantity for row in report.rows if not row.ok}
-    assert failed == {"score", "sm_loss", "d sm_loss / d W"}
+    assert failed == {"score", "sm_loss", "d sm_loss / d W", "reconstruct",
+                      "sm_terms[squared_error]"}
 
 
 def test_check_with_sizes_and_a_failure_exit_status(tmp_path):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-
 from support import run_cli
+
 from energydsl.cli import main
 
 HEADER = """\

@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-
 from support import GENERATED, ROOT, SPECS, compile_text
 
 SPEC_FILES = sorted(SPECS.glob("*.edsl"))

@@ -9,11 +9,18 @@ import math
 
 import pytest
 import torch
-
 from support import load_class
 
 SIZES = [(3, 1), (4, 2), (6, 3), (5, 5), (2, 7)]
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64_by_default():
+    """These tests prove mathematics in float64; restore the default afterwards."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 @pytest.fixture(scope="module")

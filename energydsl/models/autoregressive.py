@@ -249,7 +249,9 @@ class MaskedConv2d(nn.Conv2d):
     there the centre feature already only summarises earlier pixels (seed 003, 18.2.5).
     """
 
-    def __init__(self, mask_type: str, in_channels: int, out_channels: int, kernel_size: int):
+    def __init__(
+        self, mask_type: str, in_channels: int, out_channels: int, kernel_size: int
+    ) -> None:
         if mask_type not in ("A", "B"):
             raise ValueError(f"mask_type must be 'A' or 'B', got {mask_type!r}")
         if kernel_size % 2 == 0:

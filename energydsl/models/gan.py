@@ -245,7 +245,7 @@ class DCGAN(GAN):
         real_label: float = 0.9,
         leak: float = 0.2,
     ) -> None:
-        nn.Module.__init__(self)
+        nn.Module.__init__(self)  # builds its own networks; every method is GAN's
         if side % 4:
             raise ValueError(f"side must be divisible by 4, got {side}")
         self.side = side

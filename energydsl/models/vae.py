@@ -107,6 +107,7 @@ class VAE(nn.Module):
 
     def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
         """log p(x|z) summed over pixels; z may have leading sample dims ([K, N, z_dim])."""
+        x = self._prepare(x)
         out = self._decoder_out(z)
         if self.likelihood == "bernoulli":
             return bernoulli_log_prob(out, x)
@@ -191,7 +192,7 @@ class ConvVAE(VAE):
         min_std: float = 1e-2,
         n_importance: int = 16,
     ) -> None:
-        nn.Module.__init__(self)
+        nn.Module.__init__(self)  # builds its own networks; every method is VAE's
         if side % 4:
             raise ValueError(f"side must be divisible by 4, got {side}")
         self.side = side

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from sklearn.datasets import load_digits
@@ -22,3 +24,21 @@ def digits(digits_all: Tensor) -> Tensor:
     """A float32 subset [SUBSET, 64] in [0, 1]."""
     return digits_all[:SUBSET].float()
 
+
+@pytest.fixture(autouse=True)
+def _isolated_torch_state() -> Iterator[None]:
+    """Pin the torch state these tests assume, and restore it afterwards.
+
+    - float32 default dtype: another module of the suite may change the process-wide
+      default at import time, and the models are meant to be built in float32 here;
+    - one intra-op thread: the tensors are tiny, and on a shared 2-core machine a second
+      thread only adds oversubscription (spin-waiting) and makes timings erratic.
+    """
+    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
+    torch.set_default_dtype(torch.float32)
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(dtype)
+        torch.set_num_threads(threads)
