@@ -17,9 +17,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
+	$(BIN)/energydsl compile specs/dem.edsl
+	$(BIN)/energydsl show specs/dem.edsl
 	$(BIN)/energydsl compile specs/*.edsl
 	$(BIN)/energydsl check specs/*.edsl
-	$(BIN)/energydsl show specs/gbrbm.edsl
 
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider

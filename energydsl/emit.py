@@ -153,8 +153,11 @@ def formulas(derivation: Derivation, conditionals: Conditionals | None = None) -
     """The model's formulas in spec notation (for docstrings and `show`)."""
     model = derivation.model
     lines = []
+    role = model.symbolic.checked.energy.role
     if model.energy is not None:
         lines.append(f"Energy:       E = {dsl_str(model.energy)}")
+    elif role == "log_density":
+        lines.append(f"Log density:  log p~ = {dsl_str(-derivation.free_energy)}")
     for definition_name, definition in model.symbolic.definitions.items():
         indices = f"[{', '.join(map(str, definition.indices))}]" if definition.indices else ""
         lines.append(f"Definition:   {definition_name}{indices} = {dsl_str(definition.body)}")

@@ -309,7 +309,7 @@ def _discrete_log_partition(h: sp.Symbol, e: sp.Expr, values: tuple[int, int]) -
 def marginalise(model: SymbolicModel) -> FreeEnergyModel:
     """Derive F(v) by marginalising every hidden unit; a free-energy spec passes through."""
     decl = model.checked.energy
-    if decl.role == "free_energy":
+    if decl.role != "energy":  # F(v), or log p~(v) = -F(v), given directly
         return FreeEnergyModel(model, model.energy, None)
     worker = _Marginaliser(model, decl.value.span)
     visible_part, units = worker.unit_energies(model.energy)

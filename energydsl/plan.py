@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import opt_einsum
 import sympy as sp
 
-from .algebra import substitute_index
+from .algebra import make_sum, substitute_index
 from .derive import Derivation
 from .lower import Definition
 from .printer import TorchPrinter
@@ -411,8 +411,10 @@ class Planner:
             if not op.is_tensor:
                 coefficient = coefficient * f
         tensors = [op for op in operands if op.is_tensor]
+        formulas = [f for f, op in zip(factors, operands, strict=True) if op.is_tensor]
         output = self.indices_of(expr)
-        result = self._contract(tensors, output, dsl_str(expr), None if coefficient != 1 else name)
+        result = self._contract(tensors, output, dsl_str(expr), None if coefficient != 1 else name,
+                                formulas)
         if coefficient != 1:
             scale = TorchPrinter(set(), self.scalar_names).doprint(coefficient)
             if not self._has_tensor(coefficient):
@@ -511,7 +513,9 @@ class Planner:
         return self._cost(factors, [limit[0] for limit in inner.limits], inner)
 
     def _contract(self, tensors: list[Operand], output: tuple, comment: str,
-                  name: str | None) -> Operand:
+                  name: str | None, formulas: list[sp.Expr]) -> Operand:
+        """Pairwise einsums in opt_einsum's order; each partial result is commented with
+        the formula it computes (`formulas` are the factors' own)."""
         if len(tensors) == 1:
             (single,) = tensors
             if all(i in single.indices for i in output) and \
@@ -522,10 +526,11 @@ class Planner:
                 return Operand(self._emit(code, comment, name), output)
         equation, shapes = self._equation(tensors, output)
         _, info = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize="auto")
-        current = list(tensors)
+        current = list(zip(tensors, formulas, strict=True))
         steps = info.contraction_list
         for k, (positions, _removed, einsum, _remaining, _blas) in enumerate(steps):
-            picked = [current.pop(p) for p in positions]
+            picked_pairs = [current.pop(p) for p in positions]
+            picked = [op for op, _ in picked_pairs]
             inputs, out_letters = einsum.split("->")
             letter_to_index = {}
             for op, letters in zip(picked, inputs.split(","), strict=True):
@@ -536,11 +541,14 @@ class Planner:
                 out_indices = output
                 out_letters = "".join(next(c for c, i in letter_to_index.items() if i == o)
                                       for o in output)
+            removed = {i for op in picked for i in op.indices} - set(out_indices) - {BATCH}
+            formula = make_sum(sp.Mul(*[f for _, f in picked_pairs]),
+                               [(i, i.lower, i.upper) for i in sorted(removed, key=str)])
             result = self._pairwise(picked, inputs, out_letters, out_indices,
-                                    comment if last else _partial_comment(picked),
+                                    comment if last else dsl_str(formula),
                                     name if last else None)
-            current.append(result)
-        return current[-1]
+            current.append((result, formula))
+        return current[-1][0]
 
     def _pairwise(self, picked: list[Operand], inputs: str, out_letters: str,
                   out_indices: tuple, comment: str, name: str | None) -> Operand:
@@ -578,10 +586,6 @@ def _pretty_equation(inputs: str, out_letters: str, picked: list[Operand],
         used.add(wish)
     return ",".join("".join(mapping[c] for c in t) for t in inputs.split(",")) + "->" + \
         "".join(mapping[c] for c in out_letters)
-
-
-def _partial_comment(picked: list[Operand]) -> str:
-    return "partial contraction of " + ", ".join(op.code for op in picked)
 
 
 def _volume(shape: tuple) -> int:

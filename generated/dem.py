@@ -2,7 +2,7 @@
 # Do not edit: change the spec and run `energydsl compile specs/dem.edsl`.
 """DEM: energy-based model of x in R^D.
 
-Energy:       E = -sum(i: b[i]*x[i]) - sum(k: softplus(z[k])) + sum(i: x[i]^2)/(2*sigma^2)
+Log density:  log p~ = sum(i: b[i]*x[i]) + sum(k: softplus(z[k])) - sum(i: x[i]^2)/(2*sigma^2)
 Definition:   u[h] = sum(i: V[h, i]*x[i])
 Definition:   g[h] = sigmoid(u[h])
 Definition:   z[k] = c[k] + sum(h: W[k, h]*g[h])
@@ -115,9 +115,9 @@ class DEM(torch.nn.Module):
         _t7 = g * (1 - g)
         # sigmoid(z[k])
         _t8 = torch.sigmoid(z)
-        # partial contraction of _t8, self.W
+        # sum(k: sigmoid(z[k])*W[k, h1])
         _t9 = torch.einsum('nk,ka->na', _t8, self.W)
-        # partial contraction of _t9, _t7
+        # (1 - g[h1])*g[h1]*sum(k: sigmoid(z[k])*W[k, h1])
         _t10 = torch.einsum('na,na->na', _t9, _t7)
         # sum(k: sigmoid(z[k])*sum(h: (1 - g[h])*V[h, j]*W[k, h]*g[h]))
         _t11 = torch.einsum('na,aj->nj', _t10, self.V)
@@ -146,23 +146,23 @@ class DEM(torch.nn.Module):
         _t13 = _t12.sum(dim=1)
         # (1 - g[h1])*(2*g[h1] - 1)*g[h1]
         _t14 = g * (1 - g) * (2 * g - 1)
-        # partial contraction of self.W, _t13
+        # W[k, h1]*sum(i: V[h1, i]^2)
         _t15 = torch.einsum('ka,a->ka', self.W, _t13)
-        # partial contraction of _t15, _t14
+        # sum(h1: (1 - g[h1])*(2*g[h1] - 1)*W[k, h1]*g[h1]*sum(i: V[h1, i]^2))
         _t16 = torch.einsum('ka,na->kn', _t15, _t14)
         # sum(i, k: sigmoid(z[k])*sum(h: (1 - g[h])*(2*g[h] - 1)*V[h, i]^2*W[k, h]*g[h]))
         _t17 = torch.einsum('kn,nk->n', _t16, _t8)
         # (1 - sigmoid(z[k]))*sigmoid(z[k])
         _t18 = _t8 * (1 - _t8)
-        # partial contraction of self.W, self.W
+        # W[k, h1]*W[k, h2]
         _t19 = torch.einsum('ka,kb->kab', self.W, self.W)
-        # partial contraction of _t7, _t7
+        # (1 - g[h1])*(1 - g[h2])*g[h1]*g[h2]
         _t20 = torch.einsum('na,nb->nab', _t7, _t7)
-        # partial contraction of self.V, self.V
+        # sum(i: V[h1, i]*V[h2, i])
         _t21 = torch.einsum('ai,bi->ab', self.V, self.V)
-        # partial contraction of _t21, _t19
+        # W[k, h1]*W[k, h2]*sum(i: V[h1, i]*V[h2, i])
         _t22 = torch.einsum('ab,kab->abk', _t21, _t19)
-        # partial contraction of _t22, _t20
+        # sum(h1, h2: (1 - g[h1])*(1 - g[h2])*W[k, h1]*W[k, h2]*g[h1]*g[h2]*sum(i: V[h1, i]*V[h...
         _t23 = torch.einsum('abk,nab->kn', _t22, _t20)
         # sum(i, k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: (1 - g[h])*V[h, i]*W[k, h]*g[h])^2)
         _t24 = torch.einsum('kn,nk->n', _t23, _t18)
@@ -186,9 +186,9 @@ class DEM(torch.nn.Module):
         _t7 = g * (1 - g)
         # sigmoid(z[k])
         _t8 = torch.sigmoid(z)
-        # partial contraction of _t8, self.W
+        # sum(k: sigmoid(z[k])*W[k, h1])
         _t9 = torch.einsum('nk,ka->na', _t8, self.W)
-        # partial contraction of _t9, _t7
+        # (1 - g[h1])*g[h1]*sum(k: sigmoid(z[k])*W[k, h1])
         _t10 = torch.einsum('na,na->na', _t9, _t7)
         # sum(k: sigmoid(z[k])*sum(h: (1 - g[h])*V[h, j]*W[k, h]*g[h]))
         _t11 = torch.einsum('na,aj->nj', _t10, self.V)
@@ -200,23 +200,23 @@ class DEM(torch.nn.Module):
         _t13 = _t12.sum(dim=1)
         # (1 - g[h1])*(2*g[h1] - 1)*g[h1]
         _t14 = g * (1 - g) * (2 * g - 1)
-        # partial contraction of self.W, _t13
+        # W[k, h1]*sum(i: V[h1, i]^2)
         _t15 = torch.einsum('ka,a->ka', self.W, _t13)
-        # partial contraction of _t15, _t14
+        # sum(h1: (1 - g[h1])*(2*g[h1] - 1)*W[k, h1]*g[h1]*sum(i: V[h1, i]^2))
         _t16 = torch.einsum('ka,na->kn', _t15, _t14)
         # sum(i, k: sigmoid(z[k])*sum(h: (1 - g[h])*(2*g[h] - 1)*V[h, i]^2*W[k, h]*g[h]))
         _t17 = torch.einsum('kn,nk->n', _t16, _t8)
         # (1 - sigmoid(z[k]))*sigmoid(z[k])
         _t18 = _t8 * (1 - _t8)
-        # partial contraction of self.W, self.W
+        # W[k, h1]*W[k, h2]
         _t19 = torch.einsum('ka,kb->kab', self.W, self.W)
-        # partial contraction of _t7, _t7
+        # (1 - g[h1])*(1 - g[h2])*g[h1]*g[h2]
         _t20 = torch.einsum('na,nb->nab', _t7, _t7)
-        # partial contraction of self.V, self.V
+        # sum(i: V[h1, i]*V[h2, i])
         _t21 = torch.einsum('ai,bi->ab', self.V, self.V)
-        # partial contraction of _t21, _t19
+        # W[k, h1]*W[k, h2]*sum(i: V[h1, i]*V[h2, i])
         _t22 = torch.einsum('ab,kab->abk', _t21, _t19)
-        # partial contraction of _t22, _t20
+        # sum(h1, h2: (1 - g[h1])*(1 - g[h2])*W[k, h1]*W[k, h2]*g[h1]*g[h2]*sum(i: V[h1, i]*V[h...
         _t23 = torch.einsum('abk,nab->kn', _t22, _t20)
         # sum(i, k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: (1 - g[h])*V[h, i]*W[k, h]*g[h])^2)
         _t24 = torch.einsum('kn,nk->n', _t23, _t18)

@@ -115,7 +115,7 @@ class MaskedGaussian(torch.nn.Module):
         y = -self.mu + x
         # Lambda, constrained (see precision)
         Lambda = self.precision()
-        # partial contraction of Lambda, y
+        # sum(i: Lambda[i, j]*y[i])
         _t1 = torch.einsum('ij,ni->jn', Lambda, y)
         # sum(i, j: Lambda[i, j]*y[i]*y[j])
         _t2 = torch.einsum('jn,nj->n', _t1, y)

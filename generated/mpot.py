@@ -320,7 +320,7 @@ class MPoT(torch.nn.Module):
         _t1 = torch.einsum('lj,nj->nl', self.W, hm)
         # identity (l, q)
         _t2 = torch.eye(self.D, dtype=_like.dtype, device=_like.device)
-        # partial contraction of self.C, hc
+        # C[l, k]*hc[k]
         _t3 = torch.einsum('lk,nk->lkn', self.C, hc)
         # sum(k: C[l, k]*C[q, k]*hc[k])
         _t4 = torch.einsum('lkn,qk->nlq', _t3, self.C)
@@ -343,7 +343,7 @@ class MPoT(torch.nn.Module):
         _t1 = torch.einsum('lj,nj->nl', self.W, hm)
         # identity (l, q)
         _t2 = torch.eye(self.D, dtype=_like.dtype, device=_like.device)
-        # partial contraction of self.C, hc
+        # C[l, k]*hc[k]
         _t3 = torch.einsum('lk,nk->lkn', self.C, hc)
         # sum(k: C[l, k]*C[q, k]*hc[k])
         _t4 = torch.einsum('lkn,qk->nlq', _t3, self.C)

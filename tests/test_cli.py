@@ -5,11 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import torch
-from support import ROOT, compile_text, run_cli
 
 from energydsl.checking import check_compiled
 from energydsl.cli import main
+
+from support import ROOT, compile_text, run_cli
 
 
 def test_compile_writes_an_importable_module(tmp_path):
@@ -28,11 +30,24 @@ def test_compile_to_stdout(capsys):
     assert capsys.readouterr().out == (ROOT / "generated" / "gaussian_rbm.py").read_text()
 
 
-def test_check_passes_on_the_specs(capsys):
+def test_check_passes_on_the_rbms(capsys):
     assert main(["check", "specs/gbrbm.edsl", "specs/gaussian_rbm.edsl"]) == 0
     out = capsys.readouterr().out
     assert "specs/gbrbm.edsl: all 12 checks passed" in out
     assert "MISMATCH" not in out
+
+
+@pytest.mark.parametrize("spec", ["dem", "mpot", "masked_gaussian"])
+def test_check_passes_on_the_seed_models(spec):
+    compiled = compile_text((ROOT / "specs" / f"{spec}.edsl").read_text())
+    report = check_compiled(compiled)
+    assert report.ok, report.table()
+    quantities = {row.quantity for row in report.rows}
+    assert {"free_energy", "score", "laplacian", "sm_loss"} <= quantities
+    if spec == "mpot":
+        assert {"mean_hc", "mean_hm", "mean_v", "sm_terms[variance]"} <= quantities
+    if spec == "masked_gaussian":
+        assert {"log_partition", "log_prob"} <= quantities
 
 
 def test_check_catches_a_wrong_derivation():

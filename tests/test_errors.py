@@ -6,9 +6,10 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-from support import run_cli
 
 from energydsl.cli import main
+
+from support import run_cli
 
 HEADER = """\
 model Bad

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+
 from support import GENERATED, ROOT, SPECS, compile_text
 
 SPEC_FILES = sorted(SPECS.glob("*.edsl"))

@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+
 from support import load_class
 
 SIZES = [(3, 1), (4, 2), (6, 3), (5, 5), (2, 7)]

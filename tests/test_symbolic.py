@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sympy as sp
-from support import SPECS
 
 from energydsl.driver import analyse
 from energydsl.printing import dsl_str
+
+from support import SPECS
 
 
 def _formulas(text: str) -> list[str]:

@@ -9,11 +9,12 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from models_helpers import perturb
 from torch import Tensor, nn
 from torch.autograd.functional import jacobian
 
 from energydsl.models import FVSBN, LSTMAR, MADE, NADE, MaskedConv2d, PixelCNN
+
+from models_helpers import perturb
 
 # name -> builder(dim or side hint) used by the parametrised tests; kept tiny and float64.
 BUILDERS: dict[str, Callable[[int], nn.Module]] = {

@@ -7,13 +7,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from models_helpers import perturb
 from scipy import stats
 from torch import Tensor
 from torch.autograd.functional import jacobian
 
 from energydsl.models import NICE, RealNVP, make_mask
 from energydsl.models.flows import _Flow
+
+from models_helpers import perturb
 
 FLOW_CONFIGS = {
     "nice-alternating": (NICE, {"dim": 6, "mask": "alternating"}),

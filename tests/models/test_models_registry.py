@@ -6,10 +6,11 @@ import math
 
 import pytest
 import torch
-from models_helpers import data_for
 from torch import Tensor, nn
 
 from energydsl.models import DATA_KINDS, DATA_NOTES, GAN, MODELS, create
+
+from models_helpers import data_for
 
 NAMES = sorted(MODELS)
 EXPECTED = {

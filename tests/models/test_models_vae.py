@@ -9,12 +9,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from models_helpers import perturb
 from scipy import stats
 from torch import Tensor
 from torch.distributions import Normal, kl_divergence
 
 from energydsl.models import VAE, ConvVAE, gaussian_kl
+
+from models_helpers import perturb
 
 Z_GRID = torch.linspace(-12, 12, 12001, dtype=torch.float64)
 DZ = 24 / 12000
