@@ -39,6 +39,7 @@ RESERVED_ATTRIBUTES = frozenset("""
     self torch math super cls dtype device
     free_energy score laplacian sm_loss sm_terms reconstruct energy log_prob log_partition
     sample precision dsm_loss ssm_loss nce_loss cnce_loss log_z spec_hash formulas
+    visible_size
     T_destination add_module apply bfloat16 buffers call_super_init children compile cpu
     cuda double dump_patches eval extra_repr float forward get_buffer get_extra_state
     get_parameter get_submodule half ipu load_state_dict modules mtia named_buffers
@@ -49,6 +50,14 @@ RESERVED_ATTRIBUTES = frozenset("""
     register_parameter register_state_dict_post_hook register_state_dict_pre_hook
     requires_grad_ set_extra_state set_submodule share_memory state_dict to to_empty train
     training type xpu zero_grad
+""".split())
+
+# Argument and local names of the generated methods that take the visible or hidden
+# variables as arguments: a variable of the same name would be shadowed inside them.
+METHOD_LOCALS = frozenset("""
+    noise noise_std noise_samples generator projections n_projections distribution nu n k
+    mean factor offset shape max_states chunk bits flags codes log_det states units device
+    weights probabilities u point along hvp perturbed residual
 """.split())
 
 # Generated methods a constrained parameter may be exposed as (no generated method
@@ -167,6 +176,9 @@ class _Checker:
         if name in reserved and what != "the model":
             raise error(f"'{name}' is used by the generated module and cannot name {what}",
                         ident.span)
+        if name in METHOD_LOCALS and what.endswith(" variable"):
+            raise error(f"'{name}' is an argument or local name of the generated methods "
+                        f"and cannot name {what}", ident.span)
 
     def _declare(self, ident: ast.Ident, what: str) -> None:
         self._check_identifier(ident, what)

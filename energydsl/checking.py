@@ -16,6 +16,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .checking_objectives import (
+    check_energy,
+    check_enumerated_log_partition,
+    check_objectives,
+)
 from .driver import Compiled
 from .reference import Reference, check_sizes
 
@@ -128,10 +133,18 @@ def check_compiled(compiled: Compiled, overrides: dict[str, int] | None = None, 
     x = v.detach()
     if checked.hidden:
         _check_hidden(model, reference, x, add, report, seed)
+    if hasattr(model, "energy"):
+        check_energy(model, reference, x, add, seed)
     if compiled.conditionals.visible is not None:
         _check_visible(model, reference, x, add, seed)
+    if hasattr(model, "_log_hidden_weights"):
+        check_enumerated_log_partition(model, reference, x, add)
     if compiled.conditionals.gaussian_precision is not None:
-        _check_gaussian(model, reference, x, add)
+        # NCE uses the exact normaliser: check it where the precision is positive definite
+        _check_gaussian(model, reference, x, add,
+                        then=lambda: check_objectives(model, reference, x, add, seed))
+    else:
+        check_objectives(model, reference, x, add, seed)
     return report
 
 
@@ -192,10 +205,11 @@ def _check_visible(model, reference: Reference, v: torch.Tensor, add, seed: int)
     add(f"mean_{name}", getattr(model, f"mean_{name}")(*args), torch.stack(means))
 
 
-def _check_gaussian(model, reference: Reference, v: torch.Tensor, add) -> None:
+def _check_gaussian(model, reference: Reference, v: torch.Tensor, add, then) -> None:
     """log Z of a quadratic F from its autograd Hessian and gradient at 0. Where the
     random parameters make the precision indefinite, the module must refuse; the values
-    are then checked at parameters shrunk until the model is normalisable."""
+    are then checked, and `then` run, at parameters shrunk until the model is
+    normalisable."""
     params = list(model.parameters())
     saved = [p.detach().clone() for p in params]
     try:
@@ -213,6 +227,7 @@ def _check_gaussian(model, reference: Reference, v: torch.Tensor, add) -> None:
                 for p in params:
                     p.mul_(0.5)
         _gaussian_rows(model, reference, v, add)
+        then()
     finally:
         with torch.no_grad():
             for p, value in zip(params, saved, strict=True):

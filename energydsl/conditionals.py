@@ -219,6 +219,11 @@ def derive_conditionals(derivation: Derivation) -> Conditionals:
             for key, value in terms.items():
                 result.definitions[f"_{key}"] = Definition(sp.Symbol(f"_{key}"), (), value)
 
+    # the joint energy E(v, h) itself (Gibbs diagnostics, AIS, exact normalisers)
+    if model.energy is not None and model.hidden:
+        result.definitions["_energy"] = Definition(sp.Symbol("_energy"), (),
+                                                   tidy(model.energy))
+
     # p(v | h) when the joint energy is quadratic in v
     if model.energy is not None and model.hidden:
         first = diff(model.energy, visible, (p,), lookup)

@@ -27,6 +27,8 @@ from .methods import (
     uses_math,
 )
 from .model import Param
+from .normalisers import enumeration_methods
+from .objectives import estimator_methods
 from .printer import TorchPrinter
 from .printing import dsl_str
 
@@ -192,7 +194,9 @@ def emit(derivation: Derivation, conditionals: Conditionals, spec_path: str) -> 
     symbolic = derivation.model.symbolic
     checked = symbolic.checked
     builder = MethodBuilder(derivation, conditionals)
-    methods = builder.build()
+    normalised = conditionals.gaussian_precision is not None
+    methods = builder.build() + enumeration_methods(builder)
+    methods += estimator_methods(checked.visible.name, checked.visible.shape[0], normalised)
 
     ctor_args = [CtorArg(d.name, "int", str(d.default)) for d in checked.dims.values()
                  if d.derived_from is None]
@@ -232,6 +236,10 @@ def emit(derivation: Derivation, conditionals: Conditionals, spec_path: str) -> 
                                   f'            "_{param.name}_mask",\n'
                                   f"            _grid_mask({args}, device=device),\n"
                                   "            persistent=False,\n        )")
+    if not normalised:
+        ctor_lines.append("# log Z for noise-contrastive estimation (nce_loss), learnt too\n"
+                          "        self.log_z = torch.nn.Parameter(torch.zeros((), dtype=dtype, "
+                          "device=device))")
     all_methods = accessors + methods
     return _template().render(
         version=__version__,
@@ -243,6 +251,7 @@ def emit(derivation: Derivation, conditionals: Conditionals, spec_path: str) -> 
         params_doc=", ".join(f"{p.name} [{', '.join(p.shape)}]" for p in checked.params.values())
         or "none",
         visible=checked.visible.name,
+        hidden_units={name: h.domain for name, h in checked.hidden.items()},
         visible_dim=checked.visible.shape[0],
         first_param=next(iter(checked.params), None),
         ctor_args=ctor_args,

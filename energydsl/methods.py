@@ -58,6 +58,11 @@ class MethodBuilder:
         if conditionals.visible is not None:
             inputs = {symbolic.hidden[name]: name for name in self.checked.hidden}
             self.hidden_planner = Planner(derivation, definitions=definitions, inputs=inputs)
+        self.joint_planner = None
+        if "_energy" in definitions:
+            inputs = {symbolic.visible: self.visible}
+            inputs.update({symbolic.hidden[name]: name for name in self.checked.hidden})
+            self.joint_planner = Planner(derivation, definitions=definitions, inputs=inputs)
         self.first_param = next(iter(self.checked.params), None)
 
     # ------------------------------------------------------------------ bodies
@@ -133,11 +138,38 @@ class MethodBuilder:
             f"The autoencoder view (Swersky et al. 2011): a gradient step of size 1 on\n"
             f"        the free energy, {v} + score({v}), shape [N, {D}].",
             (f"return {v} + self.score({v})",)))
+        methods += self.energy_method()
         methods += self.hidden_methods()
         methods += self.sm_terms_method()
         methods += self.visible_methods()
         methods += self.gaussian_methods()
         return methods
+
+    def hidden_prologue(self, first: str | None = None) -> list[str]:
+        """Shape checks of the hidden arguments, batch size from `first` (default the
+        first hidden variable)."""
+        hidden = list(self.checked.hidden)
+        lead = first or hidden[0]
+        size = self.checked.hidden[lead].shape[0] if lead in self.checked.hidden else self.dim
+        lines = [f'_batch = self._check("{lead}", {lead}, self.{size})']
+        for h in hidden:
+            if h != lead:
+                size = self.checked.hidden[h].shape[0]
+                lines.append(f'self._check("{h}", {h}, self.{size}, {lead}.shape[0])')
+        return lines + [f"_like = {lead}"]
+
+    def energy_method(self) -> list[Method]:
+        """E(v, h, ...) per sample: the joint energy the spec wrote."""
+        if self.joint_planner is None:
+            return []
+        v = self.visible
+        hidden = list(self.checked.hidden)
+        args = ", ".join(f"{name}: torch.Tensor" for name in [v, *hidden])
+        lines, (value,) = self.body(self.joint_planner, ["_energy"],
+                                    self.hidden_prologue(first=v))
+        return [Method("energy", args, "torch.Tensor",
+                       f"The joint energy E({', '.join([v, *hidden])}) per sample, shape [N].",
+                       tuple(lines + [f"return {value}"]))]
 
     def hidden_methods(self) -> list[Method]:
         v = self.visible
@@ -186,11 +218,7 @@ class MethodBuilder:
         v = self.visible
         hidden = list(self.checked.hidden)
         args = ", ".join(f"{h}: torch.Tensor" for h in hidden)
-        prologue = [f'_batch = self._check("{hidden[0]}", {hidden[0]}, '
-                    f'self.{self.checked.hidden[hidden[0]].shape[0]})', f"_like = {hidden[0]}"]
-        for h in hidden[1:]:
-            size = self.checked.hidden[h].shape[0]
-            prologue.insert(1, f'self._check("{h}", {h}, self.{size}, {hidden[0]}.shape[0])')
+        prologue = self.hidden_prologue()
         planner = self.hidden_planner
         iso = conditional.isotropic is not None
         constant = iso and conditional.isotropic.is_number

@@ -17,6 +17,8 @@ Conditional:  v | hidden ~ N(P^-1 b, P^-1) with P[k, q] = delta(k, q), b[k] = su
                   j]*h[j])
 """
 
+import math
+
 import torch
 
 
@@ -27,6 +29,9 @@ class GBRBM(torch.nn.Module):
     Parameters: W [D, K].
     Methods take the visible variable `v` as a [N, D] tensor.
     """
+
+    visible = "v"  # the visible variable's name
+    hidden = {'h': 'binary'}  # hidden variable -> domain, in the spec's order
 
     def __init__(
         self,
@@ -46,6 +51,8 @@ class GBRBM(torch.nn.Module):
         self.W = torch.nn.Parameter(
             0.01 * torch.randn((self.D, self.K), dtype=dtype, device=device)
         )
+        # log Z for noise-contrastive estimation (nce_loss), learnt too
+        self.log_z = torch.nn.Parameter(torch.zeros((), dtype=dtype, device=device))
 
     def _check(self, name: str, value: torch.Tensor, size: int, rows: int | None = None) -> int:
         """Fail early, naming the expected shape, rather than deep inside an einsum."""
@@ -61,6 +68,11 @@ class GBRBM(torch.nn.Module):
                 f"got {value.dtype} on {value.device}"
             )
         return value.shape[0]
+
+    @property
+    def visible_size(self) -> int:
+        """The size of the visible variable (D)."""
+        return self.D
 
     def free_energy(self, v: torch.Tensor) -> torch.Tensor:
         """Free energy F(v) per sample, shape [N]."""
@@ -146,6 +158,22 @@ class GBRBM(torch.nn.Module):
         the free energy, v + score(v), shape [N, D]."""
         return v + self.score(v)
 
+    def energy(self, v: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """The joint energy E(v, h) per sample, shape [N]."""
+        self._check("v", v, self.D)
+        self._check("h", h, self.K, v.shape[0])
+        # v[i]^2
+        _t1 = torch.square(v)
+        # sum(i: v[i]^2)
+        _t2 = _t1.sum(dim=1)
+        # sum(i: W[i, j]*v[i])
+        _t3 = torch.einsum('ij,ni->jn', self.W, v)
+        # sum(i, j: W[i, j]*h[j]*v[i])
+        _t4 = torch.einsum('jn,nj->n', _t3, h)
+        # sum(i: v[i]^2)/2 - sum(i, j: W[i, j]*h[j]*v[i])
+        _t5 = 0.5 * _t2 - _t4
+        return _t5
+
     def mean_h(self, v: torch.Tensor) -> torch.Tensor:
         """E[h | v], shape [N, K] (binary units)."""
         self._check("v", v, self.D)
@@ -216,3 +244,187 @@ class GBRBM(torch.nn.Module):
         mean = _t1
         noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
         return mean + noise
+
+    def _hidden_states(self, codes: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The hidden states whose bits are `codes` ([S] integers), one tensor per
+        hidden variable."""
+        bits = torch.arange(self.K, device=codes.device)
+        flags = ((codes[:, None] >> bits) & 1).to(self.W.dtype)
+        h = flags[:, 0:self.K]
+        return h,
+
+    def _log_hidden_weight(self, h: torch.Tensor) -> torch.Tensor:
+        """log of the integral of exp(-E(v, h)) dv per hidden state, shape [S]: v | h is Gaussian,
+        so it is -E(m, h) + D/2 log(2 pi) - 1/2 log det P(h) at the conditional mean m."""
+        mean = self.mean_v(h)
+        return -self.energy(mean, h) + 0.5 * self.D * math.log(2 * math.pi)
+
+    def _log_hidden_weights(self, max_states: int, chunk: int) -> torch.Tensor:
+        """log of the unnormalised marginal p(h) of every hidden state, in code order."""
+        units = self.K
+        states = 2**units
+        if states > max_states:
+            raise ValueError(
+                f"exact enumeration needs 2^{units} = {states} hidden states, "
+                f"more than max_states={max_states}; "
+                "estimate log Z by annealed importance sampling (energydsl.ais) instead"
+            )
+        device = self.W.device
+        weights = [
+            self._log_hidden_weight(*self._hidden_states(
+                torch.arange(start, min(start + chunk, states), device=device)))
+            for start in range(0, states, chunk)
+        ]
+        return torch.cat(weights)
+
+    def log_partition(self, max_states: int = 1048576, chunk: int = 4096) -> torch.Tensor:
+        """log Z, exact: the visible layer integrated analytically for each of the 2^K hidden
+        states, enumerated in chunks (at most max_states states; beyond that use AIS)."""
+        weights = self._log_hidden_weights(max_states, chunk)
+        return torch.logsumexp(weights, dim=0)
+
+    def log_prob(
+        self,
+        v: torch.Tensor,
+        max_states: int = 1048576,
+        chunk: int = 4096,
+    ) -> torch.Tensor:
+        """log p(v) = -F(v) - log Z, normalised, shape [N] (log Z by enumeration)."""
+        return -self.free_energy(v) - self.log_partition(max_states, chunk)
+
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        max_states: int = 1048576,
+        chunk: int = 4096,
+    ) -> torch.Tensor:
+        """n exact draws from p(v): h from its marginal p(h) over the enumerated states,
+        then v ~ p(v | h). Shape [n, D]."""
+        weights = self._log_hidden_weights(max_states, chunk)
+        probabilities = torch.softmax(weights, dim=0)
+        codes = torch.multinomial(probabilities, n, replacement=True, generator=generator)
+        return self.sample_v(*self._hidden_states(codes), generator=generator)
+
+    def dsm_loss(
+        self,
+        v: torch.Tensor,
+        noise_std: float,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Denoising score matching with a Gaussian kernel (Vincent 2011): the batch mean of
+        1/2 |score(v~) - (v - v~) / noise_std^2|^2 with v~ = v + noise_std * noise,
+        noise ~ N(0, I) of shape [N, D] (pass it, or a generator, to make the loss
+        reproducible). Needs no second derivatives."""
+        self._check("v", v, self.D)
+        if not noise_std > 0:
+            raise ValueError(f"noise_std must be positive, got {noise_std!r}")
+        if noise is None:
+            noise = torch.randn(v.shape, generator=generator, dtype=v.dtype, device=v.device)
+        self._check("noise", noise, self.D, v.shape[0])
+        perturbed = v + noise_std * noise
+        residual = self.score(perturbed) + noise / noise_std
+        return 0.5 * torch.square(residual).sum(dim=1).mean()
+
+    def ssm_loss(
+        self,
+        v: torch.Tensor,
+        n_projections: int = 1,
+        generator: torch.Generator | None = None,
+        projections: torch.Tensor | None = None,
+        distribution: str = "gaussian",
+    ) -> torch.Tensor:
+        """Sliced score matching (Song et al. 2019), the approximate baseline: the mean over
+        samples and projections u of u^T (d score / dv) u + 1/2 (u^T score)^2, with the
+        derived score and one Hessian-vector product (autograd). Its expectation over u
+        (E[u u^T] = I) is sm_loss. `projections` [P, N, D] fixes u; else n_projections
+        draws from `distribution` ('gaussian' or 'rademacher')."""
+        _batch = self._check("v", v, self.D)
+        if projections is None:
+            if distribution not in ("gaussian", "rademacher"):
+                raise ValueError(
+                    f"distribution must be 'gaussian' or 'rademacher', "
+                    f"got {distribution!r}"
+                )
+            if not (isinstance(n_projections, int) and n_projections >= 1):
+                raise ValueError(
+                    f"n_projections must be a positive integer, got {n_projections!r}"
+                )
+            shape = (n_projections, *v.shape)
+            projections = torch.randn(shape, generator=generator, dtype=v.dtype, device=v.device)
+            if distribution == "rademacher":
+                projections = torch.sign(projections)
+        elif projections.ndim != 3 or projections.shape[1:] != v.shape:
+            raise ValueError(
+                f"expected projections of shape [P, {_batch}, {self.D}], "
+                f"got {list(projections.shape)}"
+            )
+        u = projections.reshape(-1, self.D)
+        with torch.enable_grad():
+            point = v.detach().repeat(projections.shape[0], 1).requires_grad_(True)
+            score = self.score(point)
+            along = (score * u).sum(dim=1)
+            (hvp,) = torch.autograd.grad(along.sum(), point, create_graph=True)
+            return ((hvp * u).sum(dim=1) + 0.5 * torch.square(along)).mean()
+
+    def nce_loss(
+        self,
+        x: torch.Tensor,
+        noise: torch.distributions.Distribution,
+        nu: float = 1.0,
+        noise_samples: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Noise-contrastive estimation (Gutmann and Hyvarinen 2012) against any noise
+        distribution with sample() and log_prob(): with G(u) = log p_model(u) - log p_n(u)
+        - log nu and M = round(nu N) noise points y (or `noise_samples`),
+        loss = -1/N sum log sigmoid(G(x)) - nu/M sum log sigmoid(-G(y)).
+        log p_model = -F - log Z with the learnable scalar parameter log_z
+        (NCE estimates the normaliser).
+        All in log space: finite wherever the densities are, however small p_n / p_model."""
+        _batch = self._check("x", x, self.D)
+        if not nu > 0:
+            raise ValueError(f"nu must be positive, got {nu!r}")
+        if noise_samples is None:
+            count = max(1, round(nu * _batch))
+            noise_samples = noise.sample((count,)).to(dtype=x.dtype, device=x.device)
+        self._check("noise_samples", noise_samples, self.D)
+        log_nu = math.log(nu)
+        data_logit = (-self.free_energy(x) - self.log_z) - noise.log_prob(x) - log_nu
+        noise_logit = (
+            -self.free_energy(noise_samples) - self.log_z
+            - noise.log_prob(noise_samples)
+            - log_nu
+        )
+        data_term = torch.nn.functional.logsigmoid(data_logit).mean()
+        noise_term = torch.nn.functional.logsigmoid(-noise_logit).mean()
+        return -(data_term + nu * noise_term)
+
+    def cnce_loss(
+        self,
+        x: torch.Tensor,
+        noise_std: float,
+        k: int = 1,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Conditional NCE (Ceylan and Gutmann 2018) with symmetric Gaussian noise: k contrastive
+        points y = x + noise_std * noise per data point (noise ~ N(0, I), shape [k, N, D]);
+        loss = 2/(k N) sum log(1 + exp(-G)), G = log p~(x) - log p~(y) = F(y) - F(x).
+        The noise density and the normaliser cancel, so none is needed."""
+        _batch = self._check("x", x, self.D)
+        if not noise_std > 0:
+            raise ValueError(f"noise_std must be positive, got {noise_std!r}")
+        if noise is None:
+            if not (isinstance(k, int) and k >= 1):
+                raise ValueError(f"k must be a positive integer, got {k!r}")
+            noise = torch.randn((k, *x.shape), generator=generator, dtype=x.dtype, device=x.device)
+        elif noise.ndim != 3 or noise.shape[1:] != x.shape:
+            raise ValueError(
+                f"expected noise of shape [k, {_batch}, {self.D}], "
+                f"got {list(noise.shape)}"
+            )
+        contrast = (x + noise_std * noise).reshape(-1, x.shape[1])
+        data_energy = self.free_energy(x).repeat(noise.shape[0])
+        logit = self.free_energy(contrast) - data_energy
+        return 2 * torch.nn.functional.softplus(-logit).mean()

@@ -37,6 +37,9 @@ class MPoT(torch.nn.Module):
     Methods take the visible variable `v` as a [N, D] tensor.
     """
 
+    visible = "v"  # the visible variable's name
+    hidden = {'hc': 'positive', 'hm': 'binary'}  # hidden variable -> domain, in the spec's order
+
     def __init__(
         self,
         *,
@@ -66,6 +69,8 @@ class MPoT(torch.nn.Module):
         self.W = torch.nn.Parameter(
             0.01 * torch.randn((self.D, self.M), dtype=dtype, device=device)
         )
+        # log Z for noise-contrastive estimation (nce_loss), learnt too
+        self.log_z = torch.nn.Parameter(torch.zeros((), dtype=dtype, device=device))
 
     def _check(self, name: str, value: torch.Tensor, size: int, rows: int | None = None) -> int:
         """Fail early, naming the expected shape, rather than deep inside an einsum."""
@@ -81,6 +86,11 @@ class MPoT(torch.nn.Module):
                 f"got {value.dtype} on {value.device}"
             )
         return value.shape[0]
+
+    @property
+    def visible_size(self) -> int:
+        """The size of the visible variable (D)."""
+        return self.D
 
     def _cholesky(self, precision: torch.Tensor) -> torch.Tensor:
         """The lower Cholesky factor, or a clear error if the precision is not positive
@@ -212,6 +222,33 @@ class MPoT(torch.nn.Module):
         """The autoencoder view (Swersky et al. 2011): a gradient step of size 1 on
         the free energy, v + score(v), shape [N, D]."""
         return v + self.score(v)
+
+    def energy(self, v: torch.Tensor, hc: torch.Tensor, hm: torch.Tensor) -> torch.Tensor:
+        """The joint energy E(v, hc, hm) per sample, shape [N]."""
+        self._check("v", v, self.D)
+        self._check("hc", hc, self.K, v.shape[0])
+        self._check("hm", hm, self.M, v.shape[0])
+        # v[i]^2
+        _t1 = torch.square(v)
+        # sum(i: v[i]^2)
+        _t2 = _t1.sum(dim=1)
+        # sum(i: W[i, j]*v[i])
+        _t3 = torch.einsum('ij,ni->jn', self.W, v)
+        # sum(i, j: W[i, j]*hm[j]*v[i])
+        _t4 = torch.einsum('jn,nj->n', _t3, hm)
+        # log(hc[k])
+        _t5 = torch.log(hc)
+        # sum(k: log(hc[k]))
+        _t6 = _t5.sum(dim=1)
+        # sum(i: C[i, k]*v[i])
+        phi = torch.einsum('ik,ni->nk', self.C, v)
+        # (phi[k]^2/2 + 1)*hc[k]
+        _t7 = hc * (0.5 * torch.square(phi) + 1)
+        # sum(k: (phi[k]^2/2 + 1)*hc[k])
+        _t8 = _t7.sum(dim=1)
+        # (1 - gamma)*sum(k: log(hc[k])) + sum(k: (phi[k]^2/2 + 1)*hc[k]) + sum(i: v[i]^2)/2 - ...
+        _t9 = 0.5 * _t2 - _t4 + _t6 * (1 - self.gamma) + _t8
+        return _t9
 
     def mean_hc(self, v: torch.Tensor) -> torch.Tensor:
         """E[hc | v], shape [N, K] (positive units)."""
@@ -354,3 +391,126 @@ class MPoT(torch.nn.Module):
         noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
         offset = torch.linalg.solve_triangular(factor.mT, noise[..., None], upper=True)
         return mean + offset[..., 0]
+
+    def dsm_loss(
+        self,
+        v: torch.Tensor,
+        noise_std: float,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Denoising score matching with a Gaussian kernel (Vincent 2011): the batch mean of
+        1/2 |score(v~) - (v - v~) / noise_std^2|^2 with v~ = v + noise_std * noise,
+        noise ~ N(0, I) of shape [N, D] (pass it, or a generator, to make the loss
+        reproducible). Needs no second derivatives."""
+        self._check("v", v, self.D)
+        if not noise_std > 0:
+            raise ValueError(f"noise_std must be positive, got {noise_std!r}")
+        if noise is None:
+            noise = torch.randn(v.shape, generator=generator, dtype=v.dtype, device=v.device)
+        self._check("noise", noise, self.D, v.shape[0])
+        perturbed = v + noise_std * noise
+        residual = self.score(perturbed) + noise / noise_std
+        return 0.5 * torch.square(residual).sum(dim=1).mean()
+
+    def ssm_loss(
+        self,
+        v: torch.Tensor,
+        n_projections: int = 1,
+        generator: torch.Generator | None = None,
+        projections: torch.Tensor | None = None,
+        distribution: str = "gaussian",
+    ) -> torch.Tensor:
+        """Sliced score matching (Song et al. 2019), the approximate baseline: the mean over
+        samples and projections u of u^T (d score / dv) u + 1/2 (u^T score)^2, with the
+        derived score and one Hessian-vector product (autograd). Its expectation over u
+        (E[u u^T] = I) is sm_loss. `projections` [P, N, D] fixes u; else n_projections
+        draws from `distribution` ('gaussian' or 'rademacher')."""
+        _batch = self._check("v", v, self.D)
+        if projections is None:
+            if distribution not in ("gaussian", "rademacher"):
+                raise ValueError(
+                    f"distribution must be 'gaussian' or 'rademacher', "
+                    f"got {distribution!r}"
+                )
+            if not (isinstance(n_projections, int) and n_projections >= 1):
+                raise ValueError(
+                    f"n_projections must be a positive integer, got {n_projections!r}"
+                )
+            shape = (n_projections, *v.shape)
+            projections = torch.randn(shape, generator=generator, dtype=v.dtype, device=v.device)
+            if distribution == "rademacher":
+                projections = torch.sign(projections)
+        elif projections.ndim != 3 or projections.shape[1:] != v.shape:
+            raise ValueError(
+                f"expected projections of shape [P, {_batch}, {self.D}], "
+                f"got {list(projections.shape)}"
+            )
+        u = projections.reshape(-1, self.D)
+        with torch.enable_grad():
+            point = v.detach().repeat(projections.shape[0], 1).requires_grad_(True)
+            score = self.score(point)
+            along = (score * u).sum(dim=1)
+            (hvp,) = torch.autograd.grad(along.sum(), point, create_graph=True)
+            return ((hvp * u).sum(dim=1) + 0.5 * torch.square(along)).mean()
+
+    def nce_loss(
+        self,
+        x: torch.Tensor,
+        noise: torch.distributions.Distribution,
+        nu: float = 1.0,
+        noise_samples: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Noise-contrastive estimation (Gutmann and Hyvarinen 2012) against any noise
+        distribution with sample() and log_prob(): with G(u) = log p_model(u) - log p_n(u)
+        - log nu and M = round(nu N) noise points y (or `noise_samples`),
+        loss = -1/N sum log sigmoid(G(x)) - nu/M sum log sigmoid(-G(y)).
+        log p_model = -F - log Z with the learnable scalar parameter log_z
+        (NCE estimates the normaliser).
+        All in log space: finite wherever the densities are, however small p_n / p_model."""
+        _batch = self._check("x", x, self.D)
+        if not nu > 0:
+            raise ValueError(f"nu must be positive, got {nu!r}")
+        if noise_samples is None:
+            count = max(1, round(nu * _batch))
+            noise_samples = noise.sample((count,)).to(dtype=x.dtype, device=x.device)
+        self._check("noise_samples", noise_samples, self.D)
+        log_nu = math.log(nu)
+        data_logit = (-self.free_energy(x) - self.log_z) - noise.log_prob(x) - log_nu
+        noise_logit = (
+            -self.free_energy(noise_samples) - self.log_z
+            - noise.log_prob(noise_samples)
+            - log_nu
+        )
+        data_term = torch.nn.functional.logsigmoid(data_logit).mean()
+        noise_term = torch.nn.functional.logsigmoid(-noise_logit).mean()
+        return -(data_term + nu * noise_term)
+
+    def cnce_loss(
+        self,
+        x: torch.Tensor,
+        noise_std: float,
+        k: int = 1,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Conditional NCE (Ceylan and Gutmann 2018) with symmetric Gaussian noise: k contrastive
+        points y = x + noise_std * noise per data point (noise ~ N(0, I), shape [k, N, D]);
+        loss = 2/(k N) sum log(1 + exp(-G)), G = log p~(x) - log p~(y) = F(y) - F(x).
+        The noise density and the normaliser cancel, so none is needed."""
+        _batch = self._check("x", x, self.D)
+        if not noise_std > 0:
+            raise ValueError(f"noise_std must be positive, got {noise_std!r}")
+        if noise is None:
+            if not (isinstance(k, int) and k >= 1):
+                raise ValueError(f"k must be a positive integer, got {k!r}")
+            noise = torch.randn((k, *x.shape), generator=generator, dtype=x.dtype, device=x.device)
+        elif noise.ndim != 3 or noise.shape[1:] != x.shape:
+            raise ValueError(
+                f"expected noise of shape [k, {_batch}, {self.D}], "
+                f"got {list(noise.shape)}"
+            )
+        contrast = (x + noise_std * noise).reshape(-1, x.shape[1])
+        data_energy = self.free_energy(x).repeat(noise.shape[0])
+        logit = self.free_energy(contrast) - data_energy
+        return 2 * torch.nn.functional.softplus(-logit).mean()

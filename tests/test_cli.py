@@ -33,7 +33,10 @@ def test_compile_to_stdout(capsys):
 def test_check_passes_on_the_rbms(capsys):
     assert main(["check", "specs/gbrbm.edsl", "specs/gaussian_rbm.edsl"]) == 0
     out = capsys.readouterr().out
-    assert "specs/gbrbm.edsl: all 12 checks passed" in out
+    assert "specs/gbrbm.edsl: all 19 checks passed" in out
+    for row in ("dsm_loss", "ssm_loss", "nce_loss", "cnce_loss", "energy",
+                "log_partition (enumerated)"):
+        assert f"  {row} " in out
     assert "MISMATCH" not in out
 
 
@@ -43,7 +46,8 @@ def test_check_passes_on_the_seed_models(spec):
     report = check_compiled(compiled)
     assert report.ok, report.table()
     quantities = {row.quantity for row in report.rows}
-    assert {"free_energy", "score", "laplacian", "sm_loss"} <= quantities
+    assert {"free_energy", "score", "laplacian", "sm_loss", "dsm_loss", "ssm_loss", "nce_loss",
+            "cnce_loss"} <= quantities
     if spec == "mpot":
         assert {"mean_hc", "mean_hm", "mean_v", "sm_terms[variance]"} <= quantities
     if spec == "masked_gaussian":
@@ -59,8 +63,9 @@ def test_check_catches_a_wrong_derivation():
     compiled.source = broken
     report = check_compiled(compiled)
     failed = {row.quantity for row in report.rows if not row.ok}
+    # the score feeds the objectives that use it (dsm, ssm); F-based ones stay right
     assert failed == {"score", "sm_loss", "d sm_loss / d W", "reconstruct",
-                      "sm_terms[squared_error]"}
+                      "sm_terms[squared_error]", "dsm_loss", "ssm_loss"}
 
 
 def test_check_with_sizes_and_a_failure_exit_status(tmp_path):
