@@ -238,9 +238,7 @@ class MethodBuilder:
                                     else f"return mean + noise * {c ** -0.5!r}"]
             how = "isotropic" if c != 1 else "with identity covariance"
         elif iso:
-            second = values[1]
-            if "_visible_scale" in planner.batched:
-                second = f"{second}[:, None]"
+            second = f"{values[1]}[:, None]"  # the scale per sample, [N]
             mean_lines = lines + [f"return {linear} / {second}"]
             sample_lines = lines + [f"mean = {linear} / {second}", noise,
                                     f"return mean + noise * torch.rsqrt({second})"]

@@ -34,3 +34,23 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "energydsl", *args], cwd=cwd or ROOT,
                           capture_output=True, text=True, env=full_env, timeout=300)
+
+
+def load_source(text: str, name: str = "inline"):
+    """Compile spec text in memory and return the generated class."""
+    from energydsl.checking import load_module
+
+    compiled = compile_text(text, f"{name}.edsl")
+    return getattr(load_module(compiled.source, name), compiled.derivation.name)
+
+
+def randomise(model, scale: float, seed: int):
+    """Every parameter ~ N(0, scale^2), reproducibly: tests must not see a near-trivial
+    model (the specs initialise at scale 0.01)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(scale * torch.randn(p.shape, generator=generator, dtype=p.dtype))
+    return model
