@@ -37,6 +37,14 @@ class Objective:
     def after_step(self) -> None:
         """Called after each optimiser step."""
 
+    def state_dict(self) -> dict[str, object]:
+        """What a checkpoint must keep besides the model (persistent chains, ...)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
     def __call__(self, x: Tensor) -> Tensor:
         return self.loss(x)
 
@@ -170,6 +178,9 @@ class PersistentCD(ContrastiveDivergence):
         self.states = self.sampler(self._start(x), self.k, self.generator)
         return self.states
 
+    def state_dict(self) -> dict[str, object]:
+        return {"states": self.states}
+
 
 class FastPCD(PersistentCD):
     """Fast-weights PCD (Tieleman and Hinton 2009): the chains sample from the model with
@@ -201,6 +212,9 @@ class FastPCD(PersistentCD):
             with torch.no_grad():
                 for name, p in parameters.items():
                     p.copy_(saved[name])
+
+    def state_dict(self) -> dict[str, object]:
+        return {"states": self.states, "fast": self.fast}
 
     def after_step(self) -> None:
         """theta_fast <- decay theta_fast - fast_lr grad (the gradient the optimiser used)."""

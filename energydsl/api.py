@@ -1,0 +1,39 @@
+"""The Python API for notebooks: `energydsl.load("specs/dem.edsl")` -> the model class.
+
+Compiles in memory, cached by the spec text's SHA-256 (recompiling an unchanged spec is
+free; editing it recompiles). Spec errors raise SpecError with the positioned message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from .driver import Compiled, compile_source
+
+_CACHE: dict[str, Compiled] = {}
+
+
+def spec_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def compile_cached(text: str, path: str = "<spec>") -> Compiled:
+    """compile_source, memoised on the spec text."""
+    key = spec_hash(text)
+    if key not in _CACHE:
+        _CACHE[key] = compile_source(text, path)
+    return _CACHE[key]
+
+
+def class_of(compiled: Compiled) -> type:
+    from .checking import load_module
+
+    module = load_module(compiled.source, compiled.derivation.name.lower())
+    return getattr(module, compiled.derivation.name)
+
+
+def load(path: str | Path) -> type:
+    """Compile the spec at `path` in memory and return its generated class."""
+    text = Path(path).read_text(encoding="utf-8")
+    return class_of(compile_cached(text, Path(path).as_posix()))

@@ -1,0 +1,187 @@
+"""train, sample and report end to end, as a user runs them: outputs exist and are right,
+runs are deterministic, resume to the same state, refuse a foreign checkpoint, stop on a
+non-finite loss keeping the last good checkpoint, and match across torchrun processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+import torch
+
+import energydsl
+from energydsl import training
+from energydsl.cli import main
+from energydsl.training import RunConfig, TrainingError, load_checkpoint, train
+
+from support import ROOT, SPECS, run_cli
+
+QUICK = ["--size", "K=4", "--epochs", "2", "--batch-size", "128", "--lr", "0.01"]
+
+
+def _params(run: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run / "checkpoint.pt")["model"]
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_writes_checkpoint_and_history_and_is_deterministic(tmp_path):
+    for name in ("a", "b"):
+        code = main(["train", str(SPECS / "gbrbm.edsl"), "--objective", "pcd", *QUICK,
+                     "--out", str(tmp_path / name)])
+        assert code == 0
+    history = json.loads((tmp_path / "a" / "history.json").read_text())
+    assert [r["epoch"] for r in history["epochs"]] == [1, 2]
+    assert len(history["steps"]) == 2 * (1257 // 128)
+    assert all(set(r["sm_terms"]) == {"squared_error", "variance", "curvature"}
+               for r in history["epochs"])
+    checkpoint = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
+    assert checkpoint["spec_hash"] == energydsl.api.spec_hash(
+        (SPECS / "gbrbm.edsl").read_text())
+    assert checkpoint["model"]["W"].shape == (64, 4)  # D set from the data, K from --size
+    assert _same(_params(tmp_path / "a"), _params(tmp_path / "b"))
+
+
+def test_resume_continues_to_the_same_state(tmp_path):
+    spec = str(SPECS / "gbrbm.edsl")
+    args = ["--objective", "fpcd", "--size", "K=4", "--batch-size", "128", "--lr", "0.01"]
+    assert main(["train", spec, *args, "--epochs", "2", "--out", str(tmp_path / "full")]) == 0
+    assert main(["train", spec, *args, "--epochs", "1", "--out", str(tmp_path / "cut")]) == 0
+    assert not _same(_params(tmp_path / "full"), _params(tmp_path / "cut"))
+    assert main(["train", spec, *args, "--epochs", "2", "--out", str(tmp_path / "cut"),
+                 "--resume"]) == 0
+    assert _same(_params(tmp_path / "full"), _params(tmp_path / "cut"))
+    full = load_checkpoint(tmp_path / "full" / "checkpoint.pt")["history"]
+    cut = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["history"]
+    assert full["steps"] == cut["steps"]
+
+
+def test_resuming_from_another_specs_checkpoint_is_refused(tmp_path, capsys):
+    spec = tmp_path / "gbrbm.edsl"
+    spec.write_text((SPECS / "gbrbm.edsl").read_text())
+    run = str(tmp_path / "run")
+    assert main(["train", str(spec), *QUICK, "--epochs", "1", "--out", run]) == 0
+    spec.write_text(spec.read_text().replace("normal(0.01)", "normal(0.02)"))
+    before = _params(tmp_path / "run")
+    assert main(["train", str(spec), *QUICK, "--out", run, "--resume"]) == 1
+    assert "checkpoint was made from a different model or spec" in capsys.readouterr().err
+    assert _same(before, _params(tmp_path / "run"))  # untouched
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
+        tmp_path, monkeypatch):
+    """The loss turns NaN in the second epoch: the run stops naming the step, and the
+    checkpoint of epoch 1 is still there, loadable and unchanged."""
+    build = training.build_objective
+    calls = {"n": 0}
+
+    def poisoned(config, model, train_data):
+        objective = build(config, model, train_data)
+        loss = objective.loss
+
+        def maybe_nan(x):
+            calls["n"] += 1
+            value = loss(x)
+            return value * float("nan") if calls["n"] == 12 else value
+        objective.loss = maybe_nan
+        return objective
+
+    monkeypatch.setattr(training, "build_objective", poisoned)
+    config = RunConfig(model=str(SPECS / "gbrbm.edsl"), epochs=3, batch_size=128, lr=0.01,
+                       sizes={"K": 4})
+    # 9 steps per epoch; call 10 is epoch 1's validation, so call 12 is step 11
+    with pytest.raises(TrainingError, match=r"non-finite loss \(nan\) at epoch 2, step 11"):
+        train(config, tmp_path, progress=False, log=lambda _: None)
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert checkpoint["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in checkpoint["model"].values())
+
+
+def test_a_nan_from_the_model_is_reported_by_the_cli(tmp_path):
+    spec = tmp_path / "bad.edsl"
+    spec.write_text("model Bad\ndim D = 4\nvisible v : real[D]\nparam a[D] ~ ones\n"
+                    "free energy F(v) = sum(i: a[i] * sqrt(v[i]))\n")
+    result = run_cli("train", str(spec), "--epochs", "1", "--out", str(tmp_path / "run"))
+    assert result.returncode == 1
+    assert "non-finite loss (nan) at epoch 1, step 1" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_sample_and_report_write_the_expected_files(tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", str(SPECS / "masked_gaussian.edsl"), "--objective", "nce",
+                 "--epochs", "2", "--lr", "0.02", "--out", str(run)]) == 0
+    assert main(["sample", str(run), "-n", "16", "-o", str(tmp_path / "s.png")]) == 0
+    image = matplotlib.image.imread(tmp_path / "s.png")
+    assert image.shape[:2] == (270, 240)  # a 4 x 4 grid: figsize (2.4, 2.7) at 100 dpi
+    assert main(["report", str(run)]) == 0
+    report = run / "report"
+    assert {p.name for p in report.iterdir()} == {
+        "index.md", "loss.png", "samples.png", "precision.png"}
+    index = (report / "index.md").read_text()
+    history = json.loads((run / "history.json").read_text())
+    for record in history["epochs"]:  # the report's numbers are the run's
+        assert f"| {record['epoch']} | {record['train_loss']:.6g} | " \
+               f"{record['valid_loss']:.6g} |" in index
+
+
+@pytest.mark.parametrize("name", ["made", "realnvp", "gan"])
+def test_companion_models_train_through_the_same_command(tmp_path, name):
+    run = tmp_path / name
+    assert main(["train", name, "--epochs", "1", "--lr", "0.003", "--out", str(run)]) == 0
+    assert main(["sample", str(run), "-n", "4"]) == 0
+    assert (run / "samples.png").exists()
+
+
+def test_user_mistakes_are_clear_errors(tmp_path, capsys):
+    assert main(["train", "no_such_model", "--out", str(tmp_path)]) == 1
+    assert "unknown model 'no_such_model'" in capsys.readouterr().err
+    assert main(["train", str(SPECS / "dem.edsl"), "--objective", "mle",
+                 "--out", str(tmp_path)]) == 1
+    assert "DEM has no exact log_prob" in capsys.readouterr().err
+    assert main(["train", str(SPECS / "dem.edsl"), "--size", "Q=3",
+                 "--out", str(tmp_path)]) == 1
+    assert "no dimension named 'Q'" in capsys.readouterr().err
+    assert main(["sample", str(tmp_path / "nothing")]) == 1
+    assert "no checkpoint here" in capsys.readouterr().err
+
+
+def test_load_compiles_in_memory_and_caches_by_hash(tmp_path):
+    spec = tmp_path / "g.edsl"
+    spec.write_text((SPECS / "gbrbm.edsl").read_text())
+    first = energydsl.load(spec)
+    assert energydsl.load(spec) is first
+    model = first(D=3, K=2, dtype=torch.float64)
+    assert model.free_energy(torch.zeros(1, 3, dtype=torch.float64)).item() == pytest.approx(
+        -2 * torch.nn.functional.softplus(torch.zeros(())).item())
+    spec.write_text(spec.read_text().replace("model GBRBM", "model Other"))
+    assert energydsl.load(spec).__name__ == "Other"
+
+
+def test_two_torchrun_processes_match_one_process(tmp_path):
+    """DistributedDataParallel over gloo with a DistributedSampler: two ranks with half
+    the batch each follow the one-process run with the same global batch."""
+    args = ["train", str(SPECS / "gbrbm.edsl"), "--objective", "sm", "--size", "K=4",
+            "--epochs", "2", "--batch-size", "128", "--lr", "0.01"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    single = subprocess.run([sys.executable, "-m", "energydsl", *args, "--out",
+                             str(tmp_path / "one")], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert single.returncode == 0, single.stderr
+    double = subprocess.run([sys.executable, "-m", "torch.distributed.run",
+                             "--standalone", "--nproc_per_node=2", "-m", "energydsl",
+                             *args, "--out", str(tmp_path / "two")], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert double.returncode == 0, double.stderr
+    one, two = _params(tmp_path / "one"), _params(tmp_path / "two")
+    assert one.keys() == two.keys()
+    for key in one:
+        torch.testing.assert_close(one[key], two[key], rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(one["W"], torch.zeros_like(one["W"]))
