@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.energydsl-installed
 # The CPU build of PyTorch (a plain `torch` would pull a multi-GB CUDA build).
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test generate lint bench clean
+.PHONY: setup demo test generate lint bench compare clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,9 @@ demo: setup
 	$(BIN)/energydsl show specs/dem.edsl
 	$(BIN)/energydsl compile specs/*.edsl
 	$(BIN)/energydsl check specs/*.edsl
+	$(BIN)/energydsl train specs/dem.edsl --objective sm --size H=16 --size K=16 \
+		--epochs 3 --lr 0.01 --out runs/demo
+	$(BIN)/energydsl report runs/demo
 
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider
@@ -34,6 +37,10 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/run.py
+
+# Train every model on the digits and tabulate held-out likelihood (runs/compare/RESULTS.md).
+compare: setup
+	$(BIN)/energydsl compare --out runs/compare
 
 clean:
 	rm -rf $(VENV) .pytest_cache dist build

@@ -36,7 +36,9 @@ from .estimators import OBJECTIVES, Objective, gaussian_noise, make_objective
 
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.json"
-LEVELS = 17  # the digits' grey levels k / 16, k = 0..16
+# Grey levels of the discrete datasets (dequantised for continuous densities); image
+# patches are already continuous (a weighted sum of colour channels).
+LEVELS = {"digits": 17, "mnist": 256}
 
 
 class TrainingError(RuntimeError):
@@ -79,20 +81,32 @@ class Prepared:
 
 def prepare(config: RunConfig, kind: str) -> Prepared:
     """Load the data for a model of `kind` ('energy', 'binary' or 'continuous')."""
-    raw = datasets.load(config.data, binarize=(kind == "binary"), dtype=torch.float64)
+    name, _, path = config.data.partition(":")
+    options: dict[str, object] = {"path": path} if path else {}
+    if name == "mnist" and not path:
+        raise TrainingError("--data mnist needs the directory of the IDX files: "
+                            "--data mnist:DIR")
+    try:
+        raw = datasets.load(name, binarize=(kind == "binary"), dtype=torch.float64, **options)
+    except datasets.DataError as exc:
+        raise TrainingError(str(exc)) from None
     if kind != "energy":
         return Prepared(raw.train.float(), raw.valid.float(), raw.test.float(), raw.shape)
     generator = torch.Generator().manual_seed(config.seed + 7919)
+    levels = LEVELS.get(name)
     splits = []
     for split in (raw.train, raw.valid, raw.test):
+        if levels is None:
+            splits.append(split)
+            continue
         noise = torch.rand(split.shape, generator=generator, dtype=torch.float64)
-        splits.append((torch.round(split * (LEVELS - 1)) + noise) / LEVELS)
+        splits.append((torch.round(split * (levels - 1)) + noise) / levels)
     mean = splits[0].mean(dim=0)
     scale = float((splits[0] - mean).std())
     train, valid, test = ((s - mean) / scale for s in splits)
     dim = train.shape[1]
     return Prepared(train.float(), valid.float(), test.float(), raw.shape, mean.float(), scale,
-                    dim * math.log(LEVELS))
+                    0.0 if levels is None else dim * math.log(levels))
 
 
 # ---------------------------------------------------------------- models

@@ -185,3 +185,51 @@ def test_two_torchrun_processes_match_one_process(tmp_path):
     for key in one:
         torch.testing.assert_close(one[key], two[key], rtol=1e-4, atol=1e-6)
     assert not torch.allclose(one["W"], torch.zeros_like(one["W"]))
+
+
+def test_compare_tabulates_held_out_likelihood_with_how_it_was_obtained(tmp_path, capsys):
+    from energydsl.compare import Entry, compare, table
+
+    entries = (Entry("masked", "specs/masked_gaussian.edsl", "mle", lr=0.02, epochs=1),
+               Entry("mpot", "specs/mpot.edsl", "sm", (("K", 4), ("M", 4)), 0.01, 1),
+               Entry("made", "made", lr=3e-3, epochs=1))
+    rows = compare(tmp_path, entries, ais_chains=50, ais_temperatures=100,
+                   log=lambda _: None)
+    assert [row.how.split(" ")[0] for row in rows] == ["exact", "AIS", "exact"]
+    # the masked Gaussian's number, recomputed from its checkpoint: log p of the
+    # standardised data, minus D log(scale) and D log(17) back to the discrete digits
+    model, _, prepared = training.model_from_checkpoint(
+        load_checkpoint(tmp_path / "00" / "checkpoint.pt"))
+    expected = (model.log_prob(prepared.test).mean().item()
+                - 64 * (torch.log(torch.tensor(prepared.scale)).item() + torch.log(
+                    torch.tensor(17.0)).item()))
+    assert rows[0].nats == pytest.approx(expected, rel=1e-6)
+    assert rows[0].bits_per_dim == pytest.approx(-expected / (64 * 0.6931471805599453))
+    text = table(rows)
+    assert text.count("\n") == 4 and "| mpot |" in text and "AIS (50 chains" in text
+    assert main(["compare", "--epochs", "1", "--limit", "1", "--out",
+                 str(tmp_path / "cli")]) == 0
+    assert "| masked Gaussian / SM |" in (tmp_path / "cli" / "RESULTS.md").read_text()
+
+
+def test_train_on_user_provided_mnist_idx_files(tmp_path):
+    """A tiny fake MNIST in IDX format (written here with struct, independently of the
+    reader): the run sizes the model from the 28 x 28 images."""
+    import struct
+
+    import numpy as np
+
+    def write(name, array, magic):
+        header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape)
+        (tmp_path / name).write_bytes(header + array.astype(np.uint8).tobytes())
+
+    rng = np.random.default_rng(0)
+    for prefix, count in (("train", 40), ("t10k", 10)):
+        write(f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (count, 28, 28)), 0x803)
+        write(f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, (count,)), 0x801)
+    run = tmp_path / "run"
+    assert main(["train", str(SPECS / "gbrbm.edsl"), "--data", f"mnist:{tmp_path}",
+                 "--size", "K=3", "--epochs", "1", "--batch-size", "8", "--out", str(run)]) == 0
+    assert _params(run)["W"].shape == (784, 3)
+    assert main(["train", str(SPECS / "gbrbm.edsl"), "--data", "mnist", "--out",
+                 str(run)]) == 1
