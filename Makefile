@@ -36,7 +36,7 @@ lint: setup
 	$(BIN)/ruff check energydsl tests bench generated
 
 bench: setup
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py --threads 1
 
 # Train every model on the digits and tabulate held-out likelihood (runs/compare/RESULTS.md).
 compare: setup

@@ -1,0 +1,244 @@
+"""Hand-written closed-form exact score-matching losses for the seed models.
+
+Each function returns the batch mean of sum_i 1/2 score_i^2 + d score_i / dx_i (constants
+included), the quantity the generated `sm_loss` computes, from the generated module's own
+parameters. They are written independently of the generated code, from the seeds' formulas,
+as the best a person would write by hand; `bench/run.py` times them against the generated
+code and the tests (`tests/test_torch_compile.py`) check them against it in float64.
+
+Notation: x is [N, D]; s = sigmoid, s' = s (1 - s), s'' = s' (1 - 2 s).
+
+Two tricks beat the direct forms:
+- Gram form of the squared score. When score = B e - x / sigma^2 + b for a [D, R] matrix B
+  and per-sample coefficients e [N, R] with R << D, |score|^2 expands into |x|^2, e . (B^T x)
+  and e^T (B^T B) e: the [N, D] score is never formed, and B^T x is already computed.
+- Reordered Laplacian (DEM): sum_i (sum_h A_h V_hi)^2 = A^T (V V^T) A, so the quadratic
+  term costs N K H^2 rather than N K H D.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch.nn.functional import softplus
+
+
+def dem(x: torch.Tensor, V: torch.Tensor, W: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
+        sigma: float, gram_score: bool = True, pairwise: bool = False) -> torch.Tensor:
+    """DEM (Ngiam et al. 2011): log p~ = -|x|^2/(2 sigma^2) + b.x + sum_k softplus(z_k),
+    z = W g + c, g = sigmoid(V x).
+
+    score = b - x/sigma^2 + A V with A = g' * (W^T s(z)); the Laplacian is
+    -D/sigma^2 + sum_h |V_h|^2 g''_h (W^T s)_h + sum_k s'(z_k) (W_k * g')^T G (W_k * g'),
+    G = V V^T [H, H]. Both the squared score and the Laplacian go through G only
+    (gram_score=False forms the [N, D] score instead, as the generated code does).
+    pairwise=True contracts the quadratic term as the generated code orders it, over the
+    pair (h, h') at once: (g' g'^T)[N, H*H] @ (W_kh W_kh' G_hh')[H*H, K], laid out
+    contiguously (same flops as the shared form).
+    """
+    n, d = x.shape
+    inv = 1.0 / sigma**2
+    u = x @ V.T                                    # [N, H]
+    g = torch.sigmoid(u)
+    s = torch.sigmoid(torch.addmm(c, g, W.T))      # [N, K]
+    g1 = g * (1 - g)
+    g2 = g1 * (1 - 2 * g)
+    ws = s @ W                                     # [N, H]: W^T s
+    a = g1 * ws                                    # [N, H]
+    gram = V @ V.T                                 # [H, H]
+    if gram_score:
+        # |b - x/sigma^2 + a V|^2 = |b|^2 + |x|^2/sigma^4 - 2 b.x/sigma^2
+        #                           + 2 a.(V b) - 2 a.u/sigma^2 + a G a^T
+        squared = ((b @ b) + inv * inv * (x * x).sum(1) - 2 * inv * (x @ b)
+                   + 2 * (a @ (V @ b)) - 2 * inv * (a * u).sum(1) + ((a @ gram) * a).sum(1))
+    else:
+        score = b - x * inv + a @ V
+        squared = (score * score).sum(1)
+    # sum_k s'_k (W_k * g')^T G (W_k * g'): B[n, k, h] = W_kh g'_nh, one [N K, H] x [H, H]
+    # GEMM (G broadcasts, so matmul folds the batch), then a row-wise dot.
+    if pairwise:
+        pairs = (g1.unsqueeze(2) * g1.unsqueeze(1)).reshape(n, -1)              # [N, H*H]
+        weights = (W.unsqueeze(2) * W.unsqueeze(1) * gram).reshape(W.shape[0], -1)  # [K, H*H]
+        quad = pairs @ weights.T                   # [N, K]
+    else:
+        B = g1.unsqueeze(1) * W                    # [N, K, H]
+        quad = ((B @ gram) * B).sum(2)             # [N, K]
+    laplacian = (-d * inv + (g2 * ws) @ torch.diagonal(gram)
+                 + (quad * (s * (1 - s))).sum(1))
+    return (0.5 * squared + laplacian).mean()
+
+
+def dem_naive(x: torch.Tensor, V: torch.Tensor, W: torch.Tensor, b: torch.Tensor,
+              c: torch.Tensor, sigma: float) -> torch.Tensor:
+    """DEM, the direct closed form: builds J[n, k, i] = sum_h W_kh g'_nh V_hi (the Jacobian
+    of z with respect to x, N x K x D) and squares it, as one first writes it."""
+    d = x.shape[1]
+    inv = 1.0 / sigma**2
+    g = torch.sigmoid(x @ V.T)
+    s = torch.sigmoid(g @ W.T + c)
+    g1 = g * (1 - g)
+    g2 = g1 * (1 - 2 * g)
+    jac = torch.einsum("kh,nh,hi->nki", W, g1, V)            # [N, K, D]
+    score = b - x * inv + torch.einsum("nk,nki->ni", s, jac)
+    hess_z = torch.einsum("kh,nh,hi->nki", W, g2, V * V)     # d^2 z_k / dx_i^2
+    laplacian = (-d * inv + torch.einsum("nk,nki->n", s, hess_z)
+                 + torch.einsum("nk,nki->n", s * (1 - s), jac * jac))
+    return (0.5 * (score * score).sum(1) + laplacian).mean()
+
+
+def gbrbm(v: torch.Tensor, W: torch.Tensor, gram_score: bool = True) -> torch.Tensor:
+    """Gaussian-Bernoulli RBM: F = 1/2 |v|^2 - sum_j softplus(W_j . v).
+    score = W s(a) - v, a = W^T v; |score|^2 = |v|^2 - 2 a.s + s^T (W^T W) s;
+    Laplacian = -D + sum_j s'(a_j) |W_j|^2 (gram_score=False: the [N, D] score)."""
+    d = v.shape[1]
+    a = v @ W                                      # [N, K]
+    s = torch.sigmoid(a)
+    if gram_score:
+        gram = W.T @ W                             # [K, K]
+        squared = (v * v).sum(1) - 2 * (a * s).sum(1) + ((s @ gram) * s).sum(1)
+        norms = torch.diagonal(gram)
+    else:
+        score = s @ W.T - v
+        squared = (score * score).sum(1)
+        norms = (W * W).sum(0)
+    laplacian = -d + (s * (1 - s)) @ norms
+    return (0.5 * squared + laplacian).mean()
+
+
+def gaussian_rbm(v: torch.Tensor, W: torch.Tensor, gram_score: bool = True) -> torch.Tensor:
+    """RBM with Gaussian visible and hidden units: F = 1/2 v^T (I - W W^T) v + const.
+    score = W a - v, a = W^T v; |score|^2 = |v|^2 - 2 |a|^2 + a^T (W^T W) a;
+    Laplacian = -D + |W|_F^2, a constant (gram_score=False: the [N, D] score)."""
+    d = v.shape[1]
+    a = v @ W
+    if not gram_score:
+        score = a @ W.T - v
+        return 0.5 * (score * score).sum(1).mean() - d + (W * W).sum()
+    gram = W.T @ W
+    squared = (v * v).sum(1) - 2 * (a * a).sum(1) + ((a @ gram) * a).sum(1)
+    return 0.5 * squared.mean() - d + torch.trace(gram)
+
+
+def mpot(v: torch.Tensor, C: torch.Tensor, W: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Mean-product of Student-t: F = gamma sum_k log(1 + phi_k^2/2) - sum_j softplus(t_j)
+    + 1/2 |v|^2, phi = C^T v, t = W^T v.
+    score = W s(t) - gamma C psi(phi) - v, psi(p) = p / (1 + p^2/2), psi' = (1 - p^2/2) /
+    (1 + p^2/2)^2; Laplacian = -D + sum_j s'(t_j)|W_j|^2 - gamma sum_k psi'(phi_k)|C_k|^2.
+    C and W are used as one [D, K+M] matrix so each product is one GEMM."""
+    d = v.shape[1]
+    k = C.shape[1]
+    B = torch.cat([C, W], dim=1)                   # [D, K+M]
+    a = v @ B
+    phi, t = a[:, :k], a[:, k:]
+    q = 1 / (1 + 0.5 * phi * phi)
+    s = torch.sigmoid(t)
+    e = torch.cat([-gamma * phi * q, s], dim=1)   # score = B e - v
+    score = e @ B.T - v
+    norms = (B * B).sum(0)
+    curv = torch.cat([-gamma * (1 - 0.5 * phi * phi) * q * q, s * (1 - s)], dim=1)
+    laplacian = -d + curv @ norms
+    return (0.5 * (score * score).sum(1) + laplacian).mean()
+
+
+@functools.lru_cache(maxsize=16)
+def _stencil(height: int, width: int, connectivity: int, device: str) -> tuple:
+    """For every pixel p (as [h, w, 3, 3] grids over its 3 x 3 window): the flat indices of
+    raw[p, q] and raw[q, p] in a [D, D] matrix, and masks of the off-diagonal neighbours
+    (inside the image and in the 4- or 8-neighbourhood) and of the centre."""
+    if connectivity not in (4, 8):
+        raise ValueError(f"connectivity must be 4 or 8, got {connectivity!r}")
+    d = height * width
+    row = torch.arange(height, device=device).view(height, 1, 1, 1)
+    col = torch.arange(width, device=device).view(1, width, 1, 1)
+    dr = torch.arange(-1, 2, device=device).view(1, 1, 3, 1)
+    dc = torch.arange(-1, 2, device=device).view(1, 1, 1, 3)
+    q_row, q_col = row + dr, col + dc
+    inside = (q_row >= 0) & (q_row < height) & (q_col >= 0) & (q_col < width)
+    near = (dr.abs() + dc.abs() <= 1) if connectivity == 4 else torch.ones_like(inside)
+    centre = (dr == 0) & (dc == 0)
+    p = row * width + col
+    q = torch.where(inside, q_row * width + q_col, p)      # any valid index where masked
+    pq, qp = (p * d + q).expand(height, width, 3, 3), (q * d + p).expand(height, width, 3, 3)
+    off = inside & near & ~centre
+    return torch.stack([pq, qp]).reshape(-1), off, centre.expand(height, width, 3, 3)
+
+
+def masked_gaussian(x: torch.Tensor, mu: torch.Tensor, raw: torch.Tensor, height: int,
+                    width: int, connectivity: int = 8) -> torch.Tensor:
+    """Gaussian with a grid-masked precision, by its 3 x 3 stencil: F = 1/2 y^T Lambda y,
+    y = x - mu, Lambda = S (symmetrised raw, masked to the grid neighbourhood, zero diagonal)
+    plus the diagonal sum_q |S_pq| + softplus(raw_pp) + 1e-6. score = -Lambda y costs 9 N D
+    (one shifted product per neighbour) instead of the dense N D^2; loss = 1/2 |Lambda y|^2 - tr.
+    One gather reads the 9 entries per row of raw that matter (its gradient is a scatter).
+    """
+    n = x.shape[0]
+    index, off, centre = _stencil(height, width, connectivity, str(x.device))
+    both = raw.reshape(-1)[index].view(2, height, width, 3, 3)
+    S = torch.where(off, 0.5 * (both[0] + both[1]), torch.zeros_like(both[0]))
+    diag_raw = both[0, :, :, 1, 1]                          # raw[p, p]
+    diagonal = S.abs().sum((2, 3)) + softplus(diag_raw) + 1e-6    # [h, w]
+    kernel = torch.where(centre, diagonal[:, :, None, None], S)  # Lambda[p, p + (a-1, b-1)]
+    kernel = kernel.permute(2, 3, 0, 1).contiguous()        # [3, 3, h, w]
+
+    def apply(image: torch.Tensor) -> torch.Tensor:       # Lambda image, image [..., h, w]
+        padded = torch.nn.functional.pad(image, (1, 1, 1, 1))
+        out = kernel[1, 1] * image
+        for a in range(3):
+            for b in range(3):
+                if (a, b) != (1, 1) and (connectivity == 8 or a == 1 or b == 1):
+                    out = out + kernel[a, b] * padded[..., a:a + height, b:b + width]
+        return out
+
+    # Lambda (x - mu) = Lambda x - Lambda mu: the data x needs no gradient, so the shifted
+    # copies of the batch are never differentiated; only mu's [h, w] image is.
+    out = apply(x.view(n, height, width)) - apply(mu.view(height, width))
+    return 0.5 * (out * out).sum((1, 2)).mean() - diagonal.sum()
+
+
+def masked_gaussian_dense(x: torch.Tensor, mu: torch.Tensor, raw: torch.Tensor, height: int,
+                          width: int, connectivity: int = 8) -> torch.Tensor:
+    """The same loss with the dense [D, D] precision (what a direct transcription does)."""
+    d = height * width
+    pixel = torch.arange(d, device=x.device)
+    row, col = pixel // width, pixel % width
+    dr = (row[:, None] - row[None, :]).abs()
+    dc = (col[:, None] - col[None, :]).abs()
+    mask = (dr + dc <= 1) if connectivity == 4 else (dr <= 1) & (dc <= 1)
+    mask = mask & ~torch.eye(d, dtype=torch.bool, device=x.device)
+    off = torch.where(mask, 0.5 * (raw + raw.T), torch.zeros_like(raw))
+    diagonal = off.abs().sum(1) + softplus(torch.diagonal(raw)) + 1e-6
+    y = x - mu
+    score = -(y @ off + diagonal * y)
+    return 0.5 * (score * score).sum(1).mean() - diagonal.sum()
+
+
+SCORE_FORMED = "hand, [N, D] score formed"
+
+# The forms bench/run.py times, by generated class name: name -> f(model, x); "hand" is the
+# best, the others show what each trick is worth.
+HAND = {
+    "DEM": {
+        "hand": lambda m, x: dem(x, m.V, m.W, m.b, m.c, m.sigma),
+        SCORE_FORMED: lambda m, x: dem(x, m.V, m.W, m.b, m.c, m.sigma, gram_score=False),
+        "hand, generated's order ([N, D] score, pairwise (h, h') GEMM)":
+            lambda m, x: dem(x, m.V, m.W, m.b, m.c, m.sigma, gram_score=False, pairwise=True),
+        "hand, naive (N x K x D Jacobian)": lambda m, x: dem_naive(x, m.V, m.W, m.b, m.c,
+                                                                   m.sigma),
+    },
+    "GBRBM": {
+        "hand": lambda m, x: gbrbm(x, m.W),
+        SCORE_FORMED: lambda m, x: gbrbm(x, m.W, gram_score=False),
+    },
+    "GaussianRBM": {
+        "hand": lambda m, x: gaussian_rbm(x, m.W),
+        SCORE_FORMED: lambda m, x: gaussian_rbm(x, m.W, gram_score=False),
+    },
+    "MPoT": {"hand": lambda m, x: mpot(x, m.C, m.W, m.gamma)},
+    "MaskedGaussian": {
+        "hand": lambda m, x: masked_gaussian(x, m.mu, m.Lambda, m.height, m.width,
+                                             m.connectivity),
+        "hand, dense precision": lambda m, x: masked_gaussian_dense(
+            x, m.mu, m.Lambda, m.height, m.width, m.connectivity),
+    },
+}
