@@ -526,17 +526,23 @@ class Planner:
                 return Operand(self._emit(code, comment, name), output)
         equation, shapes = self._equation(tensors, output)
         _, info = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize="auto")
+        letter_of = {}
+        for op, letters in zip(tensors, equation.split("->")[0].split(","), strict=True):
+            letter_of.update(zip(op.indices, letters, strict=True))
         current = list(zip(tensors, formulas, strict=True))
         steps = info.contraction_list
         for k, (positions, _removed, einsum, _remaining, _blas) in enumerate(steps):
             picked_pairs = [current.pop(p) for p in positions]
             picked = [op for op, _ in picked_pairs]
-            inputs, out_letters = einsum.split("->")
-            letter_to_index = {}
-            for op, letters in zip(picked, inputs.split(","), strict=True):
-                letter_to_index.update(zip(letters, op.indices, strict=True))
-            out_indices = tuple(letter_to_index[c] for c in out_letters)
+            _, out_letters = einsum.split("->")
+            # each operand's letters from its own axis order (an intermediate's axes follow
+            # `_natural_order`, not the order opt_einsum assumed)
+            inputs = ",".join("".join(letter_of[i] for i in op.indices) for op in picked)
+            letter_to_index = {letter: index for index, letter in letter_of.items()}
             last = k == len(steps) - 1
+            if not last:  # an intermediate's axis order is free: follow the inputs'
+                out_letters = _natural_order(inputs, out_letters)
+            out_indices = tuple(letter_to_index[c] for c in out_letters)
             if last:
                 out_indices = output
                 out_letters = "".join(next(c for c, i in letter_to_index.items() if i == o)
@@ -561,9 +567,102 @@ class Planner:
             return Operand(self.pair_memo[key][0], out_indices)
         equation = _pretty_equation(inputs, out_letters, picked, out_indices)
         args = ", ".join(op.code for op in picked)
-        step = self._emit(f'torch.einsum("{equation}", {args})', comment, name)
+        letter_index = dict(zip(inputs.replace(",", ""),
+                                (i for op in picked for i in op.indices), strict=True))
+        code = (_as_product(picked, inputs, out_letters)
+                or _as_matmul(picked, inputs, out_letters, letter_index, self)
+                or f'torch.einsum("{equation}", {args})')
+        step = self._emit(code, comment, name)
         self.pair_memo[key] = (step, equation)
         return Operand(step, out_indices)
+
+
+def _natural_order(inputs: str, out_letters: str) -> str:
+    """The output letters in the order they first appear in the inputs, the operand with
+    the most axes first: the result then shares the layout of its largest input."""
+    terms = sorted(inputs.split(","), key=len, reverse=True)
+    seen = "".join(dict.fromkeys("".join(terms)))
+    return "".join(c for c in seen if c in out_letters)
+
+
+def _view(code: str, letters: str, target: str) -> str:
+    """`code` (axes `letters`) permuted and unsqueezed to broadcast against `target`."""
+    present = [c for c in target if c in letters]
+    if present != list(letters):
+        order = ", ".join(str(letters.index(c)) for c in present)
+        code = f"{code}.permute({order})" if len(letters) > 2 else f"{code}.T"
+    if len(present) == len(target):
+        return code
+    if all(c in letters for c in target[len(target) - len(present):]) and \
+            target[len(target) - len(present):] == "".join(present):
+        return code  # missing leading axes broadcast by themselves
+    index = ", ".join(":" if c in letters else "None" for c in target)
+    return f"{code}[{index}]"
+
+
+def _as_product(picked: list[Operand], inputs: str, out_letters: str) -> str | None:
+    """A pairwise step that sums nothing is an elementwise (broadcast) product."""
+    terms = inputs.split(",")
+    if set("".join(terms)) != set(out_letters) or len(terms) != 2:
+        return None
+    return " * ".join(_view(op.code, letters, out_letters)
+                      for op, letters in zip(picked, terms, strict=True))
+
+
+def _as_matmul(picked: list[Operand], inputs: str, out_letters: str, letter_index: dict,
+               planner: Planner) -> str | None:
+    """A contraction of two operands over shared letters S, with no shared letter kept,
+    as one matrix product X[F_x, S] @ Y[S, F_y] (reshaped when S or F are blocks)."""
+    terms = inputs.split(",")
+    if len(terms) != 2:
+        return None
+    (x, xs), (y, ys) = zip(picked, terms, strict=True)
+    summed = [c for c in xs if c in ys]
+    if not summed or any(c in out_letters for c in summed):
+        return None
+    free_x, free_y = [c for c in xs if c not in summed], [c for c in ys if c not in summed]
+    if out_letters == "".join(free_y + free_x):
+        (x, xs, free_x), (y, ys, free_y) = (y, ys, free_y), (x, xs, free_x)
+    if out_letters != "".join(free_x + free_y):
+        return None
+    block = "".join(c for c in xs if c in summed)
+    if "".join(c for c in ys if c in summed) != block:
+        return None
+
+    def matrix(op: Operand, letters: str, free: list, first: bool) -> str | None:
+        f, s_ = "".join(free), block
+        if letters == (f + s_ if first else s_ + f):
+            transpose = ""
+        elif letters == (s_ + f if first else f + s_):
+            transpose = ".T"
+        else:
+            return None
+        if len(letters) == 2:
+            return f"{op.code}{transpose}"
+        if not free:
+            return None
+        rows, cols = (f, s_) if letters.startswith(f) else (s_, f)
+        shape = ", ".join(_block_size(rows, letter_index, planner) +
+                          _block_size(cols, letter_index, planner))
+        return f"{op.code}.reshape({shape}){transpose}"
+
+    left, right = matrix(x, xs, free_x, True), matrix(y, ys, free_y, False)
+    if left is None or right is None or not free_x or not free_y:
+        return None
+    code = f"{left} @ {right}"
+    if len(free_x) > 1 or len(free_y) > 1:
+        dims = ", ".join(_block_size(c, letter_index, planner)[0] for c in out_letters)
+        code = f"({code}).reshape({dims})"
+    return code
+
+
+def _block_size(letters: str, letter_index: dict, planner: Planner) -> list[str]:
+    """One reshape dimension for a block of letters (their sizes multiplied); -1 for the
+    block holding the batch, whose size the other dimensions determine."""
+    if any(letter_index[c] == BATCH for c in letters):
+        return ["-1"]
+    parts = [planner.shape_code(letter_index[c]) for c in letters]
+    return [" * ".join(parts)] if parts else []
 
 
 def _pretty_equation(inputs: str, out_letters: str, picked: list[Operand],

@@ -93,11 +93,11 @@ class DEM(torch.nn.Module):
         # sum(i: b[i]*x[i])
         _t1 = torch.einsum('ni,i->n', x, self.b)
         # sum(i: V[h, i]*x[i])
-        u = torch.einsum('hi,ni->nh', self.V, x)
+        u = x @ self.V.T
         # sigmoid(u[h])
         g = torch.sigmoid(u)
         # sum(h: W[k, h]*g[h])
-        _t2 = torch.einsum('kh,nh->nk', self.W, g)
+        _t2 = g @ self.W.T
         # c[k] + sum(h: W[k, h]*g[h])
         z = _t2 + self.c
         # softplus(z[k])
@@ -116,11 +116,11 @@ class DEM(torch.nn.Module):
         """Score d log p~(x) / dx = -dF/dx per sample, shape [N, D]."""
         self._check("x", x, self.D)
         # sum(i: V[h, i]*x[i])
-        u = torch.einsum('hi,ni->nh', self.V, x)
+        u = x @ self.V.T
         # sigmoid(u[h])
         g = torch.sigmoid(u)
         # sum(h: W[k, h]*g[h])
-        _t2 = torch.einsum('kh,nh->nk', self.W, g)
+        _t2 = g @ self.W.T
         # c[k] + sum(h: W[k, h]*g[h])
         z = _t2 + self.c
         # (1 - g[h1])*g[h1]
@@ -128,11 +128,11 @@ class DEM(torch.nn.Module):
         # sigmoid(z[k])
         _t8 = torch.sigmoid(z)
         # sum(k: sigmoid(z[k])*W[k, h1])
-        _t9 = torch.einsum('nk,ka->na', _t8, self.W)
+        _t9 = _t8 @ self.W
         # (1 - g[h1])*g[h1]*sum(k: sigmoid(z[k])*W[k, h1])
-        _t10 = torch.einsum('na,na->na', _t9, _t7)
+        _t10 = _t9 * _t7
         # sum(k: sigmoid(z[k])*sum(h: (1 - g[h])*V[h, j]*W[k, h]*g[h]))
-        _t11 = torch.einsum('na,aj->nj', _t10, self.V)
+        _t11 = _t10 @ self.V
         # b[j] + sum(k: sigmoid(z[k])*sum(h: (1 - g[h])*V[h, j]*W[k, h]*g[h])) - x[j]/sigma^2
         score = _t11 + self.b - x / self.sigma ** 2
         return score
@@ -141,11 +141,11 @@ class DEM(torch.nn.Module):
         """Laplacian sum_i d^2 log p~(x) / dx_i^2 per sample, shape [N]."""
         self._check("x", x, self.D)
         # sum(i: V[h, i]*x[i])
-        u = torch.einsum('hi,ni->nh', self.V, x)
+        u = x @ self.V.T
         # sigmoid(u[h])
         g = torch.sigmoid(u)
         # sum(h: W[k, h]*g[h])
-        _t2 = torch.einsum('kh,nh->nk', self.W, g)
+        _t2 = g @ self.W.T
         # c[k] + sum(h: W[k, h]*g[h])
         z = _t2 + self.c
         # (1 - g[h1])*g[h1]
@@ -159,23 +159,23 @@ class DEM(torch.nn.Module):
         # (1 - g[h1])*(2*g[h1] - 1)*g[h1]
         _t14 = g * (1 - g) * (2 * g - 1)
         # W[k, h1]*sum(i: V[h1, i]^2)
-        _t15 = torch.einsum('ka,a->ka', self.W, _t13)
+        _t15 = self.W * _t13
         # sum(h1: (1 - g[h1])*(2*g[h1] - 1)*W[k, h1]*g[h1]*sum(i: V[h1, i]^2))
-        _t16 = torch.einsum('ka,na->kn', _t15, _t14)
+        _t16 = _t15 @ _t14.T
         # sum(i, k: sigmoid(z[k])*sum(h: (1 - g[h])*(2*g[h] - 1)*V[h, i]^2*W[k, h]*g[h]))
         _t17 = torch.einsum('kn,nk->n', _t16, _t8)
         # (1 - sigmoid(z[k]))*sigmoid(z[k])
         _t18 = _t8 * (1 - _t8)
         # W[k, h1]*W[k, h2]
-        _t19 = torch.einsum('ka,kb->kab', self.W, self.W)
+        _t19 = self.W[:, :, None] * self.W[:, None, :]
         # (1 - g[h1])*(1 - g[h2])*g[h1]*g[h2]
-        _t20 = torch.einsum('na,nb->nab', _t7, _t7)
+        _t20 = _t7[:, :, None] * _t7[:, None, :]
         # sum(i: V[h1, i]*V[h2, i])
-        _t21 = torch.einsum('ai,bi->ab', self.V, self.V)
+        _t21 = self.V @ self.V.T
         # W[k, h1]*W[k, h2]*sum(i: V[h1, i]*V[h2, i])
-        _t22 = torch.einsum('ab,kab->abk', _t21, _t19)
+        _t22 = _t21 * _t19
         # sum(h1, h2: (1 - g[h1])*(1 - g[h2])*W[k, h1]*W[k, h2]*g[h1]*g[h2]*sum(i: V[h1, i]*V[h...
-        _t23 = torch.einsum('abk,nab->kn', _t22, _t20)
+        _t23 = _t22.reshape(self.K, self.H * self.H) @ _t20.reshape(-1, self.H * self.H).T
         # sum(i, k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: (1 - g[h])*V[h, i]*W[k, h]*g[h])^2)
         _t24 = torch.einsum('kn,nk->n', _t23, _t18)
         # -D/sigma^2 - sum(i, k: sigmoid(z[k])*sum(h: (1 - g[h])*(2*g[h] - 1)*V[h, i]^2*W[k, h]...
@@ -187,11 +187,11 @@ class DEM(torch.nn.Module):
         sum_i 1/2 score_i^2 + d score_i / dx_i, constants included."""
         self._check("x", x, self.D)
         # sum(i: V[h, i]*x[i])
-        u = torch.einsum('hi,ni->nh', self.V, x)
+        u = x @ self.V.T
         # sigmoid(u[h])
         g = torch.sigmoid(u)
         # sum(h: W[k, h]*g[h])
-        _t2 = torch.einsum('kh,nh->nk', self.W, g)
+        _t2 = g @ self.W.T
         # c[k] + sum(h: W[k, h]*g[h])
         z = _t2 + self.c
         # (1 - g[h1])*g[h1]
@@ -199,11 +199,11 @@ class DEM(torch.nn.Module):
         # sigmoid(z[k])
         _t8 = torch.sigmoid(z)
         # sum(k: sigmoid(z[k])*W[k, h1])
-        _t9 = torch.einsum('nk,ka->na', _t8, self.W)
+        _t9 = _t8 @ self.W
         # (1 - g[h1])*g[h1]*sum(k: sigmoid(z[k])*W[k, h1])
-        _t10 = torch.einsum('na,na->na', _t9, _t7)
+        _t10 = _t9 * _t7
         # sum(k: sigmoid(z[k])*sum(h: (1 - g[h])*V[h, j]*W[k, h]*g[h]))
-        _t11 = torch.einsum('na,aj->nj', _t10, self.V)
+        _t11 = _t10 @ self.V
         # b[j] + sum(k: sigmoid(z[k])*sum(h: (1 - g[h])*V[h, j]*W[k, h]*g[h])) - x[j]/sigma^2
         score = _t11 + self.b - x / self.sigma ** 2
         # V[h1, i]^2
@@ -213,23 +213,23 @@ class DEM(torch.nn.Module):
         # (1 - g[h1])*(2*g[h1] - 1)*g[h1]
         _t14 = g * (1 - g) * (2 * g - 1)
         # W[k, h1]*sum(i: V[h1, i]^2)
-        _t15 = torch.einsum('ka,a->ka', self.W, _t13)
+        _t15 = self.W * _t13
         # sum(h1: (1 - g[h1])*(2*g[h1] - 1)*W[k, h1]*g[h1]*sum(i: V[h1, i]^2))
-        _t16 = torch.einsum('ka,na->kn', _t15, _t14)
+        _t16 = _t15 @ _t14.T
         # sum(i, k: sigmoid(z[k])*sum(h: (1 - g[h])*(2*g[h] - 1)*V[h, i]^2*W[k, h]*g[h]))
         _t17 = torch.einsum('kn,nk->n', _t16, _t8)
         # (1 - sigmoid(z[k]))*sigmoid(z[k])
         _t18 = _t8 * (1 - _t8)
         # W[k, h1]*W[k, h2]
-        _t19 = torch.einsum('ka,kb->kab', self.W, self.W)
+        _t19 = self.W[:, :, None] * self.W[:, None, :]
         # (1 - g[h1])*(1 - g[h2])*g[h1]*g[h2]
-        _t20 = torch.einsum('na,nb->nab', _t7, _t7)
+        _t20 = _t7[:, :, None] * _t7[:, None, :]
         # sum(i: V[h1, i]*V[h2, i])
-        _t21 = torch.einsum('ai,bi->ab', self.V, self.V)
+        _t21 = self.V @ self.V.T
         # W[k, h1]*W[k, h2]*sum(i: V[h1, i]*V[h2, i])
-        _t22 = torch.einsum('ab,kab->abk', _t21, _t19)
+        _t22 = _t21 * _t19
         # sum(h1, h2: (1 - g[h1])*(1 - g[h2])*W[k, h1]*W[k, h2]*g[h1]*g[h2]*sum(i: V[h1, i]*V[h...
-        _t23 = torch.einsum('abk,nab->kn', _t22, _t20)
+        _t23 = _t22.reshape(self.K, self.H * self.H) @ _t20.reshape(-1, self.H * self.H).T
         # sum(i, k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: (1 - g[h])*V[h, i]*W[k, h]*g[h])^2)
         _t24 = torch.einsum('kn,nk->n', _t23, _t18)
         # -D/sigma^2 - sum(i, k: sigmoid(z[k])*sum(h: (1 - g[h])*(2*g[h] - 1)*V[h, i]^2*W[k, h]...

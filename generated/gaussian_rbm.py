@@ -91,7 +91,7 @@ class GaussianRBM(torch.nn.Module):
         # sum(i: v[i]^2)
         _t2 = _t1.sum(dim=1)
         # sum(i: W[i, j]*v[i])
-        _t3 = torch.einsum('ij,ni->nj', self.W, v)
+        _t3 = v @ self.W
         # sum(i: W[i, j]*v[i])^2
         _t4 = torch.square(_t3)
         # sum(j: sum(i: W[i, j]*v[i])^2)
@@ -109,9 +109,9 @@ class GaussianRBM(torch.nn.Module):
         """Score d log p~(v) / dv = -dF/dv per sample, shape [N, D]."""
         self._check("v", v, self.D)
         # sum(i: W[i, j]*v[i])
-        _t3 = torch.einsum('ij,ni->nj', self.W, v)
+        _t3 = v @ self.W
         # sum(j: W[k, j]*sum(i: W[i, j]*v[i]))
-        _t6 = torch.einsum('nj,kj->nk', _t3, self.W)
+        _t6 = _t3 @ self.W.T
         # -v[k] + sum(j: W[k, j]*sum(i: W[i, j]*v[i]))
         score = _t6 - v
         return score
@@ -132,9 +132,9 @@ class GaussianRBM(torch.nn.Module):
         sum_i 1/2 score_i^2 + d score_i / dv_i, constants included."""
         self._check("v", v, self.D)
         # sum(i: W[i, j]*v[i])
-        _t3 = torch.einsum('ij,ni->nj', self.W, v)
+        _t3 = v @ self.W
         # sum(j: W[k, j]*sum(i: W[i, j]*v[i]))
-        _t6 = torch.einsum('nj,kj->nk', _t3, self.W)
+        _t6 = _t3 @ self.W.T
         # -v[k] + sum(j: W[k, j]*sum(i: W[i, j]*v[i]))
         score = _t6 - v
         # W[i, j]^2
@@ -169,7 +169,7 @@ class GaussianRBM(torch.nn.Module):
         # sum(i: v[i]^2)
         _t4 = _t3.sum(dim=1)
         # sum(i: W[i, j]*v[i])
-        _t5 = torch.einsum('ij,ni->jn', self.W, v)
+        _t5 = self.W.T @ v.T
         # sum(i, j: W[i, j]*h[j]*v[i])
         _t6 = torch.einsum('jn,nj->n', _t5, h)
         # sum(j: h[j]^2)/2 + sum(i: v[i]^2)/2 - sum(i, j: W[i, j]*h[j]*v[i])
@@ -180,7 +180,7 @@ class GaussianRBM(torch.nn.Module):
         """E[h | v], shape [N, K] (real units)."""
         self._check("v", v, self.D)
         # sum(i: W[i, j]*v[i])
-        _t3 = torch.einsum('ij,ni->nj', self.W, v)
+        _t3 = v @ self.W
         return _t3
 
     def sample_h(self, v: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -188,7 +188,7 @@ class GaussianRBM(torch.nn.Module):
         _batch = self._check("v", v, self.D)
         _like = v
         # sum(i: W[i, j]*v[i])
-        _t3 = torch.einsum('ij,ni->nj', self.W, v)
+        _t3 = v @ self.W
         # 1
         _t11 = _like.new_full((self.K,), 1)
         mean = _t3
@@ -202,9 +202,9 @@ class GaussianRBM(torch.nn.Module):
         _batch = self._check("v", v, self.D)
         _like = v
         # sum(i: W[i, j]*v[i])
-        _t3 = torch.einsum('ij,ni->nj', self.W, v)
+        _t3 = v @ self.W
         # sum(j: W[k, j]*sum(i: W[i, j]*v[i]))
-        _t6 = torch.einsum('nj,kj->nk', _t3, self.W)
+        _t6 = _t3 @ self.W.T
         # -v[k] + sum(j: W[k, j]*sum(i: W[i, j]*v[i]))
         score = _t6 - v
         # W[i, j]^2
@@ -228,14 +228,14 @@ class GaussianRBM(torch.nn.Module):
         Gaussian (with identity covariance)."""
         self._check("h", h, self.K)
         # sum(j: W[k, j]*h[j])
-        _t1 = torch.einsum('kj,nj->nk', self.W, h)
+        _t1 = h @ self.W.T
         return _t1
 
     def sample_v(self, h: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """A draw of v ~ p(v | h), shape [N, D]."""
         self._check("h", h, self.K)
         # sum(j: W[k, j]*h[j])
-        _t1 = torch.einsum('kj,nj->nk', self.W, h)
+        _t1 = h @ self.W.T
         mean = _t1
         noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
         return mean + noise
@@ -244,7 +244,7 @@ class GaussianRBM(torch.nn.Module):
         """d^2 F / dv^2, constant because F is quadratic in v: the precision."""
         _like = self.W
         # sum(j: W[k, j]*W[q, j])
-        _t13 = torch.einsum('qj,kj->kq', self.W, self.W)
+        _t13 = self.W @ self.W.T
         # identity (k, q)
         _t14 = torch.eye(self.D, dtype=_like.dtype, device=_like.device)
         # delta(k, q) - sum(j: W[k, j]*W[q, j])

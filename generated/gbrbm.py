@@ -82,7 +82,7 @@ class GBRBM(torch.nn.Module):
         # sum(i: v[i]^2)
         _t2 = _t1.sum(dim=1)
         # sum(i: W[i, j]*v[i])
-        _t3 = torch.einsum('ij,ni->nj', self.W, v)
+        _t3 = v @ self.W
         # softplus(sum(i: W[i, j]*v[i]))
         _t4 = torch.nn.functional.softplus(_t3)
         # sum(j: softplus(sum(i: W[i, j]*v[i])))
@@ -95,11 +95,11 @@ class GBRBM(torch.nn.Module):
         """Score d log p~(v) / dv = -dF/dv per sample, shape [N, D]."""
         self._check("v", v, self.D)
         # sum(i: W[i, j]*v[i])
-        _t3 = torch.einsum('ij,ni->nj', self.W, v)
+        _t3 = v @ self.W
         # sigmoid(sum(i: W[i, j]*v[i]))
         _t6 = torch.sigmoid(_t3)
         # sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[k, j])
-        _t7 = torch.einsum('nj,kj->nk', _t6, self.W)
+        _t7 = _t6 @ self.W.T
         # -v[k] + sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[k, j])
         score = _t7 - v
         return score
@@ -108,7 +108,7 @@ class GBRBM(torch.nn.Module):
         """Laplacian sum_i d^2 log p~(v) / dv_i^2 per sample, shape [N]."""
         self._check("v", v, self.D)
         # sum(i: W[i, j]*v[i])
-        _t3 = torch.einsum('ij,ni->nj', self.W, v)
+        _t3 = v @ self.W
         # sigmoid(sum(i: W[i, j]*v[i]))
         _t6 = torch.sigmoid(_t3)
         # W[i, j]^2
@@ -128,11 +128,11 @@ class GBRBM(torch.nn.Module):
         sum_i 1/2 score_i^2 + d score_i / dv_i, constants included."""
         self._check("v", v, self.D)
         # sum(i: W[i, j]*v[i])
-        _t3 = torch.einsum('ij,ni->nj', self.W, v)
+        _t3 = v @ self.W
         # sigmoid(sum(i: W[i, j]*v[i]))
         _t6 = torch.sigmoid(_t3)
         # sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[k, j])
-        _t7 = torch.einsum('nj,kj->nk', _t6, self.W)
+        _t7 = _t6 @ self.W.T
         # -v[k] + sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[k, j])
         score = _t7 - v
         # W[i, j]^2
@@ -167,7 +167,7 @@ class GBRBM(torch.nn.Module):
         # sum(i: v[i]^2)
         _t2 = _t1.sum(dim=1)
         # sum(i: W[i, j]*v[i])
-        _t3 = torch.einsum('ij,ni->jn', self.W, v)
+        _t3 = self.W.T @ v.T
         # sum(i, j: W[i, j]*h[j]*v[i])
         _t4 = torch.einsum('jn,nj->n', _t3, h)
         # sum(i: v[i]^2)/2 - sum(i, j: W[i, j]*h[j]*v[i])
@@ -178,7 +178,7 @@ class GBRBM(torch.nn.Module):
         """E[h | v], shape [N, K] (binary units)."""
         self._check("v", v, self.D)
         # sum(i: W[i, j]*v[i])
-        _t3 = torch.einsum('ij,ni->nj', self.W, v)
+        _t3 = v @ self.W
         # sigmoid(sum(i: W[i, j]*v[i]))
         _t6 = torch.sigmoid(_t3)
         return _t6
@@ -187,7 +187,7 @@ class GBRBM(torch.nn.Module):
         """A draw of h ~ p(h | v), shape [N, K]; units are independent given v."""
         self._check("v", v, self.D)
         # sum(i: W[i, j]*v[i])
-        _t3 = torch.einsum('ij,ni->nj', self.W, v)
+        _t3 = v @ self.W
         # sigmoid(sum(i: W[i, j]*v[i]))
         _t6 = torch.sigmoid(_t3)
         return torch.bernoulli(_t6, generator=generator)
@@ -199,11 +199,11 @@ class GBRBM(torch.nn.Module):
         _batch = self._check("v", v, self.D)
         _like = v
         # sum(i: W[i, j]*v[i])
-        _t3 = torch.einsum('ij,ni->nj', self.W, v)
+        _t3 = v @ self.W
         # sigmoid(sum(i: W[i, j]*v[i]))
         _t6 = torch.sigmoid(_t3)
         # sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[k, j])
-        _t7 = torch.einsum('nj,kj->nk', _t6, self.W)
+        _t7 = _t6 @ self.W.T
         # -v[k] + sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[k, j])
         score = _t7 - v
         # W[i, j]^2
@@ -233,14 +233,14 @@ class GBRBM(torch.nn.Module):
         Gaussian (with identity covariance)."""
         self._check("h", h, self.K)
         # sum(j: W[k, j]*h[j])
-        _t1 = torch.einsum('kj,nj->nk', self.W, h)
+        _t1 = h @ self.W.T
         return _t1
 
     def sample_v(self, h: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """A draw of v ~ p(v | h), shape [N, D]."""
         self._check("h", h, self.K)
         # sum(j: W[k, j]*h[j])
-        _t1 = torch.einsum('kj,nj->nk', self.W, h)
+        _t1 = h @ self.W.T
         mean = _t1
         noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
         return mean + noise

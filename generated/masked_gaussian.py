@@ -124,7 +124,7 @@ class MaskedGaussian(torch.nn.Module):
         # Lambda, constrained (see precision)
         Lambda = self.precision()
         # sum(i: Lambda[i, j]*y[i])
-        _t1 = torch.einsum('ij,ni->jn', Lambda, y)
+        _t1 = Lambda.T @ y.T
         # sum(i, j: Lambda[i, j]*y[i]*y[j])
         _t2 = torch.einsum('jn,nj->n', _t1, y)
         # sum(i, j: Lambda[i, j]*y[i]*y[j])/2
@@ -139,7 +139,7 @@ class MaskedGaussian(torch.nn.Module):
         # Lambda, constrained (see precision)
         Lambda = self.precision()
         # sum(i: Lambda[i, k]*y[i])
-        _t3 = torch.einsum('ik,ni->nk', Lambda, y)
+        _t3 = y @ Lambda
         # -sum(i: Lambda[i, k]*y[i])
         score = -_t3
         return score
@@ -166,7 +166,7 @@ class MaskedGaussian(torch.nn.Module):
         # Lambda, constrained (see precision)
         Lambda = self.precision()
         # sum(i: Lambda[i, k]*y[i])
-        _t3 = torch.einsum('ik,ni->nk', Lambda, y)
+        _t3 = y @ Lambda
         # -sum(i: Lambda[i, k]*y[i])
         score = -_t3
         # Lambda[i, i]

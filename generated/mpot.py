@@ -111,13 +111,13 @@ class MPoT(torch.nn.Module):
         # sum(i: v[i]^2)
         _t2 = _t1.sum(dim=1)
         # sum(i: W[i, j]*v[i])
-        _t3 = torch.einsum('ij,ni->nj', self.W, v)
+        _t3 = v @ self.W
         # softplus(sum(i: W[i, j]*v[i]))
         _t4 = torch.nn.functional.softplus(_t3)
         # sum(j: softplus(sum(i: W[i, j]*v[i])))
         _t5 = _t4.sum(dim=1)
         # sum(i: C[i, k]*v[i])
-        phi = torch.einsum('ik,ni->nk', self.C, v)
+        phi = v @ self.C
         # log1p(phi[k]^2/2)
         _t6 = torch.log1p(0.5 * torch.square(phi))
         # sum(k: log1p(phi[k]^2/2))
@@ -130,17 +130,17 @@ class MPoT(torch.nn.Module):
         """Score d log p~(v) / dv = -dF/dv per sample, shape [N, D]."""
         self._check("v", v, self.D)
         # sum(i: W[i, j]*v[i])
-        _t3 = torch.einsum('ij,ni->nj', self.W, v)
+        _t3 = v @ self.W
         # sum(i: C[i, k]*v[i])
-        phi = torch.einsum('ik,ni->nk', self.C, v)
+        phi = v @ self.C
         # phi[k]/(phi[k]^2/2 + 1)
         _t8 = phi / (0.5 * torch.square(phi) + 1)
         # sum(k: C[l, k]*phi[k]/(phi[k]^2/2 + 1))
-        _t9 = torch.einsum('lk,nk->nl', self.C, _t8)
+        _t9 = _t8 @ self.C.T
         # sigmoid(sum(i: W[i, j]*v[i]))
         _t10 = torch.sigmoid(_t3)
         # sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[l, j])
-        _t11 = torch.einsum('nj,lj->nl', _t10, self.W)
+        _t11 = _t10 @ self.W.T
         # -gamma*sum(k: C[l, k]*phi[k]/(phi[k]^2/2 + 1)) - v[l] + sum(j: sigmoid(sum(i: W[i, j]...
         score = _t11 - _t9 * self.gamma - v
         return score
@@ -149,9 +149,9 @@ class MPoT(torch.nn.Module):
         """Laplacian sum_i d^2 log p~(v) / dv_i^2 per sample, shape [N]."""
         self._check("v", v, self.D)
         # sum(i: W[i, j]*v[i])
-        _t3 = torch.einsum('ij,ni->nj', self.W, v)
+        _t3 = v @ self.W
         # sum(i: C[i, k]*v[i])
-        phi = torch.einsum('ik,ni->nk', self.C, v)
+        phi = v @ self.C
         # sigmoid(sum(i: W[i, j]*v[i]))
         _t10 = torch.sigmoid(_t3)
         # (phi[k]^2 - 2)/(phi[k]^2 + 2)^2
@@ -179,17 +179,17 @@ class MPoT(torch.nn.Module):
         sum_i 1/2 score_i^2 + d score_i / dv_i, constants included."""
         self._check("v", v, self.D)
         # sum(i: W[i, j]*v[i])
-        _t3 = torch.einsum('ij,ni->nj', self.W, v)
+        _t3 = v @ self.W
         # sum(i: C[i, k]*v[i])
-        phi = torch.einsum('ik,ni->nk', self.C, v)
+        phi = v @ self.C
         # phi[k]/(phi[k]^2/2 + 1)
         _t8 = phi / (0.5 * torch.square(phi) + 1)
         # sum(k: C[l, k]*phi[k]/(phi[k]^2/2 + 1))
-        _t9 = torch.einsum('lk,nk->nl', self.C, _t8)
+        _t9 = _t8 @ self.C.T
         # sigmoid(sum(i: W[i, j]*v[i]))
         _t10 = torch.sigmoid(_t3)
         # sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[l, j])
-        _t11 = torch.einsum('nj,lj->nl', _t10, self.W)
+        _t11 = _t10 @ self.W.T
         # -gamma*sum(k: C[l, k]*phi[k]/(phi[k]^2/2 + 1)) - v[l] + sum(j: sigmoid(sum(i: W[i, j]...
         score = _t11 - _t9 * self.gamma - v
         # (phi[k]^2 - 2)/(phi[k]^2 + 2)^2
@@ -233,7 +233,7 @@ class MPoT(torch.nn.Module):
         # sum(i: v[i]^2)
         _t2 = _t1.sum(dim=1)
         # sum(i: W[i, j]*v[i])
-        _t3 = torch.einsum('ij,ni->jn', self.W, v)
+        _t3 = self.W.T @ v.T
         # sum(i, j: W[i, j]*hm[j]*v[i])
         _t4 = torch.einsum('jn,nj->n', _t3, hm)
         # log(hc[k])
@@ -241,7 +241,7 @@ class MPoT(torch.nn.Module):
         # sum(k: log(hc[k]))
         _t6 = _t5.sum(dim=1)
         # sum(i: C[i, k]*v[i])
-        phi = torch.einsum('ik,ni->nk', self.C, v)
+        phi = v @ self.C
         # (phi[k]^2/2 + 1)*hc[k]
         _t7 = hc * (0.5 * torch.square(phi) + 1)
         # sum(k: (phi[k]^2/2 + 1)*hc[k])
@@ -254,7 +254,7 @@ class MPoT(torch.nn.Module):
         """E[hc | v], shape [N, K] (positive units)."""
         self._check("v", v, self.D)
         # sum(i: C[i, k]*v[i])
-        phi = torch.einsum('ik,ni->nk', self.C, v)
+        phi = v @ self.C
         # gamma/(phi[k]^2/2 + 1)
         _t22 = self.gamma / (0.5 * torch.square(phi) + 1)
         return _t22
@@ -264,7 +264,7 @@ class MPoT(torch.nn.Module):
         _batch = self._check("v", v, self.D)
         _like = v
         # sum(i: C[i, k]*v[i])
-        phi = torch.einsum('ik,ni->nk', self.C, v)
+        phi = v @ self.C
         # gamma
         _t23 = _like.new_full((self.K,), self.gamma)
         # phi[k]^2/2 + 1
@@ -278,7 +278,7 @@ class MPoT(torch.nn.Module):
         """E[hm | v], shape [N, M] (binary units)."""
         self._check("v", v, self.D)
         # sum(i: W[i, j]*v[i])
-        _t3 = torch.einsum('ij,ni->nj', self.W, v)
+        _t3 = v @ self.W
         # sigmoid(sum(i: W[i, j]*v[i]))
         _t10 = torch.sigmoid(_t3)
         return _t10
@@ -287,7 +287,7 @@ class MPoT(torch.nn.Module):
         """A draw of hm ~ p(hm | v), shape [N, M]; units are independent given v."""
         self._check("v", v, self.D)
         # sum(i: W[i, j]*v[i])
-        _t3 = torch.einsum('ij,ni->nj', self.W, v)
+        _t3 = v @ self.W
         # sigmoid(sum(i: W[i, j]*v[i]))
         _t10 = torch.sigmoid(_t3)
         return torch.bernoulli(_t10, generator=generator)
@@ -298,17 +298,17 @@ class MPoT(torch.nn.Module):
         variance = sum_i var[dE/dv_i | v], curvature = -sum_i E[d^2E/dv_i^2 | v]."""
         self._check("v", v, self.D)
         # sum(i: W[i, j]*v[i])
-        _t3 = torch.einsum('ij,ni->nj', self.W, v)
+        _t3 = v @ self.W
         # sum(i: C[i, k]*v[i])
-        phi = torch.einsum('ik,ni->nk', self.C, v)
+        phi = v @ self.C
         # phi[k]/(phi[k]^2/2 + 1)
         _t8 = phi / (0.5 * torch.square(phi) + 1)
         # sum(k: C[l, k]*phi[k]/(phi[k]^2/2 + 1))
-        _t9 = torch.einsum('lk,nk->nl', self.C, _t8)
+        _t9 = _t8 @ self.C.T
         # sigmoid(sum(i: W[i, j]*v[i]))
         _t10 = torch.sigmoid(_t3)
         # sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[l, j])
-        _t11 = torch.einsum('nj,lj->nl', _t10, self.W)
+        _t11 = _t10 @ self.W.T
         # -gamma*sum(k: C[l, k]*phi[k]/(phi[k]^2/2 + 1)) - v[l] + sum(j: sigmoid(sum(i: W[i, j]...
         score = _t11 - _t9 * self.gamma - v
         # C[i, k]^2
@@ -354,11 +354,11 @@ class MPoT(torch.nn.Module):
         self._check("hm", hm, self.M, hc.shape[0])
         _like = hc
         # sum(j: W[l, j]*hm[j])
-        _t1 = torch.einsum('lj,nj->nl', self.W, hm)
+        _t1 = hm @ self.W.T
         # identity (l, q)
         _t2 = torch.eye(self.D, dtype=_like.dtype, device=_like.device)
         # C[l, k]*hc[k]
-        _t3 = torch.einsum('lk,nk->lkn', self.C, hc)
+        _t3 = self.C[:, :, None] * hc.T
         # sum(k: C[l, k]*C[q, k]*hc[k])
         _t4 = torch.einsum('lkn,qk->nlq', _t3, self.C)
         # delta(l, q) + sum(k: C[l, k]*C[q, k]*hc[k])
@@ -377,11 +377,11 @@ class MPoT(torch.nn.Module):
         self._check("hm", hm, self.M, hc.shape[0])
         _like = hc
         # sum(j: W[l, j]*hm[j])
-        _t1 = torch.einsum('lj,nj->nl', self.W, hm)
+        _t1 = hm @ self.W.T
         # identity (l, q)
         _t2 = torch.eye(self.D, dtype=_like.dtype, device=_like.device)
         # C[l, k]*hc[k]
-        _t3 = torch.einsum('lk,nk->lkn', self.C, hc)
+        _t3 = self.C[:, :, None] * hc.T
         # sum(k: C[l, k]*C[q, k]*hc[k])
         _t4 = torch.einsum('lkn,qk->nlq', _t3, self.C)
         # delta(l, q) + sum(k: C[l, k]*C[q, k]*hc[k])
