@@ -7,8 +7,10 @@ generated module. Errors are positioned; one diagnostic per faulty declaration.
 
 from __future__ import annotations
 
+import builtins
 import keyword
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -49,7 +51,7 @@ RESERVED_ATTRIBUTES = frozenset("""
     register_load_state_dict_post_hook register_load_state_dict_pre_hook register_module
     register_parameter register_state_dict_post_hook register_state_dict_pre_hook
     requires_grad_ set_extra_state set_submodule share_memory state_dict to to_empty train
-    training type xpu zero_grad
+    training type xpu zero_grad sm_objective
 """.split())
 
 # Argument and local names of the generated methods that take the visible or hidden
@@ -57,8 +59,35 @@ RESERVED_ATTRIBUTES = frozenset("""
 METHOD_LOCALS = frozenset("""
     noise noise_std noise_samples generator projections n_projections distribution nu n k
     mean factor offset shape max_states chunk bits flags codes log_det states units device
-    weights probabilities u point along hvp perturbed residual
+    weights probabilities u point along hvp perturbed residual count data_logit data_term
+    log_nu noise_logit noise_term contrast data_energy logit
 """.split())
+
+# Locals of the generated methods that also compute `let` definitions (and constrained
+# parameters' values) inline: a definition of the same name would overwrite them.
+DEFINITION_LOCALS = frozenset("""
+    generator mean noise factor offset bits flags codes
+""".split())
+
+# Module-level names of the generated module and Python's built-in names: a spec name
+# equal to one would shadow it (as the class, a constructor argument or a method local).
+MODULE_NAMES = frozenset({"torch", "math"})
+PYTHON_BUILTINS = frozenset(name for name in dir(builtins) if not name.startswith("_"))
+
+# What a name may look like, whatever the grammar accepts: it is pasted into Python code.
+IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*", re.ASCII)
+
+# Limits that keep compilation bounded. Derivatives through deep compositions of
+# nonlinear functions, long chains of definitions or many nested indices grow quickly
+# (the Laplacian differentiates twice through everything); these are far beyond the
+# models the language is for, and a clear error beats a compile that never ends.
+MAX_FUNCTION_NESTING = 4  # nested function calls, counted through `let`s
+MAX_DEFINITION_DEPTH = 32  # `let`s defined in terms of `let`s
+MAX_EXPANDED_SIZE = 5000  # nodes of an expression with every `let` substituted
+MAX_INDICES = 10  # indices in scope at once (sum bindings and a `let`'s own)
+MAX_DIMENSION = 2**31 - 1
+MAX_EXPONENT = 1000  # of a power whose base is not a constant
+_MAX_LITERAL = 100  # characters of a number literal
 
 # Generated methods a constrained parameter may be exposed as (no generated method
 # of the same name exists for a model with such a parameter).
@@ -82,6 +111,17 @@ class _IndexBinding:
     uses: list[tuple[str, ast.Ident, str, int]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class _Cost:
+    """An expression with its `let`s substituted: the deepest nesting of function calls,
+    the number of nodes, the longest chain of definitions and the variables it reads."""
+
+    calls: int
+    size: int
+    depth: int
+    variables: frozenset[str]
+
+
 class _Checker:
     def __init__(self, spec: ast.Spec):
         self.spec = spec
@@ -94,6 +134,8 @@ class _Checker:
         self.energies: list[ast.EnergyDecl] = []
         self.declared: dict[str, Span] = {}
         self.index_ranges: dict[ast.Ident, str] = {}
+        self.costs: dict[str, _Cost] = {}  # per `let`, its expanded cost
+        self.default_accessors: dict[str, Span] = {}  # `<param>_value` methods
 
     # ------------------------------------------------------------------ driver
     def run(self) -> CheckedModel:
@@ -146,6 +188,7 @@ class _Checker:
             given = "a free energy F(v)" if energy.role == "free_energy" else "a log density"
             raise error(f"{given} cannot have hidden variables; '{name}' is hidden: "
                         "write the joint energy E(v, h) instead", hidden[name].span)
+        self._check_generated_names()
         return CheckedModel(
             name=self.spec.model.name,
             dims=self.dims,
@@ -158,13 +201,37 @@ class _Checker:
             index_ranges=self.index_ranges,
         )
 
+    def _check_generated_names(self) -> None:
+        """Methods named after spec names (`mean_h`, `sample_h`, `W_value`) must not clash
+        with a declared name: the parameter or constant would hide the method."""
+        generated: dict[str, str] = {}
+        for variable in self.variables.values():
+            for prefix in ("mean", "sample"):
+                generated[f"{prefix}_{variable.name}"] = f"{prefix}_{variable.name}(...)"
+        for accessor, span in self.default_accessors.items():
+            if accessor in self.declared or accessor in generated:
+                param = accessor.removesuffix("_value")
+                raise error(f"the value of constrained parameter '{param}' is exposed as "
+                            f"method '{accessor}', which clashes with another name; choose "
+                            "the method's name with 'accessor(...)'", span)
+        for name, span in self.declared.items():
+            if name in generated:
+                raise error(f"'{name}' is the name of the generated method {generated[name]} "
+                            "and cannot name anything else", span)
+
     # ------------------------------------------------------------------ names
     def _check_identifier(self, ident: ast.Ident, what: str,
                           allow_method_names: bool = False) -> None:
+        """Every name is pasted into Python code as an identifier, an attribute, a
+        constructor argument or a method local: only names that cannot break, shadow or
+        inject anything get through."""
         name = ident.name
         if name.startswith("_"):
             raise error(f"'{name}' starts with '_', which is reserved for generated code; "
                         f"choose another name for {what}", ident.span)
+        if not IDENTIFIER.fullmatch(name):
+            raise error(f"{name!r} is not a valid name for {what}: names are ASCII letters, "
+                        "digits and '_', starting with a letter", ident.span)
         if name in KEYWORDS:
             raise error(f"'{name}' is a keyword of the language and cannot name {what}",
                         ident.span)
@@ -172,6 +239,12 @@ class _Checker:
             raise error(f"'{name}' is a Python keyword and cannot name {what}", ident.span)
         if name in FUNCTIONS:
             raise error(f"'{name}' is a built-in function and cannot name {what}", ident.span)
+        if name in MODULE_NAMES:
+            raise error(f"'{name}' is a module the generated code imports and cannot name "
+                        f"{what}", ident.span)
+        if name in PYTHON_BUILTINS:
+            raise error(f"'{name}' is a Python built-in name and cannot name {what}: the "
+                        "generated module would shadow it", ident.span)
         reserved = RESERVED_ATTRIBUTES - (ACCESSOR_NAMES if allow_method_names else set())
         if name in reserved and what != "the model":
             raise error(f"'{name}' is used by the generated module and cannot name {what}",
@@ -179,6 +252,9 @@ class _Checker:
         if name in METHOD_LOCALS and what.endswith(" variable"):
             raise error(f"'{name}' is an argument or local name of the generated methods "
                         f"and cannot name {what}", ident.span)
+        if name in DEFINITION_LOCALS and what in ("a definition", "a constrained parameter"):
+            raise error(f"'{name}' is a local name of the generated methods and cannot name "
+                        f"{what}", ident.span)
 
     def _declare(self, ident: ast.Ident, what: str) -> None:
         self._check_identifier(ident, what)
@@ -192,12 +268,44 @@ class _Checker:
     # ------------------------------------------------------------------ declarations
     def _dim(self, decl: ast.DimDecl) -> None:
         self._declare(decl.name, "a dimension")
+        derived = None if isinstance(decl.value, ast.Number) else decl.value
+        if derived is not None:
+            self._integer_formula(derived)
         value = self._evaluate(decl.value, allow_consts=False)
         if not (float(value).is_integer() and value >= 1):
             raise error(f"dimension '{decl.name.name}' must be a positive integer, "
                         f"got {_describe_number(value)}", _expr_span(decl.value))
-        derived = None if isinstance(decl.value, ast.Number) else decl.value
+        if value > MAX_DIMENSION:
+            raise error(f"dimension '{decl.name.name}' is too large: {_describe_number(value)} "
+                        f"(at most {MAX_DIMENSION})", _expr_span(decl.value))
         self.dims[decl.name.name] = Dim(decl.name.name, int(value), derived, decl.name.span)
+
+    def _integer_formula(self, expr: ast.Expr) -> None:
+        """A derived dimension is computed again in the generated constructor with
+        integer arithmetic (`/` becomes `//`): it may only use whole numbers, dimensions,
+        + - *, exact division and whole non-negative powers, so both agree."""
+        if isinstance(expr, ast.Number):
+            if not expr.text.isdigit():
+                raise error(f"a derived dimension is computed with whole numbers; write "
+                            f"{expr.text} as a whole number", expr.span)
+        elif isinstance(expr, ast.Unary):
+            self._integer_formula(expr.operand)
+        elif isinstance(expr, ast.Binary):
+            self._integer_formula(expr.left)
+            self._integer_formula(expr.right)
+            if expr.op in "/^":
+                left = self._evaluate(expr.left, allow_consts=False)
+                right = self._evaluate(expr.right, allow_consts=False)
+                if expr.op == "/" and right != 0 and left % right != 0:
+                    raise error(f"a derived dimension must divide exactly, but "
+                                f"{_describe_number(left)} / {_describe_number(right)} "
+                                "does not", expr.span)
+                if expr.op == "^" and right < 0:
+                    raise error("a derived dimension cannot use a negative power",
+                                expr.right.span)
+        elif not isinstance(expr, ast.Name):
+            raise error("a dimension is a formula of numbers and dimensions only",
+                        _expr_span(expr))
 
     def _const(self, decl: ast.ConstDecl) -> None:
         self._declare(decl.name, "a constant")
@@ -223,7 +331,7 @@ class _Checker:
                                                   decl.name.span)
 
     def _param(self, decl: ast.ParamDecl) -> None:
-        self._declare(decl.name, "a parameter")
+        self._declare(decl.name, "a constrained parameter" if decl.attributes else "a parameter")
         shape = self._shape(decl.shape)
         init = DEFAULT_INIT
         if decl.init is not None:
@@ -239,6 +347,10 @@ class _Checker:
             args = tuple(float(self._evaluate(a, allow_consts=True)) for a in decl.init.args)
             if kind == "normal" and args[0] < 0:
                 raise error("the scale of 'normal' must be non-negative", decl.init.span)
+            if kind == "uniform" and not (args[0] <= args[1]
+                                          and math.isfinite(args[1] - args[0])):
+                raise error("uniform(low, high) needs low <= high and a finite width",
+                            decl.init.span)
             init = Initialiser(kind, args)
         constraint = self._constraint(decl, shape) if decl.attributes else None
         self.params[decl.name.name] = Param(decl.name.name, shape, init, decl.name.span,
@@ -269,7 +381,9 @@ class _Checker:
                         "with 'symmetric'; add it", seen["diagonally_dominant"].name.span)
         mask = self._grid_mask(seen["mask"], shape[0]) if "mask" in seen else None
         accessor = f"{decl.name.name}_value"
-        if "accessor" in seen:
+        if "accessor" not in seen:
+            self.default_accessors[accessor] = decl.name.span
+        else:
             arg = seen["accessor"].args[0]
             if not isinstance(arg, ast.Name):
                 raise error("accessor(...) takes a method name", _expr_span(arg))
@@ -290,8 +404,13 @@ class _Checker:
             if not isinstance(arg, (ast.Name, ast.Number)):
                 raise error("grid(...) arguments are dimensions, constants or numbers",
                             _expr_span(arg))
-            values.append(self._evaluate(arg, allow_consts=True))
-            texts.append(arg.name if isinstance(arg, ast.Name) else arg.text)
+            value = self._evaluate(arg, allow_consts=True)
+            if not float(value).is_integer() or value < 1:
+                raise error(f"grid(...) arguments must be positive whole numbers, got "
+                            f"{_describe_number(value)}", _expr_span(arg))
+            values.append(value)
+            # a number goes into the generated code: as Python's own spelling of it
+            texts.append(arg.name if isinstance(arg, ast.Name) else str(int(value)))
         height, width, connectivity = values
         if connectivity not in (4, 8):
             raise error(f"grid connectivity must be 4 or 8, got "
@@ -310,7 +429,15 @@ class _Checker:
                 raise error(f"index '{index.name}' appears twice in '{decl.name.name}'",
                             index.span)
             scope[index.name] = _IndexBinding(index, None)
+        if len(scope) > MAX_INDICES:
+            raise error(f"'{decl.name.name}' has more than {MAX_INDICES} indices",
+                        decl.indices[MAX_INDICES].span)
         self._expression(decl.value, scope, where=f"'{decl.name.name}'")
+        cost = self._cost(decl.value)
+        if cost.depth + 1 > MAX_DEFINITION_DEPTH:
+            raise error(f"'{decl.name.name}' is defined through a chain of more than "
+                        f"{MAX_DEFINITION_DEPTH} definitions; the compiler differentiates "
+                        "through every one of them", decl.name.span)
         shape = []
         for index in decl.indices:
             binding = scope[index.name]
@@ -320,6 +447,8 @@ class _Checker:
             shape.append(self._resolve_range(binding))
         self.lets[decl.name.name] = Let(decl.name.name, decl.indices, tuple(shape), decl.value,
                                         decl.name.span)
+        self.costs[decl.name.name] = _Cost(cost.calls, cost.size, cost.depth + 1,
+                                           cost.variables)
 
     def _energy(self, decl: ast.EnergyDecl) -> None:
         self.energies.append(decl)
@@ -344,7 +473,7 @@ class _Checker:
             raise error(f"the energy must list every hidden variable; '{missing[0]}' is missing",
                         decl.name.span)
         self._expression(decl.value, {}, where="the energy")
-        if not self._mentions(decl.value, next(iter(decl.args)).name):
+        if decl.args[0].name not in self._cost(decl.value).variables:
             raise error(f"the energy does not depend on '{decl.args[0].name}'",
                         _expr_span(decl.value))
 
@@ -461,6 +590,9 @@ class _Checker:
             record = _IndexBinding(binding.index, binding.range)
             inner[name] = record
             new.append(record)
+            if len(inner) > MAX_INDICES:
+                raise error(f"more than {MAX_INDICES} indices are in scope here; split the "
+                            "expression with 'let'", binding.index.span)
         self._expression(expr.body, inner, where)
         for record in new:
             self._resolve_range(record)
@@ -473,23 +605,41 @@ class _Checker:
                 return kind
         return "name"
 
-    def _mentions(self, expr: ast.Expr, name: str) -> bool:
-        if isinstance(expr, ast.Name):
-            return expr.name == name or (expr.name in self.lets
-                                         and self._mentions(self.lets[expr.name].value, name))
-        if isinstance(expr, ast.Indexed):
-            return expr.base.name == name or (
-                expr.base.name in self.lets
-                and self._mentions(self.lets[expr.base.name].value, name))
+    def _cost(self, expr: ast.Expr) -> _Cost:
+        """What differentiating `expr` costs, with every `let` it uses substituted (from the
+        costs recorded per `let`, so a shared definition is measured once): fail where
+        it exceeds a limit."""
+        if isinstance(expr, ast.Number):
+            return _Cost(0, 1, 0, frozenset())
+        if isinstance(expr, (ast.Name, ast.Indexed)):
+            name = expr.name if isinstance(expr, ast.Name) else expr.base.name
+            if name in self.costs:
+                return self.costs[name]
+            return _Cost(0, 1, 0, frozenset({name} & set(self.variables)))
         if isinstance(expr, ast.Call):
-            return any(self._mentions(a, name) for a in expr.args)
-        if isinstance(expr, ast.Unary):
-            return self._mentions(expr.operand, name)
-        if isinstance(expr, ast.Binary):
-            return self._mentions(expr.left, name) or self._mentions(expr.right, name)
-        if isinstance(expr, ast.SumExpr):
-            return self._mentions(expr.body, name)
-        return False
+            inner = self._cost(expr.args[0])
+            cost = _Cost(inner.calls + 1, inner.size + 1, inner.depth, inner.variables)
+            if cost.calls > MAX_FUNCTION_NESTING:
+                raise error(f"functions nested more than {MAX_FUNCTION_NESTING} deep "
+                            "(counting through 'let' definitions): the derivatives of so "
+                            "deep a composition grow too large", expr.func.span)
+        elif isinstance(expr, ast.Unary):
+            inner = self._cost(expr.operand)
+            cost = _Cost(inner.calls, inner.size + 1, inner.depth, inner.variables)
+        elif isinstance(expr, ast.Binary):
+            left, right = self._cost(expr.left), self._cost(expr.right)
+            cost = _Cost(max(left.calls, right.calls), left.size + right.size + 1,
+                         max(left.depth, right.depth), left.variables | right.variables)
+        elif isinstance(expr, ast.SumExpr):
+            inner = self._cost(expr.body)
+            cost = _Cost(inner.calls, inner.size + 1, inner.depth, inner.variables)
+        else:  # pragma: no cover - the parser builds nothing else
+            raise TypeError(f"unexpected node {expr!r}")
+        if cost.size > MAX_EXPANDED_SIZE:
+            raise error(f"this expression is too large with its definitions substituted "
+                        f"(more than {MAX_EXPANDED_SIZE} terms and factors): the compiler "
+                        "differentiates through every 'let'", _expr_span(expr))
+        return cost
 
     # ------------------------------------------------------------------ constant folding
     def _evaluate(self, expr: ast.Expr, allow_consts: bool) -> int | float:
@@ -510,6 +660,8 @@ class _Checker:
         if isinstance(expr, ast.Binary):
             left = self._evaluate(expr.left, allow_consts)
             right = self._evaluate(expr.right, allow_consts)
+            if expr.op == "^" and _power_too_large(left, right):
+                raise error("this constant is out of range (far beyond 1e308)", expr.span)
             try:
                 if expr.op == "+":
                     value = left + right
@@ -524,26 +676,53 @@ class _Checker:
                         value = int(value)
                 else:
                     value = left ** right
-            except (ZeroDivisionError, OverflowError, ValueError, TypeError) as exc:
-                raise error(f"cannot evaluate this constant: {exc}", expr.span) from None
-            if isinstance(value, complex) or not math.isfinite(value):
-                raise error("this constant is not a finite real number", expr.span)
+            except ZeroDivisionError:
+                raise error("cannot evaluate this constant: division by zero",
+                            expr.span) from None
+            except (OverflowError, ValueError, TypeError):
+                raise error("this constant is out of range (beyond 1e308)", expr.span) from None
+            if isinstance(value, complex):
+                raise error("this constant is not a real number", expr.span)
+            if not _finite(value):
+                raise error("this constant is out of range (beyond 1e308)", expr.span)
             return value
         raise error("only numbers, dimensions and constants can appear here", _expr_span(expr))
 
 
-def _number_value(number: ast.Number) -> int | float:
-    text = number.text
+def _finite(value: int | float) -> bool:
+    """Whether `value` is a finite float64 (a Python int may be far larger)."""
     try:
-        if all(c.isdigit() for c in text):
-            if len(text) > 30:
-                raise OverflowError
-            return int(text)
-        value = float(text)
-    except (OverflowError, ValueError):
-        raise error(f"number {text} is out of range", number.span) from None
-    if not math.isfinite(value):
-        raise error(f"number {text} is out of range", number.span)
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
+def _power_too_large(base: int | float, exponent: int | float) -> bool:
+    """Whether base ** exponent is beyond float64, judged before computing it (an exact
+    integer power like 10 ** 10 ** 9 would take minutes and gigabytes)."""
+    if isinstance(base, complex) or isinstance(exponent, complex) or abs(base) <= 1:
+        return False
+    return exponent > 0 and exponent * math.log10(abs(base)) > 309
+
+
+def _shown(text: str) -> str:
+    """A number's text for a message: thousands of digits are cut short."""
+    return text if len(text) <= 24 else f"{text[:12]}...{text[-6:]} ({len(text)} characters)"
+
+
+def _number_value(number: ast.Number) -> int | float:
+    """The value of a literal, which must be a float64 (so the generated code, which
+    computes in floating point, means the same number)."""
+    text = number.text
+    if len(text) > _MAX_LITERAL:
+        raise error(f"number {_shown(text)} is too long (more than {_MAX_LITERAL} "
+                    "characters)", number.span)
+    value: int | float = int(text) if text.isdigit() else float(text)
+    if not _finite(value):
+        raise error(f"number {_shown(text)} is out of range (beyond 1e308)", number.span)
+    if value == 0 and any(c in "123456789" for c in text.split("e")[0].split("E")[0]):
+        raise error(f"number {_shown(text)} is too small: it is 0 in floating point",
+                    number.span)
     return value
 
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import syntax as ast
 from .checker import check
 from .conditionals import Conditionals, derive_conditionals
 from .derive import Derivation, derive
 from .emit import emit
+from .errors import SpecError, error
 from .lower import lower
 from .marginalise import marginalise
 from .parser import parse
@@ -24,13 +26,36 @@ class Compiled:
     source: str  # the generated module's text
 
 
+def _too_complex(spec: ast.Spec) -> SpecError:
+    """The parser and checker bound nesting so that this should not happen; if SymPy or
+    the planner still recurse too deep, the user learns which model and what to do,
+    rather than seeing a traceback."""
+    energies = [d for d in spec.declarations if isinstance(d, ast.EnergyDecl)]
+    span = energies[0].value.span if energies else spec.model.span
+    return error("this model is too complex for the compiler (Python's recursion limit was "
+                 "reached while deriving it); simplify the energy or name parts of it with "
+                 "'let'", span)
+
+
+def _analyse(spec: ast.Spec) -> Derivation:
+    try:
+        return derive(marginalise(lower(check(spec))))
+    except RecursionError:
+        raise _too_complex(spec) from None
+
+
 def analyse(source: str) -> Derivation:
     """Spec text -> derived formulas (everything but code generation)."""
-    return derive(marginalise(lower(check(parse(source)))))
+    return _analyse(parse(source))
 
 
 def compile_source(source: str, spec_path: str) -> Compiled:
     """Spec text -> generated module text."""
-    derivation = analyse(source)
-    conditionals = derive_conditionals(derivation)
-    return Compiled(derivation, conditionals, emit(derivation, conditionals, spec_path))
+    spec = parse(source)
+    derivation = _analyse(spec)
+    try:
+        conditionals = derive_conditionals(derivation)
+        text = emit(derivation, conditionals, spec_path)
+    except RecursionError:
+        raise _too_complex(spec) from None
+    return Compiled(derivation, conditionals, text)

@@ -60,11 +60,23 @@ def _template() -> jinja2.Template:
 
 
 def safe_text(text: str) -> str:
-    """Text for a comment or docstring: printable ASCII, no backslashes or triple quotes
-    that could end the docstring early."""
-    text = text.replace("\\", "/").replace('"""', "'''")
+    """Text for a comment or docstring: printable ASCII, no backslashes (escapes) and no
+    double quotes (three end a docstring early; so does one just before its end)."""
+    text = text.replace("\\", "/").replace('"', "'")
     return "".join(c if (c.isprintable() and ord(c) < 128) or c == "\n" else "?"
                    for c in text)
+
+
+def safe_line(text: str) -> str:
+    """Text for a one-line comment: as `safe_text`, and no line break, which would end the
+    comment and make the rest of the text code."""
+    return safe_text(text).replace("\n", "?")
+
+
+def safe_format_text(text: str) -> str:
+    """Text for the literal part of an f-string: as `safe_line`, braces doubled so none
+    is taken for an expression to evaluate."""
+    return safe_line(text).replace("{", "{{").replace("}", "}}")
 
 
 def wrap_formulas(text: str, width: int = LINE_LENGTH - 4) -> str:
@@ -95,7 +107,7 @@ def _init_code(param: Param) -> str:
 
 def _dim_formula(expr: ast.Expr) -> str:
     if isinstance(expr, ast.Number):
-        return expr.text
+        return str(int(expr.text))  # Python's spelling: '08' is no Python literal
     if isinstance(expr, ast.Name):
         return expr.name
     if isinstance(expr, ast.Unary):
@@ -209,7 +221,8 @@ def emit(derivation: Derivation, conditionals: Conditionals, spec_path: str) -> 
     local_names.update({s: n for n, s in symbolic.dims.items()})
     for condition in derivation.model.conditions:
         code = _bare(TorchPrinter(set(), local_names).doprint(condition))
-        message = safe_text(f"the model is normalisable only if {dsl_str(condition)}, got ")
+        message = safe_format_text(
+            f"the model is normalisable only if {dsl_str(condition)}, got ")
         values = ", ".join(f"{s}={{{s}!r}}" for s in sorted(map(str, condition.free_symbols)))
         ctor_checks.append(Check(code, "f" + repr(message + values)))
     ctor_lines = []
@@ -243,7 +256,7 @@ def emit(derivation: Derivation, conditionals: Conditionals, spec_path: str) -> 
     all_methods = accessors + methods
     return _template().render(
         version=__version__,
-        spec_path=safe_text(spec_path),
+        spec_path=safe_line(spec_path),
         model=checked,
         summary=_summary(derivation),
         formulas=wrap_formulas(safe_text(formulas(derivation, conditionals))),

@@ -9,6 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Source lines longer than this are shown as a window around the caret.
+_MAX_SHOWN = 160
+
+
+def printable(text: str) -> str:
+    """`text` with every unprintable character (escape sequences, stray carriage returns)
+    shown as '?', one for one so a caret under it stays in its column."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
 
 @dataclass(frozen=True)
 class Span:
@@ -27,14 +36,23 @@ class Diagnostic:
 
     def format(self, path: str, source: str | None) -> str:
         """Render as `path:line:col: error: message`, the source line and a caret."""
+        path = printable(path)
         if self.span is None:
             return f"{path}: {self.severity}: {self.message}"
         head = f"{path}:{self.span.line}:{self.span.column}: {self.severity}: {self.message}"
-        lines = source.splitlines() if source is not None else []
+        # Lines as the parser counts them: split at newlines only (str.splitlines would
+        # also split at form feeds and Unicode separators and shift every later line).
+        lines = source.split("\n") if source is not None else []
         if not 1 <= self.span.line <= len(lines):
             return head
-        text = lines[self.span.line - 1].expandtabs(1)
+        text = printable(lines[self.span.line - 1].removesuffix("\r").expandtabs(1))
         start = max(self.span.column - 1, 0)
+        if len(text) > _MAX_SHOWN:  # a window around the caret, not a megabyte of line
+            left = max(0, min(start - _MAX_SHOWN // 2, len(text) - _MAX_SHOWN))
+            shown = text[left:left + _MAX_SHOWN]
+            prefix = "..." if left > 0 else ""
+            suffix = "..." if left + _MAX_SHOWN < len(text) else ""
+            text, start = prefix + shown + suffix, start - left + len(prefix)
         length = max(1, min(self.span.length, max(len(text) - start, 1)))
         caret = " " * start + "^" + "~" * (length - 1)
         return f"{head}\n    {text}\n    {caret}"

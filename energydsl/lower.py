@@ -3,17 +3,34 @@
 Tensors become `IndexedBase`s, bound indices `Idx`s over symbolic dimension sizes and
 sums `Sum`s, so nothing here (or downstream) grows with D or K. `let` definitions stay
 named: an `Indexed` of a let's base stands for its definition.
+
+SymPy folds numbers exactly as it builds each node, so this is where a spec's arithmetic
+goes wrong: a division by zero (`zoo`), a complex value (`sqrt(-1)`), a number no float64
+holds (`1e300 * 1e300`) or an exact power that would take forever (`2^2^2^2^2^2`). Each is
+a positioned error here rather than nonsense (or a hang) in generated code.
 """
 
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import dataclass, field
 
 import sympy as sp
 
 from . import syntax as ast
+from .errors import Span, error
 from .functions import log1p, sigmoid, softplus
 from .model import CheckedModel
+from .printing import dsl_str
+
+_FLOAT_MAX = sys.float_info.max
+_FLOAT_TINY = 5e-324  # the smallest positive float64 (subnormal); below it a number is 0
+_MAX_BITS = 4000  # of an exact rational's numerator or denominator (Python prints ints
+#                   of at most 4300 digits; no float64 needs more than 1075 bits)
+_MAX_DECADES = 330  # |log10| of a power's value beyond which it is not a float64
+MAX_EXPONENT = 1000  # of a power whose base is not a number: x^1000 overflows for |x| >= 2
+_UNDEFINED = (sp.zoo, sp.nan, sp.oo, sp.S.NegativeInfinity)
 
 _FUNCTIONS = {
     "exp": sp.exp,
@@ -98,6 +115,14 @@ class _Lowerer:
         return sp.Idx(ident.name, self.dims[self.checked.index_ranges[ident]])
 
     def expr(self, node: ast.Expr, scope: dict[str, sp.Idx]) -> sp.Expr:
+        """The SymPy form of `node`; every number SymPy folds on the way must be a real
+        float64, so the generated code computes what the spec says."""
+        result = self._expr(node, scope)
+        if not isinstance(node, (ast.Number, ast.Name, ast.Indexed)):
+            _check_numbers(result, node.span, top_level_only=True)
+        return result
+
+    def _expr(self, node: ast.Expr, scope: dict[str, sp.Idx]) -> sp.Expr:
         if isinstance(node, ast.Number):
             return sp.Rational(node.text)
         if isinstance(node, ast.Name):
@@ -124,6 +149,7 @@ class _Lowerer:
                 return left * right
             if node.op == "/":
                 return left / right
+            _check_power(left, right, node)
             return left**right
         if isinstance(node, ast.SumExpr):
             inner = dict(scope)
@@ -138,15 +164,40 @@ class _Lowerer:
     def _energy(self) -> sp.Expr:
         """E(v, h), or F(v); a log density log p~(v) gives F = -log p~."""
         value = self.expr(self.checked.energy.value, {})
+        _check_numbers(value, self.checked.energy.value.span)
         return -value if self.checked.energy.role == "log_density" else value
+
+    def _check_depends_on_visible(self, energy: sp.Expr,
+                                  definitions: dict[str, Definition]) -> None:
+        """The checker saw the visible variable in the energy's text; after SymPy's
+        simplification (`0 * v[i]`, `v[i] - v[i]`) it must still be there, or there is
+        nothing to differentiate and no per-sample free energy."""
+        visible = self.tensors[self.checked.visible.name]
+        seen: set[sp.Basic] = set()
+        pending = [energy]
+        while pending:
+            expr = pending.pop()
+            for base in expr.atoms(sp.IndexedBase, sp.Symbol):
+                if base == visible:
+                    return
+                name = str(base.label) if isinstance(base, sp.IndexedBase) else str(base)
+                if name in definitions and base not in seen:
+                    seen.add(base)
+                    pending.append(definitions[name].body)
+        decl = self.checked.energy
+        raise error(f"the energy does not depend on '{self.checked.visible.name}' once "
+                    f"simplified: it is {_short(dsl_str(energy))}", decl.value.span)
 
     def run(self) -> SymbolicModel:
         definitions = {}
         for let in self.checked.lets.values():
             indices = tuple(self._idx(i) for i in let.indices)
             scope = {i.name: idx for i, idx in zip(let.indices, indices, strict=True)}
-            definitions[let.name] = Definition(self.tensors[let.name], indices,
-                                               self.expr(let.value, scope))
+            body = self.expr(let.value, scope)
+            _check_numbers(body, let.value.span)
+            definitions[let.name] = Definition(self.tensors[let.name], indices, body)
+        energy = self._energy()
+        self._check_depends_on_visible(energy, definitions)
         checked = self.checked
         taken = set(checked.dims) | set(checked.consts) | set(self.tensors)
         taken |= {ident.name for ident in checked.index_ranges}
@@ -158,7 +209,7 @@ class _Lowerer:
             hidden={name: self.tensors[name] for name in checked.hidden},
             params={name: self.tensors[name] for name in checked.params},
             definitions=definitions,
-            energy=self._energy(),
+            energy=energy,
             taken_names=taken,
             index_pools=self._pools(),
             symmetric=frozenset(self.tensors[p.name] for p in checked.params.values()
@@ -173,6 +224,85 @@ class _Lowerer:
             if ident.name not in names:
                 names.append(ident.name)
         return pools
+
+
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _magnitude(number: sp.Expr) -> float | None:
+    """|number| as a float (inf when beyond float64), or None if it is not real."""
+    if number.is_Rational:
+        try:
+            return abs(number.p) / number.q
+        except OverflowError:
+            return math.inf
+    if number.has(*_UNDEFINED):
+        return math.inf
+    try:
+        value = complex(sp.N(number, 20))
+    except (TypeError, ValueError, OverflowError):
+        return math.inf
+    if value.imag != 0:
+        return None
+    return abs(value.real)
+
+
+def _check_number(number: sp.Expr, span: Span) -> None:
+    """A folded number must be a real, finite, non-vanishing float64."""
+    if number.has(*_UNDEFINED):
+        raise error("this expression is infinite or undefined (a division by zero, or a "
+                    "function outside its domain such as log(0))", span)
+    if isinstance(number, sp.Rational) and max(abs(number.p), number.q).bit_length() > _MAX_BITS:
+        raise error("a number in this expression is out of floating-point range", span)
+    magnitude = _magnitude(number)
+    if magnitude is None:
+        raise error(f"this expression is not a real number: it is {_short(dsl_str(number))}",
+                    span)
+    if magnitude > _FLOAT_MAX:
+        raise error("a number in this expression is out of floating-point range (beyond "
+                    "1e308)", span)
+    if 0 < magnitude < _FLOAT_TINY:
+        raise error("a number in this expression is too small: it is 0 in floating point",
+                    span)
+
+
+def _check_numbers(expr: sp.Expr, span: Span, top_level_only: bool = False) -> None:
+    """Check the numbers SymPy folded into `expr`: with `top_level_only`, those a node
+    just created (the expression itself if it is a number, else each term's numeric
+    coefficient; cheap, done at every node so nothing huge is built on), else all."""
+    if top_level_only:
+        if expr.is_number:
+            _check_number(expr, span)
+            return
+        for term in sp.Add.make_args(expr):
+            for factor in sp.Mul.make_args(term):
+                if factor.is_Number or factor in _UNDEFINED:
+                    _check_number(factor, span)
+        return
+    for node in sp.preorder_traversal(expr):
+        if node.is_Number or node in _UNDEFINED:
+            _check_number(node, span)
+
+
+def _check_power(base: sp.Expr, exponent: sp.Expr, node: ast.Binary) -> None:
+    """Refuse, before SymPy computes it exactly, a power whose value (or numeric
+    coefficient: (c x)^n = c^n x^n) is no float64, and a huge exponent of a variable."""
+    if not exponent.is_number:
+        return
+    power = _magnitude(exponent)
+    if power is None:
+        raise error("this exponent is not a real number", node.right.span)
+    if not base.is_number and power > MAX_EXPONENT:
+        raise error(f"exponent {_short(dsl_str(exponent), 30)} is too large (at most "
+                    f"{MAX_EXPONENT} in absolute value)", node.right.span)
+    coefficient = base if base.is_number else base.as_coeff_Mul()[0]
+    size = _magnitude(coefficient)
+    if size is None or size in (0, 1):
+        return
+    decades = abs(float(sp.N(exponent).as_real_imag()[0]) * math.log10(size))
+    if decades > _MAX_DECADES:
+        raise error("this power is out of floating-point range (beyond 1e308)", node.span)
 
 
 def lower(checked: CheckedModel) -> SymbolicModel:

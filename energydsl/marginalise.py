@@ -144,6 +144,19 @@ class _Marginaliser:
 
     def log_partition(self, name: str, domain: str, symbol: sp.Symbol, e: sp.Expr
                       ) -> tuple[sp.Expr, dict]:
+        """log z(v) of one generic unit; whatever SymPy fails on becomes a positioned error
+        naming the unit and its energy, never a traceback."""
+        try:
+            return self._log_partition(name, domain, symbol, e)
+        except SpecError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - SymPy's limits are reported, not crashed on
+            raise self.fail(f"cannot marginalise hidden variable '{name}': SymPy could not "
+                            f"derive the sum or integral over it of exp(-({_short(self.show(e))}))"
+                            f" ({type(exc).__name__}: {_short(str(exc))})", name) from None
+
+    def _log_partition(self, name: str, domain: str, symbol: sp.Symbol, e: sp.Expr
+                       ) -> tuple[sp.Expr, dict]:
         if symbol not in e.free_symbols:
             raise self.fail(f"the energy does not depend on hidden variable '{name}'", name)
         if domain in DISCRETE_DOMAINS:
@@ -161,10 +174,12 @@ class _Marginaliser:
 
     def _gaussian(self, name: str, h: sp.Symbol, e: sp.Expr) -> tuple[sp.Expr, object]:
         """int exp(-(a h^2 + b h + c)) dh over the reals, after completing the square."""
-        try:
-            poly = sp.Poly(sp.expand(e), h)
-        except sp.PolynomialError:
-            poly = None
+        poly = None
+        if not _powers_of(e, h) - {1, 2}:  # else not quadratic, and expanding may not end
+            try:
+                poly = sp.Poly(sp.expand(e), h)
+            except sp.PolynomialError:
+                poly = None
         if poly is None or poly.degree() > 2 or any(
                 coeff.has(h) for coeff in poly.all_coeffs()):
             raise self.fail(f"cannot marginalise real hidden variable '{name}': its energy "
@@ -183,8 +198,10 @@ class _Marginaliser:
 
     def _positive(self, name: str, h: sp.Symbol, e: sp.Expr) -> tuple[sp.Expr, object]:
         """int exp(-e) dh over h > 0 by SymPy, e.g. a Gamma-type unit a h + k log h."""
-        parts = sp.collect(sp.expand(e), [sp.log(h), h], evaluate=False)
-        if set(parts) - {sp.log(h), h, sp.S.One} or any(v.has(h) for v in parts.values()):
+        parts = {} if _powers_of(e, h) - {1} else sp.collect(sp.expand(e), [sp.log(h), h],
+                                                             evaluate=False)
+        if not parts or set(parts) - {sp.log(h), h, sp.S.One} or any(
+                v.has(h) for v in parts.values()):
             raise self.fail(f"cannot marginalise positive hidden variable '{name}': its energy "
                             f"{self.show(e)} is not of the form a {name} + k log({name}) + c",
                             name)
@@ -197,7 +214,12 @@ class _Marginaliser:
         if not rate.is_positive:
             raise self.fail(f"cannot show that the integral over '{name}' converges: the "
                             f"coefficient of {name}, {self.show(rate)}, must be positive", name)
-        value, condition = _integrate_gamma(power)
+        try:
+            value, condition = _integrate_gamma_cached(power)
+        except ValueError:
+            raise self.fail(f"the integral over positive hidden variable '{name}' has no "
+                            f"closed form: the power of {name} is {self.show(power)}",
+                            name) from None
         log_z = sp.expand(sp.expand_log(sp.log(value.subs(_RATE, rate)), force=True)) - constant
         log_z = log_z.replace(lambda x: isinstance(x, sp.log) and isinstance(x.args[0], sp.gamma),
                               lambda x: sp.loggamma(x.args[0].args[0]))
@@ -252,11 +274,15 @@ def _integrate_gamma_cached(power: sp.Expr) -> tuple[sp.Expr, object]:
     return result
 
 
-def _integrate_gamma(power: sp.Expr) -> tuple[sp.Expr, object]:
-    try:
-        return _integrate_gamma_cached(power)
-    except ValueError:
-        raise error("the integral over a positive hidden unit has no closed form") from None
+def _powers_of(e: sp.Expr, h: sp.Symbol) -> set[sp.Expr]:
+    """The exponents of every power whose base involves `h` (and 1 if `h` occurs at all
+    otherwise), found without expanding anything."""
+    powers = {node.exp for node in e.atoms(sp.Pow) if node.base.has(h)}
+    return powers | ({sp.S.One} if e.has(h) else set())
+
+
+def _short(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _abstract_visible(e: sp.Expr, h: sp.Symbol, keep: set) -> tuple[dict, sp.Expr]:
@@ -312,7 +338,14 @@ def marginalise(model: SymbolicModel) -> FreeEnergyModel:
     if decl.role != "energy":  # F(v), or log p~(v) = -F(v), given directly
         return FreeEnergyModel(model, model.energy, None)
     worker = _Marginaliser(model, decl.value.span)
-    visible_part, units = worker.unit_energies(model.energy)
+    try:
+        visible_part, units = worker.unit_energies(model.energy)
+    except SpecError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - SymPy's limits are reported, not crashed on
+        raise error(f"cannot marginalise the hidden variables: SymPy could not split the "
+                    f"energy into per-unit terms ({type(exc).__name__}: {_short(str(exc))})",
+                    decl.value.span) from None
     free_energy = visible_part
     hidden = {}
     for name, (index, symbol, e) in units.items():

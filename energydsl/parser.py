@@ -10,7 +10,7 @@ import functools
 from importlib import resources
 from pathlib import Path
 
-from lark import Lark, Token, Transformer, v_args
+from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 from lark.tree import Meta
 
@@ -19,6 +19,17 @@ from .errors import Span, error
 
 # Readable names for the grammar's named terminals in "expected ..." messages.
 _TERMINAL_NAMES = {"NAME": "a name", "NUMBER": "a number", "$END": "end of file"}
+
+# The deepest expression accepted, in nested operators, calls and sums (parentheses alone
+# add nothing). Every later stage (the Transformer, the checker, SymPy, the printers)
+# recurses over expressions, so much deeper input would end in a RecursionError; no spec
+# a person writes comes near it.
+MAX_DEPTH = 64
+_EXPRESSION_RULES = frozenset({"add", "sub", "mul", "div", "pow", "neg", "pos", "call", "sum",
+                               "indexed"})
+
+# Tokens quoted in messages are cut to this length (a number may have thousands of digits).
+_MAX_QUOTED = 40
 
 
 def _grammar_text() -> str:
@@ -162,6 +173,36 @@ class _ToAst(Transformer):
         return ast.Binding(_ident(index), _ident(range_) if range_ is not None else None)
 
 
+def _quote(text: str) -> str:
+    """A token for a message, cut short if it is very long."""
+    if len(text) > _MAX_QUOTED:
+        text = text[:_MAX_QUOTED - 3] + "..."
+    return f"'{text}'"
+
+
+def _end_of_file(source: str) -> Span:
+    """Just past the last non-blank character, counting lines as Lark does (by newline
+    characters only, unlike str.splitlines)."""
+    lines = source.rstrip().split("\n")
+    return Span(len(lines), len(lines[-1]) + 1)
+
+
+def _check_depth(tree: Tree) -> None:
+    """Reject an expression nested deeper than MAX_DEPTH before anything recurses over it
+    (with an explicit stack: this walk itself must not hit the recursion limit)."""
+    stack: list[tuple[Tree, int]] = [(tree, 0)]
+    while stack:
+        node, depth = stack.pop()
+        depth += node.data in _EXPRESSION_RULES
+        if depth > MAX_DEPTH:
+            meta = node.meta
+            span = Span(meta.line, meta.column) if not getattr(meta, "empty", True) else Span(1, 1)
+            raise error(f"expression nested too deeply (more than {MAX_DEPTH} levels of "
+                        "operators, calls or sums); name parts of it with "
+                        "'let'", span)
+        stack.extend((child, depth) for child in node.children if isinstance(child, Tree))
+
+
 def _describe_expected(expected: set[str]) -> str:
     names = []
     for terminal in sorted(expected):
@@ -183,20 +224,21 @@ def _describe_expected(expected: set[str]) -> str:
 def _syntax_error(exc: UnexpectedInput, source: str):
     if isinstance(exc, UnexpectedCharacters):
         char = source[exc.pos_in_stream] if exc.pos_in_stream < len(source) else "?"
-        return error(f"unexpected character {char!r}", Span(exc.line, exc.column))
+        hint = ""
+        if not char.isascii():  # e.g. a Cyrillic 'а' that looks like a Latin 'a'
+            hint = f" (U+{ord(char):04X}; names and numbers are ASCII letters, digits and '_')"
+        return error(f"unexpected character {char!r}{hint}", Span(exc.line, exc.column))
     if isinstance(exc, UnexpectedEOF):
-        lines = source.splitlines() or [""]
-        span = Span(len(lines), len(lines[-1]) + 1)
-        return error(f"unexpected end of file; expected {_describe_expected(exc.expected)}", span)
+        return error(f"unexpected end of file; expected {_describe_expected(exc.expected)}",
+                     _end_of_file(source))
     if isinstance(exc, UnexpectedToken):
         token = exc.token
         if token.type == "$END":
-            lines = source.splitlines() or [""]
-            span = Span(len(lines), len(lines[-1]) + 1)
+            span = _end_of_file(source)
             found = "end of file"
         else:
             span = _span(token)
-            found = f"'{token}'"
+            found = _quote(str(token))
         expected = getattr(exc, "accepts", None) or exc.expected
         return error(f"unexpected {found}; expected {_describe_expected(expected)}", span)
     return error(f"syntax error: {exc}", Span(getattr(exc, "line", 1), getattr(exc, "column", 1)))
@@ -208,4 +250,5 @@ def parse(source: str) -> ast.Spec:
         tree = _lark().parse(source)
     except UnexpectedInput as exc:
         raise _syntax_error(exc, source) from None
+    _check_depth(tree)
     return _ToAst().transform(tree)

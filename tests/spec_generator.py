@@ -1,0 +1,227 @@
+"""Random *valid* specs, for property-based tests of the whole compiler.
+
+A drawn spec is a random sum of the terms the language is for: a Gaussian term in the
+visible vector, linear terms, smooth functions (softplus, sigmoid, tanh, square,
+log1p of a square) of random linear forms (sometimes named by `let`s, sometimes nested
+two deep), quadratic forms, and zero to two hidden layers (binary, spin, real or
+positive units) coupled bilinearly or through a nonlinear coefficient. Names, index
+names, sizes and number spellings are random too. Every such spec must compile, and
+everything the compiler derives must agree with autograd on the spec's own energy
+(`energydsl.checking.check_compiled`); a spec that does not is a compiler bug, and
+hypothesis shrinks it to a small one.
+"""
+
+from __future__ import annotations
+
+import keyword
+from dataclasses import dataclass
+
+from hypothesis import strategies as st
+
+from energydsl.checker import (
+    DEFINITION_LOCALS,
+    FUNCTIONS,
+    KEYWORDS,
+    METHOD_LOCALS,
+    MODULE_NAMES,
+    PYTHON_BUILTINS,
+    RESERVED_ATTRIBUTES,
+)
+
+# Names a spec may not use, whatever it declares (the checker's own tables: the
+# generator must produce valid specs, not test the tables).
+_TAKEN = (set(KEYWORDS) | set(FUNCTIONS) | MODULE_NAMES | PYTHON_BUILTINS | RESERVED_ATTRIBUTES
+          | METHOD_LOCALS | DEFINITION_LOCALS | set(keyword.kwlist) | set(keyword.softkwlist))
+
+# Positive constants, spelled in the ways the grammar allows.
+_POSITIVE = ("0.5", "1/2", "1", "2", "0.25", "1.5e-1", "3/4", ".5", "1.0")
+
+
+def _usable(name: str) -> bool:
+    return (name not in _TAKEN and not name.startswith(("mean_", "sample_"))
+            and not name.endswith("_value"))
+
+
+_NAMES = st.from_regex(r"[A-Za-z][A-Za-z0-9_]{0,5}", fullmatch=True).filter(_usable)
+
+
+@dataclass(frozen=True)
+class GeneratedSpec:
+    """A spec's text, and the dimensions of its continuous hidden layers: the check
+    integrates those jointly by quadrature, so tests keep them at one unit."""
+
+    text: str
+    continuous_dims: tuple[str, ...]
+
+
+class _Builder:
+    """Fresh names from one pool, declarations and energy terms as text."""
+
+    def __init__(self, draw: st.DrawFn):
+        self.draw = draw
+        self.used: set[str] = set()
+        self.lines: list[str] = []
+        self.terms: list[str] = []  # energy contributions, each with its sign
+        self.params = 0
+
+    def fresh(self) -> str:
+        name = self.draw(_NAMES.filter(lambda n: n not in self.used))
+        self.used.add(name)
+        return name
+
+    def indices(self, count: int) -> list[str]:
+        """Index names for one sum: distinct from each other and from every declared
+        name (an index may not shadow one)."""
+        return [self.fresh() for _ in range(count)]
+
+    def dim(self, low: int = 2, high: int = 6) -> str:
+        name = self.fresh()
+        self.lines.append(f"dim {name} = {self.draw(st.integers(low, high))}")
+        return name
+
+    def param(self, *shape: str) -> str:
+        name = self.fresh()
+        init = self.draw(st.sampled_from(["", " ~ normal(0.01)", " ~ zeros", " ~ ones",
+                                          " ~ uniform(-0.1, 0.1)", " ~ constant(0.5)"]))
+        brackets = f"[{', '.join(shape)}]" if shape else ""
+        self.lines.append(f"param {name}{brackets}{init}")
+        self.params += 1
+        return name
+
+    def positive(self) -> str:
+        return self.draw(st.sampled_from(_POSITIVE))
+
+    def linear_form(self, visible: str, size: str, out: str, features: str) -> str:
+        """sum(i: A[k, i] * v[i]) (+ c[k]) with A [features, size], over the output index
+        `out`, which the caller binds."""
+        weights = self.param(features, size)
+        (i,) = self.indices(1)
+        form = f"sum({i}: {weights}[{out}, {i}] * {visible}[{i}])"
+        if self.draw(st.booleans()):
+            form += f" + {self.param(features)}[{out}]"
+        return form
+
+
+_SMOOTH = {  # f(z) as text, for a linear form z; each is smooth and finite everywhere
+    "softplus": "softplus({})",
+    "sigmoid": "sigmoid({})",
+    "tanh": "tanh({})",
+    "square": "square({})",
+    "log1p_square": "log1p(({})^2)",
+}
+
+
+def _feature_term(b: _Builder, visible: str, size: str) -> None:
+    """sign * sum(k: f(z[k])) with z a random linear form, maybe named by a `let`,
+    maybe with a second function around the first (as the DEM's softplus of sigmoids)."""
+    features = b.dim()
+    (k,) = b.indices(1)
+    if b.draw(st.booleans()):  # name it: let z[k] = ...
+        let, let_index = b.fresh(), b.fresh()
+        definition = b.linear_form(visible, size, let_index, features)
+        b.lines.append(f"let {let}[{let_index}] = {definition}")
+        form = f"{let}[{k}]"
+    else:
+        form = b.linear_form(visible, size, k, features)
+    function = b.draw(st.sampled_from(sorted(_SMOOTH)))
+    inner = _SMOOTH[function].format(form)
+    # + only for a square: - z^2 could make F a Gaussian with an indefinite precision,
+    # whose normaliser and samplers rightly refuse the random parameters of the check
+    sign = "+" if function == "square" else b.draw(st.sampled_from(["+", "-"]))
+    if b.draw(st.integers(0, 3)) == 0:  # a composition, two deep
+        outer = b.draw(st.sampled_from(["softplus", "sigmoid", "tanh"]))
+        inner = f"{outer}({inner})"
+    scale = b.draw(st.sampled_from(["", "0.5 * ", "2 * "]))
+    b.terms.append(f"{sign} {scale}sum({k}: {inner})")
+
+
+def _visible_terms(b: _Builder, visible: str, size: str) -> None:
+    (i,) = b.indices(1)
+    b.terms.append(f"+ {b.positive()} * sum({i}: {visible}[{i}]^2)")
+    for _ in range(b.draw(st.integers(0, 3))):
+        kind = b.draw(st.sampled_from(["linear", "feature", "feature", "quadratic_form",
+                                       "square_of_sum", "scalar_param"]))
+        if kind == "linear":
+            (i,) = b.indices(1)
+            b.terms.append(f"- sum({i}: {b.param(size)}[{i}] * {visible}[{i}])")
+        elif kind == "feature":
+            _feature_term(b, visible, size)
+        elif kind == "quadratic_form":  # 1/2 v^T Q^T Q v: positive semidefinite
+            k, i, j = b.indices(3)
+            weights = b.param(size, size)
+            b.terms.append(f"+ 1/2 * sum({k}: sum({i}: {weights}[{k}, {i}] * {visible}[{i}]) * "
+                           f"sum({j}: {weights}[{k}, {j}] * {visible}[{j}]))")
+        elif kind == "square_of_sum":
+            (i,) = b.indices(1)
+            b.terms.append(f"+ {b.positive()} * sum({i}: {b.param(size)}[{i}] * "
+                           f"{visible}[{i}])^2")
+        else:
+            (i,) = b.indices(1)
+            b.terms.append(f"+ {b.param()} * sum({i}: {visible}[{i}]^2) / 10")
+
+
+def _hidden_layer(b: _Builder, visible: str, size: str, continuous: bool
+                  ) -> tuple[str, str, str]:
+    """A hidden variable and its terms: (name, domain, its dimension). At most one layer
+    per spec is continuous: the check integrates continuous layers jointly."""
+    domains = ["binary", "spin", "real", "positive"] if continuous else ["binary", "spin"]
+    domain = b.draw(st.sampled_from(domains))
+    units = b.dim(1, 4)
+    name = b.fresh()
+    b.lines.append(f"hidden {name} : {domain}[{units}]")
+    i, j = b.indices(2)
+    if domain == "positive":  # a Gamma-type unit: rate 1 + phi^2/2 > 0, shape gamma > 0
+        gamma = b.fresh()
+        b.lines.append(f"const {gamma} = {b.draw(st.sampled_from(['0.5', '1.0', '1.7', '2']))}")
+        filters = b.param(size, units)
+        b.terms.append(f"+ sum({j}: {name}[{j}] * (1 + 1/2 * sum({i}: {filters}[{i}, {j}] * "
+                       f"{visible}[{i}])^2) + (1 - {gamma}) * log({name}[{j}]))")
+        return name, domain, units
+    coupling = b.param(size, units)
+    if b.draw(st.booleans()):
+        b.terms.append(f"- sum({i}, {j}: {visible}[{i}] * {coupling}[{i}, {j}] * "
+                       f"{name}[{j}])")
+    else:  # a nonlinear coefficient of each unit
+        function = b.draw(st.sampled_from(["tanh", "sigmoid", "softplus"]))
+        b.terms.append(f"- sum({j}: {name}[{j}] * {function}(sum({i}: {coupling}[{i}, {j}] * "
+                       f"{visible}[{i}])))")
+    if b.draw(st.booleans()):
+        (j,) = b.indices(1)
+        b.terms.append(f"- sum({j}: {b.param(units)}[{j}] * {name}[{j}])")
+    if domain == "real":  # large enough that F's precision stays positive definite
+        (j,) = b.indices(1)
+        b.terms.append(f"+ {b.draw(st.sampled_from(['2', '3', '5/2']))} * sum({j}: "
+                       f"{name}[{j}]^2)")
+    return name, domain, units
+
+
+@st.composite
+def valid_specs(draw: st.DrawFn) -> GeneratedSpec:
+    """A random valid spec (see the module docstring)."""
+    b = _Builder(draw)
+    model = draw(_NAMES.filter(lambda n: n[0].isupper()))
+    b.used.add(model)
+    size = b.dim()
+    visible = b.fresh()
+    b.lines.append(f"visible {visible} : real[{size}]")
+    _visible_terms(b, visible, size)
+    hidden: list[tuple[str, str, str]] = []
+    for _ in range(draw(st.integers(0, 2))):
+        continuous = all(domain in ("binary", "spin") for _, domain, _ in hidden)
+        hidden.append(_hidden_layer(b, visible, size, continuous))
+    if b.params == 0:  # `check` differentiates with respect to the parameters
+        (i,) = b.indices(1)
+        b.terms.append(f"- sum({i}: {b.param(size)}[{i}] * {visible}[{i}])")
+    terms = list(b.terms)
+    order = draw(st.permutations(range(len(terms))))
+    body = " ".join(terms[k] for k in order).removeprefix("+ ")
+    if hidden:
+        args = ", ".join([visible, *(h[0] for h in hidden)])
+        energy = f"energy {b.fresh()}({args}) = {body}"
+    else:
+        kind = draw(st.sampled_from(["energy", "free energy", "log density"]))
+        value = f"-({body})" if kind == "log density" else body
+        energy = f"{kind} {b.fresh()}({visible}) = {value}"
+    text = "\n".join([f"model {model}", *b.lines, energy]) + "\n"
+    continuous = tuple(units for _, domain, units in hidden if domain in ("real", "positive"))
+    return GeneratedSpec(text, continuous)
