@@ -60,7 +60,7 @@ METHOD_LOCALS = frozenset("""
     noise noise_std noise_samples generator projections n_projections distribution nu n k
     mean factor offset shape max_states chunk bits flags codes log_det states units device
     weights probabilities u point along hvp perturbed residual count data_logit data_term
-    log_nu noise_logit noise_term contrast data_energy logit
+    log_nu noise_logit noise_term contrast data_energy logit log_noise_x log_noise_y
 """.split())
 
 # Locals of the generated methods that also compute `let` definitions (and constrained

@@ -364,11 +364,19 @@ class GaussianRBM(torch.nn.Module):
             count = max(1, round(nu * _batch))
             noise_samples = noise.sample((count,)).to(dtype=x.dtype, device=x.device)
         self._check("noise_samples", noise_samples, self.D)
+        log_noise_x = noise.log_prob(x)
+        log_noise_y = noise.log_prob(noise_samples)
+        if log_noise_x.shape != x.shape[:1] or log_noise_y.shape != noise_samples.shape[:1]:
+            raise ValueError(
+                f"noise.log_prob must give one value per point, shape [N], got "
+                f"{list(log_noise_x.shape)}; wrap a factorised distribution in "
+                "torch.distributions.Independent(..., 1)"
+            )
         log_nu = math.log(nu)
-        data_logit = (-self.free_energy(x) - self.log_partition()) - noise.log_prob(x) - log_nu
+        data_logit = (-self.free_energy(x) - self.log_partition()) - log_noise_x - log_nu
         noise_logit = (
             -self.free_energy(noise_samples) - self.log_partition()
-            - noise.log_prob(noise_samples)
+            - log_noise_y
             - log_nu
         )
         data_term = torch.nn.functional.logsigmoid(data_logit).mean()

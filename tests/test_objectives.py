@@ -196,6 +196,17 @@ def test_nce_loss_stays_finite_where_the_seeds_ratio_overflows(models):
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+def test_nce_loss_refuses_a_noise_with_per_coordinate_log_prob(models):
+    """Normal(0, 1) without Independent gives log p per coordinate, [N, D]: summed over the
+    wrong axis by broadcasting it would be a silently wrong loss."""
+    model = models["dem"]
+    x = torch.randn(5, 3, dtype=F64)
+    noise = torch.distributions.Normal(torch.zeros(3, dtype=F64), 1.0)
+    with pytest.raises(ValueError, match=r"shape \[N\], got \[5, 3\].*Independent"):
+        model.nce_loss(x, noise)
+    model.nce_loss(x, torch.distributions.Independent(noise, 1))  # the fix works
+
+
 def test_unnormalised_models_learn_log_z_and_normalised_ones_use_log_partition(models):
     assert isinstance(models["gbrbm"].log_z, torch.nn.Parameter)
     assert not hasattr(models["masked_gaussian"], "log_z")
