@@ -14,11 +14,13 @@ formula it computes). The planner
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from dataclasses import dataclass, field
 
 import opt_einsum
 import sympy as sp
+from opt_einsum.contract import PathInfo
 
 from .algebra import make_sum, substitute_index
 from .derive import Derivation
@@ -50,6 +52,7 @@ class Step:
     code: str
     comment: str
     deps: tuple[str, ...]
+    cost: float = 0.0  # estimated multiply-adds at the planning sizes
 
 
 @dataclass
@@ -69,6 +72,10 @@ class Program:
             wanted.add(name)
             stack.extend(dep for dep in by_name[name].deps if dep in by_name)
         return [step for step in self.steps if step.name in wanted]
+
+    def cost(self, codes: list[str], given: set[str] = frozenset()) -> float:
+        """The estimated cost of computing `codes`, steps named in `given` for free."""
+        return sum(step.cost for step in self.needed(codes) if step.name not in given)
 
 
 def _free_indices(expr: sp.Basic) -> set[sp.Idx]:
@@ -103,7 +110,13 @@ class Planner:
         self.defined: dict[str, Operand] = {}
         self.step_names: set[str] = set(self.definitions)
         self.counter = 0
+        self.indices_cache: dict[sp.Basic, tuple] = {}
         self.batched = self._batched_definitions()
+        # While planning an alternative: the steps it gets for free (None: every step
+        # planned so far counts as free, the right view when nothing is being compared).
+        self.free_steps: set[str] | None = None
+        self.square_memo: dict[sp.Expr, Operand] = {}  # squared sums: the form chosen
+        self.canonical_cache: dict[sp.Expr, tuple[sp.Expr, dict]] = {}
 
     # ------------------------------------------------------------------ facts
     def _batched_definitions(self) -> set[str]:
@@ -130,9 +143,13 @@ class Planner:
         return definition is not None and definition.base == node
 
     def indices_of(self, expr: sp.Basic) -> tuple:
-        """Axes of expr's value: the batch if it depends on v, then its free indices."""
-        free = self.order(expr, _free_indices(expr))
-        return ((BATCH,) if self._mentions_batched(expr, self.batched) else ()) + free
+        """Axes of expr's value: the batch if it depends on v, then its free indices
+        (cached: the planner asks for the same expressions' axes many times)."""
+        if expr not in self.indices_cache:
+            free = self.order(expr, _free_indices(expr))
+            batch = (BATCH,) if self._mentions_batched(expr, self.batched) else ()
+            self.indices_cache[expr] = batch + free
+        return self.indices_cache[expr]
 
     def size(self, index: sp.Basic) -> int:
         if index == BATCH:
@@ -153,30 +170,39 @@ class Planner:
     # ------------------------------------------------------------------ memo keys
     def _canonical(self, expr: sp.Expr) -> tuple[sp.Expr, dict]:
         """expr with free indices renamed _F0.. (canonical order) and bound ones _B0..;
-        equal keys mean equal values up to that renaming."""
+        equal keys mean equal values up to that renaming (cached: the cost estimates
+        ask for the same keys many times)."""
+        if expr not in self.canonical_cache:
+            self.canonical_cache[expr] = self._canonical_uncached(expr)
+        key, to_placeholder = self.canonical_cache[expr]
+        return key, dict(to_placeholder)
+
+    def _canonical_uncached(self, expr: sp.Expr) -> tuple[sp.Expr, dict]:
         free = self.order(expr, _free_indices(expr))
-        to_placeholder = {}
-        key = expr
-        for k, index in enumerate(free):
-            placeholder = sp.Idx(f"_F{k}", (index.lower, index.upper))
-            key = substitute_index(key, index, placeholder)
-            to_placeholder[index] = placeholder
+        to_placeholder = {index: sp.Idx(f"_F{k}", (index.lower, index.upper))
+                          for k, index in enumerate(free)}
         counter = [0]
 
-        def rename_bound(node: sp.Expr) -> sp.Expr:
+        def rename(node: sp.Expr, names: dict) -> sp.Expr:
+            """One pass: free indices to placeholders, each sum's indices to the next
+            fresh _B name within its body (an inner binding shadows an outer one)."""
+            if isinstance(node, sp.Idx):
+                return names.get(node, node)
+            if isinstance(node, sp.Indexed):
+                return node.base[tuple(rename(i, names) for i in node.indices)]
             if isinstance(node, sp.Sum):
-                body, limits = node.function, []
+                inner, limits = dict(names), []
                 for index, lo, hi in node.limits:
                     fresh = sp.Idx(f"_B{counter[0]}", (lo, hi))
                     counter[0] += 1
-                    body = substitute_index(body, index, fresh)
+                    inner[index] = fresh
                     limits.append((fresh, lo, hi))
-                return sp.Sum(rename_bound(body), *limits)
-            if not node.args or isinstance(node, (sp.Indexed, sp.Idx)):
+                return sp.Sum(rename(node.function, inner), *limits)
+            if not node.args:
                 return node
-            return node.func(*[rename_bound(a) for a in node.args])
+            return node.func(*[rename(a, names) for a in node.args])
 
-        return rename_bound(key), to_placeholder
+        return rename(expr, to_placeholder), to_placeholder
 
     # ------------------------------------------------------------------ steps
     def _new_name(self, hint: str | None = None) -> str:
@@ -185,13 +211,18 @@ class Planner:
         self.counter += 1
         return f"_t{self.counter}"
 
-    def _emit(self, code: str, comment: str, name: str | None = None) -> str:
+    def volume(self, indices) -> int:
+        """The number of elements of a value with these axes, at the planning sizes."""
+        return _volume(tuple(self.size(i) for i in set(indices)))
+
+    def _emit(self, code: str, comment: str, name: str | None = None,
+              cost: float = 0.0) -> str:
         code = ast.unparse(ast.parse(code, mode="eval"))
         if len(comment) > 88:  # comments sit at 8 spaces of indentation, 100 columns
             comment = comment[:85] + "..."
         name = self._new_name(name)
         deps = tuple(sorted({s.name for s in self.program.steps if uses_name(code, s.name)}))
-        self.program.steps.append(Step(name, code, comment, deps))
+        self.program.steps.append(Step(name, code, comment, deps, cost))
         return name
 
     # ------------------------------------------------------------------ definitions
@@ -224,7 +255,7 @@ class Planner:
             if set(operand.indices) != set(target):
                 shape = ", ".join(self.shape_code(i) for i in target)
                 code = f"{code}.expand({shape})"
-        return Operand(self._emit(code, comment, name), target)
+        return Operand(self._emit(code, comment, name, self.volume(target)), target)
 
     like = "_like"  # the template binds a tensor giving dtype and device
 
@@ -306,7 +337,8 @@ class Planner:
         unique = tuple(dict.fromkeys(expr.indices))
         out = batch + "".join(letters[i] for i in unique)
         code = f'torch.einsum("{source_letters}->{out}", {source.code})'
-        return Operand(self._emit(code, dsl_str(expr)), ((BATCH,) if batch else ()) + unique)
+        return Operand(self._emit(code, dsl_str(expr), cost=self.volume(source.indices)),
+                       ((BATCH,) if batch else ()) + unique)
 
     def _delta(self, expr: sp.KroneckerDelta) -> Operand:
         """delta(p, q): an identity matrix of the index's size."""
@@ -330,9 +362,13 @@ class Planner:
     def elementwise(self, expr: sp.Expr, name: str | None) -> Operand:
         """One step for a tree of +, *, powers and functions over tensor leaves."""
         leaves: dict[sp.Expr, Operand] = {}
+        squares: list[sp.Sum] = []
 
         def collect(node: sp.Expr) -> None:
             if not self._has_tensor(node):
+                return
+            if self._square_terms(node) is not None:
+                squares.append(node)  # planned once the other leaves are known
                 return
             if isinstance(node, (sp.Indexed, sp.Sum, sp.Symbol, sp.KroneckerDelta)) or (
                     isinstance(node, sp.Function) and node is not expr):
@@ -343,6 +379,10 @@ class Planner:
                 collect(arg)
 
         collect(expr)
+        given = {step.name for step in self.program.needed(
+            [op.code for op in leaves.values() if op.is_tensor])}
+        for square in squares:
+            leaves[square] = self._square_of_sum(square, given)
         target = self.indices_of(expr)
         placeholders = {}
         for leaf, operand in leaves.items():
@@ -352,8 +392,59 @@ class Planner:
                 placeholders[leaf] = sp.Symbol(operand.code)
         printer = TorchPrinter({p for leaf, p in placeholders.items() if leaves[leaf].is_tensor},
                                self.scalar_names)
-        code = printer.doprint(expr.xreplace(placeholders))
-        return Operand(self._emit(code, dsl_str(expr), name), target)
+        replaced = expr.xreplace(placeholders)
+        code = printer.doprint(replaced)
+        operations = sum(1 for node in sp.preorder_traversal(replaced) if node.args)
+        return Operand(self._emit(code, dsl_str(expr), name,
+                                  self.volume(target) * max(operations, 1)), target)
+
+    def _square_terms(self, expr: sp.Expr) -> list[sp.Expr] | None:
+        """For sum_p D[p]^2 with D a definition whose body is a sum of terms T_m (the
+        score in the SM objective): the terms T_m[p]; else None."""
+        if not (isinstance(expr, sp.Sum) and len(expr.limits) == 1):
+            return None
+        body = expr.function
+        if not (isinstance(body, sp.Pow) and body.exp == 2 and isinstance(body.base, sp.Indexed)):
+            return None
+        label = str(body.base.base.label)
+        definition = self.definitions.get(label)
+        if definition is None or definition.base != body.base.base \
+                or not isinstance(definition.body, sp.Add):
+            return None
+        terms = []
+        for term in definition.body.args:
+            for formal, actual in zip(definition.indices, body.base.indices, strict=True):
+                term = substitute_index(term, formal, actual)
+            terms.append(term)
+        return terms
+
+    def _square_of_sum(self, expr: sp.Sum, given: set[str]) -> Operand:
+        """sum_p (sum_m T_m[p])^2, either with the inner sum formed ([N, D] for the score)
+        and squared, or expanded into sum_{m <= m'} c sum_p T_m[p] T_m'[p], whichever
+        costs less beside the steps in `given`. Expanded, each product of two sums is
+        one contraction for opt_einsum to order: |W s - v|^2 = s^T (W^T W) s - 2 a.s +
+        |v|^2 never forms the [N, D] score (Swersky et al.'s and the GUIDE's reorder)."""
+        key, to_placeholder = self._canonical(expr)
+        if key in self.square_memo:  # decided before (another method's body)
+            return self.square_memo[key].relabel({p: i for i, p in to_placeholder.items()})
+        terms = self._square_terms(expr)
+        (index, lower, upper), = expr.limits
+        formed = self.operand(expr)
+        pieces = [make_sum((1 if a == b else 2) * terms[a] * terms[b], [(index, lower, upper)])
+                  for a in range(len(terms)) for b in range(a, len(terms))]
+        self.free_steps = given
+        try:
+            expanded = self.operand(sp.Add(*pieces))
+        finally:
+            self.free_steps = None
+        if not expanded.is_tensor or set(expanded.indices) != set(formed.indices):
+            self.square_memo[key] = formed.relabel(to_placeholder)
+            return formed
+        cheaper = self.program.cost([expanded.code], given) < self.program.cost([formed.code],
+                                                                                 given)
+        chosen = expanded if cheaper else formed
+        self.square_memo[key] = chosen.relabel(to_placeholder)
+        return chosen
 
     def _group_elementwise(self, factors: list) -> list:
         """Factors over the same axes multiply elementwise (one step, not an einsum
@@ -419,7 +510,8 @@ class Planner:
             scale = TorchPrinter(set(), self.scalar_names).doprint(coefficient)
             if not self._has_tensor(coefficient):
                 code = f"{scale} * {result.code}" if coefficient != -1 else f"-{result.code}"
-                return Operand(self._emit(code, dsl_str(expr), name), result.indices)
+                return Operand(self._emit(code, dsl_str(expr), name,
+                                          self.volume(result.indices)), result.indices)
             raise ValueError("tensor coefficient outside its sum")  # pragma: no cover
         return result
 
@@ -429,7 +521,9 @@ class Planner:
         return scalars, rest
 
     def _flatten(self, expr: sp.Sum) -> tuple[list, list, list]:
-        """Factors of a sum of products, with nested sums merged in where cheaper."""
+        """Factors of a sum of products, with nested sums merged in where cheaper. A
+        nest is tried merged one level and all levels deep: (sum_k s_k sum_h c_kh V_hj)^2
+        only pays off once both levels join (then V V^T appears)."""
         scalars, factors = self._split_scalars(sp.Mul.make_args(expr.function))
         summed = [limit[0] for limit in expr.limits]
         changed = True
@@ -442,12 +536,39 @@ class Planner:
                 merged = self._merged_factors(inner, factors, summed)
                 if merged is None:
                     continue
-                new_scalars, new_factors, new_summed = merged
-                candidate = factors[:k] + new_factors + factors[k + 1:]
-                if self._cost(candidate, summed + new_summed, expr) < \
-                        self._cost(factors, summed, expr) + self._nested_cost(factor):
-                    scalars += new_scalars
-                    factors, summed = candidate, summed + new_summed
+                options = [merged]
+                deep = self._merge_deep(*merged, factors, summed)
+                if deep[1] != merged[1]:
+                    options.append(deep)
+                best = self._cost(factors, summed, expr) + self._nested_cost(factor)
+                for new_scalars, new_factors, new_summed in options:
+                    candidate = factors[:k] + new_factors + factors[k + 1:]
+                    nests = {self._canonical(f)[0]: f for f in new_factors if _mergeable(f)}
+                    cost = self._cost(candidate, summed + new_summed, expr) + sum(
+                        self._nested_cost(f) for f in nests.values())  # copies count once
+                    if cost < best:
+                        best, choice = cost, (new_scalars, candidate, new_summed)
+                if best < self._cost(factors, summed, expr) + self._nested_cost(factor):
+                    new_scalars, factors, new_summed = choice
+                    scalars, summed = scalars + new_scalars, summed + new_summed
+                    changed = True
+                    break
+        return scalars, factors, summed
+
+    def _merge_deep(self, scalars: list, factors: list, summed: list, context: list,
+                    context_summed: list) -> tuple[list, list, list]:
+        """`factors` with every nested sum among them merged in too (no cost check)."""
+        changed = True
+        while changed:
+            changed = False
+            for k, factor in enumerate(factors):
+                inner = _mergeable(factor)
+                merged = None if inner is None else self._merged_factors(
+                    inner, context + factors, context_summed + summed)
+                if merged is not None:
+                    scalars = scalars + merged[0]
+                    factors = factors[:k] + merged[1] + factors[k + 1:]
+                    summed = summed + merged[2]
                     changed = True
                     break
         return scalars, factors, summed
@@ -495,22 +616,32 @@ class Planner:
         if not tensor_factors:
             return 0.0
         equation, shapes = self._equation(tensor_factors, self.indices_of(expr))
-        _, info = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize="auto")
+        info = _path(equation, tuple(shapes))
         elementwise = sum(_volume(s) for f, s in zip(tensor_factors, shapes, strict=True)
                           if not isinstance(f, (sp.Indexed, sp.Symbol)))
         return float(info.opt_cost) + elementwise
 
+    def _is_free(self, key: sp.Expr) -> bool:
+        """Whether the value with memo key `key` costs nothing more to use."""
+        if key not in self.memo:
+            return False
+        return self.free_steps is None or self.program.cost([self.memo[key].code],
+                                                            self.free_steps) == 0
+
     def _nested_cost(self, factor: sp.Expr) -> float:
-        """Cost of computing a nested sum on its own (nothing if already computed)."""
+        """Cost of computing a nested sum on its own, with the sums nested in it
+        (nothing for what is already computed)."""
         key, _ = self._canonical(factor)
-        if key in self.memo:
+        if self._is_free(key):
             return 0.0
         inner = factor.args[0] if isinstance(factor, sp.Pow) else factor
         key, _ = self._canonical(inner)
-        if key in self.memo:
+        if self._is_free(key):
             return 0.0
         scalars, factors = self._split_scalars(sp.Mul.make_args(inner.function))
-        return self._cost(factors, [limit[0] for limit in inner.limits], inner)
+        nests = {self._canonical(f)[0]: f for f in factors if _mergeable(f)}
+        return self._cost(factors, [limit[0] for limit in inner.limits], inner) + sum(
+            self._nested_cost(f) for f in nests.values())
 
     def _contract(self, tensors: list[Operand], output: tuple, comment: str,
                   name: str | None, formulas: list[sp.Expr]) -> Operand:
@@ -523,13 +654,17 @@ class Planner:
                 axes = [k for k, i in enumerate(single.indices) if i not in output]
                 dims = str(axes[0]) if len(axes) == 1 else f"({', '.join(map(str, axes))})"
                 code = f"{single.code}.sum(dim={dims})"
-                return Operand(self._emit(code, comment, name), output)
+                return Operand(self._emit(code, comment, name, self.volume(single.indices)),
+                               output)
+        current = self._reuse_pairs(list(zip(tensors, formulas, strict=True)), output)
+        tensors = [op for op, _ in current]
+        if len(tensors) == 1:
+            return self._contract(tensors, output, comment, name, [current[0][1]])
         equation, shapes = self._equation(tensors, output)
-        _, info = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize="auto")
+        info = _path(equation, tuple(shapes))
         letter_of = {}
         for op, letters in zip(tensors, equation.split("->")[0].split(","), strict=True):
             letter_of.update(zip(op.indices, letters, strict=True))
-        current = list(zip(tensors, formulas, strict=True))
         steps = info.contraction_list
         for k, (positions, _removed, einsum, _remaining, _blas) in enumerate(steps):
             picked_pairs = [current.pop(p) for p in positions]
@@ -556,25 +691,94 @@ class Planner:
             current.append((result, formula))
         return current[-1][0]
 
+    def _reuse_pairs(self, current: list[tuple[Operand, sp.Expr]], output: tuple
+                     ) -> list[tuple[Operand, sp.Expr]]:
+        """Contract first any two operands whose product (summed over the indices no
+        other operand needs) is already computed, and free (see `free_steps`):
+        sum_{k,j} v_k W_kj s_j reuses the pre-activation a_j = sum_k v_k W_kj, which
+        opt_einsum cannot know costs nothing."""
+        letters = {}
+        for op, _ in current:
+            for index in op.indices:
+                letters.setdefault(index, _LETTERS[len(letters)])
+        found = True
+        while found and len(current) > 2:
+            found = False
+            for a in range(len(current)):
+                for b in range(a + 1, len(current)):
+                    (x, fx), (y, fy) = current[a], current[b]
+                    others = set(output).union(*(op.indices for k, (op, _) in
+                                                 enumerate(current) if k not in (a, b)))
+                    kept = [i for i in dict.fromkeys(x.indices + y.indices) if i in others]
+                    if len(kept) == len(set(x.indices + y.indices)):
+                        continue  # an outer product: reusing it saves little, costs layout
+                    inputs = ",".join("".join(letters[i] for i in op.indices) for op in (x, y))
+                    out_letters = _natural_order(inputs, "".join(letters[i] for i in kept))
+                    known = self.pair_memo.get(_pair_key([x, y], inputs, out_letters)[0])
+                    if known is None or (self.free_steps is not None and self.program.cost(
+                            [known[0]], self.free_steps) > 0):
+                        continue  # not computed, or not free where alternatives are weighed
+                    removed = set(x.indices + y.indices) - set(kept) - {BATCH}
+                    formula = make_sum(fx * fy, [(i, i.lower, i.upper)
+                                                 for i in sorted(removed, key=str)])
+                    by_letter = {letters[i]: i for i in letters}
+                    result = self._pairwise([x, y], inputs, out_letters,
+                                            tuple(by_letter[c] for c in out_letters),
+                                            dsl_str(formula), None)
+                    current = [c for k, c in enumerate(current) if k not in (a, b)]
+                    current.append((result, formula))
+                    found = True
+                    break
+                if found:
+                    break
+        return current
+
     def _pairwise(self, picked: list[Operand], inputs: str, out_letters: str,
                   out_indices: tuple, comment: str, name: str | None) -> Operand:
-        canonical: dict[str, str] = {}
-        for c in inputs.replace(",", "") + out_letters:
-            canonical.setdefault(c, _LETTERS[len(canonical)])
-        key = ("".join(canonical.get(c, c) for c in inputs) + "->"
-               + "".join(canonical[c] for c in out_letters), tuple(op.code for op in picked))
-        if key in self.pair_memo and name is None:
-            return Operand(self.pair_memo[key][0], out_indices)
-        equation = _pretty_equation(inputs, out_letters, picked, out_indices)
-        args = ", ".join(op.code for op in picked)
+        key, canonical = _pair_key(picked, inputs, out_letters)
         letter_index = dict(zip(inputs.replace(",", ""),
                                 (i for op in picked for i in op.indices), strict=True))
+        if key in self.pair_memo and name is None:
+            step, axes = self.pair_memo[key]  # the step's own axis order, canonically
+            actual = {c: letter for letter, c in canonical.items()}
+            return Operand(step, tuple(letter_index[actual[c]] for c in axes))
+        equation = _pretty_equation(inputs, out_letters, picked, out_indices)
+        args = ", ".join(op.code for op in picked)
         code = (_as_product(picked, inputs, out_letters)
                 or _as_matmul(picked, inputs, out_letters, letter_index, self)
                 or f'torch.einsum("{equation}", {args})')
-        step = self._emit(code, comment, name)
-        self.pair_memo[key] = (step, equation)
+        cost = self.volume({i for op in picked for i in op.indices})
+        step = self._emit(code, comment, name, cost)
+        self.pair_memo[key] = (step, "".join(canonical[c] for c in out_letters))
         return Operand(step, out_indices)
+
+
+@functools.lru_cache(maxsize=4096)  # the cost estimates ask for the same paths often
+def _path(equation: str, shapes: tuple[tuple, ...]) -> PathInfo:
+    """opt_einsum's pairwise order ("auto"); for a few operands, the exhaustive search's
+    instead when it needs clearly fewer operations ("auto" then uses branch and bound,
+    which misses 'na,nb,ba->n' = (a W) . b). On equal counts "auto" is kept: its orders
+    measured faster here (fewer large, non-GEMM intermediates)."""
+    info = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize="auto")[1]
+    if len(shapes) <= 6:
+        best = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize="optimal")[1]
+        if 5 * best.opt_cost < 4 * info.opt_cost:
+            return best
+    return info
+
+
+def _pair_key(picked: list[Operand], inputs: str, out_letters: str
+              ) -> tuple[tuple, dict[str, str]]:
+    """A pairwise contraction up to the order of its operands, the names of its letters
+    and its output's axis order (equal keys, equal values up to a transpose), and the
+    renaming of letters to canonical ones."""
+    terms = sorted(zip((op.code for op in picked), inputs.split(","), strict=True))
+    canonical: dict[str, str] = {}
+    for c in "".join(letters for _, letters in terms) + out_letters:
+        canonical.setdefault(c, _LETTERS[len(canonical)])
+    key = (tuple((code, "".join(canonical[c] for c in letters)) for code, letters in terms),
+           "".join(sorted(canonical[c] for c in out_letters)))
+    return key, canonical
 
 
 def _natural_order(inputs: str, out_letters: str) -> str:

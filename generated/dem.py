@@ -152,40 +152,42 @@ class DEM(torch.nn.Module):
         _t7 = g * (1 - g)
         # sigmoid(z[k])
         _t8 = torch.sigmoid(z)
+        # sum(k: sigmoid(z[k])*W[k, h1])
+        _t9 = _t8 @ self.W
         # V[h1, i]^2
         _t12 = torch.square(self.V)
         # sum(i: V[h1, i]^2)
         _t13 = _t12.sum(dim=1)
         # (1 - g[h1])*(2*g[h1] - 1)*g[h1]
         _t14 = g * (1 - g) * (2 * g - 1)
-        # W[k, h1]*sum(i: V[h1, i]^2)
-        _t15 = self.W * _t13
-        # sum(h1: (1 - g[h1])*(2*g[h1] - 1)*W[k, h1]*g[h1]*sum(i: V[h1, i]^2))
-        _t16 = _t15 @ _t14.T
+        # (1 - g[h1])*(2*g[h1] - 1)*g[h1]*sum(i: V[h1, i]^2)
+        _t15 = _t14 * _t13
         # sum(i, k: sigmoid(z[k])*sum(h: (1 - g[h])*(2*g[h] - 1)*V[h, i]^2*W[k, h]*g[h]))
-        _t17 = torch.einsum('kn,nk->n', _t16, _t8)
+        _t16 = torch.einsum('na,na->n', _t15, _t9)
         # (1 - sigmoid(z[k]))*sigmoid(z[k])
-        _t18 = _t8 * (1 - _t8)
+        _t17 = _t8 * (1 - _t8)
         # W[k, h1]*W[k, h2]
-        _t19 = self.W[:, :, None] * self.W[:, None, :]
+        _t18 = self.W[:, :, None] * self.W[:, None, :]
         # (1 - g[h1])*(1 - g[h2])*g[h1]*g[h2]
-        _t20 = _t7[:, :, None] * _t7[:, None, :]
+        _t19 = _t7[:, :, None] * _t7[:, None, :]
         # sum(i: V[h1, i]*V[h2, i])
-        _t21 = self.V @ self.V.T
+        _t20 = self.V @ self.V.T
         # W[k, h1]*W[k, h2]*sum(i: V[h1, i]*V[h2, i])
-        _t22 = _t21 * _t19
+        _t21 = _t20 * _t18
         # sum(h1, h2: (1 - g[h1])*(1 - g[h2])*W[k, h1]*W[k, h2]*g[h1]*g[h2]*sum(i: V[h1, i]*V[h...
-        _t23 = _t22.reshape(self.K, self.H * self.H) @ _t20.reshape(-1, self.H * self.H).T
+        _t22 = _t21.reshape(self.K, self.H * self.H) @ _t19.reshape(-1, self.H * self.H).T
         # sum(i, k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: (1 - g[h])*V[h, i]*W[k, h]*g[h])^2)
-        _t24 = torch.einsum('kn,nk->n', _t23, _t18)
+        _t23 = torch.einsum('kn,nk->n', _t22, _t17)
         # -D/sigma^2 - sum(i, k: sigmoid(z[k])*sum(h: (1 - g[h])*(2*g[h] - 1)*V[h, i]^2*W[k, h]...
-        laplacian = -self.D / self.sigma ** 2 - _t17 + _t24
+        laplacian = -self.D / self.sigma ** 2 - _t16 + _t23
         return laplacian
 
     def sm_loss(self, x: torch.Tensor) -> torch.Tensor:
         """Exact score-matching loss (Hyvarinen 2005), the batch mean of
         sum_i 1/2 score_i^2 + d score_i / dx_i, constants included."""
         self._check("x", x, self.D)
+        # sum(i: b[i]*x[i])
+        _t1 = torch.einsum('ni,i->n', x, self.b)
         # sum(i: V[h, i]*x[i])
         u = x @ self.V.T
         # sigmoid(u[h])
@@ -194,6 +196,10 @@ class DEM(torch.nn.Module):
         _t2 = g @ self.W.T
         # c[k] + sum(h: W[k, h]*g[h])
         z = _t2 + self.c
+        # x[i]^2
+        _t5 = torch.square(x)
+        # sum(i: x[i]^2)
+        _t6 = _t5.sum(dim=1)
         # (1 - g[h1])*g[h1]
         _t7 = g * (1 - g)
         # sigmoid(z[k])
@@ -202,44 +208,59 @@ class DEM(torch.nn.Module):
         _t9 = _t8 @ self.W
         # (1 - g[h1])*g[h1]*sum(k: sigmoid(z[k])*W[k, h1])
         _t10 = _t9 * _t7
-        # sum(k: sigmoid(z[k])*sum(h: (1 - g[h])*V[h, j]*W[k, h]*g[h]))
-        _t11 = _t10 @ self.V
-        # b[j] + sum(k: sigmoid(z[k])*sum(h: (1 - g[h])*V[h, j]*W[k, h]*g[h])) - x[j]/sigma^2
-        score = _t11 + self.b - x / self.sigma ** 2
         # V[h1, i]^2
         _t12 = torch.square(self.V)
         # sum(i: V[h1, i]^2)
         _t13 = _t12.sum(dim=1)
         # (1 - g[h1])*(2*g[h1] - 1)*g[h1]
         _t14 = g * (1 - g) * (2 * g - 1)
-        # W[k, h1]*sum(i: V[h1, i]^2)
-        _t15 = self.W * _t13
-        # sum(h1: (1 - g[h1])*(2*g[h1] - 1)*W[k, h1]*g[h1]*sum(i: V[h1, i]^2))
-        _t16 = _t15 @ _t14.T
+        # (1 - g[h1])*(2*g[h1] - 1)*g[h1]*sum(i: V[h1, i]^2)
+        _t15 = _t14 * _t13
         # sum(i, k: sigmoid(z[k])*sum(h: (1 - g[h])*(2*g[h] - 1)*V[h, i]^2*W[k, h]*g[h]))
-        _t17 = torch.einsum('kn,nk->n', _t16, _t8)
+        _t16 = torch.einsum('na,na->n', _t15, _t9)
         # (1 - sigmoid(z[k]))*sigmoid(z[k])
-        _t18 = _t8 * (1 - _t8)
+        _t17 = _t8 * (1 - _t8)
         # W[k, h1]*W[k, h2]
-        _t19 = self.W[:, :, None] * self.W[:, None, :]
+        _t18 = self.W[:, :, None] * self.W[:, None, :]
         # (1 - g[h1])*(1 - g[h2])*g[h1]*g[h2]
-        _t20 = _t7[:, :, None] * _t7[:, None, :]
+        _t19 = _t7[:, :, None] * _t7[:, None, :]
         # sum(i: V[h1, i]*V[h2, i])
-        _t21 = self.V @ self.V.T
+        _t20 = self.V @ self.V.T
         # W[k, h1]*W[k, h2]*sum(i: V[h1, i]*V[h2, i])
-        _t22 = _t21 * _t19
+        _t21 = _t20 * _t18
         # sum(h1, h2: (1 - g[h1])*(1 - g[h2])*W[k, h1]*W[k, h2]*g[h1]*g[h2]*sum(i: V[h1, i]*V[h...
-        _t23 = _t22.reshape(self.K, self.H * self.H) @ _t20.reshape(-1, self.H * self.H).T
+        _t22 = _t21.reshape(self.K, self.H * self.H) @ _t19.reshape(-1, self.H * self.H).T
         # sum(i, k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: (1 - g[h])*V[h, i]*W[k, h]*g[h])^2)
-        _t24 = torch.einsum('kn,nk->n', _t23, _t18)
+        _t23 = torch.einsum('kn,nk->n', _t22, _t17)
         # -D/sigma^2 - sum(i, k: sigmoid(z[k])*sum(h: (1 - g[h])*(2*g[h] - 1)*V[h, i]^2*W[k, h]...
-        laplacian = -self.D / self.sigma ** 2 - _t17 + _t24
-        # score[j]^2
-        _t25 = torch.square(score)
-        # sum(j: score[j]^2)
-        _t26 = _t25.sum(dim=1)
+        laplacian = -self.D / self.sigma ** 2 - _t16 + _t23
+        # sum(j: V[h1, j]*b[j])
+        _t26 = torch.einsum('aj,j->a', self.V, self.b)
+        # sum(j: b[j]*sum(k: sigmoid(z[k])*sum(h: (1 - g[h])*V[h, j]*W[k, h]*g[h])))
+        _t27 = torch.einsum('na,a->n', _t10, _t26)
+        # (1 - g[h1])*g[h1]*sum(j: V[h1, j]*x[j])
+        _t28 = u * _t7
+        # sum(j: x[j]*sum(k: sigmoid(z[k])*sum(h: (1 - g[h])*V[h, j]*W[k, h]*g[h])))
+        _t29 = torch.einsum('na,na->n', _t28, _t9)
+        # b[j]^2
+        _t30 = torch.square(self.b)
+        # sum(j: b[j]^2)
+        _t31 = _t30.sum(dim=0)
+        # sum(h1: (1 - g[h1])*g[h1]*sum(k1: sigmoid(z[k1])*W[k1, h1])*sum(j: V[h1, j]*V[h2, j]))
+        _t32 = _t10 @ _t20.T
+        # sum(j: sum(k: sigmoid(z[k])*sum(h: (1 - g[h])*V[h, j]*W[k, h]*g[h]))^2)
+        _t33 = torch.einsum('na,na->n', _t32, _t10)
+        # 2*sum(j: b[j]*sum(k: sigmoid(z[k])*sum(h: (1 - g[h])*V[h, j]*W[k, h]*g[h]))) + sum(j:...
+        _t34 = (
+            -2 * _t1 / self.sigma ** 2
+            + 2 * _t27
+            - 2 * _t29 / self.sigma ** 2
+            + _t31
+            + _t33
+            + _t6 / self.sigma ** 4
+        )
         # laplacian + sum(j: score[j]^2)/2
-        sm_objective = 0.5 * _t26 + laplacian
+        sm_objective = 0.5 * _t34 + laplacian
         return sm_objective.mean()
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

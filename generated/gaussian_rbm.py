@@ -131,24 +131,30 @@ class GaussianRBM(torch.nn.Module):
         """Exact score-matching loss (Hyvarinen 2005), the batch mean of
         sum_i 1/2 score_i^2 + d score_i / dv_i, constants included."""
         self._check("v", v, self.D)
+        # v[i]^2
+        _t1 = torch.square(v)
+        # sum(i: v[i]^2)
+        _t2 = _t1.sum(dim=1)
         # sum(i: W[i, j]*v[i])
         _t3 = v @ self.W
-        # sum(j: W[k, j]*sum(i: W[i, j]*v[i]))
-        _t6 = _t3 @ self.W.T
-        # -v[k] + sum(j: W[k, j]*sum(i: W[i, j]*v[i]))
-        score = _t6 - v
         # W[i, j]^2
         _t7 = torch.square(self.W)
         # sum(i, j: W[i, j]^2)
         _t8 = _t7.sum(dim=(0, 1))
         # -D + sum(i, j: W[i, j]^2)
         laplacian = -self.D + _t8
-        # score[k]^2
-        _t9 = torch.square(score)
-        # sum(k: score[k]^2)
-        _t10 = _t9.sum(dim=1)
+        # sum(k: v[k]*sum(j: W[k, j]*sum(i: W[i, j]*v[i])))
+        _t11 = torch.einsum('na,na->n', _t3, _t3)
+        # sum(k: W[k, j1]*W[k, j2])
+        _t12 = self.W.T @ self.W
+        # sum(j1: sum(i1: W[i1, j1]*v[i1])*sum(k: W[k, j1]*W[k, j2]))
+        _t13 = _t12 @ _t3.T
+        # sum(k: sum(j: W[k, j]*sum(i: W[i, j]*v[i]))^2)
+        _t14 = torch.einsum('an,na->n', _t13, _t3)
+        # -2*sum(k: v[k]*sum(j: W[k, j]*sum(i: W[i, j]*v[i]))) + sum(k: v[k]^2) + sum(k: sum(j:...
+        _t15 = -2 * _t11 + _t14 + _t2
         # laplacian + sum(k: score[k]^2)/2
-        sm_objective = 0.5 * _t10 + laplacian
+        sm_objective = 0.5 * _t15 + laplacian
         return sm_objective.mean()
 
     def reconstruct(self, v: torch.Tensor) -> torch.Tensor:
@@ -190,10 +196,10 @@ class GaussianRBM(torch.nn.Module):
         # sum(i: W[i, j]*v[i])
         _t3 = v @ self.W
         # 1
-        _t11 = _like.new_full((self.K,), 1)
+        _t16 = _like.new_full((self.K,), 1)
         mean = _t3
         noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
-        return mean + _t11.expand(_batch, self.K) * noise
+        return mean + _t16.expand(_batch, self.K) * noise
 
     def sm_terms(self, v: torch.Tensor) -> dict[str, torch.Tensor]:
         """The three terms of the latent-EBM score-matching theorem (Swersky et al. 2011),
@@ -201,24 +207,30 @@ class GaussianRBM(torch.nn.Module):
         variance = sum_i var[dE/dv_i | v], curvature = -sum_i E[d^2E/dv_i^2 | v]."""
         _batch = self._check("v", v, self.D)
         _like = v
+        # v[i]^2
+        _t1 = torch.square(v)
+        # sum(i: v[i]^2)
+        _t2 = _t1.sum(dim=1)
         # sum(i: W[i, j]*v[i])
         _t3 = v @ self.W
-        # sum(j: W[k, j]*sum(i: W[i, j]*v[i]))
-        _t6 = _t3 @ self.W.T
-        # -v[k] + sum(j: W[k, j]*sum(i: W[i, j]*v[i]))
-        score = _t6 - v
         # W[i, j]^2
         _t7 = torch.square(self.W)
         # sum(i, j: W[i, j]^2)
         _t8 = _t7.sum(dim=(0, 1))
-        # score[k]^2
-        _t9 = torch.square(score)
-        # sum(k: score[k]^2)
-        _t10 = _t9.sum(dim=1)
+        # sum(k: v[k]*sum(j: W[k, j]*sum(i: W[i, j]*v[i])))
+        _t11 = torch.einsum('na,na->n', _t3, _t3)
+        # sum(k: W[k, j1]*W[k, j2])
+        _t12 = self.W.T @ self.W
+        # sum(j1: sum(i1: W[i1, j1]*v[i1])*sum(k: W[k, j1]*W[k, j2]))
+        _t13 = _t12 @ _t3.T
+        # sum(k: sum(j: W[k, j]*sum(i: W[i, j]*v[i]))^2)
+        _t14 = torch.einsum('an,na->n', _t13, _t3)
+        # -2*sum(k: v[k]*sum(j: W[k, j]*sum(i: W[i, j]*v[i]))) + sum(k: v[k]^2) + sum(k: sum(j:...
+        _t15 = -2 * _t11 + _t14 + _t2
         # sum(k: score[k]^2)/2
-        _t12 = 0.5 * _t10
+        _t17 = 0.5 * _t15
         return {
-            "squared_error": _t12.mean(),
+            "squared_error": _t17.mean(),
             "variance": _t8.expand(_batch).mean(),
             "curvature": _like.new_full((_batch,), -self.D).mean(),
         }
@@ -244,12 +256,12 @@ class GaussianRBM(torch.nn.Module):
         """d^2 F / dv^2, constant because F is quadratic in v: the precision."""
         _like = self.W
         # sum(j: W[k, j]*W[q, j])
-        _t13 = self.W @ self.W.T
+        _t18 = self.W @ self.W.T
         # identity (k, q)
-        _t14 = torch.eye(self.D, dtype=_like.dtype, device=_like.device)
+        _t19 = torch.eye(self.D, dtype=_like.dtype, device=_like.device)
         # delta(k, q) - sum(j: W[k, j]*W[q, j])
-        _t15 = -_t13 + _t14
-        return _t15
+        _t20 = -_t18 + _t19
+        return _t20
 
     def _gaussian(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Cholesky factor L of the precision, the mean and log Z: F(v) = 1/2 v^T P v - b^T v + F(0)

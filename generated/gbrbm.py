@@ -127,14 +127,14 @@ class GBRBM(torch.nn.Module):
         """Exact score-matching loss (Hyvarinen 2005), the batch mean of
         sum_i 1/2 score_i^2 + d score_i / dv_i, constants included."""
         self._check("v", v, self.D)
+        # v[i]^2
+        _t1 = torch.square(v)
+        # sum(i: v[i]^2)
+        _t2 = _t1.sum(dim=1)
         # sum(i: W[i, j]*v[i])
         _t3 = v @ self.W
         # sigmoid(sum(i: W[i, j]*v[i]))
         _t6 = torch.sigmoid(_t3)
-        # sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[k, j])
-        _t7 = _t6 @ self.W.T
-        # -v[k] + sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[k, j])
-        score = _t7 - v
         # W[i, j]^2
         _t8 = torch.square(self.W)
         # sum(i: W[i, j]^2)
@@ -145,12 +145,18 @@ class GBRBM(torch.nn.Module):
         _t11 = torch.einsum('nj,j->n', _t10, _t9)
         # -D + sum(i, j: (1 - sigmoid(sum(k: W[k, j]*v[k])))*sigmoid(sum(k: W[k, j]*v[k]))*W[i,...
         laplacian = -self.D + _t11
-        # score[k]^2
-        _t12 = torch.square(score)
-        # sum(k: score[k]^2)
-        _t13 = _t12.sum(dim=1)
+        # sum(k: v[k]*sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[k, j]))
+        _t14 = torch.einsum('na,na->n', _t3, _t6)
+        # sum(k: W[k, j1]*W[k, j2])
+        _t15 = self.W.T @ self.W
+        # sum(j1: sigmoid(sum(i: W[i, j1]*v[i]))*sum(k: W[k, j1]*W[k, j2]))
+        _t16 = _t15 @ _t6.T
+        # sum(k: sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[k, j])^2)
+        _t17 = torch.einsum('an,na->n', _t16, _t6)
+        # -2*sum(k: v[k]*sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[k, j])) + sum(k: v[k]^2) + sum(...
+        _t18 = -2 * _t14 + _t17 + _t2
         # laplacian + sum(k: score[k]^2)/2
-        sm_objective = 0.5 * _t13 + laplacian
+        sm_objective = 0.5 * _t18 + laplacian
         return sm_objective.mean()
 
     def reconstruct(self, v: torch.Tensor) -> torch.Tensor:
@@ -198,33 +204,39 @@ class GBRBM(torch.nn.Module):
         variance = sum_i var[dE/dv_i | v], curvature = -sum_i E[d^2E/dv_i^2 | v]."""
         _batch = self._check("v", v, self.D)
         _like = v
+        # v[i]^2
+        _t1 = torch.square(v)
+        # sum(i: v[i]^2)
+        _t2 = _t1.sum(dim=1)
         # sum(i: W[i, j]*v[i])
         _t3 = v @ self.W
         # sigmoid(sum(i: W[i, j]*v[i]))
         _t6 = torch.sigmoid(_t3)
-        # sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[k, j])
-        _t7 = _t6 @ self.W.T
-        # -v[k] + sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[k, j])
-        score = _t7 - v
         # W[i, j]^2
         _t8 = torch.square(self.W)
         # sum(i: W[i, j]^2)
         _t9 = _t8.sum(dim=0)
-        # score[k]^2
-        _t12 = torch.square(score)
-        # sum(k: score[k]^2)
-        _t13 = _t12.sum(dim=1)
+        # sum(k: v[k]*sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[k, j]))
+        _t14 = torch.einsum('na,na->n', _t3, _t6)
+        # sum(k: W[k, j1]*W[k, j2])
+        _t15 = self.W.T @ self.W
+        # sum(j1: sigmoid(sum(i: W[i, j1]*v[i]))*sum(k: W[k, j1]*W[k, j2]))
+        _t16 = _t15 @ _t6.T
+        # sum(k: sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[k, j])^2)
+        _t17 = torch.einsum('an,na->n', _t16, _t6)
+        # -2*sum(k: v[k]*sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[k, j])) + sum(k: v[k]^2) + sum(...
+        _t18 = -2 * _t14 + _t17 + _t2
         # sum(k: score[k]^2)/2
-        _t14 = 0.5 * _t13
+        _t19 = 0.5 * _t18
         # (sigmoid(sum(k: W[k, j]*v[k])) - 1)*sigmoid(sum(k: W[k, j]*v[k]))
-        _t15 = _t6 * (_t6 - 1)
+        _t20 = _t6 * (_t6 - 1)
         # sum(i, j: (sigmoid(sum(k: W[k, j]*v[k])) - 1)*sigmoid(sum(k: W[k, j]*v[k]))*W[i, j]^2)
-        _t16 = torch.einsum('nj,j->n', _t15, _t9)
+        _t21 = torch.einsum('nj,j->n', _t20, _t9)
         # -sum(i, j: (sigmoid(sum(k: W[k, j]*v[k])) - 1)*sigmoid(sum(k: W[k, j]*v[k]))*W[i, j]^2)
-        _t17 = -_t16
+        _t22 = -_t21
         return {
-            "squared_error": _t14.mean(),
-            "variance": _t17.mean(),
+            "squared_error": _t19.mean(),
+            "variance": _t22.mean(),
             "curvature": _like.new_full((_batch,), -self.D).mean(),
         }
 

@@ -138,10 +138,10 @@ class MaskedGaussian(torch.nn.Module):
         y = -self.mu + x
         # Lambda, constrained (see precision)
         Lambda = self.precision()
-        # sum(i: Lambda[i, k]*y[i])
-        _t3 = y @ Lambda
+        # sum(i: Lambda[i, j]*y[i])
+        _t1 = Lambda.T @ y.T
         # -sum(i: Lambda[i, k]*y[i])
-        score = -_t3
+        score = -_t1.permute(1, 0)
         return score
 
     def laplacian(self, x: torch.Tensor) -> torch.Tensor:
@@ -150,11 +150,11 @@ class MaskedGaussian(torch.nn.Module):
         # Lambda, constrained (see precision)
         Lambda = self.precision()
         # Lambda[i, i]
-        _t4 = torch.einsum('aa->a', Lambda)
+        _t3 = torch.einsum('aa->a', Lambda)
         # sum(i: Lambda[i, i])
-        _t5 = _t4.sum(dim=0)
+        _t4 = _t3.sum(dim=0)
         # -sum(i: Lambda[i, i])
-        laplacian = -_t5
+        laplacian = -_t4
         return laplacian.expand(_batch)
 
     def sm_loss(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,22 +165,22 @@ class MaskedGaussian(torch.nn.Module):
         y = -self.mu + x
         # Lambda, constrained (see precision)
         Lambda = self.precision()
-        # sum(i: Lambda[i, k]*y[i])
-        _t3 = y @ Lambda
+        # sum(i: Lambda[i, j]*y[i])
+        _t1 = Lambda.T @ y.T
         # -sum(i: Lambda[i, k]*y[i])
-        score = -_t3
+        score = -_t1.permute(1, 0)
         # Lambda[i, i]
-        _t4 = torch.einsum('aa->a', Lambda)
+        _t3 = torch.einsum('aa->a', Lambda)
         # sum(i: Lambda[i, i])
-        _t5 = _t4.sum(dim=0)
+        _t4 = _t3.sum(dim=0)
         # -sum(i: Lambda[i, i])
-        laplacian = -_t5
+        laplacian = -_t4
         # score[k]^2
-        _t6 = torch.square(score)
+        _t5 = torch.square(score)
         # sum(k: score[k]^2)
-        _t7 = _t6.sum(dim=1)
+        _t6 = _t5.sum(dim=1)
         # laplacian + sum(k: score[k]^2)/2
-        sm_objective = 0.5 * _t7 + laplacian
+        sm_objective = 0.5 * _t6 + laplacian
         return sm_objective.mean()
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

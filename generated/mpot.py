@@ -178,20 +178,18 @@ class MPoT(torch.nn.Module):
         """Exact score-matching loss (Hyvarinen 2005), the batch mean of
         sum_i 1/2 score_i^2 + d score_i / dv_i, constants included."""
         self._check("v", v, self.D)
+        # v[i]^2
+        _t1 = torch.square(v)
+        # sum(i: v[i]^2)
+        _t2 = _t1.sum(dim=1)
         # sum(i: W[i, j]*v[i])
         _t3 = v @ self.W
         # sum(i: C[i, k]*v[i])
         phi = v @ self.C
         # phi[k]/(phi[k]^2/2 + 1)
         _t8 = phi / (0.5 * torch.square(phi) + 1)
-        # sum(k: C[l, k]*phi[k]/(phi[k]^2/2 + 1))
-        _t9 = _t8 @ self.C.T
         # sigmoid(sum(i: W[i, j]*v[i]))
         _t10 = torch.sigmoid(_t3)
-        # sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[l, j])
-        _t11 = _t10 @ self.W.T
-        # -gamma*sum(k: C[l, k]*phi[k]/(phi[k]^2/2 + 1)) - v[l] + sum(j: sigmoid(sum(i: W[i, j]...
-        score = _t11 - _t9 * self.gamma - v
         # (phi[k]^2 - 2)/(phi[k]^2 + 2)^2
         _t12 = (torch.square(phi) - 2) / torch.square(torch.square(phi) + 2)
         # C[i, k]^2
@@ -210,12 +208,39 @@ class MPoT(torch.nn.Module):
         _t19 = torch.einsum('nj,j->n', _t18, _t17)
         # -D + 2*gamma*sum(i, k: (phi[k]^2 - 2)*C[i, k]^2/(phi[k]^2 + 2)^2) + sum(i, j: (1 - si...
         laplacian = -self.D + 2 * _t15 * self.gamma + _t19
-        # score[l]^2
-        _t20 = torch.square(score)
-        # sum(l: score[l]^2)
-        _t21 = _t20.sum(dim=1)
+        # sum(l: v[l]*sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[l, j]))
+        _t22 = torch.einsum('na,na->n', _t3, _t10)
+        # sum(l: C[l, k1]*C[l, k2])
+        _t23 = self.C.T @ self.C
+        # sum(k1: phi[k1]*sum(l: C[l, k1]*C[l, k2])/(phi[k1]^2/2 + 1))
+        _t24 = _t23 @ _t8.T
+        # sum(l: sum(k: C[l, k]*phi[k]/(phi[k]^2/2 + 1))^2)
+        _t25 = torch.einsum('an,na->n', _t24, _t8)
+        # sum(l: C[l, k1]*W[l, j1])
+        _t26 = self.C.T @ self.W
+        # sum(j1: sigmoid(sum(i: W[i, j1]*v[i]))*sum(l: C[l, k1]*W[l, j1]))
+        _t27 = _t26 @ _t10.T
+        # sum(l: sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[l, j])*sum(k: C[l, k]*phi[k]/(phi[k]^2/...
+        _t28 = torch.einsum('an,na->n', _t27, _t8)
+        # sum(l: v[l]*sum(k: C[l, k]*phi[k]/(phi[k]^2/2 + 1)))
+        _t29 = torch.einsum('na,na->n', phi, _t8)
+        # sum(l: W[l, j1]*W[l, j2])
+        _t30 = self.W.T @ self.W
+        # sum(j1: sigmoid(sum(i: W[i, j1]*v[i]))*sum(l: W[l, j1]*W[l, j2]))
+        _t31 = _t30 @ _t10.T
+        # sum(l: sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[l, j])^2)
+        _t32 = torch.einsum('an,na->n', _t31, _t10)
+        # gamma^2*sum(l: sum(k: C[l, k]*phi[k]/(phi[k]^2/2 + 1))^2) + 2*gamma*sum(l: v[l]*sum(k...
+        _t33 = (
+            _t2
+            - 2 * _t22
+            + _t25 * self.gamma ** 2
+            - 2 * _t28 * self.gamma
+            + 2 * _t29 * self.gamma
+            + _t32
+        )
         # laplacian + sum(l: score[l]^2)/2
-        sm_objective = 0.5 * _t21 + laplacian
+        sm_objective = 0.5 * _t33 + laplacian
         return sm_objective.mean()
 
     def reconstruct(self, v: torch.Tensor) -> torch.Tensor:
@@ -256,8 +281,8 @@ class MPoT(torch.nn.Module):
         # sum(i: C[i, k]*v[i])
         phi = v @ self.C
         # gamma/(phi[k]^2/2 + 1)
-        _t22 = self.gamma / (0.5 * torch.square(phi) + 1)
-        return _t22
+        _t34 = self.gamma / (0.5 * torch.square(phi) + 1)
+        return _t34
 
     def sample_hc(self, v: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """A draw of hc ~ p(hc | v), shape [N, K]; units are independent given v."""
@@ -266,13 +291,13 @@ class MPoT(torch.nn.Module):
         # sum(i: C[i, k]*v[i])
         phi = v @ self.C
         # gamma
-        _t23 = _like.new_full((self.K,), self.gamma)
+        _t35 = _like.new_full((self.K,), self.gamma)
         # phi[k]^2/2 + 1
-        _t24 = 0.5 * torch.square(phi) + 1
+        _t36 = 0.5 * torch.square(phi) + 1
         if generator is not None:
             raise ValueError("Gamma draws use torch's global generator: "
                              "seed it with torch.manual_seed")
-        return torch.distributions.Gamma(_t23.expand(_batch, self.K), _t24).sample()
+        return torch.distributions.Gamma(_t35.expand(_batch, self.K), _t36).sample()
 
     def mean_hm(self, v: torch.Tensor) -> torch.Tensor:
         """E[hm | v], shape [N, M] (binary units)."""
@@ -297,20 +322,18 @@ class MPoT(torch.nn.Module):
         batch means summing to sm_loss: squared_error = 1/2 |E[dE/dv | v]|^2,
         variance = sum_i var[dE/dv_i | v], curvature = -sum_i E[d^2E/dv_i^2 | v]."""
         self._check("v", v, self.D)
+        # v[i]^2
+        _t1 = torch.square(v)
+        # sum(i: v[i]^2)
+        _t2 = _t1.sum(dim=1)
         # sum(i: W[i, j]*v[i])
         _t3 = v @ self.W
         # sum(i: C[i, k]*v[i])
         phi = v @ self.C
         # phi[k]/(phi[k]^2/2 + 1)
         _t8 = phi / (0.5 * torch.square(phi) + 1)
-        # sum(k: C[l, k]*phi[k]/(phi[k]^2/2 + 1))
-        _t9 = _t8 @ self.C.T
         # sigmoid(sum(i: W[i, j]*v[i]))
         _t10 = torch.sigmoid(_t3)
-        # sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[l, j])
-        _t11 = _t10 @ self.W.T
-        # -gamma*sum(k: C[l, k]*phi[k]/(phi[k]^2/2 + 1)) - v[l] + sum(j: sigmoid(sum(i: W[i, j]...
-        score = _t11 - _t9 * self.gamma - v
         # C[i, k]^2
         _t13 = torch.square(self.C)
         # sum(i: C[i, k]^2)
@@ -319,32 +342,59 @@ class MPoT(torch.nn.Module):
         _t16 = torch.square(self.W)
         # sum(i: W[i, j]^2)
         _t17 = _t16.sum(dim=0)
-        # score[l]^2
-        _t20 = torch.square(score)
-        # sum(l: score[l]^2)
-        _t21 = _t20.sum(dim=1)
+        # sum(l: v[l]*sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[l, j]))
+        _t22 = torch.einsum('na,na->n', _t3, _t10)
+        # sum(l: C[l, k1]*C[l, k2])
+        _t23 = self.C.T @ self.C
+        # sum(k1: phi[k1]*sum(l: C[l, k1]*C[l, k2])/(phi[k1]^2/2 + 1))
+        _t24 = _t23 @ _t8.T
+        # sum(l: sum(k: C[l, k]*phi[k]/(phi[k]^2/2 + 1))^2)
+        _t25 = torch.einsum('an,na->n', _t24, _t8)
+        # sum(l: C[l, k1]*W[l, j1])
+        _t26 = self.C.T @ self.W
+        # sum(j1: sigmoid(sum(i: W[i, j1]*v[i]))*sum(l: C[l, k1]*W[l, j1]))
+        _t27 = _t26 @ _t10.T
+        # sum(l: sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[l, j])*sum(k: C[l, k]*phi[k]/(phi[k]^2/...
+        _t28 = torch.einsum('an,na->n', _t27, _t8)
+        # sum(l: v[l]*sum(k: C[l, k]*phi[k]/(phi[k]^2/2 + 1)))
+        _t29 = torch.einsum('na,na->n', phi, _t8)
+        # sum(l: W[l, j1]*W[l, j2])
+        _t30 = self.W.T @ self.W
+        # sum(j1: sigmoid(sum(i: W[i, j1]*v[i]))*sum(l: W[l, j1]*W[l, j2]))
+        _t31 = _t30 @ _t10.T
+        # sum(l: sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[l, j])^2)
+        _t32 = torch.einsum('an,na->n', _t31, _t10)
+        # gamma^2*sum(l: sum(k: C[l, k]*phi[k]/(phi[k]^2/2 + 1))^2) + 2*gamma*sum(l: v[l]*sum(k...
+        _t33 = (
+            _t2
+            - 2 * _t22
+            + _t25 * self.gamma ** 2
+            - 2 * _t28 * self.gamma
+            + 2 * _t29 * self.gamma
+            + _t32
+        )
         # sum(l: score[l]^2)/2
-        _t25 = 0.5 * _t21
+        _t37 = 0.5 * _t33
         # (sigmoid(sum(k: W[k, j]*v[k])) - 1)*sigmoid(sum(k: W[k, j]*v[k]))
-        _t26 = _t10 * (_t10 - 1)
+        _t38 = _t10 * (_t10 - 1)
         # sum(i, j: (sigmoid(sum(k: W[k, j]*v[k])) - 1)*sigmoid(sum(k: W[k, j]*v[k]))*W[i, j]^2)
-        _t27 = torch.einsum('nj,j->n', _t26, _t17)
+        _t39 = torch.einsum('nj,j->n', _t38, _t17)
         # phi[k]^2/(phi[k]^2 + 2)^2
-        _t28 = torch.square(phi) / torch.square(torch.square(phi) + 2)
+        _t40 = torch.square(phi) / torch.square(torch.square(phi) + 2)
         # sum(i, k: C[i, k]^2*phi[k]^2/(phi[k]^2 + 2)^2)
-        _t29 = torch.einsum('k,nk->n', _t14, _t28)
+        _t41 = torch.einsum('k,nk->n', _t14, _t40)
         # 4*gamma*sum(i, k: C[i, k]^2*phi[k]^2/(phi[k]^2 + 2)^2) - sum(i, j: (sigmoid(sum(k: W[...
-        _t30 = -_t27 + 4 * _t29 * self.gamma
+        _t42 = -_t39 + 4 * _t41 * self.gamma
         # 1/(phi[k]^2/2 + 1)
-        _t31 = 1 / (0.5 * torch.square(phi) + 1)
+        _t43 = 1 / (0.5 * torch.square(phi) + 1)
         # sum(i, k: C[i, k]^2/(phi[k]^2/2 + 1))
-        _t32 = torch.einsum('k,nk->n', _t14, _t31)
+        _t44 = torch.einsum('k,nk->n', _t14, _t43)
         # -D - gamma*sum(i, k: C[i, k]^2/(phi[k]^2/2 + 1))
-        _t33 = -self.D - _t32 * self.gamma
+        _t45 = -self.D - _t44 * self.gamma
         return {
-            "squared_error": _t25.mean(),
-            "variance": _t30.mean(),
-            "curvature": _t33.mean(),
+            "squared_error": _t37.mean(),
+            "variance": _t42.mean(),
+            "curvature": _t45.mean(),
         }
 
     def mean_v(self, hc: torch.Tensor, hm: torch.Tensor) -> torch.Tensor:
