@@ -86,7 +86,6 @@ MAX_DEFINITION_DEPTH = 32  # `let`s defined in terms of `let`s
 MAX_EXPANDED_SIZE = 5000  # nodes of an expression with every `let` substituted
 MAX_INDICES = 10  # indices in scope at once (sum bindings and a `let`'s own)
 MAX_DIMENSION = 2**31 - 1
-MAX_EXPONENT = 1000  # of a power whose base is not a constant
 _MAX_LITERAL = 100  # characters of a number literal
 
 # Generated methods a constrained parameter may be exposed as (no generated method

@@ -13,6 +13,11 @@ from dataclasses import dataclass
 _MAX_SHOWN = 160
 
 
+def shorten(text: str, limit: int = 80) -> str:
+    """`text` cut to `limit` characters with '...', for quoting formulas in messages."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def printable(text: str) -> str:
     """`text` with every unprintable character (escape sequences, stray carriage returns)
     shown as '?', one for one so a caret under it stays in its column."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from . import syntax as ast
-from .errors import Span, error
+from .errors import Span, error, shorten
 from .functions import log1p, sigmoid, softplus
 from .model import CheckedModel
 from .printing import dsl_str
@@ -186,7 +186,7 @@ class _Lowerer:
                     pending.append(definitions[name].body)
         decl = self.checked.energy
         raise error(f"the energy does not depend on '{self.checked.visible.name}' once "
-                    f"simplified: it is {_short(dsl_str(energy))}", decl.value.span)
+                    f"simplified: it is {shorten(dsl_str(energy))}", decl.value.span)
 
     def run(self) -> SymbolicModel:
         definitions = {}
@@ -226,9 +226,6 @@ class _Lowerer:
         return pools
 
 
-def _short(text: str, limit: int = 80) -> str:
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
 
 def _magnitude(number: sp.Expr) -> float | None:
     """|number| as a float (inf when beyond float64), or None if it is not real."""
@@ -257,7 +254,7 @@ def _check_number(number: sp.Expr, span: Span) -> None:
         raise error("a number in this expression is out of floating-point range", span)
     magnitude = _magnitude(number)
     if magnitude is None:
-        raise error(f"this expression is not a real number: it is {_short(dsl_str(number))}",
+        raise error(f"this expression is not a real number: it is {shorten(dsl_str(number))}",
                     span)
     if magnitude > _FLOAT_MAX:
         raise error("a number in this expression is out of floating-point range (beyond "
@@ -294,7 +291,7 @@ def _check_power(base: sp.Expr, exponent: sp.Expr, node: ast.Binary) -> None:
     if power is None:
         raise error("this exponent is not a real number", node.right.span)
     if not base.is_number and power > MAX_EXPONENT:
-        raise error(f"exponent {_short(dsl_str(exponent), 30)} is too large (at most "
+        raise error(f"exponent {shorten(dsl_str(exponent), 30)} is too large (at most "
                     f"{MAX_EXPONENT} in absolute value)", node.right.span)
     coefficient = base if base.is_number else base.as_coeff_Mul()[0]
     size = _magnitude(coefficient)

@@ -17,7 +17,7 @@ from functools import lru_cache
 import sympy as sp
 
 from .algebra import distribute, make_sum, normalise, substitute_index
-from .errors import SpecError, error
+from .errors import SpecError, error, shorten
 from .functions import log1p, rewrite_log_one_plus, softplus
 from .lower import SymbolicModel
 from .model import DISCRETE_DOMAINS
@@ -151,9 +151,10 @@ class _Marginaliser:
         except SpecError:
             raise
         except Exception as exc:  # noqa: BLE001 - SymPy's limits are reported, not crashed on
+            energy, reason = shorten(self.show(e), 120), shorten(str(exc), 120)
             raise self.fail(f"cannot marginalise hidden variable '{name}': SymPy could not "
-                            f"derive the sum or integral over it of exp(-({_short(self.show(e))}))"
-                            f" ({type(exc).__name__}: {_short(str(exc))})", name) from None
+                            f"derive the sum or integral over it of exp(-({energy}))"
+                            f" ({type(exc).__name__}: {reason})", name) from None
 
     def _log_partition(self, name: str, domain: str, symbol: sp.Symbol, e: sp.Expr
                        ) -> tuple[sp.Expr, dict]:
@@ -281,9 +282,6 @@ def _powers_of(e: sp.Expr, h: sp.Symbol) -> set[sp.Expr]:
     return powers | ({sp.S.One} if e.has(h) else set())
 
 
-def _short(text: str, limit: int = 120) -> str:
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
 
 def _abstract_visible(e: sp.Expr, h: sp.Symbol, keep: set) -> tuple[dict, sp.Expr]:
     """Replace each sum and tensor entry (and scalar parameter) by a real placeholder, so
@@ -343,8 +341,9 @@ def marginalise(model: SymbolicModel) -> FreeEnergyModel:
     except SpecError:
         raise
     except Exception as exc:  # noqa: BLE001 - SymPy's limits are reported, not crashed on
+        reason = shorten(str(exc), 120)
         raise error(f"cannot marginalise the hidden variables: SymPy could not split the "
-                    f"energy into per-unit terms ({type(exc).__name__}: {_short(str(exc))})",
+                    f"energy into per-unit terms ({type(exc).__name__}: {reason})",
                     decl.value.span) from None
     free_energy = visible_part
     hidden = {}

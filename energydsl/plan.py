@@ -540,7 +540,7 @@ class Planner:
                 deep = self._merge_deep(*merged, factors, summed)
                 if deep[1] != merged[1]:
                     options.append(deep)
-                best = self._cost(factors, summed, expr) + self._nested_cost(factor)
+                current = best = self._cost(factors, summed, expr) + self._nested_cost(factor)
                 for new_scalars, new_factors, new_summed in options:
                     candidate = factors[:k] + new_factors + factors[k + 1:]
                     nests = {self._canonical(f)[0]: f for f in new_factors if _mergeable(f)}
@@ -548,7 +548,7 @@ class Planner:
                         self._nested_cost(f) for f in nests.values())  # copies count once
                     if cost < best:
                         best, choice = cost, (new_scalars, candidate, new_summed)
-                if best < self._cost(factors, summed, expr) + self._nested_cost(factor):
+                if best < current:
                     new_scalars, factors, new_summed = choice
                     scalars, summed = scalars + new_scalars, summed + new_summed
                     changed = True

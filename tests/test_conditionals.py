@@ -8,17 +8,9 @@ import itertools
 import pytest
 import torch
 
-from support import load_class
+from support import load_class, randomise
 
 F64 = torch.float64
-
-
-def _randomise(model, scale, seed):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(scale * torch.randn(p.shape, generator=generator, dtype=p.dtype))
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +19,7 @@ def classes():
 
 
 def test_gbrbm_mean_h_is_the_enumerated_posterior_mean(classes):
-    model = _randomise(classes["gbrbm"](D=4, K=3, dtype=F64), 0.9, 0)
+    model = randomise(classes["gbrbm"](D=4, K=3, dtype=F64), 0.9, 0)
     v = torch.randn(6, 4, dtype=F64)
     W = model.W.detach()
     states = torch.tensor(list(itertools.product([0.0, 1.0], repeat=3)), dtype=F64)
@@ -38,7 +30,7 @@ def test_gbrbm_mean_h_is_the_enumerated_posterior_mean(classes):
 
 def test_gbrbm_sm_terms_are_the_seeds_three_terms(classes):
     """squared error 1/2 |v - v^|^2, variance sum_ij W_ij^2 h^_j (1 - h^_j), curvature -D."""
-    model = _randomise(classes["gbrbm"](D=6, K=4, dtype=F64), 0.8, 1)
+    model = randomise(classes["gbrbm"](D=6, K=4, dtype=F64), 0.8, 1)
     v = torch.randn(8, 6, dtype=F64)
     W = model.W.detach()
     h = torch.sigmoid(v @ W)
@@ -54,7 +46,7 @@ def test_gbrbm_sm_terms_are_the_seeds_three_terms(classes):
                                         ("gaussian_rbm", dict(D=5, K=3)),
                                         ("mpot", dict(D=5, K=3, M=2, gamma=1.4))])
 def test_sm_terms_sum_to_sm_loss(classes, name, sizes):
-    model = _randomise(classes[name](**sizes, dtype=F64), 0.5, 2)
+    model = randomise(classes[name](**sizes, dtype=F64), 0.5, 2)
     v = torch.randn(7, 5, dtype=F64)
     terms = model.sm_terms(v)
     assert list(terms) == ["squared_error", "variance", "curvature"]
@@ -64,7 +56,7 @@ def test_sm_terms_sum_to_sm_loss(classes, name, sizes):
 
 def test_mpot_conditional_means_by_quadrature(classes):
     gamma = 1.3
-    model = _randomise(classes["mpot"](D=4, K=2, M=3, gamma=gamma, dtype=F64), 0.8, 3)
+    model = randomise(classes["mpot"](D=4, K=2, M=3, gamma=gamma, dtype=F64), 0.8, 3)
     v = torch.randn(5, 4, dtype=F64)
     C, W = model.C.detach(), model.W.detach()
     # hc_k | v has density h^(gamma - 1) exp(-h (1 + phi_k^2 / 2)): integrate in s = log h
@@ -79,7 +71,7 @@ def test_mpot_conditional_means_by_quadrature(classes):
 
 
 def test_mpot_visible_conditional_is_the_gaussian_of_the_energy(classes):
-    model = _randomise(classes["mpot"](D=4, K=3, M=2, dtype=F64), 0.8, 4)
+    model = randomise(classes["mpot"](D=4, K=3, M=2, dtype=F64), 0.8, 4)
     C, W = model.C.detach(), model.W.detach()
     hc = torch.rand(6, 3, dtype=F64) * 2
     hm = torch.bernoulli(torch.full((6, 2), 0.5, dtype=F64))
@@ -96,7 +88,7 @@ def test_mpot_visible_conditional_is_the_gaussian_of_the_energy(classes):
 
 
 def test_gibbs_samplers_have_the_right_moments(classes):
-    model = _randomise(classes["gbrbm"](D=3, K=2, dtype=F64), 0.9, 5)
+    model = randomise(classes["gbrbm"](D=3, K=2, dtype=F64), 0.9, 5)
     v = torch.randn(1, 3, dtype=F64).repeat(200_000, 1)
     generator = torch.Generator().manual_seed(1)
     h = model.sample_h(v, generator=generator)
@@ -105,14 +97,14 @@ def test_gibbs_samplers_have_the_right_moments(classes):
     x = model.sample_v(h, generator=generator)
     torch.testing.assert_close(torch.cov((x - model.mean_v(h)).T), torch.eye(3, dtype=F64),
                                atol=0.01, rtol=0)
-    gaussian = _randomise(classes["gaussian_rbm"](D=3, K=2, dtype=F64), 0.5, 6)
+    gaussian = randomise(classes["gaussian_rbm"](D=3, K=2, dtype=F64), 0.5, 6)
     hg = gaussian.sample_h(v, generator=generator)
     torch.testing.assert_close(hg.mean(0), (v[0] @ gaussian.W.detach()), atol=0.01, rtol=0)
     torch.testing.assert_close(hg.var(0), torch.ones(2, dtype=F64), atol=0.01, rtol=0)
 
 
 def test_gamma_sampler_moments_and_generator_refusal(classes):
-    model = _randomise(classes["mpot"](D=3, K=2, M=1, gamma=2.5, dtype=F64), 0.7, 7)
+    model = randomise(classes["mpot"](D=3, K=2, M=1, gamma=2.5, dtype=F64), 0.7, 7)
     v = torch.randn(1, 3, dtype=F64).repeat(200_000, 1)
     torch.manual_seed(0)
     h = model.sample_hc(v)

@@ -9,7 +9,7 @@ import inspect
 import pytest
 import torch
 
-from support import SPECS, load_class
+from support import SPECS, load_class, randomise
 
 SPEC_NAMES = sorted(p.stem for p in SPECS.glob("*.edsl"))
 SCALE = 1e3  # of the data
@@ -28,11 +28,8 @@ def _small_sizes(cls) -> dict[str, int]:
 def models(request):
     cls, compiled = load_class(request.param)
     sizes = _small_sizes(cls)
-    single = cls(dtype=torch.float32, **sizes)
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():  # trained-looking parameters, not the near-zero initialisation
-        for p in single.parameters():
-            p.copy_(0.3 * torch.randn(p.shape, generator=generator, dtype=p.dtype))
+    # trained-looking parameters, not the near-zero initialisation
+    single = randomise(cls(dtype=torch.float32, **sizes), 0.3, 3)
     double = cls(dtype=torch.float64, **sizes)
     double.load_state_dict(single.state_dict())
     return request.param, compiled, single, double

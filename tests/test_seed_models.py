@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from support import load_class
+from support import load_class, randomise
 
 F64 = torch.float64
 
@@ -24,14 +24,6 @@ def _hessian_trace(f, v):
     grad = torch.autograd.grad(f(v).sum(), v, create_graph=True)[0]
     return torch.stack([torch.autograd.grad(grad[:, i].sum(), v, retain_graph=True)[0][:, i]
                         for i in range(v.shape[1])], dim=1).sum(dim=1)
-
-
-def _randomise(model, scale, seed):
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(scale * torch.randn(p.shape, generator=generator, dtype=p.dtype))
-    return model
 
 
 # ---------------------------------------------------------------- mPoT
@@ -89,7 +81,7 @@ def mpot_sm_derived_by_hand(v, C, W, gamma):
 
 @pytest.mark.parametrize("D,K,M,gamma", [(3, 1, 2, 1.0), (4, 2, 1, 1.7), (2, 2, 3, 0.6)])
 def test_mpot_free_energy_matches_gamma_quadrature_and_seed(mpot_class, D, K, M, gamma):
-    model = _randomise(mpot_class(D=D, K=K, M=M, gamma=gamma, dtype=F64), 0.8, D + K + M)
+    model = randomise(mpot_class(D=D, K=K, M=M, gamma=gamma, dtype=F64), 0.8, D + K + M)
     v = torch.randn(5, D, dtype=F64)
     C, W = model.C.detach(), model.W.detach()
     F = model.free_energy(v)
@@ -101,7 +93,7 @@ def test_mpot_free_energy_matches_gamma_quadrature_and_seed(mpot_class, D, K, M,
 
 @pytest.mark.parametrize("gamma", [1.0, 1.7])
 def test_mpot_score_matching_against_autograd_and_corrected_seed(mpot_class, gamma):
-    model = _randomise(mpot_class(D=5, K=3, M=2, gamma=gamma, dtype=F64), 0.7, 9)
+    model = randomise(mpot_class(D=5, K=3, M=2, gamma=gamma, dtype=F64), 0.7, 9)
     v = torch.randn(6, 5, dtype=F64)
     C, W = model.C.detach(), model.W.detach()
 
@@ -122,7 +114,7 @@ def test_mpot_score_matching_against_autograd_and_corrected_seed(mpot_class, gam
 def test_the_seeds_printed_mpot_rho_is_wrong_for_gamma_not_one(mpot_class):
     """rho(x) = x^2 as printed differs from the derivation once gamma != 1."""
     gamma = 1.7
-    model = _randomise(mpot_class(D=5, K=3, M=2, gamma=gamma, dtype=F64), 0.7, 9)
+    model = randomise(mpot_class(D=5, K=3, M=2, gamma=gamma, dtype=F64), 0.7, 9)
     v = torch.randn(6, 5, dtype=F64)
     C, W = model.C.detach(), model.W.detach()
     as_printed = mpot_sm_derived_by_hand(v, C, W, gamma) + (
@@ -169,7 +161,7 @@ def dem_derivatives_seed(x, V, W, b, c, sigma):
 
 @pytest.mark.parametrize("D,H,K,sigma", [(4, 3, 2, 1.0), (6, 5, 4, 0.7), (3, 7, 5, 1.3)])
 def test_dem_against_autograd_and_the_seeds_derivatives(dem_class, D, H, K, sigma):
-    model = _randomise(dem_class(D=D, H=H, K=K, sigma=sigma, dtype=F64), 0.9, D * H + K)
+    model = randomise(dem_class(D=D, H=H, K=K, sigma=sigma, dtype=F64), 0.9, D * H + K)
     x = torch.randn(7, D, dtype=F64)
     V, W, b, c = (p.detach() for p in (model.V, model.W, model.b, model.c))
 
@@ -188,7 +180,7 @@ def test_dem_against_autograd_and_the_seeds_derivatives(dem_class, D, H, K, sigm
 
 
 def test_dem_sm_parameter_gradients(dem_class):
-    model = _randomise(dem_class(D=5, H=4, K=3, dtype=F64), 0.9, 1)
+    model = randomise(dem_class(D=5, H=4, K=3, dtype=F64), 0.9, 1)
     x = torch.randn(6, 5, dtype=F64)
     params = [p.detach().clone().requires_grad_(True) for p in (model.V, model.W, model.b,
                                                                  model.c)]
@@ -239,7 +231,7 @@ def grid_neighbours(height, width, connectivity):
 @pytest.mark.parametrize("connectivity", [4, 8])
 @pytest.mark.parametrize("scale", [0.01, 1.0, 30.0])
 def test_precision_is_masked_symmetric_and_positive_definite(masked_class, connectivity, scale):
-    model = _randomise(masked_class(height=5, width=4, connectivity=connectivity, dtype=F64),
+    model = randomise(masked_class(height=5, width=4, connectivity=connectivity, dtype=F64),
                        scale, connectivity + int(scale))
     precision = model.precision()
     mask = grid_neighbours(5, 4, connectivity)
@@ -252,12 +244,12 @@ def test_precision_is_masked_symmetric_and_positive_definite(masked_class, conne
 
 
 def test_precision_stays_positive_definite_in_float32(masked_class):
-    model = _randomise(masked_class(height=6, width=6, dtype=torch.float32), 100.0, 3)
+    model = randomise(masked_class(height=6, width=6, dtype=torch.float32), 100.0, 3)
     assert torch.linalg.cholesky_ex(model.precision())[1] == 0
 
 
 def test_masked_gaussian_log_prob_and_sm_match_closed_forms(masked_class):
-    model = _randomise(masked_class(height=3, width=4, connectivity=8, dtype=F64), 0.6, 5)
+    model = randomise(masked_class(height=3, width=4, connectivity=8, dtype=F64), 0.6, 5)
     x = torch.randn(9, 12, dtype=F64)
     precision, mu = model.precision().detach(), model.mu.detach()
     reference = torch.distributions.MultivariateNormal(mu, precision_matrix=precision)
@@ -269,7 +261,7 @@ def test_masked_gaussian_log_prob_and_sm_match_closed_forms(masked_class):
 
 
 def test_masked_gaussian_samples_have_its_mean_and_covariance(masked_class):
-    model = _randomise(masked_class(height=3, width=3, connectivity=4, dtype=F64), 0.5, 2)
+    model = randomise(masked_class(height=3, width=3, connectivity=4, dtype=F64), 0.5, 2)
     generator = torch.Generator().manual_seed(0)
     draws = model.sample(200_000, generator=generator)
     covariance = torch.linalg.inv(model.precision().detach())
@@ -286,7 +278,7 @@ def test_masked_gaussian_rejects_bad_connectivity(masked_class):
 
 def test_gaussian_rbm_log_prob_is_the_gaussian_with_precision_i_minus_wwt():
     cls, _ = load_class("gaussian_rbm")
-    model = _randomise(cls(D=4, K=2, dtype=F64), 0.3, 4)
+    model = randomise(cls(D=4, K=2, dtype=F64), 0.3, 4)
     W = model.W.detach()
     reference = torch.distributions.MultivariateNormal(
         torch.zeros(4, dtype=F64), precision_matrix=torch.eye(4, dtype=F64) - W @ W.T)
