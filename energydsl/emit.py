@@ -118,13 +118,12 @@ def _dim_formula(expr: ast.Expr) -> str:
     raise ValueError(expr)  # pragma: no cover
 
 
-def _grid_argument(text: str, checked) -> str:
-    return f"self.{text}" if text in checked.dims or text in checked.consts else text
-
-
-def _accessor(param: Param, checked) -> Method:
-    """The method giving a constrained parameter's value from its raw parameter."""
+def _accessor(param: Param) -> list[Method]:
+    """The methods giving a constrained parameter's value from its raw parameter (for a
+    grid mask, the value's stencil and the dense matrix made from it)."""
     constraint = param.constraint
+    if constraint.mask is not None:
+        return _grid_accessors(param)
     lines = [f"raw = self.{param.name}"]
     notes = []
     value = "raw"
@@ -132,11 +131,6 @@ def _accessor(param: Param, checked) -> Method:
         lines.append("value = 0.5 * (raw + raw.T)")
         value = "value"
         notes.append("symmetric, (raw + raw^T) / 2")
-    if constraint.mask is not None:
-        lines.append(f"value = torch.where(self._{param.name}_mask, {value}, "
-                     f"torch.zeros_like({value}))")
-        value = "value"
-        notes.append("zero outside the grid neighbourhood of each pixel")
     if constraint.diagonally_dominant:
         lines += [f"off_diagonal = {value} - torch.diag_embed(torch.diagonal({value}))",
                   "diagonal = (",
@@ -145,13 +139,61 @@ def _accessor(param: Param, checked) -> Method:
                   "    + 1e-6",
                   ")",
                   "return off_diagonal + torch.diag_embed(diagonal)"]
-        notes.append("strictly diagonally dominant with a positive diagonal, hence positive "
-                     "definite\n        for every raw value (Gershgorin)")
+        notes.append(_DOMINANT_NOTE)
     else:
         lines.append(f"return {value}")
-    doc = f"{param.name} from its raw parameter: " + "; ".join(notes) + "."
-    doc = "\n        ".join(textwrap.wrap(doc.replace("\n        ", " "), width=88))
-    return Method(constraint.accessor, "", "torch.Tensor", doc, tuple(lines))
+    return [Method(constraint.accessor, "", "torch.Tensor",
+                   _wrap_doc(f"{param.name} from its raw parameter: " + "; ".join(notes) + "."),
+                   tuple(lines))]
+
+
+_DOMINANT_NOTE = ("strictly diagonally dominant with a positive diagonal, hence positive "
+                  "definite for every raw value (Gershgorin)")
+
+
+def _wrap_doc(doc: str) -> str:
+    return "\n        ".join(textwrap.wrap(doc, width=88))
+
+
+def _grid_accessors(param: Param) -> list[Method]:
+    """A grid-masked parameter is used through its [9, D] stencil (stencil[o, p] is the
+    value at [p, p + offset o], see _grid_stencil), read from the few raw entries that can
+    be non-zero: products with it cost 9 D per row (the planner calls _grid_apply), and
+    the dense [D, D] value is built only where a method needs the matrix itself."""
+    name, constraint = param.name, param.constraint
+    lines = [f"raw = self.{name}.reshape(-1)"]
+    notes = []
+    if constraint.symmetric:  # one gather: its gradient is one [D, D] scatter
+        lines += [f"both = raw[self._{name}_index]", "value = 0.5 * (both[0] + both[1])"]
+        notes.append("symmetric, (raw + raw^T) / 2")
+    else:
+        lines.append(f"value = raw[self._{name}_index[0]]")
+    lines.append(f"value = torch.where(self._{name}_inside, value, torch.zeros_like(value))")
+    notes.append("zero outside the grid neighbourhood of each pixel")
+    if constraint.diagonally_dominant:  # value[4] is raw's diagonal
+        lines += ["off_diagonal = torch.cat([value[:4], torch.zeros_like(value[4:5]), value[5:]])",
+                  "diagonal = (",
+                  "    off_diagonal.abs().sum(dim=0)",
+                  "    + torch.nn.functional.softplus(value[4])",
+                  "    + 1e-6",
+                  ")",
+                  "return torch.cat([value[:4], diagonal[None], value[5:]])"]
+        notes.append(_DOMINANT_NOTE)
+    else:
+        lines.append("return value")
+    stencil = Method(f"_{name}_stencil", "", "torch.Tensor", _wrap_doc(
+        f"{name} from its raw parameter as a [9, D] stencil (entry (o, p) is {name}[p, p + "
+        f"offset o], see _grid_stencil): " + "; ".join(notes) + "."), tuple(lines))
+    dense = Method(constraint.accessor, "", "torch.Tensor", _wrap_doc(
+        f"{name} as a dense [D, D] matrix: its stencil (_{name}_stencil) scattered into "
+        "place."), (
+        f"stencil = self._{name}_stencil()",
+        f"size = self.{name}.shape[0]",
+        f"inside = self._{name}_inside",
+        "flat = stencil.new_zeros(size * size)",
+        f"flat = flat.scatter(0, self._{name}_index[0][inside], stencil[inside])",
+        "return flat.view(size, size)"))
+    return [stencil, dense]
 
 
 def _summary(derivation: Derivation) -> str:
@@ -239,16 +281,16 @@ def emit(derivation: Derivation, conditionals: Conditionals, spec_path: str) -> 
         ctor_lines.append(f"self.{param.name} = torch.nn.Parameter(\n"
                           f"            {_init_code(param)}\n        )")
         if param.constraint is not None:
-            accessors.append(_accessor(param, checked))
+            accessors += _accessor(param)
             mask = param.constraint.mask
             if mask is not None:
                 grid_mask = True
-                args = ", ".join(_grid_argument(t, checked)
-                                 for t in (mask.height, mask.width, mask.connectivity))
-                ctor_lines.append(f"self.register_buffer(\n"
-                                  f'            "_{param.name}_mask",\n'
-                                  f"            _grid_mask({args}, device=device),\n"
-                                  "            persistent=False,\n        )")
+                args = ", ".join(mask.arguments({**checked.dims, **checked.consts}))
+                ctor_lines.append(f"_grid = _grid_stencil({args}, self.{param.shape[0]}, "
+                                  "device=device)")
+                for k, part in enumerate(("index", "inside")):
+                    ctor_lines.append(f'self.register_buffer("_{param.name}_{part}", '
+                                      f"_grid[{k}], persistent=False)")
     if not normalised:
         ctor_lines.append("# log Z for noise-contrastive estimation (nce_loss), learnt too\n"
                           "        self.log_z = torch.nn.Parameter(torch.zeros((), dtype=dtype, "

@@ -55,6 +55,12 @@ class GridMask:
     width: str
     connectivity: str
 
+    def arguments(self, names) -> tuple[str, str, str]:
+        """height, width, connectivity as code in a generated method (`names`: the
+        dimensions and constants, which are attributes of the module)."""
+        return tuple(f"self.{t}" if t in names else t
+                     for t in (self.height, self.width, self.connectivity))
+
 
 @dataclass(frozen=True)
 class Constraint:

@@ -78,8 +78,9 @@ class Program:
         return sum(step.cost for step in self.needed(codes) if step.name not in given)
 
 
-def _free_indices(expr: sp.Basic) -> set[sp.Idx]:
-    return {s for s in expr.free_symbols if isinstance(s, sp.Idx)}
+@functools.lru_cache(maxsize=8192)  # SymPy's free_symbols walks the tree every time
+def _free_indices(expr: sp.Basic) -> frozenset[sp.Idx]:
+    return frozenset(s for s in expr.free_symbols if isinstance(s, sp.Idx))
 
 
 class Planner:
@@ -104,8 +105,13 @@ class Planner:
         self.accessors = {name: param.constraint.accessor
                           for name, param in symbolic.checked.params.items()
                           if param.constraint is not None}
+        checked = symbolic.checked
+        self.grids = {name: param.constraint for name, param in checked.params.items()
+                      if param.constraint is not None and param.constraint.mask is not None}
+        self.grid_names = {**checked.dims, **checked.consts}
+        self.grid_steps: dict[str, str] = {}  # dense value's step -> grid-masked parameter
         self.program = Program()
-        self.memo: dict[sp.Basic, Operand] = {}
+        self.memo: dict[tuple, Operand] = {}
         self.pair_memo: dict[tuple, tuple[str, str]] = {}
         self.defined: dict[str, Operand] = {}
         self.step_names: set[str] = set(self.definitions)
@@ -115,8 +121,9 @@ class Planner:
         # While planning an alternative: the steps it gets for free (None: every step
         # planned so far counts as free, the right view when nothing is being compared).
         self.free_steps: set[str] | None = None
-        self.square_memo: dict[sp.Expr, Operand] = {}  # squared sums: the form chosen
-        self.canonical_cache: dict[sp.Expr, tuple[sp.Expr, dict]] = {}
+        self.square_memo: dict[tuple, Operand] = {}  # squared sums: the form chosen
+        self.canonical_cache: dict[sp.Expr, tuple[tuple, dict]] = {}
+        self.tensor_cache: dict[sp.Basic, bool] = {}
 
     # ------------------------------------------------------------------ facts
     def _batched_definitions(self) -> set[str]:
@@ -168,41 +175,42 @@ class Planner:
         return tuple(sorted(indices, key=lambda i: (sorted(signature[i]), str(i))))
 
     # ------------------------------------------------------------------ memo keys
-    def _canonical(self, expr: sp.Expr) -> tuple[sp.Expr, dict]:
-        """expr with free indices renamed _F0.. (canonical order) and bound ones _B0..;
-        equal keys mean equal values up to that renaming (cached: the cost estimates
-        ask for the same keys many times)."""
+    def _canonical(self, expr: sp.Expr) -> tuple[tuple, dict]:
+        """A hashable key of expr with free indices renamed _F0.. (canonical order) and
+        bound ones after their depth of nesting; equal keys mean equal values up to that
+        renaming (cached: the cost estimates ask for the same keys many times)."""
         if expr not in self.canonical_cache:
             self.canonical_cache[expr] = self._canonical_uncached(expr)
         key, to_placeholder = self.canonical_cache[expr]
         return key, dict(to_placeholder)
 
-    def _canonical_uncached(self, expr: sp.Expr) -> tuple[sp.Expr, dict]:
+    def _canonical_uncached(self, expr: sp.Expr) -> tuple[tuple, dict]:
         free = self.order(expr, _free_indices(expr))
         to_placeholder = {index: sp.Idx(f"_F{k}", (index.lower, index.upper))
                           for k, index in enumerate(free)}
-        counter = [0]
 
-        def rename(node: sp.Expr, names: dict) -> sp.Expr:
-            """One pass: free indices to placeholders, each sum's indices to the next
-            fresh _B name within its body (an inner binding shadows an outer one)."""
+        def rename(node: sp.Basic, names: dict, depth: int):
+            """One pass building tuples, not SymPy objects (whose construction dominates
+            otherwise): free indices to placeholders, a sum's k-th index at nesting depth
+            d to (d, k), the arguments of + and * in one order whatever the names."""
             if isinstance(node, sp.Idx):
                 return names.get(node, node)
             if isinstance(node, sp.Indexed):
-                return node.base[tuple(rename(i, names) for i in node.indices)]
+                return ("[]", node.base, tuple(rename(i, names, depth) for i in node.indices))
             if isinstance(node, sp.Sum):
                 inner, limits = dict(names), []
-                for index, lo, hi in node.limits:
-                    fresh = sp.Idx(f"_B{counter[0]}", (lo, hi))
-                    counter[0] += 1
-                    inner[index] = fresh
-                    limits.append((fresh, lo, hi))
-                return sp.Sum(rename(node.function, inner), *limits)
+                for k, (index, lo, hi) in enumerate(node.limits):
+                    inner[index] = ("bound", depth, k, lo, hi)
+                    limits.append(inner[index])
+                return ("sum", rename(node.function, inner, depth + 1), tuple(limits))
             if not node.args:
                 return node
-            return node.func(*[rename(a, names) for a in node.args])
+            args = [rename(a, names, depth) for a in node.args]
+            if isinstance(node, (sp.Add, sp.Mul)):
+                args.sort(key=hash)
+            return (node.func, tuple(args))
 
-        return rename(expr, to_placeholder), to_placeholder
+        return rename(expr, to_placeholder, 0), to_placeholder
 
     # ------------------------------------------------------------------ steps
     def _new_name(self, hint: str | None = None) -> str:
@@ -322,7 +330,27 @@ class Planner:
             step = self._emit(f"self.{self.accessors[name]}()",
                               f"{name}, constrained (see {self.accessors[name]})", name)
             self.pair_memo[key] = (step, "")
+            if name in self.grids:
+                self.grid_steps[step] = name
         return Operand(self.pair_memo[key][0], (_AXIS0, _AXIS1))
+
+    def _stencil(self, name: str, transpose: bool = False) -> str:
+        """The step holding a grid-masked parameter's [9, D] stencil (of its transpose:
+        the same one when the parameter is symmetric), computed once per method."""
+        transpose = transpose and not self.grids[name].symmetric
+        key = ("stencil", name, transpose)
+        if key not in self.pair_memo:
+            if transpose:
+                height, width, _ = self.grids[name].mask.arguments(self.grid_names)
+                code = f"_grid_transpose({self._stencil(name)}, {height}, {width})"
+                comment = f"{name}^T as a stencil"
+            else:
+                code = f"self._{name}_stencil()"
+                comment = f"{name}, constrained, as a stencil (see _{name}_stencil)"
+            step = self._emit(code, comment, f"_{name}_stencil" + "_t" * transpose,
+                              cost=9 * int(self.params[name].shape[0].subs(self.defaults)))
+            self.pair_memo[key] = (step, "")
+        return self.pair_memo[key][0]
 
     def _diagonal(self, expr: sp.Indexed) -> Operand:
         """W[i, i] and friends: einsum with a repeated letter (e.g. 'ii->i')."""
@@ -332,6 +360,12 @@ class Planner:
         for index in expr.indices:
             letters.setdefault(index, _LETTERS[len(letters)])
         source = whole.relabel(dict(zip(distinct, expr.indices, strict=True)))
+        if whole.code in self.grid_steps and len(expr.indices) == 2:  # the stencil's centre
+            key = ("diagonal", whole.code)
+            if key not in self.pair_memo:
+                code = f"{self._stencil(self.grid_steps[whole.code])}[4]"
+                self.pair_memo[key] = (self._emit(code, dsl_str(expr)), "")
+            return Operand(self.pair_memo[key][0], expr.indices[:1])
         batch = "n" if BATCH in source.indices else ""
         source_letters = "".join("n" if i == BATCH else letters[i] for i in source.indices)
         unique = tuple(dict.fromkeys(expr.indices))
@@ -351,13 +385,14 @@ class Planner:
         return Operand(self.pair_memo[key][0], (a, b))
 
     def _has_tensor(self, expr: sp.Basic) -> bool:
-        for node in sp.preorder_traversal(expr):
-            if isinstance(node, (sp.Indexed, sp.KroneckerDelta)):
-                return True
-            if isinstance(node, sp.Symbol) and (str(node) in self.params
-                                                 or self._definition_symbol(node)):
-                return True
-        return False
+        """Whether expr involves a tensor (cached: asked of every subexpression, often)."""
+        if expr not in self.tensor_cache:
+            self.tensor_cache[expr] = any(
+                isinstance(node, (sp.Indexed, sp.KroneckerDelta)) or (
+                    isinstance(node, sp.Symbol) and (str(node) in self.params
+                                                     or self._definition_symbol(node)))
+                for node in sp.preorder_traversal(expr))
+        return self.tensor_cache[expr]
 
     def elementwise(self, expr: sp.Expr, name: str | None) -> Operand:
         """One step for a tree of +, *, powers and functions over tensor leaves."""
@@ -621,7 +656,7 @@ class Planner:
                           if not isinstance(f, (sp.Indexed, sp.Symbol)))
         return float(info.opt_cost) + elementwise
 
-    def _is_free(self, key: sp.Expr) -> bool:
+    def _is_free(self, key: tuple) -> bool:
         """Whether the value with memo key `key` costs nothing more to use."""
         if key not in self.memo:
             return False
@@ -649,6 +684,11 @@ class Planner:
         the formula it computes (`formulas` are the factors' own)."""
         if len(tensors) == 1:
             (single,) = tensors
+            if set(single.indices) == set(output):  # nothing left to sum
+                if single.indices == output and name is None:
+                    return single
+                return Operand(self._emit(self.align(single, output), comment, name,
+                                          self.volume(output)), output)
             if all(i in single.indices for i in output) and \
                     [i for i in single.indices if i in output] == list(output):
                 axes = [k for k, i in enumerate(single.indices) if i not in output]
@@ -656,7 +696,8 @@ class Planner:
                 code = f"{single.code}.sum(dim={dims})"
                 return Operand(self._emit(code, comment, name, self.volume(single.indices)),
                                output)
-        current = self._reuse_pairs(list(zip(tensors, formulas, strict=True)), output)
+        current = self._grid_products(list(zip(tensors, formulas, strict=True)), output)
+        current = self._reuse_pairs(current, output)
         tensors = [op for op, _ in current]
         if len(tensors) == 1:
             return self._contract(tensors, output, comment, name, [current[0][1]])
@@ -690,6 +731,94 @@ class Planner:
                                     name if last else None)
             current.append((result, formula))
         return current[-1][0]
+
+    def _grid_products(self, current: list[tuple[Operand, sp.Expr]], output: tuple
+                       ) -> list[tuple[Operand, sp.Expr]]:
+        """Contract a grid-masked matrix M[p, q] with the one operand x that shares q (or
+        p) through its stencil: _grid_apply costs 9 D per row of x where a dense product
+        costs D^2, and never forms the [D, D] matrix. Applied first, as opt_einsum
+        knows only dense costs."""
+        changed = True
+        while changed and len(current) > 1:
+            changed = False
+            for a, (matrix, matrix_formula) in enumerate(current):
+                name = self.grid_steps.get(matrix.code)
+                if name is None or len(set(matrix.indices)) != 2:
+                    continue
+                for axis in (1, 0):
+                    index, kept = matrix.indices[axis], matrix.indices[1 - axis]
+                    sharing = [b for b, (op, _) in enumerate(current)
+                               if b != a and index in op.indices]
+                    if index in output or len(sharing) != 1:
+                        continue
+                    vector, vector_formula = current[sharing[0]]
+                    if kept in vector.indices:
+                        continue
+                    rest = tuple(i for i in vector.indices if i != index)
+                    formula = make_sum(matrix_formula * vector_formula,
+                                       [(index, index.lower, index.upper)])
+                    result = self._grid_apply_split(name, axis == 0, vector, vector_formula,
+                                                    index, rest + (kept,), formula)
+                    current = [c for k, c in enumerate(current) if k not in (a, sharing[0])]
+                    current.append((result, formula))
+                    changed = True
+                    break
+                if changed:
+                    break
+        return current
+
+    def _grid_apply_split(self, name: str, transpose: bool, vector: Operand,
+                          vector_formula: sp.Expr, index: sp.Basic, out: tuple,
+                          formula: sp.Expr) -> Operand:
+        """M (x - mu) as M x - M mu when the operand is a definition adding batched and
+        parameter-only terms: the data needs no gradient, so the backward pass then
+        differentiates the shifted products of the small parameter part only."""
+        parts = self._batched_parts(vector_formula)
+        if parts is None:
+            return self._grid_apply(name, transpose, vector, index, out, dsl_str(formula))
+        results = []
+        for part in parts:
+            operand = self.operand(part)
+            if index not in operand.indices:  # constant along the summed index
+                return self._grid_apply(name, transpose, vector, index, out, dsl_str(formula))
+            rest = tuple(i for i in operand.indices if i != index) + out[-1:]
+            part_formula = make_sum(formula.function.xreplace({vector_formula: part}),
+                                    formula.limits)
+            results.append(self._grid_apply(name, transpose, operand, index, rest,
+                                            dsl_str(part_formula)))
+        code = " + ".join(self.align(r, out, broadcast=True) for r in results)
+        return Operand(self._emit(code, dsl_str(formula), cost=self.volume(out)), out)
+
+    def _batched_parts(self, formula: sp.Expr) -> tuple[sp.Expr, sp.Expr] | None:
+        """A definition's value at formula's indices split into its batched terms and the
+        rest, when it has both (y[i] = x[i] - mu[i] -> x[i], -mu[i]); else None."""
+        if not isinstance(formula, sp.Indexed):
+            return None
+        definition = self.definitions.get(str(formula.base.label))
+        if definition is None or definition.base != formula.base \
+                or not isinstance(definition.body, sp.Add):
+            return None
+        body = definition.body
+        for formal, actual in zip(definition.indices, formula.indices, strict=True):
+            body = substitute_index(body, formal, actual)
+        batched = [t for t in sp.Add.make_args(body) if self._mentions_batched(t, self.batched)]
+        fixed = [t for t in sp.Add.make_args(body) if t not in batched]
+        if not batched or not fixed:
+            return None
+        return sp.Add(*batched), sp.Add(*fixed)
+
+    def _grid_apply(self, name: str, transpose: bool, vector: Operand, index: sp.Basic,
+                    out: tuple, comment: str) -> Operand:
+        """One _grid_apply step (memoised by the operand and the axis it sums)."""
+        transpose = transpose and not self.grids[name].symmetric
+        key = ("grid", name, transpose, vector.code, vector.indices.index(index))
+        if key not in self.pair_memo:
+            rest = tuple(i for i in vector.indices if i != index)
+            height, width, connectivity = self.grids[name].mask.arguments(self.grid_names)
+            code = (f"_grid_apply({self._stencil(name, transpose)}, "
+                    f"{self.align(vector, rest + (index,))}, {height}, {width}, {connectivity})")
+            self.pair_memo[key] = (self._emit(code, comment, cost=9 * self.volume(out)), "")
+        return Operand(self.pair_memo[key][0], out)
 
     def _reuse_pairs(self, current: list[tuple[Operand, sp.Expr]], output: tuple
                      ) -> list[tuple[Operand, sp.Expr]]:

@@ -14,19 +14,59 @@ import math
 
 import torch
 
+# A pixel's neighbours among the stencil's offsets o = 3 (dr + 1) + (dc + 1), by connectivity.
+_NEIGHBOURS = {4: (1, 3, 5, 7), 8: (0, 1, 2, 3, 5, 6, 7, 8)}
 
-def _grid_mask(height: int, width: int, connectivity: int, device=None) -> torch.Tensor:
-    """[D, D] boolean mask over a height x width image in raster order: entry (a, b) is
-    True when pixel b is in pixel a's 4- or 8-connected neighbourhood (itself included)."""
+
+def _grid_stencil(
+    height: int, width: int, connectivity: int, size: int, device=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where a grid-masked [D, D] matrix M can be non-zero, as a 3 x 3 stencil over a
+    height x width image in raster order: for offset o = 3 (dr + 1) + (dc + 1) and pixel p,
+    with q = p + (dr, dc), the flat indices of M[p, q] and M[q, p] in M.reshape(-1) ([2, 9, D])
+    and whether q is in p's 4- or 8-connected neighbourhood on the image ([9, D]; o = 4 is p
+    itself). Off the neighbourhood the indices point at M[p, p] and are masked out."""
     if connectivity not in (4, 8):
         raise ValueError(f"connectivity must be 4 or 8, got {connectivity!r}")
-    pixel = torch.arange(height * width, device=device)
+    if height * width != size:
+        raise ValueError(
+            f"a {height} x {width} grid has {height * width} pixels, "
+            f"the matrix is {size} x {size}"
+        )
+    pixel = torch.arange(size, device=device)
     row, col = pixel // width, pixel % width
-    row_gap = (row[:, None] - row[None, :]).abs()
-    col_gap = (col[:, None] - col[None, :]).abs()
+    row_step = torch.arange(-1, 2, device=device).repeat_interleave(3)[:, None]
+    col_step = torch.arange(-1, 2, device=device).repeat(3)[:, None]
+    q_row, q_col = row + row_step, col + col_step
+    inside = (q_row >= 0) & (q_row < height) & (q_col >= 0) & (q_col < width)
     if connectivity == 4:
-        return row_gap + col_gap <= 1
-    return (row_gap <= 1) & (col_gap <= 1)
+        inside &= row_step.abs() + col_step.abs() <= 1
+    q = torch.where(inside, q_row * width + q_col, pixel)
+    return torch.stack([pixel * size + q, q * size + pixel]), inside
+
+
+def _grid_apply(
+    stencil: torch.Tensor, x: torch.Tensor, height: int, width: int, connectivity: int
+) -> torch.Tensor:
+    """sum_q M[p, q] x[..., q] for a grid-masked M given by its stencil [9, D]
+    (stencil[o, p] = M[p, p + offset o]): one shifted product per neighbour over the
+    zero-padded image, 9 D multiply-adds per row of x where the dense product costs D^2."""
+    image = x.reshape(-1, height, width)
+    padded = torch.nn.functional.pad(image, (1, 1, 1, 1))
+    weights = stencil.reshape(9, height, width)
+    out = weights[4] * image
+    for o in _NEIGHBOURS[connectivity]:
+        row, col = divmod(o, 3)
+        out = out + weights[o] * padded[:, row:row + height, col:col + width]
+    return out.reshape(x.shape)
+
+
+def _grid_transpose(stencil: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The stencil of M^T: M^T[p, p + o] = M[p + o, p] = stencil[-o, p + o], the opposite
+    offset's weights shifted by o (zero off the image)."""
+    padded = torch.nn.functional.pad(stencil.flip(0).reshape(9, height, width), (1, 1, 1, 1))
+    shifted = [padded[o, o // 3:o // 3 + height, o % 3:o % 3 + width] for o in range(9)]
+    return torch.stack(shifted).reshape(9, height * width)
 
 
 class MaskedGaussian(torch.nn.Module):
@@ -64,11 +104,9 @@ class MaskedGaussian(torch.nn.Module):
         self.Lambda = torch.nn.Parameter(
             torch.zeros((self.D, self.D), dtype=dtype, device=device)
         )
-        self.register_buffer(
-            "_Lambda_mask",
-            _grid_mask(self.height, self.width, self.connectivity, device=device),
-            persistent=False,
-        )
+        _grid = _grid_stencil(self.height, self.width, self.connectivity, self.D, device=device)
+        self.register_buffer("_Lambda_index", _grid[0], persistent=False)
+        self.register_buffer("_Lambda_inside", _grid[1], persistent=False)
 
     def _check(self, name: str, value: torch.Tensor, size: int, rows: int | None = None) -> int:
         """Fail early, naming the expected shape, rather than deep inside an einsum."""
@@ -101,86 +139,111 @@ class MaskedGaussian(torch.nn.Module):
             )
         return factor
 
-    def precision(self) -> torch.Tensor:
-        """Lambda from its raw parameter: symmetric, (raw + raw^T) / 2; zero outside the grid
+    def _Lambda_stencil(self) -> torch.Tensor:
+        """Lambda from its raw parameter as a [9, D] stencil (entry (o, p) is Lambda[p, p + offset
+        o], see _grid_stencil): symmetric, (raw + raw^T) / 2; zero outside the grid
         neighbourhood of each pixel; strictly diagonally dominant with a positive diagonal,
         hence positive definite for every raw value (Gershgorin)."""
-        raw = self.Lambda
-        value = 0.5 * (raw + raw.T)
-        value = torch.where(self._Lambda_mask, value, torch.zeros_like(value))
-        off_diagonal = value - torch.diag_embed(torch.diagonal(value))
+        raw = self.Lambda.reshape(-1)
+        both = raw[self._Lambda_index]
+        value = 0.5 * (both[0] + both[1])
+        value = torch.where(self._Lambda_inside, value, torch.zeros_like(value))
+        off_diagonal = torch.cat([value[:4], torch.zeros_like(value[4:5]), value[5:]])
         diagonal = (
-            off_diagonal.abs().sum(dim=1)
-            + torch.nn.functional.softplus(torch.diagonal(raw))
+            off_diagonal.abs().sum(dim=0)
+            + torch.nn.functional.softplus(value[4])
             + 1e-6
         )
-        return off_diagonal + torch.diag_embed(diagonal)
+        return torch.cat([value[:4], diagonal[None], value[5:]])
+
+    def precision(self) -> torch.Tensor:
+        """Lambda as a dense [D, D] matrix: its stencil (_Lambda_stencil) scattered into place."""
+        stencil = self._Lambda_stencil()
+        size = self.Lambda.shape[0]
+        inside = self._Lambda_inside
+        flat = stencil.new_zeros(size * size)
+        flat = flat.scatter(0, self._Lambda_index[0][inside], stencil[inside])
+        return flat.view(size, size)
 
     def free_energy(self, x: torch.Tensor) -> torch.Tensor:
         """Free energy F(x) per sample, shape [N]."""
         self._check("x", x, self.D)
         # -mu[i] + x[i]
         y = -self.mu + x
-        # Lambda, constrained (see precision)
-        Lambda = self.precision()
-        # sum(i: Lambda[i, j]*y[i])
-        _t1 = Lambda.T @ y.T
+        # Lambda, constrained, as a stencil (see _Lambda_stencil)
+        _Lambda_stencil = self._Lambda_stencil()
+        # sum(j: Lambda[i, j]*x[j])
+        _t1 = _grid_apply(_Lambda_stencil, x, self.height, self.width, self.connectivity)
+        # -mu[j]
+        _t2 = -self.mu
+        # -sum(j: Lambda[i, j]*mu[j])
+        _t3 = _grid_apply(_Lambda_stencil, _t2, self.height, self.width, self.connectivity)
+        # sum(j: Lambda[i, j]*y[j])
+        _t4 = _t1 + _t3
         # sum(i, j: Lambda[i, j]*y[i]*y[j])
-        _t2 = torch.einsum('jn,nj->n', _t1, y)
+        _t5 = torch.einsum('ni,ni->n', _t4, y)
         # sum(i, j: Lambda[i, j]*y[i]*y[j])/2
-        free_energy = 0.5 * _t2
+        free_energy = 0.5 * _t5
         return free_energy
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """Score d log p~(x) / dx = -dF/dx per sample, shape [N, D]."""
         self._check("x", x, self.D)
-        # -mu[i] + x[i]
-        y = -self.mu + x
-        # Lambda, constrained (see precision)
-        Lambda = self.precision()
-        # sum(i: Lambda[i, j]*y[i])
-        _t1 = Lambda.T @ y.T
+        # Lambda, constrained, as a stencil (see _Lambda_stencil)
+        _Lambda_stencil = self._Lambda_stencil()
+        # sum(j: Lambda[i, j]*x[j])
+        _t1 = _grid_apply(_Lambda_stencil, x, self.height, self.width, self.connectivity)
+        # -mu[j]
+        _t2 = -self.mu
+        # -sum(j: Lambda[i, j]*mu[j])
+        _t3 = _grid_apply(_Lambda_stencil, _t2, self.height, self.width, self.connectivity)
+        # sum(i: Lambda[i, k]*y[i])
+        _t6 = _t1 + _t3
         # -sum(i: Lambda[i, k]*y[i])
-        score = -_t1.permute(1, 0)
+        score = -_t6
         return score
 
     def laplacian(self, x: torch.Tensor) -> torch.Tensor:
         """Laplacian sum_i d^2 log p~(x) / dx_i^2 per sample, shape [N]."""
         _batch = self._check("x", x, self.D)
-        # Lambda, constrained (see precision)
-        Lambda = self.precision()
+        # Lambda, constrained, as a stencil (see _Lambda_stencil)
+        _Lambda_stencil = self._Lambda_stencil()
         # Lambda[i, i]
-        _t3 = torch.einsum('aa->a', Lambda)
+        _t7 = _Lambda_stencil[4]
         # sum(i: Lambda[i, i])
-        _t4 = _t3.sum(dim=0)
+        _t8 = _t7.sum(dim=0)
         # -sum(i: Lambda[i, i])
-        laplacian = -_t4
+        laplacian = -_t8
         return laplacian.expand(_batch)
 
     def sm_loss(self, x: torch.Tensor) -> torch.Tensor:
         """Exact score-matching loss (Hyvarinen 2005), the batch mean of
         sum_i 1/2 score_i^2 + d score_i / dx_i, constants included."""
         self._check("x", x, self.D)
-        # -mu[i] + x[i]
-        y = -self.mu + x
-        # Lambda, constrained (see precision)
-        Lambda = self.precision()
-        # sum(i: Lambda[i, j]*y[i])
-        _t1 = Lambda.T @ y.T
+        # Lambda, constrained, as a stencil (see _Lambda_stencil)
+        _Lambda_stencil = self._Lambda_stencil()
+        # sum(j: Lambda[i, j]*x[j])
+        _t1 = _grid_apply(_Lambda_stencil, x, self.height, self.width, self.connectivity)
+        # -mu[j]
+        _t2 = -self.mu
+        # -sum(j: Lambda[i, j]*mu[j])
+        _t3 = _grid_apply(_Lambda_stencil, _t2, self.height, self.width, self.connectivity)
+        # sum(i: Lambda[i, k]*y[i])
+        _t6 = _t1 + _t3
         # -sum(i: Lambda[i, k]*y[i])
-        score = -_t1.permute(1, 0)
+        score = -_t6
         # Lambda[i, i]
-        _t3 = torch.einsum('aa->a', Lambda)
+        _t7 = _Lambda_stencil[4]
         # sum(i: Lambda[i, i])
-        _t4 = _t3.sum(dim=0)
+        _t8 = _t7.sum(dim=0)
         # -sum(i: Lambda[i, i])
-        laplacian = -_t4
+        laplacian = -_t8
         # score[k]^2
-        _t5 = torch.square(score)
+        _t9 = torch.square(score)
         # sum(k: score[k]^2)
-        _t6 = _t5.sum(dim=1)
+        _t10 = _t9.sum(dim=1)
         # laplacian + sum(k: score[k]^2)/2
-        sm_objective = 0.5 * _t6 + laplacian
+        sm_objective = 0.5 * _t10 + laplacian
         return sm_objective.mean()
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
