@@ -13,6 +13,7 @@ shape a person writes them, so nothing ever expands to per-element scalars:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 
 import sympy as sp
@@ -47,10 +48,17 @@ def _names(expr: sp.Basic) -> set[str]:
     return {str(s) for s in expr.atoms(sp.Symbol, sp.Idx)} | {str(s) for s in bound_indices(expr)}
 
 
+@functools.lru_cache(maxsize=16384)
+def free_symbols(expr: sp.Basic) -> frozenset:
+    """expr.free_symbols, cached: SymPy walks the whole tree on every call, and the
+    recursive rewrites below ask it of every subexpression."""
+    return frozenset(expr.free_symbols)
+
+
 def substitute_index(expr: sp.Expr, old: sp.Symbol, new: sp.Expr) -> sp.Expr:
     """Replace the free index `old` by `new`; sums binding `old` are left alone and sums
     binding a symbol of `new` are renamed first, so nothing is captured."""
-    if old not in expr.free_symbols:
+    if old not in free_symbols(expr):
         return expr
     if isinstance(expr, sp.Sum):
         body, limits = expr.function, list(expr.limits)
@@ -183,6 +191,18 @@ def distribute(expr: sp.Expr) -> sp.Expr:
 
 DefinitionLookup = Callable[[sp.Basic], object]
 
+_MAX_FACTOR_OPS = 40
+_MAX_FACTOR_POWER = 8
+
+
+def _factorable(expr: sp.Expr) -> bool:
+    """Whether `sp.factor` is safe on `expr`: quick on the small real forms it is for
+    (g (1 - g) -> 1 - 2 g), it can run for minutes on complex numbers (it factors over
+    the Gaussian rationals), high powers (it expands them) or large expressions."""
+    return (not expr.has(sp.I) and sp.count_ops(expr) <= _MAX_FACTOR_OPS
+            and all(not p.exp.is_Number or abs(p.exp) <= _MAX_FACTOR_POWER
+                    for p in expr.atoms(sp.Pow)))
+
 
 def diff(expr: sp.Expr, var: sp.IndexedBase, at: tuple[sp.Expr, ...],
          definition_of: DefinitionLookup | None = None) -> sp.Expr:
@@ -220,8 +240,10 @@ def diff(expr: sp.Expr, var: sp.IndexedBase, at: tuple[sp.Expr, ...],
         if sum(1 for n in sp.preorder_traversal(node) if n == atom) < 2:
             return None
         y = sp.Dummy("y", real=True)
-        derivative = sp.factor(sp.diff(node.xreplace({atom: y}), y)).xreplace({y: atom})
-        return derivative * d(atom)
+        derivative = sp.diff(node.xreplace({atom: y}), y)
+        if _factorable(derivative):
+            derivative = sp.factor(derivative)
+        return derivative.xreplace({y: atom}) * d(atom)
 
     def d(node: sp.Expr) -> sp.Expr:
         if node.is_Number or isinstance(node, sp.NumberSymbol):
@@ -303,6 +325,11 @@ def fold_definitions(expr: sp.Expr, definitions) -> sp.Expr:
 _GENERIC_NAMES = tuple("ijklmpqrstuvwabcdefgh")
 
 
+@functools.lru_cache(maxsize=1024)
+def _range_size(lower: sp.Expr, upper: sp.Expr) -> sp.Expr:
+    return sp.simplify(upper - lower + 1)
+
+
 def canonicalise(expr: sp.Expr, pools: dict[sp.Expr, list[str]],
                  symmetric: frozenset = frozenset()) -> sp.Expr:
     """Rename bound indices after a fixed pool per range (the spec's own names first) and
@@ -312,7 +339,7 @@ def canonicalise(expr: sp.Expr, pools: dict[sp.Expr, list[str]],
     free = {str(s) for s in expr.free_symbols}
 
     def names_for(limit: Limit) -> list[str]:
-        size = sp.simplify(limit[2] - limit[1] + 1)
+        size = _range_size(limit[1], limit[2])
         return list(pools.get(size, [])) + [n for n in _GENERIC_NAMES]
 
     def first_position(body: sp.Expr, index: sp.Symbol) -> int:

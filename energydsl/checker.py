@@ -81,7 +81,8 @@ IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*", re.ASCII)
 # nonlinear functions, long chains of definitions or many nested indices grow quickly
 # (the Laplacian differentiates twice through everything); these are far beyond the
 # models the language is for, and a clear error beats a compile that never ends.
-MAX_FUNCTION_NESTING = 4  # nested function calls, counted through `let`s
+MAX_FUNCTION_NESTING = 4  # nested function calls and powers with a variable exponent
+#                            (x^y = exp(y log x)), counted through `let`s
 MAX_DEFINITION_DEPTH = 32  # `let`s defined in terms of `let`s
 MAX_EXPANDED_SIZE = 5000  # nodes of an expression with every `let` substituted
 MAX_INDICES = 10  # indices in scope at once (sum bindings and a `let`'s own)
@@ -99,6 +100,11 @@ DEFAULT_INIT = Initialiser("normal", (0.01,))
 
 def _describe_number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+class _Failed(Exception):
+    """A use of a name whose declaration already failed: that error stands alone, so the
+    declaration using it fails silently (and its own name is then failed too)."""
 
 
 @dataclass
@@ -135,6 +141,7 @@ class _Checker:
         self.index_ranges: dict[ast.Ident, str] = {}
         self.costs: dict[str, _Cost] = {}  # per `let`, its expanded cost
         self.default_accessors: dict[str, Span] = {}  # `<param>_value` methods
+        self.failed: dict[str, object] = {}  # name -> its declaration, which failed
 
     # ------------------------------------------------------------------ driver
     def run(self) -> CheckedModel:
@@ -150,13 +157,18 @@ class _Checker:
         for declaration in self.spec.declarations:
             try:
                 handlers[type(declaration)](declaration)
-            except SpecError as exc:
-                self.diagnostics.extend(exc.diagnostics)
+            except (SpecError, _Failed) as exc:
+                if isinstance(exc, SpecError):
+                    self.diagnostics.extend(exc.diagnostics)
+                if self._kind(declaration.name.name) == "name":  # not declared after all
+                    self.failed[declaration.name.name] = declaration
         model = None
         try:
             model = self._assemble()
         except SpecError as exc:
             self.diagnostics.extend(exc.diagnostics)
+        except _Failed:
+            pass
         if self.diagnostics:
             raise SpecError(self.diagnostics)
         assert model is not None
@@ -167,6 +179,8 @@ class _Checker:
         hidden = {v.name: v for v in self.variables.values() if v.role == "hidden"}
         end = self.spec.model.span
         if not visible:
+            if any(getattr(d, "role", None) == "visible" for d in self.failed.values()):
+                raise _Failed()
             raise error("the model declares no visible variable (e.g. 'visible v : real[D]')", end)
         if len(visible) > 1:
             raise error(f"only one visible variable is supported; '{visible[1].name}' is a "
@@ -313,6 +327,7 @@ class _Checker:
 
     def _shape(self, shape: tuple[ast.Ident, ...]) -> tuple[str, ...]:
         for dim in shape:
+            self._not_failed(dim.name)
             if dim.name not in self.dims:
                 hint = " (declare it with 'dim')" if dim.name not in self.declared else ""
                 raise error(f"'{dim.name}' is not a dimension{hint}", dim.span)
@@ -389,7 +404,8 @@ class _Checker:
             ident = ast.Ident(arg.name, arg.span)
             self._check_identifier(ident, "an accessor method", allow_method_names=True)
             if arg.name in self.declared:
-                raise error(f"'{arg.name}' is already declared", arg.span)
+                raise error(f"'{arg.name}' is already declared (line "
+                            f"{self.declared[arg.name].line})", arg.span)
             accessor = arg.name
             self.declared[arg.name] = arg.span
         return Constraint("symmetric" in seen, mask, "diagonally_dominant" in seen, accessor)
@@ -456,6 +472,7 @@ class _Checker:
         for position, arg in enumerate(decl.args):
             variable = self.variables.get(arg.name)
             if variable is None:
+                self._not_failed(arg.name)
                 raise error(f"'{arg.name}' is not a declared variable", arg.span)
             if arg.name in seen:
                 raise error(f"'{arg.name}' appears twice among the energy's arguments", arg.span)
@@ -525,6 +542,7 @@ class _Checker:
             return self.lets[name].shape
         if name in self.dims or name in self.consts:
             raise error(f"'{name}' is a scalar and cannot be indexed", span)
+        self._not_failed(name)
         raise error(f"unknown name '{name}'", span)
 
     def _indexed(self, expr: ast.Indexed, scope: dict[str, _IndexBinding], where: str) -> None:
@@ -582,6 +600,7 @@ class _Checker:
                 taken = "an enclosing sum" if name in scope else "this sum"
                 raise error(f"index '{name}' is already bound by {taken}", binding.index.span)
             if binding.range is not None and binding.range.name not in self.dims:
+                self._not_failed(binding.range.name)
                 raise error(f"'{binding.range.name}' is not a dimension", binding.range.span)
             if name in self.declared:
                 raise error(f"index '{name}' has the name of a declared "
@@ -595,6 +614,11 @@ class _Checker:
         self._expression(expr.body, inner, where)
         for record in new:
             self._resolve_range(record)
+
+    def _not_failed(self, name: str) -> None:
+        """Stop silently at a name whose declaration was already reported."""
+        if name in self.failed:
+            raise _Failed()
 
     def _kind(self, name: str) -> str:
         for kind, table in (("dimension", self.dims), ("constant", self.consts),
@@ -618,22 +642,25 @@ class _Checker:
         if isinstance(expr, ast.Call):
             inner = self._cost(expr.args[0])
             cost = _Cost(inner.calls + 1, inner.size + 1, inner.depth, inner.variables)
-            if cost.calls > MAX_FUNCTION_NESTING:
-                raise error(f"functions nested more than {MAX_FUNCTION_NESTING} deep "
-                            "(counting through 'let' definitions): the derivatives of so "
-                            "deep a composition grow too large", expr.func.span)
         elif isinstance(expr, ast.Unary):
             inner = self._cost(expr.operand)
             cost = _Cost(inner.calls, inner.size + 1, inner.depth, inner.variables)
         elif isinstance(expr, ast.Binary):
             left, right = self._cost(expr.left), self._cost(expr.right)
-            cost = _Cost(max(left.calls, right.calls), left.size + right.size + 1,
+            # x^y with y a function of the variables is exp(y log x): a nested function
+            calls = max(left.calls, right.calls) + (expr.op == "^" and bool(right.variables))
+            cost = _Cost(calls, left.size + right.size + 1,
                          max(left.depth, right.depth), left.variables | right.variables)
         elif isinstance(expr, ast.SumExpr):
             inner = self._cost(expr.body)
             cost = _Cost(inner.calls, inner.size + 1, inner.depth, inner.variables)
         else:  # pragma: no cover - the parser builds nothing else
             raise TypeError(f"unexpected node {expr!r}")
+        if cost.calls > MAX_FUNCTION_NESTING:
+            raise error(f"functions nested more than {MAX_FUNCTION_NESTING} deep (counting "
+                        "powers with a variable exponent, and through 'let' definitions): the "
+                        "derivatives of so deep a composition grow too large",
+                        expr.func.span if isinstance(expr, ast.Call) else expr.span)
         if cost.size > MAX_EXPANDED_SIZE:
             raise error(f"this expression is too large with its definitions substituted "
                         f"(more than {MAX_EXPANDED_SIZE} terms and factors): the compiler "
@@ -650,6 +677,7 @@ class _Checker:
                 return self.dims[expr.name].default
             if allow_consts and expr.name in self.consts:
                 return self.consts[expr.name].default
+            self._not_failed(expr.name)
             what = "dimensions and numbers" if not allow_consts else \
                 "numbers, dimensions and constants"
             raise error(f"'{expr.name}' cannot appear here: only {what} can", expr.span)

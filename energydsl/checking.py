@@ -122,8 +122,10 @@ def check_compiled(compiled: Compiled, overrides: dict[str, int] | None = None, 
     sm = model.sm_loss(v)
     add("sm_loss", sm, sm_ref)
     names = list(params)
-    grads = torch.autograd.grad(sm, [params[n] for n in names], allow_unused=True)
-    grads_ref = torch.autograd.grad(sm_ref, [params[n] for n in names], allow_unused=True)
+    grads = grads_ref = ()
+    if names:  # torch refuses a gradient with respect to nothing
+        grads = torch.autograd.grad(sm, [params[n] for n in names], allow_unused=True)
+        grads_ref = torch.autograd.grad(sm_ref, [params[n] for n in names], allow_unused=True)
     for name, grad, grad_ref in zip(names, grads, grads_ref, strict=True):
         grad = torch.zeros_like(params[name]) if grad is None else grad
         grad_ref = torch.zeros_like(params[name]) if grad_ref is None else grad_ref

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
-from .errors import SpecError
+from .errors import DEFAULT_TIME_LIMIT, SpecError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 3
 
@@ -96,12 +96,12 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
-def _compile_spec(path: str):
+def _compile_spec(path: str, time_limit: float):
     from .driver import compile_source
 
     source = _read(path)
     try:
-        return compile_source(source, _display_path(path))
+        return compile_source(source, _display_path(path), time_limit=time_limit or None)
     except SpecError as exc:
         _err(exc.format(path, source))
         raise _Failure from None
@@ -122,7 +122,7 @@ def _for_each(paths: Sequence[str], action: Callable[[str], None]) -> int:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     def action(path: str) -> None:
-        compiled = _compile_spec(path)
+        compiled = _compile_spec(path, args.time_limit)
         if args.output == "-":
             sys.stdout.write(compiled.source)
             return
@@ -147,7 +147,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .checking import check_compiled
 
     def action(path: str) -> None:
-        compiled = _compile_spec(path)
+        compiled = _compile_spec(path, args.time_limit)
         checked = compiled.derivation.model.symbolic.checked
         unknown = [n for n in args.sizes if n not in checked.dims]
         if unknown:
@@ -171,10 +171,16 @@ def cmd_show(args: argparse.Namespace) -> int:
     from .show import render
 
     def action(path: str) -> None:
-        compiled = _compile_spec(path)
+        compiled = _compile_spec(path, args.time_limit)
         print(render(compiled.derivation, as_latex=args.latex))
 
     return _for_each(args.specs, action)
+
+
+def _add_time_limit(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT, metavar="SECONDS",
+                   help=f"give up compiling a spec after this long, with an error (default "
+                        f"{DEFAULT_TIME_LIMIT:g}; 0: no limit)")
 
 
 def _parse_options(items: list[str]) -> dict[str, float]:
@@ -280,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("specs", nargs="+", metavar="SPEC", help="spec files (.edsl)")
     p.add_argument("-o", "--output", default="generated", metavar="DIR",
                    help="output directory (default: generated; '-' prints to stdout)")
+    _add_time_limit(p)
     p.set_defaults(handler=cmd_compile)
 
     p = commands.add_parser(
@@ -295,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--tolerance", type=float, default=1e-7,
                    help="relative tolerance (default 1e-7)")
+    _add_time_limit(p)
     p.set_defaults(handler=cmd_check)
 
     p = commands.add_parser(
@@ -303,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "objective derived from a spec, in the spec's notation or as LaTeX.")
     p.add_argument("specs", nargs="+", metavar="SPEC", help="spec files (.edsl)")
     p.add_argument("--latex", action="store_true", help="print LaTeX instead of spec notation")
+    _add_time_limit(p)
     p.set_defaults(handler=cmd_show)
 
     p = commands.add_parser(

@@ -12,6 +12,12 @@ from dataclasses import dataclass
 # Source lines longer than this are shown as a window around the caret.
 _MAX_SHOWN = 160
 
+# Seconds a compile may take before it is an error (the driver enforces it; here so the
+# CLI can show it without importing the compiler). The checker's limits bound what a spec
+# can ask for, but some shapes within them (products nested 15 deep through lets) still
+# make derivatives that take minutes; every seed spec compiles in under a second.
+DEFAULT_TIME_LIMIT = 60.0
+
 
 def shorten(text: str, limit: int = 80) -> str:
     """`text` cut to `limit` characters with '...', for quoting formulas in messages."""

@@ -78,6 +78,15 @@ class log1p(sp.Function):  # noqa: N801
             return True
         return None
 
+    def _eval_is_extended_real(self):
+        """False where 1 + x is never positive: log1p(-2 - x^2) is complex (or -inf)."""
+        one_plus = 1 + self.args[0]
+        if one_plus.is_positive:
+            return True
+        if one_plus.is_nonpositive:
+            return False
+        return None
+
     def _latex(self, printer):
         return r"\log\left(1 + " + printer._print(self.args[0]) + r"\right)"
 

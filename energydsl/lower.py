@@ -5,9 +5,10 @@ sums `Sum`s, so nothing here (or downstream) grows with D or K. `let` definition
 named: an `Indexed` of a let's base stands for its definition.
 
 SymPy folds numbers exactly as it builds each node, so this is where a spec's arithmetic
-goes wrong: a division by zero (`zoo`), a complex value (`sqrt(-1)`), a number no float64
-holds (`1e300 * 1e300`) or an exact power that would take forever (`2^2^2^2^2^2`). Each is
-a positioned error here rather than nonsense (or a hang) in generated code.
+goes wrong: a division by zero (`zoo`), a complex value (`sqrt(-1)`, or `sqrt(-v[i]^2 - 1)`
+for every v), a number no float64 holds (`1e300 * 1e300`, `1e-300 * 1e-300`) or an exact
+power that would take forever (`2^2^2^2^2^2`). Each is a positioned error here rather than
+nonsense (or a hang) in generated code.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from . import syntax as ast
-from .errors import Span, error, shorten
+from .errors import Span, SpecError, error, shorten
 from .functions import log1p, sigmoid, softplus
 from .model import CheckedModel
 from .printing import dsl_str
@@ -119,7 +120,10 @@ class _Lowerer:
         float64, so the generated code computes what the spec says."""
         result = self._expr(node, scope)
         if not isinstance(node, (ast.Number, ast.Name, ast.Indexed)):
+            result = _round_long_numbers(result)
             _check_numbers(result, node.span, top_level_only=True)
+            if isinstance(node, ast.Call) or (isinstance(node, ast.Binary) and node.op == "^"):
+                _check_real(result, node.span)
         return result
 
     def _expr(self, node: ast.Expr, scope: dict[str, sp.Idx]) -> sp.Expr:
@@ -245,21 +249,54 @@ def _magnitude(number: sp.Expr) -> float | None:
     return abs(value.real)
 
 
+def _long(number: sp.Expr) -> bool:
+    return isinstance(number, sp.Rational) and \
+        max(abs(number.p), number.q).bit_length() > _MAX_BITS
+
+
+def _round_long_numbers(expr: sp.Expr) -> sp.Expr:
+    """Exact fractions SymPy folded beyond _MAX_BITS (0.111...^13 with 99 digits) rounded
+    to the float64 the generated code computes anyway, as their shortest decimal; those
+    beyond float64's range are left for _check_number to refuse. Top level only, like
+    _check_numbers: deeper numbers were rounded when their own node was built."""
+    long = {factor for term in sp.Add.make_args(expr) for factor in sp.Mul.make_args(term)
+            if _long(factor)}
+    rounded = {}
+    for number in long:
+        try:
+            value = number.p / number.q  # correctly rounded
+        except OverflowError:
+            continue
+        if value != 0:
+            rounded[number] = sp.Rational(repr(value))
+    return expr.xreplace(rounded) if rounded else expr
+
+
+def _not_real(span: Span, variables: bool) -> SpecError:
+    of = "an expression that is never positive" if variables else "a negative number"
+    return error(f"this expression is not a real number: it takes the square root, log or "
+                 f"fractional power of {of}", span)
+
+
+def _check_real(expr: sp.Expr, span: Span) -> None:
+    """A function or power SymPy can tell is never real (sqrt(-v[i]^2 - 1), log(-exp(x)))
+    would be NaN in every generated method: the energy must be real."""
+    if expr.has(sp.I) or expr.is_extended_real is False:
+        raise _not_real(span, not expr.is_number)
+
+
 def _check_number(number: sp.Expr, span: Span) -> None:
     """A folded number must be a real, finite, non-vanishing float64."""
     if number.has(*_UNDEFINED):
         raise error("this expression is infinite or undefined (a division by zero, or a "
                     "function outside its domain such as log(0))", span)
-    if isinstance(number, sp.Rational) and max(abs(number.p), number.q).bit_length() > _MAX_BITS:
-        raise error("a number in this expression is out of floating-point range", span)
     magnitude = _magnitude(number)
     if magnitude is None:
-        raise error(f"this expression is not a real number: it is {shorten(dsl_str(number))}",
-                    span)
+        raise _not_real(span, variables=False)
     if magnitude > _FLOAT_MAX:
         raise error("a number in this expression is out of floating-point range (beyond "
                     "1e308)", span)
-    if 0 < magnitude < _FLOAT_TINY:
+    if magnitude < _FLOAT_TINY and number.is_zero is False:  # underflows to 0
         raise error("a number in this expression is too small: it is 0 in floating point",
                     span)
 
@@ -297,9 +334,12 @@ def _check_power(base: sp.Expr, exponent: sp.Expr, node: ast.Binary) -> None:
     size = _magnitude(coefficient)
     if size is None or size in (0, 1):
         return
-    decades = abs(float(sp.N(exponent).as_real_imag()[0]) * math.log10(size))
+    decades = float(sp.N(exponent).as_real_imag()[0]) * math.log10(size)
     if decades > _MAX_DECADES:
         raise error("this power is out of floating-point range (beyond 1e308)", node.span)
+    if decades < -_MAX_DECADES:
+        raise error("a number in this expression is too small: it is 0 in floating point",
+                    node.span)
 
 
 def lower(checked: CheckedModel) -> SymbolicModel:

@@ -18,10 +18,12 @@ import sympy as sp
 
 from .algebra import distribute, make_sum, normalise, substitute_index
 from .errors import SpecError, error, shorten
-from .functions import log1p, rewrite_log_one_plus, softplus
+from .functions import log1p, rewrite_log_one_plus, sigmoid, softplus
 from .lower import SymbolicModel
 from .model import DISCRETE_DOMAINS
 from .printing import dsl_str
+
+_UNDEFINED = (sp.zoo, sp.nan, sp.oo, sp.S.NegativeInfinity)
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,13 @@ class _Marginaliser:
         if symbol not in e.free_symbols:
             raise self.fail(f"the energy does not depend on hidden variable '{name}'", name)
         if domain in DISCRETE_DOMAINS:
+            for value in DISCRETE_DOMAINS[domain]:
+                at = e.subs(symbol, value)
+                if at.has(*_UNDEFINED, sp.I) or at.is_extended_real is False:
+                    raise self.fail(f"the energy is not finite and real at {name} = {value}, a "
+                                    f"value of the {domain} unit: its terms in {name} are "
+                                    f"{shorten(self.show(e), 120)} (a division by zero, or "
+                                    "log or sqrt outside its domain)", name)
             return _discrete_log_partition(symbol, e, DISCRETE_DOMAINS[domain]), {}
         keep = set(self.model.consts.values()) | set(self.model.dims.values())
         placeholders, e_local = _abstract_visible(e, symbol, keep)
@@ -215,12 +224,12 @@ class _Marginaliser:
         if not rate.is_positive:
             raise self.fail(f"cannot show that the integral over '{name}' converges: the "
                             f"coefficient of {name}, {self.show(rate)}, must be positive", name)
-        try:
-            value, condition = _integrate_gamma_cached(power)
-        except ValueError:
-            raise self.fail(f"the integral over positive hidden variable '{name}' has no "
-                            f"closed form: the power of {name} is {self.show(power)}",
-                            name) from None
+        if (power - 1).is_nonnegative:
+            raise self.fail(f"the integral over positive hidden variable '{name}' diverges at "
+                            f"{name} = 0: the coefficient of log({name}) is {self.show(power)}, "
+                            f"so exp(-energy) grows like {self.show(1 / h**power)} near 0, whose "
+                            "integral is infinite; the coefficient must be below 1", name)
+        value, condition = _integrate_gamma_cached(power)
         log_z = sp.expand(sp.expand_log(sp.log(value.subs(_RATE, rate)), force=True)) - constant
         log_z = log_z.replace(lambda x: isinstance(x, sp.log) and isinstance(x.args[0], sp.gamma),
                               lambda x: sp.loggamma(x.args[0].args[0]))
@@ -234,6 +243,8 @@ class _Marginaliser:
             return
         if condition == sp.false:
             raise self.fail(f"the integral over hidden variable '{name}' diverges", name)
+        if _always_true(condition):
+            return
         constants = set(self.model.consts.values())
         if not condition.free_symbols <= constants:
             raise self.fail(f"the integral over '{name}' converges only if "
@@ -281,6 +292,68 @@ def _powers_of(e: sp.Expr, h: sp.Symbol) -> set[sp.Expr]:
     powers = {node.exp for node in e.atoms(sp.Pow) if node.base.has(h)}
     return powers | ({sp.S.One} if e.has(h) else set())
 
+
+
+# Increasing functions: their value at a number, and their limits at -oo and +oo.
+_INCREASING = {
+    sp.tanh: (sp.tanh, -1, 1),
+    sigmoid: (lambda x: 1 / (1 + sp.exp(-x)), 0, 1),
+    softplus: (lambda x: sp.log(1 + sp.exp(x)), 0, sp.oo),
+    sp.exp: (sp.exp, 0, sp.oo),
+}
+
+
+def _bounds(expr: sp.Expr) -> tuple[tuple, tuple]:
+    """Lower and upper bounds of `expr` over all real values of its symbols, each as
+    (value, attained): enough to see that a convergence condition such as tanh(x) < 1
+    always holds, which SymPy's assumptions cannot."""
+    if expr.is_number and expr.is_extended_real:
+        return (expr, True), (expr, True)
+    if isinstance(expr, sp.Add):
+        parts = [_bounds(a) for a in expr.args]
+        return tuple((sp.Add(*[p[k][0] for p in parts]), all(p[k][1] for p in parts))
+                     for k in (0, 1))
+    if isinstance(expr, sp.Mul) and expr.args[0].is_number:
+        coefficient, rest = expr.as_coeff_Mul()
+        (low, low_in), (high, high_in) = _bounds(rest)
+        if coefficient.is_positive:
+            return (coefficient * low, low_in), (coefficient * high, high_in)
+        if coefficient.is_negative:
+            return (coefficient * high, high_in), (coefficient * low, low_in)
+    if type(expr) in _INCREASING:
+        f, at_minus, at_plus = _INCREASING[type(expr)]
+        (low, low_in), (high, high_in) = _bounds(expr.args[0])
+        return ((at_minus, False) if low == -sp.oo else (f(low), low_in),
+                (at_plus, False) if high == sp.oo else (f(high), high_in))
+    if expr.is_positive:
+        return (0, False), (sp.oo, False)
+    if expr.is_nonnegative:
+        return (0, True), (sp.oo, False)
+    if expr.is_negative:
+        return (-sp.oo, False), (0, False)
+    if expr.is_nonpositive:
+        return (-sp.oo, False), (0, True)
+    return (-sp.oo, False), (sp.oo, False)
+
+
+def _always_true(condition: sp.Basic) -> bool:
+    """Whether a convergence condition holds for every real value of its symbols."""
+    if isinstance(condition, sp.And):
+        return all(_always_true(c) for c in condition.args)
+    if not isinstance(condition, sp.core.relational.Relational) or condition.rel_op == "==":
+        return False
+    (low, low_in), (high, high_in) = _bounds(condition.lhs - condition.rhs)
+
+    def true(relation) -> bool:  # False where SymPy cannot decide
+        return sp.sympify(relation) == sp.true
+
+    if condition.rel_op == "<":
+        return true(high < 0) or (true(sp.Eq(high, 0)) and not high_in)
+    if condition.rel_op == "<=":
+        return true(high <= 0)
+    if condition.rel_op == ">":
+        return true(low > 0) or (true(sp.Eq(low, 0)) and not low_in)
+    return condition.rel_op == ">=" and true(low >= 0)
 
 
 def _abstract_visible(e: sp.Expr, h: sp.Symbol, keep: set) -> tuple[dict, sp.Expr]:

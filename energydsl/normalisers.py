@@ -32,8 +32,11 @@ def enumeration_methods(builder: MethodBuilder) -> list[Method]:
     hidden = list(builder.checked.hidden)
     sizes = [builder.checked.hidden[h].shape[0] for h in hidden]
     total = " + ".join(f"self.{s}" for s in sizes)
+    # dtype and device of the hidden states: a parameter's, or (a spec without parameters)
+    # those of log_z, which every enumerable model has (it has no closed-form normaliser)
+    like = builder.first_param or "log_z"
     states_lines = ["bits = torch.arange(" + total + ", device=codes.device)",
-                    f"flags = ((codes[:, None] >> bits) & 1).to(self.{builder.first_param}.dtype)"]
+                    f"flags = ((codes[:, None] >> bits) & 1).to(self.{like}.dtype)"]
     start = "0"
     parts = []
     for name, size in zip(hidden, sizes, strict=True):
@@ -77,7 +80,7 @@ def enumeration_methods(builder: MethodBuilder) -> list[Method]:
         "        f\"more than max_states={max_states}; \"",
         "        \"estimate log Z by annealed importance sampling (energydsl.ais) instead\"",
         "    )",
-        "device = self." + builder.first_param + ".device",
+        f"device = self.{like}.device",
         "weights = [",
         "    self._log_hidden_weight(*self._hidden_states(",
         "        torch.arange(start, min(start + chunk, states), device=device)))",

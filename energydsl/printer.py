@@ -8,6 +8,8 @@ the stable forms: softplus, logsigmoid, log1p, rsqrt.
 
 from __future__ import annotations
 
+import math
+
 import sympy as sp
 from sympy.printing.precedence import precedence
 from sympy.printing.pycode import PythonCodePrinter
@@ -97,6 +99,22 @@ class TorchPrinter(PythonCodePrinter):
 
     def _print_loggamma(self, expr) -> str:
         return self._call("torch.lgamma", "math.lgamma", expr.args[0])
+
+    def _print_polygamma(self, expr) -> str:
+        """polygamma(n, x), the n+1-th derivative of log Gamma (Gamma units' log-partitions).
+        n >= 1 as (-1)^(n+1) n! zeta(n+1, x): torch's own polygamma(1, x) is off by 1e-9 in
+        float64. `math` has neither, so a Python scalar goes through torch in float64."""
+        order, arg = expr.args
+        if order == 0:
+            call = "torch.special.digamma({})"
+        else:
+            n = int(order)
+            scale = (-1) ** (n + 1) * math.factorial(n)
+            call = ("" if scale == 1 else f"{scale} * ") + f"torch.special.zeta({n + 1}.0, {{}})"
+        if self._is_tensor(arg):
+            return call.format(self._print(arg))
+        return "(" + call.format(f"torch.tensor({self._print(arg)}, dtype=torch.float64)") \
+            + ").item()"
 
     def _print_gamma(self, expr) -> str:
         if self._is_tensor(expr.args[0]):

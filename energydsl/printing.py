@@ -39,6 +39,12 @@ class DslPrinter(StrPrinter):
     def _print_Dummy(self, expr) -> str:
         return expr.name
 
+    def _print_Abs(self, expr) -> str:
+        return f"abs({self._print(expr.args[0])})"
+
+    def _print_Exp1(self, expr) -> str:
+        return "exp(1)"
+
 
 class DslLatexPrinter(LatexPrinter):
     """LaTeX with index notation W_{i j} and sums over named indices."""

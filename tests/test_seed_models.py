@@ -11,6 +11,7 @@ import torch
 
 from energydsl.checking import check_compiled, instantiate, load_module
 from energydsl.driver import compile_source
+
 from support import load_class, randomise
 
 F64 = torch.float64
