@@ -320,6 +320,8 @@ def _bounds(expr: sp.Expr) -> tuple[tuple, tuple]:
             return (coefficient * low, low_in), (coefficient * high, high_in)
         if coefficient.is_negative:
             return (coefficient * high, high_in), (coefficient * low, low_in)
+    if isinstance(expr, sp.Pow) and expr.exp.is_Integer and expr.exp > 0:
+        return _power_bounds(_bounds(expr.base), int(expr.exp))
     if type(expr) in _INCREASING:
         f, at_minus, at_plus = _INCREASING[type(expr)]
         (low, low_in), (high, high_in) = _bounds(expr.args[0])
@@ -334,6 +336,23 @@ def _bounds(expr: sp.Expr) -> tuple[tuple, tuple]:
     if expr.is_nonpositive:
         return (-sp.oo, False), (0, True)
     return (-sp.oo, False), (sp.oo, False)
+
+
+def _power_bounds(bounds: tuple[tuple, tuple], n: int) -> tuple[tuple, tuple]:
+    """Bounds of x^n from those of x: odd powers are increasing; even ones are |x|^n, least
+    at 0 when x can change sign (tanh(x)^2 lies in [0, 1))."""
+    (low, low_in), (high, high_in) = bounds
+    if n % 2:
+        return (low**n, low_in), (high**n, high_in)
+    if sp.sympify(low >= 0) == sp.true:
+        return (low**n, low_in), (high**n, high_in)
+    if sp.sympify(high <= 0) == sp.true:
+        return (high**n, high_in), (low**n, low_in)
+    if sp.sympify(-low < high) == sp.true:
+        return (sp.S.Zero, True), (high**n, high_in)
+    if sp.sympify(-low > high) == sp.true:
+        return (sp.S.Zero, True), (low**n, low_in)
+    return (sp.S.Zero, True), (high**n, high_in or low_in)
 
 
 def _always_true(condition: sp.Basic) -> bool:

@@ -197,6 +197,21 @@ def test_a_convergence_condition_that_always_holds_is_accepted():
     assert "converges only if v[i] < 1, which this compiler cannot guarantee" in message
 
 
+@pytest.mark.parametrize("coefficient", ["tanh(v[i])^2", "-tanh(v[i])^3", "sigmoid(v[i])^4"])
+def test_powers_of_bounded_functions_are_bounded(coefficient):
+    """h^(-c) is integrable at 0 only for c < 1: each coefficient here stays below 1."""
+    checked("hidden h : positive[D]\n"
+            f"energy E(v, h) = sum(i: v[i]^2/2 + h[i]*(1+v[i]^2) + {coefficient}*log(h[i]))",
+            ONE)
+
+
+def test_an_unbounded_power_is_not_taken_for_bounded():
+    message = error("hidden h : positive[D]\n"
+                    "energy E(v, h) = sum(i: v[i]^2 + h[i]*(1+v[i]^2) + "
+                    "(2*tanh(v[i]))^2*log(h[i]))")
+    assert "which this compiler cannot guarantee" in message
+
+
 def test_a_long_exact_fraction_is_rounded_to_its_float():
     digits = "0." + "1" * 97
     compiled = compile_source(HEAD + f"free energy F(v) = sum(i: v[i]^2) * {digits}^13\n",
