@@ -143,25 +143,32 @@ def mpot(v: torch.Tensor, C: torch.Tensor, W: torch.Tensor, gamma: float) -> tor
 
 @functools.lru_cache(maxsize=16)
 def _stencil(height: int, width: int, connectivity: int, device: str) -> tuple:
-    """For every pixel p (as [h, w, 3, 3] grids over its 3 x 3 window): the flat indices of
-    raw[p, q] and raw[q, p] in a [D, D] matrix, and masks of the off-diagonal neighbours
-    (inside the image and in the 4- or 8-neighbourhood) and of the centre."""
+    """Masks over each pixel's 3 x 3 window ([3, 3, h, w]: window offset first): the
+    off-diagonal neighbours (inside the image and in the 4- or 8-neighbourhood) and the
+    centre; and for the dense form, the flat index of (p, q) in a [D, D] matrix."""
     if connectivity not in (4, 8):
         raise ValueError(f"connectivity must be 4 or 8, got {connectivity!r}")
-    d = height * width
-    row = torch.arange(height, device=device).view(height, 1, 1, 1)
-    col = torch.arange(width, device=device).view(1, width, 1, 1)
-    dr = torch.arange(-1, 2, device=device).view(1, 1, 3, 1)
-    dc = torch.arange(-1, 2, device=device).view(1, 1, 1, 3)
+    dr = torch.arange(-1, 2, device=device).view(3, 1, 1, 1)
+    dc = torch.arange(-1, 2, device=device).view(1, 3, 1, 1)
+    row = torch.arange(height, device=device).view(1, 1, height, 1)
+    col = torch.arange(width, device=device).view(1, 1, 1, width)
     q_row, q_col = row + dr, col + dc
     inside = (q_row >= 0) & (q_row < height) & (q_col >= 0) & (q_col < width)
     near = (dr.abs() + dc.abs() <= 1) if connectivity == 4 else torch.ones_like(inside)
-    centre = (dr == 0) & (dc == 0)
-    p = row * width + col
-    q = torch.where(inside, q_row * width + q_col, p)      # any valid index where masked
-    pq, qp = (p * d + q).expand(height, width, 3, 3), (q * d + p).expand(height, width, 3, 3)
-    off = inside & near & ~centre
-    return torch.stack([pq, qp]).reshape(-1), off, centre.expand(height, width, 3, 3)
+    centre = ((dr == 0) & (dc == 0)).expand(3, 3, height, width)
+    pq = (row * width + col) * (height * width) + q_row * width + q_col
+    return inside & near & ~centre, centre, inside, pq
+
+
+def _symmetric_window(raw: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(raw + raw^T) / 2 on each pixel's window, from the stored stencil raw [9, D] (row
+    3 a + b holds raw[p, p + (a - 1, b - 1)]): raw^T[p, p + o] = raw[p + o, p] is the
+    opposite offset's entry at the neighbour, a shift of the zero-padded image."""
+    window = raw.view(3, 3, height, width)
+    padded = torch.nn.functional.pad(window.flip(0, 1), (1, 1, 1, 1))
+    transpose = torch.stack([torch.stack([padded[a, b, a:a + height, b:b + width]
+                                          for b in range(3)]) for a in range(3)])
+    return 0.5 * (window + transpose)
 
 
 def masked_gaussian(x: torch.Tensor, mu: torch.Tensor, raw: torch.Tensor, height: int,
@@ -170,16 +177,13 @@ def masked_gaussian(x: torch.Tensor, mu: torch.Tensor, raw: torch.Tensor, height
     y = x - mu, Lambda = S (symmetrised raw, masked to the grid neighbourhood, zero diagonal)
     plus the diagonal sum_q |S_pq| + softplus(raw_pp) + 1e-6. score = -Lambda y costs 9 N D
     (one shifted product per neighbour) instead of the dense N D^2; loss = 1/2 |Lambda y|^2 - tr.
-    One gather reads the 9 entries per row of raw that matter (its gradient is a scatter).
+    raw is the module's stored [9, D] stencil.
     """
     n = x.shape[0]
-    index, off, centre = _stencil(height, width, connectivity, str(x.device))
-    both = raw.reshape(-1)[index].view(2, height, width, 3, 3)
-    S = torch.where(off, 0.5 * (both[0] + both[1]), torch.zeros_like(both[0]))
-    diag_raw = both[0, :, :, 1, 1]                          # raw[p, p]
-    diagonal = S.abs().sum((2, 3)) + softplus(diag_raw) + 1e-6    # [h, w]
-    kernel = torch.where(centre, diagonal[:, :, None, None], S)  # Lambda[p, p + (a-1, b-1)]
-    kernel = kernel.permute(2, 3, 0, 1).contiguous()        # [3, 3, h, w]
+    off, centre, _, _ = _stencil(height, width, connectivity, str(x.device))
+    S = torch.where(off, _symmetric_window(raw, height, width), torch.zeros((), dtype=x.dtype))
+    diagonal = S.abs().sum((0, 1)) + softplus(raw.view(3, 3, height, width)[1, 1]) + 1e-6
+    kernel = torch.where(centre, diagonal, S)                # Lambda[p, p + (a-1, b-1)]
 
     def apply(image: torch.Tensor) -> torch.Tensor:       # Lambda image, image [..., h, w]
         padded = torch.nn.functional.pad(image, (1, 1, 1, 1))
@@ -198,16 +202,21 @@ def masked_gaussian(x: torch.Tensor, mu: torch.Tensor, raw: torch.Tensor, height
 
 def masked_gaussian_dense(x: torch.Tensor, mu: torch.Tensor, raw: torch.Tensor, height: int,
                           width: int, connectivity: int = 8) -> torch.Tensor:
-    """The same loss with the dense [D, D] precision (what a direct transcription does)."""
+    """The same loss with the dense [D, D] precision (what a direct transcription does):
+    the stored stencil scattered into a dense raw matrix first."""
     d = height * width
+    _, _, inside, pq = _stencil(height, width, connectivity, str(x.device))
+    window = raw.view(3, 3, height, width)
+    dense = torch.zeros(d * d, dtype=x.dtype).index_put((pq[inside],), window[inside])
+    dense = dense.view(d, d)
     pixel = torch.arange(d, device=x.device)
     row, col = pixel // width, pixel % width
     dr = (row[:, None] - row[None, :]).abs()
     dc = (col[:, None] - col[None, :]).abs()
     mask = (dr + dc <= 1) if connectivity == 4 else (dr <= 1) & (dc <= 1)
     mask = mask & ~torch.eye(d, dtype=torch.bool, device=x.device)
-    off = torch.where(mask, 0.5 * (raw + raw.T), torch.zeros_like(raw))
-    diagonal = off.abs().sum(1) + softplus(torch.diagonal(raw)) + 1e-6
+    off = torch.where(mask, 0.5 * (dense + dense.T), torch.zeros_like(dense))
+    diagonal = off.abs().sum(1) + softplus(torch.diagonal(dense)) + 1e-6
     y = x - mu
     score = -(y @ off + diagonal * y)
     return 0.5 * (score * score).sum(1).mean() - diagonal.sum()

@@ -223,7 +223,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     target = Path(args.checkpoint)
     path = target / CHECKPOINT if target.is_dir() else target
     try:
-        model, config, prepared = model_from_checkpoint(load_checkpoint(path))
+        model, config, prepared = model_from_checkpoint(load_checkpoint(path), path)
     except TrainingError as exc:
         _err(str(exc))
         return EXIT_ERROR

@@ -112,7 +112,9 @@ def compare(out: Path, entries: tuple[Entry, ...] = ENTRIES, epochs: int | None 
         began = time.perf_counter()
         train(config, run, log=lambda _: None)
         seconds = time.perf_counter() - began
-        model, _, prepared = model_from_checkpoint(load_checkpoint(run / "checkpoint.pt"))
+        checkpoint_path = run / "checkpoint.pt"
+        model, _, prepared = model_from_checkpoint(load_checkpoint(checkpoint_path),
+                                                   checkpoint_path)
         model.eval()
         nats, stderr, how = held_out(model, prepared, ais_chains, ais_temperatures, seed)
         dim = prepared.test.shape[1]

@@ -88,8 +88,24 @@ def wrap_formulas(text: str, width: int = LINE_LENGTH - 4) -> str:
     return "\n".join(lines)
 
 
+def _stored_shape(param: Param) -> tuple[str, ...]:
+    """The raw parameter's shape: a grid-masked [D, D] matrix keeps only its [9, D] stencil
+    (entry (o, p) is raw[p, p + offset o]; see _grid_stencil), so its memory grows with D,
+    not D^2."""
+    if param.constraint is not None and param.constraint.mask is not None:
+        return ("9", f"self.{param.shape[0]}")
+    return tuple(f"self.{d}" for d in param.shape)
+
+
+def _param_doc(param: Param) -> str:
+    shape = f"{param.name} [{', '.join(param.shape)}]"
+    if param.constraint is not None and param.constraint.mask is not None:
+        return f"{shape} (stored as its stencil, [9, {param.shape[0]}])"
+    return shape
+
+
 def _init_code(param: Param) -> str:
-    shape = ", ".join(f"self.{d}" for d in param.shape)
+    shape = ", ".join(_stored_shape(param))
     size = f"({shape},)" if len(param.shape) == 1 else f"({shape})"
     opts = "dtype=dtype, device=device"
     kind, args = param.init.kind, param.init.args
@@ -118,12 +134,13 @@ def _dim_formula(expr: ast.Expr) -> str:
     raise ValueError(expr)  # pragma: no cover
 
 
-def _accessor(param: Param) -> list[Method]:
+def _accessor(param: Param, names) -> list[Method]:
     """The methods giving a constrained parameter's value from its raw parameter (for a
-    grid mask, the value's stencil and the dense matrix made from it)."""
+    grid mask, the value's stencil and the dense matrix made from it; `names`: the
+    dimensions and constants, attributes of the module)."""
     constraint = param.constraint
     if constraint.mask is not None:
-        return _grid_accessors(param)
+        return _grid_accessors(param, names)
     lines = [f"raw = self.{param.name}"]
     notes = []
     value = "raw"
@@ -155,20 +172,21 @@ def _wrap_doc(doc: str) -> str:
     return "\n        ".join(textwrap.wrap(doc, width=88))
 
 
-def _grid_accessors(param: Param) -> list[Method]:
-    """A grid-masked parameter is used through its [9, D] stencil (stencil[o, p] is the
-    value at [p, p + offset o], see _grid_stencil), read from the few raw entries that can
-    be non-zero: products with it cost 9 D per row (the planner calls _grid_apply), and
-    the dense [D, D] value is built only where a method needs the matrix itself."""
+def _grid_accessors(param: Param, names) -> list[Method]:
+    """A grid-masked parameter is stored, and used, as its [9, D] stencil (entry (o, p) is
+    the value at [p, p + offset o], see _grid_stencil): products with it cost 9 D per row
+    (the planner calls _grid_apply), and the dense [D, D] value is built only where a
+    method needs the matrix itself."""
     name, constraint = param.name, param.constraint
-    lines = [f"raw = self.{name}.reshape(-1)"]
+    height, width, _ = constraint.mask.arguments(names)
+    lines = [f"raw = self.{name}"]
     notes = []
-    if constraint.symmetric:  # one gather: its gradient is one [D, D] scatter
-        lines += [f"both = raw[self._{name}_index]", "value = 0.5 * (both[0] + both[1])"]
+    value = "raw"
+    if constraint.symmetric:  # the stencil of raw^T holds raw[q, p] at (o, p)
+        lines.append(f"value = 0.5 * (raw + _grid_transpose(raw, {height}, {width}))")
+        value = "value"
         notes.append("symmetric, (raw + raw^T) / 2")
-    else:
-        lines.append(f"value = raw[self._{name}_index[0]]")
-    lines.append(f"value = torch.where(self._{name}_inside, value, torch.zeros_like(value))")
+    lines.append(f"value = torch.where(self._{name}_inside, {value}, torch.zeros_like({value}))")
     notes.append("zero outside the grid neighbourhood of each pixel")
     if constraint.diagonally_dominant:  # value[4] is raw's diagonal
         lines += ["off_diagonal = torch.cat([value[:4], torch.zeros_like(value[4:5]), value[5:]])",
@@ -182,16 +200,16 @@ def _grid_accessors(param: Param) -> list[Method]:
     else:
         lines.append("return value")
     stencil = Method(f"_{name}_stencil", "", "torch.Tensor", _wrap_doc(
-        f"{name} from its raw parameter as a [9, D] stencil (entry (o, p) is {name}[p, p + "
-        f"offset o], see _grid_stencil): " + "; ".join(notes) + "."), tuple(lines))
+        f"{name} from its raw parameter, both as [9, D] stencils (entry (o, p) is {name}[p, "
+        f"p + offset o], see _grid_stencil): " + "; ".join(notes) + "."), tuple(lines))
     dense = Method(constraint.accessor, "", "torch.Tensor", _wrap_doc(
         f"{name} as a dense [D, D] matrix: its stencil (_{name}_stencil) scattered into "
         "place."), (
         f"stencil = self._{name}_stencil()",
-        f"size = self.{name}.shape[0]",
+        "size = stencil.shape[1]",
         f"inside = self._{name}_inside",
         "flat = stencil.new_zeros(size * size)",
-        f"flat = flat.scatter(0, self._{name}_index[0][inside], stencil[inside])",
+        f"flat = flat.scatter(0, self._{name}_index[inside], stencil[inside])",
         "return flat.view(size, size)"))
     return [stencil, dense]
 
@@ -277,18 +295,19 @@ def emit(derivation: Derivation, conditionals: Conditionals, spec_path: str) -> 
         ctor_lines.append(f"self.{const.name} = {const.name}")
     accessors = []
     grid_mask = False
+    scalars = {**checked.dims, **checked.consts}
     for param in checked.params.values():
         ctor_lines.append(f"self.{param.name} = torch.nn.Parameter(\n"
                           f"            {_init_code(param)}\n        )")
         if param.constraint is not None:
-            accessors += _accessor(param)
+            accessors += _accessor(param, scalars)
             mask = param.constraint.mask
             if mask is not None:
                 grid_mask = True
-                args = ", ".join(mask.arguments({**checked.dims, **checked.consts}))
+                args = ", ".join(mask.arguments(scalars))
                 ctor_lines.append(f"_grid = _grid_stencil({args}, self.{param.shape[0]}, "
                                   "device=device)")
-                for k, part in enumerate(("index", "inside")):
+                for k, part in enumerate(("index", "inside")):  # [9, D] each
                     ctor_lines.append(f'self.register_buffer("_{param.name}_{part}", '
                                       f"_grid[{k}], persistent=False)")
     if not normalised:
@@ -303,7 +322,7 @@ def emit(derivation: Derivation, conditionals: Conditionals, spec_path: str) -> 
         summary=_summary(derivation),
         formulas=wrap_formulas(safe_text(formulas(derivation, conditionals))),
         ctor_doc=", ".join(f"{a.name}={a.default}" for a in ctor_args) or "none",
-        params_doc=", ".join(f"{p.name} [{', '.join(p.shape)}]" for p in checked.params.values())
+        params_doc=", ".join(_param_doc(p) for p in checked.params.values())
         or "none",
         visible=checked.visible.name,
         hidden_units={name: h.domain for name, h in checked.hidden.items()},

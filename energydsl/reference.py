@@ -211,23 +211,42 @@ def _grid_neighbours(height: int, width: int, connectivity: int) -> torch.Tensor
     return mask
 
 
+def _dense_from_stencil(stencil: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """A grid-masked raw parameter is stored as [9, D], entry (3 (dr + 1) + (dc + 1), p)
+    holding raw[p, q] for the pixel q = p + (dr, dc): written into a [D, D] matrix entry by
+    entry (zero where q is off the image)."""
+    count = height * width
+    dense = stencil.new_zeros(count, count)
+    for p in range(count):
+        row, col = divmod(p, width)
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                if 0 <= row + dr < height and 0 <= col + dc < width:
+                    q = (row + dr) * width + col + dc
+                    dense[p, q] = stencil[3 * (dr + 1) + dc + 1, p]
+    return dense
+
+
 def constrained_value(param: Param, raw: torch.Tensor, sizes: dict[str, int],
                       scalars: dict[str, float]) -> torch.Tensor:
     """A constrained parameter's value from its raw tensor (see model.Constraint)."""
     constraint = param.constraint
     if constraint is None:
         return raw
-    value = raw
-    if constraint.symmetric:
-        value = (raw + raw.transpose(0, 1)) / 2
+    mask = None
     if constraint.mask is not None:
         def number(text: str) -> int:
             return int(sizes.get(text, scalars.get(text, float(text) if text[0].isdigit()
                                                    else 0)))
 
         grid = constraint.mask
-        mask = _grid_neighbours(number(grid.height), number(grid.width),
-                                number(grid.connectivity))
+        height, width = number(grid.height), number(grid.width)
+        raw = _dense_from_stencil(raw, height, width)
+        mask = _grid_neighbours(height, width, number(grid.connectivity))
+    value = raw
+    if constraint.symmetric:
+        value = (raw + raw.transpose(0, 1)) / 2
+    if mask is not None:
         value = value * mask.to(value.dtype)
     if constraint.diagonally_dominant:
         eye = torch.eye(value.shape[0], dtype=value.dtype)

@@ -69,8 +69,11 @@ def image_grid(images: Tensor, shape: tuple[int, ...], path: Path, title: str = 
 
 
 def filters_of(model: nn.Module, dim: int) -> tuple[str, Tensor] | None:
-    """The first parameter matrix with one axis over the visible units, as rows."""
+    """The first parameter matrix with one axis over the visible units, as rows (not a
+    grid-masked matrix's stored [9, D] stencil: the precision has its own figure)."""
     for name, parameter in model.named_parameters():
+        if hasattr(model, f"_{name}_stencil"):
+            continue
         value = parameter.detach().float()
         if value.ndim == 2 and value.shape[0] == dim and value.shape[1] != dim:
             return name, value.T
@@ -83,7 +86,7 @@ def write_report(target: Path, n_samples: int = 64, steps: int = 500) -> Path:
     """Write <run>/report/{*.png,index.md} for a run directory or checkpoint file."""
     path = target / CHECKPOINT if target.is_dir() else target
     checkpoint = load_checkpoint(path)
-    model, config, prepared = model_from_checkpoint(checkpoint)
+    model, config, prepared = model_from_checkpoint(checkpoint, path)
     history = checkpoint["history"]
     out = path.parent / "report"
     out.mkdir(parents=True, exist_ok=True)

@@ -208,12 +208,26 @@ def load_checkpoint(path: Path) -> dict:
         raise TrainingError(f"{path}: error: not a readable checkpoint ({exc})") from None
 
 
-def model_from_checkpoint(checkpoint: dict) -> tuple[nn.Module, RunConfig, Prepared]:
-    """Rebuild the trained model (from the spec text stored in the checkpoint)."""
+def _load_weights(model: nn.Module, state: dict, path: Path | str = "checkpoint") -> None:
+    """load_state_dict, with a clear error for weights this module cannot hold (a
+    checkpoint from an energydsl version that stored a parameter in another shape)."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        detail = str(exc).strip().splitlines()[-1].strip()
+        raise TrainingError(f"{path}: error: the checkpoint's weights do not fit this model "
+                            f"({detail}); "
+                            "it was probably made by another version of energydsl: retrain "
+                            "with another --out") from None
+
+
+def model_from_checkpoint(checkpoint: dict, path: Path | str = "checkpoint"
+                          ) -> tuple[nn.Module, RunConfig, Prepared]:
+    """Rebuild the trained model (from the spec text stored in the checkpoint at `path`)."""
     config = RunConfig(**checkpoint["config"])
     prepared = checkpoint["prepared"]
     model = build_model(config, prepared.shape, checkpoint.get("spec_text"))
-    model.load_state_dict(checkpoint["model"])
+    _load_weights(model, checkpoint["model"], path)
     return model, config, prepared
 
 
@@ -295,7 +309,7 @@ def train(config: RunConfig, out: Path, resume: bool = False,
             raise TrainingError(f"{path}: error: the checkpoint was made from a different "
                                 f"model or spec (hash {str(checkpoint.get('spec_hash'))[:12]}, "
                                 f"this spec {str(digest)[:12]}); use another --out")
-        model.load_state_dict(checkpoint["model"])
+        _load_weights(model, checkpoint["model"], path)
         for optimiser, state in zip(optimisers, checkpoint["optimisers"], strict=True):
             optimiser.load_state_dict(state)
         if objective is not None:

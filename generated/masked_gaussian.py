@@ -23,9 +23,9 @@ def _grid_stencil(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Where a grid-masked [D, D] matrix M can be non-zero, as a 3 x 3 stencil over a
     height x width image in raster order: for offset o = 3 (dr + 1) + (dc + 1) and pixel p,
-    with q = p + (dr, dc), the flat indices of M[p, q] and M[q, p] in M.reshape(-1) ([2, 9, D])
-    and whether q is in p's 4- or 8-connected neighbourhood on the image ([9, D]; o = 4 is p
-    itself). Off the neighbourhood the indices point at M[p, p] and are masked out."""
+    with q = p + (dr, dc), the flat index of M[p, q] in M.reshape(-1) and whether q is in
+    p's 4- or 8-connected neighbourhood on the image (each [9, D]; o = 4 is p itself).
+    Off the neighbourhood the index points at M[p, p] and is masked out."""
     if connectivity not in (4, 8):
         raise ValueError(f"connectivity must be 4 or 8, got {connectivity!r}")
     if height * width != size:
@@ -42,7 +42,7 @@ def _grid_stencil(
     if connectivity == 4:
         inside &= row_step.abs() + col_step.abs() <= 1
     q = torch.where(inside, q_row * width + q_col, pixel)
-    return torch.stack([pixel * size + q, q * size + pixel]), inside
+    return pixel * size + q, inside
 
 
 def _grid_apply(
@@ -73,7 +73,7 @@ class MaskedGaussian(torch.nn.Module):
     """energy-based model of x in R^D.
 
     Constructor arguments: height=28, width=28, connectivity=8.
-    Parameters: mu [D], Lambda [D, D].
+    Parameters: mu [D], Lambda [D, D] (stored as its stencil, [9, D]).
     Methods take the visible variable `x` as a [N, D] tensor.
     """
 
@@ -102,7 +102,7 @@ class MaskedGaussian(torch.nn.Module):
             torch.zeros((self.D,), dtype=dtype, device=device)
         )
         self.Lambda = torch.nn.Parameter(
-            torch.zeros((self.D, self.D), dtype=dtype, device=device)
+            torch.zeros((9, self.D), dtype=dtype, device=device)
         )
         _grid = _grid_stencil(self.height, self.width, self.connectivity, self.D, device=device)
         self.register_buffer("_Lambda_index", _grid[0], persistent=False)
@@ -140,13 +140,12 @@ class MaskedGaussian(torch.nn.Module):
         return factor
 
     def _Lambda_stencil(self) -> torch.Tensor:
-        """Lambda from its raw parameter as a [9, D] stencil (entry (o, p) is Lambda[p, p + offset
-        o], see _grid_stencil): symmetric, (raw + raw^T) / 2; zero outside the grid
+        """Lambda from its raw parameter, both as [9, D] stencils (entry (o, p) is Lambda[p, p +
+        offset o], see _grid_stencil): symmetric, (raw + raw^T) / 2; zero outside the grid
         neighbourhood of each pixel; strictly diagonally dominant with a positive diagonal,
         hence positive definite for every raw value (Gershgorin)."""
-        raw = self.Lambda.reshape(-1)
-        both = raw[self._Lambda_index]
-        value = 0.5 * (both[0] + both[1])
+        raw = self.Lambda
+        value = 0.5 * (raw + _grid_transpose(raw, self.height, self.width))
         value = torch.where(self._Lambda_inside, value, torch.zeros_like(value))
         off_diagonal = torch.cat([value[:4], torch.zeros_like(value[4:5]), value[5:]])
         diagonal = (
@@ -159,10 +158,10 @@ class MaskedGaussian(torch.nn.Module):
     def precision(self) -> torch.Tensor:
         """Lambda as a dense [D, D] matrix: its stencil (_Lambda_stencil) scattered into place."""
         stencil = self._Lambda_stencil()
-        size = self.Lambda.shape[0]
+        size = stencil.shape[1]
         inside = self._Lambda_inside
         flat = stencil.new_zeros(size * size)
-        flat = flat.scatter(0, self._Lambda_index[0][inside], stencil[inside])
+        flat = flat.scatter(0, self._Lambda_index[inside], stencil[inside])
         return flat.view(size, size)
 
     def free_energy(self, x: torch.Tensor) -> torch.Tensor:

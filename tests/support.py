@@ -54,3 +54,9 @@ def randomise(model, scale: float, seed: int):
         for p in model.parameters():
             p.copy_(scale * torch.randn(p.shape, generator=generator, dtype=p.dtype))
     return model
+
+
+def stencil_from_dense(model, name: str, dense):
+    """The [9, D] raw stencil a grid-masked parameter is stored as, read from a dense [D, D]
+    raw matrix (entries outside each pixel's neighbourhood are unused)."""
+    return dense.reshape(-1)[getattr(model, f"_{name}_index")]

@@ -59,7 +59,7 @@ def gbrbm_log_z(W: torch.Tensor) -> float:
 def masked_gaussian(classes, offset: float = 0.0):
     model = classes["masked_gaussian"](height=2, width=2, dtype=F64)
     with torch.no_grad():
-        model.Lambda.copy_(torch.randn(4, 4, generator=gen(1), dtype=F64))
+        model.Lambda.copy_(torch.randn(9, 4, generator=gen(1), dtype=F64))  # its stencil
         model.mu.copy_(offset + torch.randn(4, generator=gen(2), dtype=F64))
     precision = model.precision().detach()
     return model, 0.5 * 4 * math.log(2 * math.pi) - 0.5 * float(torch.logdet(precision))

@@ -40,6 +40,14 @@ def _gaussian_kl(precision: torch.Tensor, covariance: torch.Tensor) -> float:
 
 
 def _train(model, loss_fn, data, steps, lr, batch=128, seed=0, after_step=None):
+    """Adam on random batches; the global generator (which losses drawing their own noise
+    use) is seeded too, inside fork_rng, so a result does not depend on the tests before."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _train_seeded(model, loss_fn, data, steps, lr, batch, seed, after_step)
+
+
+def _train_seeded(model, loss_fn, data, steps, lr, batch, seed, after_step):
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
     losses = []

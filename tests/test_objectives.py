@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from support import load_class, load_source, randomise
+from support import load_class, load_source, randomise, stencil_from_dense
 
 F64 = torch.float64
 
@@ -184,7 +184,7 @@ def test_nce_loss_stays_finite_where_the_seeds_ratio_overflows(models):
     cls, _ = load_class("masked_gaussian")
     model = cls(height=2, width=2, dtype=torch.float32)
     with torch.no_grad():
-        model.Lambda.copy_(60.0 * torch.eye(4))
+        model.Lambda.copy_(stencil_from_dense(model, "Lambda", 60.0 * torch.eye(4)))
     x = torch.full((4, 4), 30.0)
     noise = torch.distributions.MultivariateNormal(torch.zeros(4), torch.eye(4))
     y = noise.sample((4,)) * 40

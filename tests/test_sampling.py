@@ -25,7 +25,7 @@ from energydsl.sampling import (
     sample,
 )
 
-from support import load_class
+from support import load_class, stencil_from_dense
 
 F64 = torch.float64
 
@@ -76,7 +76,8 @@ def gaussian_2d(classes):
     model = classes["masked_gaussian"](height=1, width=2, dtype=F64)
     with torch.no_grad():
         model.mu.copy_(torch.tensor([1.0, -0.5], dtype=F64))
-        model.Lambda.copy_(torch.tensor([[0.5, -0.9], [-0.9, 1.0]], dtype=F64))
+        dense = torch.tensor([[0.5, -0.9], [-0.9, 1.0]], dtype=F64)
+        model.Lambda.copy_(stencil_from_dense(model, "Lambda", dense))
     precision = model.precision().detach()
     return model, precision, torch.linalg.inv(precision)
 

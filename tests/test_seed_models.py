@@ -231,6 +231,20 @@ def grid_neighbours(height, width, connectivity):
     return mask
 
 
+def dense_raw(stencil, height, width):
+    """Independent reading of a stored stencil: entry (3 (dr + 1) + (dc + 1), p) is the raw
+    value at [p, pixel p + (dr, dc)]."""
+    dense = torch.zeros(height * width, height * width, dtype=stencil.dtype)
+    for r in range(height):
+        for c in range(width):
+            for dr in (-1, 0, 1):
+                for dc in (-1, 0, 1):
+                    if 0 <= r + dr < height and 0 <= c + dc < width:
+                        dense[r * width + c, (r + dr) * width + c + dc] = \
+                            stencil[3 * (dr + 1) + dc + 1, r * width + c]
+    return dense
+
+
 @pytest.mark.parametrize("connectivity", [4, 8])
 @pytest.mark.parametrize("scale", [0.01, 1.0, 30.0])
 def test_precision_is_masked_symmetric_and_positive_definite(masked_class, connectivity, scale):
@@ -306,12 +320,18 @@ def test_grid_masked_parameters_work_through_their_stencil(constraints, connecti
     assert ("_grid_transpose(" in sm_loss) == ("symmetric" not in constraints)
     model = instantiate(compiled, {"height": 3, "width": 4, "D": 12}, seed=connectivity)
     mask = grid_neighbours(3, 4, connectivity)
-    value, raw = model.coupling().detach(), model.A.detach()
+    assert model.A.shape == (9, 12)  # stored as its stencil
+    value, raw = model.coupling().detach(), dense_raw(model.A.detach(), 3, 4)
     assert (value[~mask] == 0).all()
     if not constraints:
         assert torch.equal(value, torch.where(mask, raw, 0))
     elif "dominant" not in constraints:
         assert torch.equal(value, torch.where(mask, 0.5 * (raw + raw.T), 0))
+    else:
+        symmetric = torch.where(mask, 0.5 * (raw + raw.T), 0)
+        off = symmetric - torch.diag(torch.diagonal(symmetric))
+        diagonal = off.abs().sum(1) + torch.nn.functional.softplus(torch.diagonal(raw)) + 1e-6
+        torch.testing.assert_close(value, off + torch.diag(diagonal), rtol=1e-15, atol=0)
 
 
 def test_grid_size_must_match_the_matrix():

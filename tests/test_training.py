@@ -75,6 +75,26 @@ def test_resuming_from_another_specs_checkpoint_is_refused(tmp_path, capsys):
     assert _same(before, _params(tmp_path / "run"))  # untouched
 
 
+def test_weights_of_another_shape_are_a_clear_error(tmp_path, capsys):
+    """A checkpoint whose weights this module cannot hold (the masked Gaussian's precision
+    stored dense, as energydsl stored it before keeping its stencil) fails to load with a
+    message, for sampling and for resuming alike."""
+    run = tmp_path / "run"
+    assert main(["train", str(SPECS / "masked_gaussian.edsl"), "--epochs", "1",
+                 "--batch-size", "256", "--out", str(run)]) == 0
+    checkpoint = load_checkpoint(run / "checkpoint.pt")
+    assert checkpoint["model"]["Lambda"].shape == (9, 64)
+    checkpoint["model"]["Lambda"] = torch.zeros(64, 64)
+    torch.save(checkpoint, run / "checkpoint.pt")
+    capsys.readouterr()
+    assert main(["sample", str(run), "-n", "4", "-o", str(tmp_path / "s.png")]) == 1
+    assert main(["train", str(SPECS / "masked_gaussian.edsl"), "--epochs", "2",
+                 "--batch-size", "256", "--out", str(run), "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("the checkpoint's weights do not fit this model") == 2, err
+    assert "Lambda" in err and "Traceback" not in err
+
+
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
         tmp_path, monkeypatch):
     """The loss turns NaN in the second epoch: the run stops naming the step, and the
