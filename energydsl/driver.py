@@ -79,35 +79,36 @@ def _energy_span(spec: ast.Spec):
     return energies[0].value.span if energies else spec.model.span
 
 
-def _analyse(spec: ast.Spec) -> Derivation:
+def _bounded(spec: ast.Spec, time_limit: float | None, work):
+    """work() within the compiler's bounds: a recursion too deep or a compile past
+    `time_limit` seconds ends in a positioned error at the energy, not a traceback."""
     try:
-        return derive(marginalise(lower(check(spec))))
+        with _time_limit(time_limit):
+            return work()
     except RecursionError:
         raise _too_complex(spec) from None
+    except _OutOfTime:
+        raise _too_slow(spec, time_limit) from None
+
+
+def _analyse(spec: ast.Spec) -> Derivation:
+    return derive(marginalise(lower(check(spec))))
 
 
 def analyse(source: str, time_limit: float | None = DEFAULT_TIME_LIMIT) -> Derivation:
     """Spec text -> derived formulas (everything but code generation)."""
     spec = parse(source)
-    try:
-        with _time_limit(time_limit):
-            return _analyse(spec)
-    except _OutOfTime:
-        raise _too_slow(spec, time_limit) from None
+    return _bounded(spec, time_limit, lambda: _analyse(spec))
 
 
 def compile_source(source: str, spec_path: str,
                    time_limit: float | None = DEFAULT_TIME_LIMIT) -> Compiled:
     """Spec text -> generated module text, within `time_limit` seconds (None: no limit)."""
     spec = parse(source)
-    try:
-        with _time_limit(time_limit):
-            derivation = _analyse(spec)
-            try:
-                conditionals = derive_conditionals(derivation)
-                text = emit(derivation, conditionals, spec_path)
-            except RecursionError:
-                raise _too_complex(spec) from None
-    except _OutOfTime:
-        raise _too_slow(spec, time_limit) from None
-    return Compiled(derivation, conditionals, text)
+
+    def work() -> Compiled:
+        derivation = _analyse(spec)
+        conditionals = derive_conditionals(derivation)
+        return Compiled(derivation, conditionals, emit(derivation, conditionals, spec_path))
+
+    return _bounded(spec, time_limit, work)

@@ -92,14 +92,14 @@ def _stored_shape(param: Param) -> tuple[str, ...]:
     """The raw parameter's shape: a grid-masked [D, D] matrix keeps only its [9, D] stencil
     (entry (o, p) is raw[p, p + offset o]; see _grid_stencil), so its memory grows with D,
     not D^2."""
-    if param.constraint is not None and param.constraint.mask is not None:
+    if param.grid is not None:
         return ("9", f"self.{param.shape[0]}")
     return tuple(f"self.{d}" for d in param.shape)
 
 
 def _param_doc(param: Param) -> str:
     shape = f"{param.name} [{', '.join(param.shape)}]"
-    if param.constraint is not None and param.constraint.mask is not None:
+    if param.grid is not None:
         return f"{shape} (stored as its stencil, [9, {param.shape[0]}])"
     return shape
 
@@ -139,7 +139,7 @@ def _accessor(param: Param, names) -> list[Method]:
     grid mask, the value's stencil and the dense matrix made from it; `names`: the
     dimensions and constants, attributes of the module)."""
     constraint = param.constraint
-    if constraint.mask is not None:
+    if param.grid is not None:
         return _grid_accessors(param, names)
     lines = [f"raw = self.{param.name}"]
     notes = []
@@ -178,7 +178,7 @@ def _grid_accessors(param: Param, names) -> list[Method]:
     (the planner calls _grid_apply), and the dense [D, D] value is built only where a
     method needs the matrix itself."""
     name, constraint = param.name, param.constraint
-    height, width, _ = constraint.mask.arguments(names)
+    height, width, _ = param.grid.arguments(names)
     lines = [f"raw = self.{name}"]
     notes = []
     value = "raw"
@@ -301,10 +301,9 @@ def emit(derivation: Derivation, conditionals: Conditionals, spec_path: str) -> 
                           f"            {_init_code(param)}\n        )")
         if param.constraint is not None:
             accessors += _accessor(param, scalars)
-            mask = param.constraint.mask
-            if mask is not None:
+            if param.grid is not None:
                 grid_mask = True
-                args = ", ".join(mask.arguments(scalars))
+                args = ", ".join(param.grid.arguments(scalars))
                 ctor_lines.append(f"_grid = _grid_stencil({args}, self.{param.shape[0]}, "
                                   "device=device)")
                 for k, part in enumerate(("index", "inside")):  # [9, D] each

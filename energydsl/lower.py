@@ -31,7 +31,7 @@ _MAX_BITS = 4000  # of an exact rational's numerator or denominator (Python prin
 #                   of at most 4300 digits; no float64 needs more than 1075 bits)
 _MAX_DECADES = 330  # |log10| of a power's value beyond which it is not a float64
 MAX_EXPONENT = 1000  # of a power whose base is not a number: x^1000 overflows for |x| >= 2
-_UNDEFINED = (sp.zoo, sp.nan, sp.oo, sp.S.NegativeInfinity)
+UNDEFINED = (sp.zoo, sp.nan, sp.oo, sp.S.NegativeInfinity)  # what SymPy folds 1/0, log(0) to
 
 _FUNCTIONS = {
     "exp": sp.exp,
@@ -230,7 +230,6 @@ class _Lowerer:
         return pools
 
 
-
 def _magnitude(number: sp.Expr) -> float | None:
     """|number| as a float (inf when beyond float64), or None if it is not real."""
     if number.is_Rational:
@@ -238,7 +237,7 @@ def _magnitude(number: sp.Expr) -> float | None:
             return abs(number.p) / number.q
         except OverflowError:
             return math.inf
-    if number.has(*_UNDEFINED):
+    if number.has(*UNDEFINED):
         return math.inf
     try:
         value = complex(sp.N(number, 20))
@@ -287,7 +286,7 @@ def _check_real(expr: sp.Expr, span: Span) -> None:
 
 def _check_number(number: sp.Expr, span: Span) -> None:
     """A folded number must be a real, finite, non-vanishing float64."""
-    if number.has(*_UNDEFINED):
+    if number.has(*UNDEFINED):
         raise error("this expression is infinite or undefined (a division by zero, or a "
                     "function outside its domain such as log(0))", span)
     magnitude = _magnitude(number)
@@ -311,11 +310,11 @@ def _check_numbers(expr: sp.Expr, span: Span, top_level_only: bool = False) -> N
             return
         for term in sp.Add.make_args(expr):
             for factor in sp.Mul.make_args(term):
-                if factor.is_Number or factor in _UNDEFINED:
+                if factor.is_Number or factor in UNDEFINED:
                     _check_number(factor, span)
         return
     for node in sp.preorder_traversal(expr):
-        if node.is_Number or node in _UNDEFINED:
+        if node.is_Number or node in UNDEFINED:
             _check_number(node, span)
 
 

@@ -19,11 +19,9 @@ import sympy as sp
 from .algebra import distribute, make_sum, normalise, substitute_index
 from .errors import SpecError, error, shorten
 from .functions import log1p, rewrite_log_one_plus, sigmoid, softplus
-from .lower import SymbolicModel
+from .lower import UNDEFINED, SymbolicModel
 from .model import DISCRETE_DOMAINS
 from .printing import dsl_str
-
-_UNDEFINED = (sp.zoo, sp.nan, sp.oo, sp.S.NegativeInfinity)
 
 
 @dataclass(frozen=True)
@@ -165,7 +163,7 @@ class _Marginaliser:
         if domain in DISCRETE_DOMAINS:
             for value in DISCRETE_DOMAINS[domain]:
                 at = e.subs(symbol, value)
-                if at.has(*_UNDEFINED, sp.I) or at.is_extended_real is False:
+                if at.has(*UNDEFINED, sp.I) or at.is_extended_real is False:
                     raise self.fail(f"the energy is not finite and real at {name} = {value}, a "
                                     f"value of the {domain} unit: its terms in {name} are "
                                     f"{shorten(self.show(e), 120)} (a division by zero, or "
@@ -293,7 +291,6 @@ def _powers_of(e: sp.Expr, h: sp.Symbol) -> set[sp.Expr]:
     return powers | ({sp.S.One} if e.has(h) else set())
 
 
-
 # Increasing functions: their value at a number, and their limits at -oo and +oo.
 _INCREASING = {
     sp.tanh: (sp.tanh, -1, 1),
@@ -338,19 +335,22 @@ def _bounds(expr: sp.Expr) -> tuple[tuple, tuple]:
     return (-sp.oo, False), (sp.oo, False)
 
 
+def _true(relation) -> bool:
+    """Whether SymPy decides `relation` is true (False where it cannot decide)."""
+    return sp.sympify(relation) == sp.true
+
+
 def _power_bounds(bounds: tuple[tuple, tuple], n: int) -> tuple[tuple, tuple]:
-    """Bounds of x^n from those of x: odd powers are increasing; even ones are |x|^n, least
-    at 0 when x can change sign (tanh(x)^2 lies in [0, 1))."""
+    """Bounds of x^n from those of x: increasing where n is odd or x >= 0; otherwise |x|^n,
+    least at 0 when x can change sign (tanh(x)^2 lies in [0, 1))."""
     (low, low_in), (high, high_in) = bounds
-    if n % 2:
+    if n % 2 or _true(low >= 0):
         return (low**n, low_in), (high**n, high_in)
-    if sp.sympify(low >= 0) == sp.true:
-        return (low**n, low_in), (high**n, high_in)
-    if sp.sympify(high <= 0) == sp.true:
+    if _true(high <= 0):
         return (high**n, high_in), (low**n, low_in)
-    if sp.sympify(-low < high) == sp.true:
+    if _true(-low < high):
         return (sp.S.Zero, True), (high**n, high_in)
-    if sp.sympify(-low > high) == sp.true:
+    if _true(-low > high):
         return (sp.S.Zero, True), (low**n, low_in)
     return (sp.S.Zero, True), (high**n, high_in or low_in)
 
@@ -362,17 +362,13 @@ def _always_true(condition: sp.Basic) -> bool:
     if not isinstance(condition, sp.core.relational.Relational) or condition.rel_op == "==":
         return False
     (low, low_in), (high, high_in) = _bounds(condition.lhs - condition.rhs)
-
-    def true(relation) -> bool:  # False where SymPy cannot decide
-        return sp.sympify(relation) == sp.true
-
     if condition.rel_op == "<":
-        return true(high < 0) or (true(sp.Eq(high, 0)) and not high_in)
+        return _true(high < 0) or (_true(sp.Eq(high, 0)) and not high_in)
     if condition.rel_op == "<=":
-        return true(high <= 0)
+        return _true(high <= 0)
     if condition.rel_op == ">":
-        return true(low > 0) or (true(sp.Eq(low, 0)) and not low_in)
-    return condition.rel_op == ">=" and true(low >= 0)
+        return _true(low > 0) or (_true(sp.Eq(low, 0)) and not low_in)
+    return condition.rel_op == ">=" and _true(low >= 0)
 
 
 def _abstract_visible(e: sp.Expr, h: sp.Symbol, keep: set) -> tuple[dict, sp.Expr]:

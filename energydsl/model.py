@@ -84,6 +84,11 @@ class Param:
     span: Span
     constraint: Constraint | None = None
 
+    @property
+    def grid(self) -> GridMask | None:
+        """The grid mask, if any: such a parameter is stored as its [9, D] stencil."""
+        return None if self.constraint is None else self.constraint.mask
+
 
 @dataclass(frozen=True)
 class Let:

@@ -107,7 +107,7 @@ class Planner:
                           if param.constraint is not None}
         checked = symbolic.checked
         self.grids = {name: param.constraint for name, param in checked.params.items()
-                      if param.constraint is not None and param.constraint.mask is not None}
+                      if param.grid is not None}
         self.grid_names = {**checked.dims, **checked.consts}
         self.grid_steps: dict[str, str] = {}  # dense value's step -> grid-masked parameter
         self.program = Program()
