@@ -51,7 +51,7 @@ RESERVED_ATTRIBUTES = frozenset("""
     register_load_state_dict_post_hook register_load_state_dict_pre_hook register_module
     register_parameter register_state_dict_post_hook register_state_dict_pre_hook
     requires_grad_ set_extra_state set_submodule share_memory state_dict to to_empty train
-    training type xpu zero_grad sm_objective
+    training type xpu zero_grad sm_objective validate
 """.split())
 
 # Argument and local names of the generated methods that take the visible or hidden

@@ -93,6 +93,13 @@ def instantiate(compiled: Compiled, sizes: dict[str, int], seed: int,
     return model
 
 
+def _gradient(output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """d output / d x with its graph kept; zeros where output does not depend on x (an
+    energy linear in x has a score free of x)."""
+    (grad,) = torch.autograd.grad(output, x, create_graph=True, allow_unused=True)
+    return torch.zeros_like(x) if grad is None else grad
+
+
 def check_compiled(compiled: Compiled, overrides: dict[str, int] | None = None, seed: int = 0,
                    batch: int = 4, tolerance: float = 1e-7) -> CheckReport:
     """Compare every derived method of the generated module with the reference."""
@@ -111,10 +118,9 @@ def check_compiled(compiled: Compiled, overrides: dict[str, int] | None = None, 
         report.rows.append(CheckRow(quantity, _relative_error(value, ref), tolerance))
 
     free_energy_ref = reference.free_energy(v)
-    score_ref = -torch.autograd.grad(free_energy_ref.sum(), v, create_graph=True)[0]
-    laplacian_ref = torch.stack([
-        torch.autograd.grad(score_ref[:, i].sum(), v, create_graph=True)[0][:, i]
-        for i in range(dim)], dim=1).sum(dim=1)
+    score_ref = -_gradient(free_energy_ref.sum(), v)
+    laplacian_ref = torch.stack([_gradient(score_ref[:, i].sum(), v)[:, i]
+                                 for i in range(dim)], dim=1).sum(dim=1)
     sm_ref = (0.5 * score_ref.square().sum(dim=1) + laplacian_ref).mean()
     add("free_energy", model.free_energy(v), free_energy_ref)
     add("score", model.score(v), score_ref)

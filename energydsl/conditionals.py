@@ -228,7 +228,8 @@ def derive_conditionals(derivation: Derivation) -> Conditionals:
     if model.energy is not None and model.hidden:
         first = diff(model.energy, visible, (p,), lookup)
         precision = tidy(diff(first, visible, (q,), lookup))
-        if not depends_on(precision, visible, symbolic):
+        # quadratic in v (a precision of zero: linear, no Gaussian to draw from)
+        if precision != 0 and not depends_on(precision, visible, symbolic):
             linear = tidy(-at_zero(first, symbolic))
             result.visible = VisibleConditional(p, q, precision, linear,
                                                 _isotropic_part(precision, p, q))
@@ -240,9 +241,9 @@ def derive_conditionals(derivation: Derivation) -> Conditionals:
                 result.definitions["_visible_scale"] = Definition(
                     sp.Symbol("_visible_scale"), (), result.visible.isotropic)
 
-    # a Gaussian model: F quadratic in v
+    # a Gaussian model: F quadratic in v (not merely linear)
     hessian = tidy(diff(-derivation.score, visible, (q,), lookup))
-    if not depends_on(hessian, visible, symbolic):
+    if hessian != 0 and not depends_on(hessian, visible, symbolic):
         result.gaussian_precision = hessian
         result.gaussian_indices = (p, q)
         result.definitions["_gaussian_precision"] = Definition(

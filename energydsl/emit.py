@@ -18,6 +18,7 @@ from . import syntax as ast
 from .conditionals import Conditionals
 from .derive import Derivation
 from .methods import (
+    ANCHOR_BUFFER,
     LINE_LENGTH,
     Method,
     MethodBuilder,
@@ -309,6 +310,9 @@ def emit(derivation: Derivation, conditionals: Conditionals, spec_path: str) -> 
                 for k, part in enumerate(("index", "inside")):  # [9, D] each
                     ctor_lines.append(f'self.register_buffer("_{param.name}_{part}", '
                                       f"_grid[{k}], persistent=False)")
+    if builder.anchor == ANCHOR_BUFFER:
+        ctor_lines.append(f'self.register_buffer("{ANCHOR_BUFFER}", torch.empty(0, dtype=dtype, '
+                          'device=device), persistent=False)')
     if not normalised:
         ctor_lines.append("# log Z for noise-contrastive estimation (nce_loss), learnt too\n"
                           "        self.log_z = torch.nn.Parameter(torch.zeros((), dtype=dtype, "
@@ -326,7 +330,7 @@ def emit(derivation: Derivation, conditionals: Conditionals, spec_path: str) -> 
         visible=checked.visible.name,
         hidden_units={name: h.domain for name, h in checked.hidden.items()},
         visible_dim=checked.visible.shape[0],
-        first_param=next(iter(checked.params), None),
+        anchor=builder.anchor,
         ctor_args=ctor_args,
         ctor_checks=ctor_checks,
         ctor_lines=ctor_lines,

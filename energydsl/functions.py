@@ -10,6 +10,12 @@ from __future__ import annotations
 import sympy as sp
 
 
+def _latex_call(name: str, argument: str, exp: str | None) -> str:
+    """f(x), or f^{n}(x) when SymPy's LaTeX printer asks for a power (f(x)^n)."""
+    power = "" if exp is None else f"^{{{exp}}}"
+    return rf"{name}{power}\left({argument}\right)"
+
+
 class softplus(sp.Function):  # noqa: N801 - printed as written in specs
     """softplus(x) = log(1 + exp(x)), evaluated stably by the printer."""
 
@@ -30,8 +36,8 @@ class softplus(sp.Function):  # noqa: N801 - printed as written in specs
     def _eval_is_positive(self):
         return self.args[0].is_real
 
-    def _latex(self, printer):
-        return r"\operatorname{softplus}\left(" + printer._print(self.args[0]) + r"\right)"
+    def _latex(self, printer, exp=None):
+        return _latex_call(r"\operatorname{softplus}", printer._print(self.args[0]), exp)
 
 
 class sigmoid(sp.Function):  # noqa: N801
@@ -54,8 +60,8 @@ class sigmoid(sp.Function):  # noqa: N801
     def _eval_is_positive(self):
         return self.args[0].is_real
 
-    def _latex(self, printer):
-        return r"\sigma\left(" + printer._print(self.args[0]) + r"\right)"
+    def _latex(self, printer, exp=None):
+        return _latex_call(r"\sigma", printer._print(self.args[0]), exp)
 
 
 class log1p(sp.Function):  # noqa: N801
@@ -87,8 +93,8 @@ class log1p(sp.Function):  # noqa: N801
             return False
         return None
 
-    def _latex(self, printer):
-        return r"\log\left(1 + " + printer._print(self.args[0]) + r"\right)"
+    def _latex(self, printer, exp=None):
+        return _latex_call(r"\log", "1 + " + printer._print(self.args[0]), exp)
 
 
 def rewrite_log_one_plus(expr: sp.Expr) -> sp.Expr:

@@ -9,6 +9,7 @@ are the hidden units; each method keeps only the steps it needs.
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass
 
 from .conditionals import Conditionals
@@ -16,6 +17,8 @@ from .derive import Derivation
 from .plan import BATCH, Operand, Planner, uses_name
 
 LINE_LENGTH = 100
+# The argument checks of a generated module (each takes the calling method's name first).
+_CHECK_CALL = re.compile(r"self\.(_check|_check_stack|_positive|_generator)\(")
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,20 @@ class Method:
     returns: str
     doc: str
     body: tuple[str, ...]  # lines at method indentation; wrapped lines carry their own
+    positive: tuple[str, ...] = ()  # arguments that must be positive finite numbers
+    counts: tuple[str, ...] = ()  # arguments that must be positive integers
+
+    def rendered(self) -> tuple[str, ...]:
+        """The body as written into the module: the numeric and generator arguments
+        checked first, and every check naming this method (`self._check(name, ...)` ->
+        `self._check("method", name, ...)`), so a bad argument's error says which call
+        it came from."""
+        checks = [f'self._positive("{name}", {name}, integer=True)' for name in self.counts]
+        checks += [f'self._positive("{name}", {name})' for name in self.positive]
+        if "generator: torch.Generator" in self.params:
+            checks.append("self._generator(generator)")
+        return tuple(_CHECK_CALL.sub(rf'self.\1("{self.name}", ', line)
+                     for line in [*checks, *self.body])
 
 
 def wrap_assignment(name: str, code: str, indent: int = 8) -> str:
@@ -42,6 +59,18 @@ def wrap_assignment(name: str, code: str, indent: int = 8) -> str:
     pad = " " * (indent + 4)
     parts = [ast.unparse(node)] + [f"{op} {ast.unparse(term)}" for op, term in reversed(terms)]
     return f"{name} = (\n" + "\n".join(pad + p for p in parts) + "\n" + " " * indent + ")"
+
+
+ANCHOR_BUFFER = "_anchor"
+
+
+def anchor(checked, normalised: bool) -> str:
+    """The attribute whose dtype and device the model's tensors take: its first
+    parameter; without parameters, the learnt log Z of an unnormalised model, or (a
+    normalised model with nothing to learn) an empty buffer kept for this alone."""
+    if checked.params:
+        return next(iter(checked.params))
+    return ANCHOR_BUFFER if normalised else "log_z"
 
 
 class MethodBuilder:
@@ -63,7 +92,7 @@ class MethodBuilder:
             inputs = {symbolic.visible: self.visible}
             inputs.update({symbolic.hidden[name]: name for name in self.checked.hidden})
             self.joint_planner = Planner(derivation, definitions=definitions, inputs=inputs)
-        self.first_param = next(iter(self.checked.params), None)
+        self.anchor = anchor(self.checked, conditionals.gaussian_precision is not None)
 
     # ------------------------------------------------------------------ bodies
     def body(self, planner: Planner, outputs: list[str], prologue: list[str],
@@ -111,7 +140,7 @@ class MethodBuilder:
         return [f'_batch = self._check("{v}", {v}, self.{self.dim})', f"_like = {v}"]
 
     def param_prologue(self) -> list[str]:
-        return [f"_like = self.{self.first_param}"] if self.first_param else []
+        return [f"_like = self.{self.anchor}"]
 
     # ------------------------------------------------------------------ methods
     def build(self) -> list[Method]:
@@ -305,7 +334,7 @@ class MethodBuilder:
                     "noise = torch.randn(shape, generator=generator, dtype=mean.dtype, "
                     "device=mean.device)",
                     "offset = torch.linalg.solve_triangular(factor.mT, noise.T, upper=True)",
-                    "return mean + offset.T")),
+                    "return mean + offset.T"), counts=("n",)),
         ]
 
 

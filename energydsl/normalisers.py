@@ -32,9 +32,7 @@ def enumeration_methods(builder: MethodBuilder) -> list[Method]:
     hidden = list(builder.checked.hidden)
     sizes = [builder.checked.hidden[h].shape[0] for h in hidden]
     total = " + ".join(f"self.{s}" for s in sizes)
-    # dtype and device of the hidden states: a parameter's, or (a spec without parameters)
-    # those of log_z, which every enumerable model has (it has no closed-form normaliser)
-    like = builder.first_param or "log_z"
+    like = builder.anchor  # dtype and device of the hidden states
     states_lines = ["bits = torch.arange(" + total + ", device=codes.device)",
                     f"flags = ((codes[:, None] >> bits) & 1).to(self.{like}.dtype)"]
     start = "0"
@@ -100,7 +98,7 @@ def enumeration_methods(builder: MethodBuilder) -> list[Method]:
                tuple(weight_lines)),
         Method("_log_hidden_weights", "max_states: int, chunk: int", "torch.Tensor",
                "log of the unnormalised marginal p(h) of every hidden state, in code order.",
-               tuple(states_check)),
+               tuple(states_check), counts=("max_states", "chunk")),
         Method("log_partition", opts, "torch.Tensor",
                "log Z, exact: the visible layer integrated analytically for each of the "
                "2^K hidden\n        states, enumerated in chunks (at most max_states "
@@ -119,5 +117,5 @@ def enumeration_methods(builder: MethodBuilder) -> list[Method]:
                    "codes = torch.multinomial(probabilities, n, replacement=True, "
                    "generator=generator)",
                    f"return self.sample_{v}(*self._hidden_states(codes), generator=generator)",
-                )),
+                ), counts=("n",)),
     ]

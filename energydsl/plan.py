@@ -418,7 +418,10 @@ class Planner:
             [op.code for op in leaves.values() if op.is_tensor])}
         for square in squares:
             leaves[square] = self._square_of_sum(square, given)
-        target = self.indices_of(expr)
+        # the axes the leaves carry: an index the expression names but no leaf's value
+        # depends on (score[j] of a score constant in j) is no axis of the result
+        carried = set().union(*(op.indices for op in leaves.values() if op.is_tensor))
+        target = tuple(i for i in self.indices_of(expr) if i in carried)
         placeholders = {}
         for leaf, operand in leaves.items():
             if operand.is_tensor:
@@ -528,9 +531,11 @@ class Planner:
     # ------------------------------------------------------------------ contractions
     def contraction(self, expr: sp.Sum, name: str | None) -> Operand:
         """sum over indices of a product: pairwise einsums in opt_einsum's order."""
-        scalars, factors, _ = self._flatten(expr)
+        scalars, factors, summed = self._flatten(expr)
         factors = self._group_elementwise(factors)
+        before = set().union(*(_free_indices(f) for f in factors))
         factors = self._nest_private_indices(factors, self.indices_of(expr))
+        nested = before - set().union(*(_free_indices(f) for f in factors))
         operands = [self.operand(f) for f in factors]
         coefficient = sp.Mul(*scalars)
         for f, op in zip(factors, operands, strict=True):
@@ -538,7 +543,13 @@ class Planner:
                 coefficient = coefficient * f
         tensors = [op for op in operands if op.is_tensor]
         formulas = [f for f, op in zip(factors, operands, strict=True) if op.is_tensor]
-        output = self.indices_of(expr)
+        carried = set().union(*(op.indices for op in tensors))
+        # sum_j f = (size of j) f when no factor's value depends on j (indices nested
+        # into a factor's own sum are summed there)
+        for index in dict.fromkeys(summed):
+            if index not in carried and index not in nested:
+                coefficient = coefficient * (index.upper - index.lower + 1)
+        output = tuple(i for i in self.indices_of(expr) if i in carried)
         result = self._contract(tensors, output, dsl_str(expr), None if coefficient != 1 else name,
                                 formulas)
         if coefficient != 1:

@@ -53,7 +53,10 @@ class TorchPrinter(PythonCodePrinter):
         return f"{expr.p} / {expr.q}"
 
     def _print_Integer(self, expr: sp.Integer) -> str:
-        return str(int(expr))
+        """Beyond 2^53 a float: torch takes no Python int past 64 bits, and float64
+        holds no more digits anyway (the checker refused numbers no float64 holds)."""
+        value = int(expr)
+        return str(value) if abs(value) <= 2**53 else repr(float(value))
 
     def _print_Float(self, expr: sp.Float) -> str:
         return repr(float(expr))

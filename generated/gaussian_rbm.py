@@ -25,7 +25,8 @@ import torch
 class GaussianRBM(torch.nn.Module):
     """energy-based model of v in R^D, hidden h real^K.
 
-    Constructor arguments: D=784, K=64.
+    Constructor arguments: D=784, K=64; dtype, device, and validate=True to
+    reject non-finite inputs.
     Parameters: W [D, K].
     Methods take the visible variable `v` as a [N, D] tensor.
     """
@@ -40,8 +41,12 @@ class GaussianRBM(torch.nn.Module):
         K: int = 64,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
+        validate: bool = False,
     ) -> None:
         super().__init__()
+        # reject non-finite inputs with an error naming the method and the row (a
+        # check per call, and a device sync on GPU: off by default)
+        self.validate = validate
         if not (isinstance(D, int) and D >= 1):
             raise ValueError(f"D must be a positive integer, got {D!r}")
         if not (isinstance(K, int) and K >= 1):
@@ -52,20 +57,71 @@ class GaussianRBM(torch.nn.Module):
             0.01 * torch.randn((self.D, self.K), dtype=dtype, device=device)
         )
 
-    def _check(self, name: str, value: torch.Tensor, size: int, rows: int | None = None) -> int:
-        """Fail early, naming the expected shape, rather than deep inside an einsum."""
+    def _check(
+        self, method: str, name: str, value: torch.Tensor, size: int, rows: int | None = None
+    ) -> int:
+        """Fail early, naming the method and what it expected, rather than deep inside an
+        einsum; with `validate` on, non-finite inputs too. Returns the batch size."""
         if not isinstance(value, torch.Tensor):
-            raise TypeError(f"expected {name} as a torch.Tensor, got {type(value).__name__}")
+            raise TypeError(
+                f"{method}: expected {name} as a torch.Tensor, got {type(value).__name__}"
+            )
         if value.ndim != 2 or value.shape[1] != size or rows not in (None, value.shape[0]):
             expected = f"[{'N' if rows is None else rows}, {size}]"
-            raise ValueError(f"expected {name} of shape {expected}, got {list(value.shape)}")
+            raise ValueError(
+                f"{method}: expected {name} of shape {expected}, got {list(value.shape)}"
+            )
+        if value.shape[0] == 0:
+            raise ValueError(f"{method}: {name} is an empty batch (shape {list(value.shape)})")
         reference = self.W
         if value.dtype != reference.dtype or value.device != reference.device:
             raise ValueError(
-                f"expected {name} with dtype {reference.dtype} on {reference.device}, "
-                f"got {value.dtype} on {value.device}"
+                f"{method}: expected {name} with dtype {reference.dtype} on "
+                f"{reference.device}, got {value.dtype} on {value.device}"
             )
+        if self.validate:
+            finite = torch.isfinite(value).all(dim=1)
+            if not bool(finite.all()):
+                row = int((~finite).nonzero()[0, 0])
+                raise ValueError(
+                    f"{method}: {name} has a non-finite value (nan or inf) in row {row}: "
+                    f"{value[row].tolist()[:8]}"
+                )
         return value.shape[0]
+
+    def _check_stack(
+        self, method: str, name: str, value: torch.Tensor, like: torch.Tensor, count: str
+    ) -> None:
+        """`value` must be `count` tensors shaped like `like`, stacked: [count, N, D]."""
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(
+                f"{method}: expected {name} as a torch.Tensor, got {type(value).__name__}"
+            )
+        if value.ndim != 3 or value.shape[1:] != like.shape:
+            raise ValueError(
+                f"{method}: expected {name} of shape [{count}, {like.shape[0]}, "
+                f"{like.shape[1]}], got {list(value.shape)}"
+            )
+        self._check(method, name, value.reshape(-1, like.shape[1]), like.shape[1])
+
+    @staticmethod
+    def _positive(method: str, name: str, value, integer: bool = False) -> None:
+        """`value` must be a positive finite number (a positive int when `integer`)."""
+        number = value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
+        kinds = (int,) if integer else (int, float)
+        limit = 2**63 if isinstance(number, int) else float("inf")  # what torch takes
+        if isinstance(number, bool) or not isinstance(number, kinds) or not 0 < number < limit:
+            what = "a positive integer" if integer else "a positive finite number"
+            shown = repr(number) if isinstance(number, (int, float)) else type(value).__name__
+            raise ValueError(f"{method}: {name} must be {what}, got {shown}")
+
+    @staticmethod
+    def _generator(method: str, generator: torch.Generator | None) -> None:
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(
+                f"{method}: generator must be a torch.Generator or None, "
+                f"got {type(generator).__name__}"
+            )
 
     @property
     def visible_size(self) -> int:
@@ -85,7 +141,7 @@ class GaussianRBM(torch.nn.Module):
 
     def free_energy(self, v: torch.Tensor) -> torch.Tensor:
         """Free energy F(v) per sample, shape [N]."""
-        self._check("v", v, self.D)
+        self._check("free_energy", "v", v, self.D)
         # v[i]^2
         _t1 = torch.square(v)
         # sum(i: v[i]^2)
@@ -107,7 +163,7 @@ class GaussianRBM(torch.nn.Module):
 
     def score(self, v: torch.Tensor) -> torch.Tensor:
         """Score d log p~(v) / dv = -dF/dv per sample, shape [N, D]."""
-        self._check("v", v, self.D)
+        self._check("score", "v", v, self.D)
         # sum(i: W[i, j]*v[i])
         _t3 = v @ self.W
         # sum(j: W[k, j]*sum(i: W[i, j]*v[i]))
@@ -118,7 +174,7 @@ class GaussianRBM(torch.nn.Module):
 
     def laplacian(self, v: torch.Tensor) -> torch.Tensor:
         """Laplacian sum_i d^2 log p~(v) / dv_i^2 per sample, shape [N]."""
-        _batch = self._check("v", v, self.D)
+        _batch = self._check("laplacian", "v", v, self.D)
         # W[i, j]^2
         _t7 = torch.square(self.W)
         # sum(i, j: W[i, j]^2)
@@ -130,7 +186,7 @@ class GaussianRBM(torch.nn.Module):
     def sm_loss(self, v: torch.Tensor) -> torch.Tensor:
         """Exact score-matching loss (Hyvarinen 2005), the batch mean of
         sum_i 1/2 score_i^2 + d score_i / dv_i, constants included."""
-        self._check("v", v, self.D)
+        self._check("sm_loss", "v", v, self.D)
         # v[i]^2
         _t1 = torch.square(v)
         # sum(i: v[i]^2)
@@ -164,8 +220,8 @@ class GaussianRBM(torch.nn.Module):
 
     def energy(self, v: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """The joint energy E(v, h) per sample, shape [N]."""
-        self._check("v", v, self.D)
-        self._check("h", h, self.K, v.shape[0])
+        self._check("energy", "v", v, self.D)
+        self._check("energy", "h", h, self.K, v.shape[0])
         # h[j]^2
         _t1 = torch.square(h)
         # sum(j: h[j]^2)
@@ -184,14 +240,15 @@ class GaussianRBM(torch.nn.Module):
 
     def mean_h(self, v: torch.Tensor) -> torch.Tensor:
         """E[h | v], shape [N, K] (real units)."""
-        self._check("v", v, self.D)
+        self._check("mean_h", "v", v, self.D)
         # sum(i: W[i, j]*v[i])
         _t3 = v @ self.W
         return _t3
 
     def sample_h(self, v: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """A draw of h ~ p(h | v), shape [N, K]; units are independent given v."""
-        _batch = self._check("v", v, self.D)
+        self._generator("sample_h", generator)
+        _batch = self._check("sample_h", "v", v, self.D)
         _like = v
         # sum(i: W[i, j]*v[i])
         _t3 = v @ self.W
@@ -205,7 +262,7 @@ class GaussianRBM(torch.nn.Module):
         """The three terms of the latent-EBM score-matching theorem (Swersky et al. 2011),
         batch means summing to sm_loss: squared_error = 1/2 |E[dE/dv | v]|^2,
         variance = sum_i var[dE/dv_i | v], curvature = -sum_i E[d^2E/dv_i^2 | v]."""
-        _batch = self._check("v", v, self.D)
+        _batch = self._check("sm_terms", "v", v, self.D)
         _like = v
         # v[i]^2
         _t1 = torch.square(v)
@@ -238,14 +295,15 @@ class GaussianRBM(torch.nn.Module):
     def mean_v(self, h: torch.Tensor) -> torch.Tensor:
         """E[v | h], shape [N, D]: v given the hidden units is
         Gaussian (with identity covariance)."""
-        self._check("h", h, self.K)
+        self._check("mean_v", "h", h, self.K)
         # sum(j: W[k, j]*h[j])
         _t1 = h @ self.W.T
         return _t1
 
     def sample_v(self, h: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """A draw of v ~ p(v | h), shape [N, D]."""
-        self._check("h", h, self.K)
+        self._generator("sample_v", generator)
+        self._check("sample_v", "h", h, self.K)
         # sum(j: W[k, j]*h[j])
         _t1 = h @ self.W.T
         mean = _t1
@@ -288,6 +346,8 @@ class GaussianRBM(torch.nn.Module):
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n exact draws from p(v) = N(P^-1 b, P^-1), shape [n, D]."""
+        self._positive("sample", "n", n, integer=True)
+        self._generator("sample", generator)
         factor, mean, _ = self._gaussian()
         shape = (n, mean.shape[0])
         noise = torch.randn(shape, generator=generator, dtype=mean.dtype, device=mean.device)
@@ -305,12 +365,12 @@ class GaussianRBM(torch.nn.Module):
         1/2 |score(v~) - (v - v~) / noise_std^2|^2 with v~ = v + noise_std * noise,
         noise ~ N(0, I) of shape [N, D] (pass it, or a generator, to make the loss
         reproducible). Needs no second derivatives."""
-        self._check("v", v, self.D)
-        if not noise_std > 0:
-            raise ValueError(f"noise_std must be positive, got {noise_std!r}")
+        self._positive("dsm_loss", "noise_std", noise_std)
+        self._generator("dsm_loss", generator)
+        self._check("dsm_loss", "v", v, self.D)
         if noise is None:
             noise = torch.randn(v.shape, generator=generator, dtype=v.dtype, device=v.device)
-        self._check("noise", noise, self.D, v.shape[0])
+        self._check("dsm_loss", "noise", noise, self.D, v.shape[0])
         perturbed = v + noise_std * noise
         residual = self.score(perturbed) + noise / noise_std
         return 0.5 * torch.square(residual).sum(dim=1).mean()
@@ -328,33 +388,34 @@ class GaussianRBM(torch.nn.Module):
         derived score and one Hessian-vector product (autograd). Its expectation over u
         (E[u u^T] = I) is sm_loss. `projections` [P, N, D] fixes u; else n_projections
         draws from `distribution` ('gaussian' or 'rademacher')."""
-        _batch = self._check("v", v, self.D)
+        self._positive("ssm_loss", "n_projections", n_projections, integer=True)
+        self._generator("ssm_loss", generator)
+        _batch = self._check("ssm_loss", "v", v, self.D)
         if projections is None:
             if distribution not in ("gaussian", "rademacher"):
                 raise ValueError(
                     f"distribution must be 'gaussian' or 'rademacher', "
                     f"got {distribution!r}"
                 )
-            if not (isinstance(n_projections, int) and n_projections >= 1):
-                raise ValueError(
-                    f"n_projections must be a positive integer, got {n_projections!r}"
-                )
             shape = (n_projections, *v.shape)
             projections = torch.randn(shape, generator=generator, dtype=v.dtype, device=v.device)
             if distribution == "rademacher":
                 projections = torch.sign(projections)
-        elif projections.ndim != 3 or projections.shape[1:] != v.shape:
-            raise ValueError(
-                f"expected projections of shape [P, {_batch}, {self.D}], "
-                f"got {list(projections.shape)}"
-            )
+        else:
+            self._check_stack("ssm_loss", "projections", projections, v, "P")
         u = projections.reshape(-1, self.D)
         with torch.enable_grad():
             point = v.detach().repeat(projections.shape[0], 1).requires_grad_(True)
             score = self.score(point)
             along = (score * u).sum(dim=1)
-            (hvp,) = torch.autograd.grad(along.sum(), point, create_graph=True)
-            return ((hvp * u).sum(dim=1) + 0.5 * torch.square(along)).mean()
+            curvature = point.new_zeros(point.shape[0])
+            if along.requires_grad:  # else the score is constant: F is linear in v
+                (hvp,) = torch.autograd.grad(
+                    along.sum(), point, create_graph=True, allow_unused=True
+                )
+                if hvp is not None:
+                    curvature = (hvp * u).sum(dim=1)
+            return (curvature + 0.5 * torch.square(along)).mean()
 
     def nce_loss(
         self,
@@ -369,13 +430,17 @@ class GaussianRBM(torch.nn.Module):
         loss = -1/N sum log sigmoid(G(x)) - nu/M sum log sigmoid(-G(y)).
         log p_model = -F - log Z with the exact normaliser log_partition().
         All in log space: finite wherever the densities are, however small p_n / p_model."""
-        _batch = self._check("x", x, self.D)
-        if not nu > 0:
-            raise ValueError(f"nu must be positive, got {nu!r}")
+        self._positive("nce_loss", "nu", nu)
+        _batch = self._check("nce_loss", "x", x, self.D)
+        if not (hasattr(noise, "log_prob") and hasattr(noise, "sample")):
+            raise TypeError(
+                "nce_loss: noise must be a distribution with sample() and log_prob(), "
+                f"such as torch.distributions.MultivariateNormal, got {type(noise).__name__}"
+            )
         if noise_samples is None:
             count = max(1, round(nu * _batch))
             noise_samples = noise.sample((count,)).to(dtype=x.dtype, device=x.device)
-        self._check("noise_samples", noise_samples, self.D)
+        self._check("nce_loss", "noise_samples", noise_samples, self.D)
         log_noise_x = noise.log_prob(x)
         log_noise_y = noise.log_prob(noise_samples)
         if log_noise_x.shape != x.shape[:1] or log_noise_y.shape != noise_samples.shape[:1]:
@@ -407,18 +472,14 @@ class GaussianRBM(torch.nn.Module):
         points y = x + noise_std * noise per data point (noise ~ N(0, I), shape [k, N, D]);
         loss = 2/(k N) sum log(1 + exp(-G)), G = log p~(x) - log p~(y) = F(y) - F(x).
         The noise density and the normaliser cancel, so none is needed."""
-        _batch = self._check("x", x, self.D)
-        if not noise_std > 0:
-            raise ValueError(f"noise_std must be positive, got {noise_std!r}")
+        self._positive("cnce_loss", "k", k, integer=True)
+        self._positive("cnce_loss", "noise_std", noise_std)
+        self._generator("cnce_loss", generator)
+        _batch = self._check("cnce_loss", "x", x, self.D)
         if noise is None:
-            if not (isinstance(k, int) and k >= 1):
-                raise ValueError(f"k must be a positive integer, got {k!r}")
             noise = torch.randn((k, *x.shape), generator=generator, dtype=x.dtype, device=x.device)
-        elif noise.ndim != 3 or noise.shape[1:] != x.shape:
-            raise ValueError(
-                f"expected noise of shape [k, {_batch}, {self.D}], "
-                f"got {list(noise.shape)}"
-            )
+        else:
+            self._check_stack("cnce_loss", "noise", noise, x, "k")
         contrast = (x + noise_std * noise).reshape(-1, x.shape[1])
         data_energy = self.free_energy(x).repeat(noise.shape[0])
         logit = self.free_energy(contrast) - data_energy

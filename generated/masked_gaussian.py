@@ -72,7 +72,8 @@ def _grid_transpose(stencil: torch.Tensor, height: int, width: int) -> torch.Ten
 class MaskedGaussian(torch.nn.Module):
     """energy-based model of x in R^D.
 
-    Constructor arguments: height=28, width=28, connectivity=8.
+    Constructor arguments: height=28, width=28, connectivity=8; dtype, device, and validate=True to
+    reject non-finite inputs.
     Parameters: mu [D], Lambda [D, D] (stored as its stencil, [9, D]).
     Methods take the visible variable `x` as a [N, D] tensor.
     """
@@ -88,8 +89,12 @@ class MaskedGaussian(torch.nn.Module):
         connectivity: int = 8,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
+        validate: bool = False,
     ) -> None:
         super().__init__()
+        # reject non-finite inputs with an error naming the method and the row (a
+        # check per call, and a device sync on GPU: off by default)
+        self.validate = validate
         if not (isinstance(height, int) and height >= 1):
             raise ValueError(f"height must be a positive integer, got {height!r}")
         if not (isinstance(width, int) and width >= 1):
@@ -108,20 +113,71 @@ class MaskedGaussian(torch.nn.Module):
         self.register_buffer("_Lambda_index", _grid[0], persistent=False)
         self.register_buffer("_Lambda_inside", _grid[1], persistent=False)
 
-    def _check(self, name: str, value: torch.Tensor, size: int, rows: int | None = None) -> int:
-        """Fail early, naming the expected shape, rather than deep inside an einsum."""
+    def _check(
+        self, method: str, name: str, value: torch.Tensor, size: int, rows: int | None = None
+    ) -> int:
+        """Fail early, naming the method and what it expected, rather than deep inside an
+        einsum; with `validate` on, non-finite inputs too. Returns the batch size."""
         if not isinstance(value, torch.Tensor):
-            raise TypeError(f"expected {name} as a torch.Tensor, got {type(value).__name__}")
+            raise TypeError(
+                f"{method}: expected {name} as a torch.Tensor, got {type(value).__name__}"
+            )
         if value.ndim != 2 or value.shape[1] != size or rows not in (None, value.shape[0]):
             expected = f"[{'N' if rows is None else rows}, {size}]"
-            raise ValueError(f"expected {name} of shape {expected}, got {list(value.shape)}")
+            raise ValueError(
+                f"{method}: expected {name} of shape {expected}, got {list(value.shape)}"
+            )
+        if value.shape[0] == 0:
+            raise ValueError(f"{method}: {name} is an empty batch (shape {list(value.shape)})")
         reference = self.mu
         if value.dtype != reference.dtype or value.device != reference.device:
             raise ValueError(
-                f"expected {name} with dtype {reference.dtype} on {reference.device}, "
-                f"got {value.dtype} on {value.device}"
+                f"{method}: expected {name} with dtype {reference.dtype} on "
+                f"{reference.device}, got {value.dtype} on {value.device}"
             )
+        if self.validate:
+            finite = torch.isfinite(value).all(dim=1)
+            if not bool(finite.all()):
+                row = int((~finite).nonzero()[0, 0])
+                raise ValueError(
+                    f"{method}: {name} has a non-finite value (nan or inf) in row {row}: "
+                    f"{value[row].tolist()[:8]}"
+                )
         return value.shape[0]
+
+    def _check_stack(
+        self, method: str, name: str, value: torch.Tensor, like: torch.Tensor, count: str
+    ) -> None:
+        """`value` must be `count` tensors shaped like `like`, stacked: [count, N, D]."""
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(
+                f"{method}: expected {name} as a torch.Tensor, got {type(value).__name__}"
+            )
+        if value.ndim != 3 or value.shape[1:] != like.shape:
+            raise ValueError(
+                f"{method}: expected {name} of shape [{count}, {like.shape[0]}, "
+                f"{like.shape[1]}], got {list(value.shape)}"
+            )
+        self._check(method, name, value.reshape(-1, like.shape[1]), like.shape[1])
+
+    @staticmethod
+    def _positive(method: str, name: str, value, integer: bool = False) -> None:
+        """`value` must be a positive finite number (a positive int when `integer`)."""
+        number = value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
+        kinds = (int,) if integer else (int, float)
+        limit = 2**63 if isinstance(number, int) else float("inf")  # what torch takes
+        if isinstance(number, bool) or not isinstance(number, kinds) or not 0 < number < limit:
+            what = "a positive integer" if integer else "a positive finite number"
+            shown = repr(number) if isinstance(number, (int, float)) else type(value).__name__
+            raise ValueError(f"{method}: {name} must be {what}, got {shown}")
+
+    @staticmethod
+    def _generator(method: str, generator: torch.Generator | None) -> None:
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(
+                f"{method}: generator must be a torch.Generator or None, "
+                f"got {type(generator).__name__}"
+            )
 
     @property
     def visible_size(self) -> int:
@@ -166,7 +222,7 @@ class MaskedGaussian(torch.nn.Module):
 
     def free_energy(self, x: torch.Tensor) -> torch.Tensor:
         """Free energy F(x) per sample, shape [N]."""
-        self._check("x", x, self.D)
+        self._check("free_energy", "x", x, self.D)
         # -mu[i] + x[i]
         y = -self.mu + x
         # Lambda, constrained, as a stencil (see _Lambda_stencil)
@@ -187,7 +243,7 @@ class MaskedGaussian(torch.nn.Module):
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """Score d log p~(x) / dx = -dF/dx per sample, shape [N, D]."""
-        self._check("x", x, self.D)
+        self._check("score", "x", x, self.D)
         # Lambda, constrained, as a stencil (see _Lambda_stencil)
         _Lambda_stencil = self._Lambda_stencil()
         # sum(j: Lambda[i, j]*x[j])
@@ -204,7 +260,7 @@ class MaskedGaussian(torch.nn.Module):
 
     def laplacian(self, x: torch.Tensor) -> torch.Tensor:
         """Laplacian sum_i d^2 log p~(x) / dx_i^2 per sample, shape [N]."""
-        _batch = self._check("x", x, self.D)
+        _batch = self._check("laplacian", "x", x, self.D)
         # Lambda, constrained, as a stencil (see _Lambda_stencil)
         _Lambda_stencil = self._Lambda_stencil()
         # Lambda[i, i]
@@ -218,7 +274,7 @@ class MaskedGaussian(torch.nn.Module):
     def sm_loss(self, x: torch.Tensor) -> torch.Tensor:
         """Exact score-matching loss (Hyvarinen 2005), the batch mean of
         sum_i 1/2 score_i^2 + d score_i / dx_i, constants included."""
-        self._check("x", x, self.D)
+        self._check("sm_loss", "x", x, self.D)
         # Lambda, constrained, as a stencil (see _Lambda_stencil)
         _Lambda_stencil = self._Lambda_stencil()
         # sum(j: Lambda[i, j]*x[j])
@@ -281,6 +337,8 @@ class MaskedGaussian(torch.nn.Module):
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n exact draws from p(x) = N(P^-1 b, P^-1), shape [n, D]."""
+        self._positive("sample", "n", n, integer=True)
+        self._generator("sample", generator)
         factor, mean, _ = self._gaussian()
         shape = (n, mean.shape[0])
         noise = torch.randn(shape, generator=generator, dtype=mean.dtype, device=mean.device)
@@ -298,12 +356,12 @@ class MaskedGaussian(torch.nn.Module):
         1/2 |score(x~) - (x - x~) / noise_std^2|^2 with x~ = x + noise_std * noise,
         noise ~ N(0, I) of shape [N, D] (pass it, or a generator, to make the loss
         reproducible). Needs no second derivatives."""
-        self._check("x", x, self.D)
-        if not noise_std > 0:
-            raise ValueError(f"noise_std must be positive, got {noise_std!r}")
+        self._positive("dsm_loss", "noise_std", noise_std)
+        self._generator("dsm_loss", generator)
+        self._check("dsm_loss", "x", x, self.D)
         if noise is None:
             noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        self._check("noise", noise, self.D, x.shape[0])
+        self._check("dsm_loss", "noise", noise, self.D, x.shape[0])
         perturbed = x + noise_std * noise
         residual = self.score(perturbed) + noise / noise_std
         return 0.5 * torch.square(residual).sum(dim=1).mean()
@@ -321,33 +379,34 @@ class MaskedGaussian(torch.nn.Module):
         derived score and one Hessian-vector product (autograd). Its expectation over u
         (E[u u^T] = I) is sm_loss. `projections` [P, N, D] fixes u; else n_projections
         draws from `distribution` ('gaussian' or 'rademacher')."""
-        _batch = self._check("x", x, self.D)
+        self._positive("ssm_loss", "n_projections", n_projections, integer=True)
+        self._generator("ssm_loss", generator)
+        _batch = self._check("ssm_loss", "x", x, self.D)
         if projections is None:
             if distribution not in ("gaussian", "rademacher"):
                 raise ValueError(
                     f"distribution must be 'gaussian' or 'rademacher', "
                     f"got {distribution!r}"
                 )
-            if not (isinstance(n_projections, int) and n_projections >= 1):
-                raise ValueError(
-                    f"n_projections must be a positive integer, got {n_projections!r}"
-                )
             shape = (n_projections, *x.shape)
             projections = torch.randn(shape, generator=generator, dtype=x.dtype, device=x.device)
             if distribution == "rademacher":
                 projections = torch.sign(projections)
-        elif projections.ndim != 3 or projections.shape[1:] != x.shape:
-            raise ValueError(
-                f"expected projections of shape [P, {_batch}, {self.D}], "
-                f"got {list(projections.shape)}"
-            )
+        else:
+            self._check_stack("ssm_loss", "projections", projections, x, "P")
         u = projections.reshape(-1, self.D)
         with torch.enable_grad():
             point = x.detach().repeat(projections.shape[0], 1).requires_grad_(True)
             score = self.score(point)
             along = (score * u).sum(dim=1)
-            (hvp,) = torch.autograd.grad(along.sum(), point, create_graph=True)
-            return ((hvp * u).sum(dim=1) + 0.5 * torch.square(along)).mean()
+            curvature = point.new_zeros(point.shape[0])
+            if along.requires_grad:  # else the score is constant: F is linear in x
+                (hvp,) = torch.autograd.grad(
+                    along.sum(), point, create_graph=True, allow_unused=True
+                )
+                if hvp is not None:
+                    curvature = (hvp * u).sum(dim=1)
+            return (curvature + 0.5 * torch.square(along)).mean()
 
     def nce_loss(
         self,
@@ -362,13 +421,17 @@ class MaskedGaussian(torch.nn.Module):
         loss = -1/N sum log sigmoid(G(x)) - nu/M sum log sigmoid(-G(y)).
         log p_model = -F - log Z with the exact normaliser log_partition().
         All in log space: finite wherever the densities are, however small p_n / p_model."""
-        _batch = self._check("x", x, self.D)
-        if not nu > 0:
-            raise ValueError(f"nu must be positive, got {nu!r}")
+        self._positive("nce_loss", "nu", nu)
+        _batch = self._check("nce_loss", "x", x, self.D)
+        if not (hasattr(noise, "log_prob") and hasattr(noise, "sample")):
+            raise TypeError(
+                "nce_loss: noise must be a distribution with sample() and log_prob(), "
+                f"such as torch.distributions.MultivariateNormal, got {type(noise).__name__}"
+            )
         if noise_samples is None:
             count = max(1, round(nu * _batch))
             noise_samples = noise.sample((count,)).to(dtype=x.dtype, device=x.device)
-        self._check("noise_samples", noise_samples, self.D)
+        self._check("nce_loss", "noise_samples", noise_samples, self.D)
         log_noise_x = noise.log_prob(x)
         log_noise_y = noise.log_prob(noise_samples)
         if log_noise_x.shape != x.shape[:1] or log_noise_y.shape != noise_samples.shape[:1]:
@@ -400,18 +463,14 @@ class MaskedGaussian(torch.nn.Module):
         points y = x + noise_std * noise per data point (noise ~ N(0, I), shape [k, N, D]);
         loss = 2/(k N) sum log(1 + exp(-G)), G = log p~(x) - log p~(y) = F(y) - F(x).
         The noise density and the normaliser cancel, so none is needed."""
-        _batch = self._check("x", x, self.D)
-        if not noise_std > 0:
-            raise ValueError(f"noise_std must be positive, got {noise_std!r}")
+        self._positive("cnce_loss", "k", k, integer=True)
+        self._positive("cnce_loss", "noise_std", noise_std)
+        self._generator("cnce_loss", generator)
+        _batch = self._check("cnce_loss", "x", x, self.D)
         if noise is None:
-            if not (isinstance(k, int) and k >= 1):
-                raise ValueError(f"k must be a positive integer, got {k!r}")
             noise = torch.randn((k, *x.shape), generator=generator, dtype=x.dtype, device=x.device)
-        elif noise.ndim != 3 or noise.shape[1:] != x.shape:
-            raise ValueError(
-                f"expected noise of shape [k, {_batch}, {self.D}], "
-                f"got {list(noise.shape)}"
-            )
+        else:
+            self._check_stack("cnce_loss", "noise", noise, x, "k")
         contrast = (x + noise_std * noise).reshape(-1, x.shape[1])
         data_energy = self.free_energy(x).repeat(noise.shape[0])
         logit = self.free_energy(contrast) - data_energy

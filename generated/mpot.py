@@ -32,7 +32,8 @@ import torch
 class MPoT(torch.nn.Module):
     """energy-based model of v in R^D, hidden hc positive^K, hidden hm binary^M.
 
-    Constructor arguments: D=784, K=64, M=64, gamma=1.0.
+    Constructor arguments: D=784, K=64, M=64, gamma=1.0; dtype, device, and validate=True to
+    reject non-finite inputs.
     Parameters: C [D, K], W [D, M].
     Methods take the visible variable `v` as a [N, D] tensor.
     """
@@ -49,8 +50,12 @@ class MPoT(torch.nn.Module):
         gamma: float = 1.0,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
+        validate: bool = False,
     ) -> None:
         super().__init__()
+        # reject non-finite inputs with an error naming the method and the row (a
+        # check per call, and a device sync on GPU: off by default)
+        self.validate = validate
         if not (isinstance(D, int) and D >= 1):
             raise ValueError(f"D must be a positive integer, got {D!r}")
         if not (isinstance(K, int) and K >= 1):
@@ -72,20 +77,71 @@ class MPoT(torch.nn.Module):
         # log Z for noise-contrastive estimation (nce_loss), learnt too
         self.log_z = torch.nn.Parameter(torch.zeros((), dtype=dtype, device=device))
 
-    def _check(self, name: str, value: torch.Tensor, size: int, rows: int | None = None) -> int:
-        """Fail early, naming the expected shape, rather than deep inside an einsum."""
+    def _check(
+        self, method: str, name: str, value: torch.Tensor, size: int, rows: int | None = None
+    ) -> int:
+        """Fail early, naming the method and what it expected, rather than deep inside an
+        einsum; with `validate` on, non-finite inputs too. Returns the batch size."""
         if not isinstance(value, torch.Tensor):
-            raise TypeError(f"expected {name} as a torch.Tensor, got {type(value).__name__}")
+            raise TypeError(
+                f"{method}: expected {name} as a torch.Tensor, got {type(value).__name__}"
+            )
         if value.ndim != 2 or value.shape[1] != size or rows not in (None, value.shape[0]):
             expected = f"[{'N' if rows is None else rows}, {size}]"
-            raise ValueError(f"expected {name} of shape {expected}, got {list(value.shape)}")
+            raise ValueError(
+                f"{method}: expected {name} of shape {expected}, got {list(value.shape)}"
+            )
+        if value.shape[0] == 0:
+            raise ValueError(f"{method}: {name} is an empty batch (shape {list(value.shape)})")
         reference = self.C
         if value.dtype != reference.dtype or value.device != reference.device:
             raise ValueError(
-                f"expected {name} with dtype {reference.dtype} on {reference.device}, "
-                f"got {value.dtype} on {value.device}"
+                f"{method}: expected {name} with dtype {reference.dtype} on "
+                f"{reference.device}, got {value.dtype} on {value.device}"
             )
+        if self.validate:
+            finite = torch.isfinite(value).all(dim=1)
+            if not bool(finite.all()):
+                row = int((~finite).nonzero()[0, 0])
+                raise ValueError(
+                    f"{method}: {name} has a non-finite value (nan or inf) in row {row}: "
+                    f"{value[row].tolist()[:8]}"
+                )
         return value.shape[0]
+
+    def _check_stack(
+        self, method: str, name: str, value: torch.Tensor, like: torch.Tensor, count: str
+    ) -> None:
+        """`value` must be `count` tensors shaped like `like`, stacked: [count, N, D]."""
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(
+                f"{method}: expected {name} as a torch.Tensor, got {type(value).__name__}"
+            )
+        if value.ndim != 3 or value.shape[1:] != like.shape:
+            raise ValueError(
+                f"{method}: expected {name} of shape [{count}, {like.shape[0]}, "
+                f"{like.shape[1]}], got {list(value.shape)}"
+            )
+        self._check(method, name, value.reshape(-1, like.shape[1]), like.shape[1])
+
+    @staticmethod
+    def _positive(method: str, name: str, value, integer: bool = False) -> None:
+        """`value` must be a positive finite number (a positive int when `integer`)."""
+        number = value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
+        kinds = (int,) if integer else (int, float)
+        limit = 2**63 if isinstance(number, int) else float("inf")  # what torch takes
+        if isinstance(number, bool) or not isinstance(number, kinds) or not 0 < number < limit:
+            what = "a positive integer" if integer else "a positive finite number"
+            shown = repr(number) if isinstance(number, (int, float)) else type(value).__name__
+            raise ValueError(f"{method}: {name} must be {what}, got {shown}")
+
+    @staticmethod
+    def _generator(method: str, generator: torch.Generator | None) -> None:
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(
+                f"{method}: generator must be a torch.Generator or None, "
+                f"got {type(generator).__name__}"
+            )
 
     @property
     def visible_size(self) -> int:
@@ -105,7 +161,7 @@ class MPoT(torch.nn.Module):
 
     def free_energy(self, v: torch.Tensor) -> torch.Tensor:
         """Free energy F(v) per sample, shape [N]."""
-        self._check("v", v, self.D)
+        self._check("free_energy", "v", v, self.D)
         # v[i]^2
         _t1 = torch.square(v)
         # sum(i: v[i]^2)
@@ -128,7 +184,7 @@ class MPoT(torch.nn.Module):
 
     def score(self, v: torch.Tensor) -> torch.Tensor:
         """Score d log p~(v) / dv = -dF/dv per sample, shape [N, D]."""
-        self._check("v", v, self.D)
+        self._check("score", "v", v, self.D)
         # sum(i: W[i, j]*v[i])
         _t3 = v @ self.W
         # sum(i: C[i, k]*v[i])
@@ -147,7 +203,7 @@ class MPoT(torch.nn.Module):
 
     def laplacian(self, v: torch.Tensor) -> torch.Tensor:
         """Laplacian sum_i d^2 log p~(v) / dv_i^2 per sample, shape [N]."""
-        self._check("v", v, self.D)
+        self._check("laplacian", "v", v, self.D)
         # sum(i: W[i, j]*v[i])
         _t3 = v @ self.W
         # sum(i: C[i, k]*v[i])
@@ -177,7 +233,7 @@ class MPoT(torch.nn.Module):
     def sm_loss(self, v: torch.Tensor) -> torch.Tensor:
         """Exact score-matching loss (Hyvarinen 2005), the batch mean of
         sum_i 1/2 score_i^2 + d score_i / dv_i, constants included."""
-        self._check("v", v, self.D)
+        self._check("sm_loss", "v", v, self.D)
         # v[i]^2
         _t1 = torch.square(v)
         # sum(i: v[i]^2)
@@ -250,9 +306,9 @@ class MPoT(torch.nn.Module):
 
     def energy(self, v: torch.Tensor, hc: torch.Tensor, hm: torch.Tensor) -> torch.Tensor:
         """The joint energy E(v, hc, hm) per sample, shape [N]."""
-        self._check("v", v, self.D)
-        self._check("hc", hc, self.K, v.shape[0])
-        self._check("hm", hm, self.M, v.shape[0])
+        self._check("energy", "v", v, self.D)
+        self._check("energy", "hc", hc, self.K, v.shape[0])
+        self._check("energy", "hm", hm, self.M, v.shape[0])
         # v[i]^2
         _t1 = torch.square(v)
         # sum(i: v[i]^2)
@@ -277,7 +333,7 @@ class MPoT(torch.nn.Module):
 
     def mean_hc(self, v: torch.Tensor) -> torch.Tensor:
         """E[hc | v], shape [N, K] (positive units)."""
-        self._check("v", v, self.D)
+        self._check("mean_hc", "v", v, self.D)
         # sum(i: C[i, k]*v[i])
         phi = v @ self.C
         # gamma/(phi[k]^2/2 + 1)
@@ -286,7 +342,8 @@ class MPoT(torch.nn.Module):
 
     def sample_hc(self, v: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """A draw of hc ~ p(hc | v), shape [N, K]; units are independent given v."""
-        _batch = self._check("v", v, self.D)
+        self._generator("sample_hc", generator)
+        _batch = self._check("sample_hc", "v", v, self.D)
         _like = v
         # sum(i: C[i, k]*v[i])
         phi = v @ self.C
@@ -301,7 +358,7 @@ class MPoT(torch.nn.Module):
 
     def mean_hm(self, v: torch.Tensor) -> torch.Tensor:
         """E[hm | v], shape [N, M] (binary units)."""
-        self._check("v", v, self.D)
+        self._check("mean_hm", "v", v, self.D)
         # sum(i: W[i, j]*v[i])
         _t3 = v @ self.W
         # sigmoid(sum(i: W[i, j]*v[i]))
@@ -310,7 +367,8 @@ class MPoT(torch.nn.Module):
 
     def sample_hm(self, v: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """A draw of hm ~ p(hm | v), shape [N, M]; units are independent given v."""
-        self._check("v", v, self.D)
+        self._generator("sample_hm", generator)
+        self._check("sample_hm", "v", v, self.D)
         # sum(i: W[i, j]*v[i])
         _t3 = v @ self.W
         # sigmoid(sum(i: W[i, j]*v[i]))
@@ -321,7 +379,7 @@ class MPoT(torch.nn.Module):
         """The three terms of the latent-EBM score-matching theorem (Swersky et al. 2011),
         batch means summing to sm_loss: squared_error = 1/2 |E[dE/dv | v]|^2,
         variance = sum_i var[dE/dv_i | v], curvature = -sum_i E[d^2E/dv_i^2 | v]."""
-        self._check("v", v, self.D)
+        self._check("sm_terms", "v", v, self.D)
         # v[i]^2
         _t1 = torch.square(v)
         # sum(i: v[i]^2)
@@ -400,8 +458,8 @@ class MPoT(torch.nn.Module):
     def mean_v(self, hc: torch.Tensor, hm: torch.Tensor) -> torch.Tensor:
         """E[v | hc, hm], shape [N, D]: v given the hidden units is
         Gaussian (a full precision per sample, by batched Cholesky)."""
-        self._check("hc", hc, self.K)
-        self._check("hm", hm, self.M, hc.shape[0])
+        self._check("mean_v", "hc", hc, self.K)
+        self._check("mean_v", "hm", hm, self.M, hc.shape[0])
         _like = hc
         # sum(j: W[l, j]*hm[j])
         _t1 = hm @ self.W.T
@@ -423,8 +481,9 @@ class MPoT(torch.nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """A draw of v ~ p(v | hc, hm), shape [N, D]."""
-        self._check("hc", hc, self.K)
-        self._check("hm", hm, self.M, hc.shape[0])
+        self._generator("sample_v", generator)
+        self._check("sample_v", "hc", hc, self.K)
+        self._check("sample_v", "hm", hm, self.M, hc.shape[0])
         _like = hc
         # sum(j: W[l, j]*hm[j])
         _t1 = hm @ self.W.T
@@ -453,12 +512,12 @@ class MPoT(torch.nn.Module):
         1/2 |score(v~) - (v - v~) / noise_std^2|^2 with v~ = v + noise_std * noise,
         noise ~ N(0, I) of shape [N, D] (pass it, or a generator, to make the loss
         reproducible). Needs no second derivatives."""
-        self._check("v", v, self.D)
-        if not noise_std > 0:
-            raise ValueError(f"noise_std must be positive, got {noise_std!r}")
+        self._positive("dsm_loss", "noise_std", noise_std)
+        self._generator("dsm_loss", generator)
+        self._check("dsm_loss", "v", v, self.D)
         if noise is None:
             noise = torch.randn(v.shape, generator=generator, dtype=v.dtype, device=v.device)
-        self._check("noise", noise, self.D, v.shape[0])
+        self._check("dsm_loss", "noise", noise, self.D, v.shape[0])
         perturbed = v + noise_std * noise
         residual = self.score(perturbed) + noise / noise_std
         return 0.5 * torch.square(residual).sum(dim=1).mean()
@@ -476,33 +535,34 @@ class MPoT(torch.nn.Module):
         derived score and one Hessian-vector product (autograd). Its expectation over u
         (E[u u^T] = I) is sm_loss. `projections` [P, N, D] fixes u; else n_projections
         draws from `distribution` ('gaussian' or 'rademacher')."""
-        _batch = self._check("v", v, self.D)
+        self._positive("ssm_loss", "n_projections", n_projections, integer=True)
+        self._generator("ssm_loss", generator)
+        _batch = self._check("ssm_loss", "v", v, self.D)
         if projections is None:
             if distribution not in ("gaussian", "rademacher"):
                 raise ValueError(
                     f"distribution must be 'gaussian' or 'rademacher', "
                     f"got {distribution!r}"
                 )
-            if not (isinstance(n_projections, int) and n_projections >= 1):
-                raise ValueError(
-                    f"n_projections must be a positive integer, got {n_projections!r}"
-                )
             shape = (n_projections, *v.shape)
             projections = torch.randn(shape, generator=generator, dtype=v.dtype, device=v.device)
             if distribution == "rademacher":
                 projections = torch.sign(projections)
-        elif projections.ndim != 3 or projections.shape[1:] != v.shape:
-            raise ValueError(
-                f"expected projections of shape [P, {_batch}, {self.D}], "
-                f"got {list(projections.shape)}"
-            )
+        else:
+            self._check_stack("ssm_loss", "projections", projections, v, "P")
         u = projections.reshape(-1, self.D)
         with torch.enable_grad():
             point = v.detach().repeat(projections.shape[0], 1).requires_grad_(True)
             score = self.score(point)
             along = (score * u).sum(dim=1)
-            (hvp,) = torch.autograd.grad(along.sum(), point, create_graph=True)
-            return ((hvp * u).sum(dim=1) + 0.5 * torch.square(along)).mean()
+            curvature = point.new_zeros(point.shape[0])
+            if along.requires_grad:  # else the score is constant: F is linear in v
+                (hvp,) = torch.autograd.grad(
+                    along.sum(), point, create_graph=True, allow_unused=True
+                )
+                if hvp is not None:
+                    curvature = (hvp * u).sum(dim=1)
+            return (curvature + 0.5 * torch.square(along)).mean()
 
     def nce_loss(
         self,
@@ -518,13 +578,17 @@ class MPoT(torch.nn.Module):
         log p_model = -F - log Z with the learnable scalar parameter log_z
         (NCE estimates the normaliser).
         All in log space: finite wherever the densities are, however small p_n / p_model."""
-        _batch = self._check("x", x, self.D)
-        if not nu > 0:
-            raise ValueError(f"nu must be positive, got {nu!r}")
+        self._positive("nce_loss", "nu", nu)
+        _batch = self._check("nce_loss", "x", x, self.D)
+        if not (hasattr(noise, "log_prob") and hasattr(noise, "sample")):
+            raise TypeError(
+                "nce_loss: noise must be a distribution with sample() and log_prob(), "
+                f"such as torch.distributions.MultivariateNormal, got {type(noise).__name__}"
+            )
         if noise_samples is None:
             count = max(1, round(nu * _batch))
             noise_samples = noise.sample((count,)).to(dtype=x.dtype, device=x.device)
-        self._check("noise_samples", noise_samples, self.D)
+        self._check("nce_loss", "noise_samples", noise_samples, self.D)
         log_noise_x = noise.log_prob(x)
         log_noise_y = noise.log_prob(noise_samples)
         if log_noise_x.shape != x.shape[:1] or log_noise_y.shape != noise_samples.shape[:1]:
@@ -556,18 +620,14 @@ class MPoT(torch.nn.Module):
         points y = x + noise_std * noise per data point (noise ~ N(0, I), shape [k, N, D]);
         loss = 2/(k N) sum log(1 + exp(-G)), G = log p~(x) - log p~(y) = F(y) - F(x).
         The noise density and the normaliser cancel, so none is needed."""
-        _batch = self._check("x", x, self.D)
-        if not noise_std > 0:
-            raise ValueError(f"noise_std must be positive, got {noise_std!r}")
+        self._positive("cnce_loss", "k", k, integer=True)
+        self._positive("cnce_loss", "noise_std", noise_std)
+        self._generator("cnce_loss", generator)
+        _batch = self._check("cnce_loss", "x", x, self.D)
         if noise is None:
-            if not (isinstance(k, int) and k >= 1):
-                raise ValueError(f"k must be a positive integer, got {k!r}")
             noise = torch.randn((k, *x.shape), generator=generator, dtype=x.dtype, device=x.device)
-        elif noise.ndim != 3 or noise.shape[1:] != x.shape:
-            raise ValueError(
-                f"expected noise of shape [k, {_batch}, {self.D}], "
-                f"got {list(noise.shape)}"
-            )
+        else:
+            self._check_stack("cnce_loss", "noise", noise, x, "k")
         contrast = (x + noise_std * noise).reshape(-1, x.shape[1])
         data_energy = self.free_energy(x).repeat(noise.shape[0])
         logit = self.free_energy(contrast) - data_energy

@@ -243,7 +243,7 @@ def test_cnce_loss_is_ceylan_and_gutmanns_objective(models, name):
 def test_objectives_reject_bad_arguments(models):
     model = models["gbrbm"]
     x = torch.randn(4, 3, dtype=F64)
-    with pytest.raises(ValueError, match="noise_std must be positive"):
+    with pytest.raises(ValueError, match="dsm_loss: noise_std must be a positive finite number"):
         model.dsm_loss(x, 0.0)
     with pytest.raises(ValueError, match=r"expected noise of shape \[4, 3\]"):
         model.dsm_loss(x, 0.1, noise=torch.zeros(4, 2, dtype=F64))
@@ -251,9 +251,9 @@ def test_objectives_reject_bad_arguments(models):
         model.ssm_loss(x, projections=torch.zeros(4, 3, dtype=F64))
     with pytest.raises(ValueError, match="distribution must be"):
         model.ssm_loss(x, distribution="uniform")
-    with pytest.raises(ValueError, match="nu must be positive"):
+    with pytest.raises(ValueError, match="nce_loss: nu must be a positive finite number"):
         model.nce_loss(x, torch.distributions.Normal(0.0, 1.0), nu=0.0)
-    with pytest.raises(ValueError, match="k must be a positive integer"):
+    with pytest.raises(ValueError, match="cnce_loss: k must be a positive integer"):
         model.cnce_loss(x, 0.1, k=0)
 
 
