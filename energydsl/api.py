@@ -6,16 +6,12 @@ free; editing it recompiles). Spec errors raise SpecError with the positioned me
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
+from .checkpoints import spec_hash
 from .driver import Compiled, compile_source
 
 _CACHE: dict[str, Compiled] = {}
-
-
-def spec_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def compile_cached(text: str, path: str = "<spec>") -> Compiled:
@@ -35,5 +31,7 @@ def class_of(compiled: Compiled) -> type:
 
 def load(path: str | Path) -> type:
     """Compile the spec at `path` in memory and return its generated class."""
-    text = Path(path).read_text(encoding="utf-8")
+    from .sources import read_spec
+
+    text = read_spec(path)
     return class_of(compile_cached(text, Path(path).as_posix()))

@@ -20,6 +20,7 @@ from .checking_objectives import (
     check_energy,
     check_enumerated_log_partition,
     check_objectives,
+    gradient,
 )
 from .driver import Compiled
 from .reference import Reference, check_sizes
@@ -93,11 +94,13 @@ def instantiate(compiled: Compiled, sizes: dict[str, int], seed: int,
     return model
 
 
-def _gradient(output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """d output / d x with its graph kept; zeros where output does not depend on x (an
-    energy linear in x has a score free of x)."""
-    (grad,) = torch.autograd.grad(output, x, create_graph=True, allow_unused=True)
-    return torch.zeros_like(x) if grad is None else grad
+def _parameter_gradients(loss: torch.Tensor, params: list[torch.Tensor]
+                         ) -> tuple[torch.Tensor | None, ...]:
+    """d loss / d each parameter; None for those it does not depend on (all of them when
+    the loss involves no parameter, e.g. a constant that cancels in the score)."""
+    if not loss.requires_grad:
+        return tuple(None for _ in params)
+    return torch.autograd.grad(loss, params, allow_unused=True)
 
 
 def check_compiled(compiled: Compiled, overrides: dict[str, int] | None = None, seed: int = 0,
@@ -118,8 +121,8 @@ def check_compiled(compiled: Compiled, overrides: dict[str, int] | None = None, 
         report.rows.append(CheckRow(quantity, _relative_error(value, ref), tolerance))
 
     free_energy_ref = reference.free_energy(v)
-    score_ref = -_gradient(free_energy_ref.sum(), v)
-    laplacian_ref = torch.stack([_gradient(score_ref[:, i].sum(), v)[:, i]
+    score_ref = -gradient(free_energy_ref.sum(), v)
+    laplacian_ref = torch.stack([gradient(score_ref[:, i].sum(), v)[:, i]
                                  for i in range(dim)], dim=1).sum(dim=1)
     sm_ref = (0.5 * score_ref.square().sum(dim=1) + laplacian_ref).mean()
     add("free_energy", model.free_energy(v), free_energy_ref)
@@ -130,8 +133,8 @@ def check_compiled(compiled: Compiled, overrides: dict[str, int] | None = None, 
     names = list(params)
     grads = grads_ref = ()
     if names:  # torch refuses a gradient with respect to nothing
-        grads = torch.autograd.grad(sm, [params[n] for n in names], allow_unused=True)
-        grads_ref = torch.autograd.grad(sm_ref, [params[n] for n in names], allow_unused=True)
+        grads = _parameter_gradients(sm, [params[n] for n in names])
+        grads_ref = _parameter_gradients(sm_ref, [params[n] for n in names])
     for name, grad, grad_ref in zip(names, grads, grads_ref, strict=True):
         grad = torch.zeros_like(params[name]) if grad is None else grad
         grad_ref = torch.zeros_like(params[name]) if grad_ref is None else grad_ref
@@ -172,8 +175,8 @@ def _check_hidden(model, reference: Reference, v: torch.Tensor, add, report, see
     pairs = v.repeat_interleave(count, dim=0).requires_grad_(True)
     hidden = {name: state.repeat(v.shape[0], 1) for name, state in states.items()}
     energy = reference.energy(pairs, hidden, paired=True)
-    first = torch.autograd.grad(energy.sum(), pairs, create_graph=True)[0]
-    second = torch.stack([torch.autograd.grad(first[:, i].sum(), pairs, retain_graph=True)[0][:, i]
+    first = gradient(energy.sum(), pairs)
+    second = torch.stack([gradient(first[:, i].sum(), pairs).detach()[:, i]
                           for i in range(v.shape[1])], dim=1)
     first = first.detach().reshape(v.shape[0], count, -1)
     second = second.reshape(v.shape[0], count, -1)

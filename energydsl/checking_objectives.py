@@ -19,12 +19,20 @@ from .reference import Reference
 Add = Callable[[str, torch.Tensor, torch.Tensor], None]
 
 
+def gradient(output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """d output / d x with its graph kept; zeros where output does not depend on x (an
+    energy linear in x has a score free of x)."""
+    if not output.requires_grad:
+        return torch.zeros_like(x)
+    (grad,) = torch.autograd.grad(output, x, create_graph=True, allow_unused=True)
+    return torch.zeros_like(x) if grad is None else grad
+
+
 def _reference_score(reference: Reference, x: torch.Tensor, create_graph: bool = False
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     x = x.detach().requires_grad_(True)
     free_energy = reference.free_energy(x)
-    score = -torch.autograd.grad(free_energy.sum(), x, create_graph=True)[0]
-    return x, score
+    return x, -gradient(free_energy.sum(), x)
 
 
 def check_objectives(model: torch.nn.Module, reference: Reference, v: torch.Tensor,
@@ -44,7 +52,7 @@ def check_objectives(model: torch.nn.Module, reference: Reference, v: torch.Tens
     # sliced score matching: u^T H u + 1/2 (u^T s)^2 with the full Hessian by autograd
     projections = torch.randn(3, batch, dim, generator=generator, dtype=dtype)
     point, score = _reference_score(reference, v)
-    hessian = torch.stack([torch.autograd.grad(score[:, i].sum(), point, retain_graph=True)[0]
+    hessian = torch.stack([gradient(score[:, i].sum(), point).detach()
                            for i in range(dim)], dim=1)  # [N, D, D]
     curvature = torch.einsum("pni,nij,pnj->pn", projections, hessian, projections)
     along = torch.einsum("pni,ni->pn", projections, score)

@@ -1,30 +1,38 @@
-"""The `energydsl` command line: compile, check and show specs.
+"""The `energydsl` command line: compile, check and show specs; train, sample, report
+and compare models.
 
-The only module that prints. Exit status: 0 success, 1 a spec error or a failed
-check, 2 a wrong command line, 3 an internal error (a bug). Heavy imports (torch,
-SymPy) happen inside the handlers so `--help` answers at once.
+The only module that prints. Exit status: 0 success, 1 a spec error, a failed check or a
+run that could not go on, 2 a wrong command line (a bad flag value, an unusable output
+path, an option the objective does not take), 3 an internal error (a bug). Heavy imports
+(torch, SymPy) happen inside the handlers so `--help` answers at once. SIGTERM exits like
+Ctrl-C, so no half-written file is left behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
-import tempfile
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
-from .errors import DEFAULT_TIME_LIMIT, SpecError
+from .errors import DEFAULT_TIME_LIMIT, SpecError, TrainingError, UsageError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 3
+MAX_TIME_LIMIT = 1e6  # seconds (the timer takes no more)
+MAX_CHECK_SIZE = 64  # the check is exact: autograd per dimension, enumeration, quadrature
+MAX_SAMPLES = 10_000  # images in one sample grid
 
 DESCRIPTION = """\
 energydsl compiles an energy-based model written as a short spec (an energy E(v, h) with
 its hidden units, or a free energy F(v)) into a self-contained PyTorch module. It
 marginalises the hidden units and derives the free energy, score, Laplacian and exact
-score-matching loss symbolically, and emits vectorised code for them.
+score-matching loss symbolically, and emits vectorised code for them. It also trains the
+compiled models (and a companion library of VAEs, GANs, flows and autoregressive models)
+on data, samples from them, and writes reports and comparison tables.
 """
 
 EPILOG = """\
@@ -37,6 +45,8 @@ examples:
   energydsl train realnvp --epochs 5 --out runs/realnvp   a companion model
   energydsl sample runs/gbrbm -n 64                        samples as an image grid
   energydsl report runs/gbrbm                              plots and index.md
+
+exit status: 0 ok, 1 spec error / failed check / failed run, 2 wrong arguments, 3 a bug
 """
 
 
@@ -48,18 +58,64 @@ def _err(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def _read(path: str) -> str:
+# ---------------------------------------------------------------- argument types
+
+
+def _number(text: str, kind: type, low: float, high: float, what: str) -> int | float:
     try:
-        return Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        _err(f"{path}: error: no such file")
-    except IsADirectoryError:
-        _err(f"{path}: error: is a directory, not a spec file")
-    except UnicodeDecodeError as exc:
-        _err(f"{path}: error: not UTF-8 text ({exc.reason} at byte {exc.start})")
-    except OSError as exc:
-        _err(f"{path}: error: cannot read: {exc.strerror}")
-    raise _Failure
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not (low <= value <= high) or (kind is float and not math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return int(_number(text, int, 1, 2**63 - 1, "a positive integer"))
+
+
+def seed(text: str) -> int:
+    return int(_number(text, int, 0, 2**31 - 1, "an integer in [0, 2^31)"))
+
+
+def positive_float(text: str) -> float:
+    return float(_number(text, float, sys.float_info.min, math.inf, "a positive number"))
+
+
+def time_limit(text: str) -> float:
+    return float(_number(text, float, 0, MAX_TIME_LIMIT,
+                         f"seconds between 0 (no limit) and {MAX_TIME_LIMIT:g}"))
+
+
+def _parse_assignments(items: list[str], flag: str, kind: type) -> dict:
+    """NAME=VALUE pairs of --size (positive integers) or --option (finite numbers)."""
+    found = {}
+    expected = "POSITIVE_INTEGER" if kind is int else "NUMBER"
+    for item in items:
+        name, _, text = item.partition("=")
+        try:
+            if not name.isidentifier():
+                raise argparse.ArgumentTypeError
+            found[name] = positive_int(text) if kind is int else _number(
+                text, float, -math.inf, math.inf, "a finite number")
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"{flag} expects NAME={expected}, got "
+                                             f"{item!r}") from None
+    return found
+
+
+# ---------------------------------------------------------------- specs
+
+
+def _read(path: str) -> str:
+    from .sources import read_spec
+
+    try:
+        return read_spec(path)
+    except SpecError as exc:
+        _err(exc.format(path, None))
+        raise _Failure from None
 
 
 def _display_path(path: str) -> str:
@@ -72,28 +128,56 @@ def _display_path(path: str) -> str:
         return resolved.name
 
 
+# Names a generated module must not take: it would shadow them on import from its
+# directory (Python's own modules, the packages energydsl and its users import).
+_SHADOWED = frozenset(getattr(sys, "stdlib_module_names", ())) | {
+    "torch", "numpy", "sympy", "lark", "jinja2", "matplotlib", "opt_einsum", "tqdm", "sklearn",
+    "scipy", "energydsl", "generated", "setup", "conftest", "test", "tests"}
+
+
 def module_name(spec_path: str) -> str:
-    """generated/<stem>.py, with the stem made a valid Python module name."""
-    stem = Path(spec_path).stem
-    name = "".join(c if c.isalnum() or c == "_" else "_" for c in stem)
-    if not name or name[0].isdigit():
+    """<stem>.py for a spec, with the stem made a valid Python module name; UsageError
+    when nothing of the stem is left or the name would shadow a module on import."""
+    stem = Path(spec_path).stem.strip()
+    name = "".join(c if c.isascii() and (c.isalnum() or c == "_") else "_" for c in stem)
+    if not name.strip("_"):
+        raise UsageError(f"{spec_path}: error: cannot name the generated module after this "
+                         "file: its name has no ASCII letters or digits; rename the spec")
+    if name[0].isdigit():
         name = f"model_{name}"
+    if name.startswith("__") and name.endswith("__"):
+        raise UsageError(f"{spec_path}: error: the generated module would be named "
+                         f"'{name}.py', a name Python gives a special meaning; rename the spec")
+    if name in _SHADOWED:
+        raise UsageError(f"{spec_path}: error: the generated module would be named "
+                         f"'{name}.py', which would shadow the module '{name}' when "
+                         "imported; rename the spec")
     return name
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+def run_name(model: str) -> str:
+    """The default run directory's name for a spec path or a model name."""
+    stem = Path(model).stem
+    return "".join(c if c.isalnum() or c in "_-" else "_" for c in stem).strip("_") or "run"
+
+
+def _output_directory(text: str, flag: str = "-o") -> Path:
+    """An output directory that exists and is writable, or can be created inside the
+    nearest existing one (created only when something is written)."""
+    path = Path(text)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{flag} {text}: error: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {text}: error: {existing} is not writable")
+    return path
+
+
+def _print_warnings(compiled, path: str, source: str) -> None:
+    for warning in compiled.warnings:
+        _err(warning.format(path, source))
 
 
 def _compile_spec(path: str, time_limit: float):
@@ -101,10 +185,12 @@ def _compile_spec(path: str, time_limit: float):
 
     source = _read(path)
     try:
-        return compile_source(source, _display_path(path), time_limit=time_limit or None)
+        compiled = compile_source(source, _display_path(path), time_limit=time_limit or None)
     except SpecError as exc:
         _err(exc.format(path, source))
         raise _Failure from None
+    _print_warnings(compiled, path, source)
+    return compiled
 
 
 def _for_each(paths: Sequence[str], action: Callable[[str], None]) -> int:
@@ -121,26 +207,27 @@ def _for_each(paths: Sequence[str], action: Callable[[str], None]) -> int:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
+    from .files import write_atomically
+
+    to_stdout = args.output == "-"
+    if not to_stdout:
+        names = {path: module_name(path) for path in args.specs}
+        directory = _output_directory(args.output)
+
     def action(path: str) -> None:
         compiled = _compile_spec(path, args.time_limit)
-        if args.output == "-":
+        if to_stdout:
             sys.stdout.write(compiled.source)
             return
-        target = Path(args.output) / f"{module_name(path)}.py"
-        write_atomically(target, compiled.source)
+        target = directory / f"{names[path]}.py"
+        try:
+            write_atomically(target, compiled.source)
+        except OSError as exc:
+            _err(f"{target}: error: cannot write: {exc.strerror or exc}")
+            raise _Failure from None
         print(f"{path} -> {target} (class {compiled.derivation.name})")
 
     return _for_each(args.specs, action)
-
-
-def _parse_sizes(items: list[str]) -> dict[str, int]:
-    sizes = {}
-    for item in items:
-        name, _, value = item.partition("=")
-        if not name or not value.isdigit() or int(value) < 1:
-            raise argparse.ArgumentTypeError(f"--size expects NAME=POSITIVE_INTEGER, got {item!r}")
-        sizes[name] = int(value)
-    return sizes
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -148,13 +235,23 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     def action(path: str) -> None:
         compiled = _compile_spec(path, args.time_limit)
-        checked = compiled.derivation.model.symbolic.checked
-        unknown = [n for n in args.sizes if n not in checked.dims]
-        if unknown:
-            _err(f"{path}: error: --size names unknown dimension '{unknown[0]}'")
-            raise _Failure
-        report = check_compiled(compiled, args.sizes, seed=args.seed,
-                                tolerance=args.tolerance)
+        dims = compiled.derivation.model.symbolic.checked.dims
+        for name, value in args.sizes.items():
+            if name not in dims:
+                raise UsageError(f"{path}: error: --size names unknown dimension '{name}'; "
+                                 f"the spec's dimensions are {', '.join(dims)}")
+            if dims[name].derived_from is not None:
+                raise UsageError(f"{path}: error: --size {name}: '{name}' is derived from "
+                                 "other dimensions; set those instead")
+            if value > MAX_CHECK_SIZE:
+                raise UsageError(f"{path}: error: --size {name}={value}: the check is exact "
+                                 f"(autograd per dimension, enumeration, quadrature); use "
+                                 f"sizes of at most {MAX_CHECK_SIZE}")
+        try:
+            report = check_compiled(compiled, args.sizes, seed=args.seed,
+                                    tolerance=args.tolerance)
+        except UsageError as exc:
+            raise UsageError(f"{path}: error: {exc}") from None
         sizes = ", ".join(f"{k}={v}" for k, v in report.sizes.items())
         print(f"{path}: {report.model} at {sizes}, float64, against autograd on the "
               "spec's energy")
@@ -177,90 +274,88 @@ def cmd_show(args: argparse.Namespace) -> int:
     return _for_each(args.specs, action)
 
 
-def _add_time_limit(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT, metavar="SECONDS",
-                   help=f"give up compiling a spec after this long, with an error (default "
-                        f"{DEFAULT_TIME_LIMIT:g}; 0: no limit)")
-
-
-def _parse_options(items: list[str]) -> dict[str, float]:
-    options = {}
-    for item in items:
-        name, _, value = item.partition("=")
-        try:
-            options[name] = float(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"--option expects NAME=NUMBER, got {item!r}") from None
-    return options
+# ---------------------------------------------------------------- runs
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training import RunConfig, TrainingError, train
+    from .training import RunConfig, resumed_config, train
 
-    config = RunConfig(model=args.model, data=args.data, objective=args.objective,
-                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                       seed=args.seed, sizes=args.sizes, options=args.options,
-                       detect_anomaly=args.detect_anomaly)
-    out = Path(args.out or Path("runs") / module_name(args.model))
+    given = {"data": args.data, "objective": args.objective, "epochs": args.epochs,
+             "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+             "max_pixels": args.max_pixels}
+    given = {k: v for k, v in given.items() if v is not None}
+    if args.size_items:
+        given["sizes"] = args.sizes
+    if args.option_items:
+        given["options"] = args.options
+    if args.detect_anomaly:
+        given["detect_anomaly"] = True
+    out = Path(args.out or Path("runs") / run_name(args.model))
     try:
-        train(config, out, resume=args.resume)
-    except TrainingError as exc:
-        _err(str(exc))
-        return EXIT_ERROR
+        config = resumed_config(out, given) if args.resume else None
+        if config is not None and config.model != args.model:
+            raise UsageError(f"{out}: error: this run trained {config.model}, not "
+                             f"{args.model}; use another --out")
+        config = config or RunConfig(model=args.model, **given)
+        train(config, out, resume=args.resume, overwrite=args.overwrite)
     except SpecError as exc:
-        _err(exc.format(args.model, Path(args.model).read_text(encoding="utf-8")))
+        from .sources import read_spec_or_none
+
+        _err(exc.format(args.model, read_spec_or_none(args.model)))
         return EXIT_ERROR
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
         print(f"checkpoint: {out / 'checkpoint.pt'}")
     return EXIT_OK
 
 
+def _image_path(text: str) -> Path:
+    """-o for an image: a format matplotlib writes, in a directory that can exist."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    path = Path(text)
+    formats = FigureCanvasBase.get_supported_filetypes()
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix not in formats:
+        raise UsageError(f"-o {text}: error: unknown image format '{path.suffix or '(none)'}'"
+                         f"; use one of {', '.join('.' + f for f in sorted(formats))}")
+    if path.exists() and path.is_dir():
+        raise UsageError(f"-o {text}: error: is a directory")
+    _output_directory(str(path.parent))
+    return path
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from .report import draw_samples, image_grid
-    from .training import CHECKPOINT, TrainingError, load_checkpoint, model_from_checkpoint
+    from .training import CHECKPOINT, load_checkpoint, model_from_checkpoint
 
+    output = _image_path(args.output) if args.output else None
     target = Path(args.checkpoint)
     path = target / CHECKPOINT if target.is_dir() else target
-    try:
-        model, config, prepared = model_from_checkpoint(load_checkpoint(path), path)
-    except TrainingError as exc:
-        _err(str(exc))
-        return EXIT_ERROR
+    model, config, data_map = model_from_checkpoint(load_checkpoint(path), path)
     model.eval()
-    samples = draw_samples(model, prepared, args.n, args.steps, args.method, args.seed)
-    output = Path(args.output or path.parent / "samples.png")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(samples, prepared.shape, output, f"{args.n} samples of {config.model}")
+    samples = draw_samples(model, data_map, args.n, args.steps, args.method, args.seed)
+    output = output or path.parent / "samples.png"
+    image_grid(samples, data_map.shape, output, f"{args.n} samples of {config.model}")
     print(f"{args.n} samples -> {output}")
     return EXIT_OK
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from .report import write_report
-    from .training import TrainingError
 
-    try:
-        out = write_report(Path(args.run), steps=args.steps)
-    except TrainingError as exc:
-        _err(str(exc))
-        return EXIT_ERROR
+    out = write_report(Path(args.run), steps=args.steps)
     print(f"report -> {out / 'index.md'}")
     return EXIT_OK
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from .compare import ENTRIES, compare, table
-    from .training import TrainingError
+    from .files import write_atomically
 
-    out = Path(args.out)
+    out = _output_directory(args.out, "--out")
     entries = ENTRIES[:args.limit] if args.limit else ENTRIES
-    try:
-        rows = compare(out, entries, epochs=args.epochs, ais_chains=args.ais_chains,
-                       ais_temperatures=args.ais_temperatures, seed=args.seed)
-    except TrainingError as exc:
-        _err(str(exc))
-        return EXIT_ERROR
+    rows = compare(out, entries, epochs=args.epochs, ais_chains=args.ais_chains,
+                   ais_temperatures=args.ais_temperatures, seed=args.seed)
     text = table(rows)
     header = ("Held-out log-likelihood of the digits test split (270 images, 8x8), "
               "per image; continuous models through the dequantisation bound, binarised "
@@ -270,6 +365,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
     print(text)
     print(f"table -> {out / 'RESULTS.md'}")
     return EXIT_OK
+
+
+# ---------------------------------------------------------------- the parser
+
+
+def _add_time_limit(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--time-limit", type=time_limit, default=DEFAULT_TIME_LIMIT,
+                   metavar="SECONDS",
+                   help=f"give up compiling a spec after this long, with an error (default "
+                        f"{DEFAULT_TIME_LIMIT:g}; 0: no limit)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -282,7 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser(
         "compile", help="compile specs into PyTorch modules",
         description="Compile each spec into DIR/<spec name>.py. Output files are written "
-                    "atomically; a spec with errors writes nothing.")
+                    "atomically; a spec with errors writes nothing. Models that the "
+                    "compiler can see are not normalisable get a warning.")
     p.add_argument("specs", nargs="+", metavar="SPEC", help="spec files (.edsl)")
     p.add_argument("-o", "--output", default="generated", metavar="DIR",
                    help="output directory (default: generated; '-' prints to stdout)")
@@ -298,9 +404,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "on any mismatch.")
     p.add_argument("specs", nargs="+", metavar="SPEC", help="spec files (.edsl)")
     p.add_argument("--size", dest="size_items", action="append", default=[],
-                   metavar="NAME=N", help="override a dimension for the check (repeatable)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--tolerance", type=float, default=1e-7,
+                   metavar="NAME=N",
+                   help=f"override a dimension for the check, at most {MAX_CHECK_SIZE} "
+                        "(repeatable)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
+    p.add_argument("--tolerance", type=positive_float, default=1e-7,
                    help="relative tolerance (default 1e-7)")
     _add_time_limit(p)
     p.set_defaults(handler=cmd_check)
@@ -317,31 +425,40 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser(
         "train", help="train a spec or a companion model on data",
         description="Train MODEL (a spec file, compiled in memory, or a companion model "
-                    "name such as vae, realnvp, made, gan) on a dataset. Shows a progress "
-                    "bar, prints train and validation loss per epoch, and writes "
-                    "OUT/checkpoint.pt atomically after every epoch (with the spec's hash) "
-                    "and OUT/history.json. Deterministic for a fixed --seed. Runs unchanged "
-                    "under torchrun --nproc_per_node=N (DistributedDataParallel).")
+                    "name such as vae, realnvp, made, gan) on a dataset. Checks every "
+                    "argument and tries the objective once before training. Shows a "
+                    "progress bar, prints train and validation loss per epoch, and writes "
+                    "OUT/checkpoint.pt atomically after every epoch (plain data, safe to "
+                    "share) and OUT/history.json. Stops on a non-finite or diverging loss "
+                    "keeping the last good checkpoint. Deterministic for a fixed --seed. "
+                    "Runs unchanged under torchrun --nproc_per_node=N "
+                    "(DistributedDataParallel). With --resume, the run's own settings are "
+                    "kept; --lr and --epochs may change.")
     p.add_argument("model", metavar="MODEL", help="a spec (.edsl) or a companion model name")
-    p.add_argument("--data", default="digits",
+    p.add_argument("--data", default=None,
                    help="dataset: digits (default), patches (8x8 grey patches of "
                         "scikit-learn's photos), or mnist:DIR (the IDX files in DIR)")
     p.add_argument("--objective", default=None,
                    choices=["sm", "dsm", "ssm", "nce", "cnce", "cd", "pcd", "fpcd", "mle"],
                    help="estimator for a spec (default sm); companion models use their own")
-    p.add_argument("--epochs", type=int, default=5, help="epochs (default 5)")
-    p.add_argument("--batch-size", type=int, default=64,
+    p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default 5)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
                    help="global batch size (default 64)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="Adam learning rate (default 1e-3)")
+    p.add_argument("--seed", type=seed, default=None, help="random seed (default 0)")
     p.add_argument("--size", dest="size_items", action="append", default=[],
                    metavar="NAME=N", help="a spec dimension or model argument (repeatable)")
     p.add_argument("--option", dest="option_items", action="append", default=[],
                    metavar="NAME=X",
                    help="an estimator option, e.g. noise_std=0.3, k=5, nu=10 (repeatable)")
+    p.add_argument("--max-pixels", type=positive_int, default=None, metavar="N",
+                   help="most image values read from IDX files (default 100,000,000)")
     p.add_argument("--out", default=None, help="run directory (default runs/<model>)")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/checkpoint.pt if it exists")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a run already in OUT (otherwise refused)")
     p.add_argument("--detect-anomaly", action="store_true",
                    help="torch.autograd anomaly detection, to find where a NaN appears")
     p.set_defaults(handler=cmd_train)
@@ -351,15 +468,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Draw samples from the model in CHECKPOINT (a checkpoint.pt or its "
                     "run directory): exact where the model allows (Gaussians, small RBMs, "
                     "flows, autoregressive models), else block Gibbs on the derived "
-                    "conditionals or MALA on the derived score. Writes a PNG grid.")
+                    "conditionals or MALA on the derived score. Writes an image grid.")
     p.add_argument("checkpoint", metavar="CHECKPOINT")
-    p.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
-    p.add_argument("--steps", type=int, default=500, help="MCMC steps when needed (500)")
+    p.add_argument("-n", type=lambda t: int(_number(t, int, 1, MAX_SAMPLES,
+                                                    f"an integer in [1, {MAX_SAMPLES}]")),
+                   default=64, help="number of samples (default 64)")
+    p.add_argument("--steps", type=positive_int, default=500,
+                   help="MCMC steps when needed (500)")
     p.add_argument("--method", default="auto", choices=["auto", "gibbs", "mala", "hmc",
                                                         "langevin"],
                    help="sampler (default auto: exact, else Gibbs, else MALA)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("-o", "--output", default=None, help="PNG path (default RUN/samples.png)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
+    p.add_argument("-o", "--output", default=None,
+                   help="image path, .png, .pdf, .svg, ... (default RUN/samples.png)")
     p.set_defaults(handler=cmd_sample)
 
     p = commands.add_parser(
@@ -368,7 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "score-matching terms of latent models over training, and for the "
                     "masked Gaussian its precision against the empirical one.")
     p.add_argument("run", metavar="CHECKPOINT_OR_RUN")
-    p.add_argument("--steps", type=int, default=500, help="MCMC steps for the samples")
+    p.add_argument("--steps", type=positive_int, default=500,
+                   help="MCMC steps for the samples")
     p.set_defaults(handler=cmd_report)
 
     p = commands.add_parser(
@@ -380,29 +502,39 @@ def build_parser() -> argparse.ArgumentParser:
                     "for the other energy models, the importance-weighted bound for the "
                     "VAE, with training times. Run from the project root (specs/).")
     p.add_argument("--out", default="runs/compare", help="directory (default runs/compare)")
-    p.add_argument("--epochs", type=int, default=None,
+    p.add_argument("--epochs", type=positive_int, default=None,
                    help="override every model's epoch budget (e.g. 1 for a smoke run)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N models")
-    p.add_argument("--ais-chains", type=int, default=200, help="AIS chains (default 200)")
-    p.add_argument("--ais-temperatures", type=int, default=500,
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N models")
+    p.add_argument("--ais-chains", type=positive_int, default=200,
+                   help="AIS chains (default 200)")
+    p.add_argument("--ais-temperatures", type=positive_int, default=500,
                    help="AIS temperatures (default 500)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
     p.set_defaults(handler=cmd_compare)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .files import exit_on_sigterm
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if hasattr(args, "size_items"):
-            args.sizes = _parse_sizes(args.size_items)
+            args.sizes = _parse_assignments(args.size_items, "--size", int)
         if hasattr(args, "option_items"):
-            args.options = _parse_options(args.option_items)
+            args.options = _parse_assignments(args.option_items, "--option", float)
     except argparse.ArgumentTypeError as exc:
         parser.error(str(exc))
+    exit_on_sigterm()
     try:
         return args.handler(args)
+    except UsageError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    except TrainingError as exc:
+        _err(str(exc))
+        return EXIT_ERROR
     except KeyboardInterrupt:
         _err("energydsl: interrupted")
         return 130

@@ -26,7 +26,15 @@ from pathlib import Path
 
 import torch
 
-from .training import Prepared, RunConfig, load_checkpoint, model_from_checkpoint, train
+from .training import (
+    DataMap,
+    RunConfig,
+    data_kind,
+    load_checkpoint,
+    model_from_checkpoint,
+    prepare,
+    train,
+)
 
 
 @dataclass(frozen=True)
@@ -68,12 +76,13 @@ class Row:
     seconds: float
 
 
-def held_out(model: torch.nn.Module, prepared: Prepared, ais_chains: int = 200,
-             ais_temperatures: int = 500, seed: int = 0) -> tuple[float, float, str]:
-    """Mean test log-likelihood in data space, its standard error and how."""
-    x = prepared.test
+def held_out(model: torch.nn.Module, x: torch.Tensor, data_map: DataMap,
+             ais_chains: int = 200, ais_temperatures: int = 500, seed: int = 0
+             ) -> tuple[float, float, str]:
+    """Mean log-likelihood of the rows x (model space) in data space, its standard error
+    and how it was obtained."""
     dim = x.shape[1]
-    correction = -dim * math.log(prepared.scale) - prepared.log_jacobian
+    correction = -dim * math.log(data_map.scale) - data_map.log_jacobian
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     if not hasattr(model, "free_energy"):
@@ -110,14 +119,15 @@ def compare(out: Path, entries: tuple[Entry, ...] = ENTRIES, epochs: int | None 
                            sizes=dict(entry.sizes))
         run = out / f"{number:02d}"
         began = time.perf_counter()
-        train(config, run, log=lambda _: None)
+        train(config, run, log=lambda _: None, overwrite=True)
         seconds = time.perf_counter() - began
         checkpoint_path = run / "checkpoint.pt"
-        model, _, prepared = model_from_checkpoint(load_checkpoint(checkpoint_path),
+        model, _, data_map = model_from_checkpoint(load_checkpoint(checkpoint_path),
                                                    checkpoint_path)
         model.eval()
-        nats, stderr, how = held_out(model, prepared, ais_chains, ais_temperatures, seed)
-        dim = prepared.test.shape[1]
+        test = prepare(config, data_kind(config)).test
+        nats, stderr, how = held_out(model, test, data_map, ais_chains, ais_temperatures, seed)
+        dim = test.shape[1]
         rows.append(Row(entry.label, nats, stderr, -nats / (dim * math.log(2)), how, seconds))
         log(f"{entry.label}: {nats:.2f} nats ({how}), {seconds:.1f} s")
     return rows

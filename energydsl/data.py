@@ -33,8 +33,13 @@ HELD_OUT_FRACTION = 0.15
 """Fraction of the embedded datasets held out for validation, and again for testing."""
 LUMINANCE = (0.299, 0.587, 0.114)
 """ITU-R BT.601 weights of R, G, B in the grayscale value."""
-MAX_IDX_BYTES = 1 << 31
-"""Largest IDX payload read (MNIST's biggest file is 47 MB): a guard against bad headers."""
+MAX_PIXELS = 100_000_000
+"""Default budget of values read from IDX files (all of MNIST's images hold 55 million):
+a corrupt header, a sparse file or a small gzip that expands to gigabytes is refused
+before anything is allocated. Pass `max_pixels=` (`energydsl train --max-pixels`) to read
+more."""
+MIN_TRAIN_IMAGES = 10
+"""Fewest training images accepted: a validation split (the last 10%) must remain."""
 
 IDX_IMAGES = 0x00000803
 IDX_LABELS = 0x00000801
@@ -49,6 +54,25 @@ MNIST_FILES = (
 
 class DataError(ValueError):
     """Data that cannot be loaded: the message names the file and what is wrong."""
+
+
+@dataclass(frozen=True, eq=False)
+class Codes:
+    """A dataset of discrete grey levels as stored: uint8 codes 0 .. levels - 1, [N, D]
+    per split, one byte per pixel; pixel values are codes / (levels - 1). Training keeps
+    these until it forms each batch (MNIST: 55 MB here, 440 MB as float64)."""
+
+    train: torch.Tensor
+    valid: torch.Tensor
+    test: torch.Tensor
+    shape: tuple[int, ...]
+    levels: int
+    name: str
+    labels: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def values(self, codes: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Codes as pixel values in [0, 1]."""
+        return codes.to(dtype) / (self.levels - 1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -122,18 +146,42 @@ def _finish(
                    tl, vl, sl)
 
 
+def _from_codes(codes: Codes, center: bool, binarize: bool, dtype: torch.dtype) -> Dataset:
+    """The float view of a coded dataset, converted straight to `dtype` (no float64 copy
+    of the whole set); the mean accumulates in float64 a block of rows at a time."""
+    def convert(split: torch.Tensor) -> torch.Tensor:
+        values = codes.values(split, dtype)
+        return (values > 0.5).to(dtype) if binarize else values
+
+    splits = [convert(split) for split in (codes.train, codes.valid, codes.test)]
+    total = torch.zeros(splits[0].shape[1], dtype=torch.float64)
+    for start in range(0, len(splits[0]), 4096):
+        total += splits[0][start:start + 4096].to(torch.float64).sum(dim=0)
+    mean = total / len(splits[0])
+    if center:
+        splits = [split - mean.to(dtype) for split in splits]
+    return Dataset(*splits, codes.shape, mean.to(dtype), codes.name, center,
+                   *(codes.labels or (None, None, None)))
+
+
+def digits_codes() -> Codes:
+    """scikit-learn's 1,797 8x8 digits (grey levels 0..16), split 1257/270/270."""
+    from sklearn import datasets
+
+    digits = datasets.load_digits()
+    x = torch.from_numpy(np.asarray(digits.data, dtype=np.uint8))
+    y = torch.from_numpy(np.asarray(digits.target, dtype=np.int64))
+    idx = [torch.from_numpy(i) for i in split_indices(len(x), _held_out(len(x)),
+                                                      _held_out(len(x)))]
+    return Codes(x[idx[0]], x[idx[1]], x[idx[2]], (1, 8, 8), 17, "digits",
+                 (y[idx[0]], y[idx[1]], y[idx[2]]))
+
+
 def load_digits(
     *, center: bool = False, binarize: bool = False, dtype: torch.dtype = torch.float32
 ) -> Dataset:
     """scikit-learn's 1,797 8x8 digits in [0, 1], split 1257/270/270 (fixed seed)."""
-    from sklearn import datasets
-
-    digits = datasets.load_digits()
-    x = np.asarray(digits.data, dtype=np.float64) / 16.0
-    y = np.asarray(digits.target)
-    idx = split_indices(len(x), _held_out(len(x)), _held_out(len(x)))
-    return _finish("digits", (x[idx[0]], x[idx[1]], x[idx[2]]), (1, 8, 8),
-                   (y[idx[0]], y[idx[1]], y[idx[2]]), center, binarize, dtype)
+    return _from_codes(digits_codes(), center, binarize, dtype)
 
 
 def sample_images() -> np.ndarray:
@@ -200,13 +248,13 @@ def _describe(magic: int) -> str:
 
 
 def read_idx(
-    path: str | os.PathLike[str], *, magic: int | None = None, max_bytes: int = MAX_IDX_BYTES
+    path: str | os.PathLike[str], *, magic: int | None = None, max_values: int = MAX_PIXELS
 ) -> np.ndarray:
     """Parse an IDX file (raw, or gzip detected by its signature) into a numpy array.
 
-    The header is validated against `magic` (if given), against `max_bytes`, and the
-    declared size against the file's length before the payload is read: a bad header
-    costs nothing. A gzip payload is read at most to the declared size + 1 byte.
+    The header is validated against `magic` (if given), against the budget `max_values`,
+    and the declared size against the file's length before the payload is read: a bad
+    header costs nothing. A gzip payload is read at most to the declared size + 1 byte.
     """
     p = Path(path)
     try:
@@ -214,7 +262,7 @@ def read_idx(
             compressed = raw.read(2) == b"\x1f\x8b"
         f = cast(BinaryIO, gzip.open(p, "rb") if compressed else open(p, "rb"))
         with f:
-            return _parse_idx(p, f, compressed, magic, max_bytes)
+            return _parse_idx(p, f, compressed, magic, max_values)
     except FileNotFoundError:
         raise DataError(f"{p}: no such file") from None
     except (OSError, EOFError, zlib.error) as exc:
@@ -222,7 +270,7 @@ def read_idx(
 
 
 def _parse_idx(
-    p: Path, f: BinaryIO, compressed: bool, magic: int | None, max_bytes: int
+    p: Path, f: BinaryIO, compressed: bool, magic: int | None, max_values: int
 ) -> np.ndarray:
     head = f.read(4)
     if len(head) < 4:
@@ -243,9 +291,10 @@ def _parse_idx(
     dtype = np.dtype(_IDX_TYPES[head[2]])
     nbytes = math.prod(dims) * dtype.itemsize
     shape = " x ".join(map(str, dims))
-    if nbytes > max_bytes:
-        raise DataError(f"{p}: header declares {shape} values ({nbytes} bytes), more than "
-                        f"the {max_bytes}-byte limit: corrupt header?")
+    if math.prod(dims) > max_values:
+        raise DataError(f"{p}: header declares {shape} = {math.prod(dims):,} values, more "
+                        f"than the limit of {max_values:,} (the max_pixels budget): a "
+                        "corrupt header, or raise the budget (--max-pixels)")
     if compressed:
         data: bytes | None = _read_upto(f, nbytes + 1)
         have = len(data)
@@ -280,9 +329,19 @@ def load_mnist(
     binarize: bool = False,
     dtype: torch.dtype = torch.float32,
     valid_fraction: float = 0.1,
+    max_pixels: int = MAX_PIXELS,
 ) -> Dataset:
     """MNIST from the user's IDX files in directory `path`; the last 10% of the training
-    files is the validation split (the usual 50,000/10,000), t10k is the test split."""
+    files is the validation split (the usual 54,000/6,000), t10k is the test split."""
+    return _from_codes(mnist_codes(path, valid_fraction=valid_fraction,
+                                   max_pixels=max_pixels), center, binarize, dtype)
+
+
+def mnist_codes(
+    path: str | os.PathLike[str], *, valid_fraction: float = 0.1, max_pixels: int = MAX_PIXELS
+) -> Codes:
+    """MNIST's grey levels (0..255, uint8) from the IDX files in directory `path`, at
+    most `max_pixels` image values in all, split as `load_mnist` splits them."""
     directory = Path(path)
     if not directory.is_dir():
         raise DataError(f"{directory}: not a directory; expected one holding "
@@ -293,23 +352,33 @@ def load_mnist(
         raise DataError(f"{directory}: missing MNIST file(s) {', '.join(missing)}; the "
                         "directory must hold " + ", ".join(MNIST_FILES) + " (optionally .gz)")
     files = [p for p in found.values() if p is not None]
-    x_train, x_test = (read_idx(files[i], magic=IDX_IMAGES) for i in (0, 2))
+    x_train = read_idx(files[0], magic=IDX_IMAGES, max_values=max_pixels)
+    x_test = read_idx(files[2], magic=IDX_IMAGES, max_values=max(max_pixels - x_train.size, 0))
     y_train, y_test = (read_idx(files[i], magic=IDX_LABELS) for i in (1, 3))
     for x, y, fx, fy in ((x_train, y_train, files[0], files[1]),
                          (x_test, y_test, files[2], files[3])):
         if len(x) != len(y):
             raise DataError(f"{fx}: {len(x)} images but {fy} has {len(y)} labels")
+        if x.shape[1] == 0 or x.shape[2] == 0:
+            raise DataError(f"{fx}: images of {x.shape[1]} x {x.shape[2]} pixels")
     if x_train.shape[1:] != x_test.shape[1:]:
         raise DataError(f"{files[2]}: images are {x_test.shape[1:]}, "
                         f"but {x_train.shape[1:]} in {files[0]}")
+    if len(x_train) < MIN_TRAIN_IMAGES or len(x_test) == 0:
+        which, count = (files[0], len(x_train)) if len(x_test) else (files[2], 0)
+        raise DataError(f"{which}: {count} images; need at least {MIN_TRAIN_IMAGES} "
+                        "training images (10% of them validate) and 1 test image")
     n_valid = int(round(len(x_train) * valid_fraction))
-    if not 0 <= n_valid < len(x_train):
-        raise ValueError(f"valid_fraction {valid_fraction} leaves no training images")
+    if not 1 <= n_valid < len(x_train):
+        raise DataError(f"valid_fraction {valid_fraction} leaves no training or no "
+                        f"validation images of {len(x_train)}")
     cut = len(x_train) - n_valid
-    splits = (x_train[:cut] / 255.0, x_train[cut:] / 255.0, x_test / 255.0)
-    shape = (1, *x_train.shape[1:])
-    return _finish("mnist", splits, shape, (y_train[:cut], y_train[cut:], y_test),
-                   center, binarize, dtype)
+    flat = torch.from_numpy(np.ascontiguousarray(x_train)).reshape(len(x_train), -1)
+    test = torch.from_numpy(np.ascontiguousarray(x_test)).reshape(len(x_test), -1)
+    labels = [torch.from_numpy(y.astype(np.int64)) for y in (y_train[:cut], y_train[cut:],
+                                                             y_test)]
+    return Codes(flat[:cut], flat[cut:], test, (1, *x_train.shape[1:]), 256, "mnist",
+                 (labels[0], labels[1], labels[2]))
 
 
 LOADERS: dict[str, Callable[..., Dataset]] = {
@@ -317,6 +386,10 @@ LOADERS: dict[str, Callable[..., Dataset]] = {
     "mnist": load_mnist,
     "patches": load_patches,
 }
+
+
+CODES: dict[str, Callable[..., Codes]] = {"digits": digits_codes, "mnist": mnist_codes}
+"""The datasets of discrete grey levels, as `Codes`."""
 
 
 def load(name: str, **options: Any) -> Dataset:

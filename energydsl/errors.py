@@ -18,6 +18,10 @@ _MAX_SHOWN = 160
 # make derivatives that take minutes; every seed spec compiles in under a second.
 DEFAULT_TIME_LIMIT = 60.0
 
+# The largest spec accepted, in characters (the seed specs are under 2,000): parsing is
+# linear but slow in Python (about 10 s per MiB), so the limit bounds it before it starts.
+MAX_SPEC_CHARS = 1 << 20
+
 
 def shorten(text: str, limit: int = 80) -> str:
     """`text` cut to `limit` characters with '...', for quoting formulas in messages."""
@@ -85,3 +89,13 @@ class SpecError(Exception):
 def error(message: str, span: Span | None = None) -> SpecError:
     """Shorthand for a single-diagnostic SpecError."""
     return SpecError(Diagnostic(message, span))
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on, or a file that is not what it should be (a checkpoint, a
+    dataset): the CLI prints the message, exit status 1."""
+
+
+class UsageError(TrainingError):
+    """A wrong argument (a learning rate that is not a positive number, an unknown
+    option, a batch larger than the data): the CLI prints it, exit status 2."""

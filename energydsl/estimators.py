@@ -15,6 +15,8 @@ Each objective is an object with `loss(x) -> scalar` (minimised by the optimiser
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import Tensor, nn
 
@@ -42,7 +44,15 @@ class Objective:
         return {}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
+        """Restore what state_dict() saved: the same keys, tensors (or None) only."""
+        expected = set(self.state_dict())
+        if set(state) != expected:
+            raise ValueError(f"expected the estimator state {sorted(expected)}, "
+                             f"found {sorted(state)}")
         for key, value in state.items():
+            values = value.values() if isinstance(value, dict) else [value]
+            if not all(v is None or isinstance(v, Tensor) for v in values):
+                raise ValueError(f"the estimator state '{key}' holds a non-tensor")
             setattr(self, key, value)
 
     def __call__(self, x: Tensor) -> Tensor:
@@ -225,19 +235,36 @@ class FastPCD(PersistentCD):
                     self.fast[name].sub_(self.fast_lr * p.grad)
 
 
+CLASSES: dict[str, type[Objective]] = {
+    "sm": ScoreMatching, "dsm": DenoisingScoreMatching, "ssm": SlicedScoreMatching,
+    "nce": NoiseContrastive, "cnce": ConditionalNCE, "cd": ContrastiveDivergence,
+    "pcd": PersistentCD, "fpcd": FastPCD, "mle": MaximumLikelihood,
+}
+
+
+def numeric_options(name: str) -> dict[str, type]:
+    """The options of objective `name` that take a number (what `--option NAME=X` may
+    set), each with its type (int or float), read from the constructor's signature."""
+    found: dict[str, type] = {}
+    for parameter in inspect.signature(CLASSES[name].__init__).parameters.values():
+        annotation = str(parameter.annotation)
+        if parameter.default is parameter.empty or "Tensor" in annotation:
+            continue
+        if annotation.startswith("int"):
+            found[parameter.name] = int
+        elif annotation.startswith("float"):
+            found[parameter.name] = float
+    return found
+
+
 def make_objective(model: nn.Module, name: str, **options: object) -> Objective:
     """The objective `name` (one of OBJECTIVES) for `model`, with its options."""
-    classes: dict[str, type[Objective]] = {
-        "sm": ScoreMatching, "dsm": DenoisingScoreMatching, "ssm": SlicedScoreMatching,
-        "nce": NoiseContrastive, "cnce": ConditionalNCE, "cd": ContrastiveDivergence,
-        "pcd": PersistentCD, "fpcd": FastPCD, "mle": MaximumLikelihood,
-    }
-    if name not in classes:
+    if name not in CLASSES:
         raise ValueError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}")
     needed = {"sm": "sm_loss", "dsm": "dsm_loss", "ssm": "ssm_loss", "nce": "nce_loss",
               "cnce": "cnce_loss"}.get(name, "free_energy")
     if not hasattr(model, needed):
         raise TypeError(f"{type(model).__name__} has no {needed}: objective {name!r} "
                         "applies to compiled energy models")
-    return classes[name](model, **options)
+    return CLASSES[name](model, **options)
 

@@ -98,16 +98,17 @@ def enumeration_methods(builder: MethodBuilder) -> list[Method]:
                tuple(weight_lines)),
         Method("_log_hidden_weights", "max_states: int, chunk: int", "torch.Tensor",
                "log of the unnormalised marginal p(h) of every hidden state, in code order.",
-               tuple(states_check), counts=("max_states", "chunk")),
+               tuple(states_check)),
         Method("log_partition", opts, "torch.Tensor",
                "log Z, exact: the visible layer integrated analytically for each of the "
                "2^K hidden\n        states, enumerated in chunks (at most max_states "
                "states; beyond that use AIS).",
                ("weights = self._log_hidden_weights(max_states, chunk)",
-                "return torch.logsumexp(weights, dim=0)")),
+                "return torch.logsumexp(weights, dim=0)"), counts=("max_states", "chunk")),
         Method("log_prob", f"{v}: torch.Tensor, {opts}", "torch.Tensor",
                f"log p({v}) = -F({v}) - log Z, normalised, shape [N] (log Z by enumeration).",
-               (f"return -self.free_energy({v}) - self.log_partition(max_states, chunk)",)),
+               (f"return -self.free_energy({v}) - self.log_partition(max_states, chunk)",),
+               counts=("max_states", "chunk")),
         Method("sample", f"n: int, generator: torch.Generator | None = None, {opts}",
                "torch.Tensor",
                f"n exact draws from p({v}): h from its marginal p(h) over the enumerated "
@@ -117,5 +118,5 @@ def enumeration_methods(builder: MethodBuilder) -> list[Method]:
                    "codes = torch.multinomial(probabilities, n, replacement=True, "
                    "generator=generator)",
                    f"return self.sample_{v}(*self._hidden_states(codes), generator=generator)",
-                ), counts=("n",)),
+                ), counts=("n", "max_states", "chunk")),
     ]

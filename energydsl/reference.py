@@ -16,9 +16,11 @@ from dataclasses import dataclass
 import torch
 
 from . import syntax as ast
+from .errors import UsageError
 from .model import DISCRETE_DOMAINS, CheckedModel, Param
 
 BATCH_AXIS = "@n"
+MAX_CONFIGURATIONS = 2_000_000  # joint hidden states (or quadrature nodes) enumerated
 CONFIG_AXIS = "@c"
 
 
@@ -187,8 +189,10 @@ def hidden_configurations(model: CheckedModel, sizes: dict[str, int], dtype: tor
     if not per_unit:
         return {}, torch.zeros(1, dtype=dtype)
     count = math.prod(len(q.nodes) for q in per_unit)
-    if count > 2_000_000:
-        raise ValueError(f"{count} hidden configurations: use smaller hidden sizes")
+    if count > MAX_CONFIGURATIONS:
+        raise UsageError(f"the check enumerates every hidden configuration (quadrature nodes "
+                         f"for continuous units): {count:,} at these sizes, more than "
+                         f"{MAX_CONFIGURATIONS:,}; use smaller hidden sizes with --size")
     grids = torch.meshgrid(*[q.nodes for q in per_unit], indexing="ij")
     weights = torch.meshgrid(*[q.log_weights for q in per_unit], indexing="ij")
     columns = [g.reshape(-1) for g in grids]

@@ -15,7 +15,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .training import CHECKPOINT, Prepared, load_checkpoint, model_from_checkpoint
+from .errors import TrainingError, UsageError
+from .files import write_atomically
+from .training import CHECKPOINT, DataMap, load_checkpoint, model_from_checkpoint, prepare
 
 GRID_DPI = 100
 
@@ -29,7 +31,7 @@ def _pyplot():
     return plt
 
 
-def draw_samples(model: nn.Module, prepared: Prepared, n: int, steps: int = 500,
+def draw_samples(model: nn.Module, data_map: DataMap, n: int, steps: int = 500,
                  method: str = "auto", seed: int = 0) -> Tensor:
     """n samples in data space [n, D]: exact, Gibbs or Langevin as the model allows."""
     generator = torch.Generator().manual_seed(seed)
@@ -37,10 +39,23 @@ def draw_samples(model: nn.Module, prepared: Prepared, n: int, steps: int = 500,
     if hasattr(model, "free_energy"):
         from .sampling import sample
 
-        x = sample(model, n, steps=steps, method=method, generator=generator, progress=None)
+        try:
+            x = sample(model, n, steps=steps, method=method, generator=generator,
+                       progress=None)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"--method {method}: {exc}") from None
     else:
+        if method != "auto":
+            raise UsageError(f"--method {method}: {type(model).__name__} is a companion "
+                             "model and samples exactly; --method applies to energy models")
         x = model.sample(n, generator=generator)
-    return prepared.to_data(x.detach().reshape(n, -1).float()).clamp(0, 1)
+    return data_map.to_data(x.detach().reshape(n, -1).float()).clamp(0, 1)
+
+
+def save_figure(figure, path: Path, dpi: int = GRID_DPI) -> None:
+    """figure.savefig, written atomically, in the format the suffix names."""
+    suffix = path.suffix.lstrip(".").lower() or "png"
+    write_atomically(path, lambda handle: figure.savefig(handle, dpi=dpi, format=suffix))
 
 
 def image_grid(images: Tensor, shape: tuple[int, ...], path: Path, title: str = "",
@@ -64,7 +79,7 @@ def image_grid(images: Tensor, shape: tuple[int, ...], path: Path, title: str = 
                 axis.imshow(image, cmap="gray", vmin=0, vmax=1)
     if title:
         figure.suptitle(title, fontsize=8)
-    figure.savefig(path, dpi=GRID_DPI)
+    save_figure(figure, path)
     plt.close(figure)
 
 
@@ -86,7 +101,7 @@ def write_report(target: Path, n_samples: int = 64, steps: int = 500) -> Path:
     """Write <run>/report/{*.png,index.md} for a run directory or checkpoint file."""
     path = target / CHECKPOINT if target.is_dir() else target
     checkpoint = load_checkpoint(path)
-    model, config, prepared = model_from_checkpoint(checkpoint, path)
+    model, config, data_map = model_from_checkpoint(checkpoint, path)
     history = checkpoint["history"]
     out = path.parent / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -110,19 +125,19 @@ def write_report(target: Path, n_samples: int = 64, steps: int = 500) -> Path:
     axis.set_ylabel("loss")
     axis.legend()
     figure.tight_layout()
-    figure.savefig(out / "loss.png", dpi=GRID_DPI)
+    save_figure(figure, out / "loss.png")
     plt.close(figure)
     lines += ["## Loss", "", "![loss](loss.png)", ""]
 
     model.eval()
-    samples = draw_samples(model, prepared, n_samples, steps, seed=config.seed)
-    image_grid(samples, prepared.shape, out / "samples.png", f"{n_samples} samples")
+    samples = draw_samples(model, data_map, n_samples, steps, seed=config.seed)
+    image_grid(samples, data_map.shape, out / "samples.png", f"{n_samples} samples")
     lines += ["## Samples", "", "![samples](samples.png)", ""]
 
-    found = filters_of(model, math.prod(prepared.shape))
+    found = filters_of(model, math.prod(data_map.shape))
     if found is not None:
         name, rows = found
-        image_grid(rows[:64], prepared.shape, out / "filters.png",
+        image_grid(rows[:64], data_map.shape, out / "filters.png",
                    f"filters: {name}", signed=True)
         lines += [f"## Filters ({name})", "", "![filters](filters.png)", ""]
 
@@ -135,14 +150,20 @@ def write_report(target: Path, n_samples: int = 64, steps: int = 500) -> Path:
         axis.set_ylabel("held-out value")
         axis.legend()
         figure.tight_layout()
-        figure.savefig(out / "sm_terms.png", dpi=GRID_DPI)
+        save_figure(figure, out / "sm_terms.png")
         plt.close(figure)
         lines += ["## Score-matching terms (Swersky et al. 2011)", "",
                   "![sm terms](sm_terms.png)", ""]
 
+    train = None
     if hasattr(model, "precision"):
+        try:
+            train = prepare(config, "energy").train_values()
+        except TrainingError as exc:  # the run's data is not on this machine
+            lines += ["## Precision", "", f"(not drawn: the training data is needed: {exc})",
+                      ""]
+    if train is not None:
         learned = model.precision().detach().float()
-        train = prepared.train.float()
         centred = train - train.mean(dim=0)
         empirical = torch.linalg.pinv(centred.T @ centred / (train.shape[0] - 1))
         figure, axes = plt.subplots(1, 2, figsize=(7, 3.4))
@@ -153,8 +174,8 @@ def write_report(target: Path, n_samples: int = 64, steps: int = 500) -> Path:
             axis.set_title(title, fontsize=9)
             axis.axis("off")
         figure.tight_layout()
-        figure.savefig(out / "precision.png", dpi=GRID_DPI)
+        save_figure(figure, out / "precision.png")
         plt.close(figure)
         lines += ["## Precision", "", "![precision](precision.png)", ""]
-    (out / "index.md").write_text("\n".join(lines))
+    write_atomically(out / "index.md", "\n".join(lines))
     return out

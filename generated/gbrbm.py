@@ -331,8 +331,6 @@ class GBRBM(torch.nn.Module):
 
     def _log_hidden_weights(self, max_states: int, chunk: int) -> torch.Tensor:
         """log of the unnormalised marginal p(h) of every hidden state, in code order."""
-        self._positive("_log_hidden_weights", "max_states", max_states, integer=True)
-        self._positive("_log_hidden_weights", "chunk", chunk, integer=True)
         units = self.K
         states = 2**units
         if states > max_states:
@@ -352,6 +350,8 @@ class GBRBM(torch.nn.Module):
     def log_partition(self, max_states: int = 1048576, chunk: int = 4096) -> torch.Tensor:
         """log Z, exact: the visible layer integrated analytically for each of the 2^K hidden
         states, enumerated in chunks (at most max_states states; beyond that use AIS)."""
+        self._positive("log_partition", "max_states", max_states, integer=True)
+        self._positive("log_partition", "chunk", chunk, integer=True)
         weights = self._log_hidden_weights(max_states, chunk)
         return torch.logsumexp(weights, dim=0)
 
@@ -362,6 +362,8 @@ class GBRBM(torch.nn.Module):
         chunk: int = 4096,
     ) -> torch.Tensor:
         """log p(v) = -F(v) - log Z, normalised, shape [N] (log Z by enumeration)."""
+        self._positive("log_prob", "max_states", max_states, integer=True)
+        self._positive("log_prob", "chunk", chunk, integer=True)
         return -self.free_energy(v) - self.log_partition(max_states, chunk)
 
     def sample(
@@ -374,6 +376,8 @@ class GBRBM(torch.nn.Module):
         """n exact draws from p(v): h from its marginal p(h) over the enumerated states,
         then v ~ p(v | h). Shape [n, D]."""
         self._positive("sample", "n", n, integer=True)
+        self._positive("sample", "max_states", max_states, integer=True)
+        self._positive("sample", "chunk", chunk, integer=True)
         self._generator("sample", generator)
         weights = self._log_hidden_weights(max_states, chunk)
         probabilities = torch.softmax(weights, dim=0)
@@ -461,8 +465,9 @@ class GBRBM(torch.nn.Module):
         _batch = self._check("nce_loss", "x", x, self.D)
         if not (hasattr(noise, "log_prob") and hasattr(noise, "sample")):
             raise TypeError(
-                "nce_loss: noise must be a distribution with sample() and log_prob(), "
-                f"such as torch.distributions.MultivariateNormal, got {type(noise).__name__}"
+                "nce_loss: noise must be a distribution with sample() and log_prob() "
+                "(such as torch.distributions.MultivariateNormal), "
+                f"got {type(noise).__name__}"
             )
         if noise_samples is None:
             count = max(1, round(nu * _batch))

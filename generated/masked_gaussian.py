@@ -425,8 +425,9 @@ class MaskedGaussian(torch.nn.Module):
         _batch = self._check("nce_loss", "x", x, self.D)
         if not (hasattr(noise, "log_prob") and hasattr(noise, "sample")):
             raise TypeError(
-                "nce_loss: noise must be a distribution with sample() and log_prob(), "
-                f"such as torch.distributions.MultivariateNormal, got {type(noise).__name__}"
+                "nce_loss: noise must be a distribution with sample() and log_prob() "
+                "(such as torch.distributions.MultivariateNormal), "
+                f"got {type(noise).__name__}"
             )
         if noise_samples is None:
             count = max(1, round(nu * _batch))

@@ -80,7 +80,7 @@ def test_check_with_sizes_and_a_failure_exit_status(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "GBRBM at D=3, K=2" in result.stdout
     result = run_cli("check", "specs/gbrbm.edsl", "--size", "Q=3")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "--size names unknown dimension 'Q'" in result.stderr
 
 

@@ -262,7 +262,7 @@ def test_a_compile_past_its_time_limit_is_a_positioned_error():
     finally:
         signal.signal(signal.SIGALRM, previous)
     shown = caught.value.format("slow.edsl", SLOW)
-    assert shown.startswith("slow.edsl:6:20: error: compiling this model took longer than "
+    assert shown.startswith("slow.edsl:6:20: error: deriving this spec took longer than "
                             "0.5 s, the time limit"), shown
     # the seed-sized specs are far inside the default limit, and a limit changes no output
     spec = HEAD + "free energy F(v) = sum(i: v[i]^2 / 2 + softplus(tanh(v[i])))\n"

@@ -70,7 +70,7 @@ def test_resuming_from_another_specs_checkpoint_is_refused(tmp_path, capsys):
     assert main(["train", str(spec), *QUICK, "--epochs", "1", "--out", run]) == 0
     spec.write_text(spec.read_text().replace("normal(0.01)", "normal(0.02)"))
     before = _params(tmp_path / "run")
-    assert main(["train", str(spec), *QUICK, "--out", run, "--resume"]) == 1
+    assert main(["train", str(spec), *QUICK, "--out", run, "--resume"]) == 2
     assert "checkpoint was made from a different model or spec" in capsys.readouterr().err
     assert _same(before, _params(tmp_path / "run"))  # untouched
 
@@ -102,21 +102,22 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
     build = training.build_objective
     calls = {"n": 0}
 
-    def poisoned(config, model, train_data):
-        objective = build(config, model, train_data)
+    def poisoned(config, model, prepared):
+        objective = build(config, model, prepared)
         loss = objective.loss
 
         def maybe_nan(x):
             calls["n"] += 1
             value = loss(x)
-            return value * float("nan") if calls["n"] == 12 else value
+            return value * float("nan") if calls["n"] == 13 else value
         objective.loss = maybe_nan
         return objective
 
     monkeypatch.setattr(training, "build_objective", poisoned)
     config = RunConfig(model=str(SPECS / "gbrbm.edsl"), epochs=3, batch_size=128, lr=0.01,
                        sizes={"K": 4})
-    # 9 steps per epoch; call 10 is epoch 1's validation, so call 12 is step 11
+    # call 1 is the feasibility probe; 9 steps per epoch; call 11 is epoch 1's
+    # validation, so call 13 is step 11
     with pytest.raises(TrainingError, match=r"non-finite loss \(nan\) at epoch 2, step 11"):
         train(config, tmp_path, progress=False, log=lambda _: None)
     checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
@@ -161,13 +162,13 @@ def test_companion_models_train_through_the_same_command(tmp_path, name):
 
 
 def test_user_mistakes_are_clear_errors(tmp_path, capsys):
-    assert main(["train", "no_such_model", "--out", str(tmp_path)]) == 1
+    assert main(["train", "no_such_model", "--out", str(tmp_path)]) == 2
     assert "unknown model 'no_such_model'" in capsys.readouterr().err
     assert main(["train", str(SPECS / "dem.edsl"), "--objective", "mle",
-                 "--out", str(tmp_path)]) == 1
+                 "--out", str(tmp_path)]) == 2
     assert "DEM has no exact log_prob" in capsys.readouterr().err
     assert main(["train", str(SPECS / "dem.edsl"), "--size", "Q=3",
-                 "--out", str(tmp_path)]) == 1
+                 "--out", str(tmp_path)]) == 2
     assert "no dimension named 'Q'" in capsys.readouterr().err
     assert main(["sample", str(tmp_path / "nothing")]) == 1
     assert "no checkpoint here" in capsys.readouterr().err
@@ -218,10 +219,11 @@ def test_compare_tabulates_held_out_likelihood_with_how_it_was_obtained(tmp_path
     assert [row.how.split(" ")[0] for row in rows] == ["exact", "AIS", "exact"]
     # the masked Gaussian's number, recomputed from its checkpoint: log p of the
     # standardised data, minus D log(scale) and D log(17) back to the discrete digits
-    model, _, prepared = training.model_from_checkpoint(
+    model, config, data_map = training.model_from_checkpoint(
         load_checkpoint(tmp_path / "00" / "checkpoint.pt"))
-    expected = (model.log_prob(prepared.test).mean().item()
-                - 64 * (torch.log(torch.tensor(prepared.scale)).item() + torch.log(
+    test = training.prepare(config, "energy").test
+    expected = (model.log_prob(test).mean().item()
+                - 64 * (torch.log(torch.tensor(data_map.scale)).item() + torch.log(
                     torch.tensor(17.0)).item()))
     assert rows[0].nats == pytest.approx(expected, rel=1e-6)
     assert rows[0].bits_per_dim == pytest.approx(-expected / (64 * 0.6931471805599453))
@@ -252,4 +254,4 @@ def test_train_on_user_provided_mnist_idx_files(tmp_path):
                  "--size", "K=3", "--epochs", "1", "--batch-size", "8", "--out", str(run)]) == 0
     assert _params(run)["W"].shape == (784, 3)
     assert main(["train", str(SPECS / "gbrbm.edsl"), "--data", "mnist", "--out",
-                 str(run)]) == 1
+                 str(run)]) == 2
