@@ -153,7 +153,7 @@ def check_compiled(compiled: Compiled, overrides: dict[str, int] | None = None, 
     if compiled.conditionals.gaussian_precision is not None:
         # NCE uses the exact normaliser: check it where the precision is positive definite
         _check_gaussian(model, reference, x, add,
-                        then=lambda: check_objectives(model, reference, x, add, seed))
+                        then=lambda nce: check_objectives(model, reference, x, add, seed, nce))
     else:
         check_objectives(model, reference, x, add, seed)
     return report
@@ -219,14 +219,16 @@ def _check_visible(model, reference: Reference, v: torch.Tensor, add, seed: int)
 def _check_gaussian(model, reference: Reference, v: torch.Tensor, add, then) -> None:
     """log Z of a quadratic F from its autograd Hessian and gradient at 0. Where the
     random parameters make the precision indefinite, the module must refuse; the values
-    are then checked, and `then` run, at parameters shrunk until the model is
-    normalisable."""
+    are then checked, and `then(True)` run, at parameters shrunk until the model is
+    normalisable; `then(False)` (no NCE) when no shrinking makes it so."""
     params = list(model.parameters())
     saved = [p.detach().clone() for p in params]
     try:
         for _ in range(8):
             if _positive_definite(reference, v.shape[1], v.dtype):
-                break
+                _gaussian_rows(model, reference, v, add)
+                then(True)
+                return
             try:
                 model.log_partition()
                 refused = False
@@ -234,11 +236,14 @@ def _check_gaussian(model, reference: Reference, v: torch.Tensor, add, then) -> 
                 refused = True
             add("log_partition refuses an indefinite precision",
                 torch.tensor(0.0 if refused else 1.0), torch.tensor(0.0))
+            if not params:
+                break
             with torch.no_grad():
                 for p in params:
                     p.mul_(0.5)
-        _gaussian_rows(model, reference, v, add)
-        then()
+        # singular at every scale (F = (sum v)^2, or no parameters to shrink): no
+        # normaliser to check, nor NCE, which needs it
+        then(False)
     finally:
         with torch.no_grad():
             for p, value in zip(params, saved, strict=True):

@@ -36,8 +36,9 @@ def _reference_score(reference: Reference, x: torch.Tensor, create_graph: bool =
 
 
 def check_objectives(model: torch.nn.Module, reference: Reference, v: torch.Tensor,
-                     add: Add, seed: int) -> None:
-    """dsm_loss, ssm_loss, nce_loss, cnce_loss (and the joint energy) at fixed noise."""
+                     add: Add, seed: int, nce: bool = True) -> None:
+    """dsm_loss, ssm_loss, nce_loss (unless `nce` is false: the model has no usable
+    normaliser), cnce_loss at fixed noise."""
     generator = torch.Generator().manual_seed(seed + 5)
     batch, dim = v.shape
     dtype = v.dtype
@@ -59,7 +60,24 @@ def check_objectives(model: torch.nn.Module, reference: Reference, v: torch.Tens
     expected = (curvature + 0.5 * along.square()).mean()
     add("ssm_loss", model.ssm_loss(v, projections=projections), expected.detach())
 
-    # NCE against a standard Gaussian, seed 000's formula (2) in log space
+    if nce:
+        _check_nce(model, reference, v, add, generator)
+
+    # conditional NCE with fixed symmetric noise
+    contrast_noise = torch.randn(2, batch, dim, generator=generator, dtype=dtype)
+    zero = torch.zeros((), dtype=dtype)
+    contrast = v[None] + noise_std * contrast_noise
+    difference = reference.free_energy(v)[None] - reference.free_energy(
+        contrast.reshape(-1, dim)).reshape(2, batch)
+    expected = 2 * torch.logaddexp(zero, difference).mean()
+    add("cnce_loss", model.cnce_loss(v, noise_std, noise=contrast_noise), expected.detach())
+
+
+def _check_nce(model: torch.nn.Module, reference: Reference, v: torch.Tensor, add: Add,
+               generator: torch.Generator) -> None:
+    """NCE against a standard Gaussian, seed 000's formula (2) in log space."""
+    batch, dim = v.shape
+    dtype = v.dtype
     nu = 2.0
     noise_distribution = torch.distributions.MultivariateNormal(
         torch.zeros(dim, dtype=dtype), torch.eye(dim, dtype=dtype))
@@ -74,14 +92,6 @@ def check_objectives(model: torch.nn.Module, reference: Reference, v: torch.Tens
                 + nu * torch.logaddexp(zero, -math.log(nu) - log_w(samples)).mean())
     add("nce_loss", model.nce_loss(v, noise_distribution, nu, noise_samples=samples),
         expected.detach())
-
-    # conditional NCE with fixed symmetric noise
-    contrast_noise = torch.randn(2, batch, dim, generator=generator, dtype=dtype)
-    contrast = v[None] + noise_std * contrast_noise
-    difference = reference.free_energy(v)[None] - reference.free_energy(
-        contrast.reshape(-1, dim)).reshape(2, batch)
-    expected = 2 * torch.logaddexp(zero, difference).mean()
-    add("cnce_loss", model.cnce_loss(v, noise_std, noise=contrast_noise), expected.detach())
 
 
 def check_energy(model: torch.nn.Module, reference: Reference, v: torch.Tensor, add: Add,

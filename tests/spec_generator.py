@@ -140,7 +140,7 @@ def _visible_terms(b: _Builder, visible: str, size: str) -> None:
     b.terms.append(f"+ {b.positive()} * sum({i}: {visible}[{i}]^2)")
     for _ in range(b.draw(st.integers(0, 3))):
         kind = b.draw(st.sampled_from(["linear", "feature", "feature", "quadratic_form",
-                                       "square_of_sum", "scalar_param"]))
+                                       "square_of_sum", "scalar_param", "power_of_sum"]))
         if kind == "linear":
             (i,) = b.indices(1)
             b.terms.append(f"- sum({i}: {b.param(size)}[{i}] * {visible}[{i}])")
@@ -155,9 +155,30 @@ def _visible_terms(b: _Builder, visible: str, size: str) -> None:
             (i,) = b.indices(1)
             b.terms.append(f"+ {b.positive()} * sum({i}: {b.param(size)}[{i}] * "
                            f"{visible}[{i}])^2")
+        elif kind == "power_of_sum":
+            _power_of_sum(b, visible, size)
         else:
             (i,) = b.indices(1)
             b.terms.append(f"+ {b.param()} * sum({i}: {visible}[{i}]^2) / 10")
+
+
+def _power_of_sum(b: _Builder, visible: str, size: str) -> None:
+    """c (sum_i w_i v_i)^p, the sum weighted or not (then the score has a term constant
+    across v's entries, which the planner once summed over a size-1 axis), alone or
+    inside a sum over features."""
+    power = b.draw(st.sampled_from(["2", "3", "4"]))
+    scale = b.draw(st.sampled_from(["1/10", "1/50", "2"]))
+    (i,) = b.indices(1)
+    shape = b.draw(st.sampled_from(["plain", "weighted", "features"]))
+    if shape == "plain":
+        b.terms.append(f"+ {scale} * sum({i}: {visible}[{i}])^{power}")
+    elif shape == "weighted":
+        b.terms.append(f"+ {scale} * sum({i}: {b.param(size)}[{i}] * {visible}[{i}])^{power}")
+    else:
+        features = b.dim()
+        (k,) = b.indices(1)
+        b.terms.append(f"+ {scale} * sum({k}: {b.param(features)}[{k}] * "
+                       f"sum({i}: {visible}[{i}])^{power})")
 
 
 def _hidden_layer(b: _Builder, visible: str, size: str, continuous: bool
@@ -193,6 +214,30 @@ def _hidden_layer(b: _Builder, visible: str, size: str, continuous: bool
         b.terms.append(f"+ {b.draw(st.sampled_from(['2', '3', '5/2']))} * sum({j}: "
                        f"{name}[{j}]^2)")
     return name, domain, units
+
+
+@st.composite
+def power_of_sum_specs(draw: st.DrawFn) -> GeneratedSpec:
+    """One to three powers of sums of the visible vector, sometimes with a Gaussian term
+    or a linear one: the specs whose score may be constant across v's entries, which
+    the planner once summed over a size-1 axis (these need not be normalisable)."""
+    b = _Builder(draw)
+    model = draw(_NAMES.filter(lambda n: n[0].isupper()))
+    b.used.add(model)
+    size = b.dim()
+    visible = b.fresh()
+    b.lines.append(f"visible {visible} : real[{size}]")
+    if draw(st.booleans()):
+        (i,) = b.indices(1)
+        b.terms.append(f"+ {b.positive()} * sum({i}: {visible}[{i}]^2)")
+    for _ in range(draw(st.integers(1, 3))):
+        _power_of_sum(b, visible, size)
+    if b.params == 0 or draw(st.booleans()):
+        (i,) = b.indices(1)
+        b.terms.append(f"- sum({i}: {b.param(size)}[{i}] * {visible}[{i}])")
+    body = " ".join(b.terms).removeprefix("+ ")
+    energy = f"free energy {b.fresh()}({visible}) = {body}"
+    return GeneratedSpec("\n".join([f"model {model}", *b.lines, energy]) + "\n", ())
 
 
 @st.composite

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from spec_generator import valid_specs
+from spec_generator import power_of_sum_specs, valid_specs
 
 from energydsl.checker import FUNCTIONS
 from energydsl.driver import Compiled, compile_source
@@ -76,11 +76,28 @@ def assert_well_formed(exc: SpecError, text: str, path: str = PATH) -> str:
 
 def compile_or_error(text: str) -> Compiled | str:
     """The compiled module, or the formatted diagnostics; any other exception (a crash
-    in the compiler, SymPy or Lark) propagates and fails the test."""
+    in the compiler, SymPy or Lark) propagates and fails the test. What compiles must
+    also show as LaTeX and pass `check` (or refuse sizes it cannot afford, clearly)."""
     try:
-        return compile_source(text, PATH)
+        compiled = compile_source(text, PATH)
     except SpecError as exc:
         return assert_well_formed(exc, text)
+    shows_and_checks(compiled)
+    return compiled
+
+
+def shows_and_checks(compiled: Compiled) -> None:
+    from energydsl.checking import check_compiled
+    from energydsl.errors import UsageError
+    from energydsl.show import render
+
+    assert render(compiled.derivation, as_latex=True).startswith("model ")
+    try:
+        report = check_compiled(compiled)
+    except UsageError as exc:  # e.g. too many quadrature nodes for the check's sizes
+        assert "use smaller hidden sizes" in str(exc)
+        return
+    assert report.ok, report.table()
 
 
 def first_error(text: str) -> str:
@@ -237,6 +254,17 @@ def test_random_valid_specs_compile_and_agree_with_autograd(spec) -> None:
 
     compiled = compile_source(spec.text, "generated.edsl")
     report = check_compiled(compiled, {dim: 1 for dim in spec.continuous_dims})
+    assert report.ok, f"{spec.text}\n{report.table()}"
+
+
+@fuzz_settings(12, seconds=60)
+@given(power_of_sum_specs())
+def test_powers_of_sums_agree_with_autograd(spec) -> None:
+    """sm_loss (and everything else derived) of F with powers of sums, against autograd:
+    a sum over an axis the summand lacks must count that axis's size."""
+    from energydsl.checking import check_compiled
+
+    report = check_compiled(compile_source(spec.text, "powers.edsl"))
     assert report.ok, f"{spec.text}\n{report.table()}"
 
 
