@@ -59,7 +59,9 @@ def _time_limit(seconds: float | None) -> Iterator[None]:
         raise _OutOfTime
 
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    # then again every 50 ms: an exception raised inside a finaliser (__del__, a weakref
+    # callback) is swallowed by Python, so one signal may not be enough
+    signal.setitimer(signal.ITIMER_REAL, seconds, 0.05)
     try:
         yield
     finally:
