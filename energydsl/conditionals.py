@@ -188,7 +188,7 @@ def derive_conditionals(derivation: Derivation) -> Conditionals:
     symbolic = model.symbolic
     visible = symbolic.visible
     lookup = symbolic.definition_of
-    lets = list(symbolic.definitions.values())
+    lets = symbolic.used_definitions
     p = derivation.index
     dim = symbolic.checked.visible.shape[0]
     q = symbolic.index(dim, "q")

@@ -43,7 +43,7 @@ def derive(model: FreeEnergyModel) -> Derivation:
     p = symbolic.index(dim, "i")
     lookup = symbolic.definition_of
 
-    lets = list(symbolic.definitions.values())
+    lets = symbolic.used_definitions
 
     def tidy(expr: sp.Expr) -> sp.Expr:
         expr = distribute(normalise(fold_definitions(expr, lets)))

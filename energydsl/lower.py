@@ -13,6 +13,7 @@ nonsense (or a hang) in generated code.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from dataclasses import dataclass, field
@@ -85,6 +86,23 @@ class SymbolicModel:
                 self.taken_names.add(name)
                 return sp.Idx(name, self.dims[dim])
         raise RuntimeError("no fresh index name left")  # pragma: no cover
+
+    @functools.cached_property
+    def used_definitions(self) -> list[Definition]:
+        """The lets the energy uses, directly or through other lets, in declaration
+        order: the only ones a derived formula can mention (so a spec's unused lets
+        cost the later stages nothing)."""
+        used: set[str] = set()
+        pending = [self.energy]
+        while pending:
+            for node in sp.preorder_traversal(pending.pop()):
+                base = node.base if isinstance(node, sp.Indexed) else node
+                definition = self.definition_of(base) if isinstance(
+                    base, (sp.IndexedBase, sp.Symbol)) else None
+                if definition is not None and str(definition.base) not in used:
+                    used.add(str(definition.base))
+                    pending.append(definition.body)
+        return [d for d in self.definitions.values() if str(d.base) in used]
 
     def definition_of(self, base: sp.Basic) -> Definition | None:
         name = str(base.label) if isinstance(base, sp.IndexedBase) else str(base)
