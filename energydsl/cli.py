@@ -235,14 +235,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     def action(path: str) -> None:
         compiled = _compile_spec(path, args.time_limit)
-        dims = compiled.derivation.model.symbolic.checked.dims
+        problem = compiled.derivation.model.symbolic.checked.size_error(args.sizes)
+        if problem:
+            raise UsageError(f"{path}: error: --size: {problem}")
         for name, value in args.sizes.items():
-            if name not in dims:
-                raise UsageError(f"{path}: error: --size names unknown dimension '{name}'; "
-                                 f"the spec's dimensions are {', '.join(dims)}")
-            if dims[name].derived_from is not None:
-                raise UsageError(f"{path}: error: --size {name}: '{name}' is derived from "
-                                 "other dimensions; set those instead")
             if value > MAX_CHECK_SIZE:
                 raise UsageError(f"{path}: error: --size {name}={value}: the check is exact "
                                  f"(autograd per dimension, enumeration, quadrature); use "

@@ -123,3 +123,12 @@ class CheckedModel:
     @property
     def has_hidden(self) -> bool:
         return bool(self.hidden)
+
+    def size_error(self, sizes: dict[str, int]) -> str | None:
+        """Why `sizes` (from --size) cannot set this model's dimensions, or None."""
+        for name in sizes:
+            if name not in self.dims:
+                return f"no dimension named '{name}'; its dimensions are {', '.join(self.dims)}"
+            if self.dims[name].derived_from is not None:
+                return f"'{name}' is derived from other dimensions; set those instead"
+        return None

@@ -310,13 +310,9 @@ def build_model(config: RunConfig, shape: tuple[int, ...], text: str | None = No
         sizes[visible.name] = size
     elif {"height", "width"} <= set(dims):
         sizes["height"], sizes["width"] = shape[-2], shape[-1]
-    for name in config.sizes:
-        if name not in dims:
-            raise UsageError(f"{config.model}: error: no dimension named '{name}'; its "
-                             f"dimensions are {', '.join(dims)}")
-        if dims[name].derived_from is not None:
-            raise UsageError(f"{config.model}: error: '{name}' is derived from other "
-                             "dimensions; set those instead")
+    problem = checked.size_error(config.sizes)
+    if problem:
+        raise UsageError(f"{config.model}: error: --size: {problem}")
     sizes.update(config.sizes)
     model = class_of(compiled)(**sizes)
     if model.visible_size != size:

@@ -81,7 +81,7 @@ def test_check_with_sizes_and_a_failure_exit_status(tmp_path):
     assert "GBRBM at D=3, K=2" in result.stdout
     result = run_cli("check", "specs/gbrbm.edsl", "--size", "Q=3")
     assert result.returncode == 2
-    assert "--size names unknown dimension 'Q'" in result.stderr
+    assert "--size: no dimension named 'Q'; its dimensions are D, K" in result.stderr
 
 
 def test_show_prints_the_derived_formulas(capsys):
