@@ -225,17 +225,19 @@ def _check_gaussian(model, reference: Reference, v: torch.Tensor, add, then) -> 
     saved = [p.detach().clone() for p in params]
     try:
         for _ in range(8):
-            if _positive_definite(reference, v.shape[1], v.dtype):
+            definiteness = _definiteness(reference, v.shape[1], v.dtype)
+            if definiteness == "positive":
                 _gaussian_rows(model, reference, v, add)
                 then(True)
                 return
-            try:
-                model.log_partition()
-                refused = False
-            except ValueError:
-                refused = True
-            add("log_partition refuses an indefinite precision",
-                torch.tensor(0.0 if refused else 1.0), torch.tensor(0.0))
+            if definiteness == "indefinite":  # singular to rounding may go either way
+                try:
+                    model.log_partition()
+                    refused = False
+                except ValueError:
+                    refused = True
+                add("log_partition refuses an indefinite precision",
+                    torch.tensor(0.0 if refused else 1.0), torch.tensor(0.0))
             if not params:
                 break
             with torch.no_grad():
@@ -250,11 +252,19 @@ def _check_gaussian(model, reference: Reference, v: torch.Tensor, add, then) -> 
                 p.copy_(value)
 
 
-def _positive_definite(reference: Reference, dim: int, dtype: torch.dtype) -> bool:
+def _definiteness(reference: Reference, dim: int, dtype: torch.dtype) -> str:
+    """'positive' (well enough conditioned that log det agrees to the check's tolerance),
+    'indefinite' (the module must refuse), or 'singular': the least eigenvalue of the
+    autograd Hessian within rounding of zero, or so small that log det is inaccurate,
+    where a Cholesky factorisation may succeed or fail and neither is wrong."""
     zero = torch.zeros(dim, dtype=dtype)
     hessian = torch.autograd.functional.hessian(
         lambda x: reference.free_energy(x[None, :])[0], zero)
-    return bool(torch.linalg.eigvalsh(hessian).min() > 0)
+    values = torch.linalg.eigvalsh(hessian)
+    eps, largest, least = torch.finfo(dtype).eps, float(values.abs().max()), float(values.min())
+    if least > dim * math.sqrt(eps) * largest:
+        return "positive"
+    return "indefinite" if least < -dim * eps * largest else "singular"
 
 
 def _gaussian_rows(model, reference: Reference, v: torch.Tensor, add) -> None:
