@@ -229,19 +229,19 @@ def mutated_specs(draw: st.DrawFn) -> str:
 
 # ---------------------------------------------------------------------------- properties
 
-@fuzz_settings(150)
+@fuzz_settings(150, seconds=60)  # a compiled input is also shown and checked
 @given(token_streams())
 def test_random_token_streams(text: str) -> None:
     compile_or_error(text)
 
 
-@fuzz_settings(60)
+@fuzz_settings(60, seconds=60)  # a compiled input is also shown and checked
 @given(random_declarations())
 def test_random_declarations(text: str) -> None:
     compile_or_error(text)
 
 
-@fuzz_settings(40)
+@fuzz_settings(40, seconds=60)  # a compiled input is also shown and checked
 @given(mutated_specs())
 def test_mutated_specs(text: str) -> None:
     compile_or_error(text)
