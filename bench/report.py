@@ -212,9 +212,10 @@ def _markdown(results: dict, plot_name: str) -> str:
     if compile_times:
         cold = compile_times["cold"]
         out += ["", "## Compile times", "",
-                f"Warm: `energydsl.driver.compile_source` in this process after one warm-up "
-                f"compile, SymPy's cache cleared before each of {compile_times['warm_runs']} "
-                "runs, best kept. Cold: `" + cold["command"] + "` in a fresh process "
+                "Warm: `energydsl.compiler.driver.compile_source` in this process after one "
+                "warm-up compile, SymPy's cache cleared before each of "
+                f"{compile_times['warm_runs']} runs, best kept. Cold: `" + cold["command"]
+                + "` in a fresh process "
                 f"(Python start-up and imports included), best of {cold.get('runs', 0)}.", ""]
         rows = [[f"specs/{spec}.edsl (warm)", _f(e.get("s"), 2, " s") if e.get("s") is not None
                  else f"*{e.get('note')}*"] for spec, e in compile_times["warm"].items()]

@@ -286,7 +286,7 @@ class Bench:
         each run). Cold: `energydsl compile specs/*.edsl -o TMP` in a fresh process."""
         from sympy.core.cache import clear_cache
 
-        from energydsl.driver import compile_source
+        from energydsl.compiler.driver import compile_source
 
         specs = sorted(SPECS.glob("*.edsl"))
         warm: dict = {}

@@ -8,6 +8,6 @@ __version__ = "0.1.0"
 
 def load(path):  # noqa: ANN001, ANN201 - re-exported from .api, imported lazily
     """Compile the spec at `path` in memory (cached by its hash); return the class."""
-    from .api import load as _load
+    from energydsl.api import load as _load
 
     return _load(path)

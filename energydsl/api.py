@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .checkpoints import spec_hash
-from .driver import Compiled, compile_source
+from energydsl.compiler.driver import Compiled, compile_source
+from energydsl.compiler.sources import spec_hash
 
 _CACHE: dict[str, Compiled] = {}
 
@@ -23,7 +23,7 @@ def compile_cached(text: str, path: str = "<spec>") -> Compiled:
 
 
 def class_of(compiled: Compiled) -> type:
-    from .checking import load_module
+    from energydsl.compiler.loading import load_module
 
     module = load_module(compiled.source, compiled.derivation.name.lower())
     return getattr(module, compiled.derivation.name)
@@ -31,7 +31,7 @@ def class_of(compiled: Compiled) -> type:
 
 def load(path: str | Path) -> type:
     """Compile the spec at `path` in memory and return its generated class."""
-    from .sources import read_spec
+    from energydsl.compiler.sources import read_spec
 
     text = read_spec(path)
     return class_of(compile_cached(text, Path(path).as_posix()))

@@ -18,8 +18,8 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import __version__
-from .errors import DEFAULT_TIME_LIMIT, SpecError, TrainingError, UsageError
+from energydsl import __version__
+from energydsl.errors import DEFAULT_TIME_LIMIT, SpecError, TrainingError, UsageError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 3
 MAX_TIME_LIMIT = 1e6  # seconds (the timer takes no more)
@@ -109,7 +109,7 @@ def _parse_assignments(items: list[str], flag: str, kind: type) -> dict:
 
 
 def _read(path: str) -> str:
-    from .sources import read_spec
+    from energydsl.compiler.sources import read_spec
 
     try:
         return read_spec(path)
@@ -181,7 +181,7 @@ def _print_warnings(compiled, path: str, source: str) -> None:
 
 
 def _compile_spec(path: str, time_limit: float):
-    from .driver import compile_source
+    from energydsl.compiler.driver import compile_source
 
     source = _read(path)
     try:
@@ -207,7 +207,7 @@ def _for_each(paths: Sequence[str], action: Callable[[str], None]) -> int:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from .files import write_atomically
+    from energydsl.files import write_atomically
 
     to_stdout = args.output == "-"
     if not to_stdout:
@@ -231,7 +231,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from .checking import check_compiled
+    from energydsl.check.checks import check_compiled
 
     def action(path: str) -> None:
         compiled = _compile_spec(path, args.time_limit)
@@ -261,7 +261,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from .show import render
+    from energydsl.compiler.show import render
 
     def action(path: str) -> None:
         compiled = _compile_spec(path, args.time_limit)
@@ -274,7 +274,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .training import RunConfig, resumed_config, train
+    from energydsl.train.loop import RunConfig, resumed_config, train
 
     given = {"data": args.data, "objective": args.objective, "epochs": args.epochs,
              "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
@@ -295,7 +295,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = config or RunConfig(model=args.model, **given)
         train(config, out, resume=args.resume, overwrite=args.overwrite)
     except SpecError as exc:
-        from .sources import read_spec_or_none
+        from energydsl.compiler.sources import read_spec_or_none
 
         _err(exc.format(args.model, read_spec_or_none(args.model)))
         return EXIT_ERROR
@@ -321,8 +321,8 @@ def _image_path(text: str) -> Path:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from .report import draw_samples, image_grid
-    from .training import CHECKPOINT, load_checkpoint, model_from_checkpoint
+    from energydsl.train.loop import CHECKPOINT, load_checkpoint, model_from_checkpoint
+    from energydsl.train.report import draw_samples, image_grid
 
     output = _image_path(args.output) if args.output else None
     target = Path(args.checkpoint)
@@ -337,7 +337,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from energydsl.train.report import write_report
 
     out = write_report(Path(args.run), steps=args.steps)
     print(f"report -> {out / 'index.md'}")
@@ -345,8 +345,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .compare import ENTRIES, compare, table
-    from .files import write_atomically
+    from energydsl.files import write_atomically
+    from energydsl.train.compare import ENTRIES, compare, table
 
     out = _output_directory(args.out, "--out")
     entries = ENTRIES[:args.limit] if args.limit else ENTRIES
@@ -511,7 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .files import exit_on_sigterm
+    from energydsl.files import exit_on_sigterm
 
     parser = build_parser()
     args = parser.parse_args(argv)

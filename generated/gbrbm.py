@@ -337,7 +337,7 @@ class GBRBM(torch.nn.Module):
             raise ValueError(
                 f"exact enumeration needs 2^{units} = {states} hidden states, "
                 f"more than max_states={max_states}; "
-                "estimate log Z by annealed importance sampling (energydsl.ais) instead"
+                "estimate log Z by annealed importance sampling (energydsl.train.ais) instead"
             )
         device = self.W.device
         weights = [

@@ -7,7 +7,7 @@ two deep), quadratic forms, and zero to two hidden layers (binary, spin, real or
 positive units) coupled bilinearly or through a nonlinear coefficient. Names, index
 names, sizes and number spellings are random too. Every such spec must compile, and
 everything the compiler derives must agree with autograd on the spec's own energy
-(`energydsl.checking.check_compiled`); a spec that does not is a compiler bug, and
+(`energydsl.check.checks.check_compiled`); a spec that does not is a compiler bug, and
 hypothesis shrinks it to a small one.
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from hypothesis import strategies as st
 
-from energydsl.checker import (
+from energydsl.compiler.resolve import (
     DEFINITION_LOCALS,
     FUNCTIONS,
     KEYWORDS,

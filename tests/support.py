@@ -13,14 +13,14 @@ GENERATED = ROOT / "generated"
 
 
 def compile_text(text: str, path: str = "spec.edsl"):
-    from energydsl.driver import compile_source
+    from energydsl.compiler.driver import compile_source
 
     return compile_source(text, path)
 
 
 def load_class(spec: str, **_):
     """Compile specs/<spec>.edsl in memory and return (class, compiled)."""
-    from energydsl.checking import load_module
+    from energydsl.compiler.loading import load_module
 
     compiled = compile_text((SPECS / f"{spec}.edsl").read_text(), f"specs/{spec}.edsl")
     module = load_module(compiled.source, spec)
@@ -38,7 +38,7 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None
 
 def load_source(text: str, name: str = "inline"):
     """Compile spec text in memory and return the generated class."""
-    from energydsl.checking import load_module
+    from energydsl.compiler.loading import load_module
 
     compiled = compile_text(text, f"{name}.edsl")
     return getattr(load_module(compiled.source, name), compiled.derivation.name)

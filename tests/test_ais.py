@@ -1,4 +1,4 @@
-"""Annealed importance sampling (energydsl.ais) against exact log partition functions.
+"""Annealed importance sampling (energydsl.train.ais) against exact log partition functions.
 
 References, all computed here: the GBRBM by enumerating its hidden states (v integrated
 analytically: Z = (2 pi)^(D/2) sum_h exp(|W h|^2 / 2)); a Gaussian from the log-determinant
@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.distributions import Independent, MultivariateNormal, Normal, StudentT
 
-from energydsl.ais import (
+from energydsl.train.ais import (
     TemperedTarget,
     _base_sample,
     ais,
@@ -24,7 +24,7 @@ from energydsl.ais import (
     log_mean_exp,
     temperatures,
 )
-from energydsl.sampling import as_target
+from energydsl.train.sampling import as_target
 
 from support import load_class
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from energydsl.checking import check_compiled
+from energydsl.check.checks import check_compiled
 from energydsl.cli import main
 
 from support import ROOT, compile_text, run_cli

@@ -16,12 +16,13 @@ import pytest
 import sympy as sp
 import torch
 
-from energydsl import lower
-from energydsl.checking import check_compiled, load_module
-from energydsl.driver import analyse, compile_source
+from energydsl.check.checks import check_compiled
+from energydsl.compiler import lower
+from energydsl.compiler.driver import analyse, compile_source
+from energydsl.compiler.emit.torch_printer import TorchPrinter
+from energydsl.compiler.loading import load_module
+from energydsl.compiler.notation import dsl_str
 from energydsl.errors import SpecError
-from energydsl.printer import TorchPrinter
-from energydsl.printing import dsl_str
 
 HEAD = "model M\ndim D = 4\nvisible v : real[D]\n"
 ONE = {"D": 1}  # positive units are checked by joint quadrature: one unit is quick

@@ -14,8 +14,8 @@ import torch
 from numpy.lib.stride_tricks import sliding_window_view
 from sklearn import datasets
 
-from energydsl import data
-from energydsl.data import IDX_IMAGES, IDX_LABELS, ZCA, DataError
+from energydsl.train import data
+from energydsl.train.data import IDX_IMAGES, IDX_LABELS, ZCA, DataError
 
 # ---------------------------------------------------------------- digits
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from energydsl.driver import compile_source
+from energydsl.compiler.driver import compile_source
 from energydsl.errors import DEFAULT_TIME_LIMIT, MAX_SPEC_CHARS, SpecError
 
 from support import ROOT
@@ -23,7 +23,7 @@ CATALOGUE = ROOT / "docs" / "errors.md"
 EXAMPLE_PATH = "example.edsl"  # every message block is printed as for a file of this name
 
 # The compiler stages whose `error(...)` / `self.fail(...)` calls report mistakes in a spec.
-STAGES = ("parser", "checker", "lower", "marginalise", "driver")
+STAGES = ("parse", "resolve", "lower", "marginalise", "driver")
 ERROR_FUNCTIONS = {"error", "fail"}
 MIN_FRAGMENT = 8  # call sites whose literal parts are all shorter are not checked
 
@@ -33,10 +33,10 @@ MIN_FRAGMENT = 8  # call sites whose literal parts are all shorter are not check
 EXEMPT = {
     # Lark's LALR parser raises only UnexpectedCharacters and UnexpectedToken (UnexpectedEOF
     # is the Earley parser's); this is the fallback for any other UnexpectedInput.
-    ("parser", "syntax error: "),
+    ("parse", "syntax error: "),
     # The grammar's NAME token is ASCII letters, digits and '_', and a leading '_' is
     # refused first, so every name that parses matches IDENTIFIER.
-    ("checker", ": names are ASCII letters, digits and '_', starting with a letter"),
+    ("resolve", ": names are ASCII letters, digits and '_', starting with a letter"),
     # The exponent was folded and checked as an expression of its own first ("this
     # expression is not a real number").
     ("lower", "this exponent is not a real number"),
@@ -167,7 +167,7 @@ def error_call_sites() -> list[CallSite]:
     compiler stages, with its message template."""
     sites = []
     for module in STAGES:
-        path = ROOT / "energydsl" / f"{module}.py"
+        path = ROOT / "energydsl" / "compiler" / f"{module}.py"
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if not (isinstance(node, ast.Call) and node.args):
                 continue
@@ -235,10 +235,10 @@ def test_every_error_of_the_compiler_has_an_entry(update_golden):
         elif not covered:
             missing.append(site)
     assert not missing, "errors without a catalogue entry (add one to docs/errors.md):\n" + \
-        "\n".join(f"  energydsl/{s.module}.py:{s.line}: {'...'.join(s.fragments)}"
+        "\n".join(f"  energydsl/compiler/{s.module}.py:{s.line}: {'...'.join(s.fragments)}"
                   for s in missing)
     assert not stale, "exempt errors that now have an entry (remove them from EXEMPT):\n" + \
-        "\n".join(f"  energydsl/{s.module}.py:{s.line}" for s in stale)
+        "\n".join(f"  energydsl/compiler/{s.module}.py:{s.line}" for s in stale)
     unknown = EXEMPT - {site.key for site in sites}
     assert not unknown, f"EXEMPT names call sites that no longer exist: {sorted(unknown)}"
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from energydsl.data import load_digits
-from energydsl.estimators import (
+from energydsl.train.data import load_digits
+from energydsl.train.objectives import (
     OBJECTIVES,
     FastPCD,
     PersistentCD,

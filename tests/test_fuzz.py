@@ -26,15 +26,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from spec_generator import power_of_sum_specs, valid_specs
 
-from energydsl.checker import FUNCTIONS
-from energydsl.driver import Compiled, compile_source
+from energydsl.compiler.driver import Compiled, compile_source
+from energydsl.compiler.parse import MAX_DEPTH
+from energydsl.compiler.resolve import FUNCTIONS
 from energydsl.errors import SpecError
-from energydsl.parser import MAX_DEPTH
 
 from support import ROOT, SPECS
 
 SPEC_TEXTS = {path.name: path.read_text() for path in sorted(SPECS.glob("*.edsl"))}
-GRAMMAR = (ROOT / "grammar" / "energy.lark").read_text()
+GRAMMAR = (ROOT / "energydsl" / "compiler" / "grammar" / "energy.lark").read_text()
 PATH = "fuzz.edsl"
 
 _EXAMPLES = int(os.environ.get("ENERGYDSL_FUZZ_EXAMPLES", "0"))
@@ -87,9 +87,9 @@ def compile_or_error(text: str) -> Compiled | str:
 
 
 def shows_and_checks(compiled: Compiled) -> None:
-    from energydsl.checking import check_compiled
+    from energydsl.check.checks import check_compiled
+    from energydsl.compiler.show import render
     from energydsl.errors import UsageError
-    from energydsl.show import render
 
     assert render(compiled.derivation, as_latex=True).startswith("model ")
     try:
@@ -250,7 +250,7 @@ def test_mutated_specs(text: str) -> None:
 @fuzz_settings(18, seconds=60)
 @given(valid_specs())
 def test_random_valid_specs_compile_and_agree_with_autograd(spec) -> None:
-    from energydsl.checking import check_compiled
+    from energydsl.check.checks import check_compiled
 
     compiled = compile_source(spec.text, "generated.edsl")
     report = check_compiled(compiled, {dim: 1 for dim in spec.continuous_dims})
@@ -262,7 +262,7 @@ def test_random_valid_specs_compile_and_agree_with_autograd(spec) -> None:
 def test_powers_of_sums_agree_with_autograd(spec) -> None:
     """sm_loss (and everything else derived) of F with powers of sums, against autograd:
     a sum over an axis the summand lacks must count that axis's size."""
-    from energydsl.checking import check_compiled
+    from energydsl.check.checks import check_compiled
 
     report = check_compiled(compile_source(spec.text, "powers.edsl"))
     assert report.ok, f"{spec.text}\n{report.table()}"

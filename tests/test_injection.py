@@ -18,8 +18,8 @@ import re
 import pytest
 import torch
 
-from energydsl.checking import check_compiled
-from energydsl.driver import compile_source
+from energydsl.check.checks import check_compiled
+from energydsl.compiler.driver import compile_source
 from energydsl.errors import SpecError
 
 from support import SPECS
@@ -99,7 +99,7 @@ ATTACK_NAMES = ["__import__", "__class__", "__init__", "_private", "self", "torc
 
 
 def _free_energy(text: str, renamed: dict[str, str]):
-    from energydsl.checking import load_module
+    from energydsl.compiler.loading import load_module
 
     compiled = compile_source(text, "x.edsl")
     assert_safe(compiled.source)

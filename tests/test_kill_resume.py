@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from energydsl.training import load_checkpoint
+from energydsl.train.loop import load_checkpoint
 
 from support import ROOT, SPECS
 

@@ -19,7 +19,8 @@ def test_wheel_installs_and_compiles_outside_the_repository(tmp_path):
                    capture_output=True)
     wheel = next(wheels.glob("energydsl-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"energydsl/grammar/energy.lark", "energydsl/templates/module.py.j2"} <= names
+    assert {"energydsl/compiler/grammar/energy.lark",
+            "energydsl/compiler/emit/templates/module.py.j2"} <= names
     assert not any(name.startswith(("tests/", "specs/", "generated/")) for name in names)
 
     site = tmp_path / "site"

@@ -21,14 +21,14 @@ import numpy as np
 import pytest
 import torch
 
-from energydsl import checkpoints
 from energydsl.cli import main
-from energydsl.driver import compile_source
+from energydsl.compiler.driver import compile_source
+from energydsl.compiler.functions import log1p, sigmoid, softplus
+from energydsl.compiler.notation import latex
 from energydsl.errors import MAX_SPEC_CHARS, SpecError
 from energydsl.files import write_atomically
-from energydsl.functions import log1p, sigmoid, softplus
-from energydsl.printing import latex
-from energydsl.training import load_checkpoint
+from energydsl.train import checkpoints
+from energydsl.train.loop import load_checkpoint
 
 from support import ROOT, SPECS, load_source
 
@@ -149,17 +149,17 @@ def test_an_old_format_checkpoint_is_refused_with_a_reason(tmp_path, capsys):
     from dataclasses import dataclass
 
     @dataclass
-    class OldPrepared:  # stands in for format 1's pickled energydsl.training class
+    class OldPrepared:  # stands in for format 1's pickled energydsl.train.loop class
         shape: tuple
 
-    OldPrepared.__module__, OldPrepared.__qualname__ = "energydsl.training", "OldPrepared"
-    import energydsl.training
+    OldPrepared.__module__, OldPrepared.__qualname__ = "energydsl.train.loop", "OldPrepared"
+    import energydsl.train.loop
 
-    energydsl.training.OldPrepared = OldPrepared  # so torch.save can pickle it by name
+    energydsl.train.loop.OldPrepared = OldPrepared  # so torch.save can pickle it by name
     try:
         torch.save({"format": 1, "prepared": OldPrepared((1, 8, 8))}, tmp_path / "old.pt")
     finally:
-        del energydsl.training.OldPrepared
+        del energydsl.train.loop.OldPrepared
     code, err = run(capsys, "sample", str(tmp_path / "old.pt"))
     assert code == 1 and "older energydsl (format 1" in err
 
@@ -223,7 +223,7 @@ def test_an_idx_bomb_is_refused_before_anything_is_allocated(tmp_path, capsys):
 def test_training_keeps_grey_levels_as_bytes_until_batches_form(tmp_path):
     """The stored training split is uint8; each batch is dequantised from it, the same
     rows to the same values whatever the batch (fixed noise per pixel and seed)."""
-    from energydsl.training import RunConfig, prepare
+    from energydsl.train.loop import RunConfig, prepare
 
     prepared = prepare(RunConfig(model=GBRBM), "energy")
     assert prepared.train.dtype == torch.uint8

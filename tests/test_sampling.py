@@ -1,4 +1,4 @@
-"""MCMC on compiled models (energydsl.sampling) against independent references.
+"""MCMC on compiled models (energydsl.train.sampling) against independent references.
 
 References: the GBRBM's exact marginal p(v) = sum_h p(h) N(v; W h, I) with p(h) ∝
 exp(|W h|^2 / 2) by enumerating h here; a Gaussian's mean and covariance from its precision;
@@ -15,7 +15,7 @@ import math
 import pytest
 import torch
 
-from energydsl.sampling import (
+from energydsl.train.sampling import (
     Sampler,
     Target,
     gibbs_step,

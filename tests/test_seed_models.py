@@ -9,8 +9,9 @@ import math
 import pytest
 import torch
 
-from energydsl.checking import check_compiled, instantiate, load_module
-from energydsl.driver import compile_source
+from energydsl.check.checks import check_compiled, instantiate
+from energydsl.compiler.driver import compile_source
+from energydsl.compiler.loading import load_module
 
 from support import load_class, randomise
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sympy as sp
 
-from energydsl.driver import analyse
-from energydsl.printing import dsl_str
+from energydsl.compiler.driver import analyse
+from energydsl.compiler.notation import dsl_str
 
 from support import SPECS
 

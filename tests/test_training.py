@@ -15,9 +15,9 @@ import pytest
 import torch
 
 import energydsl
-from energydsl import training
 from energydsl.cli import main
-from energydsl.training import RunConfig, TrainingError, load_checkpoint, train
+from energydsl.train import loop as training
+from energydsl.train.loop import RunConfig, TrainingError, load_checkpoint, train
 
 from support import ROOT, SPECS, run_cli
 
@@ -209,7 +209,7 @@ def test_two_torchrun_processes_match_one_process(tmp_path):
 
 
 def test_compare_tabulates_held_out_likelihood_with_how_it_was_obtained(tmp_path, capsys):
-    from energydsl.compare import Entry, compare, table
+    from energydsl.train.compare import Entry, compare, table
 
     entries = (Entry("masked", "specs/masked_gaussian.edsl", "mle", lr=0.02, epochs=1),
                Entry("mpot", "specs/mpot.edsl", "sm", (("K", 4), ("M", 4)), 0.01, 1),

@@ -1,0 +1,1 @@
+"""`energydsl check`: everything the compiler derived against an independent reference."""

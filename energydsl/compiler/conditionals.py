@@ -1,0 +1,286 @@
+"""Stage 5b, conditionals: what the energy says beyond F(v).
+
+- Per hidden variable, p(h_u | v) from its unit energy e(h_u; v): the mean E[h|v] and
+  the sampler's parameters (Bernoulli probability, Gaussian mean/std, Gamma shape/rate),
+  with the continuous moments integrated by SymPy.
+- The three terms of the latent-EBM score-matching theorem (Swersky et al. 2011):
+      J = E_v sum_i [1/2 E[d_i E]^2 + var[d_i E] - E[d_i^2 E]],  moments over p(h|v),
+  using that the units are independent given v and d_i E is linear in each unit.
+- The visible conditional p(v | h) when E is quadratic in v: precision P(h) = d^2 E/dv^2
+  and linear term b(h) = -dE/dv at v = 0 (mean P^-1 b), isotropic when P = c I.
+- The Gaussian structure of F when F itself is quadratic in v (closed-form normaliser).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import sympy as sp
+
+from energydsl.compiler.algebra import (
+    canonicalise,
+    diff,
+    distribute,
+    fold_definitions,
+    make_sum,
+    normalise,
+)
+from energydsl.compiler.derive import Derivation
+from energydsl.compiler.functions import sigmoid
+from energydsl.compiler.lower import Definition, SymbolicModel
+from energydsl.compiler.marginalise import HiddenUnit
+
+
+@dataclass(frozen=True)
+class HiddenConditional:
+    unit: HiddenUnit
+    mean: sp.Expr  # E[h_u | v], free index unit.index
+    variance: sp.Expr  # var[h_u | v]
+    sampler: dict[str, sp.Expr]  # distribution parameters, see `_moments`
+
+
+@dataclass(frozen=True)
+class VisibleConditional:
+    """p(v | h) = N(P^-1 b, P^-1) with P[p, q] and b[p] functions of the hidden units."""
+
+    index: sp.Idx  # p
+    second: sp.Idx  # q
+    precision: sp.Expr  # P[p, q]
+    linear: sp.Expr  # b[p]
+    isotropic: sp.Expr | None  # c when P = c delta(p, q)
+
+
+@dataclass
+class Conditionals:
+    hidden: dict[str, HiddenConditional] = field(default_factory=dict)
+    sm_terms: dict[str, sp.Expr] | None = None  # per sample: squared_error, variance, curvature
+    sm_terms_unavailable: str = ""  # why sm_terms could not be derived
+    visible: VisibleConditional | None = None
+    gaussian_precision: sp.Expr | None = None  # P[p, q] = d^2 F / dv_p dv_q when constant
+    gaussian_indices: tuple[sp.Idx, sp.Idx] | None = None
+    definitions: dict[str, Definition] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- unit moments
+
+_S = sp.Symbol("s", positive=True)
+_R = sp.Symbol("r", positive=True)
+_A = sp.Symbol("a", positive=True)
+_U = sp.Symbol("u", real=True)
+
+
+@lru_cache(maxsize=32)
+def _gamma_moments(power: sp.Expr) -> tuple[sp.Expr, sp.Expr]:
+    """E[s], E[s^2] for the density s^-power exp(-r s) on s > 0, by SymPy."""
+    def integral(k: int) -> sp.Expr:
+        value, _ = sp.integrate(_S ** (k - power) * sp.exp(-_R * _S), (_S, 0, sp.oo),
+                                conds="separate")
+        return value
+
+    z = integral(0)
+    return sp.gammasimp(integral(1) / z), sp.gammasimp(integral(2) / z)
+
+
+@lru_cache(maxsize=1)
+def _gaussian_variance() -> sp.Expr:
+    """E[u^2] under exp(-a u^2), by SymPy: 1 / (2 a)."""
+    weight = sp.exp(-_A * _U**2)
+    z = sp.integrate(weight, (_U, -sp.oo, sp.oo))
+    return sp.simplify(sp.integrate(_U**2 * weight, (_U, -sp.oo, sp.oo)) / z)
+
+
+def _factored(expr: sp.Expr) -> sp.Expr:
+    """sp.factor with sums and tensor entries held as opaque symbols (small and fast):
+    p - p^2 -> p (1 - p),  gamma (gamma + 1) / r^2 - gamma^2 / r^2 -> gamma / r^2."""
+    held: dict[sp.Expr, sp.Dummy] = {}
+
+    def hold(node: sp.Expr) -> sp.Expr:
+        if isinstance(node, (sp.Sum, sp.Indexed)):
+            return held.setdefault(node, sp.Dummy("x", real=True))
+        if not node.args:
+            return node
+        return node.func(*[hold(a) for a in node.args])
+
+    local = hold(expr)
+    return sp.factor(local).xreplace({d: a for a, d in held.items()})
+
+
+def _moments(unit: HiddenUnit) -> tuple[sp.Expr, sp.Expr, dict[str, sp.Expr]]:
+    """E[h], var[h] and the sampler's parameters for one unit given v."""
+    s, e = unit.symbol, unit.energy
+    if unit.domain == "binary":  # p(h = 1) = exp(-e1) / (exp(-e0) + exp(-e1))
+        p = sigmoid(sp.expand(e.subs(s, 0) - e.subs(s, 1)))
+        return p, _factored(p - p**2), {"probability": p}
+    if unit.domain == "spin":  # p(h = +1) = sigmoid(e(-1) - e(+1))
+        p = sigmoid(sp.expand(e.subs(s, -1) - e.subs(s, 1)))
+        return 2 * p - 1, _factored(1 - (2 * p - 1) ** 2), {"probability": p}
+    if unit.domain == "real":  # e = a (h + b / 2a)^2 + ...: Gaussian
+        a, b = unit.coefficients["a"], unit.coefficients["b"]
+        mean = -b / (2 * a)
+        variance = _gaussian_variance().subs(_A, a)
+        return mean, variance, {"mean": mean, "std": sp.sqrt(variance)}
+    rate, power = unit.coefficients["rate"], unit.coefficients["power"]  # Gamma
+    first, second = _gamma_moments(power)
+    mean = first.subs(_R, rate)
+    return mean, _factored(second.subs(_R, rate) - mean**2), {"shape": 1 - power, "rate": rate}
+
+
+# ---------------------------------------------------------------- helpers
+
+def depends_on(expr: sp.Basic, base: sp.Basic, model: SymbolicModel) -> bool:
+    """Whether expr depends on `base`, directly or through let definitions."""
+    for node in sp.preorder_traversal(expr):
+        if isinstance(node, sp.Indexed):
+            if node.base == base:
+                return True
+            definition = model.definition_of(node.base)
+            if definition is not None and depends_on(definition.body, base, model):
+                return True
+        elif isinstance(node, sp.Symbol):
+            definition = model.definition_of(node)
+            if definition is not None and depends_on(definition.body, base, model):
+                return True
+    return False
+
+
+def at_zero(expr: sp.Expr, model: SymbolicModel) -> sp.Expr:
+    """expr at v = 0: lets that depend on v are inlined first."""
+    visible = model.visible
+
+    def inline(node: sp.Expr) -> sp.Expr:
+        if isinstance(node, sp.Indexed):
+            if node.base == visible:
+                return sp.S.Zero
+            definition = model.definition_of(node.base)
+            if definition is not None and depends_on(definition.body, visible, model):
+                body = definition.body
+                for formal, actual in zip(definition.indices, node.indices, strict=True):
+                    body = _substitute(body, formal, actual)
+                return inline(body)
+            return node
+        if isinstance(node, sp.Symbol):
+            definition = model.definition_of(node)
+            if definition is not None and depends_on(definition.body, visible, model):
+                return inline(definition.body)
+            return node
+        if not node.args or isinstance(node, sp.Idx):
+            return node
+        return node.func(*[inline(a) for a in node.args])
+
+    return normalise(inline(expr))
+
+
+def _substitute(expr: sp.Expr, old: sp.Symbol, new: sp.Expr) -> sp.Expr:
+    from energydsl.compiler.algebra import substitute_index
+
+    return substitute_index(expr, old, new)
+
+
+def _isotropic_part(precision: sp.Expr, p: sp.Idx, q: sp.Idx) -> sp.Expr | None:
+    """c when precision = c delta(p, q) with c free of p and q."""
+    delta = sp.KroneckerDelta(p, q)
+    c = sp.expand(precision).coeff(delta)
+    if c == 0 or {p, q} & c.free_symbols:
+        return None
+    if sp.expand(precision - c * delta) != 0:
+        return None
+    return c
+
+
+# ---------------------------------------------------------------- the stage
+
+def derive_conditionals(derivation: Derivation) -> Conditionals:
+    model = derivation.model
+    symbolic = model.symbolic
+    visible = symbolic.visible
+    lookup = symbolic.definition_of
+    lets = symbolic.used_definitions
+    p = derivation.index
+    dim = symbolic.checked.visible.shape[0]
+    q = symbolic.index(dim, "q")
+    result = Conditionals()
+
+    def tidy(expr: sp.Expr) -> sp.Expr:
+        expr = distribute(normalise(fold_definitions(expr, lets)))
+        return canonicalise(expr, symbolic.index_pools, symbolic.symmetric)
+
+    # p(h | v), per hidden variable
+    for name, unit in model.hidden.items():
+        mean, variance, sampler = _moments(unit)
+        result.hidden[name] = HiddenConditional(
+            unit, tidy(mean), variance, {k: tidy(v) for k, v in sampler.items()})
+        result.definitions[f"_mean_{name}"] = Definition(
+            sp.IndexedBase(f"_mean_{name}"), (unit.index,), result.hidden[name].mean)
+        for key, value in result.hidden[name].sampler.items():
+            result.definitions[f"_{key}_{name}"] = Definition(
+                sp.IndexedBase(f"_{key}_{name}"), (unit.index,), value)
+
+    # the three score-matching terms
+    if model.hidden:
+        terms = _sm_terms(derivation, result, tidy)
+        if isinstance(terms, str):
+            result.sm_terms_unavailable = terms
+        else:
+            result.sm_terms = terms
+            for key, value in terms.items():
+                result.definitions[f"_{key}"] = Definition(sp.Symbol(f"_{key}"), (), value)
+
+    # the joint energy E(v, h) itself (Gibbs diagnostics, AIS, exact normalisers)
+    if model.energy is not None and model.hidden:
+        result.definitions["_energy"] = Definition(sp.Symbol("_energy"), (),
+                                                   tidy(model.energy))
+
+    # p(v | h) when the joint energy is quadratic in v
+    if model.energy is not None and model.hidden:
+        first = diff(model.energy, visible, (p,), lookup)
+        precision = tidy(diff(first, visible, (q,), lookup))
+        # quadratic in v (a precision of zero: linear, no Gaussian to draw from)
+        if precision != 0 and not depends_on(precision, visible, symbolic):
+            linear = tidy(-at_zero(first, symbolic))
+            result.visible = VisibleConditional(p, q, precision, linear,
+                                                _isotropic_part(precision, p, q))
+            result.definitions["_visible_precision"] = Definition(
+                sp.IndexedBase("_visible_precision"), (p, q), precision)
+            result.definitions["_visible_linear"] = Definition(
+                sp.IndexedBase("_visible_linear"), (p,), linear)
+            if result.visible.isotropic is not None:
+                result.definitions["_visible_scale"] = Definition(
+                    sp.Symbol("_visible_scale"), (), result.visible.isotropic)
+
+    # a Gaussian model: F quadratic in v (not merely linear)
+    hessian = tidy(diff(-derivation.score, visible, (q,), lookup))
+    if hessian != 0 and not depends_on(hessian, visible, symbolic):
+        result.gaussian_precision = hessian
+        result.gaussian_indices = (p, q)
+        result.definitions["_gaussian_precision"] = Definition(
+            sp.IndexedBase("_gaussian_precision"), (p, q), hessian)
+    return result
+
+
+def _sm_terms(derivation: Derivation, result: Conditionals, tidy) -> dict[str, sp.Expr] | str:
+    model = derivation.model
+    symbolic = model.symbolic
+    visible, lookup, p = symbolic.visible, symbolic.definition_of, derivation.index
+    first = diff(model.visible_energy, visible, (p,), lookup)
+    mean_second = diff(first, visible, (p,), lookup)
+    variance = sp.S.Zero
+    for name, conditional in result.hidden.items():
+        unit = conditional.unit
+        s = unit.symbol
+        g = sp.expand(diff(unit.energy, visible, (p,), lookup))
+        g2 = sp.expand(diff(g, visible, (p,), lookup))
+        slope, slope2 = sp.diff(g, s), sp.diff(g2, s)
+        if sp.diff(slope, s) != 0 or sp.diff(slope2, s) != 0:
+            return (f"dE/dv is not linear in the hidden variable '{name}', so its variance "
+                    "needs moments the compiler does not derive")
+        limits = [(unit.index, 0, unit.index.upper)]
+        variance += make_sum(slope**2 * conditional.variance, limits)
+        mean_second += make_sum(slope2 * conditional.mean + g2.subs(s, 0), limits)
+    limits = [(p, 0, p.upper)]
+    score = derivation.definitions["score"].base
+    return {
+        "squared_error": make_sum(score[p] ** 2, limits) / 2,
+        "variance": tidy(make_sum(variance, limits)),
+        "curvature": tidy(-make_sum(mean_second, limits)),
+    }

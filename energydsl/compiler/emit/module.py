@@ -1,0 +1,342 @@
+"""Stage 7, emit: derived definitions -> the text of a self-contained PyTorch module.
+
+Jinja2 holds the layout (templates/module.py.j2); the planner and printer already
+turned every expression into code, `methods` arranged them into method bodies. The
+output depends only on the spec, so recompiling gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass
+from functools import cache
+
+import jinja2
+
+from energydsl import __version__
+from energydsl.compiler import syntax as ast
+from energydsl.compiler.conditionals import Conditionals
+from energydsl.compiler.derive import Derivation
+from energydsl.compiler.emit.estimators import estimator_methods
+from energydsl.compiler.emit.methods import (
+    ANCHOR_BUFFER,
+    LINE_LENGTH,
+    Method,
+    MethodBuilder,
+    _bare,
+    signature,
+    uses_cholesky,
+    uses_math,
+)
+from energydsl.compiler.emit.normalisers import enumeration_methods
+from energydsl.compiler.emit.torch_printer import TorchPrinter
+from energydsl.compiler.ir import Param
+from energydsl.compiler.notation import dsl_str
+
+
+@dataclass(frozen=True)
+class CtorArg:
+    name: str
+    type: str
+    default: str
+
+
+@dataclass(frozen=True)
+class Check:
+    code: str
+    message: str
+
+
+@cache
+def _template() -> jinja2.Template:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("energydsl.compiler.emit", "templates"),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+    )
+    return env.get_template("module.py.j2")
+
+
+def safe_text(text: str) -> str:
+    """Text for a comment or docstring: printable ASCII, no backslashes (escapes) and no
+    double quotes (three end a docstring early; so does one just before its end)."""
+    text = text.replace("\\", "/").replace('"', "'")
+    return "".join(c if (c.isprintable() and ord(c) < 128) or c == "\n" else "?"
+                   for c in text)
+
+
+def safe_line(text: str) -> str:
+    """Text for a one-line comment: as `safe_text`, and no line break, which would end the
+    comment and make the rest of the text code."""
+    return safe_text(text).replace("\n", "?")
+
+
+def safe_format_text(text: str) -> str:
+    """Text for the literal part of an f-string: as `safe_line`, braces doubled so none
+    is taken for an expression to evaluate."""
+    return safe_line(text).replace("{", "{{").replace("}", "}}")
+
+
+def wrap_formulas(text: str, width: int = LINE_LENGTH - 4) -> str:
+    """Docstring formula lines wrapped at spaces, continuation lines indented."""
+    lines = []
+    for line in text.split("\n"):
+        lines += textwrap.wrap(line, width=width, subsequent_indent=" " * 18,
+                               break_long_words=False, break_on_hyphens=False) or [""]
+    return "\n".join(lines)
+
+
+def _stored_shape(param: Param) -> tuple[str, ...]:
+    """The raw parameter's shape: a grid-masked [D, D] matrix keeps only its [9, D] stencil
+    (entry (o, p) is raw[p, p + offset o]; see _grid_stencil), so its memory grows with D,
+    not D^2."""
+    if param.grid is not None:
+        return ("9", f"self.{param.shape[0]}")
+    return tuple(f"self.{d}" for d in param.shape)
+
+
+def _param_doc(param: Param) -> str:
+    shape = f"{param.name} [{', '.join(param.shape)}]"
+    if param.grid is not None:
+        return f"{shape} (stored as its stencil, [9, {param.shape[0]}])"
+    return shape
+
+
+def _init_code(param: Param) -> str:
+    shape = ", ".join(_stored_shape(param))
+    size = f"({shape},)" if len(param.shape) == 1 else f"({shape})"
+    opts = "dtype=dtype, device=device"
+    kind, args = param.init.kind, param.init.args
+    if kind == "normal":
+        return f"{args[0]!r} * torch.randn({size}, {opts})"
+    if kind == "zeros":
+        return f"torch.zeros({size}, {opts})"
+    if kind == "ones":
+        return f"torch.ones({size}, {opts})"
+    if kind == "constant":
+        return f"torch.full({size}, {args[0]!r}, {opts})"
+    low, high = args  # uniform
+    return f"{low!r} + {high - low!r} * torch.rand({size}, {opts})"
+
+
+def _dim_formula(expr: ast.Expr) -> str:
+    if isinstance(expr, ast.Number):
+        return str(int(expr.text))  # Python's spelling: '08' is no Python literal
+    if isinstance(expr, ast.Name):
+        return expr.name
+    if isinstance(expr, ast.Unary):
+        return f"{expr.op}{_dim_formula(expr.operand)}"
+    if isinstance(expr, ast.Binary):
+        op = {"^": "**", "/": "//"}.get(expr.op, expr.op)
+        return f"({_dim_formula(expr.left)} {op} {_dim_formula(expr.right)})"
+    raise ValueError(expr)  # pragma: no cover
+
+
+def _accessor(param: Param, names) -> list[Method]:
+    """The methods giving a constrained parameter's value from its raw parameter (for a
+    grid mask, the value's stencil and the dense matrix made from it; `names`: the
+    dimensions and constants, attributes of the module)."""
+    constraint = param.constraint
+    if param.grid is not None:
+        return _grid_accessors(param, names)
+    lines = [f"raw = self.{param.name}"]
+    notes = []
+    value = "raw"
+    if constraint.symmetric:
+        lines.append("value = 0.5 * (raw + raw.T)")
+        value = "value"
+        notes.append("symmetric, (raw + raw^T) / 2")
+    if constraint.diagonally_dominant:
+        lines += [f"off_diagonal = {value} - torch.diag_embed(torch.diagonal({value}))",
+                  "diagonal = (",
+                  "    off_diagonal.abs().sum(dim=1)",
+                  "    + torch.nn.functional.softplus(torch.diagonal(raw))",
+                  "    + 1e-6",
+                  ")",
+                  "return off_diagonal + torch.diag_embed(diagonal)"]
+        notes.append(_DOMINANT_NOTE)
+    else:
+        lines.append(f"return {value}")
+    return [Method(constraint.accessor, "", "torch.Tensor",
+                   _wrap_doc(f"{param.name} from its raw parameter: " + "; ".join(notes) + "."),
+                   tuple(lines))]
+
+
+_DOMINANT_NOTE = ("strictly diagonally dominant with a positive diagonal, hence positive "
+                  "definite for every raw value (Gershgorin)")
+
+
+def _wrap_doc(doc: str) -> str:
+    return "\n        ".join(textwrap.wrap(doc, width=88))
+
+
+def _grid_accessors(param: Param, names) -> list[Method]:
+    """A grid-masked parameter is stored, and used, as its [9, D] stencil (entry (o, p) is
+    the value at [p, p + offset o], see _grid_stencil): products with it cost 9 D per row
+    (the planner calls _grid_apply), and the dense [D, D] value is built only where a
+    method needs the matrix itself."""
+    name, constraint = param.name, param.constraint
+    height, width, _ = param.grid.arguments(names)
+    lines = [f"raw = self.{name}"]
+    notes = []
+    value = "raw"
+    if constraint.symmetric:  # the stencil of raw^T holds raw[q, p] at (o, p)
+        lines.append(f"value = 0.5 * (raw + _grid_transpose(raw, {height}, {width}))")
+        value = "value"
+        notes.append("symmetric, (raw + raw^T) / 2")
+    lines.append(f"value = torch.where(self._{name}_inside, {value}, torch.zeros_like({value}))")
+    notes.append("zero outside the grid neighbourhood of each pixel")
+    if constraint.diagonally_dominant:  # value[4] is raw's diagonal
+        lines += ["off_diagonal = torch.cat([value[:4], torch.zeros_like(value[4:5]), value[5:]])",
+                  "diagonal = (",
+                  "    off_diagonal.abs().sum(dim=0)",
+                  "    + torch.nn.functional.softplus(value[4])",
+                  "    + 1e-6",
+                  ")",
+                  "return torch.cat([value[:4], diagonal[None], value[5:]])"]
+        notes.append(_DOMINANT_NOTE)
+    else:
+        lines.append("return value")
+    stencil = Method(f"_{name}_stencil", "", "torch.Tensor", _wrap_doc(
+        f"{name} from its raw parameter, both as [9, D] stencils (entry (o, p) is {name}[p, "
+        f"p + offset o], see _grid_stencil): " + "; ".join(notes) + "."), tuple(lines))
+    dense = Method(constraint.accessor, "", "torch.Tensor", _wrap_doc(
+        f"{name} as a dense [D, D] matrix: its stencil (_{name}_stencil) scattered into "
+        "place."), (
+        f"stencil = self._{name}_stencil()",
+        "size = stencil.shape[1]",
+        f"inside = self._{name}_inside",
+        "flat = stencil.new_zeros(size * size)",
+        f"flat = flat.scatter(0, self._{name}_index[inside], stencil[inside])",
+        "return flat.view(size, size)"))
+    return [stencil, dense]
+
+
+def _summary(derivation: Derivation) -> str:
+    checked = derivation.model.symbolic.checked
+    visible = checked.visible
+    parts = [f"energy-based model of {visible.name} in R^{visible.shape[0]}"]
+    for hidden in checked.hidden.values():
+        parts.append(f"hidden {hidden.name} {hidden.domain}^{hidden.shape[0]}")
+    return ", ".join(parts) + "."
+
+
+def formulas(derivation: Derivation, conditionals: Conditionals | None = None) -> str:
+    """The model's formulas in spec notation (for docstrings and `show`)."""
+    model = derivation.model
+    lines = []
+    role = model.symbolic.checked.energy.role
+    if model.energy is not None:
+        lines.append(f"Energy:       E = {dsl_str(model.energy)}")
+    elif role == "log_density":
+        lines.append(f"Log density:  log p~ = {dsl_str(-derivation.free_energy)}")
+    for definition_name, definition in model.symbolic.definitions.items():
+        indices = f"[{', '.join(map(str, definition.indices))}]" if definition.indices else ""
+        lines.append(f"Definition:   {definition_name}{indices} = {dsl_str(definition.body)}")
+    lines.append(f"Free energy:  F = {dsl_str(derivation.free_energy)}")
+    lines.append(f"Score:        score[{derivation.index}] = {dsl_str(derivation.score)}")
+    lines.append(f"Laplacian:    laplacian = {dsl_str(derivation.laplacian)}")
+    lines.append(f"SM objective: {dsl_str(derivation.sm_objective)}   (batch mean)")
+    for condition in model.conditions:
+        lines.append(f"Requires:     {dsl_str(condition)}")
+    if conditionals is not None:
+        for name, conditional in conditionals.hidden.items():
+            index = conditional.unit.index
+            lines.append(f"Conditional:  E[{name}[{index}] | v] = {dsl_str(conditional.mean)}")
+        if conditionals.sm_terms is not None:
+            for key, value in conditionals.sm_terms.items():
+                lines.append(f"SM term:      {key} = {dsl_str(value)}")
+        if conditionals.visible is not None:
+            visible = conditionals.visible
+            name = model.symbolic.checked.visible.name
+            lines.append(f"Conditional:  {name} | hidden ~ N(P^-1 b, P^-1) with "
+                         f"P[{visible.index}, {visible.second}] = {dsl_str(visible.precision)}, "
+                         f"b[{visible.index}] = {dsl_str(visible.linear)}")
+        if conditionals.gaussian_precision is not None:
+            p, q = conditionals.gaussian_indices
+            lines.append(f"Gaussian:     precision[{p}, {q}] = "
+                         f"{dsl_str(conditionals.gaussian_precision)}")
+    return "\n".join(lines)
+
+
+def emit(derivation: Derivation, conditionals: Conditionals, spec_path: str) -> str:
+    """Render the generated module's source text."""
+    symbolic = derivation.model.symbolic
+    checked = symbolic.checked
+    builder = MethodBuilder(derivation, conditionals)
+    normalised = conditionals.gaussian_precision is not None
+    methods = builder.build() + enumeration_methods(builder)
+    methods += estimator_methods(checked.visible.name, checked.visible.shape[0], normalised)
+
+    ctor_args = [CtorArg(d.name, "int", str(d.default)) for d in checked.dims.values()
+                 if d.derived_from is None]
+    ctor_args += [CtorArg(c.name, "float" if isinstance(c.default, float) else "int",
+                          repr(c.default)) for c in checked.consts.values()]
+    ctor_checks = [Check(f"isinstance({a.name}, int) and {a.name} >= 1",
+                         f'f"{a.name} must be a positive integer, got {{{a.name}!r}}"')
+                   for a in ctor_args if a.type == "int" and a.name in checked.dims]
+    local_names = {s: n for n, s in symbolic.consts.items()}
+    local_names.update({s: n for n, s in symbolic.dims.items()})
+    for condition in derivation.model.conditions:
+        code = _bare(TorchPrinter(set(), local_names).doprint(condition))
+        message = safe_format_text(
+            f"the model is normalisable only if {dsl_str(condition)}, got ")
+        values = ", ".join(f"{s}={{{s}!r}}" for s in sorted(map(str, condition.free_symbols)))
+        ctor_checks.append(Check(code, "f" + repr(message + values)))
+    ctor_lines = []
+    for dim in checked.dims.values():
+        if dim.derived_from is None:
+            ctor_lines.append(f"self.{dim.name} = {dim.name}")
+        else:
+            ctor_lines.append(f"self.{dim.name} = {_bare(_dim_formula(dim.derived_from))}")
+    for const in checked.consts.values():
+        ctor_lines.append(f"self.{const.name} = {const.name}")
+    accessors = []
+    grid_mask = False
+    scalars = {**checked.dims, **checked.consts}
+    for param in checked.params.values():
+        ctor_lines.append(f"self.{param.name} = torch.nn.Parameter(\n"
+                          f"            {_init_code(param)}\n        )")
+        if param.constraint is not None:
+            accessors += _accessor(param, scalars)
+            if param.grid is not None:
+                grid_mask = True
+                args = ", ".join(param.grid.arguments(scalars))
+                ctor_lines.append(f"_grid = _grid_stencil({args}, self.{param.shape[0]}, "
+                                  "device=device)")
+                for k, part in enumerate(("index", "inside")):  # [9, D] each
+                    ctor_lines.append(f'self.register_buffer("_{param.name}_{part}", '
+                                      f"_grid[{k}], persistent=False)")
+    if builder.anchor == ANCHOR_BUFFER:
+        ctor_lines.append(f'self.register_buffer("{ANCHOR_BUFFER}", torch.empty(0, dtype=dtype, '
+                          'device=device), persistent=False)')
+    if not normalised:
+        ctor_lines.append("# log Z for noise-contrastive estimation (nce_loss), learnt too\n"
+                          "        self.log_z = torch.nn.Parameter(torch.zeros((), dtype=dtype, "
+                          "device=device))")
+    all_methods = accessors + methods
+    return _template().render(
+        version=__version__,
+        spec_path=safe_line(spec_path),
+        model=checked,
+        summary=_summary(derivation),
+        formulas=wrap_formulas(safe_text(formulas(derivation, conditionals))),
+        ctor_doc=", ".join(f"{a.name}={a.default}" for a in ctor_args) or "none",
+        params_doc=", ".join(_param_doc(p) for p in checked.params.values())
+        or "none",
+        visible=checked.visible.name,
+        hidden_units={name: h.domain for name, h in checked.hidden.items()},
+        visible_dim=checked.visible.shape[0],
+        anchor=builder.anchor,
+        ctor_args=ctor_args,
+        ctor_checks=ctor_checks,
+        ctor_lines=ctor_lines,
+        methods=all_methods,
+        signature=signature,
+        uses_math=uses_math(all_methods),
+        uses_cholesky=uses_cholesky(all_methods),
+        grid_mask=grid_mask,
+    )

@@ -1,0 +1,449 @@
+"""Stage 4, marginalise: joint energy E(v, h) -> free energy F(v) = -log sum_h exp(-E).
+
+Per hidden unit, by SymPy: the terms of E that involve a generic unit h[u] form its
+unit energy e(h_u; v); summing exp(-e) over {0,1} or {-1,+1}, or integrating it over
+the reals (a Gaussian unit) or the positive reals (a Gamma-type unit), gives the unit's
+log-partition log z_u(v), and F = E_0(v) - sum_u log z_u(v). Terms coupling two units
+(h[j] h[k], or h inside a nonlinear function of a sum over units) are errors, as are
+integrals that diverge or have no closed form. Convergence conditions on constants
+become checks on the defaults here and in the generated constructor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import sympy as sp
+
+from energydsl.compiler.algebra import distribute, make_sum, normalise, substitute_index
+from energydsl.compiler.functions import log1p, rewrite_log_one_plus, sigmoid, softplus
+from energydsl.compiler.ir import DISCRETE_DOMAINS
+from energydsl.compiler.lower import UNDEFINED, SymbolicModel
+from energydsl.compiler.notation import dsl_str
+from energydsl.errors import SpecError, error, shorten
+
+
+@dataclass(frozen=True)
+class HiddenUnit:
+    """What marginalisation learned about one hidden variable, per generic unit `index`.
+
+    `energy` is e(symbol; v), the part of E involving unit `index`; `log_partition` is
+    log z(v) = log sum/int exp(-e) over the unit's domain. Conditionals follow from both.
+    """
+
+    name: str
+    domain: str
+    index: sp.Idx
+    symbol: sp.Symbol
+    energy: sp.Expr
+    log_partition: sp.Expr
+    # e = a h^2 + b h + c for a real unit ("a", "b"); e = rate h + power log h + c for a
+    # positive one ("rate", "power"); empty for discrete units (e is used directly).
+    coefficients: dict = field(default_factory=dict)
+
+
+@dataclass
+class FreeEnergyModel:
+    symbolic: SymbolicModel
+    free_energy: sp.Expr  # F(v), per sample, constants included
+    energy: sp.Expr | None  # E(v, h) when the spec gives one
+    hidden: dict[str, HiddenUnit] = field(default_factory=dict)
+    # Conditions on constants (e.g. gamma > 0) under which the integrals converge.
+    conditions: list[sp.Basic] = field(default_factory=list)
+    visible_energy: sp.Expr = sp.S.Zero  # E_0(v): the terms of E without hidden units
+
+    @property
+    def name(self) -> str:
+        return self.symbolic.name
+
+
+def _hidden_occurrences(term: sp.Expr, hidden: dict[str, sp.IndexedBase]) -> dict[str, set]:
+    found: dict[str, set] = {}
+    for node in term.atoms(sp.Indexed):
+        for name, base in hidden.items():
+            if node.base == base:
+                found.setdefault(name, set()).add(node.indices)
+    return found
+
+
+def _split_outer_sum(term: sp.Expr) -> tuple[sp.Expr, sp.Sum | None]:
+    """term = coefficient * Sum(...): the outermost sum factor, if any."""
+    factors = sp.Mul.make_args(term)
+    sums = [f for f in factors if isinstance(f, sp.Sum)]
+    hidden_sums = [s for s in sums if s.atoms(sp.Indexed)]
+    if len(hidden_sums) != 1:
+        return term, None
+    outer = hidden_sums[0]
+    return sp.Mul(*[f for f in factors if f is not outer]), outer
+
+
+class _Marginaliser:
+    def __init__(self, model: SymbolicModel, span):
+        self.model = model
+        self.span = span
+        self.conditions: list[sp.Basic] = []
+        self.back: dict = {}  # placeholder -> the spec expression it stands for
+
+    def fail(self, message: str, hidden: str | None = None, index: str | None = None
+             ) -> SpecError:
+        """A positioned error: at the hidden variable's (indexed) use when we know it."""
+        span = self.span
+        if hidden is not None:
+            found = _find_use(self.model.checked.energy.value, hidden, index)
+            span = found or span
+        return error(message, span)
+
+    def show(self, expr: sp.Basic) -> str:
+        return dsl_str(expr.xreplace(self.back))
+
+    def unit_energies(self, energy: sp.Expr) -> tuple[sp.Expr, dict[str, tuple]]:
+        """Split E into E_0(v) and, per hidden variable, (unit index, symbol, e(h_u))."""
+        hidden = self.model.hidden
+        visible_part = sp.S.Zero
+        units: dict[str, tuple] = {}
+        for name in hidden:
+            dim = self.model.checked.hidden[name].shape[0]
+            domain = self.model.checked.hidden[name].domain
+            assumptions = {"positive": True} if domain == "positive" else {"real": True}
+            units[name] = [None, sp.Symbol(name, **assumptions), [], dim]
+        for term in sp.Add.make_args(distribute(normalise(energy))):
+            occurrences = _hidden_occurrences(term, hidden)
+            if not occurrences:
+                visible_part += term
+                continue
+            if len(occurrences) > 1:
+                a, b = sorted(occurrences)[:2]
+                raise self.fail(f"cannot marginalise: hidden variables '{a}' and '{b}' interact "
+                                f"in the term {dsl_str(term)}", b)
+            (name, index_sets), = occurrences.items()
+            if len(index_sets) > 1:
+                uses = sorted(f"{name}[{', '.join(map(str, ix))}]" for ix in index_sets)
+                second = sorted(str(ix[0]) for ix in index_sets)[-1]
+                raise self.fail(f"cannot marginalise '{name}': units {' and '.join(uses)} "
+                                f"interact in the term {dsl_str(term)}", name, second)
+            (indices,) = index_sets
+            coefficient, outer = _split_outer_sum(term)
+            bound = {limit[0] for limit in outer.limits} if outer is not None else set()
+            if outer is None or indices[0] not in bound:
+                raise self.fail(f"cannot marginalise '{name}': in the term {dsl_str(term)} the "
+                                f"units of '{name}' interact (they appear inside a nonlinear "
+                                f"function of a sum over them)", name)
+            index = indices[0]
+            if units[name][0] is None:  # name the generic unit as the spec's first sum does
+                units[name][0] = index
+            unit_index, symbol, pieces, _ = units[name]
+            limits = [limit for limit in outer.limits if limit[0] != index]
+            body = substitute_index(outer.function, index, unit_index)
+            body = body.xreplace({hidden[name][unit_index]: symbol})
+            if body.atoms(sp.Indexed) & {hidden[name][unit_index]}:
+                raise self.fail(f"cannot marginalise '{name}' in the term {dsl_str(term)}", name)
+            pieces.append(coefficient * make_sum(body, limits))
+        return visible_part, {n: (u if u is not None else self.model.index(dim, "u"), s,
+                                  sp.Add(*p)) for n, (u, s, p, dim) in units.items()}
+
+    def log_partition(self, name: str, domain: str, symbol: sp.Symbol, e: sp.Expr
+                      ) -> tuple[sp.Expr, dict]:
+        """log z(v) of one generic unit; whatever SymPy fails on becomes a positioned error
+        naming the unit and its energy, never a traceback."""
+        try:
+            return self._log_partition(name, domain, symbol, e)
+        except SpecError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - SymPy's limits are reported, not crashed on
+            energy, reason = shorten(self.show(e), 120), shorten(str(exc), 120)
+            raise self.fail(f"cannot marginalise hidden variable '{name}': SymPy could not "
+                            f"derive the sum or integral over it of exp(-({energy}))"
+                            f" ({type(exc).__name__}: {reason})", name) from None
+
+    def _log_partition(self, name: str, domain: str, symbol: sp.Symbol, e: sp.Expr
+                       ) -> tuple[sp.Expr, dict]:
+        if symbol not in e.free_symbols:
+            raise self.fail(f"the energy does not depend on hidden variable '{name}'", name)
+        if domain in DISCRETE_DOMAINS:
+            for value in DISCRETE_DOMAINS[domain]:
+                at = e.subs(symbol, value)
+                if at.has(*UNDEFINED, sp.I) or at.is_extended_real is False:
+                    raise self.fail(f"the energy is not finite and real at {name} = {value}, a "
+                                    f"value of the {domain} unit: its terms in {name} are "
+                                    f"{shorten(self.show(e), 120)} (a division by zero, or "
+                                    "log or sqrt outside its domain)", name)
+            return _discrete_log_partition(symbol, e, DISCRETE_DOMAINS[domain]), {}
+        keep = set(self.model.consts.values()) | set(self.model.dims.values())
+        placeholders, e_local = _abstract_visible(e, symbol, keep)
+        self.back = {dummy: original for original, dummy in placeholders.items()}
+        if domain == "real":
+            log_z, condition, coefficients = self._gaussian(name, symbol, e_local)
+        else:
+            log_z, condition, coefficients = self._positive(name, symbol, e_local)
+        self._record(name, condition.xreplace(self.back) if condition is not True else True)
+        return log_z.xreplace(self.back), {k: v.xreplace(self.back)
+                                           for k, v in coefficients.items()}
+
+    def _gaussian(self, name: str, h: sp.Symbol, e: sp.Expr) -> tuple[sp.Expr, object]:
+        """int exp(-(a h^2 + b h + c)) dh over the reals, after completing the square."""
+        poly = None
+        if not _powers_of(e, h) - {1, 2}:  # else not quadratic, and expanding may not end
+            try:
+                poly = sp.Poly(sp.expand(e), h)
+            except sp.PolynomialError:
+                poly = None
+        if poly is None or poly.degree() > 2 or any(
+                coeff.has(h) for coeff in poly.all_coeffs()):
+            raise self.fail(f"cannot marginalise real hidden variable '{name}': its energy "
+                            f"{self.show(e)} is not quadratic in {name}, so the integral has no "
+                            "closed form", name)
+        a, b, c = (poly.coeff_monomial(h**2), poly.coeff_monomial(h), poly.coeff_monomial(1))
+        if poly.degree() < 2 or a.is_nonpositive:
+            raise self.fail(f"the integral over real hidden variable '{name}' diverges: its "
+                            f"energy {self.show(e)} is not bounded below in {name} (the "
+                            f"coefficient of {name}^2 must be positive)", name)
+        if not a.is_positive:
+            raise self.fail(f"cannot show that the integral over '{name}' converges: the "
+                            f"coefficient of {name}^2, {self.show(a)}, must be positive", name)
+        log_z = _integrate_gaussian(a) + b**2 / (4 * a) - c
+        return log_z, True, {"a": a, "b": b}
+
+    def _positive(self, name: str, h: sp.Symbol, e: sp.Expr) -> tuple[sp.Expr, object]:
+        """int exp(-e) dh over h > 0 by SymPy, e.g. a Gamma-type unit a h + k log h."""
+        parts = {} if _powers_of(e, h) - {1} else sp.collect(sp.expand(e), [sp.log(h), h],
+                                                             evaluate=False)
+        if not parts or set(parts) - {sp.log(h), h, sp.S.One} or any(
+                v.has(h) for v in parts.values()):
+            raise self.fail(f"cannot marginalise positive hidden variable '{name}': its energy "
+                            f"{self.show(e)} is not of the form a {name} + k log({name}) + c",
+                            name)
+        rate = parts.get(h, sp.S.Zero)
+        power = parts.get(sp.log(h), sp.S.Zero)
+        constant = parts.get(sp.S.One, sp.S.Zero)
+        if rate.is_nonpositive or rate == 0:
+            raise self.fail(f"the integral over positive hidden variable '{name}' diverges: "
+                            f"the coefficient of {name} must be positive", name)
+        if not rate.is_positive:
+            raise self.fail(f"cannot show that the integral over '{name}' converges: the "
+                            f"coefficient of {name}, {self.show(rate)}, must be positive", name)
+        if (power - 1).is_nonnegative:
+            raise self.fail(f"the integral over positive hidden variable '{name}' diverges at "
+                            f"{name} = 0: the coefficient of log({name}) is {self.show(power)}, "
+                            f"so exp(-energy) grows like {self.show(1 / h**power)} near 0, whose "
+                            "integral is infinite; the coefficient must be below 1", name)
+        value, condition = _integrate_gamma_cached(power)
+        log_z = sp.expand(sp.expand_log(sp.log(value.subs(_RATE, rate)), force=True)) - constant
+        log_z = log_z.replace(lambda x: isinstance(x, sp.log) and isinstance(x.args[0], sp.gamma),
+                              lambda x: sp.loggamma(x.args[0].args[0]))
+        return log_z, condition, {"rate": rate, "power": power}
+
+    def _record(self, name: str, condition) -> None:
+        """Keep a convergence condition on constants; reject one that fails or depends on
+        parameters or v."""
+        condition = sp.simplify(condition) if condition is not True else sp.true
+        if condition == sp.true:
+            return
+        if condition == sp.false:
+            raise self.fail(f"the integral over hidden variable '{name}' diverges", name)
+        if _always_true(condition):
+            return
+        constants = set(self.model.consts.values())
+        if not condition.free_symbols <= constants:
+            raise self.fail(f"the integral over '{name}' converges only if "
+                            f"{self.show(condition)}, which this compiler cannot guarantee",
+                            name)
+        defaults = {self.model.consts[c.name]: self.model.checked.consts[c.name].default
+                    for c in self.model.consts.values()}
+        if condition.xreplace({k: sp.nsimplify(v) for k, v in defaults.items()}) != sp.true:
+            shown = ", ".join(f"{k} = {v}" for k, v in sorted(
+                (str(c), defaults[c]) for c in condition.free_symbols))
+            raise self.fail(f"the integral over '{name}' converges only if "
+                            f"{dsl_str(condition)}, but {shown}", name)
+        self.conditions.append(condition)
+
+
+_RATE = sp.Dummy("rate", positive=True)
+_HS = sp.Symbol("h", positive=True)
+_PRECISION = sp.Dummy("a", positive=True)
+_U = sp.Symbol("u", real=True)
+
+
+@lru_cache(maxsize=1)
+def _log_gaussian_integral() -> sp.Expr:
+    value, _ = sp.integrate(sp.exp(-_PRECISION * _U**2), (_U, -sp.oo, sp.oo), conds="separate")
+    return sp.expand_log(sp.log(value), force=True)
+
+
+def _integrate_gaussian(a: sp.Expr) -> sp.Expr:
+    """log int exp(-a u^2) du = log(pi / a) / 2, by SymPy (cached: it is always the same)."""
+    return sp.expand(sp.expand_log(_log_gaussian_integral().subs(_PRECISION, a), force=True))
+
+
+@lru_cache(maxsize=64)
+def _integrate_gamma_cached(power: sp.Expr) -> tuple[sp.Expr, object]:
+    integrand = _HS ** (-power) * sp.exp(-_RATE * _HS)
+    result = sp.integrate(integrand, (_HS, 0, sp.oo), conds="separate")
+    if not isinstance(result, tuple) or result[0].has(sp.Integral):
+        raise ValueError("no closed form")
+    return result
+
+
+def _powers_of(e: sp.Expr, h: sp.Symbol) -> set[sp.Expr]:
+    """The exponents of every power whose base involves `h` (and 1 if `h` occurs at all
+    otherwise), found without expanding anything."""
+    powers = {node.exp for node in e.atoms(sp.Pow) if node.base.has(h)}
+    return powers | ({sp.S.One} if e.has(h) else set())
+
+
+# Increasing functions: their value at a number, and their limits at -oo and +oo.
+_INCREASING = {
+    sp.tanh: (sp.tanh, -1, 1),
+    sigmoid: (lambda x: 1 / (1 + sp.exp(-x)), 0, 1),
+    softplus: (lambda x: sp.log(1 + sp.exp(x)), 0, sp.oo),
+    sp.exp: (sp.exp, 0, sp.oo),
+}
+
+
+def _bounds(expr: sp.Expr) -> tuple[tuple, tuple]:
+    """Lower and upper bounds of `expr` over all real values of its symbols, each as
+    (value, attained): enough to see that a convergence condition such as tanh(x) < 1
+    always holds, which SymPy's assumptions cannot."""
+    if expr.is_number and expr.is_extended_real:
+        return (expr, True), (expr, True)
+    if isinstance(expr, sp.Add):
+        parts = [_bounds(a) for a in expr.args]
+        return tuple((sp.Add(*[p[k][0] for p in parts]), all(p[k][1] for p in parts))
+                     for k in (0, 1))
+    if isinstance(expr, sp.Mul) and expr.args[0].is_number:
+        coefficient, rest = expr.as_coeff_Mul()
+        (low, low_in), (high, high_in) = _bounds(rest)
+        if coefficient.is_positive:
+            return (coefficient * low, low_in), (coefficient * high, high_in)
+        if coefficient.is_negative:
+            return (coefficient * high, high_in), (coefficient * low, low_in)
+    if isinstance(expr, sp.Pow) and expr.exp.is_Integer and expr.exp > 0:
+        return _power_bounds(_bounds(expr.base), int(expr.exp))
+    if type(expr) in _INCREASING:
+        f, at_minus, at_plus = _INCREASING[type(expr)]
+        (low, low_in), (high, high_in) = _bounds(expr.args[0])
+        return ((at_minus, False) if low == -sp.oo else (f(low), low_in),
+                (at_plus, False) if high == sp.oo else (f(high), high_in))
+    if expr.is_positive:
+        return (0, False), (sp.oo, False)
+    if expr.is_nonnegative:
+        return (0, True), (sp.oo, False)
+    if expr.is_negative:
+        return (-sp.oo, False), (0, False)
+    if expr.is_nonpositive:
+        return (-sp.oo, False), (0, True)
+    return (-sp.oo, False), (sp.oo, False)
+
+
+def _true(relation) -> bool:
+    """Whether SymPy decides `relation` is true (False where it cannot decide)."""
+    return sp.sympify(relation) == sp.true
+
+
+def _power_bounds(bounds: tuple[tuple, tuple], n: int) -> tuple[tuple, tuple]:
+    """Bounds of x^n from those of x: increasing where n is odd or x >= 0; otherwise |x|^n,
+    least at 0 when x can change sign (tanh(x)^2 lies in [0, 1))."""
+    (low, low_in), (high, high_in) = bounds
+    if n % 2 or _true(low >= 0):
+        return (low**n, low_in), (high**n, high_in)
+    if _true(high <= 0):
+        return (high**n, high_in), (low**n, low_in)
+    if _true(-low < high):
+        return (sp.S.Zero, True), (high**n, high_in)
+    if _true(-low > high):
+        return (sp.S.Zero, True), (low**n, low_in)
+    return (sp.S.Zero, True), (high**n, high_in or low_in)
+
+
+def _always_true(condition: sp.Basic) -> bool:
+    """Whether a convergence condition holds for every real value of its symbols."""
+    if isinstance(condition, sp.And):
+        return all(_always_true(c) for c in condition.args)
+    if not isinstance(condition, sp.core.relational.Relational) or condition.rel_op == "==":
+        return False
+    (low, low_in), (high, high_in) = _bounds(condition.lhs - condition.rhs)
+    if condition.rel_op == "<":
+        return _true(high < 0) or (_true(sp.Eq(high, 0)) and not high_in)
+    if condition.rel_op == "<=":
+        return _true(high <= 0)
+    if condition.rel_op == ">":
+        return _true(low > 0) or (_true(sp.Eq(low, 0)) and not low_in)
+    return condition.rel_op == ">=" and _true(low >= 0)
+
+
+def _abstract_visible(e: sp.Expr, h: sp.Symbol, keep: set) -> tuple[dict, sp.Expr]:
+    """Replace each sum and tensor entry (and scalar parameter) by a real placeholder, so
+    SymPy integrates a small expression whatever the spec's sizes; constants in `keep`
+    stay, so convergence conditions can name them."""
+    placeholders: dict[sp.Expr, sp.Dummy] = {}
+
+    def visit(node: sp.Expr) -> sp.Expr:
+        if isinstance(node, (sp.Sum, sp.Indexed)) or (
+                isinstance(node, sp.Symbol) and node != h and node not in keep):
+            if h not in node.free_symbols:
+                if node not in placeholders:
+                    placeholders[node] = sp.Dummy("x", real=True)
+                return placeholders[node]
+        if not node.args:
+            return node
+        return node.func(*[visit(a) for a in node.args])
+
+    return placeholders, visit(e)
+
+
+def _find_use(expr, name: str, index: str | None):
+    """Span of the first `name[index]` (or `name[...]`) in the energy's AST."""
+    from energydsl.compiler import syntax as ast
+
+    stack = [expr]
+    while stack:  # depth first, left to right: the first use as the user reads it
+        node = stack.pop()
+        if isinstance(node, ast.Indexed) and node.base.name == name and (
+                index is None or node.indices[0].name == index):
+            return node.span
+        if isinstance(node, ast.Binary):
+            stack += [node.right, node.left]
+        elif isinstance(node, ast.Unary):
+            stack.append(node.operand)
+        elif isinstance(node, ast.Call):
+            stack += list(reversed(node.args))
+        elif isinstance(node, ast.SumExpr):
+            stack.append(node.body)
+    return None
+
+
+def _discrete_log_partition(h: sp.Symbol, e: sp.Expr, values: tuple[int, int]) -> sp.Expr:
+    """log(exp(-e(a)) + exp(-e(b))) = -e(a) + softplus(e(a) - e(b)): stable in float32."""
+    first, second = (e.subs(h, value) for value in values)
+    return -first + softplus(sp.expand(first - second))
+
+
+def marginalise(model: SymbolicModel) -> FreeEnergyModel:
+    """Derive F(v) by marginalising every hidden unit; a free-energy spec passes through."""
+    decl = model.checked.energy
+    if decl.role != "energy":  # F(v), or log p~(v) = -F(v), given directly
+        return FreeEnergyModel(model, model.energy, None)
+    worker = _Marginaliser(model, decl.value.span)
+    try:
+        visible_part, units = worker.unit_energies(model.energy)
+    except SpecError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - SymPy's limits are reported, not crashed on
+        reason = shorten(str(exc), 120)
+        raise error(f"cannot marginalise the hidden variables: SymPy could not split the "
+                    f"energy into per-unit terms ({type(exc).__name__}: {reason})",
+                    decl.value.span) from None
+    free_energy = visible_part
+    hidden = {}
+    for name, (index, symbol, e) in units.items():
+        domain = model.checked.hidden[name].domain
+        log_z, coefficients = worker.log_partition(name, domain, symbol, e)
+        log_z = rewrite_log_one_plus(sp.expand(log_z))
+        hidden[name] = HiddenUnit(name, domain, index, symbol, e, log_z, coefficients)
+        free_energy = free_energy - make_sum(log_z, [(index, 0, index.upper)])
+    free_energy = normalise(free_energy)
+    return FreeEnergyModel(model, free_energy, model.energy, hidden, worker.conditions,
+                           visible_part)
+
+
+__all__ = ["FreeEnergyModel", "HiddenUnit", "marginalise", "log1p"]

@@ -1,0 +1,29 @@
+"""`energydsl show`: the derived formulas, in spec notation or LaTeX."""
+
+from __future__ import annotations
+
+from energydsl.compiler.derive import Derivation
+from energydsl.compiler.emit.module import formulas
+from energydsl.compiler.notation import latex
+
+
+def render(derivation: Derivation, as_latex: bool = False) -> str:
+    title = f"model {derivation.name}"
+    if not as_latex:
+        return f"{title}\n" + "\n".join(f"  {line}" for line in formulas(derivation).split("\n"))
+    return title + "\n" + "\n".join(f"  {name}: {text}" for name, text in _latex_lines(derivation))
+
+
+def _latex_lines(derivation: Derivation):
+    model = derivation.model
+    if model.energy is not None:
+        yield "energy", f"E = {latex(model.energy)}"
+    for name, definition in model.symbolic.definitions.items():
+        indices = ",".join(map(str, definition.indices))
+        yield name, f"{name}_{{{indices}}} = {latex(definition.body)}"
+    yield "free energy", f"F = {latex(derivation.free_energy)}"
+    yield "score", f"\\psi_{{{derivation.index}}} = {latex(derivation.score)}"
+    yield "laplacian", f"\\Delta \\log \\tilde p = {latex(derivation.laplacian)}"
+    yield "sm objective", f"J = \\mathbb{{E}}\\left[{latex(derivation.sm_objective)}\\right]"
+    for condition in model.conditions:
+        yield "requires", latex(condition)

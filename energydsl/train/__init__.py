@@ -1,0 +1,1 @@
+"""The training runtime: objectives, samplers, AIS, data, the training loop, reports."""

@@ -1,0 +1,142 @@
+"""One table of every model on the same held-out digits: `energydsl compare`.
+
+Each seed energy model (with its natural estimators) and each companion model trains on
+the digits training split with a fixed budget; the table gives held-out log-likelihood
+on the test split in nats per image and bits per dimension, each marked with how it was
+obtained:
+
+- exact: closed-form or enumerated normalisers (masked Gaussian, Gaussian RBM, GBRBM
+  with a small hidden layer), flows, autoregressive models;
+- AIS: annealed importance sampling of log Z for the other energy models, +- its
+  standard error (AIS is biased low in expectation, so the likelihood is biased high);
+- IW bound: the VAE's importance-weighted lower bound.
+
+Continuous models are compared on the discrete digits through the dequantisation bound
+log P(k) >= E_u log p((k + u) / 17) - D log 17 (what the flows report); energy models
+train on standardised dequantised data, and the change of variables is accounted for.
+Binary models see the binarised digits, a different dataset: they get their own rows.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from energydsl.train.loop import (
+    DataMap,
+    RunConfig,
+    data_kind,
+    load_checkpoint,
+    model_from_checkpoint,
+    prepare,
+    train,
+)
+
+
+@dataclass(frozen=True)
+class Entry:
+    label: str
+    model: str
+    objective: str | None = None
+    sizes: tuple[tuple[str, int], ...] = ()
+    lr: float = 1e-3
+    epochs: int = 20
+
+
+ENTRIES = (
+    Entry("masked Gaussian / SM", "specs/masked_gaussian.edsl", "sm", lr=0.02),
+    Entry("masked Gaussian / NCE", "specs/masked_gaussian.edsl", "nce", lr=0.02),
+    Entry("masked Gaussian / MLE", "specs/masked_gaussian.edsl", "mle", lr=0.02),
+    Entry("Gaussian RBM / SM", "specs/gaussian_rbm.edsl", "sm", (("K", 16),), lr=3e-3),
+    Entry("GBRBM / SM", "specs/gbrbm.edsl", "sm", (("K", 12),), lr=0.01),
+    Entry("GBRBM / PCD", "specs/gbrbm.edsl", "pcd", (("K", 12),), lr=0.01),
+    Entry("mPoT / SM", "specs/mpot.edsl", "sm", (("K", 16), ("M", 16)), lr=0.01),
+    Entry("DEM / SM", "specs/dem.edsl", "sm", (("H", 16), ("K", 16)), lr=0.01),
+    Entry("DEM / DSM", "specs/dem.edsl", "dsm", (("H", 16), ("K", 16)), lr=0.01),
+    Entry("NICE", "nice", lr=1e-2),
+    Entry("RealNVP", "realnvp", lr=1e-3),
+    Entry("FVSBN (binarised)", "fvsbn", lr=3e-3),
+    Entry("NADE (binarised)", "nade", lr=3e-3),
+    Entry("MADE (binarised)", "made", lr=3e-3),
+    Entry("VAE (binarised)", "vae", lr=3e-3),
+)
+
+
+@dataclass
+class Row:
+    label: str
+    nats: float  # held-out log-likelihood per image
+    stderr: float
+    bits_per_dim: float
+    how: str
+    seconds: float
+
+
+def held_out(model: torch.nn.Module, x: torch.Tensor, data_map: DataMap,
+             ais_chains: int = 200, ais_temperatures: int = 500, seed: int = 0
+             ) -> tuple[float, float, str]:
+    """Mean log-likelihood of the rows x (model space) in data space, its standard error
+    and how it was obtained."""
+    dim = x.shape[1]
+    correction = -dim * math.log(data_map.scale) - data_map.log_jacobian
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    if not hasattr(model, "free_energy"):
+        with torch.no_grad():
+            values = model.log_prob(x).double()
+        how = "IW bound" if model.__class__.__name__.endswith("VAE") else "exact"
+        return float(values.mean()), float(values.std() / math.sqrt(len(values))), how
+    try:
+        with torch.no_grad():
+            values = model.log_prob(x).double()
+        return (float(values.mean()) + correction,
+                float(values.std() / math.sqrt(len(values))), "exact")
+    except (AttributeError, ValueError):
+        from energydsl.train.ais import ais
+
+        model64 = model.double()
+        result = ais(model64, n_chains=ais_chains, n_temperatures=ais_temperatures,
+                     generator=generator, progress=None)
+        with torch.no_grad():
+            values = -model64.free_energy(x.double()) - result.log_z
+        sampling = float(values.std() / math.sqrt(len(values)))
+        return (float(values.mean()) + correction, math.hypot(sampling, result.stderr),
+                f"AIS ({ais_chains} chains x {ais_temperatures} temperatures)")
+
+
+def compare(out: Path, entries: tuple[Entry, ...] = ENTRIES, epochs: int | None = None,
+            ais_chains: int = 200, ais_temperatures: int = 500, seed: int = 0,
+            log=print) -> list[Row]:
+    """Train every entry into out/<n>/, then evaluate; return the rows of the table."""
+    rows = []
+    for number, entry in enumerate(entries):
+        config = RunConfig(model=entry.model, objective=entry.objective,
+                           epochs=epochs or entry.epochs, lr=entry.lr, seed=seed,
+                           sizes=dict(entry.sizes))
+        run = out / f"{number:02d}"
+        began = time.perf_counter()
+        train(config, run, log=lambda _: None, overwrite=True)
+        seconds = time.perf_counter() - began
+        checkpoint_path = run / "checkpoint.pt"
+        model, _, data_map = model_from_checkpoint(load_checkpoint(checkpoint_path),
+                                                   checkpoint_path)
+        model.eval()
+        test = prepare(config, data_kind(config)).test
+        nats, stderr, how = held_out(model, test, data_map, ais_chains, ais_temperatures, seed)
+        dim = test.shape[1]
+        rows.append(Row(entry.label, nats, stderr, -nats / (dim * math.log(2)), how, seconds))
+        log(f"{entry.label}: {nats:.2f} nats ({how}), {seconds:.1f} s")
+    return rows
+
+
+def table(rows: list[Row]) -> str:
+    lines = ["| model / estimator | test log-lik. (nats) | bits/dim | how | train time |",
+             "|---|---:|---:|---|---:|"]
+    for row in rows:
+        lines.append(f"| {row.label} | {row.nats:.2f} +- {row.stderr:.2f} | "
+                     f"{row.bits_per_dim:.3f} | {row.how} | {row.seconds:.1f} s |")
+    return "\n".join(lines)
