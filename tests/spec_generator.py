@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 from hypothesis import strategies as st
 
+from energydsl.compiler.functions import FUNCTIONS
 from energydsl.compiler.resolve import (
     DEFINITION_LOCALS,
-    FUNCTIONS,
     KEYWORDS,
     METHOD_LOCALS,
     MODULE_NAMES,

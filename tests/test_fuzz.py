@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 from spec_generator import power_of_sum_specs, valid_specs
 
 from energydsl.compiler.driver import Compiled, compile_source
+from energydsl.compiler.functions import FUNCTIONS
 from energydsl.compiler.parse import MAX_DEPTH
-from energydsl.compiler.resolve import FUNCTIONS
 from energydsl.errors import SpecError
 
 from support import ROOT, SPECS

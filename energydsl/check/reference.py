@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from energydsl.compiler import syntax as ast
+from energydsl.compiler.functions import FUNCTIONS
 from energydsl.compiler.ir import DISCRETE_DOMAINS, CheckedModel, Param
 from energydsl.errors import UsageError
 
@@ -54,22 +55,6 @@ def _union(*values: Value) -> tuple[str, ...]:
     return tuple(axes)
 
 
-_FUNCTIONS = {
-    "exp": torch.exp,
-    "log": torch.log,
-    "log1p": torch.log1p,
-    "sqrt": torch.sqrt,
-    "square": torch.square,
-    "softplus": torch.nn.functional.softplus,
-    "sigmoid": torch.sigmoid,
-    "tanh": torch.tanh,
-    "abs": torch.abs,
-}
-_SCALAR_FUNCTIONS = {
-    "exp": math.exp, "log": math.log, "log1p": math.log1p, "sqrt": math.sqrt,
-    "square": lambda x: x * x, "softplus": lambda x: max(x, 0) + math.log1p(math.exp(-abs(x))),
-    "sigmoid": lambda x: 1 / (1 + math.exp(-x)), "tanh": math.tanh, "abs": abs,
-}
 
 
 class Interpreter:
@@ -113,9 +98,10 @@ class Interpreter:
             return self._tensor(node.base.name, indices)
         if isinstance(node, ast.Call):
             arg = self.eval(node.args[0])
+            function = FUNCTIONS[node.func.name].reference
             if isinstance(arg.tensor, float):
-                return Value(_SCALAR_FUNCTIONS[node.func.name](arg.tensor))
-            return Value(_FUNCTIONS[node.func.name](arg.tensor), arg.axes)
+                return Value(float(function(torch.tensor(arg.tensor, dtype=torch.float64))))
+            return Value(function(arg.tensor), arg.axes)
         if isinstance(node, ast.Unary):
             value = self.eval(node.operand)
             return Value(-value.tensor, value.axes) if node.op == "-" else value

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from energydsl.compiler import syntax as ast
-from energydsl.compiler.functions import log1p, sigmoid, softplus
+from energydsl.compiler.functions import FUNCTIONS
 from energydsl.compiler.ir import CheckedModel
 from energydsl.compiler.notation import dsl_str
 from energydsl.errors import Span, SpecError, error, shorten
@@ -34,17 +34,6 @@ _MAX_DECADES = 330  # |log10| of a power's value beyond which it is not a float6
 MAX_EXPONENT = 1000  # of a power whose base is not a number: x^1000 overflows for |x| >= 2
 UNDEFINED = (sp.zoo, sp.nan, sp.oo, sp.S.NegativeInfinity)  # what SymPy folds 1/0, log(0) to
 
-_FUNCTIONS = {
-    "exp": sp.exp,
-    "log": sp.log,
-    "log1p": log1p,
-    "sqrt": sp.sqrt,
-    "square": lambda x: x**2,
-    "softplus": softplus,
-    "sigmoid": sigmoid,
-    "tanh": sp.tanh,
-    "abs": sp.Abs,
-}
 
 
 @dataclass(frozen=True)
@@ -157,7 +146,7 @@ class _Lowerer:
             base = self.tensors[node.base.name]
             return base[tuple(scope[i.name] for i in node.indices)]
         if isinstance(node, ast.Call):
-            return _FUNCTIONS[node.func.name](self.expr(node.args[0], scope))
+            return FUNCTIONS[node.func.name].build(self.expr(node.args[0], scope))
         if isinstance(node, ast.Unary):
             operand = self.expr(node.operand, scope)
             return -operand if node.op == "-" else operand

@@ -17,7 +17,7 @@ from functools import lru_cache
 import sympy as sp
 
 from energydsl.compiler.algebra import distribute, make_sum, normalise, substitute_index
-from energydsl.compiler.functions import log1p, rewrite_log_one_plus, sigmoid, softplus
+from energydsl.compiler.functions import BY_CLASS, rewrite_log_one_plus, softplus
 from energydsl.compiler.ir import DISCRETE_DOMAINS
 from energydsl.compiler.lower import UNDEFINED, SymbolicModel
 from energydsl.compiler.notation import dsl_str
@@ -291,13 +291,8 @@ def _powers_of(e: sp.Expr, h: sp.Symbol) -> set[sp.Expr]:
     return powers | ({sp.S.One} if e.has(h) else set())
 
 
-# Increasing functions: their value at a number, and their limits at -oo and +oo.
-_INCREASING = {
-    sp.tanh: (sp.tanh, -1, 1),
-    sigmoid: (lambda x: 1 / (1 + sp.exp(-x)), 0, 1),
-    softplus: (lambda x: sp.log(1 + sp.exp(x)), 0, sp.oo),
-    sp.exp: (sp.exp, 0, sp.oo),
-}
+# Increasing functions (the table's facts): their value at a number, their limits.
+_INCREASING = {cls: f.increasing for cls, f in BY_CLASS.items() if f.increasing is not None}
 
 
 def _bounds(expr: sp.Expr) -> tuple[tuple, tuple]:
@@ -446,4 +441,4 @@ def marginalise(model: SymbolicModel) -> FreeEnergyModel:
                            visible_part)
 
 
-__all__ = ["FreeEnergyModel", "HiddenUnit", "marginalise", "log1p"]
+__all__ = ["FreeEnergyModel", "HiddenUnit", "marginalise"]

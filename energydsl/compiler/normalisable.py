@@ -24,12 +24,12 @@ import sympy as sp
 from energydsl.compiler.algebra import substitute_index
 from energydsl.compiler.conditionals import depends_on
 from energydsl.compiler.derive import Derivation
-from energydsl.compiler.functions import sigmoid
+from energydsl.compiler.functions import BY_CLASS
 from energydsl.compiler.lower import SymbolicModel
 from energydsl.compiler.notation import dsl_str
 from energydsl.errors import Diagnostic, shorten
 
-BOUNDED = (sigmoid, sp.tanh)
+BOUNDED = tuple(cls for cls, function in BY_CLASS.items() if function.bounded)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from energydsl.compiler import syntax as ast
+from energydsl.compiler.functions import FUNCTIONS
 from energydsl.compiler.ir import (
     HIDDEN_DOMAINS,
     CheckedModel,
@@ -28,9 +29,6 @@ from energydsl.compiler.ir import (
     Variable,
 )
 from energydsl.errors import Diagnostic, Span, SpecError, error
-
-# Functions of the language, all elementwise and unary.
-FUNCTIONS = ("exp", "log", "log1p", "sqrt", "square", "softplus", "sigmoid", "tanh", "abs")
 
 KEYWORDS = ("model", "dim", "const", "visible", "hidden", "param", "let", "energy", "free",
             "density", "sum", "in", "where")

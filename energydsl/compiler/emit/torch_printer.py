@@ -14,7 +14,7 @@ import sympy as sp
 from sympy.printing.precedence import precedence
 from sympy.printing.pycode import PythonCodePrinter
 
-from energydsl.compiler.functions import log1p, sigmoid, softplus
+from energydsl.compiler.functions import BY_CLASS, sigmoid, softplus
 
 
 class TorchPrinter(PythonCodePrinter):
@@ -61,9 +61,12 @@ class TorchPrinter(PythonCodePrinter):
     def _print_Float(self, expr: sp.Float) -> str:
         return repr(float(expr))
 
-    # -- functions
-    def _print_exp(self, expr) -> str:
-        return self._call("torch.exp", "math.exp", expr.args[0])
+    # -- functions: the language's from the table (energydsl.compiler.functions), below
+    def _print_table_function(self, expr: sp.Function) -> str:
+        function = BY_CLASS[type(expr)]
+        arg = expr.args[0]
+        code = function.tensor_code if self._is_tensor(arg) else function.scalar_code
+        return code.format(x=self._print(arg))
 
     def _print_log(self, expr) -> str:
         arg = expr.args[0]
@@ -71,29 +74,7 @@ class TorchPrinter(PythonCodePrinter):
             if self._is_tensor(arg):
                 return f"torch.nn.functional.logsigmoid({self._print(arg.args[0])})"
             return self._print(-softplus(-arg.args[0]))
-        return self._call("torch.log", "math.log", arg)
-
-    def _print_log1p(self, expr: log1p) -> str:
-        return self._call("torch.log1p", "math.log1p", expr.args[0])
-
-    def _print_softplus(self, expr: softplus) -> str:
-        arg = expr.args[0]
-        if self._is_tensor(arg):
-            return f"torch.nn.functional.softplus({self._print(arg)})"
-        x = self._print(arg)
-        return f"(max({x}, 0.0) + math.log1p(math.exp(-abs({x}))))"
-
-    def _print_sigmoid(self, expr: sigmoid) -> str:
-        arg = expr.args[0]
-        if self._is_tensor(arg):
-            return f"torch.sigmoid({self._print(arg)})"
-        return f"(1.0 / (1.0 + math.exp(-({self._print(arg)}))))"
-
-    def _print_tanh(self, expr) -> str:
-        return self._call("torch.tanh", "math.tanh", expr.args[0])
-
-    def _print_Abs(self, expr) -> str:
-        return self._call("torch.abs", "abs", expr.args[0])
+        return self._print_table_function(expr)
 
     def _print_sign(self, expr) -> str:
         if self._is_tensor(expr.args[0]):
@@ -140,3 +121,8 @@ class TorchPrinter(PythonCodePrinter):
             return f"1 / {b} ** {-int(exponent)}"
         e = self.parenthesize(exponent, precedence(expr), strict=True)
         return f"{b} ** {e}"
+
+
+for _class in BY_CLASS:  # one printer method per function of the table (log has its own)
+    if _class is not sp.log:
+        setattr(TorchPrinter, f"_print_{_class.__name__}", TorchPrinter._print_table_function)
