@@ -23,8 +23,9 @@ CATALOGUE = ROOT / "docs" / "errors.md"
 EXAMPLE_PATH = "example.edsl"  # every message block is printed as for a file of this name
 
 # The compiler stages whose `error(...)` / `self.fail(...)` calls report mistakes in a spec.
-STAGES = ("parse", "resolve", "lower", "marginalise", "driver")
-ERROR_FUNCTIONS = {"error", "fail"}
+STAGES = ("parse", "resolve", "lower", "marginalise", "driver", "domains/discrete",
+          "domains/continuous")
+ERROR_FUNCTIONS = {"error", "fail", "UnitFailure"}
 MIN_FRAGMENT = 8  # call sites whose literal parts are all shorter are not checked
 
 # Call sites no spec can reach, as (module, longest literal fragment of the message): each

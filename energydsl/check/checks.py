@@ -20,6 +20,7 @@ from energydsl.check.estimator_checks import (
     gradient,
 )
 from energydsl.check.reference import Reference, check_sizes
+from energydsl.compiler.domains import DOMAINS, Domain
 from energydsl.compiler.driver import Compiled
 from energydsl.compiler.loading import load_module
 
@@ -155,7 +156,7 @@ def _check_hidden(model, reference: Reference, v: torch.Tensor, add, report, see
         report.rows.append(_sampler_row(
             f"sample_{name}", lambda x, g, sampler=sampler: sampler(x, generator=g), v,
             posterior @ state, posterior @ state.square() - (posterior @ state).square(),
-            seed, global_rng=checked_domain(reference, name) == "positive"))
+            seed, global_rng=not _domain(reference, name).takes_generator))
     if not hasattr(model, "sm_terms"):
         return
     count = posterior.shape[1]
@@ -184,7 +185,7 @@ def _check_visible(model, reference: Reference, v: torch.Tensor, add, seed: int)
     checked = reference.model
     generator = torch.Generator().manual_seed(seed + 2)
     hidden = {name: getattr(model, f"sample_{name}")(v, generator=generator)
-              if checked.hidden[name].domain != "positive"
+              if _domain(reference, name).takes_generator
               else getattr(model, f"mean_{name}")(v) for name in checked.hidden}
     dim = v.shape[1]
     means = []
@@ -270,8 +271,8 @@ def _gaussian_rows(model, reference: Reference, v: torch.Tensor, add) -> None:
     add("log_prob", model.log_prob(v), -reference.free_energy(v) - log_z)
 
 
-def checked_domain(reference: Reference, name: str) -> str:
-    return reference.model.hidden[name].domain
+def _domain(reference: Reference, name: str) -> Domain:
+    return DOMAINS[reference.model.hidden[name].domain]
 
 
 def _sampler_row(quantity: str, draw, v: torch.Tensor, mean: torch.Tensor,

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 
 from energydsl.check.reference import Reference
+from energydsl.compiler.domains import DOMAINS
 
 Add = Callable[[str, torch.Tensor, torch.Tensor], None]
 
@@ -100,10 +101,10 @@ def check_energy(model: torch.nn.Module, reference: Reference, v: torch.Tensor, 
     generator = torch.Generator().manual_seed(seed + 6)
     hidden = {}
     for name, variable in reference.model.hidden.items():
-        if variable.domain == "positive":
-            hidden[name] = getattr(model, f"mean_{name}")(v).detach()
-        else:
+        if DOMAINS[variable.domain].takes_generator:
             hidden[name] = getattr(model, f"sample_{name}")(v, generator=generator).detach()
+        else:  # a draw from the global generator would not be reproducible here
+            hidden[name] = getattr(model, f"mean_{name}")(v).detach()
     add("energy", model.energy(v, *hidden.values()),
         reference.energy(v, hidden, paired=True).detach())
 

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import torch
 
 from energydsl.compiler import syntax as ast
+from energydsl.compiler.domains import DOMAINS
 from energydsl.compiler.functions import FUNCTIONS
-from energydsl.compiler.ir import DISCRETE_DOMAINS, CheckedModel, Param
+from energydsl.compiler.ir import CheckedModel, Param
 from energydsl.errors import UsageError
 
 BATCH_AXIS = "@n"
@@ -138,37 +139,13 @@ class Interpreter:
         return Value(tensor, indices)
 
 
-@dataclass(frozen=True)
-class Quadrature:
-    """Nodes and log-weights for one hidden unit's domain."""
-
-    nodes: torch.Tensor
-    log_weights: torch.Tensor
-
-
-def unit_quadrature(domain: str, dtype: torch.dtype) -> Quadrature:
-    """Enumeration for discrete units; the trapezoidal rule for continuous ones, which
-    converges geometrically for the smooth, fast-decaying integrands met here."""
-    if domain in DISCRETE_DOMAINS:
-        nodes = torch.tensor(DISCRETE_DOMAINS[domain], dtype=dtype)
-        return Quadrature(nodes, torch.zeros_like(nodes))
-    if domain == "real":
-        step = 0.1
-        nodes = torch.arange(-30.0, 30.0 + step / 2, step, dtype=dtype)
-        return Quadrature(nodes, torch.full_like(nodes, math.log(step)))
-    # positive: h = exp(s), dh = exp(s) ds, s over a wide range
-    step = 0.1
-    s = torch.arange(-120.0, 8.0 + step / 2, step, dtype=dtype)
-    return Quadrature(torch.exp(s), s + math.log(step))
-
-
 def hidden_configurations(model: CheckedModel, sizes: dict[str, int], dtype: torch.dtype
                           ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Every joint hidden state (or quadrature node) and its log-weight."""
     per_unit = []
     layout = []
     for name, variable in model.hidden.items():
-        quad = unit_quadrature(variable.domain, dtype)
+        quad = DOMAINS[variable.domain].quadrature(dtype)
         for _ in range(sizes[variable.shape[0]]):
             per_unit.append(quad)
             layout.append(name)
@@ -307,7 +284,7 @@ def reference_free_energy(model: CheckedModel, sizes: dict[str, int], scalars: d
 def check_sizes(model: CheckedModel, overrides: dict[str, int]) -> dict[str, int]:
     """Small sizes for checking: enumeration and quadrature must stay cheap."""
     sizes: dict[str, int] = {}
-    continuous = [v for v in model.hidden.values() if v.domain not in DISCRETE_DOMAINS]
+    continuous = [v for v in model.hidden.values() if not DOMAINS[v.domain].discrete]
     for name, dim in model.dims.items():
         if name in overrides:
             sizes[name] = overrides[name]
@@ -318,11 +295,11 @@ def check_sizes(model: CheckedModel, overrides: dict[str, int]) -> dict[str, int
         size = min(dim.default, 5)
         for variable in model.hidden.values():
             if variable.shape[0] == name:
-                if variable.domain in DISCRETE_DOMAINS:
+                if DOMAINS[variable.domain].discrete:
                     size = min(size, 3)
                 else:
                     size = min(size, 2 if len(continuous) == 1 and
-                               not any(h.domain in DISCRETE_DOMAINS
+                               not any(DOMAINS[h.domain].discrete
                                        for h in model.hidden.values()) else 1)
         sizes[name] = size
     return sizes

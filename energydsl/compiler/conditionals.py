@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import sympy as sp
 
@@ -27,7 +26,7 @@ from energydsl.compiler.algebra import (
     normalise,
 )
 from energydsl.compiler.derive import Derivation
-from energydsl.compiler.functions import sigmoid
+from energydsl.compiler.domains import DOMAINS
 from energydsl.compiler.lower import Definition, SymbolicModel
 from energydsl.compiler.marginalise import HiddenUnit
 
@@ -64,66 +63,9 @@ class Conditionals:
 
 # ---------------------------------------------------------------- unit moments
 
-_S = sp.Symbol("s", positive=True)
-_R = sp.Symbol("r", positive=True)
-_A = sp.Symbol("a", positive=True)
-_U = sp.Symbol("u", real=True)
-
-
-@lru_cache(maxsize=32)
-def _gamma_moments(power: sp.Expr) -> tuple[sp.Expr, sp.Expr]:
-    """E[s], E[s^2] for the density s^-power exp(-r s) on s > 0, by SymPy."""
-    def integral(k: int) -> sp.Expr:
-        value, _ = sp.integrate(_S ** (k - power) * sp.exp(-_R * _S), (_S, 0, sp.oo),
-                                conds="separate")
-        return value
-
-    z = integral(0)
-    return sp.gammasimp(integral(1) / z), sp.gammasimp(integral(2) / z)
-
-
-@lru_cache(maxsize=1)
-def _gaussian_variance() -> sp.Expr:
-    """E[u^2] under exp(-a u^2), by SymPy: 1 / (2 a)."""
-    weight = sp.exp(-_A * _U**2)
-    z = sp.integrate(weight, (_U, -sp.oo, sp.oo))
-    return sp.simplify(sp.integrate(_U**2 * weight, (_U, -sp.oo, sp.oo)) / z)
-
-
-def _factored(expr: sp.Expr) -> sp.Expr:
-    """sp.factor with sums and tensor entries held as opaque symbols (small and fast):
-    p - p^2 -> p (1 - p),  gamma (gamma + 1) / r^2 - gamma^2 / r^2 -> gamma / r^2."""
-    held: dict[sp.Expr, sp.Dummy] = {}
-
-    def hold(node: sp.Expr) -> sp.Expr:
-        if isinstance(node, (sp.Sum, sp.Indexed)):
-            return held.setdefault(node, sp.Dummy("x", real=True))
-        if not node.args:
-            return node
-        return node.func(*[hold(a) for a in node.args])
-
-    local = hold(expr)
-    return sp.factor(local).xreplace({d: a for a, d in held.items()})
-
-
 def _moments(unit: HiddenUnit) -> tuple[sp.Expr, sp.Expr, dict[str, sp.Expr]]:
-    """E[h], var[h] and the sampler's parameters for one unit given v."""
-    s, e = unit.symbol, unit.energy
-    if unit.domain == "binary":  # p(h = 1) = exp(-e1) / (exp(-e0) + exp(-e1))
-        p = sigmoid(sp.expand(e.subs(s, 0) - e.subs(s, 1)))
-        return p, _factored(p - p**2), {"probability": p}
-    if unit.domain == "spin":  # p(h = +1) = sigmoid(e(-1) - e(+1))
-        p = sigmoid(sp.expand(e.subs(s, -1) - e.subs(s, 1)))
-        return 2 * p - 1, _factored(1 - (2 * p - 1) ** 2), {"probability": p}
-    if unit.domain == "real":  # e = a (h + b / 2a)^2 + ...: Gaussian
-        a, b = unit.coefficients["a"], unit.coefficients["b"]
-        mean = -b / (2 * a)
-        variance = _gaussian_variance().subs(_A, a)
-        return mean, variance, {"mean": mean, "std": sp.sqrt(variance)}
-    rate, power = unit.coefficients["rate"], unit.coefficients["power"]  # Gamma
-    first, second = _gamma_moments(power)
-    mean = first.subs(_R, rate)
-    return mean, _factored(second.subs(_R, rate) - mean**2), {"shape": 1 - power, "rate": rate}
+    """E[h], var[h] and the sampler's parameters for one unit given v (its domain's)."""
+    return DOMAINS[unit.domain].moments(unit.symbol, unit.energy, unit.coefficients)
 
 
 # ---------------------------------------------------------------- helpers

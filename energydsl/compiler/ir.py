@@ -11,10 +11,6 @@ from dataclasses import dataclass, field
 from energydsl.compiler import syntax as ast
 from energydsl.errors import Span
 
-DISCRETE_DOMAINS = {"binary": (0, 1), "spin": (-1, 1)}
-CONTINUOUS_DOMAINS = ("real", "positive")
-HIDDEN_DOMAINS = tuple(DISCRETE_DOMAINS) + CONTINUOUS_DOMAINS
-
 
 @dataclass(frozen=True)
 class Dim:

@@ -12,14 +12,13 @@ become checks on the defaults here and in the generated constructor.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import sympy as sp
 
 from energydsl.compiler.algebra import distribute, make_sum, normalise, substitute_index
-from energydsl.compiler.functions import BY_CLASS, rewrite_log_one_plus, softplus
-from energydsl.compiler.ir import DISCRETE_DOMAINS
-from energydsl.compiler.lower import UNDEFINED, SymbolicModel
+from energydsl.compiler.domains import DOMAINS, UnitFailure
+from energydsl.compiler.functions import BY_CLASS, rewrite_log_one_plus
+from energydsl.compiler.lower import SymbolicModel
 from energydsl.compiler.notation import dsl_str
 from energydsl.errors import SpecError, error, shorten
 
@@ -104,9 +103,8 @@ class _Marginaliser:
         units: dict[str, tuple] = {}
         for name in hidden:
             dim = self.model.checked.hidden[name].shape[0]
-            domain = self.model.checked.hidden[name].domain
-            assumptions = {"positive": True} if domain == "positive" else {"real": True}
-            units[name] = [None, sp.Symbol(name, **assumptions), [], dim]
+            domain = DOMAINS[self.model.checked.hidden[name].domain]
+            units[name] = [None, sp.Symbol(name, **domain.assumptions), [], dim]
         for term in sp.Add.make_args(distribute(normalise(energy))):
             occurrences = _hidden_occurrences(term, hidden)
             if not occurrences:
@@ -156,82 +154,25 @@ class _Marginaliser:
                             f"derive the sum or integral over it of exp(-({energy}))"
                             f" ({type(exc).__name__}: {reason})", name) from None
 
-    def _log_partition(self, name: str, domain: str, symbol: sp.Symbol, e: sp.Expr
+    def _log_partition(self, name: str, domain_name: str, symbol: sp.Symbol, e: sp.Expr
                        ) -> tuple[sp.Expr, dict]:
         if symbol not in e.free_symbols:
             raise self.fail(f"the energy does not depend on hidden variable '{name}'", name)
-        if domain in DISCRETE_DOMAINS:
-            for value in DISCRETE_DOMAINS[domain]:
-                at = e.subs(symbol, value)
-                if at.has(*UNDEFINED, sp.I) or at.is_extended_real is False:
-                    raise self.fail(f"the energy is not finite and real at {name} = {value}, a "
-                                    f"value of the {domain} unit: its terms in {name} are "
-                                    f"{shorten(self.show(e), 120)} (a division by zero, or "
-                                    "log or sqrt outside its domain)", name)
-            return _discrete_log_partition(symbol, e, DISCRETE_DOMAINS[domain]), {}
-        keep = set(self.model.consts.values()) | set(self.model.dims.values())
-        placeholders, e_local = _abstract_visible(e, symbol, keep)
-        self.back = {dummy: original for original, dummy in placeholders.items()}
-        if domain == "real":
-            log_z, condition, coefficients = self._gaussian(name, symbol, e_local)
-        else:
-            log_z, condition, coefficients = self._positive(name, symbol, e_local)
+        domain = DOMAINS[domain_name]
+        try:
+            if domain.discrete:
+                return domain.log_partition(name, symbol, e, self.show).log_partition, {}
+            # sums and tensor entries as placeholders: a small integral, whatever the sizes
+            keep = set(self.model.consts.values()) | set(self.model.dims.values())
+            placeholders, e_local = _abstract_visible(e, symbol, keep)
+            self.back = {dummy: original for original, dummy in placeholders.items()}
+            marginal = domain.log_partition(name, symbol, e_local, self.show)
+        except UnitFailure as exc:
+            raise self.fail(str(exc), name) from None
+        condition = marginal.condition
         self._record(name, condition.xreplace(self.back) if condition is not True else True)
-        return log_z.xreplace(self.back), {k: v.xreplace(self.back)
-                                           for k, v in coefficients.items()}
-
-    def _gaussian(self, name: str, h: sp.Symbol, e: sp.Expr) -> tuple[sp.Expr, object]:
-        """int exp(-(a h^2 + b h + c)) dh over the reals, after completing the square."""
-        poly = None
-        if not _powers_of(e, h) - {1, 2}:  # else not quadratic, and expanding may not end
-            try:
-                poly = sp.Poly(sp.expand(e), h)
-            except sp.PolynomialError:
-                poly = None
-        if poly is None or poly.degree() > 2 or any(
-                coeff.has(h) for coeff in poly.all_coeffs()):
-            raise self.fail(f"cannot marginalise real hidden variable '{name}': its energy "
-                            f"{self.show(e)} is not quadratic in {name}, so the integral has no "
-                            "closed form", name)
-        a, b, c = (poly.coeff_monomial(h**2), poly.coeff_monomial(h), poly.coeff_monomial(1))
-        if poly.degree() < 2 or a.is_nonpositive:
-            raise self.fail(f"the integral over real hidden variable '{name}' diverges: its "
-                            f"energy {self.show(e)} is not bounded below in {name} (the "
-                            f"coefficient of {name}^2 must be positive)", name)
-        if not a.is_positive:
-            raise self.fail(f"cannot show that the integral over '{name}' converges: the "
-                            f"coefficient of {name}^2, {self.show(a)}, must be positive", name)
-        log_z = _integrate_gaussian(a) + b**2 / (4 * a) - c
-        return log_z, True, {"a": a, "b": b}
-
-    def _positive(self, name: str, h: sp.Symbol, e: sp.Expr) -> tuple[sp.Expr, object]:
-        """int exp(-e) dh over h > 0 by SymPy, e.g. a Gamma-type unit a h + k log h."""
-        parts = {} if _powers_of(e, h) - {1} else sp.collect(sp.expand(e), [sp.log(h), h],
-                                                             evaluate=False)
-        if not parts or set(parts) - {sp.log(h), h, sp.S.One} or any(
-                v.has(h) for v in parts.values()):
-            raise self.fail(f"cannot marginalise positive hidden variable '{name}': its energy "
-                            f"{self.show(e)} is not of the form a {name} + k log({name}) + c",
-                            name)
-        rate = parts.get(h, sp.S.Zero)
-        power = parts.get(sp.log(h), sp.S.Zero)
-        constant = parts.get(sp.S.One, sp.S.Zero)
-        if rate.is_nonpositive or rate == 0:
-            raise self.fail(f"the integral over positive hidden variable '{name}' diverges: "
-                            f"the coefficient of {name} must be positive", name)
-        if not rate.is_positive:
-            raise self.fail(f"cannot show that the integral over '{name}' converges: the "
-                            f"coefficient of {name}, {self.show(rate)}, must be positive", name)
-        if (power - 1).is_nonnegative:
-            raise self.fail(f"the integral over positive hidden variable '{name}' diverges at "
-                            f"{name} = 0: the coefficient of log({name}) is {self.show(power)}, "
-                            f"so exp(-energy) grows like {self.show(1 / h**power)} near 0, whose "
-                            "integral is infinite; the coefficient must be below 1", name)
-        value, condition = _integrate_gamma_cached(power)
-        log_z = sp.expand(sp.expand_log(sp.log(value.subs(_RATE, rate)), force=True)) - constant
-        log_z = log_z.replace(lambda x: isinstance(x, sp.log) and isinstance(x.args[0], sp.gamma),
-                              lambda x: sp.loggamma(x.args[0].args[0]))
-        return log_z, condition, {"rate": rate, "power": power}
+        return marginal.log_partition.xreplace(self.back), {
+            k: v.xreplace(self.back) for k, v in (marginal.coefficients or {}).items()}
 
     def _record(self, name: str, condition) -> None:
         """Keep a convergence condition on constants; reject one that fails or depends on
@@ -256,39 +197,6 @@ class _Marginaliser:
             raise self.fail(f"the integral over '{name}' converges only if "
                             f"{dsl_str(condition)}, but {shown}", name)
         self.conditions.append(condition)
-
-
-_RATE = sp.Dummy("rate", positive=True)
-_HS = sp.Symbol("h", positive=True)
-_PRECISION = sp.Dummy("a", positive=True)
-_U = sp.Symbol("u", real=True)
-
-
-@lru_cache(maxsize=1)
-def _log_gaussian_integral() -> sp.Expr:
-    value, _ = sp.integrate(sp.exp(-_PRECISION * _U**2), (_U, -sp.oo, sp.oo), conds="separate")
-    return sp.expand_log(sp.log(value), force=True)
-
-
-def _integrate_gaussian(a: sp.Expr) -> sp.Expr:
-    """log int exp(-a u^2) du = log(pi / a) / 2, by SymPy (cached: it is always the same)."""
-    return sp.expand(sp.expand_log(_log_gaussian_integral().subs(_PRECISION, a), force=True))
-
-
-@lru_cache(maxsize=64)
-def _integrate_gamma_cached(power: sp.Expr) -> tuple[sp.Expr, object]:
-    integrand = _HS ** (-power) * sp.exp(-_RATE * _HS)
-    result = sp.integrate(integrand, (_HS, 0, sp.oo), conds="separate")
-    if not isinstance(result, tuple) or result[0].has(sp.Integral):
-        raise ValueError("no closed form")
-    return result
-
-
-def _powers_of(e: sp.Expr, h: sp.Symbol) -> set[sp.Expr]:
-    """The exponents of every power whose base involves `h` (and 1 if `h` occurs at all
-    otherwise), found without expanding anything."""
-    powers = {node.exp for node in e.atoms(sp.Pow) if node.base.has(h)}
-    return powers | ({sp.S.One} if e.has(h) else set())
 
 
 # Increasing functions (the table's facts): their value at a number, their limits.
@@ -405,12 +313,6 @@ def _find_use(expr, name: str, index: str | None):
         elif isinstance(node, ast.SumExpr):
             stack.append(node.body)
     return None
-
-
-def _discrete_log_partition(h: sp.Symbol, e: sp.Expr, values: tuple[int, int]) -> sp.Expr:
-    """log(exp(-e(a)) + exp(-e(b))) = -e(a) + softplus(e(a) - e(b)): stable in float32."""
-    first, second = (e.subs(h, value) for value in values)
-    return -first + softplus(sp.expand(first - second))
 
 
 def marginalise(model: SymbolicModel) -> FreeEnergyModel:

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from energydsl.compiler import syntax as ast
+from energydsl.compiler.domains import HIDDEN_DOMAINS, VISIBLE_DOMAINS
 from energydsl.compiler.functions import FUNCTIONS
 from energydsl.compiler.ir import (
-    HIDDEN_DOMAINS,
     CheckedModel,
     Const,
     Constraint,
@@ -334,7 +334,7 @@ class _Checker:
     def _variable(self, decl: ast.VarDecl) -> None:
         self._declare(decl.name, f"a {decl.role} variable")
         domain = decl.domain.name
-        allowed = ("real",) if decl.role == "visible" else HIDDEN_DOMAINS
+        allowed = VISIBLE_DOMAINS if decl.role == "visible" else HIDDEN_DOMAINS
         if domain not in allowed:
             raise error(f"unknown domain '{domain}' for a {decl.role} variable; expected "
                         + " or ".join(f"'{d}'" for d in allowed), decl.domain.span)

@@ -25,6 +25,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from energydsl.compiler.domains import DOMAINS
+
 Method = Literal["auto", "gibbs", "langevin", "mala", "hmc"]
 
 # Optimal acceptance rates: 0.574 for MALA (Roberts and Rosenthal 1998), 0.65 for HMC
@@ -143,7 +145,8 @@ def _gibbs(
     hidden, visible = plan
     # torch's Gamma sampler takes no generator: positive units draw from the global RNG
     draws = [
-        getattr(model, f"sample_{name}")(v, generator=None if domain == "positive" else generator)
+        getattr(model, f"sample_{name}")(
+            v, generator=generator if DOMAINS[domain].takes_generator else None)
         for name, domain in hidden
     ]
     return getattr(model, f"sample_{visible}")(*draws, generator=generator)

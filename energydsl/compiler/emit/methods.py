@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from energydsl.compiler.conditionals import Conditionals
 from energydsl.compiler.derive import Derivation
+from energydsl.compiler.domains import DOMAINS
 from energydsl.compiler.plan import BATCH, Operand, Planner, uses_name
 
 LINE_LENGTH = 100
@@ -215,7 +216,7 @@ class MethodBuilder:
             lines, values = self.body(self.planner, [f"_{k}_{name}" for k in keys],
                                       self.v_prologue())
             params = dict(zip(keys, values, strict=True))
-            lines += _draw(unit.domain, params)
+            lines += DOMAINS[unit.domain].draw(params)
             methods.append(Method(
                 f"sample_{name}", f"{v}: torch.Tensor, generator: torch.Generator | None = None",
                 "torch.Tensor",
@@ -365,24 +366,6 @@ def _split_params(params: str) -> list[str]:
         depth -= char in "])"
         current += char
     return parts + [current]
-
-
-def _draw(domain: str, params: dict[str, str]) -> list[str]:
-    """Code drawing from a unit's conditional, given its parameters' code."""
-    if domain == "binary":
-        return [f"return torch.bernoulli({params['probability']}, generator=generator)"]
-    if domain == "spin":
-        return [f"return 2 * torch.bernoulli({params['probability']}, generator=generator) - 1"]
-    if domain == "real":
-        mean, std = params["mean"], params["std"]
-        return [f"mean = {mean}",
-                "noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, "
-                "device=mean.device)",
-                f"return mean + {std} * noise"]
-    return ["if generator is not None:",
-            "    raise ValueError(\"Gamma draws use torch's global generator: \"",
-            "                     \"seed it with torch.manual_seed\")",
-            f"return torch.distributions.Gamma({params['shape']}, {params['rate']}).sample()"]
 
 
 def uses_math(methods: list[Method]) -> bool:

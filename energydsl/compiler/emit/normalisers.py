@@ -11,10 +11,10 @@ Enumeration is exponential in K; beyond `max_states` the method says to use AIS.
 
 from __future__ import annotations
 
+from energydsl.compiler.domains import DOMAINS
 from energydsl.compiler.emit.methods import Method, MethodBuilder
 
 DEFAULT_MAX_STATES = 2**20
-VALUES = {"binary": "flags", "spin": "2 * flags - 1"}
 
 
 def enumerable(builder: MethodBuilder) -> bool:
@@ -22,7 +22,7 @@ def enumerable(builder: MethodBuilder) -> bool:
     conditionals = builder.conditionals
     return (conditionals.visible is not None and conditionals.gaussian_precision is None
             and builder.joint_planner is not None
-            and all(h.domain in VALUES for h in builder.checked.hidden.values()))
+            and all(DOMAINS[h.domain].discrete for h in builder.checked.hidden.values()))
 
 
 def enumeration_methods(builder: MethodBuilder) -> list[Method]:
@@ -39,8 +39,8 @@ def enumeration_methods(builder: MethodBuilder) -> list[Method]:
     parts = []
     for name, size in zip(hidden, sizes, strict=True):
         stop = f"self.{size}" if start == "0" else f"{start} + self.{size}"
-        value = VALUES[builder.checked.hidden[name].domain].replace(
-            "flags", f"flags[:, {start}:{stop}]")
+        value = DOMAINS[builder.checked.hidden[name].domain].enumerated(
+            f"flags[:, {start}:{stop}]")
         states_lines.append(f"{name} = {value}")
         parts.append(name)
         start = stop
