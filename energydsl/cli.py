@@ -20,6 +20,7 @@ from pathlib import Path
 
 from energydsl import __version__
 from energydsl.errors import DEFAULT_TIME_LIMIT, SpecError, TrainingError, UsageError
+from energydsl.estimators import NAMES as ESTIMATORS
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 3
 MAX_TIME_LIMIT = 1e6  # seconds (the timer takes no more)
@@ -435,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dataset: digits (default), patches (8x8 grey patches of "
                         "scikit-learn's photos), or mnist:DIR (the IDX files in DIR)")
     p.add_argument("--objective", default=None,
-                   choices=["sm", "dsm", "ssm", "nce", "cnce", "cd", "pcd", "fpcd", "mle"],
+                   choices=ESTIMATORS,
                    help="estimator for a spec (default sm); companion models use their own")
     p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default 5)")
     p.add_argument("--batch-size", type=positive_int, default=None,

@@ -7,14 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from energydsl.estimators import NAMES as OBJECTIVES
+from energydsl.estimators import make_objective
+from energydsl.estimators.fpcd import FastPCD
+from energydsl.estimators.nce import gaussian_noise
+from energydsl.estimators.pcd import PersistentCD
 from energydsl.train.data import load_digits
-from energydsl.train.objectives import (
-    OBJECTIVES,
-    FastPCD,
-    PersistentCD,
-    gaussian_noise,
-    make_objective,
-)
 
 from support import load_class, randomise
 

@@ -29,6 +29,7 @@ from energydsl.compiler.ir import (
     Variable,
 )
 from energydsl.errors import Diagnostic, Span, SpecError, error
+from energydsl.estimators import all_estimators
 
 KEYWORDS = ("model", "dim", "const", "visible", "hidden", "param", "let", "energy", "free",
             "density", "sum", "in", "where")
@@ -38,7 +39,7 @@ KEYWORDS = ("model", "dim", "const", "visible", "hidden", "param", "let", "energ
 RESERVED_ATTRIBUTES = frozenset("""
     self torch math super cls dtype device
     free_energy score laplacian sm_loss sm_terms reconstruct energy log_prob log_partition
-    sample precision dsm_loss ssm_loss nce_loss cnce_loss log_z spec_hash formulas
+    sample precision log_z spec_hash formulas
     visible_size
     T_destination add_module apply bfloat16 buffers call_super_init children compile cpu
     cuda double dump_patches eval extra_repr float forward get_buffer get_extra_state
@@ -51,6 +52,8 @@ RESERVED_ATTRIBUTES = frozenset("""
     requires_grad_ set_extra_state set_submodule share_memory state_dict to to_empty train
     training type xpu zero_grad sm_objective validate
 """.split())
+# ... and the method every registered estimator adds (dsm_loss, ...)
+RESERVED_ATTRIBUTES |= {e.method for e in all_estimators() if e.method is not None}
 
 # Argument and local names of the generated methods that take the visible or hidden
 # variables as arguments: a variable of the same name would be shadowed inside them.
@@ -59,6 +62,7 @@ METHOD_LOCALS = frozenset("""
     mean factor offset shape max_states chunk bits flags codes log_det states units device
     weights probabilities u point along hvp perturbed residual count data_logit data_term
     log_nu noise_logit noise_term contrast data_energy logit log_noise_x log_noise_y
+    curvature
 """.split())
 
 # Locals of the generated methods that also compute `let` definitions (and constrained

@@ -43,16 +43,12 @@ import torch
 from torch import Tensor, nn
 
 from energydsl.errors import TrainingError, UsageError
+from energydsl.estimators import NAMES as OBJECTIVES
+from energydsl.estimators import Objective, get, make_objective
+from energydsl.estimators.nce import gaussian_noise
 from energydsl.files import write_atomically
 from energydsl.train import checkpoints
 from energydsl.train import data as datasets
-from energydsl.train.objectives import (
-    OBJECTIVES,
-    Objective,
-    gaussian_noise,
-    make_objective,
-    numeric_options,
-)
 
 __all__ = ["TrainingError", "UsageError", "RunConfig", "DataMap", "Prepared", "train",
            "load_checkpoint", "model_from_checkpoint", "CHECKPOINT", "HISTORY"]
@@ -336,7 +332,7 @@ def build_objective(config: RunConfig, model: nn.Module, prepared: Prepared
                              "--option apply to specs")
         return None
     name = config.objective or "sm"
-    allowed = numeric_options(name)
+    allowed = get(name).options()
     options: dict[str, object] = {}
     for key, value in config.options.items():
         if key not in allowed:

@@ -366,11 +366,3 @@ def _split_params(params: str) -> list[str]:
         depth -= char in "])"
         current += char
     return parts + [current]
-
-
-def uses_math(methods: list[Method]) -> bool:
-    return any("math." in line for method in methods for line in method.body)
-
-
-def uses_cholesky(methods: list[Method]) -> bool:
-    return any("self._cholesky(" in line for method in methods for line in method.body)

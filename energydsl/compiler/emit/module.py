@@ -17,7 +17,6 @@ from energydsl import __version__
 from energydsl.compiler import syntax as ast
 from energydsl.compiler.conditionals import Conditionals
 from energydsl.compiler.derive import Derivation
-from energydsl.compiler.emit.estimators import estimator_methods
 from energydsl.compiler.emit.methods import (
     ANCHOR_BUFFER,
     LINE_LENGTH,
@@ -25,13 +24,12 @@ from energydsl.compiler.emit.methods import (
     MethodBuilder,
     _bare,
     signature,
-    uses_cholesky,
-    uses_math,
 )
 from energydsl.compiler.emit.normalisers import enumeration_methods
 from energydsl.compiler.emit.torch_printer import TorchPrinter
 from energydsl.compiler.ir import Param
 from energydsl.compiler.notation import dsl_str
+from energydsl.estimators import all_estimators
 
 
 @dataclass(frozen=True)
@@ -48,16 +46,38 @@ class Check:
 
 
 @cache
-def _template() -> jinja2.Template:
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("energydsl.compiler.emit", "templates"),
+def _environment() -> jinja2.Environment:
+    """The module's templates, and each estimator's partial as `estimators/<file>`."""
+    return jinja2.Environment(
+        loader=jinja2.ChoiceLoader([
+            jinja2.PackageLoader("energydsl.compiler.emit", "templates"),
+            jinja2.PrefixLoader({
+                "estimators": jinja2.PackageLoader("energydsl.estimators", "templates")}),
+        ]),
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
         undefined=jinja2.StrictUndefined,
         autoescape=False,
     )
-    return env.get_template("module.py.j2")
+
+
+def render(template: str, **context) -> str:
+    """A template's text, without its final newline (the caller lays out blocks)."""
+    return _environment().get_template(template).render(**context).rstrip("\n")
+
+
+def method_text(method: Method) -> str:
+    """A planned method as text (the partial method.py.j2)."""
+    return render("method.py.j2", signature=signature(method), doc=method.doc,
+                  body=method.rendered())
+
+
+def estimator_texts(visible: str, dim: str, normalised: bool) -> list[str]:
+    """The registered estimators' methods, from their partials (templates/estimators)."""
+    return [render(f"estimators/{estimator.template}", v=visible, dim=dim,
+                   normalised=normalised)
+            for estimator in all_estimators() if estimator.template is not None]
 
 
 def safe_text(text: str) -> str:
@@ -269,7 +289,6 @@ def emit(derivation: Derivation, conditionals: Conditionals, spec_path: str) -> 
     builder = MethodBuilder(derivation, conditionals)
     normalised = conditionals.gaussian_precision is not None
     methods = builder.build() + enumeration_methods(builder)
-    methods += estimator_methods(checked.visible.name, checked.visible.shape[0], normalised)
 
     ctor_args = [CtorArg(d.name, "int", str(d.default)) for d in checked.dims.values()
                  if d.derived_from is None]
@@ -317,8 +336,9 @@ def emit(derivation: Derivation, conditionals: Conditionals, spec_path: str) -> 
         ctor_lines.append("# log Z for noise-contrastive estimation (nce_loss), learnt too\n"
                           "        self.log_z = torch.nn.Parameter(torch.zeros((), dtype=dtype, "
                           "device=device))")
-    all_methods = accessors + methods
-    return _template().render(
+    texts = [method_text(m) for m in accessors + methods] + estimator_texts(
+        checked.visible.name, checked.visible.shape[0], normalised)
+    return _environment().get_template("module.py.j2").render(
         version=__version__,
         spec_path=safe_line(spec_path),
         model=checked,
@@ -334,9 +354,8 @@ def emit(derivation: Derivation, conditionals: Conditionals, spec_path: str) -> 
         ctor_args=ctor_args,
         ctor_checks=ctor_checks,
         ctor_lines=ctor_lines,
-        methods=all_methods,
-        signature=signature,
-        uses_math=uses_math(all_methods),
-        uses_cholesky=uses_cholesky(all_methods),
+        methods=texts,
+        uses_math=any("math." in text for text in texts),
+        uses_cholesky=any("self._cholesky(" in text for text in texts),
         grid_mask=grid_mask,
     )
