@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from energydsl.compiler.driver import Compiled, compile_source
+from energydsl.compiler.driver import compile_source
+from energydsl.compiler.ir import Compiled
 from energydsl.compiler.sources import spec_hash
 
 _CACHE: dict[str, Compiled] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -61,15 +62,15 @@ def test_check_catches_a_wrong_derivation():
     source = compiled.source
     broken = source.replace("score = _t7 - v", "score = _t7 - 1.0001 * v")
     assert broken != source
-    compiled.source = broken
+    compiled = dataclasses.replace(compiled, source=broken)
     report = check_compiled(compiled)
     failed = {row.quantity for row in report.rows if not row.ok}
     # the score feeds the objectives that use it (dsm, ssm); F-based ones stay right, and
     # so does sm_loss, which expands |score|^2 in the Gram form and never forms the score
     assert failed == {"score", "reconstruct", "dsm_loss", "ssm_loss"}
     # break the Gram form's cross term instead: the SM loss and its gradient fail
-    compiled.source = source.replace("_t18 = -2 * _t14 + _t17 + _t2",
-                                     "_t18 = -2.0001 * _t14 + _t17 + _t2")
+    compiled = dataclasses.replace(compiled, source=source.replace(
+        "_t18 = -2 * _t14 + _t17 + _t2", "_t18 = -2.0001 * _t14 + _t17 + _t2"))
     assert compiled.source != source
     failed = {row.quantity for row in check_compiled(compiled).rows if not row.ok}
     assert {"sm_loss", "d sm_loss / d W"} <= failed and "score" not in failed

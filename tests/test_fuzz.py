@@ -26,8 +26,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from spec_generator import power_of_sum_specs, valid_specs
 
-from energydsl.compiler.driver import Compiled, compile_source
+from energydsl.compiler.driver import compile_source
 from energydsl.compiler.functions import FUNCTIONS
+from energydsl.compiler.ir import Compiled
 from energydsl.compiler.parse import MAX_DEPTH
 from energydsl.errors import SpecError
 

@@ -17,7 +17,7 @@ from energydsl.check.autograd import gradient
 from energydsl.check.joint import check_energy, check_enumerated_log_partition
 from energydsl.check.reference import Reference, check_sizes
 from energydsl.compiler.domains import DOMAINS, Domain
-from energydsl.compiler.driver import Compiled
+from energydsl.compiler.ir import Compiled
 from energydsl.compiler.loading import load_module
 from energydsl.estimators import all_estimators
 

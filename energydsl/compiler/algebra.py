@@ -379,3 +379,11 @@ def canonicalise(expr: sp.Expr, pools: dict[sp.Expr, list[str]],
     for _ in range(2):  # sorting symmetric indices can change the order of first use
         expr = visit(expr, set())
     return expr
+
+
+def tidy(expr: sp.Expr, model) -> sp.Expr:
+    """A derived formula in the form a person writes it: the spec's lets folded back in
+    by name, sums normalised and distributed, bound indices renamed after the spec's own
+    (`model`: the SymbolicModel whose lets and index names to use)."""
+    expr = distribute(normalise(fold_definitions(expr, model.used_definitions)))
+    return canonicalise(expr, model.index_pools, model.symmetric)

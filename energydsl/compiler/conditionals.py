@@ -13,53 +13,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import sympy as sp
 
 from energydsl.compiler.algebra import (
-    canonicalise,
     diff,
-    distribute,
-    fold_definitions,
     make_sum,
     normalise,
 )
-from energydsl.compiler.derive import Derivation
+from energydsl.compiler.algebra import tidy as algebra_tidy
 from energydsl.compiler.domains import DOMAINS
-from energydsl.compiler.lower import Definition, SymbolicModel
-from energydsl.compiler.marginalise import HiddenUnit
-
-
-@dataclass(frozen=True)
-class HiddenConditional:
-    unit: HiddenUnit
-    mean: sp.Expr  # E[h_u | v], free index unit.index
-    variance: sp.Expr  # var[h_u | v]
-    sampler: dict[str, sp.Expr]  # distribution parameters, see `_moments`
-
-
-@dataclass(frozen=True)
-class VisibleConditional:
-    """p(v | h) = N(P^-1 b, P^-1) with P[p, q] and b[p] functions of the hidden units."""
-
-    index: sp.Idx  # p
-    second: sp.Idx  # q
-    precision: sp.Expr  # P[p, q]
-    linear: sp.Expr  # b[p]
-    isotropic: sp.Expr | None  # c when P = c delta(p, q)
-
-
-@dataclass
-class Conditionals:
-    hidden: dict[str, HiddenConditional] = field(default_factory=dict)
-    sm_terms: dict[str, sp.Expr] | None = None  # per sample: squared_error, variance, curvature
-    sm_terms_unavailable: str = ""  # why sm_terms could not be derived
-    visible: VisibleConditional | None = None
-    gaussian_precision: sp.Expr | None = None  # P[p, q] = d^2 F / dv_p dv_q when constant
-    gaussian_indices: tuple[sp.Idx, sp.Idx] | None = None
-    definitions: dict[str, Definition] = field(default_factory=dict)
-
+from energydsl.compiler.ir import (
+    Conditionals,
+    Definition,
+    Derivation,
+    HiddenConditional,
+    HiddenUnit,
+    SymbolicModel,
+    VisibleConditional,
+)
 
 # ---------------------------------------------------------------- unit moments
 
@@ -137,77 +108,79 @@ def derive_conditionals(derivation: Derivation) -> Conditionals:
     symbolic = model.symbolic
     visible = symbolic.visible
     lookup = symbolic.definition_of
-    lets = symbolic.used_definitions
     p = derivation.index
     dim = symbolic.checked.visible.shape[0]
     q = symbolic.index(dim, "q")
-    result = Conditionals()
+    definitions: dict[str, Definition] = {}
 
     def tidy(expr: sp.Expr) -> sp.Expr:
-        expr = distribute(normalise(fold_definitions(expr, lets)))
-        return canonicalise(expr, symbolic.index_pools, symbolic.symmetric)
+        return algebra_tidy(expr, symbolic)
 
     # p(h | v), per hidden variable
+    hidden: dict[str, HiddenConditional] = {}
     for name, unit in model.hidden.items():
         mean, variance, sampler = _moments(unit)
-        result.hidden[name] = HiddenConditional(
+        hidden[name] = HiddenConditional(
             unit, tidy(mean), variance, {k: tidy(v) for k, v in sampler.items()})
-        result.definitions[f"_mean_{name}"] = Definition(
-            sp.IndexedBase(f"_mean_{name}"), (unit.index,), result.hidden[name].mean)
-        for key, value in result.hidden[name].sampler.items():
-            result.definitions[f"_{key}_{name}"] = Definition(
+        definitions[f"_mean_{name}"] = Definition(
+            sp.IndexedBase(f"_mean_{name}"), (unit.index,), hidden[name].mean)
+        for key, value in hidden[name].sampler.items():
+            definitions[f"_{key}_{name}"] = Definition(
                 sp.IndexedBase(f"_{key}_{name}"), (unit.index,), value)
 
     # the three score-matching terms
+    sm_terms, unavailable = None, ""
     if model.hidden:
-        terms = _sm_terms(derivation, result, tidy)
+        terms = _sm_terms(derivation, hidden, tidy)
         if isinstance(terms, str):
-            result.sm_terms_unavailable = terms
+            unavailable = terms
         else:
-            result.sm_terms = terms
+            sm_terms = terms
             for key, value in terms.items():
-                result.definitions[f"_{key}"] = Definition(sp.Symbol(f"_{key}"), (), value)
+                definitions[f"_{key}"] = Definition(sp.Symbol(f"_{key}"), (), value)
 
     # the joint energy E(v, h) itself (Gibbs diagnostics, AIS, exact normalisers)
     if model.energy is not None and model.hidden:
-        result.definitions["_energy"] = Definition(sp.Symbol("_energy"), (),
-                                                   tidy(model.energy))
+        definitions["_energy"] = Definition(sp.Symbol("_energy"), (), tidy(model.energy))
 
     # p(v | h) when the joint energy is quadratic in v
+    conditional = None
     if model.energy is not None and model.hidden:
         first = diff(model.energy, visible, (p,), lookup)
         precision = tidy(diff(first, visible, (q,), lookup))
         # quadratic in v (a precision of zero: linear, no Gaussian to draw from)
         if precision != 0 and not depends_on(precision, visible, symbolic):
             linear = tidy(-at_zero(first, symbolic))
-            result.visible = VisibleConditional(p, q, precision, linear,
-                                                _isotropic_part(precision, p, q))
-            result.definitions["_visible_precision"] = Definition(
+            conditional = VisibleConditional(p, q, precision, linear,
+                                             _isotropic_part(precision, p, q))
+            definitions["_visible_precision"] = Definition(
                 sp.IndexedBase("_visible_precision"), (p, q), precision)
-            result.definitions["_visible_linear"] = Definition(
+            definitions["_visible_linear"] = Definition(
                 sp.IndexedBase("_visible_linear"), (p,), linear)
-            if result.visible.isotropic is not None:
-                result.definitions["_visible_scale"] = Definition(
-                    sp.Symbol("_visible_scale"), (), result.visible.isotropic)
+            if conditional.isotropic is not None:
+                definitions["_visible_scale"] = Definition(
+                    sp.Symbol("_visible_scale"), (), conditional.isotropic)
 
     # a Gaussian model: F quadratic in v (not merely linear)
+    gaussian = None
     hessian = tidy(diff(-derivation.score, visible, (q,), lookup))
     if hessian != 0 and not depends_on(hessian, visible, symbolic):
-        result.gaussian_precision = hessian
-        result.gaussian_indices = (p, q)
-        result.definitions["_gaussian_precision"] = Definition(
+        gaussian = hessian
+        definitions["_gaussian_precision"] = Definition(
             sp.IndexedBase("_gaussian_precision"), (p, q), hessian)
-    return result
+    return Conditionals(hidden, sm_terms, unavailable, conditional, gaussian,
+                        (p, q) if gaussian is not None else None, definitions)
 
 
-def _sm_terms(derivation: Derivation, result: Conditionals, tidy) -> dict[str, sp.Expr] | str:
+def _sm_terms(derivation: Derivation, hidden: dict[str, HiddenConditional], tidy
+              ) -> dict[str, sp.Expr] | str:
     model = derivation.model
     symbolic = model.symbolic
     visible, lookup, p = symbolic.visible, symbolic.definition_of, derivation.index
     first = diff(model.visible_energy, visible, (p,), lookup)
     mean_second = diff(first, visible, (p,), lookup)
     variance = sp.S.Zero
-    for name, conditional in result.hidden.items():
+    for name, conditional in hidden.items():
         unit = conditional.unit
         s = unit.symbol
         g = sp.expand(diff(unit.energy, visible, (p,), lookup))

@@ -11,35 +11,16 @@ objective reads `1/2 sum(p: score[p]^2) + laplacian` and the planner computes ea
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import sympy as sp
 
 from energydsl.compiler.algebra import (
     canonicalise,
     diff,
-    distribute,
-    fold_definitions,
     make_sum,
     normalise,
 )
-from energydsl.compiler.lower import Definition
-from energydsl.compiler.marginalise import FreeEnergyModel
-
-
-@dataclass
-class Derivation:
-    model: FreeEnergyModel
-    index: sp.Idx  # the score's free index, over the visible dimension
-    free_energy: sp.Expr
-    score: sp.Expr  # free index `index`
-    laplacian: sp.Expr
-    sm_objective: sp.Expr  # in terms of the `score` and `laplacian` definitions
-    definitions: dict[str, Definition]  # the spec's lets, then the derived quantities
-
-    @property
-    def name(self) -> str:
-        return self.model.name
+from energydsl.compiler.algebra import tidy as algebra_tidy
+from energydsl.compiler.ir import Definition, Derivation, FreeEnergyModel
 
 
 def derive(model: FreeEnergyModel) -> Derivation:
@@ -50,11 +31,9 @@ def derive(model: FreeEnergyModel) -> Derivation:
     p = symbolic.index(dim, "i")
     lookup = symbolic.definition_of
 
-    lets = symbolic.used_definitions
 
     def tidy(expr: sp.Expr) -> sp.Expr:
-        expr = distribute(normalise(fold_definitions(expr, lets)))
-        return canonicalise(expr, symbolic.index_pools, symbolic.symmetric)
+        return algebra_tidy(expr, symbolic)
 
     free_energy = canonicalise(normalise(model.free_energy), symbolic.index_pools,
                                symbolic.symmetric)

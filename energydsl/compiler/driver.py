@@ -13,29 +13,23 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import TypeVar
 
 from energydsl.compiler import syntax as ast
-from energydsl.compiler.conditionals import Conditionals, derive_conditionals
-from energydsl.compiler.derive import Derivation, derive
+from energydsl.compiler.conditionals import derive_conditionals
+from energydsl.compiler.derive import derive
 from energydsl.compiler.emit.module import emit
+from energydsl.compiler.ir import Compiled, Derivation
 from energydsl.compiler.lower import lower
 from energydsl.compiler.marginalise import marginalise
 from energydsl.compiler.normalisable import normalisability_warnings
 from energydsl.compiler.parse import parse
 from energydsl.compiler.resolve import check
-from energydsl.errors import DEFAULT_TIME_LIMIT, MAX_SPEC_CHARS, Diagnostic, Span, SpecError, error
+from energydsl.errors import DEFAULT_TIME_LIMIT, MAX_SPEC_CHARS, Span, SpecError, error
 
 T = TypeVar("T")
 
 
-@dataclass
-class Compiled:
-    derivation: Derivation
-    conditionals: Conditionals
-    source: str  # the generated module's text
-    warnings: list[Diagnostic] = field(default_factory=list)
 
 
 class _OutOfTime(Exception):

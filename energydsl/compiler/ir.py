@@ -1,15 +1,27 @@
-"""The checked model: what `checker` proved about a spec, in tables later stages read.
+"""The records the compiler's stages pass on, each the output of one stage (see driver):
 
-Expressions stay as AST (`syntax`) nodes; `index_ranges` gives the dimension of every
-bound index (sum bindings and `let` indices), keyed by the binding's `Ident`.
+    resolve      syntax.Spec        -> CheckedModel   (names, shapes, index ranges)
+    lower        CheckedModel       -> SymbolicModel  (SymPy in index form, Definitions)
+    marginalise  SymbolicModel      -> FreeEnergyModel (F(v), one HiddenUnit per layer)
+    derive       FreeEnergyModel    -> Derivation     (score, Laplacian, SM objective)
+    conditionals Derivation         -> Conditionals   (p(h | v), p(v | h), SM terms)
+    plan         Derivation, Conditionals -> PlannedModule (method bodies as code)
+    emit         ...                -> the module's text, in Compiled
+
+Frozen dataclasses: a stage reads what the one before produced and makes a new record.
+In a CheckedModel expressions stay as AST (`syntax`) nodes, and `index_ranges` gives the
+dimension of every bound index (sum bindings and `let` indices), keyed by its `Ident`.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
+import sympy as sp
+
 from energydsl.compiler import syntax as ast
-from energydsl.errors import Span
+from energydsl.errors import Diagnostic, Span
 
 
 @dataclass(frozen=True)
@@ -95,7 +107,7 @@ class Let:
     span: Span
 
 
-@dataclass
+@dataclass(frozen=True)
 class CheckedModel:
     name: str
     dims: dict[str, Dim]
@@ -128,3 +140,155 @@ class CheckedModel:
             if self.dims[name].derived_from is not None:
                 return f"'{name}' is derived from other dimensions; set those instead"
         return None
+
+
+@dataclass(frozen=True)
+class Definition:
+    """A `let`: base[indices] = body."""
+
+    base: sp.IndexedBase | sp.Symbol
+    indices: tuple[sp.Idx, ...]
+    body: sp.Expr
+
+
+@dataclass(frozen=True)
+class SymbolicModel:
+    checked: CheckedModel
+    dims: dict[str, sp.Symbol]
+    consts: dict[str, sp.Symbol]
+    visible: sp.IndexedBase
+    hidden: dict[str, sp.IndexedBase]
+    params: dict[str, sp.IndexedBase | sp.Symbol]
+    definitions: dict[str, Definition]
+    energy: sp.Expr  # E(v, h), or F(v) when the spec gives a free energy
+    taken_names: set[str] = field(default_factory=set)
+    # size -> the index names the spec uses over it, in order of first use
+    index_pools: dict[sp.Expr, list[str]] = field(default_factory=dict)
+    symmetric: frozenset = frozenset()  # bases of symmetric parameters
+
+    @property
+    def name(self) -> str:
+        return self.checked.name
+
+    def size(self, dim: str) -> sp.Symbol:
+        return self.dims[dim]
+
+    def index(self, dim: str, hint: str = "i") -> sp.Idx:
+        """A fresh index over `dim`, named after `hint` and unused anywhere in the spec."""
+        candidates = [hint, *"ijklmnpqrstuabcdefg", *(f"{hint}{k}" for k in range(1, 100))]
+        for name in candidates:
+            if name not in self.taken_names:
+                self.taken_names.add(name)
+                return sp.Idx(name, self.dims[dim])
+        raise RuntimeError("no fresh index name left")  # pragma: no cover
+
+    @functools.cached_property
+    def used_definitions(self) -> list[Definition]:
+        """The lets the energy uses, directly or through other lets, in declaration
+        order: the only ones a derived formula can mention (so a spec's unused lets
+        cost the later stages nothing)."""
+        used: set[str] = set()
+        pending = [self.energy]
+        while pending:
+            for node in sp.preorder_traversal(pending.pop()):
+                base = node.base if isinstance(node, sp.Indexed) else node
+                definition = self.definition_of(base) if isinstance(
+                    base, (sp.IndexedBase, sp.Symbol)) else None
+                if definition is not None and str(definition.base) not in used:
+                    used.add(str(definition.base))
+                    pending.append(definition.body)
+        return [d for d in self.definitions.values() if str(d.base) in used]
+
+    def definition_of(self, base: sp.Basic) -> Definition | None:
+        name = str(base.label) if isinstance(base, sp.IndexedBase) else str(base)
+        definition = self.definitions.get(name)
+        if definition is not None and definition.base == base:
+            return definition
+        return None
+
+
+@dataclass(frozen=True)
+class HiddenUnit:
+    """What marginalisation learned about one hidden variable, per generic unit `index`.
+
+    `energy` is e(symbol; v), the part of E involving unit `index`; `log_partition` is
+    log z(v) = log sum/int exp(-e) over the unit's domain. Conditionals follow from both.
+    """
+
+    name: str
+    domain: str
+    index: sp.Idx
+    symbol: sp.Symbol
+    energy: sp.Expr
+    log_partition: sp.Expr
+    # e = a h^2 + b h + c for a real unit ("a", "b"); e = rate h + power log h + c for a
+    # positive one ("rate", "power"); empty for discrete units (e is used directly).
+    coefficients: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FreeEnergyModel:
+    symbolic: SymbolicModel
+    free_energy: sp.Expr  # F(v), per sample, constants included
+    energy: sp.Expr | None  # E(v, h) when the spec gives one
+    hidden: dict[str, HiddenUnit] = field(default_factory=dict)
+    # Conditions on constants (e.g. gamma > 0) under which the integrals converge.
+    conditions: list[sp.Basic] = field(default_factory=list)
+    visible_energy: sp.Expr = sp.S.Zero  # E_0(v): the terms of E without hidden units
+
+    @property
+    def name(self) -> str:
+        return self.symbolic.name
+
+
+@dataclass(frozen=True)
+class Derivation:
+    model: FreeEnergyModel
+    index: sp.Idx  # the score's free index, over the visible dimension
+    free_energy: sp.Expr
+    score: sp.Expr  # free index `index`
+    laplacian: sp.Expr
+    sm_objective: sp.Expr  # in terms of the `score` and `laplacian` definitions
+    definitions: dict[str, Definition]  # the spec's lets, then the derived quantities
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+
+@dataclass(frozen=True)
+class HiddenConditional:
+    unit: HiddenUnit
+    mean: sp.Expr  # E[h_u | v], free index unit.index
+    variance: sp.Expr  # var[h_u | v]
+    sampler: dict[str, sp.Expr]  # distribution parameters, see `_moments`
+
+
+@dataclass(frozen=True)
+class VisibleConditional:
+    """p(v | h) = N(P^-1 b, P^-1) with P[p, q] and b[p] functions of the hidden units."""
+
+    index: sp.Idx  # p
+    second: sp.Idx  # q
+    precision: sp.Expr  # P[p, q]
+    linear: sp.Expr  # b[p]
+    isotropic: sp.Expr | None  # c when P = c delta(p, q)
+
+
+@dataclass(frozen=True)
+class Conditionals:
+    hidden: dict[str, HiddenConditional] = field(default_factory=dict)
+    sm_terms: dict[str, sp.Expr] | None = None  # per sample: squared_error, variance, curvature
+    sm_terms_unavailable: str = ""  # why sm_terms could not be derived
+    visible: VisibleConditional | None = None
+    gaussian_precision: sp.Expr | None = None  # P[p, q] = d^2 F / dv_p dv_q when constant
+    gaussian_indices: tuple[sp.Idx, sp.Idx] | None = None
+    definitions: dict[str, Definition] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Compiled:
+    derivation: Derivation
+    conditionals: Conditionals
+    source: str  # the generated module's text
+    warnings: list[Diagnostic] = field(default_factory=list)

@@ -13,16 +13,14 @@ nonsense (or a hang) in generated code.
 
 from __future__ import annotations
 
-import functools
 import math
 import sys
-from dataclasses import dataclass, field
 
 import sympy as sp
 
 from energydsl.compiler import syntax as ast
 from energydsl.compiler.functions import FUNCTIONS
-from energydsl.compiler.ir import CheckedModel
+from energydsl.compiler.ir import CheckedModel, Definition, SymbolicModel
 from energydsl.compiler.notation import dsl_str
 from energydsl.errors import Span, SpecError, error, shorten
 
@@ -36,69 +34,8 @@ UNDEFINED = (sp.zoo, sp.nan, sp.oo, sp.S.NegativeInfinity)  # what SymPy folds 1
 
 
 
-@dataclass(frozen=True)
-class Definition:
-    """A `let`: base[indices] = body."""
-
-    base: sp.IndexedBase | sp.Symbol
-    indices: tuple[sp.Idx, ...]
-    body: sp.Expr
 
 
-@dataclass
-class SymbolicModel:
-    checked: CheckedModel
-    dims: dict[str, sp.Symbol]
-    consts: dict[str, sp.Symbol]
-    visible: sp.IndexedBase
-    hidden: dict[str, sp.IndexedBase]
-    params: dict[str, sp.IndexedBase | sp.Symbol]
-    definitions: dict[str, Definition]
-    energy: sp.Expr  # E(v, h), or F(v) when the spec gives a free energy
-    taken_names: set[str] = field(default_factory=set)
-    # size -> the index names the spec uses over it, in order of first use
-    index_pools: dict[sp.Expr, list[str]] = field(default_factory=dict)
-    symmetric: frozenset = frozenset()  # bases of symmetric parameters
-
-    @property
-    def name(self) -> str:
-        return self.checked.name
-
-    def size(self, dim: str) -> sp.Symbol:
-        return self.dims[dim]
-
-    def index(self, dim: str, hint: str = "i") -> sp.Idx:
-        """A fresh index over `dim`, named after `hint` and unused anywhere in the spec."""
-        candidates = [hint, *"ijklmnpqrstuabcdefg", *(f"{hint}{k}" for k in range(1, 100))]
-        for name in candidates:
-            if name not in self.taken_names:
-                self.taken_names.add(name)
-                return sp.Idx(name, self.dims[dim])
-        raise RuntimeError("no fresh index name left")  # pragma: no cover
-
-    @functools.cached_property
-    def used_definitions(self) -> list[Definition]:
-        """The lets the energy uses, directly or through other lets, in declaration
-        order: the only ones a derived formula can mention (so a spec's unused lets
-        cost the later stages nothing)."""
-        used: set[str] = set()
-        pending = [self.energy]
-        while pending:
-            for node in sp.preorder_traversal(pending.pop()):
-                base = node.base if isinstance(node, sp.Indexed) else node
-                definition = self.definition_of(base) if isinstance(
-                    base, (sp.IndexedBase, sp.Symbol)) else None
-                if definition is not None and str(definition.base) not in used:
-                    used.add(str(definition.base))
-                    pending.append(definition.body)
-        return [d for d in self.definitions.values() if str(d.base) in used]
-
-    def definition_of(self, base: sp.Basic) -> Definition | None:
-        name = str(base.label) if isinstance(base, sp.IndexedBase) else str(base)
-        definition = self.definitions.get(name)
-        if definition is not None and definition.base == base:
-            return definition
-        return None
 
 
 class _Lowerer:

@@ -11,50 +11,14 @@ become checks on the defaults here and in the generated constructor.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import sympy as sp
 
 from energydsl.compiler.algebra import distribute, make_sum, normalise, substitute_index
 from energydsl.compiler.domains import DOMAINS, UnitFailure
 from energydsl.compiler.functions import BY_CLASS, rewrite_log_one_plus
-from energydsl.compiler.lower import SymbolicModel
+from energydsl.compiler.ir import FreeEnergyModel, HiddenUnit, SymbolicModel
 from energydsl.compiler.notation import dsl_str
 from energydsl.errors import SpecError, error, shorten
-
-
-@dataclass(frozen=True)
-class HiddenUnit:
-    """What marginalisation learned about one hidden variable, per generic unit `index`.
-
-    `energy` is e(symbol; v), the part of E involving unit `index`; `log_partition` is
-    log z(v) = log sum/int exp(-e) over the unit's domain. Conditionals follow from both.
-    """
-
-    name: str
-    domain: str
-    index: sp.Idx
-    symbol: sp.Symbol
-    energy: sp.Expr
-    log_partition: sp.Expr
-    # e = a h^2 + b h + c for a real unit ("a", "b"); e = rate h + power log h + c for a
-    # positive one ("rate", "power"); empty for discrete units (e is used directly).
-    coefficients: dict = field(default_factory=dict)
-
-
-@dataclass
-class FreeEnergyModel:
-    symbolic: SymbolicModel
-    free_energy: sp.Expr  # F(v), per sample, constants included
-    energy: sp.Expr | None  # E(v, h) when the spec gives one
-    hidden: dict[str, HiddenUnit] = field(default_factory=dict)
-    # Conditions on constants (e.g. gamma > 0) under which the integrals converge.
-    conditions: list[sp.Basic] = field(default_factory=list)
-    visible_energy: sp.Expr = sp.S.Zero  # E_0(v): the terms of E without hidden units
-
-    @property
-    def name(self) -> str:
-        return self.symbolic.name
 
 
 def _hidden_occurrences(term: sp.Expr, hidden: dict[str, sp.IndexedBase]) -> dict[str, set]:
@@ -343,4 +307,4 @@ def marginalise(model: SymbolicModel) -> FreeEnergyModel:
                            visible_part)
 
 
-__all__ = ["FreeEnergyModel", "HiddenUnit", "marginalise"]
+__all__ = ["marginalise"]

@@ -23,9 +23,8 @@ import sympy as sp
 
 from energydsl.compiler.algebra import substitute_index
 from energydsl.compiler.conditionals import depends_on
-from energydsl.compiler.derive import Derivation
 from energydsl.compiler.functions import BY_CLASS
-from energydsl.compiler.lower import SymbolicModel
+from energydsl.compiler.ir import Derivation, SymbolicModel
 from energydsl.compiler.notation import dsl_str
 from energydsl.errors import Diagnostic, shorten
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from energydsl.compiler.derive import Derivation
 from energydsl.compiler.emit.module import formulas
+from energydsl.compiler.ir import Derivation
 from energydsl.compiler.notation import latex
 
 

@@ -5,6 +5,7 @@ partial, check or reserved names fails here."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib
 from pathlib import Path
 
@@ -73,9 +74,9 @@ def test_the_check_passes_and_can_fail(name):
     rows = [r for r in check_compiled(compiled).rows if r.quantity.startswith(estimator.method)]
     assert rows and all(r.ok for r in rows)
     method = estimator.method
-    compiled.source = compiled.source.replace(
+    compiled = dataclasses.replace(compiled, source=compiled.source.replace(
         f"    def {method}(", f"    def {method}(self, *a, **k):\n"
-        f"        return 1.01 * self._true_{method}(*a, **k)\n\n    def _true_{method}(", 1)
+        f"        return 1.01 * self._true_{method}(*a, **k)\n\n    def _true_{method}(", 1))
     broken = [r for r in check_compiled(compiled).rows if r.quantity == method]
     assert broken and not broken[0].ok
 

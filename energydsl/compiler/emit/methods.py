@@ -12,9 +12,8 @@ import ast
 import re
 from dataclasses import dataclass
 
-from energydsl.compiler.conditionals import Conditionals
-from energydsl.compiler.derive import Derivation
 from energydsl.compiler.domains import DOMAINS
+from energydsl.compiler.ir import Conditionals, Derivation
 from energydsl.compiler.plan import BATCH, Operand, Planner, uses_name
 
 LINE_LENGTH = 100

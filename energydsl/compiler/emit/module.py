@@ -15,8 +15,6 @@ import jinja2
 
 from energydsl import __version__
 from energydsl.compiler import syntax as ast
-from energydsl.compiler.conditionals import Conditionals
-from energydsl.compiler.derive import Derivation
 from energydsl.compiler.emit.methods import (
     ANCHOR_BUFFER,
     LINE_LENGTH,
@@ -27,7 +25,7 @@ from energydsl.compiler.emit.methods import (
 )
 from energydsl.compiler.emit.normalisers import enumeration_methods
 from energydsl.compiler.emit.torch_printer import TorchPrinter
-from energydsl.compiler.ir import Param
+from energydsl.compiler.ir import Conditionals, Derivation, Param
 from energydsl.compiler.notation import dsl_str
 from energydsl.estimators import all_estimators
 
