@@ -24,6 +24,7 @@ from energydsl.compiler.lower import lower
 from energydsl.compiler.marginalise import marginalise
 from energydsl.compiler.normalisable import normalisability_warnings
 from energydsl.compiler.parse import parse
+from energydsl.compiler.plan.methods import plan_methods
 from energydsl.compiler.resolve import check
 from energydsl.errors import DEFAULT_TIME_LIMIT, MAX_SPEC_CHARS, Span, SpecError, error
 
@@ -145,7 +146,8 @@ def compile_source(source: str, spec_path: str,
         derivation = _derivation(pipeline)
         warnings = pipeline.run("analysing", normalisability_warnings, derivation)
         conditionals = pipeline.run("deriving", derive_conditionals, derivation)
-        source = pipeline.run("generating code for", emit, derivation, conditionals,
+        planned = pipeline.run("planning", plan_methods, derivation, conditionals)
+        source = pipeline.run("generating code for", emit, derivation, conditionals, planned,
                               spec_path)
         return Compiled(derivation, conditionals, source, warnings)
 

@@ -287,6 +287,33 @@ class Conditionals:
 
 
 @dataclass(frozen=True)
+class Method:
+    """One method of the generated module, its body planned: the lines at method
+    indentation (wrapped lines carry their own) and what emit needs to lay it out."""
+
+    name: str
+    params: str  # the signature after `self, `
+    returns: str
+    doc: str
+    body: tuple[str, ...]
+    positive: tuple[str, ...] = ()  # arguments that must be positive finite numbers
+    counts: tuple[str, ...] = ()  # arguments that must be positive integers
+
+
+@dataclass(frozen=True)
+class PlannedModule:
+    """The plan stage's output: the methods whose bodies were planned from definitions,
+    in module order, and what the fixed parts of the module (emit's partials) need."""
+
+    anchor: str  # the attribute whose dtype and device every tensor takes
+    core: tuple[Method, ...]  # free_energy, score, laplacian, sm_loss
+    latent: tuple[Method, ...]  # energy, hidden conditionals, sm_terms, visible conditional
+    gaussian: Method | None  # _gaussian_precision, when F is quadratic in v
+    enumeration: tuple[Method, ...]  # _hidden_states, _log_hidden_weight (empty: none)
+    hidden_bits: str  # code of the number of enumerated binary units ("self.K")
+
+
+@dataclass(frozen=True)
 class Compiled:
     derivation: Derivation
     conditionals: Conditionals

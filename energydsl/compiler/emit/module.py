@@ -15,19 +15,15 @@ import jinja2
 
 from energydsl import __version__
 from energydsl.compiler import syntax as ast
-from energydsl.compiler.emit.methods import (
-    ANCHOR_BUFFER,
-    LINE_LENGTH,
-    Method,
-    MethodBuilder,
-    _bare,
-    signature,
-)
-from energydsl.compiler.emit.normalisers import enumeration_methods
+from energydsl.compiler.emit.layout import LINE_LENGTH, checked_body, signature
 from energydsl.compiler.emit.torch_printer import TorchPrinter
-from energydsl.compiler.ir import Conditionals, Derivation, Param
+from energydsl.compiler.ir import Conditionals, Derivation, Method, Param, PlannedModule
 from energydsl.compiler.notation import dsl_str
+from energydsl.compiler.plan.methods import ANCHOR_BUFFER
+from energydsl.compiler.plan.methods import bare as _bare
 from energydsl.estimators import all_estimators
+
+DEFAULT_MAX_STATES = 2**20  # hidden states an enumerated normaliser visits by default
 
 
 @dataclass(frozen=True)
@@ -62,13 +58,14 @@ def _environment() -> jinja2.Environment:
 
 def render(template: str, **context) -> str:
     """A template's text, without its final newline (the caller lays out blocks)."""
-    return _environment().get_template(template).render(**context).rstrip("\n")
+    return _environment().get_template(template).render(
+        signature=signature, **context).rstrip("\n")
 
 
 def method_text(method: Method) -> str:
     """A planned method as text (the partial method.py.j2)."""
-    return render("method.py.j2", signature=signature(method), doc=method.doc,
-                  body=method.rendered())
+    return render("method.py.j2", head=signature(method.name, method.params, method.returns),
+                  doc=method.doc, body=checked_body(method))
 
 
 def estimator_texts(visible: str, dim: str, normalised: bool) -> list[str]:
@@ -153,36 +150,6 @@ def _dim_formula(expr: ast.Expr) -> str:
     raise ValueError(expr)  # pragma: no cover
 
 
-def _accessor(param: Param, names) -> list[Method]:
-    """The methods giving a constrained parameter's value from its raw parameter (for a
-    grid mask, the value's stencil and the dense matrix made from it; `names`: the
-    dimensions and constants, attributes of the module)."""
-    constraint = param.constraint
-    if param.grid is not None:
-        return _grid_accessors(param, names)
-    lines = [f"raw = self.{param.name}"]
-    notes = []
-    value = "raw"
-    if constraint.symmetric:
-        lines.append("value = 0.5 * (raw + raw.T)")
-        value = "value"
-        notes.append("symmetric, (raw + raw^T) / 2")
-    if constraint.diagonally_dominant:
-        lines += [f"off_diagonal = {value} - torch.diag_embed(torch.diagonal({value}))",
-                  "diagonal = (",
-                  "    off_diagonal.abs().sum(dim=1)",
-                  "    + torch.nn.functional.softplus(torch.diagonal(raw))",
-                  "    + 1e-6",
-                  ")",
-                  "return off_diagonal + torch.diag_embed(diagonal)"]
-        notes.append(_DOMINANT_NOTE)
-    else:
-        lines.append(f"return {value}")
-    return [Method(constraint.accessor, "", "torch.Tensor",
-                   _wrap_doc(f"{param.name} from its raw parameter: " + "; ".join(notes) + "."),
-                   tuple(lines))]
-
-
 _DOMINANT_NOTE = ("strictly diagonally dominant with a positive diagonal, hence positive "
                   "definite for every raw value (Gershgorin)")
 
@@ -191,46 +158,31 @@ def _wrap_doc(doc: str) -> str:
     return "\n        ".join(textwrap.wrap(doc, width=88))
 
 
-def _grid_accessors(param: Param, names) -> list[Method]:
-    """A grid-masked parameter is stored, and used, as its [9, D] stencil (entry (o, p) is
-    the value at [p, p + offset o], see _grid_stencil): products with it cost 9 D per row
-    (the planner calls _grid_apply), and the dense [D, D] value is built only where a
-    method needs the matrix itself."""
-    name, constraint = param.name, param.constraint
+def _accessor_text(param: Param, names) -> str:
+    """The methods giving a constrained parameter's value from its raw parameter (for a
+    grid mask, the value's stencil and the dense matrix made from it: products with it
+    cost 9 D per row, and the dense [D, D] value is built only where a method needs the
+    matrix itself; `names`: the dimensions and constants, attributes of the module)."""
+    constraint = param.constraint
+    notes = ["symmetric, (raw + raw^T) / 2"] if constraint.symmetric else []
+    context = {"param": param.name, "accessor": constraint.accessor,
+               "symmetric": constraint.symmetric, "dominant": constraint.diagonally_dominant,
+               "value": "value" if constraint.symmetric else "raw"}
+    if param.grid is None:
+        notes += [_DOMINANT_NOTE] if constraint.diagonally_dominant else []
+        doc = _wrap_doc(f"{param.name} from its raw parameter: " + "; ".join(notes) + ".")
+        return render("accessor.py.j2", doc=doc, **context)
     height, width, _ = param.grid.arguments(names)
-    lines = [f"raw = self.{name}"]
-    notes = []
-    value = "raw"
-    if constraint.symmetric:  # the stencil of raw^T holds raw[q, p] at (o, p)
-        lines.append(f"value = 0.5 * (raw + _grid_transpose(raw, {height}, {width}))")
-        value = "value"
-        notes.append("symmetric, (raw + raw^T) / 2")
-    lines.append(f"value = torch.where(self._{name}_inside, {value}, torch.zeros_like({value}))")
     notes.append("zero outside the grid neighbourhood of each pixel")
-    if constraint.diagonally_dominant:  # value[4] is raw's diagonal
-        lines += ["off_diagonal = torch.cat([value[:4], torch.zeros_like(value[4:5]), value[5:]])",
-                  "diagonal = (",
-                  "    off_diagonal.abs().sum(dim=0)",
-                  "    + torch.nn.functional.softplus(value[4])",
-                  "    + 1e-6",
-                  ")",
-                  "return torch.cat([value[:4], diagonal[None], value[5:]])"]
-        notes.append(_DOMINANT_NOTE)
-    else:
-        lines.append("return value")
-    stencil = Method(f"_{name}_stencil", "", "torch.Tensor", _wrap_doc(
+    notes += [_DOMINANT_NOTE] if constraint.diagonally_dominant else []
+    name = param.name
+    stencil_doc = _wrap_doc(
         f"{name} from its raw parameter, both as [9, D] stencils (entry (o, p) is {name}[p, "
-        f"p + offset o], see _grid_stencil): " + "; ".join(notes) + "."), tuple(lines))
-    dense = Method(constraint.accessor, "", "torch.Tensor", _wrap_doc(
-        f"{name} as a dense [D, D] matrix: its stencil (_{name}_stencil) scattered into "
-        "place."), (
-        f"stencil = self._{name}_stencil()",
-        "size = stencil.shape[1]",
-        f"inside = self._{name}_inside",
-        "flat = stencil.new_zeros(size * size)",
-        f"flat = flat.scatter(0, self._{name}_index[inside], stencil[inside])",
-        "return flat.view(size, size)"))
-    return [stencil, dense]
+        f"p + offset o], see _grid_stencil): " + "; ".join(notes) + ".")
+    dense_doc = _wrap_doc(f"{name} as a dense [D, D] matrix: its stencil (_{name}_stencil) "
+                          "scattered into place.")
+    return render("grid_accessor.py.j2", height=height, width=width, stencil_doc=stencil_doc,
+                  dense_doc=dense_doc, **context)
 
 
 def _summary(derivation: Derivation) -> str:
@@ -280,13 +232,13 @@ def formulas(derivation: Derivation, conditionals: Conditionals | None = None) -
     return "\n".join(lines)
 
 
-def emit(derivation: Derivation, conditionals: Conditionals, spec_path: str) -> str:
-    """Render the generated module's source text."""
+def emit(derivation: Derivation, conditionals: Conditionals, planned: PlannedModule,
+         spec_path: str) -> str:
+    """Render the generated module's source text from the planned methods and the
+    partials of the fixed ones."""
     symbolic = derivation.model.symbolic
     checked = symbolic.checked
-    builder = MethodBuilder(derivation, conditionals)
     normalised = conditionals.gaussian_precision is not None
-    methods = builder.build() + enumeration_methods(builder)
 
     ctor_args = [CtorArg(d.name, "int", str(d.default)) for d in checked.dims.values()
                  if d.derived_from is None]
@@ -311,14 +263,14 @@ def emit(derivation: Derivation, conditionals: Conditionals, spec_path: str) -> 
             ctor_lines.append(f"self.{dim.name} = {_bare(_dim_formula(dim.derived_from))}")
     for const in checked.consts.values():
         ctor_lines.append(f"self.{const.name} = {const.name}")
-    accessors = []
+    accessors: list[str] = []
     grid_mask = False
     scalars = {**checked.dims, **checked.consts}
     for param in checked.params.values():
         ctor_lines.append(f"self.{param.name} = torch.nn.Parameter(\n"
                           f"            {_init_code(param)}\n        )")
         if param.constraint is not None:
-            accessors += _accessor(param, scalars)
+            accessors.append(_accessor_text(param, scalars))
             if param.grid is not None:
                 grid_mask = True
                 args = ", ".join(param.grid.arguments(scalars))
@@ -327,15 +279,24 @@ def emit(derivation: Derivation, conditionals: Conditionals, spec_path: str) -> 
                 for k, part in enumerate(("index", "inside")):  # [9, D] each
                     ctor_lines.append(f'self.register_buffer("_{param.name}_{part}", '
                                       f"_grid[{k}], persistent=False)")
-    if builder.anchor == ANCHOR_BUFFER:
+    if planned.anchor == ANCHOR_BUFFER:
         ctor_lines.append(f'self.register_buffer("{ANCHOR_BUFFER}", torch.empty(0, dtype=dtype, '
                           'device=device), persistent=False)')
     if not normalised:
         ctor_lines.append("# log Z for noise-contrastive estimation (nce_loss), learnt too\n"
                           "        self.log_z = torch.nn.Parameter(torch.zeros((), dtype=dtype, "
                           "device=device))")
-    texts = [method_text(m) for m in accessors + methods] + estimator_texts(
-        checked.visible.name, checked.visible.shape[0], normalised)
+    v, dim = checked.visible.name, checked.visible.shape[0]
+    texts = accessors + [method_text(m) for m in planned.core]
+    texts.append(render("reconstruct.py.j2", v=v, dim=dim))
+    texts += [method_text(m) for m in planned.latent]
+    if planned.gaussian is not None:
+        texts += [method_text(planned.gaussian), render("gaussian.py.j2", v=v, dim=dim)]
+    if planned.enumeration:
+        texts += [method_text(m) for m in planned.enumeration]
+        texts.append(render("enumeration.py.j2", v=v, dim=dim, anchor=planned.anchor,
+                            bits=planned.hidden_bits, max_states=DEFAULT_MAX_STATES))
+    texts += estimator_texts(v, dim, normalised)
     return _environment().get_template("module.py.j2").render(
         version=__version__,
         spec_path=safe_line(spec_path),
@@ -348,7 +309,7 @@ def emit(derivation: Derivation, conditionals: Conditionals, spec_path: str) -> 
         visible=checked.visible.name,
         hidden_units={name: h.domain for name, h in checked.hidden.items()},
         visible_dim=checked.visible.shape[0],
-        anchor=builder.anchor,
+        anchor=planned.anchor,
         ctor_args=ctor_args,
         ctor_checks=ctor_checks,
         ctor_lines=ctor_lines,

@@ -1,47 +1,33 @@
-"""The methods of a generated module, each a straight-line body planned from the
-derived definitions (free energy, score, ..., conditionals, Gaussian normaliser).
+"""Stage 6b, plan the methods: Derivation, Conditionals -> PlannedModule.
 
-One planner serves every method whose input is the visible variable (so shared
-subexpressions have one name everywhere) and one the visible conditional, whose inputs
-are the hidden units; each method keeps only the steps it needs.
+Every method whose body comes from derived definitions is planned here into straight
+lines of code: one planner serves every method whose input is the visible variable (so
+shared subexpressions have one name everywhere), one the visible conditional (inputs:
+the hidden units), one the joint energy; each method keeps only the steps it needs. The
+methods with fixed code (the Gaussian normaliser's, the enumeration's, the estimators')
+are emit's partials; they call the planned ones.
 """
 
 from __future__ import annotations
 
 import ast
-import re
-from dataclasses import dataclass
 
 from energydsl.compiler.domains import DOMAINS
-from energydsl.compiler.ir import Conditionals, Derivation
-from energydsl.compiler.plan import BATCH, Operand, Planner, uses_name
+from energydsl.compiler.ir import Conditionals, Derivation, Method, PlannedModule
+from energydsl.compiler.plan.planner import Planner
+from energydsl.compiler.plan.program import BATCH, Operand, uses_name
 
 LINE_LENGTH = 100
-# The argument checks of a generated module (each takes the calling method's name first).
-_CHECK_CALL = re.compile(r"self\.(_check|_check_stack|_positive|_generator)\(")
+ANCHOR_BUFFER = "_anchor"
 
 
-@dataclass(frozen=True)
-class Method:
-    name: str
-    params: str  # the signature after `self, `
-    returns: str
-    doc: str
-    body: tuple[str, ...]  # lines at method indentation; wrapped lines carry their own
-    positive: tuple[str, ...] = ()  # arguments that must be positive finite numbers
-    counts: tuple[str, ...] = ()  # arguments that must be positive integers
-
-    def rendered(self) -> tuple[str, ...]:
-        """The body as written into the module: the numeric and generator arguments
-        checked first, and every check naming this method (`self._check(name, ...)` ->
-        `self._check("method", name, ...)`), so a bad argument's error says which call
-        it came from."""
-        checks = [f'self._positive("{name}", {name}, integer=True)' for name in self.counts]
-        checks += [f'self._positive("{name}", {name})' for name in self.positive]
-        if "generator: torch.Generator" in self.params:
-            checks.append("self._generator(generator)")
-        return tuple(_CHECK_CALL.sub(rf'self.\1("{self.name}", ', line)
-                     for line in [*checks, *self.body])
+def anchor(checked, normalised: bool) -> str:
+    """The attribute whose dtype and device the model's tensors take: its first
+    parameter; without parameters, the learnt log Z of an unnormalised model, or (a
+    normalised model with nothing to learn) an empty buffer kept for this alone."""
+    if checked.params:
+        return next(iter(checked.params))
+    return ANCHOR_BUFFER if normalised else "log_z"
 
 
 def wrap_assignment(name: str, code: str, indent: int = 8) -> str:
@@ -61,19 +47,21 @@ def wrap_assignment(name: str, code: str, indent: int = 8) -> str:
     return f"{name} = (\n" + "\n".join(pad + p for p in parts) + "\n" + " " * indent + ")"
 
 
-ANCHOR_BUFFER = "_anchor"
+def bare(code: str) -> str:
+    """Python scalar code without redundant outer parentheses."""
+    return ast.unparse(ast.parse(code, mode="eval"))
 
 
-def anchor(checked, normalised: bool) -> str:
-    """The attribute whose dtype and device the model's tensors take: its first
-    parameter; without parameters, the learnt log Z of an unnormalised model, or (a
-    normalised model with nothing to learn) an empty buffer kept for this alone."""
-    if checked.params:
-        return next(iter(checked.params))
-    return ANCHOR_BUFFER if normalised else "log_z"
+def enumerable(derivation: Derivation, conditionals: Conditionals) -> bool:
+    """All hidden units discrete, p(v | h) Gaussian, and no closed form for F already:
+    log Z by enumerating the hidden states, each integrated over v analytically."""
+    checked = derivation.model.symbolic.checked
+    return (conditionals.visible is not None and conditionals.gaussian_precision is None
+            and "_energy" in conditionals.definitions
+            and all(DOMAINS[h.domain].discrete for h in checked.hidden.values()))
 
 
-class MethodBuilder:
+class MethodPlanner:
     def __init__(self, derivation: Derivation, conditionals: Conditionals):
         self.derivation = derivation
         self.conditionals = conditionals
@@ -127,9 +115,9 @@ class MethodBuilder:
         shape = ", ".join(planner.shape_code(i) for i in target)
         if not operand.is_tensor:
             if not target:
-                return f"_like.new_tensor({_bare(operand.code)})"
+                return f"_like.new_tensor({bare(operand.code)})"
             comma = "," if len(target) == 1 else ""
-            return f"_like.new_full(({shape}{comma}), {_bare(operand.code)})"
+            return f"_like.new_full(({shape}{comma}), {bare(operand.code)})"
         code = planner.align(operand, target, broadcast=True)
         if set(operand.indices) != set(target):
             code = f"{code}.expand({shape})"
@@ -139,11 +127,29 @@ class MethodBuilder:
         v = self.visible
         return [f'_batch = self._check("{v}", {v}, self.{self.dim})', f"_like = {v}"]
 
-    def param_prologue(self) -> list[str]:
-        return [f"_like = self.{self.anchor}"]
+    def hidden_prologue(self, first: str | None = None) -> list[str]:
+        """Shape checks of the hidden arguments, batch size from `first` (default the
+        first hidden variable)."""
+        hidden = list(self.checked.hidden)
+        lead = first or hidden[0]
+        size = self.checked.hidden[lead].shape[0] if lead in self.checked.hidden else self.dim
+        lines = [f'_batch = self._check("{lead}", {lead}, self.{size})']
+        for h in hidden:
+            if h != lead:
+                size = self.checked.hidden[h].shape[0]
+                lines.append(f'self._check("{h}", {h}, self.{size}, {lead}.shape[0])')
+        return lines + [f"_like = {lead}"]
 
     # ------------------------------------------------------------------ methods
-    def build(self) -> list[Method]:
+    def plan(self) -> PlannedModule:
+        return PlannedModule(
+            self.anchor, tuple(self.core()),
+            tuple(self.energy_method() + self.hidden_methods() + self.sm_terms_method()
+                  + self.visible_methods()),
+            self.gaussian_precision(), tuple(self.enumeration_methods()),
+            " + ".join(f"self.{h.shape[0]}" for h in self.checked.hidden.values()))
+
+    def core(self) -> list[Method]:
         v, D = self.visible, self.dim
         arg = f"{v}: torch.Tensor"
         methods = []
@@ -162,30 +168,7 @@ class MethodBuilder:
                "Exact score-matching loss (Hyvarinen 2005), the batch mean of\n"
                f"        sum_i 1/2 score_i^2 + d score_i / d{v}_i, constants included.",
                "{}.mean()")
-        methods.append(Method(
-            "reconstruct", arg, "torch.Tensor",
-            f"The autoencoder view (Swersky et al. 2011): a gradient step of size 1 on\n"
-            f"        the free energy, {v} + score({v}), shape [N, {D}].",
-            (f"return {v} + self.score({v})",)))
-        methods += self.energy_method()
-        methods += self.hidden_methods()
-        methods += self.sm_terms_method()
-        methods += self.visible_methods()
-        methods += self.gaussian_methods()
         return methods
-
-    def hidden_prologue(self, first: str | None = None) -> list[str]:
-        """Shape checks of the hidden arguments, batch size from `first` (default the
-        first hidden variable)."""
-        hidden = list(self.checked.hidden)
-        lead = first or hidden[0]
-        size = self.checked.hidden[lead].shape[0] if lead in self.checked.hidden else self.dim
-        lines = [f'_batch = self._check("{lead}", {lead}, self.{size})']
-        for h in hidden:
-            if h != lead:
-                size = self.checked.hidden[h].shape[0]
-                lines.append(f'self._check("{h}", {h}, self.{size}, {lead}.shape[0])')
-        return lines + [f"_like = {lead}"]
 
     def energy_method(self) -> list[Method]:
         """E(v, h, ...) per sample: the joint energy the spec wrote."""
@@ -247,13 +230,11 @@ class MethodBuilder:
         v = self.visible
         hidden = list(self.checked.hidden)
         args = ", ".join(f"{h}: torch.Tensor" for h in hidden)
-        prologue = self.hidden_prologue()
-        planner = self.hidden_planner
         iso = conditional.isotropic is not None
         constant = iso and conditional.isotropic.is_number
         outputs = ["_visible_linear"] + ([] if constant else
                                          ["_visible_scale"] if iso else ["_visible_precision"])
-        lines, values = self.body(planner, outputs, prologue)
+        lines, values = self.body(self.hidden_planner, outputs, self.hidden_prologue())
         linear = values[0]
         shape = f"[N, {self.dim}]"
         noise = ("noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, "
@@ -295,73 +276,71 @@ class MethodBuilder:
                    tuple(sample_lines)),
         ]
 
-    def gaussian_methods(self) -> list[Method]:
+    def gaussian_precision(self) -> Method | None:
+        """d^2 F / dv^2 of a model whose F is quadratic in v (the normaliser's partial
+        uses it)."""
         if self.conditionals.gaussian_precision is None:
+            return None
+        v = self.visible
+        lines, (precision,) = self.body(self.planner, ["_gaussian_precision"],
+                                        [f"_like = self.{self.anchor}"], per_sample=False)
+        return Method("_gaussian_precision", "", "torch.Tensor",
+                      f"d^2 F / d{v}^2, constant because F is quadratic in {v}: the "
+                      "precision.", tuple(lines + [f"return {precision}"]))
+
+    def enumeration_methods(self) -> list[Method]:
+        """The hidden states of a code, and the weight of each state (v integrated out):
+        the planned parts of the enumerated normaliser (its partial does the rest)."""
+        if not enumerable(self.derivation, self.conditionals):
             return []
         v, D = self.visible, self.dim
-        lines, (precision,) = self.body(self.planner, ["_gaussian_precision"],
-                                        self.param_prologue(), per_sample=False)
-        zero = f"factor.new_zeros(1, self.{D})"
+        hidden = list(self.checked.hidden)
+        sizes = [self.checked.hidden[h].shape[0] for h in hidden]
+        total = " + ".join(f"self.{s}" for s in sizes)
+        states_lines = ["bits = torch.arange(" + total + ", device=codes.device)",
+                        f"flags = ((codes[:, None] >> bits) & 1).to(self.{self.anchor}.dtype)"]
+        start = "0"
+        for name, size in zip(hidden, sizes, strict=True):
+            stop = f"self.{size}" if start == "0" else f"{start} + self.{size}"
+            value = DOMAINS[self.checked.hidden[name].domain].enumerated(
+                f"flags[:, {start}:{stop}]")
+            states_lines.append(f"{name} = {value}")
+            start = stop
+        states_lines.append(f"return {', '.join(hidden)}" + ("," if len(hidden) == 1 else ""))
+
+        args = ", ".join(f"{h}: torch.Tensor" for h in hidden)
+        call = ", ".join(hidden)
+        conditional = self.conditionals.visible
+        iso = conditional.isotropic is not None
+        if iso and conditional.isotropic.is_number:  # P = c I with a number c
+            c = float(conditional.isotropic)
+            lines: list[str] = []
+            log_det = "" if c == 1 else f" - 0.5 * self.{D} * math.log({c!r})"
+        else:
+            output = "_visible_scale" if iso else "_visible_precision"
+            lines, (second,) = self.body(self.hidden_planner, [output], self.hidden_prologue())
+            if iso:
+                lines.append(f"log_det = self.{D} * torch.log({second})")
+            else:
+                lines.append(f"log_det = 2 * torch.log(torch.diagonal(self._cholesky({second}), "
+                             "dim1=-2, dim2=-1)).sum(dim=-1)")
+            log_det = " - 0.5 * log_det"
+        weight_lines = lines + [
+            f"mean = self.mean_{v}({call})",
+            f"return -self.energy(mean, {call}) + 0.5 * self.{D} * math.log(2 * math.pi)"
+            + log_det]
         return [
-            Method("_gaussian_precision", "", "torch.Tensor",
-                   f"d^2 F / d{v}^2, constant because F is quadratic in {v}: the precision.",
-                   tuple(lines + [f"return {precision}"])),
-            Method("_gaussian", "", "tuple[torch.Tensor, torch.Tensor, torch.Tensor]",
-                   f"Cholesky factor L of the precision, the mean and log Z: F({v}) = 1/2 "
-                   f"{v}^T P {v} - b^T {v} + F(0)\n        with b = score(0), so log Z = "
-                   "-F(0) + 1/2 b^T P^-1 b + D/2 log(2 pi) - sum log diag L.",
-                   ("factor = self._cholesky(self._gaussian_precision())",
-                    f"zero = {zero}",
-                    "linear = self.score(zero)[0]",
-                    "mean = torch.cholesky_solve(linear[:, None], factor)[:, 0]",
-                    "log_z = (",
-                    "    -self.free_energy(zero)[0]",
-                    "    + 0.5 * (linear * mean).sum()",
-                    f"    + 0.5 * self.{D} * math.log(2 * math.pi)",
-                    "    - torch.log(torch.diagonal(factor)).sum()",
-                    ")",
-                    "return factor, mean, log_z")),
-            Method("log_partition", "", "torch.Tensor",
-                   f"log Z = log of the integral of exp(-F({v})) d{v}, exact (F is quadratic).",
-                   ("return self._gaussian()[2]",)),
-            Method("log_prob", f"{v}: torch.Tensor", "torch.Tensor",
-                   f"log p({v}) = -F({v}) - log Z, normalised, shape [N].",
-                   (f"return -self.free_energy({v}) - self.log_partition()",)),
-            Method("sample", "n: int, generator: torch.Generator | None = None", "torch.Tensor",
-                   f"n exact draws from p({v}) = N(P^-1 b, P^-1), shape [n, {D}].",
-                   ("factor, mean, _ = self._gaussian()",
-                    "shape = (n, mean.shape[0])",
-                    "noise = torch.randn(shape, generator=generator, dtype=mean.dtype, "
-                    "device=mean.device)",
-                    "offset = torch.linalg.solve_triangular(factor.mT, noise.T, upper=True)",
-                    "return mean + offset.T"), counts=("n",)),
+            Method("_hidden_states", "codes: torch.Tensor", "tuple[torch.Tensor, ...]",
+                   "The hidden states whose bits are `codes` ([S] integers), one tensor per\n"
+                   "        hidden variable.", tuple(states_lines)),
+            Method("_log_hidden_weight", args, "torch.Tensor",
+                   f"log of the integral of exp(-E({v}, h)) d{v} per hidden state, shape [S]: "
+                   f"{v} | h is Gaussian,\n        so it is -E(m, h) + D/2 log(2 pi) - "
+                   "1/2 log det P(h) at the conditional mean m.",
+                   tuple(weight_lines)),
         ]
 
 
-def _bare(code: str) -> str:
-    """Python scalar code without redundant outer parentheses."""
-    return ast.unparse(ast.parse(code, mode="eval"))
-
-
-def signature(method: Method) -> str:
-    """The `def` line, its parameters one per line when it would be too long."""
-    params = f"self, {method.params}" if method.params else "self"
-    line = f"    def {method.name}({params}) -> {method.returns}:"
-    if len(line) <= LINE_LENGTH:
-        return line
-    inner = "".join(f"        {p.strip()},\n" for p in _split_params(params))
-    return f"    def {method.name}(\n{inner}    ) -> {method.returns}:"
-
-
-def _split_params(params: str) -> list[str]:
-    """Split a parameter list at top-level commas (not inside brackets)."""
-    parts, depth, current = [], 0, ""
-    for char in params:
-        if char == "," and depth == 0:
-            parts.append(current)
-            current = ""
-            continue
-        depth += char in "[("
-        depth -= char in "])"
-        current += char
-    return parts + [current]
+def plan_methods(derivation: Derivation, conditionals: Conditionals) -> PlannedModule:
+    """Plan every method whose body comes from the derived definitions."""
+    return MethodPlanner(derivation, conditionals).plan()
