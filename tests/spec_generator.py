@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from hypothesis import strategies as st
 
 from energydsl.compiler.functions import FUNCTIONS
-from energydsl.compiler.resolve import (
+from energydsl.compiler.names import (
     DEFINITION_LOCALS,
     KEYWORDS,
     METHOD_LOCALS,

@@ -23,8 +23,9 @@ CATALOGUE = ROOT / "docs" / "errors.md"
 EXAMPLE_PATH = "example.edsl"  # every message block is printed as for a file of this name
 
 # The compiler stages whose `error(...)` / `self.fail(...)` calls report mistakes in a spec.
-STAGES = ("parse", "resolve", "lower", "marginalise", "driver", "domains/discrete",
-          "domains/continuous")
+STAGES = ("parse", "resolve", "resolve_params", "names", "constants", "limits", "lower",
+          "marginalise", "driver",
+          "domains/discrete", "domains/continuous")
 ERROR_FUNCTIONS = {"error", "fail", "UnitFailure"}
 MIN_FRAGMENT = 8  # call sites whose literal parts are all shorter are not checked
 
@@ -37,7 +38,7 @@ EXEMPT = {
     ("parse", "syntax error: "),
     # The grammar's NAME token is ASCII letters, digits and '_', and a leading '_' is
     # refused first, so every name that parses matches IDENTIFIER.
-    ("resolve", ": names are ASCII letters, digits and '_', starting with a letter"),
+    ("names", ": names are ASCII letters, digits and '_', starting with a letter"),
     # The exponent was folded and checked as an expression of its own first ("this
     # expression is not a real number").
     ("lower", "this exponent is not a real number"),

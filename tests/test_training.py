@@ -109,15 +109,15 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
         def maybe_nan(x):
             calls["n"] += 1
             value = loss(x)
-            return value * float("nan") if calls["n"] == 13 else value
+            return value * float("nan") if calls["n"] == 12 else value
         objective.loss = maybe_nan
         return objective
 
     monkeypatch.setattr(training, "build_objective", poisoned)
     config = RunConfig(model=str(SPECS / "gbrbm.edsl"), epochs=3, batch_size=128, lr=0.01,
                        sizes={"K": 4})
-    # call 1 is the feasibility probe; 9 steps per epoch; call 11 is epoch 1's
-    # validation, so call 13 is step 11
+    # 9 steps per epoch; call 10 is epoch 1's validation, so call 12 is step 11 (the
+    # feasibility probe builds its own objective)
     with pytest.raises(TrainingError, match=r"non-finite loss \(nan\) at epoch 2, step 11"):
         train(config, tmp_path, progress=False, log=lambda _: None)
     checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")

@@ -7,101 +7,36 @@ generated module. Errors are positioned; one diagnostic per faulty declaration.
 
 from __future__ import annotations
 
-import builtins
-import keyword
-import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from energydsl.compiler import syntax as ast
+from energydsl.compiler.constants import describe_number, evaluate, number_value
 from energydsl.compiler.domains import HIDDEN_DOMAINS, VISIBLE_DOMAINS
 from energydsl.compiler.functions import FUNCTIONS
 from energydsl.compiler.ir import (
     CheckedModel,
     Const,
-    Constraint,
     Dim,
-    GridMask,
-    Initialiser,
     Let,
     Param,
     Variable,
 )
+from energydsl.compiler.limits import (
+    MAX_DEFINITION_DEPTH,
+    MAX_INDICES,
+    Cost,
+    expanded_cost,
+)
+from energydsl.compiler.names import (
+    check_identifier,
+)
+from energydsl.compiler.resolve_params import ParamResolver
 from energydsl.errors import Diagnostic, Span, SpecError, error
-from energydsl.estimators import all_estimators
 
-KEYWORDS = ("model", "dim", "const", "visible", "hidden", "param", "let", "energy", "free",
-            "density", "sum", "in", "where")
-
-# Names the generated module defines or inherits from torch.nn.Module: a spec name equal
-# to one of them would shadow a method. (Names starting with '_' are rejected wholesale.)
-RESERVED_ATTRIBUTES = frozenset("""
-    self torch math super cls dtype device
-    free_energy score laplacian sm_loss sm_terms reconstruct energy log_prob log_partition
-    sample precision log_z spec_hash formulas
-    visible_size
-    T_destination add_module apply bfloat16 buffers call_super_init children compile cpu
-    cuda double dump_patches eval extra_repr float forward get_buffer get_extra_state
-    get_parameter get_submodule half ipu load_state_dict modules mtia named_buffers
-    named_children named_modules named_parameters parameters register_backward_hook
-    register_buffer register_forward_hook register_forward_pre_hook
-    register_full_backward_hook register_full_backward_pre_hook
-    register_load_state_dict_post_hook register_load_state_dict_pre_hook register_module
-    register_parameter register_state_dict_post_hook register_state_dict_pre_hook
-    requires_grad_ set_extra_state set_submodule share_memory state_dict to to_empty train
-    training type xpu zero_grad sm_objective validate
-""".split())
-# ... and the method every registered estimator adds (dsm_loss, ...)
-RESERVED_ATTRIBUTES |= {e.method for e in all_estimators() if e.method is not None}
-
-# Argument and local names of the generated methods that take the visible or hidden
-# variables as arguments: a variable of the same name would be shadowed inside them.
-METHOD_LOCALS = frozenset("""
-    noise noise_std noise_samples generator projections n_projections distribution nu n k
-    mean factor offset shape max_states chunk bits flags codes log_det states units device
-    weights probabilities u point along hvp perturbed residual count data_logit data_term
-    log_nu noise_logit noise_term contrast data_energy logit log_noise_x log_noise_y
-    curvature
-""".split())
-
-# Locals of the generated methods that also compute `let` definitions (and constrained
-# parameters' values) inline: a definition of the same name would overwrite them.
-DEFINITION_LOCALS = frozenset("""
-    generator mean noise factor offset bits flags codes
-""".split())
-
-# Module-level names of the generated module and Python's built-in names: a spec name
-# equal to one would shadow it (as the class, a constructor argument or a method local).
-MODULE_NAMES = frozenset({"torch", "math"})
-PYTHON_BUILTINS = frozenset(name for name in dir(builtins) if not name.startswith("_"))
-
-# What a name may look like, whatever the grammar accepts: it is pasted into Python code.
-IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*", re.ASCII)
-
-# Limits that keep compilation bounded. Derivatives through deep compositions of
-# nonlinear functions, long chains of definitions or many nested indices grow quickly
-# (the Laplacian differentiates twice through everything); these are far beyond the
-# models the language is for, and a clear error beats a compile that never ends.
-MAX_FUNCTION_NESTING = 4  # nested function calls and powers with a variable exponent
-#                            (x^y = exp(y log x)), counted through `let`s
-MAX_DEFINITION_DEPTH = 32  # `let`s defined in terms of `let`s
-MAX_EXPANDED_SIZE = 5000  # nodes of an expression with every `let` substituted
-MAX_INDICES = 10  # indices in scope at once (sum bindings and a `let`'s own)
 MAX_DIMENSION = 2**31 - 1
-_MAX_LITERAL = 100  # characters of a number literal
-
-# Generated methods a constrained parameter may be exposed as (no generated method
-# of the same name exists for a model with such a parameter).
-ACCESSOR_NAMES = {"precision"}
-
-INITIALISERS = {"normal": 1, "zeros": 0, "ones": 0, "constant": 1, "uniform": 2}
-ATTRIBUTES = {"symmetric": 0, "mask": 1, "diagonally_dominant": 0, "accessor": 1}
-DEFAULT_INIT = Initialiser("normal", (0.01,))
 
 
-def _describe_number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(value)
 
 
 class _Failed(Exception):
@@ -118,18 +53,7 @@ class _IndexBinding:
     uses: list[tuple[str, ast.Ident, str, int]] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class _Cost:
-    """An expression with its `let`s substituted: the deepest nesting of function calls,
-    the number of nodes, the longest chain of definitions and the variables it reads."""
-
-    calls: int
-    size: int
-    depth: int
-    variables: frozenset[str]
-
-
-class _Checker:
+class _Checker(ParamResolver):
     def __init__(self, spec: ast.Spec):
         self.spec = spec
         self.diagnostics: list[Diagnostic] = []
@@ -141,13 +65,13 @@ class _Checker:
         self.energies: list[ast.EnergyDecl] = []
         self.declared: dict[str, Span] = {}
         self.index_ranges: dict[ast.Ident, str] = {}
-        self.costs: dict[str, _Cost] = {}  # per `let`, its expanded cost
+        self.costs: dict[str, Cost] = {}  # per `let`, its expanded cost
         self.default_accessors: dict[str, Span] = {}  # `<param>_value` methods
         self.failed: dict[str, object] = {}  # name -> its declaration, which failed
 
     # ------------------------------------------------------------------ driver
     def run(self) -> CheckedModel:
-        self._check_identifier(self.spec.model, "the model")
+        check_identifier(self.spec.model, "the model")
         handlers: dict[type, Callable] = {
             ast.DimDecl: self._dim,
             ast.ConstDecl: self._const,
@@ -235,44 +159,8 @@ class _Checker:
                             "and cannot name anything else", span)
 
     # ------------------------------------------------------------------ names
-    def _check_identifier(self, ident: ast.Ident, what: str,
-                          allow_method_names: bool = False) -> None:
-        """Every name is pasted into Python code as an identifier, an attribute, a
-        constructor argument or a method local: only names that cannot break, shadow or
-        inject anything get through."""
-        name = ident.name
-        if name.startswith("_"):
-            raise error(f"'{name}' starts with '_', which is reserved for generated code; "
-                        f"choose another name for {what}", ident.span)
-        if not IDENTIFIER.fullmatch(name):
-            raise error(f"{name!r} is not a valid name for {what}: names are ASCII letters, "
-                        "digits and '_', starting with a letter", ident.span)
-        if name in KEYWORDS:
-            raise error(f"'{name}' is a keyword of the language and cannot name {what}",
-                        ident.span)
-        if keyword.iskeyword(name) or keyword.issoftkeyword(name):
-            raise error(f"'{name}' is a Python keyword and cannot name {what}", ident.span)
-        if name in FUNCTIONS:
-            raise error(f"'{name}' is a built-in function and cannot name {what}", ident.span)
-        if name in MODULE_NAMES:
-            raise error(f"'{name}' is a module the generated code imports and cannot name "
-                        f"{what}", ident.span)
-        if name in PYTHON_BUILTINS:
-            raise error(f"'{name}' is a Python built-in name and cannot name {what}: the "
-                        "generated module would shadow it", ident.span)
-        reserved = RESERVED_ATTRIBUTES - (ACCESSOR_NAMES if allow_method_names else set())
-        if name in reserved and what != "the model":
-            raise error(f"'{name}' is used by the generated module and cannot name {what}",
-                        ident.span)
-        if name in METHOD_LOCALS and what.endswith(" variable"):
-            raise error(f"'{name}' is an argument or local name of the generated methods "
-                        f"and cannot name {what}", ident.span)
-        if name in DEFINITION_LOCALS and what in ("a definition", "a constrained parameter"):
-            raise error(f"'{name}' is a local name of the generated methods and cannot name "
-                        f"{what}", ident.span)
-
     def _declare(self, ident: ast.Ident, what: str) -> None:
-        self._check_identifier(ident, what)
+        check_identifier(ident, what)
         if ident.name in self.declared:
             first = self.declared[ident.name]
             raise error(f"'{ident.name}' is already declared (line {first.line})", ident.span)
@@ -289,9 +177,9 @@ class _Checker:
         value = self._evaluate(decl.value, allow_consts=False)
         if not (float(value).is_integer() and value >= 1):
             raise error(f"dimension '{decl.name.name}' must be a positive integer, "
-                        f"got {_describe_number(value)}", _expr_span(decl.value))
+                        f"got {describe_number(value)}", _expr_span(decl.value))
         if value > MAX_DIMENSION:
-            raise error(f"dimension '{decl.name.name}' is too large: {_describe_number(value)} "
+            raise error(f"dimension '{decl.name.name}' is too large: {describe_number(value)} "
                         f"(at most {MAX_DIMENSION})", _expr_span(decl.value))
         self.dims[decl.name.name] = Dim(decl.name.name, int(value), derived, decl.name.span)
 
@@ -313,7 +201,7 @@ class _Checker:
                 right = self._evaluate(expr.right, allow_consts=False)
                 if expr.op == "/" and right != 0 and left % right != 0:
                     raise error(f"a derived dimension must divide exactly, but "
-                                f"{_describe_number(left)} / {_describe_number(right)} "
+                                f"{describe_number(left)} / {describe_number(right)} "
                                 "does not", expr.span)
                 if expr.op == "^" and right < 0:
                     raise error("a derived dimension cannot use a negative power",
@@ -346,98 +234,6 @@ class _Checker:
         self.variables[decl.name.name] = Variable(decl.name.name, decl.role, domain, shape,
                                                   decl.name.span)
 
-    def _param(self, decl: ast.ParamDecl) -> None:
-        self._declare(decl.name, "a constrained parameter" if decl.attributes else "a parameter")
-        shape = self._shape(decl.shape)
-        init = DEFAULT_INIT
-        if decl.init is not None:
-            kind = decl.init.name.name
-            if kind not in INITIALISERS:
-                raise error(f"unknown initialiser '{kind}'; expected one of "
-                            + ", ".join(INITIALISERS), decl.init.name.span)
-            arity = INITIALISERS[kind]
-            if len(decl.init.args) != arity:
-                raise error(f"initialiser '{kind}' takes {arity} argument"
-                            f"{'s' if arity != 1 else ''}, got {len(decl.init.args)}",
-                            decl.init.span)
-            args = tuple(float(self._evaluate(a, allow_consts=True)) for a in decl.init.args)
-            if kind == "normal" and args[0] < 0:
-                raise error("the scale of 'normal' must be non-negative", decl.init.span)
-            if kind == "uniform" and not (args[0] <= args[1]
-                                          and math.isfinite(args[1] - args[0])):
-                raise error("uniform(low, high) needs low <= high and a finite width",
-                            decl.init.span)
-            init = Initialiser(kind, args)
-        constraint = self._constraint(decl, shape) if decl.attributes else None
-        self.params[decl.name.name] = Param(decl.name.name, shape, init, decl.name.span,
-                                            constraint)
-
-    def _constraint(self, decl: ast.ParamDecl, shape: tuple[str, ...]) -> Constraint:
-        """`where symmetric, mask(grid(h, w, c)), diagonally_dominant, accessor(name)`."""
-        seen: dict[str, ast.Attribute] = {}
-        for attribute in decl.attributes:
-            name = attribute.name.name
-            if name not in ATTRIBUTES:
-                raise error(f"unknown parameter attribute '{name}'; expected one of "
-                            + ", ".join(ATTRIBUTES), attribute.name.span)
-            if name in seen:
-                raise error(f"attribute '{name}' is given twice", attribute.name.span)
-            arity = ATTRIBUTES[name]
-            if len(attribute.args) != arity:
-                raise error(f"attribute '{name}' takes {arity} argument"
-                            f"{'s' if arity != 1 else ''}, got {len(attribute.args)}",
-                            attribute.span)
-            seen[name] = attribute
-        if len(shape) != 2 or shape[0] != shape[1]:
-            first = decl.attributes[0]
-            raise error(f"attribute '{first.name.name}' needs a square matrix parameter, but "
-                        f"'{decl.name.name}' has shape [{', '.join(shape)}]", first.name.span)
-        if "diagonally_dominant" in seen and "symmetric" not in seen:
-            raise error("'diagonally_dominant' makes a positive definite matrix only together "
-                        "with 'symmetric'; add it", seen["diagonally_dominant"].name.span)
-        mask = self._grid_mask(seen["mask"], shape[0]) if "mask" in seen else None
-        accessor = f"{decl.name.name}_value"
-        if "accessor" not in seen:
-            self.default_accessors[accessor] = decl.name.span
-        else:
-            arg = seen["accessor"].args[0]
-            if not isinstance(arg, ast.Name):
-                raise error("accessor(...) takes a method name", _expr_span(arg))
-            ident = ast.Ident(arg.name, arg.span)
-            self._check_identifier(ident, "an accessor method", allow_method_names=True)
-            if arg.name in self.declared:
-                raise error(f"'{arg.name}' is already declared (line "
-                            f"{self.declared[arg.name].line})", arg.span)
-            accessor = arg.name
-            self.declared[arg.name] = arg.span
-        return Constraint("symmetric" in seen, mask, "diagonally_dominant" in seen, accessor)
-
-    def _grid_mask(self, attribute: ast.Attribute, dim: str) -> GridMask:
-        call = attribute.args[0]
-        if not (isinstance(call, ast.Call) and call.func.name == "grid" and len(call.args) == 3):
-            raise error("mask(...) takes grid(height, width, connectivity)", _expr_span(call))
-        values, texts = [], []
-        for arg in call.args:
-            if not isinstance(arg, (ast.Name, ast.Number)):
-                raise error("grid(...) arguments are dimensions, constants or numbers",
-                            _expr_span(arg))
-            value = self._evaluate(arg, allow_consts=True)
-            if not float(value).is_integer() or value < 1:
-                raise error(f"grid(...) arguments must be positive whole numbers, got "
-                            f"{_describe_number(value)}", _expr_span(arg))
-            values.append(value)
-            # a number goes into the generated code: as Python's own spelling of it
-            texts.append(arg.name if isinstance(arg, ast.Name) else str(int(value)))
-        height, width, connectivity = values
-        if connectivity not in (4, 8):
-            raise error(f"grid connectivity must be 4 or 8, got "
-                        f"{_describe_number(connectivity)}", _expr_span(call.args[2]))
-        if height * width != self.dims[dim].default:
-            raise error(f"grid({texts[0]}, {texts[1]}, ...) has {_describe_number(height)} x "
-                        f"{_describe_number(width)} pixels but '{dim}' is "
-                        f"{self.dims[dim].default}", _expr_span(call))
-        return GridMask(*texts)
-
     def _let(self, decl: ast.LetDecl) -> None:
         self._declare(decl.name, "a definition")
         scope: dict[str, _IndexBinding] = {}
@@ -450,7 +246,7 @@ class _Checker:
             raise error(f"'{decl.name.name}' has more than {MAX_INDICES} indices",
                         decl.indices[MAX_INDICES].span)
         self._expression(decl.value, scope, where=f"'{decl.name.name}'")
-        cost = self._cost(decl.value)
+        cost = expanded_cost(decl.value, self.costs, self.variables)
         if cost.depth + 1 > MAX_DEFINITION_DEPTH:
             raise error(f"'{decl.name.name}' is defined through a chain of more than "
                         f"{MAX_DEFINITION_DEPTH} definitions; the compiler differentiates "
@@ -464,7 +260,7 @@ class _Checker:
             shape.append(self._resolve_range(binding))
         self.lets[decl.name.name] = Let(decl.name.name, decl.indices, tuple(shape), decl.value,
                                         decl.name.span)
-        self.costs[decl.name.name] = _Cost(cost.calls, cost.size, cost.depth + 1,
+        self.costs[decl.name.name] = Cost(cost.calls, cost.size, cost.depth + 1,
                                            cost.variables)
 
     def _energy(self, decl: ast.EnergyDecl) -> None:
@@ -491,7 +287,8 @@ class _Checker:
             raise error(f"the energy must list every hidden variable; '{missing[0]}' is missing",
                         decl.name.span)
         self._expression(decl.value, {}, where="the energy")
-        if decl.args[0].name not in self._cost(decl.value).variables:
+        cost = expanded_cost(decl.value, self.costs, self.variables)
+        if decl.args[0].name not in cost.variables:
             raise error(f"the energy does not depend on '{decl.args[0].name}'",
                         _expr_span(decl.value))
 
@@ -499,7 +296,7 @@ class _Checker:
     def _expression(self, expr: ast.Expr, scope: dict[str, _IndexBinding], where: str) -> None:
         """Check names and arities; record every index use for range inference."""
         if isinstance(expr, ast.Number):
-            _number_value(expr)
+            number_value(expr)
         elif isinstance(expr, ast.Name):
             self._scalar_name(expr, where)
         elif isinstance(expr, ast.Indexed):
@@ -630,129 +427,12 @@ class _Checker:
                 return kind
         return "name"
 
-    def _cost(self, expr: ast.Expr) -> _Cost:
-        """What differentiating `expr` costs, with every `let` it uses substituted (from the
-        costs recorded per `let`, so a shared definition is measured once): fail where
-        it exceeds a limit."""
-        if isinstance(expr, ast.Number):
-            return _Cost(0, 1, 0, frozenset())
-        if isinstance(expr, (ast.Name, ast.Indexed)):
-            name = expr.name if isinstance(expr, ast.Name) else expr.base.name
-            if name in self.costs:
-                return self.costs[name]
-            return _Cost(0, 1, 0, frozenset({name} & set(self.variables)))
-        if isinstance(expr, ast.Call):
-            inner = self._cost(expr.args[0])
-            cost = _Cost(inner.calls + 1, inner.size + 1, inner.depth, inner.variables)
-        elif isinstance(expr, ast.Unary):
-            inner = self._cost(expr.operand)
-            cost = _Cost(inner.calls, inner.size + 1, inner.depth, inner.variables)
-        elif isinstance(expr, ast.Binary):
-            left, right = self._cost(expr.left), self._cost(expr.right)
-            # x^y with y a function of the variables is exp(y log x): a nested function
-            calls = max(left.calls, right.calls) + (expr.op == "^" and bool(right.variables))
-            cost = _Cost(calls, left.size + right.size + 1,
-                         max(left.depth, right.depth), left.variables | right.variables)
-        elif isinstance(expr, ast.SumExpr):
-            inner = self._cost(expr.body)
-            cost = _Cost(inner.calls, inner.size + 1, inner.depth, inner.variables)
-        else:  # pragma: no cover - the parser builds nothing else
-            raise TypeError(f"unexpected node {expr!r}")
-        if cost.calls > MAX_FUNCTION_NESTING:
-            raise error(f"functions nested more than {MAX_FUNCTION_NESTING} deep (counting "
-                        "powers with a variable exponent, and through 'let' definitions): the "
-                        "derivatives of so deep a composition grow too large",
-                        expr.func.span if isinstance(expr, ast.Call) else expr.span)
-        if cost.size > MAX_EXPANDED_SIZE:
-            raise error(f"this expression is too large with its definitions substituted "
-                        f"(more than {MAX_EXPANDED_SIZE} terms and factors): the compiler "
-                        "differentiates through every 'let'", _expr_span(expr))
-        return cost
-
     # ------------------------------------------------------------------ constant folding
     def _evaluate(self, expr: ast.Expr, allow_consts: bool) -> int | float:
         """Value of a dimension or constant formula (numbers, dims, earlier constants)."""
-        if isinstance(expr, ast.Number):
-            return _number_value(expr)
-        if isinstance(expr, ast.Name):
-            if expr.name in self.dims:
-                return self.dims[expr.name].default
-            if allow_consts and expr.name in self.consts:
-                return self.consts[expr.name].default
-            self._not_failed(expr.name)
-            what = "dimensions and numbers" if not allow_consts else \
-                "numbers, dimensions and constants"
-            raise error(f"'{expr.name}' cannot appear here: only {what} can", expr.span)
-        if isinstance(expr, ast.Unary):
-            value = self._evaluate(expr.operand, allow_consts)
-            return -value if expr.op == "-" else value
-        if isinstance(expr, ast.Binary):
-            left = self._evaluate(expr.left, allow_consts)
-            right = self._evaluate(expr.right, allow_consts)
-            if expr.op == "^" and _power_too_large(left, right):
-                raise error("this constant is out of range (far beyond 1e308)", expr.span)
-            try:
-                if expr.op == "+":
-                    value = left + right
-                elif expr.op == "-":
-                    value = left - right
-                elif expr.op == "*":
-                    value = left * right
-                elif expr.op == "/":
-                    value = left / right
-                    if float(value).is_integer() and isinstance(left, int) \
-                            and isinstance(right, int):
-                        value = int(value)
-                else:
-                    value = left ** right
-            except ZeroDivisionError:
-                raise error("cannot evaluate this constant: division by zero",
-                            expr.span) from None
-            except (OverflowError, ValueError, TypeError):
-                raise error("this constant is out of range (beyond 1e308)", expr.span) from None
-            if isinstance(value, complex):
-                raise error("this constant is not a real number", expr.span)
-            if not _finite(value):
-                raise error("this constant is out of range (beyond 1e308)", expr.span)
-            return value
-        raise error("only numbers, dimensions and constants can appear here", _expr_span(expr))
-
-
-def _finite(value: int | float) -> bool:
-    """Whether `value` is a finite float64 (a Python int may be far larger)."""
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:
-        return False
-
-
-def _power_too_large(base: int | float, exponent: int | float) -> bool:
-    """Whether base ** exponent is beyond float64, judged before computing it (an exact
-    integer power like 10 ** 10 ** 9 would take minutes and gigabytes)."""
-    if isinstance(base, complex) or isinstance(exponent, complex) or abs(base) <= 1:
-        return False
-    return exponent > 0 and exponent * math.log10(abs(base)) > 309
-
-
-def _shown(text: str) -> str:
-    """A number's text for a message: thousands of digits are cut short."""
-    return text if len(text) <= 24 else f"{text[:12]}...{text[-6:]} ({len(text)} characters)"
-
-
-def _number_value(number: ast.Number) -> int | float:
-    """The value of a literal, which must be a float64 (so the generated code, which
-    computes in floating point, means the same number)."""
-    text = number.text
-    if len(text) > _MAX_LITERAL:
-        raise error(f"number {_shown(text)} is too long (more than {_MAX_LITERAL} "
-                    "characters)", number.span)
-    value: int | float = int(text) if text.isdigit() else float(text)
-    if not _finite(value):
-        raise error(f"number {_shown(text)} is out of range (beyond 1e308)", number.span)
-    if value == 0 and any(c in "123456789" for c in text.split("e")[0].split("E")[0]):
-        raise error(f"number {_shown(text)} is too small: it is 0 in floating point",
-                    number.span)
-    return value
+        return evaluate(expr, {n: d.default for n, d in self.dims.items()},
+                        {n: c.default for n, c in self.consts.items()} if allow_consts else None,
+                        self._not_failed)
 
 
 def _expr_span(expr: ast.Expr) -> Span:

@@ -29,7 +29,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
 import os
@@ -43,350 +42,21 @@ import torch
 from torch import Tensor, nn
 
 from energydsl.errors import TrainingError, UsageError
-from energydsl.estimators import NAMES as OBJECTIVES
-from energydsl.estimators import Objective, get, make_objective
-from energydsl.estimators.nce import gaussian_noise
+from energydsl.estimators import Objective
 from energydsl.files import write_atomically
 from energydsl.train import checkpoints
-from energydsl.train import data as datasets
+from energydsl.train.build import build_model, build_objective, probe, spec_text
+from energydsl.train.config import RESUMABLE, RunConfig, flag
+from energydsl.train.prepare import DataMap, Prepared, data_kind, prepare
 
-__all__ = ["TrainingError", "UsageError", "RunConfig", "DataMap", "Prepared", "train",
-           "load_checkpoint", "model_from_checkpoint", "CHECKPOINT", "HISTORY"]
+__all__ = ["CHECKPOINT", "HISTORY", "DataMap", "Prepared", "RunConfig", "TrainingError",
+           "UsageError", "data_kind", "load_checkpoint", "model_from_checkpoint", "prepare",
+           "resumed_config", "train"]
 
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.json"
 DIVERGENCE = 1e6  # |loss| beyond this many times the first step's (at least 1): diverged
 PARAMETER_BOUND = 1e6  # |parameter| beyond this: diverged
-RESUMABLE = ("epochs", "lr", "detect_anomaly")  # what a resumed run may change
-
-
-@dataclass
-class RunConfig:
-    model: str  # a spec path (.edsl) or a companion model name (energydsl.models.MODELS)
-    data: str = "digits"
-    objective: str | None = None  # energy models: one of OBJECTIVES (default sm)
-    epochs: int = 5
-    batch_size: int = 64
-    lr: float = 1e-3
-    seed: int = 0
-    sizes: dict[str, int] = field(default_factory=dict)  # spec dims / model arguments
-    options: dict[str, float] = field(default_factory=dict)  # the objective's options
-    detect_anomaly: bool = False
-    max_pixels: int = datasets.MAX_PIXELS  # budget of IDX values read
-
-    @property
-    def is_spec(self) -> bool:
-        return self.model.endswith(".edsl")
-
-    def check(self) -> None:
-        """Refuse values no run can use (UsageError naming the flag)."""
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size,
-                    "max_pixels": self.max_pixels}
-        for name, value in positive.items():
-            if not (isinstance(value, int) and value >= 1):
-                raise UsageError(f"--{_flag(name)} must be a positive integer, got {value!r}")
-        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < math.inf):
-            raise UsageError(f"--lr must be a positive finite number, got {self.lr!r}")
-        if not (isinstance(self.seed, int) and 0 <= self.seed < 2**31):
-            raise UsageError(f"--seed must be an integer in [0, 2^31), got {self.seed!r}")
-        if self.objective is not None and self.objective not in OBJECTIVES + ("loss",):
-            raise UsageError(f"unknown objective {self.objective!r}; choose one of "
-                             f"{', '.join(OBJECTIVES)}")
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any], path: Path | str) -> RunConfig:
-        """A config stored in a checkpoint, its fields and types checked."""
-        kinds = {"model": str, "data": str, "objective": (str, type(None)), "epochs": int,
-                 "batch_size": int, "lr": (int, float), "seed": int, "sizes": dict,
-                 "options": dict, "detect_anomaly": bool, "max_pixels": int}
-        unknown = set(raw) - set(kinds)
-        if unknown or "model" not in raw:
-            what = f"unknown field '{sorted(unknown)[0]}'" if unknown else "no model"
-            raise TrainingError(f"{path}: error: the checkpoint's config is not energydsl's "
-                                f"({what})")
-        for name, value in raw.items():
-            if not isinstance(value, kinds[name]) or (isinstance(value, bool)
-                                                      and kinds[name] is not bool):
-                raise TrainingError(f"{path}: error: the checkpoint's config has "
-                                    f"{name} = {value!r}")
-        config = cls(**raw)
-        try:
-            config.check()
-        except UsageError as exc:
-            raise TrainingError(f"{path}: error: the checkpoint's config is invalid: "
-                                f"{exc}") from None
-        return config
-
-
-def _flag(name: str) -> str:
-    return name.replace("_", "-")
-
-
-# ---------------------------------------------------------------- data
-
-
-@dataclass(frozen=True)
-class DataMap:
-    """How model space maps to data space: data = model * scale + mean, and
-    log p_data = log p_model - D log(scale) - log_jacobian (the dequantisation)."""
-
-    shape: tuple[int, ...]
-    mean: Tensor | None = None
-    scale: float = 1.0
-    log_jacobian: float = 0.0
-
-    def to_data(self, x: Tensor) -> Tensor:
-        return x * self.scale + (0 if self.mean is None else self.mean.to(x))
-
-    def state(self) -> dict[str, Any]:
-        return {"shape": list(self.shape), "mean": self.mean, "scale": self.scale,
-                "log_jacobian": self.log_jacobian}
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any], path: Path | str) -> DataMap:
-        try:
-            shape = tuple(int(s) for s in state["shape"])
-            mean, scale = state["mean"], float(state["scale"])
-            log_jacobian = float(state["log_jacobian"])
-        except (KeyError, TypeError, ValueError):
-            raise TrainingError(f"{path}: error: the checkpoint's data map is malformed"
-                                ) from None
-        if not shape or min(shape) < 1 or not (0 < scale < math.inf) or (
-                mean is not None and (not isinstance(mean, Tensor)
-                                      or mean.numel() != math.prod(shape))):
-            raise TrainingError(f"{path}: error: the checkpoint's data map is inconsistent")
-        return cls(shape, mean, scale, log_jacobian)
-
-
-@dataclass
-class Prepared:
-    """The splits as the model sees them. `train` holds the rows as stored (uint8 codes
-    for grey-level data, floats otherwise); `encode(rows, indices)` turns a batch of them
-    into model space. `valid` and `test` are in model space already."""
-
-    train: Tensor
-    valid: Tensor
-    test: Tensor
-    map: DataMap
-    encode: Callable[[Tensor, Tensor], Tensor]
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.map.shape
-
-    def train_values(self, chunk: int = 4096) -> Tensor:
-        """The whole training split in model space (float32), built a block at a time."""
-        rows = torch.arange(len(self.train))
-        return torch.cat([self.encode(self.train[s:s + chunk], rows[s:s + chunk])
-                          for s in range(0, len(self.train), chunk)])
-
-
-def _uniform_rows(rows: Tensor, dim: int, seed: int, split: int) -> Tensor:
-    """Dequantisation noise u ~ U(0, 1)^dim for each row, fixed by (seed, split, row)."""
-    generator = torch.Generator()
-    base = ((seed * 4 + split) % 2**30) << 32
-    out = torch.empty(len(rows), dim, dtype=torch.float64)
-    for k, row in enumerate(rows.tolist()):
-        generator.manual_seed(base + row)
-        out[k] = torch.rand(dim, generator=generator, dtype=torch.float64)
-    return out
-
-
-def _column_moments(codes: Tensor, chunk: int = 4096) -> tuple[Tensor, Tensor]:
-    """Mean and (population) variance of each column of uint8 codes, in float64."""
-    total = torch.zeros(codes.shape[1], dtype=torch.float64)
-    squares = torch.zeros(codes.shape[1], dtype=torch.float64)
-    for start in range(0, len(codes), chunk):
-        block = codes[start:start + chunk].to(torch.float64)
-        total += block.sum(dim=0)
-        squares += block.square().sum(dim=0)
-    mean = total / len(codes)
-    return mean, (squares / len(codes) - mean.square()).clamp_min(0)
-
-
-def _prepare_codes(codes: datasets.Codes, kind: str, seed: int) -> Prepared:
-    levels = codes.levels
-    if kind == "binary":
-        def encode(stored: Tensor, rows: Tensor, split: int = 0) -> Tensor:
-            return (codes.values(stored) > 0.5).float()
-        data_map = DataMap(codes.shape)
-    elif kind == "continuous":
-        def encode(stored: Tensor, rows: Tensor, split: int = 0) -> Tensor:
-            return codes.values(stored)
-        data_map = DataMap(codes.shape)
-    else:  # dequantised and standardised: E[u] = 1/2, Var[u] = 1/12
-        mean_codes, variance = _column_moments(codes.train)
-        mean = (mean_codes + 0.5) / levels
-        scale = float(((variance + 1 / 12).mean()).sqrt()) / levels
-
-        def encode(stored: Tensor, rows: Tensor, split: int = 0) -> Tensor:
-            noise = _uniform_rows(rows, stored.shape[1], seed, split)
-            values = (stored.to(torch.float64) + noise) / levels
-            return ((values - mean) / scale).float()
-        dim = codes.train.shape[1]
-        data_map = DataMap(codes.shape, mean.float(), scale, dim * math.log(levels))
-    valid, test = (encode(split, torch.arange(len(split)), number)
-                   for number, split in ((1, codes.valid), (2, codes.test)))
-    return Prepared(codes.train, valid, test, data_map, encode)
-
-
-def prepare(config: RunConfig, kind: str) -> Prepared:
-    """Load the data for a model of `kind` ('energy', 'binary' or 'continuous')."""
-    name, _, path = config.data.partition(":")
-    if name not in datasets.LOADERS:
-        raise UsageError(f"unknown dataset {config.data!r}; use digits, patches or "
-                         "mnist:DIR")
-    if name == "mnist" and not path:
-        raise UsageError("--data mnist needs the directory of the IDX files: --data mnist:DIR")
-    options: dict[str, object] = {"path": path, "max_pixels": config.max_pixels} if path else {}
-    try:
-        if name in datasets.CODES:
-            return _prepare_codes(datasets.CODES[name](**options), kind, config.seed)
-        raw = datasets.load(name, binarize=(kind == "binary"), dtype=torch.float64, **options)
-    except datasets.DataError as exc:
-        raise TrainingError(f"error: {exc}") from None
-    if kind != "energy":
-        return Prepared(raw.train.float(), raw.valid.float(), raw.test.float(),
-                        DataMap(raw.shape), lambda stored, rows: stored)
-    mean = raw.train.mean(dim=0)
-    scale = float((raw.train - mean).std())
-    train, valid, test = ((s - mean).div(scale).float() for s in (raw.train, raw.valid,
-                                                                    raw.test))
-    return Prepared(train, valid, test, DataMap(raw.shape, mean.float(), scale),
-                    lambda stored, rows: stored)
-
-
-def data_kind(config: RunConfig) -> str:
-    if config.is_spec:
-        return "energy"
-    from energydsl.models import DATA_KINDS
-
-    return DATA_KINDS.get(config.model, "continuous")
-
-
-# ---------------------------------------------------------------- models
-
-
-def spec_text(config: RunConfig) -> str:
-    from energydsl.compiler.sources import read_spec
-
-    return read_spec(config.model)
-
-
-def _companion(config: RunConfig) -> nn.Module:
-    from energydsl.models import MODELS
-
-    factory = MODELS.get(config.model)
-    if factory is None:
-        close = difflib.get_close_matches(config.model, list(MODELS), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UsageError(f"unknown model {config.model!r}: give a spec (.edsl) or one of "
-                         f"{', '.join(sorted(MODELS))}{hint}")
-    try:
-        return factory(**config.sizes)
-    except (TypeError, ValueError) as exc:
-        import inspect
-
-        takes = ", ".join(p for p in inspect.signature(factory).parameters if p != "self")
-        raise UsageError(f"{config.model}: cannot build it with --size "
-                         f"{', '.join(f'{k}={v}' for k, v in config.sizes.items())}: {exc} "
-                         f"(it takes {takes or 'no arguments'})") from None
-
-
-def build_model(config: RunConfig, shape: tuple[int, ...], text: str | None = None
-                ) -> nn.Module:
-    """The model, sized for the data: a spec's visible dimension (or its height and
-    width when the dimension is derived from them) is set from the data's shape."""
-    torch.manual_seed(config.seed)
-    if not config.is_spec:
-        return _companion(config)
-    from energydsl.api import class_of, compile_cached
-
-    compiled = compile_cached(text if text is not None else spec_text(config), config.model)
-    checked = compiled.derivation.model.symbolic.checked
-    dims = checked.dims
-    visible = dims[checked.visible.shape[0]]
-    sizes: dict[str, int] = {}
-    size = math.prod(shape)
-    if visible.derived_from is None:
-        sizes[visible.name] = size
-    elif {"height", "width"} <= set(dims):
-        sizes["height"], sizes["width"] = shape[-2], shape[-1]
-    problem = checked.size_error(config.sizes)
-    if problem:
-        raise UsageError(f"{config.model}: error: --size: {problem}")
-    sizes.update(config.sizes)
-    model = class_of(compiled)(**sizes)
-    if model.visible_size != size:
-        raise UsageError(f"{config.model}: error: the model's visible size "
-                         f"{model.visible_size} does not match the data ({size})")
-    return model
-
-
-def build_objective(config: RunConfig, model: nn.Module, prepared: Prepared
-                    ) -> Objective | None:
-    """The estimator for an energy model (None: the companion model's own loss)."""
-    if not config.is_spec:
-        if config.objective not in (None, "loss") or config.options:
-            raise UsageError(f"{config.model} trains with its own loss; --objective and "
-                             "--option apply to specs")
-        return None
-    name = config.objective or "sm"
-    allowed = get(name).options()
-    options: dict[str, object] = {}
-    for key, value in config.options.items():
-        if key not in allowed:
-            takes = ", ".join(allowed) or "no options"
-            close = difflib.get_close_matches(key, list(allowed), n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise UsageError(f"objective {name!r} has no option {key!r}{hint}; it takes "
-                             f"{takes}")
-        options[key] = _option_value(name, key, value, allowed[key])
-    if name == "nce":
-        noise = gaussian_noise(prepared.train_values().double())
-        options["noise"] = torch.distributions.MultivariateNormal(
-            noise.mean.float(), noise.covariance_matrix.float())
-    try:
-        return make_objective(model, name, **options)
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"{config.model}: error: {exc}") from None
-
-
-def _option_value(objective: str, key: str, value: float, kind: type) -> int | float:
-    """An option's value checked: finite, positive (fast_decay in [0, 1)), an integer
-    where the estimator counts."""
-    if key == "fast_decay":
-        valid = 0 <= value < 1
-        what = "in [0, 1)"
-    else:
-        valid = 0 < value < math.inf
-        what = "a positive integer" if kind is int else "a positive number"
-    if kind is int:
-        valid = valid and float(value).is_integer()
-    if not valid:
-        raise UsageError(f"--option {key} of objective {objective!r} must be {what}, "
-                         f"got {value!r}")
-    return int(value) if kind is int else float(value)
-
-
-def _probe(config: RunConfig, model: nn.Module, prepared: Prepared) -> None:
-    """Try the objective once on two validation rows, leaving the model, the RNG and the
-    real objective's state untouched: what cannot run fails here, with its reason."""
-    with torch.random.fork_rng(devices=[]):
-        try:
-            objective = build_objective(config, model, prepared)
-            loss = model.loss if objective is None else objective.loss
-            loss(prepared.valid[:2])
-        except UsageError:
-            raise
-        except (ValueError, TypeError, RuntimeError, MemoryError) as exc:
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            if "allocate" in detail or isinstance(exc, MemoryError):
-                sizes = ", ".join(f"{k}={v}" for k, v in config.sizes.items()) or "defaults"
-                detail = f"it does not fit in memory at these sizes ({sizes}): {detail}"
-            raise UsageError(f"{config.model}: error: objective "
-                             f"{config.objective or 'sm'!r} cannot run on this model: "
-                             f"{detail}") from None
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -442,7 +112,7 @@ def _refuse_changes(config: RunConfig, stored: dict[str, Any], path: Path) -> No
         if name in RESUMABLE or stored.get(name) == value:
             continue
         raise UsageError(f"{path}: error: this run has {name} = {stored.get(name)!r}; a "
-                         f"resumed run keeps it (--{_flag(name)} {value!r} asked for "
+                         f"resumed run keeps it (--{flag(name)} {value!r} asked for "
                          "another): start a new run with another --out")
 
 
@@ -562,7 +232,7 @@ def train(config: RunConfig, out: Path, resume: bool = False,
     model = build_model(config, prepared.shape, text)
     if config.is_spec and not any(p.requires_grad for p in model.parameters()):
         raise UsageError(f"{config.model}: error: the model has no parameters to train")
-    _probe(config, model, prepared)
+    probe(config, model, prepared)
     objective = build_objective(config, model, prepared)
     is_gan = hasattr(model, "train_step")
     if is_gan:

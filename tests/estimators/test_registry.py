@@ -16,7 +16,7 @@ from energydsl.check.checks import check_compiled
 from energydsl.cli import build_parser
 from energydsl.compiler.driver import compile_source
 from energydsl.compiler.emit.module import render
-from energydsl.compiler.resolve import METHOD_LOCALS, RESERVED_ATTRIBUTES
+from energydsl.compiler.names import METHOD_LOCALS, RESERVED_ATTRIBUTES
 from energydsl.estimators import NAMES, Objective, get
 
 from support import GENERATED, SPECS, load_source

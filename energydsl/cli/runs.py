@@ -1,0 +1,101 @@
+"""`energydsl train`, `sample`, `report` and `compare`: runs of models on data."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from energydsl.cli.failures import EXIT_ERROR, EXIT_OK, err
+from energydsl.cli.specs import output_directory, run_name
+from energydsl.errors import SpecError, UsageError
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from energydsl.train.loop import RunConfig, resumed_config, train
+
+    given = {"data": args.data, "objective": args.objective, "epochs": args.epochs,
+             "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+             "max_pixels": args.max_pixels}
+    given = {k: v for k, v in given.items() if v is not None}
+    if args.size_items:
+        given["sizes"] = args.sizes
+    if args.option_items:
+        given["options"] = args.options
+    if args.detect_anomaly:
+        given["detect_anomaly"] = True
+    out = Path(args.out or Path("runs") / run_name(args.model))
+    try:
+        config = resumed_config(out, given) if args.resume else None
+        if config is not None and config.model != args.model:
+            raise UsageError(f"{out}: error: this run trained {config.model}, not "
+                             f"{args.model}; use another --out")
+        config = config or RunConfig(model=args.model, **given)
+        train(config, out, resume=args.resume, overwrite=args.overwrite)
+    except SpecError as exc:
+        from energydsl.compiler.sources import read_spec_or_none
+
+        err(exc.format(args.model, read_spec_or_none(args.model)))
+        return EXIT_ERROR
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
+        print(f"checkpoint: {out / 'checkpoint.pt'}")
+    return EXIT_OK
+
+
+def _image_path(text: str) -> Path:
+    """-o for an image: a format matplotlib writes, in a directory that can exist."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    path = Path(text)
+    formats = FigureCanvasBase.get_supported_filetypes()
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix not in formats:
+        raise UsageError(f"-o {text}: error: unknown image format '{path.suffix or '(none)'}'"
+                         f"; use one of {', '.join('.' + f for f in sorted(formats))}")
+    if path.exists() and path.is_dir():
+        raise UsageError(f"-o {text}: error: is a directory")
+    output_directory(str(path.parent))
+    return path
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from energydsl.train.loop import CHECKPOINT, load_checkpoint, model_from_checkpoint
+    from energydsl.train.report import draw_samples, image_grid
+
+    output = _image_path(args.output) if args.output else None
+    target = Path(args.checkpoint)
+    path = target / CHECKPOINT if target.is_dir() else target
+    model, config, data_map = model_from_checkpoint(load_checkpoint(path), path)
+    model.eval()
+    samples = draw_samples(model, data_map, args.n, args.steps, args.method, args.seed)
+    output = output or path.parent / "samples.png"
+    image_grid(samples, data_map.shape, output, f"{args.n} samples of {config.model}")
+    print(f"{args.n} samples -> {output}")
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from energydsl.train.report import write_report
+
+    out = write_report(Path(args.run), steps=args.steps)
+    print(f"report -> {out / 'index.md'}")
+    return EXIT_OK
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from energydsl.files import write_atomically
+    from energydsl.train.compare import ENTRIES, compare, table
+
+    out = output_directory(args.out, "--out")
+    entries = ENTRIES[:args.limit] if args.limit else ENTRIES
+    rows = compare(out, entries, epochs=args.epochs, ais_chains=args.ais_chains,
+                   ais_temperatures=args.ais_temperatures, seed=args.seed)
+    text = table(rows)
+    header = ("Held-out log-likelihood of the digits test split (270 images, 8x8), "
+              "per image; continuous models through the dequantisation bound, binarised "
+              f"models on the binarised digits. Command: `energydsl compare"
+              f"{'' if args.epochs is None else f' --epochs {args.epochs}'}`.\n\n")
+    write_atomically(out / "RESULTS.md", header + text + "\n")
+    print(text)
+    print(f"table -> {out / 'RESULTS.md'}")
+    return EXIT_OK

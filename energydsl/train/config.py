@@ -1,0 +1,76 @@
+"""A training run's settings, checked before any work (see energydsl.train.loop)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from energydsl.errors import TrainingError, UsageError
+from energydsl.estimators import NAMES as OBJECTIVES
+from energydsl.train import data as datasets
+
+RESUMABLE = ("epochs", "lr", "detect_anomaly")  # what a resumed run may change
+
+
+@dataclass
+class RunConfig:
+    model: str  # a spec path (.edsl) or a companion model name (energydsl.models.MODELS)
+    data: str = "digits"
+    objective: str | None = None  # energy models: one of OBJECTIVES (default sm)
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    sizes: dict[str, int] = field(default_factory=dict)  # spec dims / model arguments
+    options: dict[str, float] = field(default_factory=dict)  # the objective's options
+    detect_anomaly: bool = False
+    max_pixels: int = datasets.MAX_PIXELS  # budget of IDX values read
+
+    @property
+    def is_spec(self) -> bool:
+        return self.model.endswith(".edsl")
+
+    def check(self) -> None:
+        """Refuse values no run can use (UsageError naming the flag)."""
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size,
+                    "max_pixels": self.max_pixels}
+        for name, value in positive.items():
+            if not (isinstance(value, int) and value >= 1):
+                raise UsageError(f"--{flag(name)} must be a positive integer, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < math.inf):
+            raise UsageError(f"--lr must be a positive finite number, got {self.lr!r}")
+        if not (isinstance(self.seed, int) and 0 <= self.seed < 2**31):
+            raise UsageError(f"--seed must be an integer in [0, 2^31), got {self.seed!r}")
+        if self.objective is not None and self.objective not in OBJECTIVES + ("loss",):
+            raise UsageError(f"unknown objective {self.objective!r}; choose one of "
+                             f"{', '.join(OBJECTIVES)}")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], path: Path | str) -> RunConfig:
+        """A config stored in a checkpoint, its fields and types checked."""
+        kinds = {"model": str, "data": str, "objective": (str, type(None)), "epochs": int,
+                 "batch_size": int, "lr": (int, float), "seed": int, "sizes": dict,
+                 "options": dict, "detect_anomaly": bool, "max_pixels": int}
+        unknown = set(raw) - set(kinds)
+        if unknown or "model" not in raw:
+            what = f"unknown field '{sorted(unknown)[0]}'" if unknown else "no model"
+            raise TrainingError(f"{path}: error: the checkpoint's config is not energydsl's "
+                                f"({what})")
+        for name, value in raw.items():
+            if not isinstance(value, kinds[name]) or (isinstance(value, bool)
+                                                      and kinds[name] is not bool):
+                raise TrainingError(f"{path}: error: the checkpoint's config has "
+                                    f"{name} = {value!r}")
+        config = cls(**raw)
+        try:
+            config.check()
+        except UsageError as exc:
+            raise TrainingError(f"{path}: error: the checkpoint's config is invalid: "
+                                f"{exc}") from None
+        return config
+
+
+def flag(name: str) -> str:
+    return name.replace("_", "-")

@@ -1,0 +1,163 @@
+"""The data as a model sees it, and the map back to data space.
+
+Grey-level datasets (digits, MNIST) stay uint8 codes until each batch is formed. Energy
+models see dequantised values y = (k + u) / levels, the noise u fixed per pixel and seed
+(drawn from the row's own generator, so a row gets the same noise in any batch, on any
+rank, after any resume), standardised as z = (y - mean) / scale; the affine map is kept
+(`DataMap`), so likelihoods and samples are reported in data space. Binary companion
+models get the binarised digits, the others [0, 1] values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from energydsl.errors import TrainingError, UsageError
+from energydsl.train import data as datasets
+from energydsl.train.config import RunConfig
+
+
+@dataclass(frozen=True)
+class DataMap:
+    """How model space maps to data space: data = model * scale + mean, and
+    log p_data = log p_model - D log(scale) - log_jacobian (the dequantisation)."""
+
+    shape: tuple[int, ...]
+    mean: Tensor | None = None
+    scale: float = 1.0
+    log_jacobian: float = 0.0
+
+    def to_data(self, x: Tensor) -> Tensor:
+        return x * self.scale + (0 if self.mean is None else self.mean.to(x))
+
+    def state(self) -> dict[str, Any]:
+        return {"shape": list(self.shape), "mean": self.mean, "scale": self.scale,
+                "log_jacobian": self.log_jacobian}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], path: Path | str) -> DataMap:
+        try:
+            shape = tuple(int(s) for s in state["shape"])
+            mean, scale = state["mean"], float(state["scale"])
+            log_jacobian = float(state["log_jacobian"])
+        except (KeyError, TypeError, ValueError):
+            raise TrainingError(f"{path}: error: the checkpoint's data map is malformed"
+                                ) from None
+        if not shape or min(shape) < 1 or not (0 < scale < math.inf) or (
+                mean is not None and (not isinstance(mean, Tensor)
+                                      or mean.numel() != math.prod(shape))):
+            raise TrainingError(f"{path}: error: the checkpoint's data map is inconsistent")
+        return cls(shape, mean, scale, log_jacobian)
+
+
+@dataclass
+class Prepared:
+    """The splits as the model sees them. `train` holds the rows as stored (uint8 codes
+    for grey-level data, floats otherwise); `encode(rows, indices)` turns a batch of them
+    into model space. `valid` and `test` are in model space already."""
+
+    train: Tensor
+    valid: Tensor
+    test: Tensor
+    map: DataMap
+    encode: Callable[[Tensor, Tensor], Tensor]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.map.shape
+
+    def train_values(self, chunk: int = 4096) -> Tensor:
+        """The whole training split in model space (float32), built a block at a time."""
+        rows = torch.arange(len(self.train))
+        return torch.cat([self.encode(self.train[s:s + chunk], rows[s:s + chunk])
+                          for s in range(0, len(self.train), chunk)])
+
+
+def _uniform_rows(rows: Tensor, dim: int, seed: int, split: int) -> Tensor:
+    """Dequantisation noise u ~ U(0, 1)^dim for each row, fixed by (seed, split, row)."""
+    generator = torch.Generator()
+    base = ((seed * 4 + split) % 2**30) << 32
+    out = torch.empty(len(rows), dim, dtype=torch.float64)
+    for k, row in enumerate(rows.tolist()):
+        generator.manual_seed(base + row)
+        out[k] = torch.rand(dim, generator=generator, dtype=torch.float64)
+    return out
+
+
+def _column_moments(codes: Tensor, chunk: int = 4096) -> tuple[Tensor, Tensor]:
+    """Mean and (population) variance of each column of uint8 codes, in float64."""
+    total = torch.zeros(codes.shape[1], dtype=torch.float64)
+    squares = torch.zeros(codes.shape[1], dtype=torch.float64)
+    for start in range(0, len(codes), chunk):
+        block = codes[start:start + chunk].to(torch.float64)
+        total += block.sum(dim=0)
+        squares += block.square().sum(dim=0)
+    mean = total / len(codes)
+    return mean, (squares / len(codes) - mean.square()).clamp_min(0)
+
+
+def _prepare_codes(codes: datasets.Codes, kind: str, seed: int) -> Prepared:
+    levels = codes.levels
+    if kind == "binary":
+        def encode(stored: Tensor, rows: Tensor, split: int = 0) -> Tensor:
+            return (codes.values(stored) > 0.5).float()
+        data_map = DataMap(codes.shape)
+    elif kind == "continuous":
+        def encode(stored: Tensor, rows: Tensor, split: int = 0) -> Tensor:
+            return codes.values(stored)
+        data_map = DataMap(codes.shape)
+    else:  # dequantised and standardised: E[u] = 1/2, Var[u] = 1/12
+        mean_codes, variance = _column_moments(codes.train)
+        mean = (mean_codes + 0.5) / levels
+        scale = float(((variance + 1 / 12).mean()).sqrt()) / levels
+
+        def encode(stored: Tensor, rows: Tensor, split: int = 0) -> Tensor:
+            noise = _uniform_rows(rows, stored.shape[1], seed, split)
+            values = (stored.to(torch.float64) + noise) / levels
+            return ((values - mean) / scale).float()
+        dim = codes.train.shape[1]
+        data_map = DataMap(codes.shape, mean.float(), scale, dim * math.log(levels))
+    valid, test = (encode(split, torch.arange(len(split)), number)
+                   for number, split in ((1, codes.valid), (2, codes.test)))
+    return Prepared(codes.train, valid, test, data_map, encode)
+
+
+def prepare(config: RunConfig, kind: str) -> Prepared:
+    """Load the data for a model of `kind` ('energy', 'binary' or 'continuous')."""
+    name, _, path = config.data.partition(":")
+    if name not in datasets.LOADERS:
+        raise UsageError(f"unknown dataset {config.data!r}; use digits, patches or "
+                         "mnist:DIR")
+    if name == "mnist" and not path:
+        raise UsageError("--data mnist needs the directory of the IDX files: --data mnist:DIR")
+    options: dict[str, object] = {"path": path, "max_pixels": config.max_pixels} if path else {}
+    try:
+        if name in datasets.CODES:
+            return _prepare_codes(datasets.CODES[name](**options), kind, config.seed)
+        raw = datasets.load(name, binarize=(kind == "binary"), dtype=torch.float64, **options)
+    except datasets.DataError as exc:
+        raise TrainingError(f"error: {exc}") from None
+    if kind != "energy":
+        return Prepared(raw.train.float(), raw.valid.float(), raw.test.float(),
+                        DataMap(raw.shape), lambda stored, rows: stored)
+    mean = raw.train.mean(dim=0)
+    scale = float((raw.train - mean).std())
+    train, valid, test = ((s - mean).div(scale).float() for s in (raw.train, raw.valid,
+                                                                    raw.test))
+    return Prepared(train, valid, test, DataMap(raw.shape, mean.float(), scale),
+                    lambda stored, rows: stored)
+
+
+def data_kind(config: RunConfig) -> str:
+    if config.is_spec:
+        return "energy"
+    from energydsl.models import DATA_KINDS
+
+    return DATA_KINDS.get(config.model, "continuous")
