@@ -34,6 +34,7 @@ generate: setup
 
 lint: setup
 	$(BIN)/ruff check energydsl tests bench generated
+	$(BIN)/mypy
 
 bench: setup
 	$(BIN)/python bench/run.py --threads 1

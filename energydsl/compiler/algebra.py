@@ -15,8 +15,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import sympy as sp
+
+if TYPE_CHECKING:
+    from energydsl.compiler.ir import Definition
 
 Limit = tuple[sp.Idx, sp.Expr, sp.Expr]
 
@@ -189,7 +193,7 @@ def distribute(expr: sp.Expr) -> sp.Expr:
     return expr.func(*args)
 
 
-DefinitionLookup = Callable[[sp.Basic], object]
+DefinitionLookup = Callable[[sp.Basic], "Definition | None"]
 
 _MAX_FACTOR_OPS = 40
 _MAX_FACTOR_POWER = 8

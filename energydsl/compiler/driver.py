@@ -53,6 +53,7 @@ def _time_limit(seconds: float | None) -> Iterator[None]:
     def expire(signum, frame) -> None:
         raise _OutOfTime
 
+    assert seconds is not None
     previous = signal.signal(signal.SIGALRM, expire)
     # then again every 50 ms: an exception raised inside a finaliser (__del__, a weakref
     # callback) is swallowed by Python, so one signal may not be enough

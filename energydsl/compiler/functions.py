@@ -123,7 +123,7 @@ class log1p(sp.Function):  # noqa: N801
 def _torch(path: str) -> Callable[[Any], Any]:
     """The torch callable at `path` ('nn.functional.softplus'), imported when called:
     the compiler does not need torch."""
-    def call(x):
+    def call(x: Any) -> Any:
         import torch
 
         function: Any = torch

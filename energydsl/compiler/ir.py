@@ -66,8 +66,9 @@ class GridMask:
     def arguments(self, names) -> tuple[str, str, str]:
         """height, width, connectivity as code in a generated method (`names`: the
         dimensions and constants, which are attributes of the module)."""
-        return tuple(f"self.{t}" if t in names else t
-                     for t in (self.height, self.width, self.connectivity))
+        height, width, connectivity = (f"self.{t}" if t in names else t
+                                       for t in (self.height, self.width, self.connectivity))
+        return height, width, connectivity
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,7 @@ class _Marginaliser:
         """Split E into E_0(v) and, per hidden variable, (unit index, symbol, e(h_u))."""
         hidden = self.model.hidden
         visible_part = sp.S.Zero
-        units: dict[str, tuple] = {}
+        units: dict[str, list] = {}
         for name in hidden:
             dim = self.model.checked.hidden[name].shape[0]
             domain = DOMAINS[self.model.checked.hidden[name].domain]
@@ -167,7 +167,10 @@ class _Marginaliser:
 _INCREASING = {cls: f.increasing for cls, f in BY_CLASS.items() if f.increasing is not None}
 
 
-def _bounds(expr: sp.Expr) -> tuple[tuple, tuple]:
+Bound = tuple[sp.Expr, bool]  # a bound's value and whether it is attained
+
+
+def _bounds(expr: sp.Expr) -> tuple[Bound, Bound]:
     """Lower and upper bounds of `expr` over all real values of its symbols, each as
     (value, attained): enough to see that a convergence condition such as tanh(x) < 1
     always holds, which SymPy's assumptions cannot."""
@@ -175,8 +178,9 @@ def _bounds(expr: sp.Expr) -> tuple[tuple, tuple]:
         return (expr, True), (expr, True)
     if isinstance(expr, sp.Add):
         parts = [_bounds(a) for a in expr.args]
-        return tuple((sp.Add(*[p[k][0] for p in parts]), all(p[k][1] for p in parts))
+        low, high = ((sp.Add(*[p[k][0] for p in parts]), all(p[k][1] for p in parts))
                      for k in (0, 1))
+        return low, high
     if isinstance(expr, sp.Mul) and expr.args[0].is_number:
         coefficient, rest = expr.as_coeff_Mul()
         (low, low_in), (high, high_in) = _bounds(rest)

@@ -216,13 +216,15 @@ def _describe_expected(expected: set[str]) -> str:
 
 def _syntax_error(exc: UnexpectedInput, source: str):
     if isinstance(exc, UnexpectedCharacters):
-        char = source[exc.pos_in_stream] if exc.pos_in_stream < len(source) else "?"
+        position = exc.pos_in_stream or 0
+        char = source[position] if position < len(source) else "?"
         hint = ""
         if not char.isascii():  # e.g. a Cyrillic 'а' that looks like a Latin 'a'
             hint = f" (U+{ord(char):04X}; names and numbers are ASCII letters, digits and '_')"
         return error(f"unexpected character {char!r}{hint}", Span(exc.line, exc.column))
     if isinstance(exc, UnexpectedEOF):
-        return error(f"unexpected end of file; expected {_describe_expected(exc.expected)}",
+        return error(f"unexpected end of file; expected "
+                     f"{_describe_expected({str(t) for t in exc.expected})}",
                      _end_of_file(source))
     if isinstance(exc, UnexpectedToken):
         token = exc.token

@@ -8,12 +8,13 @@ parameter's value is made with (see ir.Constraint), each checked with a position
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from energydsl.compiler import syntax as ast
 from energydsl.compiler.constants import describe_number
-from energydsl.compiler.ir import Constraint, GridMask, Initialiser, Param
+from energydsl.compiler.ir import Constraint, Dim, GridMask, Initialiser, Param
 from energydsl.compiler.names import check_identifier
-from energydsl.errors import error
+from energydsl.errors import Span, error
 
 INITIALISERS = {"normal": 1, "zeros": 0, "ones": 0, "constant": 1, "uniform": 2}
 ATTRIBUTES = {"symmetric": 0, "mask": 1, "diagonally_dominant": 0, "accessor": 1}
@@ -23,6 +24,16 @@ DEFAULT_INIT = Initialiser("normal", (0.01,))
 class ParamResolver:
     """The parameter declarations of the resolver (mixed into it: it reads the resolver's
     tables of declared names, dimensions and parameters)."""
+
+    if TYPE_CHECKING:  # what the resolver provides
+        params: dict[str, Param]
+        dims: dict[str, Dim]
+        declared: dict[str, Span]
+        default_accessors: dict[str, Span]
+
+        def _declare(self, ident: ast.Ident, what: str) -> None: ...
+        def _shape(self, shape: tuple[ast.Ident, ...]) -> tuple[str, ...]: ...
+        def _evaluate(self, expr: ast.Expr, allow_consts: bool) -> int | float: ...
 
     def _param(self, decl: ast.ParamDecl) -> None:
         self._declare(decl.name, "a constrained parameter" if decl.attributes else "a parameter")

@@ -19,7 +19,7 @@ class Objective:
     name = "objective"
 
     def __init__(self, model: nn.Module) -> None:
-        self.model = model
+        self.model: Any = model  # a compiled module: its methods are generated
 
     def loss(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

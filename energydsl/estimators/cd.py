@@ -28,7 +28,8 @@ class ContrastiveDivergence(Objective):
         if not (isinstance(k, int) and k >= 1):
             raise ValueError(f"k must be a positive integer, got {k!r}")
         self.k, self.generator = k, generator
-        self.sampler = Sampler(model, method, step_size=step_size, adapt=False)
+        self.sampler = Sampler(self.model, method,  # type: ignore[arg-type]  # checked there
+                               step_size=step_size, adapt=False)
 
     def negatives(self, x: Tensor) -> Tensor:
         return self.sampler(x.detach(), self.k, self.generator)

@@ -37,6 +37,8 @@ def factored(expr: sp.Expr) -> sp.Expr:
 
 
 class Discrete(Domain):
+    values: tuple[int, int]
+
     def __init__(self, name: str, values: tuple[int, int]) -> None:
         self.name = name
         self.values = values

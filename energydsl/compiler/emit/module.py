@@ -164,6 +164,7 @@ def _accessor_text(param: Param, names) -> str:
     cost 9 D per row, and the dense [D, D] value is built only where a method needs the
     matrix itself; `names`: the dimensions and constants, attributes of the module)."""
     constraint = param.constraint
+    assert constraint is not None
     notes = ["symmetric, (raw + raw^T) / 2"] if constraint.symmetric else []
     context = {"param": param.name, "accessor": constraint.accessor,
                "symmetric": constraint.symmetric, "dominant": constraint.diagonally_dominant,
@@ -225,7 +226,7 @@ def formulas(derivation: Derivation, conditionals: Conditionals | None = None) -
             lines.append(f"Conditional:  {name} | hidden ~ N(P^-1 b, P^-1) with "
                          f"P[{visible.index}, {visible.second}] = {dsl_str(visible.precision)}, "
                          f"b[{visible.index}] = {dsl_str(visible.linear)}")
-        if conditionals.gaussian_precision is not None:
+        if conditionals.gaussian_precision is not None and conditionals.gaussian_indices:
             p, q = conditionals.gaussian_indices
             lines.append(f"Gaussian:     precision[{p}, {q}] = "
                          f"{dsl_str(conditionals.gaussian_precision)}")
@@ -286,17 +287,17 @@ def emit(derivation: Derivation, conditionals: Conditionals, planned: PlannedMod
         ctor_lines.append("# log Z for noise-contrastive estimation (nce_loss), learnt too\n"
                           "        self.log_z = torch.nn.Parameter(torch.zeros((), dtype=dtype, "
                           "device=device))")
-    v, dim = checked.visible.name, checked.visible.shape[0]
+    v, size = checked.visible.name, checked.visible.shape[0]
     texts = accessors + [method_text(m) for m in planned.core]
-    texts.append(render("reconstruct.py.j2", v=v, dim=dim))
+    texts.append(render("reconstruct.py.j2", v=v, dim=size))
     texts += [method_text(m) for m in planned.latent]
     if planned.gaussian is not None:
-        texts += [method_text(planned.gaussian), render("gaussian.py.j2", v=v, dim=dim)]
+        texts += [method_text(planned.gaussian), render("gaussian.py.j2", v=v, dim=size)]
     if planned.enumeration:
         texts += [method_text(m) for m in planned.enumeration]
-        texts.append(render("enumeration.py.j2", v=v, dim=dim, anchor=planned.anchor,
+        texts.append(render("enumeration.py.j2", v=v, dim=size, anchor=planned.anchor,
                             bits=planned.hidden_bits, max_states=DEFAULT_MAX_STATES))
-    texts += estimator_texts(v, dim, normalised)
+    texts += estimator_texts(v, size, normalised)
     return _environment().get_template("module.py.j2").render(
         version=__version__,
         spec_path=safe_line(spec_path),

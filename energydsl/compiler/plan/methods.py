@@ -224,23 +224,24 @@ class MethodPlanner:
             tuple(lines + ["return {" + entries + "\n        }"]))]
 
     def visible_methods(self) -> list[Method]:
-        conditional = self.conditionals.visible
-        if conditional is None:
+        conditional, planner = self.conditionals.visible, self.hidden_planner
+        if conditional is None or planner is None:
             return []
         v = self.visible
         hidden = list(self.checked.hidden)
         args = ", ".join(f"{h}: torch.Tensor" for h in hidden)
-        iso = conditional.isotropic is not None
-        constant = iso and conditional.isotropic.is_number
+        scale = conditional.isotropic
+        iso = scale is not None
+        constant = scale is not None and bool(scale.is_number)
         outputs = ["_visible_linear"] + ([] if constant else
                                          ["_visible_scale"] if iso else ["_visible_precision"])
-        lines, values = self.body(self.hidden_planner, outputs, self.hidden_prologue())
+        lines, values = self.body(planner, outputs, self.hidden_prologue())
         linear = values[0]
         shape = f"[N, {self.dim}]"
         noise = ("noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, "
                  "device=mean.device)")
         if constant:  # p(v | h) = N(b / c, I / c) with a number c
-            c = float(conditional.isotropic)
+            c = float(scale)  # type: ignore[arg-type]  # a number: `constant`
             mean = linear if c == 1 else f"{linear} / {c!r}"
             mean_lines = lines + [f"return {mean}"]
             sample_lines = lines + [f"mean = {mean}", noise,
@@ -310,15 +311,17 @@ class MethodPlanner:
 
         args = ", ".join(f"{h}: torch.Tensor" for h in hidden)
         call = ", ".join(hidden)
-        conditional = self.conditionals.visible
-        iso = conditional.isotropic is not None
-        if iso and conditional.isotropic.is_number:  # P = c I with a number c
-            c = float(conditional.isotropic)
+        conditional, planner = self.conditionals.visible, self.hidden_planner
+        assert conditional is not None and planner is not None  # enumerable
+        scale = conditional.isotropic
+        iso = scale is not None
+        if scale is not None and scale.is_number:  # P = c I with a number c
+            c = float(scale)
             lines: list[str] = []
             log_det = "" if c == 1 else f" - 0.5 * self.{D} * math.log({c!r})"
         else:
             output = "_visible_scale" if iso else "_visible_precision"
-            lines, (second,) = self.body(self.hidden_planner, [output], self.hidden_prologue())
+            lines, (second,) = self.body(planner, [output], self.hidden_prologue())
             if iso:
                 lines.append(f"log_det = self.{D} * torch.log({second})")
             else:

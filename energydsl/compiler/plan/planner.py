@@ -448,7 +448,7 @@ class Planner:
             return self._contract(tensors, output, comment, name, [current[0][1]])
         equation, shapes = self._equation(tensors, output)
         info = contraction_path(equation, tuple(shapes))
-        letter_of = {}
+        letter_of: dict = {}
         for op, letters in zip(tensors, equation.split("->")[0].split(","), strict=True):
             letter_of.update(zip(op.indices, letters, strict=True))
         steps = info.contraction_list

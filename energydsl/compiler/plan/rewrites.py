@@ -137,7 +137,8 @@ def _merge_deep(planner: Planner, scalars: list, factors: list, summed: list, co
     return scalars, factors, summed
 
 
-def _merged_factors(planner: Planner, inner: list[sp.Sum], context: list, summed: list):
+def _merged_factors(planner: Planner, inner: list[sp.Sum], context: list, summed: list
+                    ) -> tuple[list, list, list] | None:
     """The factors of a product of sums, with bound indices renamed apart."""
     taken = {str(i) for f in context for i in all_indices(f)} | {str(i) for i in summed}
     scalars, factors, new_summed = [], [], []
