@@ -18,7 +18,6 @@ import sympy as sp
 from energydsl.compiler.algebra import (
     diff,
     make_sum,
-    normalise,
 )
 from energydsl.compiler.algebra import tidy as algebra_tidy
 from energydsl.compiler.domains import DOMAINS
@@ -28,9 +27,9 @@ from energydsl.compiler.ir import (
     Derivation,
     HiddenConditional,
     HiddenUnit,
-    SymbolicModel,
     VisibleConditional,
 )
+from energydsl.compiler.lets import at_zero, depends_on
 
 # ---------------------------------------------------------------- unit moments
 
@@ -40,55 +39,6 @@ def _moments(unit: HiddenUnit) -> tuple[sp.Expr, sp.Expr, dict[str, sp.Expr]]:
 
 
 # ---------------------------------------------------------------- helpers
-
-def depends_on(expr: sp.Basic, base: sp.Basic, model: SymbolicModel) -> bool:
-    """Whether expr depends on `base`, directly or through let definitions."""
-    for node in sp.preorder_traversal(expr):
-        if isinstance(node, sp.Indexed):
-            if node.base == base:
-                return True
-            definition = model.definition_of(node.base)
-            if definition is not None and depends_on(definition.body, base, model):
-                return True
-        elif isinstance(node, sp.Symbol):
-            definition = model.definition_of(node)
-            if definition is not None and depends_on(definition.body, base, model):
-                return True
-    return False
-
-
-def at_zero(expr: sp.Expr, model: SymbolicModel) -> sp.Expr:
-    """expr at v = 0: lets that depend on v are inlined first."""
-    visible = model.visible
-
-    def inline(node: sp.Expr) -> sp.Expr:
-        if isinstance(node, sp.Indexed):
-            if node.base == visible:
-                return sp.S.Zero
-            definition = model.definition_of(node.base)
-            if definition is not None and depends_on(definition.body, visible, model):
-                body = definition.body
-                for formal, actual in zip(definition.indices, node.indices, strict=True):
-                    body = _substitute(body, formal, actual)
-                return inline(body)
-            return node
-        if isinstance(node, sp.Symbol):
-            definition = model.definition_of(node)
-            if definition is not None and depends_on(definition.body, visible, model):
-                return inline(definition.body)
-            return node
-        if not node.args or isinstance(node, sp.Idx):
-            return node
-        return node.func(*[inline(a) for a in node.args])
-
-    return normalise(inline(expr))
-
-
-def _substitute(expr: sp.Expr, old: sp.Symbol, new: sp.Expr) -> sp.Expr:
-    from energydsl.compiler.algebra import substitute_index
-
-    return substitute_index(expr, old, new)
-
 
 def _isotropic_part(precision: sp.Expr, p: sp.Idx, q: sp.Idx) -> sp.Expr | None:
     """c when precision = c delta(p, q) with c free of p and q."""
@@ -149,7 +99,7 @@ def derive_conditionals(derivation: Derivation) -> Conditionals:
         first = diff(model.energy, visible, (p,), lookup)
         precision = tidy(diff(first, visible, (q,), lookup))
         # quadratic in v (a precision of zero: linear, no Gaussian to draw from)
-        if precision != 0 and not depends_on(precision, visible, symbolic):
+        if precision != 0 and not depends_on(precision, visible, symbolic.definition_of):
             linear = tidy(-at_zero(first, symbolic))
             conditional = VisibleConditional(p, q, precision, linear,
                                              _isotropic_part(precision, p, q))
@@ -164,7 +114,7 @@ def derive_conditionals(derivation: Derivation) -> Conditionals:
     # a Gaussian model: F quadratic in v (not merely linear)
     gaussian = None
     hessian = tidy(diff(-derivation.score, visible, (q,), lookup))
-    if hessian != 0 and not depends_on(hessian, visible, symbolic):
+    if hessian != 0 and not depends_on(hessian, visible, symbolic.definition_of):
         gaussian = hessian
         definitions["_gaussian_precision"] = Definition(
             sp.IndexedBase("_gaussian_precision"), (p, q), hessian)

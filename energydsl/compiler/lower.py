@@ -21,6 +21,7 @@ import sympy as sp
 from energydsl.compiler import syntax as ast
 from energydsl.compiler.functions import FUNCTIONS
 from energydsl.compiler.ir import CheckedModel, Definition, SymbolicModel
+from energydsl.compiler.lets import depends_on
 from energydsl.compiler.notation import dsl_str
 from energydsl.errors import Span, SpecError, error, shorten
 
@@ -121,17 +122,9 @@ class _Lowerer:
         simplification (`0 * v[i]`, `v[i] - v[i]`) it must still be there, or there is
         nothing to differentiate and no per-sample free energy."""
         visible = self.tensors[self.checked.visible.name]
-        seen: set[sp.Basic] = set()
-        pending = [energy]
-        while pending:
-            expr = pending.pop()
-            for base in expr.atoms(sp.IndexedBase, sp.Symbol):
-                if base == visible:
-                    return
-                name = str(base.label) if isinstance(base, sp.IndexedBase) else str(base)
-                if name in definitions and base not in seen:
-                    seen.add(base)
-                    pending.append(definitions[name].body)
+        by_base = {d.base: d for d in definitions.values()}
+        if depends_on(energy, visible, by_base.get):
+            return
         decl = self.checked.energy
         raise error(f"the energy does not depend on '{self.checked.visible.name}' once "
                     f"simplified: it is {shorten(dsl_str(energy))}", decl.value.span)

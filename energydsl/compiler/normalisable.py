@@ -21,10 +21,9 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from energydsl.compiler.algebra import substitute_index
-from energydsl.compiler.conditionals import depends_on
 from energydsl.compiler.functions import BY_CLASS
-from energydsl.compiler.ir import Derivation, SymbolicModel
+from energydsl.compiler.ir import Derivation
+from energydsl.compiler.lets import inline
 from energydsl.compiler.notation import dsl_str
 from energydsl.errors import Diagnostic, shorten
 
@@ -38,28 +37,6 @@ class _Uses:
     direct: bool = False  # v[i] other than through a linear combination
     projections: list[sp.Expr] = field(default_factory=list)  # sums affine in v
     bounded: bool = False  # v inside a bounded function
-
-
-def _inline(expr: sp.Expr, model: SymbolicModel) -> sp.Expr:
-    """expr with every let that depends on v replaced by its body."""
-    visible = model.visible
-
-    def visit(node: sp.Expr) -> sp.Expr:
-        if isinstance(node, (sp.Indexed, sp.Symbol)):
-            base = node.base if isinstance(node, sp.Indexed) else node
-            definition = model.definition_of(base)
-            if definition is None or not depends_on(definition.body, visible, model):
-                return node
-            body = definition.body
-            if isinstance(node, sp.Indexed):
-                for formal, actual in zip(definition.indices, node.indices, strict=True):
-                    body = substitute_index(body, formal, actual)
-            return visit(body)
-        if not node.args or isinstance(node, sp.Idx):
-            return node
-        return node.func(*[visit(a) for a in node.args])
-
-    return visit(expr)
 
 
 def _degree(expr: sp.Expr, visible: sp.IndexedBase) -> int | None:
@@ -125,7 +102,7 @@ def normalisability_warnings(derivation: Derivation) -> list[Diagnostic]:
     dim = checked.visible.shape[0]
     defaults = {symbol: checked.dims[d].default for d, symbol in symbolic.dims.items()}
     size = int(symbolic.dims[dim].subs(defaults))
-    free_energy = _inline(derivation.free_energy, symbolic)
+    free_energy = inline(derivation.free_energy, visible, symbolic.definition_of)
     span = checked.energy.value.span
     advice = f"add a term that grows in every direction, such as sum(i: {name}[i]^2) / 2"
     if _degree(free_energy, visible) == 1:

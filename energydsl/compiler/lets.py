@@ -1,0 +1,66 @@
+"""What the stages ask of `let` definitions: does an expression depend on a variable
+through them, and what is it with them written out.
+
+`lookup` is a SymbolicModel's `definition_of` (or, before there is one, any function from
+a base to its Definition or None).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sympy as sp
+
+from energydsl.compiler.algebra import normalise, substitute_index
+from energydsl.compiler.ir import Definition, SymbolicModel
+
+Lookup = Callable[[sp.Basic], "Definition | None"]
+
+
+def depends_on(expr: sp.Basic, base: sp.Basic, lookup: Lookup) -> bool:
+    """Whether expr depends on `base`, directly or through let definitions."""
+    seen: set[sp.Basic] = set()
+    pending = [expr]
+    while pending:
+        for node in sp.preorder_traversal(pending.pop()):
+            if isinstance(node, sp.Indexed) and node.base == base:
+                return True
+            if isinstance(node, (sp.Indexed, sp.Symbol)):
+                head = node.base if isinstance(node, sp.Indexed) else node
+                definition = lookup(head)
+                if definition is not None and head not in seen:
+                    seen.add(head)
+                    pending.append(definition.body)
+            elif node == base:
+                return True
+    return False
+
+
+def inline(expr: sp.Expr, base: sp.Basic, lookup: Lookup) -> sp.Expr:
+    """expr with every let that depends on `base` replaced by its body."""
+
+    def visit(node: sp.Expr) -> sp.Expr:
+        if isinstance(node, (sp.Indexed, sp.Symbol)):
+            head = node.base if isinstance(node, sp.Indexed) else node
+            definition = lookup(head)
+            if definition is None or not depends_on(definition.body, base, lookup):
+                return node
+            body = definition.body
+            if isinstance(node, sp.Indexed):
+                for formal, actual in zip(definition.indices, node.indices, strict=True):
+                    body = substitute_index(body, formal, actual)
+            return visit(body)
+        if not node.args or isinstance(node, sp.Idx):
+            return node
+        return node.func(*[visit(a) for a in node.args])
+
+    return visit(expr)
+
+
+def at_zero(expr: sp.Expr, model: SymbolicModel) -> sp.Expr:
+    """expr at v = 0 (lets that depend on v written out first)."""
+    visible = model.visible
+    written_out = inline(expr, visible, model.definition_of)
+    return normalise(written_out.replace(
+        lambda node: isinstance(node, sp.Indexed) and node.base == visible,
+        lambda node: sp.S.Zero))
