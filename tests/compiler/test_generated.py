@@ -1,6 +1,6 @@
 """generated/ is exactly what compiling specs/ gives, and compiling is deterministic.
 
-Run `pytest tests/test_generated.py --update-golden` (or `make generate`) after a
+Run `pytest tests/compiler/test_generated.py --update-golden` (or `make generate`) after a
 change to the compiler or a spec to rewrite the golden files."""
 
 from __future__ import annotations
