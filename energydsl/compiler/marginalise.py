@@ -228,6 +228,8 @@ def _power_bounds(bounds: tuple[tuple, tuple], n: int) -> tuple[tuple, tuple]:
 
 def _always_true(condition: sp.Basic) -> bool:
     """Whether a convergence condition holds for every real value of its symbols."""
+    if condition is sp.true:  # SymPy settled it already (sigmoid(x) > 0)
+        return True
     if isinstance(condition, sp.And):
         return all(_always_true(c) for c in condition.args)
     if not isinstance(condition, sp.core.relational.Relational) or condition.rel_op == "==":

@@ -7,8 +7,9 @@ Each estimator is one module here, named as the estimator, whose `ESTIMATOR` say
   method itself, as `sm_loss`), or an existing one (`needs`: free_energy, log_prob);
 - how `check` verifies that method against the independent reference (`check`).
 Adding an estimator is one module here (and its partial) and its name in NAMES;
-tests/estimators/test_registry.py, the registry's conformance test, checks every part. Nothing here imports torch until it is used, so the CLI lists the
-names at once and the compiler reads the methods' names without torch.
+tests/estimators/test_registry.py, the registry's conformance test, checks every part.
+Nothing here imports torch until it is used, so the CLI lists the names at once and the
+compiler reads the methods' names without torch.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The error catalogue, docs/errors.md: every example fails with exactly the message shown,
 every entry says how to fix it, and every error the compiler can raise for a spec has an entry.
 
-After a deliberate change to a message, `pytest tests/compiler/test_error_catalogue.py --update-golden`
-rewrites the catalogue's message blocks from the compiler (then read the diff).
+After a deliberate change to a message,
+`pytest tests/compiler/test_error_catalogue.py --update-golden` rewrites the catalogue's
+message blocks from the compiler (then read the diff).
 """
 
 from __future__ import annotations
