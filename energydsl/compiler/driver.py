@@ -1,4 +1,5 @@
-"""The pipeline, stage by stage: parse -> check -> lower -> marginalise -> derive -> emit.
+"""The pipeline, stage by stage: parse -> check -> lower -> marginalise -> derive ->
+(normalisability warnings, conditionals) -> plan -> emit.
 
 Each stage is one function of the previous stage's output; the first stage that finds
 a mistake raises SpecError and nothing later runs. Nothing here prints or writes files.

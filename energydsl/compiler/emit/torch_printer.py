@@ -62,6 +62,15 @@ class TorchPrinter(PythonCodePrinter):
         return repr(float(expr))
 
     # -- functions: the language's from the table (energydsl.compiler.functions), below
+    def _print(self, expr, **kwargs) -> str:
+        """Every function printed is one this printer knows: the base printer would write
+        `math.sinh(x)` for a tensor x, code that fails only when it runs."""
+        if isinstance(expr, sp.Function) and type(expr) not in _PRINTED:
+            raise NotImplementedError(
+                f"no torch code for {type(expr).__name__}, which a derivation produced: add "
+                "it to FUNCTIONS in energydsl/compiler/functions.py")
+        return super()._print(expr, **kwargs)
+
     def _print_table_function(self, expr: sp.Function) -> str:
         function = BY_CLASS[type(expr)]
         arg = expr.args[0]
@@ -122,6 +131,9 @@ class TorchPrinter(PythonCodePrinter):
         e = self.parenthesize(exponent, precedence(expr), strict=True)
         return f"{b} ** {e}"
 
+
+_PRINTED = {*BY_CLASS, sp.sign, sp.loggamma, sp.polygamma, sp.gamma}
+"""The function classes with torch code: the table's, and what derivations of it yield."""
 
 for _class in BY_CLASS:  # one printer method per function of the table (log has its own)
     if _class is not sp.log:
