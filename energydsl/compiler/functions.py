@@ -30,10 +30,20 @@ def _latex_call(name: str, argument: str, exp: str | None) -> str:
     return rf"{name}{power}\left({argument}\right)"
 
 
-class softplus(sp.Function):  # noqa: N801 - printed as written in specs
-    """softplus(x) = log(1 + exp(x)), evaluated stably by the printer."""
+class _PositiveOfReal(sp.Function):
+    """A function of one argument, positive wherever that argument is real."""
 
     nargs = 1
+
+    def _eval_is_real(self):
+        return self.args[0].is_real
+
+    def _eval_is_positive(self):
+        return self.args[0].is_real
+
+
+class softplus(_PositiveOfReal):  # noqa: N801 - printed as written in specs
+    """softplus(x) = log(1 + exp(x)), evaluated stably by the printer."""
 
     def fdiff(self, argindex=1):
         return sigmoid(self.args[0])
@@ -44,12 +54,6 @@ class softplus(sp.Function):  # noqa: N801 - printed as written in specs
             return sp.log(2)
         return None
 
-    def _eval_is_real(self):
-        return self.args[0].is_real
-
-    def _eval_is_positive(self):
-        return self.args[0].is_real
-
     def _eval_evalf(self, prec):
         return sp.log(1 + sp.exp(self.args[0]))._eval_evalf(prec)
 
@@ -57,10 +61,8 @@ class softplus(sp.Function):  # noqa: N801 - printed as written in specs
         return _latex_call(r"\operatorname{softplus}", printer._print(self.args[0]), exp)
 
 
-class sigmoid(sp.Function):  # noqa: N801
+class sigmoid(_PositiveOfReal):  # noqa: N801
     """sigmoid(x) = 1 / (1 + exp(-x))."""
-
-    nargs = 1
 
     def fdiff(self, argindex=1):
         return self * (1 - self)
@@ -70,12 +72,6 @@ class sigmoid(sp.Function):  # noqa: N801
         if x.is_zero:
             return sp.Rational(1, 2)
         return None
-
-    def _eval_is_real(self):
-        return self.args[0].is_real
-
-    def _eval_is_positive(self):
-        return self.args[0].is_real
 
     def _eval_evalf(self, prec):
         return (1 / (1 + sp.exp(-self.args[0])))._eval_evalf(prec)
