@@ -1,14 +1,14 @@
 """Random *valid* specs, for property-based tests of the whole compiler.
 
 A drawn spec is a random sum of the terms the language is for: a Gaussian term in the
-visible vector, linear terms, smooth functions (softplus, sigmoid, tanh, square,
-log1p of a square) of random linear forms (sometimes named by `let`s, sometimes nested
-two deep), quadratic forms, and zero to two hidden layers (binary, spin, real or
-positive units) coupled bilinearly or through a nonlinear coefficient. Names, index
-names, sizes and number spellings are random too. Every such spec must compile, and
-everything the compiler derives must agree with autograd on the spec's own energy
-(`energydsl.check.checks.check_compiled`); a spec that does not is a compiler bug, and
-hypothesis shrinks it to a small one.
+visible vector, linear terms, functions (softplus, sigmoid, tanh, square, logsigmoid,
+logcosh, erf, sin, relu, abs, log1p of a square) of random linear forms (sometimes named
+by `let`s, sometimes nested two deep), quadratic forms, and zero to two hidden layers
+(binary, spin, real or positive units) coupled bilinearly or through a nonlinear
+coefficient. Names, index names, sizes and number spellings are random too. Every such
+spec must compile, and everything the compiler derives must agree with autograd on the
+spec's own energy (`energydsl.check.checks.check_compiled`); a spec that does not is a
+compiler bug, and hypothesis shrinks it to a small one.
 """
 
 from __future__ import annotations
@@ -102,12 +102,19 @@ class _Builder:
         return form
 
 
-_SMOOTH = {  # f(z) as text, for a linear form z; each is smooth and finite everywhere
+_SMOOTH = {  # f(z) as text, for a linear form z; each finite everywhere
     "softplus": "softplus({})",
     "sigmoid": "sigmoid({})",
     "tanh": "tanh({})",
     "square": "square({})",
     "log1p_square": "log1p(({})^2)",
+    "logsigmoid": "logsigmoid({})",
+    "logcosh": "logcosh({})",
+    "erf": "erf({})",
+    "sin": "sin({})",
+    # kinked: derivatives almost everywhere, as autograd's; random points miss the kinks
+    "relu": "relu({})",
+    "abs": "abs({})",
 }
 
 

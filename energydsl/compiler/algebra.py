@@ -208,6 +208,21 @@ def _factorable(expr: sp.Expr) -> bool:
                     for p in expr.atoms(sp.Pow)))
 
 
+def almost_everywhere(derivative: sp.Expr) -> sp.Expr:
+    """A derivative where it exists: abs and relu differentiate to sign and a step, whose
+    own derivatives (DiracDelta) are 0 almost everywhere, as autograd has them."""
+    if not derivative.has(sp.DiracDelta):
+        return derivative
+    return derivative.replace(lambda n: isinstance(n, sp.DiracDelta), lambda n: sp.S.Zero)
+
+
+def derivative_of(node: sp.Function) -> sp.Expr:
+    """f'(a) for node = f(a), almost everywhere: sign(a)' is 0, not SymPy's unevaluated
+    Derivative (sign has no fdiff of its own)."""
+    y = sp.Dummy("y", real=True)
+    return almost_everywhere(sp.diff(node.func(y), y)).xreplace({y: node.args[0]})
+
+
 def diff(expr: sp.Expr, var: sp.IndexedBase, at: tuple[sp.Expr, ...],
          definition_of: DefinitionLookup | None = None) -> sp.Expr:
     """d expr / d var[at], in index form.
@@ -244,7 +259,7 @@ def diff(expr: sp.Expr, var: sp.IndexedBase, at: tuple[sp.Expr, ...],
         if sum(1 for n in sp.preorder_traversal(node) if n == atom) < 2:
             return None
         y = sp.Dummy("y", real=True)
-        derivative = sp.diff(node.xreplace({atom: y}), y)
+        derivative = almost_everywhere(sp.diff(node.xreplace({atom: y}), y))
         if _factorable(derivative):
             derivative = sp.factor(derivative)
         return derivative.xreplace({y: atom}) * d(atom)
@@ -297,7 +312,7 @@ def diff(expr: sp.Expr, var: sp.IndexedBase, at: tuple[sp.Expr, ...],
             inner = d(node.args[0])
             if inner == 0:
                 return sp.S.Zero
-            return node.fdiff(1) * inner
+            return derivative_of(node) * inner
         if not (node.free_symbols & _var_symbols):
             return sp.S.Zero
         raise NotImplementedError(f"cannot differentiate {type(node).__name__}: {node}")

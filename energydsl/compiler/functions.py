@@ -9,10 +9,9 @@ is one entry here (and, when SymPy has no class for it, one class below with its
 derivative in closed form); tests/compiler/test_functions.py checks every entry's parts
 against each other and against SymPy's own numerics.
 
-softplus, sigmoid and log1p are SymPy functions of their own, their derivatives stated
-in closed form (softplus' = sigmoid, sigmoid' = sigmoid (1 - sigmoid)) so that derived
-expressions reuse the forward values instead of re-forming exponentials that overflow in
-float32.
+The functions SymPy lacks (softplus, sigmoid, log1p, logsigmoid, logcosh, relu) are in
+energydsl.compiler.sympy_functions. abs and relu have kinks: their derivatives are the
+almost-everywhere ones (sign, a step), as autograd's, and `show` says so (`kinked`).
 """
 
 from __future__ import annotations
@@ -23,97 +22,7 @@ from typing import Any
 
 import sympy as sp
 
-
-def _latex_call(name: str, argument: str, exp: str | None) -> str:
-    """f(x), or f^{n}(x) when SymPy's LaTeX printer asks for a power (f(x)^n)."""
-    power = "" if exp is None else f"^{{{exp}}}"
-    return rf"{name}{power}\left({argument}\right)"
-
-
-class _PositiveOfReal(sp.Function):
-    """A function of one argument, positive wherever that argument is real."""
-
-    nargs = 1
-
-    def _eval_is_real(self):
-        return self.args[0].is_real
-
-    def _eval_is_positive(self):
-        return self.args[0].is_real
-
-
-class softplus(_PositiveOfReal):  # noqa: N801 - printed as written in specs
-    """softplus(x) = log(1 + exp(x)), evaluated stably by the printer."""
-
-    def fdiff(self, argindex=1):
-        return sigmoid(self.args[0])
-
-    @classmethod
-    def eval(cls, x):
-        if x.is_zero:
-            return sp.log(2)
-        return None
-
-    def _eval_evalf(self, prec):
-        return sp.log(1 + sp.exp(self.args[0]))._eval_evalf(prec)
-
-    def _latex(self, printer, exp=None):
-        return _latex_call(r"\operatorname{softplus}", printer._print(self.args[0]), exp)
-
-
-class sigmoid(_PositiveOfReal):  # noqa: N801
-    """sigmoid(x) = 1 / (1 + exp(-x))."""
-
-    def fdiff(self, argindex=1):
-        return self * (1 - self)
-
-    @classmethod
-    def eval(cls, x):
-        if x.is_zero:
-            return sp.Rational(1, 2)
-        return None
-
-    def _eval_evalf(self, prec):
-        return (1 / (1 + sp.exp(-self.args[0])))._eval_evalf(prec)
-
-    def _latex(self, printer, exp=None):
-        return _latex_call(r"\sigma", printer._print(self.args[0]), exp)
-
-
-class log1p(sp.Function):  # noqa: N801
-    """log1p(x) = log(1 + x), accurate for small x."""
-
-    nargs = 1
-
-    def fdiff(self, argindex=1):
-        return 1 / (1 + self.args[0])
-
-    @classmethod
-    def eval(cls, x):
-        if x.is_zero:
-            return sp.S.Zero
-        return None
-
-    def _eval_is_real(self):
-        arg = self.args[0]
-        if (1 + arg).is_positive:
-            return True
-        return None
-
-    def _eval_is_extended_real(self):
-        """False where 1 + x is never positive: log1p(-2 - x^2) is complex (or -inf)."""
-        one_plus = 1 + self.args[0]
-        if one_plus.is_positive:
-            return True
-        if one_plus.is_nonpositive:
-            return False
-        return None
-
-    def _eval_evalf(self, prec):
-        return sp.log(1 + self.args[0])._eval_evalf(prec)
-
-    def _latex(self, printer, exp=None):
-        return _latex_call(r"\log", "1 + " + printer._print(self.args[0]), exp)
+from energydsl.compiler.sympy_functions import log1p, logcosh, logsigmoid, relu, sigmoid, softplus
 
 
 def _torch(path: str) -> Callable[[Any], Any]:
@@ -141,8 +50,10 @@ class Function:
     tensor_code: str  # torch code for a tensor argument `{x}`
     scalar_code: str  # Python code for a number or constant `{x}` (uses `math`)
     reference: Callable[[Any], Any]  # the torch callable the check evaluates it with
-    # increasing: (its value at a number, as SymPy; its limit at -oo; at +oo)
+    # strictly increasing: (its value at a number, as SymPy; its limit at -oo; at +oo), the
+    # limits never attained
     increasing: tuple[Callable[[sp.Expr], sp.Expr], sp.Expr, sp.Expr] | None = None
+    kinked: bool = False  # not differentiable everywhere: derivatives hold almost everywhere
 
     @property
     def bounded(self) -> bool:
@@ -168,7 +79,25 @@ FUNCTIONS: dict[str, Function] = {f.name: f for f in (
              (lambda x: 1 / (1 + sp.exp(-x)), sp.S.Zero, sp.S.One)),
     Function("tanh", sp.tanh, sp.tanh, "torch.tanh({x})", "math.tanh({x})", _torch("tanh"),
              (sp.tanh, sp.S.NegativeOne, sp.S.One)),
-    Function("abs", sp.Abs, sp.Abs, "torch.abs({x})", "abs({x})", _torch("abs")),
+    Function("abs", sp.Abs, sp.Abs, "torch.abs({x})", "abs({x})", _torch("abs"),
+             kinked=True),
+    Function("relu", relu, relu, "torch.relu({x})", "max({x}, 0.0)", _torch("relu"),
+             kinked=True),  # not strictly increasing: it attains 0 (its sign facts say >= 0)
+    Function("logsigmoid", logsigmoid, logsigmoid, "torch.nn.functional.logsigmoid({x})",
+             "(-(max(-({x}), 0.0) + math.log1p(math.exp(-abs({x})))))",
+             _torch("nn.functional.logsigmoid"),
+             (lambda x: -sp.log(1 + sp.exp(-x)), sp.S.NegativeInfinity, sp.S.Zero)),
+    Function("cosh", sp.cosh, sp.cosh, "torch.cosh({x})", "math.cosh({x})", _torch("cosh")),
+    Function("sinh", sp.sinh, sp.sinh, "torch.sinh({x})", "math.sinh({x})", _torch("sinh"),
+             (sp.sinh, sp.S.NegativeInfinity, sp.oo)),
+    Function("logcosh", logcosh, logcosh,
+             "(({x}) + torch.nn.functional.softplus(-2 * ({x})) - math.log(2))",
+             "(abs({x}) + math.log1p(math.exp(-2 * abs({x}))) - math.log(2))",
+             lambda x: _torch("log")(_torch("cosh")(x))),
+    Function("erf", sp.erf, sp.erf, "torch.special.erf({x})", "math.erf({x})",
+             _torch("special.erf"), (sp.erf, sp.S.NegativeOne, sp.S.One)),
+    Function("sin", sp.sin, sp.sin, "torch.sin({x})", "math.sin({x})", _torch("sin")),
+    Function("cos", sp.cos, sp.cos, "torch.cos({x})", "math.cos({x})", _torch("cos")),
 )}
 
 BY_CLASS: dict[type, Function] = {f.sympy_class: f for f in FUNCTIONS.values()
@@ -176,21 +105,38 @@ BY_CLASS: dict[type, Function] = {f.sympy_class: f for f in FUNCTIONS.values()
 """The function a SymPy class is (for printing and the facts of marginalisation)."""
 
 
-def rewrite_log_one_plus(expr: sp.Expr) -> sp.Expr:
-    """log(1 + exp(x)) -> softplus(x), log(1 + x) -> log1p(x): the stable forms."""
+def kinked_in(*exprs: sp.Expr) -> list[str]:
+    """The kinked functions (abs, relu) the expressions use, by name."""
+    return sorted({BY_CLASS[type(node)].name for expr in exprs
+                   for node in sp.preorder_traversal(expr)
+                   if type(node) in BY_CLASS and BY_CLASS[type(node)].kinked})
+
+
+def stable_form(node: sp.Expr) -> sp.Expr:
+    """log(1 + exp(x)) -> softplus(x), log(1 + x) -> log1p(x), log(sigmoid(x)) ->
+    logsigmoid(x), log(cosh(x)) -> logcosh(x): forms that stay finite in float32. One
+    node; its arguments are taken as they are."""
+    if not isinstance(node, sp.log):
+        return node
+    (arg,) = node.args
+    if isinstance(arg, sigmoid):
+        return logsigmoid(arg.args[0])
+    if isinstance(arg, sp.cosh):
+        return logcosh(arg.args[0])
+    if isinstance(arg, sp.Add):
+        constant = sp.Add(*[t for t in arg.args if t.is_Number])
+        rest = sp.Add(*[t for t in arg.args if not t.is_Number])
+        if constant == 1:
+            return softplus(rest.args[0]) if isinstance(rest, sp.exp) else log1p(rest)
+    return node
+
+
+def stable_forms(expr: sp.Expr) -> sp.Expr:
+    """stable_form at every node, innermost first."""
 
     def visit(node: sp.Expr) -> sp.Expr:
         if not node.args or isinstance(node, (sp.Indexed, sp.Idx)):
             return node
-        node = node.func(*[visit(a) for a in node.args])
-        if isinstance(node, sp.log) and isinstance(node.args[0], sp.Add):
-            terms = node.args[0].args
-            constant = sp.Add(*[t for t in terms if t.is_Number])
-            rest = sp.Add(*[t for t in terms if not t.is_Number])
-            if constant == 1:
-                if isinstance(rest, sp.exp):
-                    return softplus(rest.args[0])
-                return log1p(rest)
-        return node
+        return stable_form(node.func(*[visit(a) for a in node.args]))
 
     return visit(expr)

@@ -36,14 +36,16 @@ def depends_on(expr: sp.Basic, base: sp.Basic, lookup: Lookup) -> bool:
     return False
 
 
-def inline(expr: sp.Expr, base: sp.Basic, lookup: Lookup) -> sp.Expr:
-    """expr with every let that depends on `base` replaced by its body."""
+def inline(expr: sp.Expr, base: sp.Basic | None, lookup: Lookup) -> sp.Expr:
+    """expr with every let that depends on `base` (every let, for None) replaced by its
+    body."""
 
     def visit(node: sp.Expr) -> sp.Expr:
         if isinstance(node, (sp.Indexed, sp.Symbol)):
             head = node.base if isinstance(node, sp.Indexed) else node
             definition = lookup(head)
-            if definition is None or not depends_on(definition.body, base, lookup):
+            if definition is None or (base is not None
+                                      and not depends_on(definition.body, base, lookup)):
                 return node
             body = definition.body
             if isinstance(node, sp.Indexed):

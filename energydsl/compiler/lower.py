@@ -19,7 +19,8 @@ import sys
 import sympy as sp
 
 from energydsl.compiler import syntax as ast
-from energydsl.compiler.functions import FUNCTIONS
+from energydsl.compiler.bounds import sign_assumptions
+from energydsl.compiler.functions import FUNCTIONS, stable_form
 from energydsl.compiler.ir import CheckedModel, Definition, SymbolicModel
 from energydsl.compiler.lets import depends_on
 from energydsl.compiler.notation import dsl_str
@@ -52,10 +53,11 @@ class _Lowerer:
         for let in checked.lets.values():
             self.tensors[let.name] = self._base(let.name, let.shape)
 
-    def _base(self, name: str, shape: tuple[str, ...]) -> sp.Basic:
+    def _base(self, name: str, shape: tuple[str, ...], **assumptions: bool) -> sp.Basic:
+        assumptions = assumptions or {"real": True}
         if not shape:
-            return sp.Symbol(name, real=True)
-        return sp.IndexedBase(name, shape=tuple(self.dims[d] for d in shape), real=True)
+            return sp.Symbol(name, **assumptions)
+        return sp.IndexedBase(name, shape=tuple(self.dims[d] for d in shape), **assumptions)
 
     def _idx(self, ident: ast.Ident) -> sp.Idx:
         return sp.Idx(ident.name, self.dims[self.checked.index_ranges[ident]])
@@ -84,7 +86,7 @@ class _Lowerer:
             base = self.tensors[node.base.name]
             return base[tuple(scope[i.name] for i in node.indices)]
         if isinstance(node, ast.Call):
-            return FUNCTIONS[node.func.name].build(self.expr(node.args[0], scope))
+            return stable_form(FUNCTIONS[node.func.name].build(self.expr(node.args[0], scope)))
         if isinstance(node, ast.Unary):
             operand = self.expr(node.operand, scope)
             return -operand if node.op == "-" else operand
@@ -136,6 +138,8 @@ class _Lowerer:
             scope = {i.name: idx for i, idx in zip(let.indices, indices, strict=True)}
             body = self.expr(let.value, scope)
             _check_numbers(body, let.value.span)
+            # the let's symbol knows its sign: exp(a[k]) > 0 is seen through `let alpha`
+            self.tensors[let.name] = self._base(let.name, let.shape, **sign_assumptions(body))
             definitions[let.name] = Definition(self.tensors[let.name], indices, body)
         energy = self._energy()
         self._check_depends_on_visible(energy, definitions)

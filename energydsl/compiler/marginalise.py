@@ -14,9 +14,11 @@ from __future__ import annotations
 import sympy as sp
 
 from energydsl.compiler.algebra import distribute, make_sum, normalise, substitute_index
+from energydsl.compiler.bounds import always_true, sign_assumptions
 from energydsl.compiler.domains import DOMAINS, UnitFailure
-from energydsl.compiler.functions import BY_CLASS, rewrite_log_one_plus
+from energydsl.compiler.functions import stable_forms
 from energydsl.compiler.ir import FreeEnergyModel, HiddenUnit, SymbolicModel
+from energydsl.compiler.lets import inline
 from energydsl.compiler.notation import dsl_str
 from energydsl.errors import SpecError, error, shorten
 
@@ -30,14 +32,15 @@ def _hidden_occurrences(term: sp.Expr, hidden: dict[str, sp.IndexedBase]) -> dic
     return found
 
 
-def _split_outer_sum(term: sp.Expr) -> tuple[sp.Expr, sp.Sum | None]:
-    """term = coefficient * Sum(...): the outermost sum factor, if any."""
+def _split_outer_sum(term: sp.Expr, base: sp.IndexedBase) -> tuple[sp.Expr, sp.Sum | None]:
+    """term = coefficient * Sum(...): the one factor holding the hidden variable `base`,
+    if it is a sum. The coefficient (a sum over v, say) does not involve the units, so
+    sum(k: h[k]) * sum(i: v[i]) is linear in each unit, not an interaction."""
     factors = sp.Mul.make_args(term)
-    sums = [f for f in factors if isinstance(f, sp.Sum)]
-    hidden_sums = [s for s in sums if s.atoms(sp.Indexed)]
-    if len(hidden_sums) != 1:
+    holding = [f for f in factors if f.has(base)]
+    if len(holding) != 1 or not isinstance(holding[0], sp.Sum):
         return term, None
-    outer = hidden_sums[0]
+    outer = holding[0]
     return sp.Mul(*[f for f in factors if f is not outer]), outer
 
 
@@ -85,7 +88,7 @@ class _Marginaliser:
                 raise self.fail(f"cannot marginalise '{name}': units {' and '.join(uses)} "
                                 f"interact in the term {dsl_str(term)}", name, second)
             (indices,) = index_sets
-            coefficient, outer = _split_outer_sum(term)
+            coefficient, outer = _split_outer_sum(term, hidden[name])
             bound = {limit[0] for limit in outer.limits} if outer is not None else set()
             if outer is None or indices[0] not in bound:
                 raise self.fail(f"cannot marginalise '{name}': in the term {dsl_str(term)} the "
@@ -146,8 +149,8 @@ class _Marginaliser:
             return
         if condition == sp.false:
             raise self.fail(f"the integral over hidden variable '{name}' diverges", name)
-        if _always_true(condition):
-            return
+        if always_true(inline(condition, None, self.model.definition_of)):
+            return  # let alpha[k] = exp(a[k]): alpha[k] > 0 seen through the let
         constants = set(self.model.consts.values())
         if not condition.free_symbols <= constants:
             raise self.fail(f"the integral over '{name}' converges only if "
@@ -163,87 +166,6 @@ class _Marginaliser:
         self.conditions.append(condition)
 
 
-# Increasing functions (the table's facts): their value at a number, their limits.
-_INCREASING = {cls: f.increasing for cls, f in BY_CLASS.items() if f.increasing is not None}
-
-
-Bound = tuple[sp.Expr, bool]  # a bound's value and whether it is attained
-
-
-def _bounds(expr: sp.Expr) -> tuple[Bound, Bound]:
-    """Lower and upper bounds of `expr` over all real values of its symbols, each as
-    (value, attained): enough to see that a convergence condition such as tanh(x) < 1
-    always holds, which SymPy's assumptions cannot."""
-    if expr.is_number and expr.is_extended_real:
-        return (expr, True), (expr, True)
-    if isinstance(expr, sp.Add):
-        parts = [_bounds(a) for a in expr.args]
-        low, high = ((sp.Add(*[p[k][0] for p in parts]), all(p[k][1] for p in parts))
-                     for k in (0, 1))
-        return low, high
-    if isinstance(expr, sp.Mul) and expr.args[0].is_number:
-        coefficient, rest = expr.as_coeff_Mul()
-        (low, low_in), (high, high_in) = _bounds(rest)
-        if coefficient.is_positive:
-            return (coefficient * low, low_in), (coefficient * high, high_in)
-        if coefficient.is_negative:
-            return (coefficient * high, high_in), (coefficient * low, low_in)
-    if isinstance(expr, sp.Pow) and expr.exp.is_Integer and expr.exp > 0:
-        return _power_bounds(_bounds(expr.base), int(expr.exp))
-    if type(expr) in _INCREASING:
-        f, at_minus, at_plus = _INCREASING[type(expr)]
-        (low, low_in), (high, high_in) = _bounds(expr.args[0])
-        return ((at_minus, False) if low == -sp.oo else (f(low), low_in),
-                (at_plus, False) if high == sp.oo else (f(high), high_in))
-    if expr.is_positive:
-        return (0, False), (sp.oo, False)
-    if expr.is_nonnegative:
-        return (0, True), (sp.oo, False)
-    if expr.is_negative:
-        return (-sp.oo, False), (0, False)
-    if expr.is_nonpositive:
-        return (-sp.oo, False), (0, True)
-    return (-sp.oo, False), (sp.oo, False)
-
-
-def _true(relation) -> bool:
-    """Whether SymPy decides `relation` is true (False where it cannot decide)."""
-    return sp.sympify(relation) == sp.true
-
-
-def _power_bounds(bounds: tuple[tuple, tuple], n: int) -> tuple[tuple, tuple]:
-    """Bounds of x^n from those of x: increasing where n is odd or x >= 0; otherwise |x|^n,
-    least at 0 when x can change sign (tanh(x)^2 lies in [0, 1))."""
-    (low, low_in), (high, high_in) = bounds
-    if n % 2 or _true(low >= 0):
-        return (low**n, low_in), (high**n, high_in)
-    if _true(high <= 0):
-        return (high**n, high_in), (low**n, low_in)
-    if _true(-low < high):
-        return (sp.S.Zero, True), (high**n, high_in)
-    if _true(-low > high):
-        return (sp.S.Zero, True), (low**n, low_in)
-    return (sp.S.Zero, True), (high**n, high_in or low_in)
-
-
-def _always_true(condition: sp.Basic) -> bool:
-    """Whether a convergence condition holds for every real value of its symbols."""
-    if condition is sp.true:  # SymPy settled it already (sigmoid(x) > 0)
-        return True
-    if isinstance(condition, sp.And):
-        return all(_always_true(c) for c in condition.args)
-    if not isinstance(condition, sp.core.relational.Relational) or condition.rel_op == "==":
-        return False
-    (low, low_in), (high, high_in) = _bounds(condition.lhs - condition.rhs)
-    if condition.rel_op == "<":
-        return _true(high < 0) or (_true(sp.Eq(high, 0)) and not high_in)
-    if condition.rel_op == "<=":
-        return _true(high <= 0)
-    if condition.rel_op == ">":
-        return _true(low > 0) or (_true(sp.Eq(low, 0)) and not low_in)
-    return condition.rel_op == ">=" and _true(low >= 0)
-
-
 def _abstract_visible(e: sp.Expr, h: sp.Symbol, keep: set) -> tuple[dict, sp.Expr]:
     """Replace each sum and tensor entry (and scalar parameter) by a real placeholder, so
     SymPy integrates a small expression whatever the spec's sizes; constants in `keep`
@@ -254,8 +176,8 @@ def _abstract_visible(e: sp.Expr, h: sp.Symbol, keep: set) -> tuple[dict, sp.Exp
         if isinstance(node, (sp.Sum, sp.Indexed)) or (
                 isinstance(node, sp.Symbol) and node != h and node not in keep):
             if h not in node.free_symbols:
-                if node not in placeholders:
-                    placeholders[node] = sp.Dummy("x", real=True)
+                if node not in placeholders:  # keeping what is known of its sign
+                    placeholders[node] = sp.Dummy("x", **sign_assumptions(node))
                 return placeholders[node]
         if not node.args:
             return node
@@ -305,7 +227,7 @@ def marginalise(model: SymbolicModel) -> FreeEnergyModel:
     for name, (index, symbol, e) in units.items():
         domain = model.checked.hidden[name].domain
         log_z, coefficients = worker.log_partition(name, domain, symbol, e)
-        log_z = rewrite_log_one_plus(sp.expand(log_z))
+        log_z = stable_forms(sp.expand(log_z))
         hidden[name] = HiddenUnit(name, domain, index, symbol, e, log_z, coefficients)
         free_energy = free_energy - make_sum(log_z, [(index, 0, index.upper)])
     free_energy = normalise(free_energy)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from energydsl.compiler.emit.module import formulas
+from energydsl.compiler.functions import kinked_in
 from energydsl.compiler.ir import Derivation
 from energydsl.compiler.notation import latex
 
@@ -27,3 +28,8 @@ def _latex_lines(derivation: Derivation):
     yield "sm objective", f"J = \\mathbb{{E}}\\left[{latex(derivation.sm_objective)}\\right]"
     for condition in model.conditions:
         yield "requires", latex(condition)
+    kinked = kinked_in(derivation.free_energy,
+                       *[d.body for d in model.symbolic.definitions.values()])
+    if kinked:
+        yield "note", (rf"\text{{{', '.join(kinked)}: derivatives almost everywhere "
+                       r"(at a kink, as autograd's)}")

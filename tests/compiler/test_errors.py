@@ -90,7 +90,7 @@ CASES = {
     "unknown function": (
         HEADER + "energy E(v) = sum(i: sigmod(v[i]))\n",
         """\
-        bad.edsl:5:22: error: unknown function 'sigmod'; the language has exp, log, log1p, sqrt, square, softplus, sigmoid, tanh, abs
+        bad.edsl:5:22: error: unknown function 'sigmod'; the language has exp, log, log1p, sqrt, square, softplus, sigmoid, tanh, abs, relu, logsigmoid, cosh, sinh, logcosh, erf, sin, cos
             energy E(v) = sum(i: sigmod(v[i]))
                                  ^~~~~~""",
     ),

@@ -9,12 +9,10 @@ import math
 
 import numpy as np
 import pytest
-import sympy as sp
 from index_numerics import value
 
-from energydsl.compiler.driver import analyse
-from energydsl.compiler.functions import sigmoid, softplus
-from energydsl.compiler.marginalise import _always_true, _bounds
+from energydsl.check.checks import check_compiled
+from energydsl.compiler.driver import analyse, compile_source
 from energydsl.errors import SpecError
 
 RBM = """model R
@@ -68,10 +66,40 @@ def test_interacting_units_are_refused_with_the_reason(energy, message):
         analyse(text)
 
 
-def test_bounds_see_what_assumptions_cannot():
-    x = sp.Symbol("x", real=True)
-    assert _always_true(sp.tanh(x) < 1) and _always_true(sigmoid(x) > 0)
-    assert _always_true(sp.tanh(x) ** 2 < 1) and _always_true(softplus(x) > 0)
-    assert not _always_true(x < 1) and not _always_true(sp.tanh(x) < sp.Rational(1, 2))
-    (low, low_attained), (high, _) = _bounds(2 * sp.tanh(x) + 1)
-    assert (low, high, low_attained) == (-1, 3, False)
+def test_a_factor_free_of_the_units_times_their_sum_is_no_interaction():
+    """sum(k: h[k] * sum(i: v[i])) is linear in each unit: the factor over v does not
+    depend on k (it used to be refused as 'the units of h interact')."""
+    text = ("model L\ndim D = 3\ndim K = 2\nvisible v : real[D]\nhidden h : binary[K]\n"
+            "param b[K]\nenergy E(v, h) = sum(i: v[i]^2) / 2 - sum(k: h[k] * sum(i: v[i]))"
+            " - sum(k: b[k] * h[k])\n")
+    derivation = analyse(text)
+    x, b = np.array([0.3, -1.1, 0.4]), np.array([0.2, -0.5])
+    energies = [x @ x / 2 - sum(s) * x.sum() - b @ np.array(s)
+                for s in itertools.product((0, 1), repeat=2)]
+    expected = -math.log(sum(math.exp(-e) for e in energies))
+    assert value(derivation.free_energy, {"v": x, "b": b}) == pytest.approx(expected, rel=1e-12)
+    assert check_compiled(compile_source(text, "l.edsl")).ok
+
+
+@pytest.mark.parametrize("spec", [
+    # a Gamma unit's shape through a let: converges for alpha[k] > 0
+    "hidden s : positive[K]\nparam la[K]\nparam W[D, K]\nlet alpha[k] = exp(la[k])\n"
+    "energy E(v, s) = sum(i: v[i]^2) / 2 + sum(k: s[k] * (1 + sum(i: W[i, k] * v[i])^2 / 2)"
+    " + (1 - alpha[k]) * log(s[k]))\n",
+    # a Gaussian unit's precision through lets, one built on another
+    "hidden h : real[K]\nparam lp[K]\nparam W[D, K]\nlet q[k] = softplus(lp[k])\n"
+    "let p[k] = q[k] + tanh(lp[k])^2\nenergy E(v, h) = sum(i: v[i]^2) + sum(k: p[k] * h[k]^2"
+    " / 2) - sum(i, k: v[i] * W[i, k] * h[k]) / 4\n",
+])
+def test_positivity_is_seen_through_lets(spec):
+    text = "model P\ndim D = 3\ndim K = 2\nvisible v : real[D]\n" + spec
+    report = check_compiled(compile_source(text, "p.edsl"))
+    assert report.ok, report.table()
+
+
+def test_a_let_of_unknown_sign_is_still_refused():
+    text = ("model P\ndim D = 3\ndim K = 2\nvisible v : real[D]\nhidden h : real[K]\n"
+            "param lp[K]\nlet p[k] = lp[k] + 1\n"
+            "energy E(v, h) = sum(i: v[i]^2) + sum(k: p[k] * h[k]^2 - h[k] * sum(i: v[i]))\n")
+    with pytest.raises(SpecError, match=r"the coefficient of h\^2, p\[k\], must be positive"):
+        analyse(text)

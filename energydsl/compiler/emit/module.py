@@ -17,6 +17,7 @@ from energydsl import __version__
 from energydsl.compiler import syntax as ast
 from energydsl.compiler.emit.layout import LINE_LENGTH, checked_body, signature
 from energydsl.compiler.emit.torch_printer import TorchPrinter
+from energydsl.compiler.functions import kinked_in
 from energydsl.compiler.ir import Conditionals, Derivation, Method, Param, PlannedModule
 from energydsl.compiler.notation import dsl_str
 from energydsl.compiler.plan.methods import ANCHOR_BUFFER
@@ -213,6 +214,11 @@ def formulas(derivation: Derivation, conditionals: Conditionals | None = None) -
     lines.append(f"SM objective: {dsl_str(derivation.sm_objective)}   (batch mean)")
     for condition in model.conditions:
         lines.append(f"Requires:     {dsl_str(condition)}")
+    kinked = kinked_in(derivation.free_energy,
+                       *[d.body for d in model.symbolic.definitions.values()])
+    if kinked:
+        lines.append(f"Note:         {', '.join(kinked)} not differentiable everywhere: the "
+                     "derivatives hold almost everywhere (at a kink, as autograd's)")
     if conditionals is not None:
         for name, conditional in conditionals.hidden.items():
             index = conditional.unit.index

@@ -1,0 +1,186 @@
+"""The functions of the language that SymPy lacks, as SymPy functions of their own.
+
+Their derivatives are stated in closed form in terms of the functions themselves
+(softplus' = sigmoid, sigmoid' = sigmoid (1 - sigmoid), logcosh' = tanh), so derived
+expressions reuse the forward values instead of re-forming exponentials that overflow in
+float32. relu's derivative is a step, sign(relu(x)): 0 at the kink, as autograd has it.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+
+def _latex_call(name: str, argument: str, exp: str | None) -> str:
+    """f(x), or f^{n}(x) when SymPy's LaTeX printer asks for a power (f(x)^n)."""
+    power = "" if exp is None else f"^{{{exp}}}"
+    return rf"{name}{power}\left({argument}\right)"
+
+
+class _PositiveOfReal(sp.Function):
+    """A function of one argument, positive wherever that argument is real."""
+
+    nargs = 1
+
+    def _eval_is_real(self):
+        return self.args[0].is_real
+
+    def _eval_is_positive(self):
+        return self.args[0].is_real
+
+
+class softplus(_PositiveOfReal):  # noqa: N801 - printed as written in specs
+    """softplus(x) = log(1 + exp(x)), evaluated stably by the printer."""
+
+    def fdiff(self, argindex=1):
+        return sigmoid(self.args[0])
+
+    @classmethod
+    def eval(cls, x):
+        if x.is_zero:
+            return sp.log(2)
+        return None
+
+    def _eval_evalf(self, prec):
+        return sp.log(1 + sp.exp(self.args[0]))._eval_evalf(prec)
+
+    def _latex(self, printer, exp=None):
+        return _latex_call(r"\operatorname{softplus}", printer._print(self.args[0]), exp)
+
+
+class sigmoid(_PositiveOfReal):  # noqa: N801
+    """sigmoid(x) = 1 / (1 + exp(-x))."""
+
+    def fdiff(self, argindex=1):
+        return self * (1 - self)
+
+    @classmethod
+    def eval(cls, x):
+        if x.is_zero:
+            return sp.Rational(1, 2)
+        return None
+
+    def _eval_evalf(self, prec):
+        return (1 / (1 + sp.exp(-self.args[0])))._eval_evalf(prec)
+
+    def _latex(self, printer, exp=None):
+        return _latex_call(r"\sigma", printer._print(self.args[0]), exp)
+
+
+class log1p(sp.Function):  # noqa: N801
+    """log1p(x) = log(1 + x), accurate for small x."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        return 1 / (1 + self.args[0])
+
+    @classmethod
+    def eval(cls, x):
+        if x.is_zero:
+            return sp.S.Zero
+        return None
+
+    def _eval_is_real(self):
+        arg = self.args[0]
+        if (1 + arg).is_positive:
+            return True
+        return None
+
+    def _eval_is_extended_real(self):
+        """False where 1 + x is never positive: log1p(-2 - x^2) is complex (or -inf)."""
+        one_plus = 1 + self.args[0]
+        if one_plus.is_positive:
+            return True
+        if one_plus.is_nonpositive:
+            return False
+        return None
+
+    def _eval_evalf(self, prec):
+        return sp.log(1 + self.args[0])._eval_evalf(prec)
+
+    def _latex(self, printer, exp=None):
+        return _latex_call(r"\log", "1 + " + printer._print(self.args[0]), exp)
+
+
+class logsigmoid(sp.Function):  # noqa: N801
+    """logsigmoid(x) = log sigmoid(x) = -softplus(-x), negative, finite for every x."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        return sigmoid(-self.args[0])
+
+    @classmethod
+    def eval(cls, x):
+        if x.is_zero:
+            return -sp.log(2)
+        return None
+
+    def _eval_is_real(self):
+        return self.args[0].is_real
+
+    def _eval_is_negative(self):
+        return self.args[0].is_real
+
+    def _eval_evalf(self, prec):
+        return (-sp.log(1 + sp.exp(-self.args[0])))._eval_evalf(prec)
+
+    def _latex(self, printer, exp=None):
+        return _latex_call(r"\log\sigma", printer._print(self.args[0]), exp)
+
+
+class logcosh(sp.Function):  # noqa: N801
+    """logcosh(x) = log cosh(x) = x + softplus(-2 x) - log 2, where cosh would overflow."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        return sp.tanh(self.args[0])
+
+    @classmethod
+    def eval(cls, x):
+        if x.is_zero:
+            return sp.S.Zero
+        return None
+
+    def _eval_is_real(self):
+        return self.args[0].is_real
+
+    def _eval_is_nonnegative(self):
+        return self.args[0].is_real
+
+    def _eval_evalf(self, prec):
+        return sp.log(sp.cosh(self.args[0]))._eval_evalf(prec)
+
+    def _latex(self, printer, exp=None):
+        return _latex_call(r"\log\cosh", printer._print(self.args[0]), exp)
+
+
+class relu(sp.Function):  # noqa: N801
+    """relu(x) = max(x, 0); its derivative, a step, is written sign(relu(x))."""
+
+    nargs = 1
+
+    def fdiff(self, argindex=1):
+        return sp.sign(self)
+
+    @classmethod
+    def eval(cls, x):
+        if x.is_nonnegative:
+            return x
+        if x.is_nonpositive:
+            return sp.S.Zero
+        return None
+
+    def _eval_is_real(self):
+        return self.args[0].is_real
+
+    def _eval_is_nonnegative(self):
+        return self.args[0].is_real
+
+    def _eval_evalf(self, prec):
+        return sp.Max(self.args[0], 0)._eval_evalf(prec)
+
+    def _latex(self, printer, exp=None):
+        return _latex_call(r"\operatorname{relu}", printer._print(self.args[0]), exp)
