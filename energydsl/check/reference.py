@@ -200,6 +200,8 @@ def constrained_value(param: Param, raw: torch.Tensor, sizes: dict[str, int],
     constraint = param.constraint
     if constraint is None:
         return raw
+    if constraint.positive:
+        return torch.nn.functional.softplus(raw)
     mask = None
     if constraint.mask is not None:
         def number(text: str) -> int:

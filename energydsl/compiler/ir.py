@@ -76,13 +76,15 @@ class Constraint:
     """How a parameter's value is made from its raw (free) `nn.Parameter`:
     symmetric: (raw + raw^T) / 2;  mask: zero outside the mask;
     diagonally_dominant: the diagonal becomes sum_j |offdiagonal_ij| + softplus(raw_ii)
-    + 1e-6, so a symmetric value is positive definite for every raw value (Gershgorin).
-    The generated module exposes the value through the method `accessor()`."""
+    + 1e-6, so a symmetric value is positive definite for every raw value (Gershgorin);
+    positive: softplus(raw), elementwise. The generated module exposes the value through
+    the method `accessor()`."""
 
     symmetric: bool
     mask: GridMask | None
     diagonally_dominant: bool
     accessor: str
+    positive: bool = False  # elementwise softplus(raw), any shape
 
 
 @dataclass(frozen=True)

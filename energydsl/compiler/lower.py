@@ -49,7 +49,9 @@ class _Lowerer:
         for variable in [checked.visible, *checked.hidden.values()]:
             self.tensors[variable.name] = self._base(variable.name, variable.shape)
         for param in checked.params.values():
-            self.tensors[param.name] = self._base(param.name, param.shape)
+            positive = param.constraint is not None and param.constraint.positive
+            self.tensors[param.name] = self._base(
+                param.name, param.shape, **({"positive": True} if positive else {}))
         for let in checked.lets.values():
             self.tensors[let.name] = self._base(let.name, let.shape)
 

@@ -1,8 +1,9 @@
 """Stage 2, resolve, continued: parameter declarations, their initialisers and constraints.
 
 `param L[D, D] ~ normal(0.01) where symmetric, mask(grid(h, w, 8)), diagonally_dominant,
-accessor(precision)`: the initialiser and its arguments, and the constraint a square
-parameter's value is made with (see ir.Constraint), each checked with a positioned error.
+accessor(precision)` or `param alpha[K] ~ ones where positive`: the initialiser and its
+arguments, and the constraint the parameter's value is made with (see ir.Constraint), each
+checked with a positioned error. A positive parameter's initialiser gives its value.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from energydsl.compiler.names import check_identifier
 from energydsl.errors import Span, error
 
 INITIALISERS = {"normal": 1, "zeros": 0, "ones": 0, "constant": 1, "uniform": 2}
-ATTRIBUTES = {"symmetric": 0, "mask": 1, "diagonally_dominant": 0, "accessor": 1}
+ATTRIBUTES = {"symmetric": 0, "mask": 1, "diagonally_dominant": 0, "accessor": 1,
+              "positive": 0}
+SQUARE_ONLY = ("symmetric", "mask", "diagonally_dominant")  # attributes of square matrices
 DEFAULT_INIT = Initialiser("normal", (0.01,))
+DEFAULT_POSITIVE_INIT = Initialiser("ones", ())
 
 
 class ParamResolver:
@@ -58,8 +62,23 @@ class ParamResolver:
                             decl.init.span)
             init = Initialiser(kind, args)
         constraint = self._constraint(decl, shape) if decl.attributes else None
+        if constraint is not None and constraint.positive:
+            init = self._positive_init(decl, init)
         self.params[decl.name.name] = Param(decl.name.name, shape, init, decl.name.span,
                                             constraint)
+
+    def _positive_init(self, decl: ast.ParamDecl, init: Initialiser) -> Initialiser:
+        """A positive parameter starts at a positive value: ones unless told."""
+        if decl.init is None:
+            return DEFAULT_POSITIVE_INIT
+        kind, args = init.kind, init.args
+        if (kind == "constant" and args[0] > 0) or (kind == "uniform" and args[0] > 0) \
+                or kind == "ones":
+            return init
+        raise error(f"'{decl.name.name}' is positive, so its initial value must be: use "
+                    "ones, constant(c) with c > 0 or uniform(a, b) with a > 0 (the "
+                    "initialiser gives the value, softplus of the raw parameter)",
+                    decl.init.span)
 
     def _constraint(self, decl: ast.ParamDecl, shape: tuple[str, ...]) -> Constraint:
         """`where symmetric, mask(grid(h, w, c)), diagonally_dominant, accessor(name)`."""
@@ -77,8 +96,12 @@ class ParamResolver:
                             f"{'s' if arity != 1 else ''}, got {len(attribute.args)}",
                             attribute.span)
             seen[name] = attribute
-        if len(shape) != 2 or shape[0] != shape[1]:
-            first = decl.attributes[0]
+        square = [seen[name] for name in SQUARE_ONLY if name in seen]
+        if "positive" in seen and square:
+            raise error(f"'positive' is elementwise and does not combine with "
+                        f"'{square[0].name.name}'", square[0].name.span)
+        if "positive" not in seen and (len(shape) != 2 or shape[0] != shape[1]):
+            first = square[0] if square else decl.attributes[0]
             raise error(f"attribute '{first.name.name}' needs a square matrix parameter, but "
                         f"'{decl.name.name}' has shape [{', '.join(shape)}]", first.name.span)
         if "diagonally_dominant" in seen and "symmetric" not in seen:
@@ -99,7 +122,8 @@ class ParamResolver:
                             f"{self.declared[arg.name].line})", arg.span)
             accessor = arg.name
             self.declared[arg.name] = arg.span
-        return Constraint("symmetric" in seen, mask, "diagonally_dominant" in seen, accessor)
+        return Constraint("symmetric" in seen, mask, "diagonally_dominant" in seen, accessor,
+                          positive="positive" in seen)
 
     def _grid_mask(self, attribute: ast.Attribute, dim: str) -> GridMask:
         call = attribute.args[0]

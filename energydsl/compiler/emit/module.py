@@ -167,8 +167,10 @@ def _accessor_text(param: Param, names) -> str:
     constraint = param.constraint
     assert constraint is not None
     notes = ["symmetric, (raw + raw^T) / 2"] if constraint.symmetric else []
+    notes += ["positive, softplus(raw) elementwise"] if constraint.positive else []
     context = {"param": param.name, "accessor": constraint.accessor,
                "symmetric": constraint.symmetric, "dominant": constraint.diagonally_dominant,
+               "positive": constraint.positive,
                "value": "value" if constraint.symmetric else "raw"}
     if param.grid is None:
         notes += [_DOMINANT_NOTE] if constraint.diagonally_dominant else []
@@ -274,8 +276,14 @@ def emit(derivation: Derivation, conditionals: Conditionals, planned: PlannedMod
     grid_mask = False
     scalars = {**checked.dims, **checked.consts}
     for param in checked.params.values():
-        ctor_lines.append(f"self.{param.name} = torch.nn.Parameter(\n"
-                          f"            {_init_code(param)}\n        )")
+        if param.constraint is not None and param.constraint.positive:
+            # the initialiser gives the value: raw = softplus^-1(value), stably
+            ctor_lines.append(f"_value = {_init_code(param)}")
+            ctor_lines.append(f"self.{param.name} = torch.nn.Parameter(\n"
+                              "            _value + torch.log(-torch.expm1(-_value))\n        )")
+        else:
+            ctor_lines.append(f"self.{param.name} = torch.nn.Parameter(\n"
+                              f"            {_init_code(param)}\n        )")
         if param.constraint is not None:
             accessors.append(_accessor_text(param, scalars))
             if param.grid is not None:

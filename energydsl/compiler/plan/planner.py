@@ -59,6 +59,7 @@ class Planner:
         self.scalar_names.update({s: f"self.{n}" for n, s in symbolic.consts.items()})
         self.params = {str(base.label) if isinstance(base, sp.IndexedBase) else str(base): base
                        for base in symbolic.params.values()}
+        self.checked_params = symbolic.checked.params
         self.accessors = {name: param.constraint.accessor
                           for name, param in symbolic.checked.params.items()
                           if param.constraint is not None}
@@ -293,8 +294,8 @@ class Planner:
             if expr.base in self.inputs:
                 return Operand(self.inputs[expr.base], (BATCH, *indices))
             if label in self.accessors and self.params[label] == expr.base:
-                return self._constrained(label).relabel(
-                    dict(zip((_AXIS0, _AXIS1), indices, strict=False)))
+                operand = self._constrained(label)
+                return operand.relabel(dict(zip(operand.indices, indices, strict=True)))
             if label in self.params and self.params[label] == expr.base:
                 return Operand(f"self.{label}", indices)
             if label in self.definitions and self.definitions[label].base == expr.base:
@@ -308,6 +309,8 @@ class Planner:
             name = str(expr)
             if expr in self.scalar_names:
                 return Operand(self.scalar_names[expr], (), False)
+            if name in self.accessors and self.params.get(name) == expr:
+                return self._constrained(name)
             if name in self.params and self.params[name] == expr:
                 return Operand(f"self.{name}", ())
             if self._definition_symbol(expr):
@@ -322,7 +325,8 @@ class Planner:
             self.constrained[name] = step
             if name in self.grids.masks:
                 self.grids.dense_steps[step] = name
-        return Operand(self.constrained[name], (_AXIS0, _AXIS1))
+        rank = len(self.checked_params[name].shape)  # a matrix, or a positive tensor
+        return Operand(self.constrained[name], (_AXIS0, _AXIS1)[:rank])
 
     def _diagonal(self, expr: sp.Indexed) -> Operand:
         """W[i, i] and friends: einsum with a repeated letter (e.g. 'ii->i')."""
