@@ -142,12 +142,33 @@ def _feature_term(b: _Builder, visible: str, size: str) -> None:
     b.terms.append(f"{sign} {scale}sum({k}: {inner})")
 
 
+def _mixture_term(b: _Builder, visible: str, size: str) -> None:
+    """- logsumexp(k: z[k] - c sum(i: (v[i] - M[k, i])^2)), a mixture's -log density
+    (z a linear form of v or a weight), or + logsumexp(k: z[k]) (convex, linear growth),
+    or the same written as log of a sum of exponentials (rewritten by the compiler)."""
+    features = b.dim()
+    k, i = b.indices(2)
+    gate = b.linear_form(visible, size, k, features) if b.draw(st.booleans()) \
+        else f"{b.param(features)}[{k}]"
+    if b.draw(st.booleans()):
+        body = f"{gate} - {b.positive()} * sum({i}: ({visible}[{i}] - " \
+               f"{b.param(features, size)}[{k}, {i}])^2)"
+        sign = "-"
+    else:
+        body, sign = gate, "+"
+    if b.draw(st.booleans()):
+        b.terms.append(f"{sign} logsumexp({k}: {body})")
+    else:
+        b.terms.append(f"{sign} log(sum({k}: exp({body})))")
+
+
 def _visible_terms(b: _Builder, visible: str, size: str) -> None:
     (i,) = b.indices(1)
     b.terms.append(f"+ {b.positive()} * sum({i}: {visible}[{i}]^2)")
     for _ in range(b.draw(st.integers(0, 3))):
         kind = b.draw(st.sampled_from(["linear", "feature", "feature", "quadratic_form",
-                                       "square_of_sum", "scalar_param", "power_of_sum"]))
+                                       "square_of_sum", "scalar_param", "power_of_sum",
+                                       "mixture"]))
         if kind == "linear":
             (i,) = b.indices(1)
             b.terms.append(f"- sum({i}: {b.param(size)}[{i}] * {visible}[{i}])")
@@ -164,6 +185,8 @@ def _visible_terms(b: _Builder, visible: str, size: str) -> None:
                            f"{visible}[{i}])^2")
         elif kind == "power_of_sum":
             _power_of_sum(b, visible, size)
+        elif kind == "mixture":
+            _mixture_term(b, visible, size)
         else:
             (i,) = b.indices(1)
             b.terms.append(f"+ {b.param()} * sum({i}: {visible}[{i}]^2) / 10")

@@ -128,8 +128,12 @@ class Interpreter:
                 else:  # sum_i c = N c
                     factor *= self.sizes[self.model.index_ranges[binding.index]]
             names = {b.index.name for b in node.bindings}
+            axes = tuple(a for a in body.axes if a not in names)
+            if node.reduction == "logsumexp":  # log sum_i exp(c) = c + log N
+                tensor = torch.logsumexp(body.tensor, dim=dims) if dims else body.tensor
+                return Value(tensor + math.log(factor), axes)
             tensor = body.tensor.sum(dim=dims) if dims else body.tensor
-            return Value(tensor * factor, tuple(a for a in body.axes if a not in names))
+            return Value(tensor * factor, axes)
         raise TypeError(node)  # pragma: no cover
 
     def _tensor(self, name: str, indices: tuple[str, ...]) -> Value:

@@ -19,10 +19,16 @@ from typing import TYPE_CHECKING
 
 import sympy as sp
 
+from energydsl.compiler.sympy_functions import LogSumExp
+
 if TYPE_CHECKING:
     from energydsl.compiler.ir import Definition
 
 Limit = tuple[sp.Idx, sp.Expr, sp.Expr]
+
+REDUCTIONS = (sp.Sum, LogSumExp)
+"""What binds indices: sums, and logsumexp (whose body is an exponent, so the rules of
+`make_sum` do not apply inside-out to it; it is rebuilt with its own class)."""
 
 
 def size_of(limit: Limit) -> sp.Expr:
@@ -33,7 +39,7 @@ def bound_indices(expr: sp.Basic) -> set[sp.Symbol]:
     """Every index bound by a Sum anywhere inside `expr`."""
     found: set[sp.Symbol] = set()
     for node in sp.preorder_traversal(expr):
-        if isinstance(node, sp.Sum):
+        if isinstance(node, REDUCTIONS):
             found.update(limit[0] for limit in node.limits)
     return found
 
@@ -64,7 +70,7 @@ def substitute_index(expr: sp.Expr, old: sp.Symbol, new: sp.Expr) -> sp.Expr:
     binding a symbol of `new` are renamed first, so nothing is captured."""
     if old not in free_symbols(expr):
         return expr
-    if isinstance(expr, sp.Sum):
+    if isinstance(expr, REDUCTIONS):
         body, limits = expr.function, list(expr.limits)
         clash = new.free_symbols if isinstance(new, sp.Basic) else set()
         avoid = _names(expr) | {str(s) for s in clash}
@@ -73,7 +79,7 @@ def substitute_index(expr: sp.Expr, old: sp.Symbol, new: sp.Expr) -> sp.Expr:
                 renamed = fresh_like(idx, avoid)
                 body = substitute_index(body, idx, renamed)
                 limits[k] = (renamed, lo, hi)
-        return sp.Sum(substitute_index(body, old, new), *limits)
+        return type(expr)(substitute_index(body, old, new), *limits)
     if isinstance(expr, sp.Indexed):
         return expr.base[tuple(new if i == old else i for i in expr.indices)]
     if expr == old:
@@ -241,7 +247,7 @@ def diff(expr: sp.Expr, var: sp.IndexedBase, at: tuple[sp.Expr, ...],
 
     def dependent_atoms(node: sp.Expr) -> set:
         """The tensors, lets and sums through which `node` depends on var."""
-        if isinstance(node, (sp.Indexed, sp.Sum)) or (
+        if isinstance(node, (sp.Indexed, *REDUCTIONS)) or (
                 isinstance(node, sp.Symbol) and definition_of and definition_of(node)):
             return {node} if depends(node) else set()
         found: set = set()
@@ -287,6 +293,10 @@ def diff(expr: sp.Expr, var: sp.IndexedBase, at: tuple[sp.Expr, ...],
             return d(definition.body) if definition is not None else sp.S.Zero
         if isinstance(node, sp.Sum):
             return make_sum(d(node.function), node.limits)
+        if isinstance(node, LogSumExp):  # the softmax-weighted derivative of the body
+            inner = d(node.function)
+            return make_sum(sp.exp(node.function - node) * inner, node.limits) \
+                if inner != 0 else sp.S.Zero
         if isinstance(node, sp.Add):
             return sp.Add(*[d(a) for a in node.args])
         if isinstance(node, sp.Mul):
@@ -313,6 +323,9 @@ def diff(expr: sp.Expr, var: sp.IndexedBase, at: tuple[sp.Expr, ...],
             if inner == 0:
                 return sp.S.Zero
             return derivative_of(node) * inner
+        if isinstance(node, sp.Function):  # logaddexp(a, b): its partial derivatives
+            return sp.Add(*[node.fdiff(k + 1) * d(arg) for k, arg in enumerate(node.args)
+                            if d(arg) != 0])
         if not (node.free_symbols & _var_symbols):
             return sp.S.Zero
         raise NotImplementedError(f"cannot differentiate {type(node).__name__}: {node}")
@@ -368,7 +381,7 @@ def canonicalise(expr: sp.Expr, pools: dict[sp.Expr, list[str]],
         return 1 << 30
 
     def visit(node: sp.Expr, scope: set[str]) -> sp.Expr:
-        if isinstance(node, sp.Sum):
+        if isinstance(node, REDUCTIONS):
             body, limits = node.function, list(node.limits)
             order = sorted(range(len(limits)), key=lambda k: first_position(body, limits[k][0]))
             taken = set(scope) | free
@@ -386,7 +399,7 @@ def canonicalise(expr: sp.Expr, pools: dict[sp.Expr, list[str]],
                 body = substitute_index(body, temporary, new)
                 limits[k] = (new, lo, hi)
             inner_scope = scope | {str(limit[0]) for limit in limits}
-            return sp.Sum(visit(body, inner_scope), *limits)
+            return node.func(visit(body, inner_scope), *limits)
         if isinstance(node, sp.Indexed):
             if node.base in symmetric and len(node.indices) == 2:
                 return node.base[tuple(sorted(node.indices, key=str))]

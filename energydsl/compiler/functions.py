@@ -22,7 +22,16 @@ from typing import Any
 
 import sympy as sp
 
-from energydsl.compiler.sympy_functions import log1p, logcosh, logsigmoid, relu, sigmoid, softplus
+from energydsl.compiler.sympy_functions import (
+    log1p,
+    logaddexp,
+    logcosh,
+    logsigmoid,
+    logsumexp,
+    relu,
+    sigmoid,
+    softplus,
+)
 
 
 def _torch(path: str) -> Callable[[Any], Any]:
@@ -112,9 +121,43 @@ def kinked_in(*exprs: sp.Expr) -> list[str]:
                    if type(node) in BY_CLASS and BY_CLASS[type(node)].kinked})
 
 
+def exponent_of(term: sp.Expr) -> sp.Expr | None:
+    """a when term = c exp(a) with c > 0 known (then a + log c): the exponent a term of
+    a sum of exponentials contributes to its log, or None."""
+    coefficient, exponentials = sp.S.One, []
+    for factor in sp.Mul.make_args(term):
+        if isinstance(factor, sp.exp):
+            exponentials.append(factor.args[0])
+        else:
+            coefficient *= factor
+    if not exponentials or coefficient.is_positive is not True:
+        return None
+    return sp.Add(*exponentials) + (sp.log(coefficient) if coefficient != 1 else 0)
+
+
+def log_of_exponentials(arg: sp.Expr) -> sp.Expr | None:
+    """log(exp(a) + exp(b)) -> logaddexp(a, b) (folded left over more terms) and
+    log(sum(k: exp(e[k]))) -> logsumexp(k: e[k]): the stable forms of a mixture's log,
+    or None when arg is not a sum of exponentials."""
+    if isinstance(arg, sp.Sum):
+        exponent = exponent_of(arg.function)
+        return logsumexp(exponent, arg.limits) if exponent is not None else None
+    if not isinstance(arg, sp.Add):
+        return None
+    exponents = [exponent_of(t) if not t.is_Number else sp.log(t) if t.is_positive else None
+                 for t in arg.args]
+    if any(e is None for e in exponents):
+        return None
+    result = exponents[0]
+    for exponent in exponents[1:]:
+        result = logaddexp(result, exponent)
+    return result
+
+
 def stable_form(node: sp.Expr) -> sp.Expr:
     """log(1 + exp(x)) -> softplus(x), log(1 + x) -> log1p(x), log(sigmoid(x)) ->
-    logsigmoid(x), log(cosh(x)) -> logcosh(x): forms that stay finite in float32. One
+    logsigmoid(x), log(cosh(x)) -> logcosh(x), log(exp(a) + exp(b)) -> logaddexp(a, b),
+    log(sum(k: exp(e[k]))) -> logsumexp(k: e[k]): forms that stay finite in float32. One
     node; its arguments are taken as they are."""
     if not isinstance(node, sp.log):
         return node
@@ -128,7 +171,8 @@ def stable_form(node: sp.Expr) -> sp.Expr:
         rest = sp.Add(*[t for t in arg.args if not t.is_Number])
         if constant == 1:
             return softplus(rest.args[0]) if isinstance(rest, sp.exp) else log1p(rest)
-    return node
+    mixture = log_of_exponentials(arg)
+    return mixture if mixture is not None else node
 
 
 def stable_forms(expr: sp.Expr) -> sp.Expr:

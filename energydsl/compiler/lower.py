@@ -20,7 +20,7 @@ import sympy as sp
 
 from energydsl.compiler import syntax as ast
 from energydsl.compiler.bounds import sign_assumptions
-from energydsl.compiler.functions import FUNCTIONS, stable_form
+from energydsl.compiler.functions import FUNCTIONS, logaddexp, logsumexp, stable_form
 from energydsl.compiler.ir import CheckedModel, Definition, SymbolicModel
 from energydsl.compiler.lets import depends_on
 from energydsl.compiler.notation import dsl_str
@@ -88,6 +88,9 @@ class _Lowerer:
             base = self.tensors[node.base.name]
             return base[tuple(scope[i.name] for i in node.indices)]
         if isinstance(node, ast.Call):
+            mixture = self._log_of_exponentials(node, scope)
+            if mixture is not None:
+                return mixture
             return stable_form(FUNCTIONS[node.func.name].build(self.expr(node.args[0], scope)))
         if isinstance(node, ast.Unary):
             operand = self.expr(node.operand, scope)
@@ -105,14 +108,58 @@ class _Lowerer:
             _check_power(left, right, node)
             return left**right
         if isinstance(node, ast.SumExpr):
-            inner = dict(scope)
-            limits = []
-            for binding in node.bindings:
-                idx = self._idx(binding.index)
-                inner[binding.index.name] = idx
-                limits.append((idx, 0, idx.upper))
+            inner, limits = self._bind(node, scope)
+            if node.reduction == "logsumexp":
+                return logsumexp(self.expr(node.body, inner), limits)
             return sp.Sum(self.expr(node.body, inner), *limits)
         raise TypeError(f"unexpected node {node!r}")  # pragma: no cover
+
+    def _bind(self, node: ast.SumExpr, scope: dict[str, sp.Idx]) -> tuple[dict, list]:
+        """The scope inside a reduction, and its limits."""
+        inner = dict(scope)
+        limits = []
+        for binding in node.bindings:
+            idx = self._idx(binding.index)
+            inner[binding.index.name] = idx
+            limits.append((idx, 0, idx.upper))
+        return inner, limits
+
+    def _log_of_exponentials(self, node: ast.Call, scope: dict[str, sp.Idx]
+                             ) -> sp.Expr | None:
+        """log(sum(k: exp(e[k]))) -> logsumexp(k: e[k]) and log(exp(a) + exp(b)) ->
+        logaddexp(a, b), read off the spec's text: once SymPy has built exp(log(w) + x)
+        it is w exp(x), and the exponent is lost unless w is known positive."""
+        if node.func.name != "log":
+            return None
+        (arg,) = node.args
+
+        def exponent(term: ast.Expr) -> ast.Expr | None:
+            if isinstance(term, ast.Call) and term.func.name == "exp":
+                return term.args[0]
+            return None
+
+        if isinstance(arg, ast.SumExpr) and arg.reduction == "sum":
+            body = exponent(arg.body)
+            if body is None:
+                return None
+            inner, limits = self._bind(arg, scope)
+            return logsumexp(self.expr(body, inner), limits)
+        terms: list[ast.Expr] = []
+        pending = [arg]
+        while pending:  # the terms of a chain of additions
+            term = pending.pop()
+            if isinstance(term, ast.Binary) and term.op == "+":
+                pending += [term.right, term.left]
+            else:
+                terms.append(term)
+        bodies = [exponent(t) for t in terms]
+        if len(terms) < 2 or any(b is None for b in bodies):
+            return None
+        exponents = [self.expr(b, scope) for b in bodies if b is not None]
+        result = exponents[0]
+        for exponent in exponents[1:]:
+            result = logaddexp(result, exponent)
+        return result
 
     def _energy(self) -> sp.Expr:
         """E(v, h), or F(v); a log density log p~(v) gives F = -log p~."""

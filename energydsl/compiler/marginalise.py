@@ -13,7 +13,13 @@ from __future__ import annotations
 
 import sympy as sp
 
-from energydsl.compiler.algebra import distribute, make_sum, normalise, substitute_index
+from energydsl.compiler.algebra import (
+    REDUCTIONS,
+    distribute,
+    make_sum,
+    normalise,
+    substitute_index,
+)
 from energydsl.compiler.bounds import always_true, sign_assumptions
 from energydsl.compiler.domains import DOMAINS, UnitFailure
 from energydsl.compiler.functions import stable_forms
@@ -173,7 +179,7 @@ def _abstract_visible(e: sp.Expr, h: sp.Symbol, keep: set) -> tuple[dict, sp.Exp
     placeholders: dict[sp.Expr, sp.Dummy] = {}
 
     def visit(node: sp.Expr) -> sp.Expr:
-        if isinstance(node, (sp.Sum, sp.Indexed)) or (
+        if isinstance(node, (sp.Indexed, *REDUCTIONS)) or (
                 isinstance(node, sp.Symbol) and node != h and node not in keep):
             if h not in node.free_symbols:
                 if node not in placeholders:  # keeping what is known of its sign

@@ -19,7 +19,7 @@ from energydsl.errors import error
 from energydsl.estimators import all_estimators
 
 KEYWORDS = ("model", "dim", "const", "visible", "hidden", "param", "let", "energy", "free",
-            "density", "sum", "in", "where")
+            "density", "sum", "logsumexp", "in", "where")
 
 # Names the generated module defines or inherits from torch.nn.Module: a spec name equal
 # to one of them would shadow a method. (Names starting with '_' are rejected wholesale.)

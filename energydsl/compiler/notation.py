@@ -19,6 +19,10 @@ class DslPrinter(StrPrinter):
         indices = ", ".join(self._print(limit[0]) for limit in expr.limits)
         return f"sum({indices}: {self._print(expr.function)})"
 
+    def _print_LogSumExp(self, expr) -> str:
+        indices = ", ".join(self._print(limit[0]) for limit in expr.limits)
+        return f"logsumexp({indices}: {self._print(expr.function)})"
+
     def _print_Indexed(self, expr: sp.Indexed) -> str:
         indices = ", ".join(self._print(i) for i in expr.indices)
         return f"{self._print(expr.base.label)}[{indices}]"

@@ -24,7 +24,7 @@ _TERMINAL_NAMES = {"NAME": "a name", "NUMBER": "a number", "$END": "end of file"
 # a person writes comes near it.
 MAX_DEPTH = 64
 _EXPRESSION_RULES = frozenset({"add", "sub", "mul", "div", "pow", "neg", "pos", "call", "sum",
-                               "indexed"})
+                               "logsumexp", "indexed"})
 
 # Tokens quoted in messages are cut to this length (a number may have thousands of digits).
 _MAX_QUOTED = 40
@@ -160,6 +160,10 @@ class _ToAst(Transformer):
     def sum(self, meta, children):
         *bindings, body = children
         return ast.SumExpr(tuple(bindings), body, _span(meta))
+
+    def logsumexp(self, meta, children):
+        *bindings, body = children
+        return ast.SumExpr(tuple(bindings), body, _span(meta), "logsumexp")
 
     def binding(self, meta, children):
         index, range_ = children

@@ -50,6 +50,7 @@ class _IndexBinding:
 
     ident: ast.Ident
     explicit_range: ast.Ident | None
+    reduction: str = "sum"  # what binds it (the name its error messages use)
     uses: list[tuple[str, ast.Ident, str, int]] = field(default_factory=list)
 
 
@@ -384,8 +385,9 @@ class _Checker(ParamResolver):
         elif binding.uses:
             dim = binding.uses[0][0]
         else:
-            raise error(f"cannot infer the range of index '{binding.ident.name}': nothing in "
-                        f"the sum is indexed by it; write sum({binding.ident.name} in D: ...)",
+            name, reduction = binding.ident.name, binding.reduction
+            raise error(f"cannot infer the range of index '{name}': nothing in the "
+                        f"{reduction} is indexed by it; write {reduction}({name} in D: ...)",
                         binding.ident.span)
         self.index_ranges[binding.ident] = dim
         return dim
@@ -404,7 +406,7 @@ class _Checker(ParamResolver):
             if name in self.declared:
                 raise error(f"index '{name}' has the name of a declared "
                             f"{self._kind(name)}", binding.index.span)
-            record = _IndexBinding(binding.index, binding.range)
+            record = _IndexBinding(binding.index, binding.range, expr.reduction)
             inner[name] = record
             new.append(record)
             if len(inner) > MAX_INDICES:

@@ -9,6 +9,7 @@ float32. relu's derivative is a step, sign(relu(x)): 0 at the kink, as autograd 
 from __future__ import annotations
 
 import sympy as sp
+from sympy.concrete.expr_with_limits import ExprWithLimits
 
 
 def _latex_call(name: str, argument: str, exp: str | None) -> str:
@@ -184,3 +185,71 @@ class relu(sp.Function):  # noqa: N801
 
     def _latex(self, printer, exp=None):
         return _latex_call(r"\operatorname{relu}", printer._print(self.args[0]), exp)
+
+
+class logaddexp(sp.Function):  # noqa: N801
+    """logaddexp(a, b) = log(exp(a) + exp(b)); d/da = sigmoid(a - b), a form that never
+    overflows (torch.logaddexp computes the value the same way)."""
+
+    nargs = 2
+
+    def fdiff(self, argindex=1):
+        a, b = self.args
+        return sigmoid(a - b) if argindex == 1 else sigmoid(b - a)
+
+    def _eval_is_real(self):
+        return self.args[0].is_real and self.args[1].is_real
+
+    def _eval_evalf(self, prec):
+        a, b = self.args
+        return sp.log(sp.exp(a) + sp.exp(b))._eval_evalf(prec)
+
+    def _latex(self, printer, exp=None):
+        arguments = ", ".join(printer._print(a) for a in self.args)
+        return _latex_call(r"\operatorname{logaddexp}", arguments, exp)
+
+
+class LogSumExp(ExprWithLimits):
+    """log sum_{limits} exp(function): a reduction like Sum, whose body is the exponent
+    (so SymPy never folds exp(log(pi[k]) + x) into pi[k] exp(x) and loses the stable
+    form). Its derivative is the softmax-weighted sum of the body's,
+        d logsumexp(k: e[k]) = sum(k: exp(e[k] - logsumexp(k: e[k])) de[k]),
+    where every exponent is <= 0 (see energydsl.compiler.algebra.diff)."""
+
+    def _eval_is_extended_real(self):
+        return self.function.is_extended_real
+
+    def _eval_is_real(self):
+        return self.function.is_real
+
+    def _eval_evalf(self, prec):
+        return sp.log(sp.Sum(sp.exp(self.function), *self.limits).doit())._eval_evalf(prec)
+
+    def _latex(self, printer, exp=None):
+        indices = ", ".join(printer._print(limit[0]) for limit in self.limits)
+        body = rf"\log \sum_{{{indices}}} e^{{{printer._print(self.function)}}}"
+        return rf"\left({body}\right)^{{{exp}}}" if exp is not None else body
+
+
+def logsumexp(body: sp.Expr, limits) -> sp.Expr:
+    """The normal form of logsumexp over `limits` of `body`: an index the body does not
+    use adds log of its size, terms free of every summed index come out
+    (logsumexp(k: c + e[k]) = c + logsumexp(k: e[k])), nested reductions merge."""
+    limits = [tuple(limit) for limit in limits]
+    body = sp.sympify(body)
+    if isinstance(body, LogSumExp):
+        inner = {limit[0] for limit in body.limits}
+        if not inner & {limit[0] for limit in limits}:
+            return logsumexp(body.function, [*limits, *body.limits])
+    outside = sp.S.Zero
+    used = [limit for limit in limits if limit[0] in body.free_symbols]
+    for limit in limits:
+        if limit not in used:
+            outside += sp.log(limit[2] - limit[1] + 1)
+    if not used:
+        return outside + body
+    summed = {limit[0] for limit in used}
+    terms = sp.Add.make_args(body)
+    constant = sp.Add(*[t for t in terms if not t.free_symbols & summed])
+    inside = sp.Add(*[t for t in terms if t.free_symbols & summed])
+    return outside + constant + LogSumExp(inside, *used)

@@ -76,9 +76,12 @@ class Binding:
 
 @dataclass(frozen=True)
 class SumExpr:
+    """A reduction over bound indices: `sum`, or `logsumexp` (log sum exp, stably)."""
+
     bindings: tuple[Binding, ...]
     body: Expr
     span: Span
+    reduction: str = "sum"
 
 
 Expr = Number | Name | Indexed | Call | Unary | Binary | SumExpr

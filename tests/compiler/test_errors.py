@@ -22,7 +22,7 @@ CASES = {
     "syntax": (
         HEADER + "energy E(v) = 1/2 * sum(i: v[i]^2 +)\n",
         """\
-        bad.edsl:5:36: error: unexpected ')'; expected one of '(', '+', '-', 'sum', a name, a number
+        bad.edsl:5:36: error: unexpected ')'; expected one of '(', '+', '-', 'logsumexp', 'sum', a name, a number
             energy E(v) = 1/2 * sum(i: v[i]^2 +)
                                                ^""",
     ),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sympy as sp
 
+from energydsl.compiler.algebra import REDUCTIONS
 from energydsl.compiler.domains.base import Domain, Marginal, Quadrature, UnitFailure
 from energydsl.compiler.functions import sigmoid, softplus
 from energydsl.compiler.lower import UNDEFINED
@@ -27,7 +28,7 @@ def factored(expr: sp.Expr) -> sp.Expr:
     held: dict[sp.Expr, sp.Dummy] = {}
 
     def hold(node: sp.Expr) -> sp.Expr:
-        if isinstance(node, (sp.Sum, sp.Indexed)):
+        if isinstance(node, (sp.Indexed, *REDUCTIONS)):
             return held.setdefault(node, sp.Dummy("x", real=True))
         if not node.args:
             return node

@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 
 import sympy as sp
-from sympy.printing.precedence import precedence
+from sympy.printing.precedence import PRECEDENCE, precedence
 from sympy.printing.pycode import PythonCodePrinter
 
-from energydsl.compiler.functions import BY_CLASS, sigmoid, softplus
+from energydsl.compiler.functions import BY_CLASS, logaddexp, sigmoid, softplus
 
 
 class TorchPrinter(PythonCodePrinter):
@@ -85,6 +85,18 @@ class TorchPrinter(PythonCodePrinter):
             return self._print(-softplus(-arg.args[0]))
         return self._print_table_function(expr)
 
+    def _print_logaddexp(self, expr) -> str:
+        a, b = expr.args
+        if self._is_tensor(a) or self._is_tensor(b):
+            if not self._is_tensor(a):  # torch.logaddexp takes tensors only
+                a, b = b, a
+            first = self._print(a)
+            second = self._print(b) if self._is_tensor(b) else \
+                f"{self.parenthesize(a, PRECEDENCE['Atom'])}.new_tensor({self._print(b)})"
+            return f"torch.logaddexp({first}, {second})"
+        return (f"(max({self._print(a)}, {self._print(b)}) + "
+                f"math.log1p(math.exp(-abs({self._print(a - b)}))))")
+
     def _print_sign(self, expr) -> str:
         if self._is_tensor(expr.args[0]):
             return f"torch.sign({self._print(expr.args[0])})"
@@ -132,7 +144,7 @@ class TorchPrinter(PythonCodePrinter):
         return f"{b} ** {e}"
 
 
-_PRINTED = {*BY_CLASS, sp.sign, sp.loggamma, sp.polygamma, sp.gamma}
+_PRINTED = {*BY_CLASS, sp.sign, sp.loggamma, sp.polygamma, sp.gamma, logaddexp}
 """The function classes with torch code: the table's, and what derivations of it yield."""
 
 for _class in BY_CLASS:  # one printer method per function of the table (log has its own)

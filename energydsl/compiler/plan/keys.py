@@ -14,6 +14,8 @@ from typing import Any
 
 import sympy as sp
 
+from energydsl.compiler.algebra import REDUCTIONS
+
 LETTERS = "abcdefghijklmopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 """einsum letters for axes (`n` is kept for the batch)."""
 
@@ -29,7 +31,7 @@ def all_indices(expr: sp.Basic) -> set:
     """Free and bound indices of expr."""
     found = set(free_indices(expr))
     for node in sp.preorder_traversal(expr):
-        if isinstance(node, sp.Sum):
+        if isinstance(node, REDUCTIONS):
             found.update(limit[0] for limit in node.limits)
     return found
 
@@ -59,12 +61,13 @@ def value_key(expr: sp.Expr) -> tuple[Key, dict]:
             return names.get(node, node)
         if isinstance(node, sp.Indexed):
             return ("[]", node.base, tuple(rename(i, names, depth) for i in node.indices))
-        if isinstance(node, sp.Sum):
+        if isinstance(node, REDUCTIONS):
             inner, limits = dict(names), []
             for k, (index, lo, hi) in enumerate(node.limits):
                 inner[index] = ("bound", depth, k, lo, hi)
                 limits.append(inner[index])
-            return ("sum", rename(node.function, inner, depth + 1), tuple(limits))
+            kind = "sum" if isinstance(node, sp.Sum) else "logsumexp"
+            return (kind, rename(node.function, inner, depth + 1), tuple(limits))
         if not node.args:
             return node
         args = [rename(a, names, depth) for a in node.args]

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 
 import sympy as sp
 
-from energydsl.compiler.algebra import make_sum
+from energydsl.compiler.algebra import REDUCTIONS, make_sum
 from energydsl.compiler.emit.torch_printer import TorchPrinter
 from energydsl.compiler.notation import dsl_str
 from energydsl.compiler.plan import rewrites
@@ -34,6 +34,7 @@ from energydsl.compiler.plan.keys import (
 )
 from energydsl.compiler.plan.program import BATCH, Operand, Program, Step, uses_name, volume
 from energydsl.compiler.plan.torch_steps import contraction_path, natural_order, pairwise_code
+from energydsl.compiler.sympy_functions import LogSumExp
 
 DEFAULT_BATCH_SIZE = 128
 _AXIS0, _AXIS1 = sp.Symbol("_a0"), sp.Symbol("_a1")
@@ -280,6 +281,8 @@ class Planner:
             result = Operand(f"({code})" if not expr.is_Atom else code, (), False)
         elif isinstance(expr, sp.Sum):
             result = self.contraction(expr, name)
+        elif isinstance(expr, LogSumExp):
+            result = self.log_sum_exp(expr, name)
         else:
             result = self.elementwise(expr, name)
         self.values[key] = result.relabel(to_placeholder)
@@ -367,7 +370,7 @@ class Planner:
             if rewrites.square_terms(self, node) is not None:
                 squares.append(node)  # planned once the other leaves are known
                 return
-            if isinstance(node, (sp.Indexed, sp.Sum, sp.Symbol, sp.KroneckerDelta)) or (
+            if isinstance(node, (sp.Indexed, sp.Symbol, sp.KroneckerDelta, *REDUCTIONS)) or (
                     isinstance(node, sp.Function) and node is not expr):
                 # functions of tensors get their own step, so each is computed once
                 leaves[node] = self.operand(node)
@@ -397,6 +400,27 @@ class Planner:
         operations = sum(1 for node in sp.preorder_traversal(replaced) if node.args)
         return Operand(self.emit_step(code, dsl_str(expr), name,
                                       self.volume(target) * max(operations, 1)), target)
+
+    def log_sum_exp(self, expr: LogSumExp, name: str | None) -> Operand:
+        """torch.logsumexp of the body over the summed axes; an index the body's value
+        does not vary along adds log of its size (the normal form leaves none, but a
+        value may be constant along an index its formula names)."""
+        body = self.operand(expr.function)
+        summed = [limit[0] for limit in expr.limits]
+        axes = [k for k, i in enumerate(body.indices) if i in summed]
+        constant = [self.shape_code(i) for i in summed if i not in body.indices]
+        if axes and body.is_tensor:
+            dims = str(axes[0]) if len(axes) == 1 else f"({', '.join(map(str, axes))})"
+            code = f"torch.logsumexp({body.code}, dim={dims})"
+        else:
+            code = body.code
+        if constant:
+            code = f"{code} + math.log({' * '.join(constant)})"
+        kept = tuple(i for i in body.indices if i not in summed)
+        if not body.is_tensor:
+            return Operand(f"({code})", (), False)
+        return Operand(self.emit_step(code, dsl_str(expr), name, self.volume(body.indices)),
+                       kept)
 
     # ------------------------------------------------------------------ contractions
     def contraction(self, expr: sp.Sum, name: str | None) -> Operand:
