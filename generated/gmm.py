@@ -5,21 +5,21 @@
 Definition:   log_weight[k] = w[k] - logsumexp(j: w[j])
 Free energy:  F = -logsumexp(k: -D*ls[k] + log_weight[k] - exp(-2*ls[k])*sum(i: (-mu[k, i] +
                   v[i])^2)/2)
-Score:        score[l] = -sum(k: (-2*mu[k, l] + 2*v[l])*exp(-D*ls[k] + log_weight[k] -
-                  logsumexp(j: -D*ls[j] + log_weight[j] - exp(-2*ls[j])*sum(i: (-mu[j, i] +
-                  v[i])^2)/2) - exp(-2*ls[k])*sum(i: (-mu[k, i] + v[i])^2)/2)*exp(-2*ls[k]))/2
-Laplacian:    laplacian = -D*sum(k: exp(-D*ls[k] + log_weight[k] - logsumexp(j: -D*ls[j] +
-                  log_weight[j] - exp(-2*ls[j])*sum(i: (-mu[j, i] + v[i])^2)/2) -
-                  exp(-2*ls[k])*sum(i: (-mu[k, i] + v[i])^2)/2)*exp(-2*ls[k])) - sum(i, k:
-                  (-2*mu[k, i] + 2*v[i])*(mu[k, i] - v[i])*exp(-D*ls[k] + log_weight[k] -
-                  logsumexp(j: -D*ls[j] + log_weight[j] - exp(-2*ls[j])*sum(l: (-mu[j, l] +
-                  v[l])^2)/2) - exp(-2*ls[k])*sum(j: (-mu[k, j] + v[j])^2)/2)*exp(-4*ls[k]))/2 -
-                  sum(i, k: (-mu[k, i] + v[i])*exp(-D*ls[k] + log_weight[k] - logsumexp(j:
-                  -D*ls[j] + log_weight[j] - exp(-2*ls[j])*sum(l: (-mu[j, l] + v[l])^2)/2) -
-                  exp(-2*ls[k])*sum(j: (-mu[k, j] + v[j])^2)/2)*exp(-2*ls[k])*sum(j: (-2*mu[j,
-                  i] + 2*v[i])*exp(-D*ls[j] + log_weight[j] - logsumexp(l: -D*ls[l] +
-                  log_weight[l] - exp(-2*ls[l])*sum(m: (-mu[l, m] + v[m])^2)/2) -
-                  exp(-2*ls[j])*sum(l: (-mu[j, l] + v[l])^2)/2)*exp(-2*ls[j])))/2
+Score:        score[l] = -sum(k: (-2*mu[k, l] + 2*v[l])*exp(-2*ls[k])*exp((-D*ls[k] +
+                  log_weight[k] - exp(-2*ls[k])*sum(i: (-mu[k, i] + v[i])^2)/2) - logsumexp(j:
+                  -D*ls[j] + log_weight[j] - exp(-2*ls[j])*sum(i: (-mu[j, i] + v[i])^2)/2)))/2
+Laplacian:    laplacian = -D*sum(k: exp(-2*ls[k])*exp((-D*ls[k] + log_weight[k] -
+                  exp(-2*ls[k])*sum(i: (-mu[k, i] + v[i])^2)/2) - logsumexp(j: -D*ls[j] +
+                  log_weight[j] - exp(-2*ls[j])*sum(i: (-mu[j, i] + v[i])^2)/2))) - sum(i, k:
+                  ((mu[k, i] - v[i])*exp(-2*ls[k])*exp((-D*ls[k] + log_weight[k] -
+                  exp(-2*ls[k])*sum(j: (-mu[k, j] + v[j])^2)/2) - logsumexp(j: -D*ls[j] +
+                  log_weight[j] - exp(-2*ls[j])*sum(l: (-mu[j, l] + v[l])^2)/2)) + exp((-D*ls[k]
+                  + log_weight[k] - exp(-2*ls[k])*sum(j: (-mu[k, j] + v[j])^2)/2) - logsumexp(j:
+                  -D*ls[j] + log_weight[j] - exp(-2*ls[j])*sum(l: (-mu[j, l] +
+                  v[l])^2)/2))*sum(j: (-2*mu[j, i] + 2*v[i])*exp(-2*ls[j])*exp((-D*ls[j] +
+                  log_weight[j] - exp(-2*ls[j])*sum(l: (-mu[j, l] + v[l])^2)/2) - logsumexp(l:
+                  -D*ls[l] + log_weight[l] - exp(-2*ls[l])*sum(m: (-mu[l, m] +
+                  v[m])^2)/2)))/2)*(-2*mu[k, i] + 2*v[i])*exp(-2*ls[k]))/2
 SM objective: laplacian + sum(l: score[l]^2)/2   (batch mean)
 """
 
@@ -182,13 +182,13 @@ class gmm(torch.nn.Module):
         _t6 = torch.logsumexp(_t5, dim=1)
         # -2*mu[k, l] + 2*v[l]
         _t7 = -2 * self.mu + 2 * v[:, None]
-        # exp(-D*ls[k] + log_weight[k] - logsumexp(j: -D*ls[j] + log_weight[j] - exp(-2*ls[j])*...
-        _t8 = torch.exp(-self.D * self.ls - 0.5 * _t2 * _t3 - _t6[:, None] + log_weight)
-        # exp(-D*ls[k] + log_weight[k] - logsumexp(j: -D*ls[j] + log_weight[j] - exp(-2*ls[j])*...
+        # exp((-D*ls[k] + log_weight[k] - exp(-2*ls[k])*sum(i: (-mu[k, i] + v[i])^2)/2) - logsu...
+        _t8 = torch.exp(_t5 - _t6[:, None])
+        # exp(-2*ls[k])*exp((-D*ls[k] + log_weight[k] - exp(-2*ls[k])*sum(i: (-mu[k, i] + v[i])...
         _t9 = _t8 * _t3
-        # sum(k: (-2*mu[k, l] + 2*v[l])*exp(-D*ls[k] + log_weight[k] - logsumexp(j: -D*ls[j] + ...
+        # sum(k: (-2*mu[k, l] + 2*v[l])*exp(-2*ls[k])*exp((-D*ls[k] + log_weight[k] - exp(-2*ls...
         _t10 = torch.einsum('nk,nkl->nl', _t9, _t7)
-        # -sum(k: (-2*mu[k, l] + 2*v[l])*exp(-D*ls[k] + log_weight[k] - logsumexp(j: -D*ls[j] +...
+        # -sum(k: (-2*mu[k, l] + 2*v[l])*exp(-2*ls[k])*exp((-D*ls[k] + log_weight[k] - exp(-2*l...
         score = -0.5 * _t10
         return score
 
@@ -211,32 +211,22 @@ class gmm(torch.nn.Module):
         _t6 = torch.logsumexp(_t5, dim=1)
         # -2*mu[k, l] + 2*v[l]
         _t7 = -2 * self.mu + 2 * v[:, None]
-        # exp(-D*ls[k] + log_weight[k] - logsumexp(j: -D*ls[j] + log_weight[j] - exp(-2*ls[j])*...
-        _t8 = torch.exp(-self.D * self.ls - 0.5 * _t2 * _t3 - _t6[:, None] + log_weight)
-        # exp(-D*ls[k] + log_weight[k] - logsumexp(j: -D*ls[j] + log_weight[j] - exp(-2*ls[j])*...
+        # exp((-D*ls[k] + log_weight[k] - exp(-2*ls[k])*sum(i: (-mu[k, i] + v[i])^2)/2) - logsu...
+        _t8 = torch.exp(_t5 - _t6[:, None])
+        # exp(-2*ls[k])*exp((-D*ls[k] + log_weight[k] - exp(-2*ls[k])*sum(i: (-mu[k, i] + v[i])...
         _t9 = _t8 * _t3
-        # sum(k: (-2*mu[k, l] + 2*v[l])*exp(-D*ls[k] + log_weight[k] - logsumexp(j: -D*ls[j] + ...
+        # sum(k: (-2*mu[k, l] + 2*v[l])*exp(-2*ls[k])*exp((-D*ls[k] + log_weight[k] - exp(-2*ls...
         _t10 = torch.einsum('nk,nkl->nl', _t9, _t7)
-        # (-2*mu[k, i] + 2*v[i])*(mu[k, i] - v[i])
-        _t11 = (-2 * self.mu + 2 * v[:, None]) * (self.mu - v[:, None])
-        # sum(i: (-2*mu[k, i] + 2*v[i])*(mu[k, i] - v[i]))
+        # ((mu[k, i] - v[i])*exp(-2*ls[k])*exp((-D*ls[k] + log_weight[k] - exp(-2*ls[k])*sum(j:...
+        _t11 = (-2 * self.mu + 2 * v[:, None]) * (0.5 * _t10[:, None] * _t8[:, :, None] + _t3[:, None] * _t8[:, :, None] * (self.mu - v[:, None]))
+        # sum(i: ((mu[k, i] - v[i])*exp(-2*ls[k])*exp((-D*ls[k] + log_weight[k] - exp(-2*ls[k])...
         _t12 = _t11.sum(dim=2)
-        # exp(-4*ls[k])
-        _t13 = torch.exp(-4 * self.ls)
-        # exp(-4*ls[k])*sum(i: (-2*mu[k, i] + 2*v[i])*(mu[k, i] - v[i]))
-        _t14 = _t13 * _t12
-        # sum(i, k: (-2*mu[k, i] + 2*v[i])*(mu[k, i] - v[i])*exp(-D*ls[k] + log_weight[k] - log...
-        _t15 = torch.einsum('nk,nk->n', _t14, _t8)
-        # -mu[k, i] + v[i]
-        _t16 = -self.mu + v[:, None]
-        # sum(i: (-mu[k, i] + v[i])*sum(j: (-2*mu[j, i] + 2*v[i])*exp(-D*ls[j] + log_weight[j] ...
-        _t17 = torch.einsum('ni,nki->nk', _t10, _t16)
-        # sum(i, k: (-mu[k, i] + v[i])*exp(-D*ls[k] + log_weight[k] - logsumexp(j: -D*ls[j] + l...
-        _t18 = torch.einsum('nk,nk->n', _t9, _t17)
-        # sum(k: exp(-D*ls[k] + log_weight[k] - logsumexp(j: -D*ls[j] + log_weight[j] - exp(-2*...
-        _t19 = torch.einsum('nk,k->n', _t8, _t3)
-        # -D*sum(k: exp(-D*ls[k] + log_weight[k] - logsumexp(j: -D*ls[j] + log_weight[j] - exp(...
-        laplacian = -self.D * _t19 - 0.5 * _t15 - 0.5 * _t18
+        # sum(i, k: ((mu[k, i] - v[i])*exp(-2*ls[k])*exp((-D*ls[k] + log_weight[k] - exp(-2*ls[...
+        _t13 = torch.einsum('k,nk->n', _t3, _t12)
+        # sum(k: exp(-2*ls[k])*exp((-D*ls[k] + log_weight[k] - exp(-2*ls[k])*sum(i: (-mu[k, i] ...
+        _t14 = torch.einsum('nk,k->n', _t8, _t3)
+        # -D*sum(k: exp(-2*ls[k])*exp((-D*ls[k] + log_weight[k] - exp(-2*ls[k])*sum(i: (-mu[k, ...
+        laplacian = -self.D * _t14 - 0.5 * _t13
         return laplacian
 
     def sm_loss(self, v: torch.Tensor) -> torch.Tensor:
@@ -259,40 +249,30 @@ class gmm(torch.nn.Module):
         _t6 = torch.logsumexp(_t5, dim=1)
         # -2*mu[k, l] + 2*v[l]
         _t7 = -2 * self.mu + 2 * v[:, None]
-        # exp(-D*ls[k] + log_weight[k] - logsumexp(j: -D*ls[j] + log_weight[j] - exp(-2*ls[j])*...
-        _t8 = torch.exp(-self.D * self.ls - 0.5 * _t2 * _t3 - _t6[:, None] + log_weight)
-        # exp(-D*ls[k] + log_weight[k] - logsumexp(j: -D*ls[j] + log_weight[j] - exp(-2*ls[j])*...
+        # exp((-D*ls[k] + log_weight[k] - exp(-2*ls[k])*sum(i: (-mu[k, i] + v[i])^2)/2) - logsu...
+        _t8 = torch.exp(_t5 - _t6[:, None])
+        # exp(-2*ls[k])*exp((-D*ls[k] + log_weight[k] - exp(-2*ls[k])*sum(i: (-mu[k, i] + v[i])...
         _t9 = _t8 * _t3
-        # sum(k: (-2*mu[k, l] + 2*v[l])*exp(-D*ls[k] + log_weight[k] - logsumexp(j: -D*ls[j] + ...
+        # sum(k: (-2*mu[k, l] + 2*v[l])*exp(-2*ls[k])*exp((-D*ls[k] + log_weight[k] - exp(-2*ls...
         _t10 = torch.einsum('nk,nkl->nl', _t9, _t7)
-        # -sum(k: (-2*mu[k, l] + 2*v[l])*exp(-D*ls[k] + log_weight[k] - logsumexp(j: -D*ls[j] +...
+        # -sum(k: (-2*mu[k, l] + 2*v[l])*exp(-2*ls[k])*exp((-D*ls[k] + log_weight[k] - exp(-2*l...
         score = -0.5 * _t10
-        # (-2*mu[k, i] + 2*v[i])*(mu[k, i] - v[i])
-        _t11 = (-2 * self.mu + 2 * v[:, None]) * (self.mu - v[:, None])
-        # sum(i: (-2*mu[k, i] + 2*v[i])*(mu[k, i] - v[i]))
+        # ((mu[k, i] - v[i])*exp(-2*ls[k])*exp((-D*ls[k] + log_weight[k] - exp(-2*ls[k])*sum(j:...
+        _t11 = (-2 * self.mu + 2 * v[:, None]) * (0.5 * _t10[:, None] * _t8[:, :, None] + _t3[:, None] * _t8[:, :, None] * (self.mu - v[:, None]))
+        # sum(i: ((mu[k, i] - v[i])*exp(-2*ls[k])*exp((-D*ls[k] + log_weight[k] - exp(-2*ls[k])...
         _t12 = _t11.sum(dim=2)
-        # exp(-4*ls[k])
-        _t13 = torch.exp(-4 * self.ls)
-        # exp(-4*ls[k])*sum(i: (-2*mu[k, i] + 2*v[i])*(mu[k, i] - v[i]))
-        _t14 = _t13 * _t12
-        # sum(i, k: (-2*mu[k, i] + 2*v[i])*(mu[k, i] - v[i])*exp(-D*ls[k] + log_weight[k] - log...
-        _t15 = torch.einsum('nk,nk->n', _t14, _t8)
-        # -mu[k, i] + v[i]
-        _t16 = -self.mu + v[:, None]
-        # sum(i: (-mu[k, i] + v[i])*sum(j: (-2*mu[j, i] + 2*v[i])*exp(-D*ls[j] + log_weight[j] ...
-        _t17 = torch.einsum('ni,nki->nk', _t10, _t16)
-        # sum(i, k: (-mu[k, i] + v[i])*exp(-D*ls[k] + log_weight[k] - logsumexp(j: -D*ls[j] + l...
-        _t18 = torch.einsum('nk,nk->n', _t9, _t17)
-        # sum(k: exp(-D*ls[k] + log_weight[k] - logsumexp(j: -D*ls[j] + log_weight[j] - exp(-2*...
-        _t19 = torch.einsum('nk,k->n', _t8, _t3)
-        # -D*sum(k: exp(-D*ls[k] + log_weight[k] - logsumexp(j: -D*ls[j] + log_weight[j] - exp(...
-        laplacian = -self.D * _t19 - 0.5 * _t15 - 0.5 * _t18
+        # sum(i, k: ((mu[k, i] - v[i])*exp(-2*ls[k])*exp((-D*ls[k] + log_weight[k] - exp(-2*ls[...
+        _t13 = torch.einsum('k,nk->n', _t3, _t12)
+        # sum(k: exp(-2*ls[k])*exp((-D*ls[k] + log_weight[k] - exp(-2*ls[k])*sum(i: (-mu[k, i] ...
+        _t14 = torch.einsum('nk,k->n', _t8, _t3)
+        # -D*sum(k: exp(-2*ls[k])*exp((-D*ls[k] + log_weight[k] - exp(-2*ls[k])*sum(i: (-mu[k, ...
+        laplacian = -self.D * _t14 - 0.5 * _t13
         # score[l]^2
-        _t20 = torch.square(score)
+        _t15 = torch.square(score)
         # sum(l: score[l]^2)
-        _t21 = _t20.sum(dim=1)
+        _t16 = _t15.sum(dim=1)
         # laplacian + sum(l: score[l]^2)/2
-        sm_objective = 0.5 * _t21 + laplacian
+        sm_objective = 0.5 * _t16 + laplacian
         return sm_objective.mean()
 
     def reconstruct(self, v: torch.Tensor) -> torch.Tensor:

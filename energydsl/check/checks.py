@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from energydsl.check.autograd import gradient
+from energydsl.check.discrete import check_discrete_log_partition, check_discrete_visible, data
 from energydsl.check.gaussian import (
     check_enumerated_log_partition,
     check_gaussian,
@@ -99,7 +100,10 @@ def check_compiled(compiled: Compiled, overrides: dict[str, int] | None = None, 
     reference = Reference(checked, sizes, scalars, params)
     generator = torch.Generator().manual_seed(seed + 1)
     dim = sizes[checked.visible.shape[0]]
-    v = torch.randn(batch, dim, generator=generator, dtype=torch.float64).requires_grad_(True)
+    discrete = DOMAINS[checked.visible.domain].discrete
+    v = data(checked, dim, batch, generator) if discrete else \
+        torch.randn(batch, dim, generator=generator, dtype=torch.float64)
+    v.requires_grad_(True)
     report = CheckReport(checked.name, sizes)
 
     def add(quantity: str, value: torch.Tensor, ref: torch.Tensor) -> None:
@@ -116,8 +120,12 @@ def check_compiled(compiled: Compiled, overrides: dict[str, int] | None = None, 
                                         f"{shorten(str(exc), 70)}", math.inf, tolerance))
 
     x = v.detach()
-    guarded("free energy, score, Laplacian",
-            lambda: _check_core(model, reference, v, add))
+    if discrete:  # binary or spin data: no derivatives (flip gains: the estimators' rows)
+        guarded("free energy", lambda: add("free_energy", model.free_energy(x),
+                                           reference.free_energy(x)))
+    else:
+        guarded("free energy, score, Laplacian",
+                lambda: _check_core(model, reference, v, add))
     if checked.hidden:
         guarded("hidden conditionals",
                 lambda: _check_hidden(model, reference, x, add, report, seed))
@@ -126,7 +134,13 @@ def check_compiled(compiled: Compiled, overrides: dict[str, int] | None = None, 
     if compiled.conditionals.visible is not None:
         guarded("visible conditional",
                 lambda: check_visible(model, reference, x, add, report.notes.append, seed))
-    if hasattr(model, "_log_hidden_weights"):
+    if compiled.conditionals.visible_probability is not None:
+        guarded("visible conditional",
+                lambda: check_discrete_visible(model, reference, x, add, seed))
+    if discrete:
+        guarded("enumerated normaliser",
+                lambda: check_discrete_log_partition(model, reference, x, add))
+    elif hasattr(model, "_log_hidden_weights"):
         guarded("enumerated normaliser", lambda: check_enumerated_log_partition(
             model, reference, x, add, report.notes.append))
     if compiled.conditionals.gaussian_precision is not None:
@@ -156,8 +170,10 @@ def _check_estimators(model, reference: Reference, v: torch.Tensor, add, seed: i
                       normaliser: bool) -> None:
     """Every registered estimator's method against the reference (those that need a
     normaliser only where the model's is usable), each with noise of its own seed."""
+    domain = reference.model.visible.domain
     for number, estimator in enumerate(all_estimators()):
-        if estimator.check is None or (estimator.needs_normaliser and not normaliser):
+        if estimator.check is None or (estimator.needs_normaliser and not normaliser) \
+                or not estimator.applies_to(domain):
             continue
         generator = torch.Generator().manual_seed(seed + 5 + number)
         estimator.check(model, reference, v.detach(), add, generator)

@@ -146,28 +146,24 @@ class Interpreter:
 def hidden_configurations(model: CheckedModel, sizes: dict[str, int], dtype: torch.dtype
                           ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Every joint hidden state (or quadrature node) and its log-weight."""
-    per_unit = []
-    layout = []
-    for name, variable in model.hidden.items():
-        quad = DOMAINS[variable.domain].quadrature(dtype)
-        for _ in range(sizes[variable.shape[0]]):
-            per_unit.append(quad)
-            layout.append(name)
-    if not per_unit:
+    if not model.hidden:
         return {}, torch.zeros(1, dtype=dtype)
-    count = math.prod(len(q.nodes) for q in per_unit)
+    units = {name: sizes[variable.shape[0]] for name, variable in model.hidden.items()}
+    domains = {name: DOMAINS[variable.domain] for name, variable in model.hidden.items()}
+    count = math.prod(domains[name].state_count(k) for name, k in units.items())
     if count > MAX_CONFIGURATIONS:
         raise UsageError(f"the check enumerates every hidden configuration (quadrature nodes "
                          f"for continuous units): {count:,} at these sizes, more than "
                          f"{MAX_CONFIGURATIONS:,}; use smaller hidden sizes with --size")
-    grids = torch.meshgrid(*[q.nodes for q in per_unit], indexing="ij")
-    weights = torch.meshgrid(*[q.log_weights for q in per_unit], indexing="ij")
-    columns = [g.reshape(-1) for g in grids]
-    log_weight = sum(w.reshape(-1) for w in weights)
-    states: dict[str, list] = {}
-    for name, column in zip(layout, columns, strict=True):
-        states.setdefault(name, []).append(column)
-    return {name: torch.stack(cols, dim=1) for name, cols in states.items()}, log_weight
+    per_variable = {name: domains[name].states(k, dtype) for name, k in units.items()}
+    # the product of the variables' state sets: every combination, by its row numbers
+    rows = torch.meshgrid(*[torch.arange(len(q.log_weights)) for q in per_variable.values()],
+                          indexing="ij")
+    states, log_weight = {}, torch.zeros(count, dtype=dtype)
+    for (name, quad), row in zip(per_variable.items(), rows, strict=True):
+        states[name] = quad.nodes[row.reshape(-1)]
+        log_weight = log_weight + quad.log_weights[row.reshape(-1)]
+    return states, log_weight
 
 
 def _grid_neighbours(height: int, width: int, connectivity: int) -> torch.Tensor:

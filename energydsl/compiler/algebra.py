@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import sympy as sp
 
-from energydsl.compiler.sympy_functions import LogSumExp
+from energydsl.compiler.sympy_functions import LogSumExp, softmax_weight
 
 if TYPE_CHECKING:
     from energydsl.compiler.ir import Definition
@@ -177,10 +177,22 @@ def has_outer_sum(expr: sp.Basic) -> bool:
     return False
 
 
+def is_deviation(expr: sp.Expr) -> bool:
+    """Whether expr is x - sum(j: softmax[j] x[j]) (a term is a sum weighted by
+    exp(e - logsumexp(e))): a deviation from a softmax-weighted mean, which the second
+    derivative of a logsumexp multiplies by x again. Kept whole, sum(k: w[k] (x[k] -
+    xbar) x[k]) is a variance computed without cancellation; distributed, it is
+    sum(k: w[k] x[k]^2) - xbar^2, two numbers of size |x|^2 whose difference float32
+    loses entirely once the weights are nearly one-hot."""
+    return isinstance(expr, sp.Add) and any(
+        term.has(softmax_weight) for term in expr.args if has_outer_sum(term))
+
+
 def distribute(expr: sp.Expr) -> sp.Expr:
     """a (b + c) = a b + a c, but only where b or c contains a sum: contractions then
     reach the planner as separate einsums, while elementwise factors such as (1 - g)
-    stay whole and are computed once."""
+    stay whole and are computed once (and so do deviations from a softmax-weighted mean,
+    see `is_deviation`)."""
     if not expr.args or isinstance(expr, (sp.Indexed, sp.Idx)):
         return expr
     if isinstance(expr, sp.Sum):
@@ -189,7 +201,8 @@ def distribute(expr: sp.Expr) -> sp.Expr:
     if isinstance(expr, sp.Mul):
         terms: list[sp.Expr] = [sp.S.One]
         for factor in args:
-            if isinstance(factor, sp.Add) and has_outer_sum(factor):
+            if isinstance(factor, sp.Add) and has_outer_sum(factor) \
+                    and not is_deviation(factor):
                 terms = [t * part for t in terms for part in factor.args]
             else:
                 terms = [t * factor for t in terms]
@@ -295,7 +308,7 @@ def diff(expr: sp.Expr, var: sp.IndexedBase, at: tuple[sp.Expr, ...],
             return make_sum(d(node.function), node.limits)
         if isinstance(node, LogSumExp):  # the softmax-weighted derivative of the body
             inner = d(node.function)
-            return make_sum(sp.exp(node.function - node) * inner, node.limits) \
+            return make_sum(softmax_weight(node.function, node) * inner, node.limits) \
                 if inner != 0 else sp.S.Zero
         if isinstance(node, sp.Add):
             return sp.Add(*[d(a) for a in node.args])

@@ -30,6 +30,7 @@ from energydsl.compiler.ir import (
     VisibleConditional,
 )
 from energydsl.compiler.lets import at_zero, depends_on
+from energydsl.compiler.sympy_functions import sigmoid
 
 # ---------------------------------------------------------------- unit moments
 
@@ -78,6 +79,12 @@ def derive_conditionals(derivation: Derivation) -> Conditionals:
             definitions[f"_{key}_{name}"] = Definition(
                 sp.IndexedBase(f"_{key}_{name}"), (unit.index,), value)
 
+    discrete = DOMAINS[symbolic.checked.visible.domain]
+    if discrete.discrete:  # binary or spin data: no derivatives, no Gaussians
+        return Conditionals(hidden, None, "the data are discrete", None, None, None,
+                            definitions, _discrete_visible(derivation, discrete.low_high,
+                                                           definitions, tidy))
+
     # the three score-matching terms
     sm_terms, unavailable = None, ""
     if model.hidden:
@@ -122,6 +129,29 @@ def derive_conditionals(derivation: Derivation) -> Conditionals:
                         (p, q) if gaussian is not None else None, definitions)
 
 
+def _discrete_visible(derivation: Derivation, values: tuple, definitions: dict, tidy
+                      ) -> sp.Expr | None:
+    """P(v[p] = high | h) = sigmoid(-(high - low) dE/dv[p]) when E is linear in each entry
+    of v with no products of entries (the slope is free of v): the visible units are then
+    independent given h, as the hidden ones are given v. Records the joint energy and the
+    slope as definitions (the enumerated normaliser sums the visible layer with them)."""
+    model = derivation.model
+    symbolic = model.symbolic
+    if model.energy is None or not model.hidden:
+        return None
+    visible, lookup, p = symbolic.visible, symbolic.definition_of, derivation.index
+    slope = tidy(diff(model.energy, visible, (p,), lookup))
+    definitions["_energy"] = Definition(sp.Symbol("_energy"), (), tidy(model.energy))
+    if slope == 0 or depends_on(slope, visible, lookup):
+        return None
+    low, high = values
+    definitions["_visible_slope"] = Definition(sp.IndexedBase("_visible_slope"), (p,), slope)
+    probability = sigmoid(-(high - low) * slope)
+    definitions["_visible_probability"] = Definition(
+        sp.IndexedBase("_visible_probability"), (p,), probability)
+    return probability
+
+
 def _sm_terms(derivation: Derivation, hidden: dict[str, HiddenConditional], tidy
               ) -> dict[str, sp.Expr] | str:
     model = derivation.model
@@ -140,7 +170,11 @@ def _sm_terms(derivation: Derivation, hidden: dict[str, HiddenConditional], tidy
             return (f"dE/dv is not linear in the hidden variable '{name}', so its variance "
                     "needs moments the compiler does not derive")
         limits = [(unit.index, 0, unit.index.upper)]
-        variance += make_sum(slope**2 * conditional.variance, limits)
+        if DOMAINS[unit.domain].exclusive:  # one-hot: var = sum p s^2 - (sum p s)^2
+            variance += make_sum(slope**2 * conditional.mean, limits) \
+                - make_sum(slope * conditional.mean, limits)**2
+        else:
+            variance += make_sum(slope**2 * conditional.variance, limits)
         mean_second += make_sum(slope2 * conditional.mean + g2.subs(s, 0), limits)
     limits = [(p, 0, p.upper)]
     score = derivation.definitions["score"].base

@@ -20,6 +20,8 @@ from energydsl.compiler.algebra import (
     normalise,
 )
 from energydsl.compiler.algebra import tidy as algebra_tidy
+from energydsl.compiler.domains import DOMAINS
+from energydsl.compiler.flips import flip_definitions
 from energydsl.compiler.ir import Definition, Derivation, FreeEnergyModel
 
 
@@ -50,4 +52,7 @@ def derive(model: FreeEnergyModel) -> Derivation:
     sm_objective = make_sum(score_base[p] ** 2, [(p, 0, p.upper)]) / 2 + laplacian_symbol
     definitions["sm_objective"] = Definition(sp.Symbol("sm_objective", real=True), (),
                                              sm_objective)
+    domain = DOMAINS[symbolic.checked.visible.domain]
+    if domain.discrete:  # binary or spin data: what one flipped entry changes
+        definitions.update(flip_definitions(model, free_energy, p, domain.low_high, tidy))
     return Derivation(model, p, free_energy, score, laplacian, sm_objective, definitions)

@@ -287,6 +287,8 @@ class Conditionals:
     gaussian_precision: sp.Expr | None = None  # P[p, q] = d^2 F / dv_p dv_q when constant
     gaussian_indices: tuple[sp.Idx, sp.Idx] | None = None
     definitions: dict[str, Definition] = field(default_factory=dict)
+    # discrete data: P(v[p] = high | hidden), when E is linear in each entry of v
+    visible_probability: sp.Expr | None = None
 
 
 @dataclass(frozen=True)
@@ -314,6 +316,7 @@ class PlannedModule:
     gaussian: Method | None  # _gaussian_precision, when F is quadratic in v
     enumeration: tuple[Method, ...]  # _hidden_states, _log_hidden_weight (empty: none)
     hidden_bits: str  # code of the number of enumerated binary units ("self.K")
+    hidden_categories: str = ""  # code of the product of the categorical variables' sizes
 
 
 @dataclass(frozen=True)

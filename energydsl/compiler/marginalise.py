@@ -134,7 +134,8 @@ class _Marginaliser:
         domain = DOMAINS[domain_name]
         try:
             if domain.discrete:
-                return domain.log_partition(name, symbol, e, self.show).log_partition, {}
+                marginal = domain.log_partition(name, symbol, e, self.show)
+                return marginal.log_partition, marginal.coefficients or {}
             # sums and tensor entries as placeholders: a small integral, whatever the sizes
             keep = set(self.model.consts.values()) | set(self.model.dims.values())
             placeholders, e_local = _abstract_visible(e, symbol, keep)
@@ -216,7 +217,7 @@ def _find_use(expr, name: str, index: str | None):
 def marginalise(model: SymbolicModel) -> FreeEnergyModel:
     """Derive F(v) by marginalising every hidden unit; a free-energy spec passes through."""
     decl = model.checked.energy
-    if decl.role != "energy":  # F(v), or log p~(v) = -F(v), given directly
+    if not decl.joint:  # F(v), or log p~(v) = -F(v), given directly
         return FreeEnergyModel(model, model.energy, None)
     worker = _Marginaliser(model, decl.value.span)
     try:
@@ -234,8 +235,9 @@ def marginalise(model: SymbolicModel) -> FreeEnergyModel:
         domain = model.checked.hidden[name].domain
         log_z, coefficients = worker.log_partition(name, domain, symbol, e)
         log_z = stable_forms(sp.expand(log_z))
+        group, coefficients = DOMAINS[domain].group_log_partition(log_z, coefficients, index)
         hidden[name] = HiddenUnit(name, domain, index, symbol, e, log_z, coefficients)
-        free_energy = free_energy - make_sum(log_z, [(index, 0, index.upper)])
+        free_energy = free_energy - group
     free_energy = normalise(free_energy)
     return FreeEnergyModel(model, free_energy, model.energy, hidden, worker.conditions,
                            visible_part)

@@ -38,6 +38,7 @@ RESERVED_ATTRIBUTES = frozenset("""
     register_parameter register_state_dict_post_hook register_state_dict_pre_hook
     requires_grad_ set_extra_state set_submodule share_memory state_dict to to_empty train
     training type xpu zero_grad sm_objective validate
+    flip_gain rm_objective pl_objective visible_domain
 """.split())
 # ... and the method every registered estimator adds (dsm_loss, ...)
 RESERVED_ATTRIBUTES |= {e.method for e in all_estimators() if e.method is not None}
@@ -49,7 +50,7 @@ METHOD_LOCALS = frozenset("""
     mean factor offset shape max_states chunk bits flags codes log_det states units device
     weights probabilities u point along hvp perturbed residual count data_logit data_term
     log_nu noise_logit noise_term contrast data_energy logit log_noise_x log_noise_y
-    curvature
+    curvature layer start lowest category hidden_units
 """.split())
 
 # Locals of the generated methods that also compute `let` definitions (and constrained

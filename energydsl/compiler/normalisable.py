@@ -98,6 +98,8 @@ def normalisability_warnings(derivation: Derivation) -> list[Diagnostic]:
     """The warnings of the module docstring, positioned at the energy."""
     symbolic = derivation.model.symbolic
     checked = symbolic.checked
+    if checked.visible.domain != "real":  # a sum over finitely many states: always finite
+        return []
     visible, name = symbolic.visible, checked.visible.name
     dim = checked.visible.shape[0]
     defaults = {symbol: checked.dims[d].default for d, symbol in symbolic.dims.items()}

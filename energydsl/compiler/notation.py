@@ -19,6 +19,9 @@ class DslPrinter(StrPrinter):
         indices = ", ".join(self._print(limit[0]) for limit in expr.limits)
         return f"sum({indices}: {self._print(expr.function)})"
 
+    def _print_softmax_weight(self, expr) -> str:
+        return self._print(sp.exp(sp.Add(expr.args[0], -expr.args[1], evaluate=False)))
+
     def _print_LogSumExp(self, expr) -> str:
         indices = ", ".join(self._print(limit[0]) for limit in expr.limits)
         return f"logsumexp({indices}: {self._print(expr.function)})"

@@ -96,8 +96,9 @@ class _ToAst(Transformer):
         return ast.EnergyDecl("free_energy", _ident(name), (_ident(arg),), value, _span(meta))
 
     def log_density_decl(self, meta, children):
-        name, arg, value = children
-        return ast.EnergyDecl("log_density", _ident(name), (_ident(arg),), value, _span(meta))
+        name, *args, value = children
+        return ast.EnergyDecl("log_density", _ident(name), tuple(map(_ident, args)), value,
+                              _span(meta))
 
     def shape(self, meta, children):
         return tuple(map(_ident, children))

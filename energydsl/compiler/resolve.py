@@ -123,11 +123,13 @@ class _Checker(ParamResolver):
         if len(self.energies) > 1:
             raise error("the model has more than one energy", self.energies[1].name.span)
         energy = self.energies[0]
-        if energy.role != "energy" and hidden:
+        if not energy.joint and hidden:
             name = next(iter(hidden))
-            given = "a free energy F(v)" if energy.role == "free_energy" else "a log density"
+            given, instead = ("a free energy F(v)", "the joint energy E(v, h)") \
+                if energy.role == "free_energy" else ("a log density p(v)",
+                                                      "the joint log density p(v, h)")
             raise error(f"{given} cannot have hidden variables; '{name}' is hidden: "
-                        "write the joint energy E(v, h) instead", hidden[name].span)
+                        f"write {instead} instead", hidden[name].span)
         self._check_generated_names()
         return CheckedModel(
             name=self.spec.model.name,
@@ -284,9 +286,10 @@ class _Checker(ParamResolver):
                             arg.span)
         missing = [v.name for v in self.variables.values()
                    if v.role == "hidden" and v.name not in seen]
-        if missing and decl.role == "energy":
-            raise error(f"the energy must list every hidden variable; '{missing[0]}' is missing",
-                        decl.name.span)
+        if missing and decl.joint:
+            what = "energy" if decl.role == "energy" else "log density"
+            raise error(f"the {what} must list every hidden variable; '{missing[0]}' is "
+                        "missing", decl.name.span)
         self._expression(decl.value, {}, where="the energy")
         cost = expanded_cost(decl.value, self.costs, self.variables)
         if decl.args[0].name not in cost.variables:

@@ -149,13 +149,19 @@ class LetDecl:
 @dataclass(frozen=True)
 class EnergyDecl:
     """`energy E(v, h) = ...` (role "energy"), `free energy F(v) = ...` ("free_energy") or
-    `log density p(v) = ...` ("log_density": the unnormalised log p~(v) = -F(v))."""
+    `log density p(v) = ...` ("log_density": the unnormalised log p~(v) = -F(v); with
+    hidden variables, `log density p(v, h) = ...` is the joint log p~(v, h) = -E(v, h))."""
 
     role: str
     name: Ident
     args: tuple[Ident, ...]
     value: Expr
     span: Span
+
+    @property
+    def joint(self) -> bool:
+        """Whether it is a function of the hidden variables too (to be marginalised)."""
+        return self.role == "energy" or len(self.args) > 1
 
 
 Declaration = DimDecl | ConstDecl | VarDecl | ParamDecl | LetDecl | EnergyDecl

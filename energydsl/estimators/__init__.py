@@ -18,7 +18,7 @@ import importlib
 
 from energydsl.estimators.base import Estimator, Objective
 
-NAMES = ("sm", "dsm", "ssm", "nce", "cnce", "cd", "pcd", "fpcd", "mle")
+NAMES = ("sm", "dsm", "ssm", "nce", "cnce", "cd", "pcd", "fpcd", "mle", "rm", "pl")
 """Every estimator, in the order the CLI and the generated module list them."""
 
 

@@ -65,6 +65,14 @@ class Estimator:
     check: Check | None = None  # verifies `method` against the reference
     needs: str = "free_energy"  # the model method it cannot do without
     needs_normaliser: bool = False  # its check needs a usable log Z (Gaussian models)
+    data: str = "continuous"  # the data it applies to: continuous, discrete or any
+
+    def applies_to(self, visible_domain: str) -> bool:
+        """Whether it applies to data of this domain (real, binary, spin)."""
+        from energydsl.compiler.domains import DOMAINS
+
+        discrete = DOMAINS[visible_domain].discrete
+        return self.data == "any" or (self.data == "discrete") == discrete
 
     def options(self) -> dict[str, type]:
         """The options that take a number (what `--option NAME=X` may set), each with its
@@ -82,6 +90,15 @@ class Estimator:
 
     def make(self, model: Any, **options: Any) -> Objective:
         """The objective for `model` (a TypeError if the model lacks what it needs)."""
+        domain = getattr(model, "visible_domain", "real")
+        if hasattr(model, "free_energy") and not self.applies_to(domain):
+            from energydsl.estimators import all_estimators
+
+            usable = [e.name for e in all_estimators() if e.applies_to(domain)]
+            kind = "continuous" if self.data == "continuous" else "discrete (binary or spin)"
+            raise TypeError(f"objective {self.name!r} applies to {kind} data, and "
+                            f"{type(model).__name__}'s are {domain}; use one of "
+                            f"{', '.join(usable)}")
         if not hasattr(model, self.needs):
             raise TypeError(f"{type(model).__name__} has no {self.needs}: objective "
                             f"{self.name!r} applies to compiled energy models")

@@ -40,4 +40,4 @@ class ContrastiveDivergence(Objective):
 
 
 ESTIMATOR = Estimator("cd", "contrastive divergence, CD-k (--option k)",
-                      ContrastiveDivergence)
+                      ContrastiveDivergence, data="any")

@@ -60,4 +60,4 @@ class FastPCD(PersistentCD):
 
 
 ESTIMATOR = Estimator("fpcd", "fast-weights PCD (--option k, n_chains, fast_lr, fast_decay)",
-                      FastPCD)
+                      FastPCD, data="any")

@@ -25,4 +25,4 @@ class MaximumLikelihood(Objective):
 
 
 ESTIMATOR = Estimator("mle", "maximum likelihood (models with an exact normaliser)",
-                      MaximumLikelihood)
+                      MaximumLikelihood, data="any")

@@ -44,4 +44,4 @@ class PersistentCD(ContrastiveDivergence):
 
 
 ESTIMATOR = Estimator("pcd", "persistent contrastive divergence (--option k, n_chains)",
-                      PersistentCD)
+                      PersistentCD, data="any")

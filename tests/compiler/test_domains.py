@@ -13,12 +13,16 @@ import sympy as sp
 import torch
 
 from energydsl.check.checks import check_compiled
+from energydsl.compiler.algebra import substitute_index
 from energydsl.compiler.domains import DOMAINS
 from energydsl.compiler.driver import compile_source
 from energydsl.compiler.emit.torch_printer import TorchPrinter
 from energydsl.compiler.notation import dsl_str
+from energydsl.compiler.sympy_functions import LogSumExp
 
 COUPLING = 0.8  # the value of x in the domain's example energy
+UNIT_DOMAINS = [name for name, domain in DOMAINS.items() if not domain.exclusive]
+"""Domains whose units are independent: each unit's parts are checked on their own."""
 
 
 def _unit(name: str) -> tuple[sp.Symbol, sp.Expr]:
@@ -53,7 +57,7 @@ def _independent_integral(name: str, power: int = 0) -> float:
     return integrate.quad(f, low, math.inf, epsabs=1e-13, epsrel=1e-12)[0]
 
 
-@pytest.mark.parametrize("name", list(DOMAINS))
+@pytest.mark.parametrize("name", UNIT_DOMAINS)
 def test_log_partition_is_the_sum_or_integral(name):
     domain = DOMAINS[name]
     h, e = _unit(name)
@@ -63,14 +67,14 @@ def test_log_partition_is_the_sum_or_integral(name):
         math.log(_independent_integral(name)), rel=1e-9, abs=1e-12)
 
 
-@pytest.mark.parametrize("name", list(DOMAINS))
+@pytest.mark.parametrize("name", UNIT_DOMAINS)
 def test_quadrature_integrates_exp_minus_e(name):
     _, log_integrand = _numeric(name)
     assert float(torch.logsumexp(log_integrand, 0)) == pytest.approx(
         math.log(_independent_integral(name)), rel=1e-8, abs=1e-10)
 
 
-@pytest.mark.parametrize("name", list(DOMAINS))
+@pytest.mark.parametrize("name", UNIT_DOMAINS)
 def test_moments_are_the_posterior_moments(name):
     domain = DOMAINS[name]
     h, e = _unit(name)
@@ -82,7 +86,7 @@ def test_moments_are_the_posterior_moments(name):
     assert float(variance) == pytest.approx(second - first**2, rel=1e-8, abs=1e-12)
 
 
-@pytest.mark.parametrize("name", list(DOMAINS))
+@pytest.mark.parametrize("name", UNIT_DOMAINS)
 def test_the_sampler_code_draws_from_the_conditional(name):
     """The emitted draw, run with the parameters' values: mean and variance of 200,000
     draws within 5 standard errors of the exact ones."""
@@ -109,7 +113,7 @@ def test_the_sampler_code_draws_from_the_conditional(name):
             namespace["draw"](torch.Generator())
 
 
-@pytest.mark.parametrize("name", [n for n, d in DOMAINS.items() if d.discrete])
+@pytest.mark.parametrize("name", [n for n in UNIT_DOMAINS if DOMAINS[n].discrete])
 def test_enumerated_values(name):
     domain = DOMAINS[name]
     flags = torch.tensor([0.0, 1.0])
@@ -132,9 +136,74 @@ def test_a_hidden_layer_of_each_domain_compiles_and_checks(name):
 
 def test_printer_prints_the_parameters_of_every_domain():
     """The moments' expressions are printable as code (they reach generated methods)."""
-    for name in DOMAINS:
+    for name in UNIT_DOMAINS:
         h, e = _unit(name)
         marginal = DOMAINS[name].log_partition("h", h, e, dsl_str)
         _, _, params = DOMAINS[name].moments(h, e, marginal.coefficients or {})
         for value in params.values():
             assert TorchPrinter(set(), {}).doprint(value)
+
+
+# ---------------------------------------------------------------- a group of units
+
+GROUP_COUPLINGS = (0.8, -0.3, 1.1)  # x[k] of each unit of a hidden variable
+
+
+def _group(name: str):
+    """The domain's log of the sum/integral over a whole variable of len(GROUP_COUPLINGS)
+    units (or 1 for continuous domains), and the moments' expressions, as numbers."""
+    domain = DOMAINS[name]
+    count = len(GROUP_COUPLINGS) if domain.discrete else 1
+    size = sp.Symbol("K", integer=True, positive=True)
+    k = sp.Idx("k", size)
+    x = sp.IndexedBase("x", real=True)
+    h = sp.Symbol("h", **domain.assumptions)
+    text = domain.example.format(h="h", x="x_k").replace("^", "**")
+    e = sp.sympify(text, locals={"h": h, "log": sp.log, "x_k": x[k]})
+    marginal = domain.log_partition("h", h, e, dsl_str)
+    log_z, coefficients = domain.group_log_partition(
+        sp.expand(marginal.log_partition), marginal.coefficients or {}, k)
+    mean, _, _ = domain.moments(h, e, coefficients)
+    values = {x[j]: GROUP_COUPLINGS[j] for j in range(count)}
+
+    def written_out(node: sp.Expr) -> sp.Expr:
+        """Every sum and logsumexp over the units as the explicit terms."""
+        if isinstance(node, (sp.Sum, LogSumExp)):
+            (index, _, _), = node.limits
+            terms = [substitute_index(written_out(node.function), index, sp.Integer(j))
+                     for j in range(count)]
+            return sp.Add(*terms) if isinstance(node, sp.Sum) \
+                else sp.log(sp.Add(*[sp.exp(t) for t in terms]))
+        return node.func(*[written_out(a) for a in node.args]) if node.args else node
+
+    def number(expr: sp.Expr, unit: int | None = None) -> float:
+        expr = written_out(expr)
+        if unit is not None:
+            expr = substitute_index(expr, k, sp.Integer(unit))
+        return float(expr.subs(values).subs(size, count).evalf())
+
+    return count, number(log_z), [number(mean, j) for j in range(count)]
+
+
+@pytest.mark.parametrize("name", list(DOMAINS))
+def test_the_log_partition_of_a_variable_sums_its_joint_states(name):
+    """log of sum over `states` (every joint state, or quadrature node) of exp(-sum_k
+    e(h_k; x_k)) against the domain's group log-partition; the means against the states'
+    posterior-weighted average."""
+    domain = DOMAINS[name]
+    count, log_z, means = _group(name)
+    states = domain.states(count, torch.float64)
+    assert len(states.log_weights) == domain.state_count(count)
+    h, _ = _unit(name)
+    x = sp.Symbol("x", real=True)
+    e = sp.lambdify((h, x), sp.sympify(domain.example.format(h="h", x="x").replace("^", "**"),
+                                       locals={"h": h, "log": sp.log, "x": x}), "math")
+    log_terms = torch.tensor([
+        float(weight) - sum(e(float(node[j]), GROUP_COUPLINGS[j]) for j in range(count))
+        for node, weight in zip(states.nodes, states.log_weights, strict=True)],
+        dtype=torch.float64)
+    tolerance = 1e-9 if domain.discrete else 1e-6
+    assert float(torch.logsumexp(log_terms, 0)) == pytest.approx(log_z, rel=tolerance)
+    posterior = torch.softmax(log_terms, 0)
+    expected = (posterior[:, None] * states.nodes).sum(0)
+    assert means == pytest.approx(expected.tolist(), rel=tolerance, abs=1e-9)

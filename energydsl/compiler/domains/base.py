@@ -7,6 +7,8 @@ from typing import Any
 
 import sympy as sp
 
+from energydsl.compiler.algebra import make_sum
+
 
 class UnitFailure(Exception):
     """A unit energy the domain cannot marginalise: the message says why, in the spec's
@@ -41,13 +43,30 @@ class Domain:
     assumptions: dict[str, bool] = {"real": True}  # of the symbol standing for a unit
     values: tuple[int, ...] | None = None  # the values of a discrete unit
     takes_generator: bool = True  # its sampler accepts a torch.Generator
+    exclusive: bool = False  # the units are one-hot (categorical), not independent
+    joint_note: str = "units are independent given {v}."  # sample_<h>'s docstring says
 
     @property
     def discrete(self) -> bool:
         return self.values is not None
 
+    @property
+    def low_high(self) -> tuple[int, int]:
+        """The two values of a two-valued domain (binary, spin): data entries flip
+        between them."""
+        if self.values is None or len(self.values) != 2:
+            raise ValueError(f"'{self.name}' units do not take two values")
+        return self.values[0], self.values[1]
+
     def log_partition(self, name: str, h: sp.Symbol, e: sp.Expr, show) -> Marginal:
         raise NotImplementedError
+
+    def group_log_partition(self, log_z: sp.Expr, coefficients: dict, index: sp.Idx
+                            ) -> tuple[sp.Expr, dict]:
+        """log of the sum/integral over the whole variable, from one generic unit's log z
+        (free index `index`), and the coefficients `moments` will get: independent units
+        multiply, so the logs add up."""
+        return make_sum(log_z, [(index, 0, index.upper)]), coefficients
 
     def moments(self, h: sp.Symbol, e: sp.Expr, coefficients: dict
                 ) -> tuple[sp.Expr, sp.Expr, dict[str, sp.Expr]]:
@@ -65,6 +84,23 @@ class Domain:
 
     def quadrature(self, dtype) -> Quadrature:
         raise NotImplementedError
+
+    def state_count(self, units: int) -> int:
+        """How many joint states (or quadrature nodes) `states` has for `units` units."""
+        return len(self.quadrature(None).nodes) ** units
+
+    def states(self, units: int, dtype) -> Quadrature:
+        """Every joint state of `units` units ([S, units] nodes, [S] log-weights), over
+        which `check` sums or integrates: the grid of the per-unit quadrature."""
+        import torch
+
+        quad = self.quadrature(dtype)
+        if units == 0:
+            return Quadrature(torch.zeros(1, 0, dtype=dtype), torch.zeros(1, dtype=dtype))
+        grids = torch.meshgrid(*[quad.nodes] * units, indexing="ij")
+        weights = torch.meshgrid(*[quad.log_weights] * units, indexing="ij")
+        return Quadrature(torch.stack([g.reshape(-1) for g in grids], dim=1),
+                          sum(w.reshape(-1) for w in weights))
 
     # an example for the conformance test and the docs: one unit's energy, coupled to x
     example: str = "- {h} * {x}"  # spec text, {h} a unit, {x} a real expression

@@ -15,6 +15,7 @@ import jinja2
 
 from energydsl import __version__
 from energydsl.compiler import syntax as ast
+from energydsl.compiler.domains import DOMAINS
 from energydsl.compiler.emit.layout import LINE_LENGTH, checked_body, signature
 from energydsl.compiler.emit.torch_printer import TorchPrinter
 from energydsl.compiler.functions import kinked_in
@@ -69,11 +70,13 @@ def method_text(method: Method) -> str:
                   doc=method.doc, body=checked_body(method))
 
 
-def estimator_texts(visible: str, dim: str, normalised: bool) -> list[str]:
-    """The registered estimators' methods, from their partials (templates/estimators)."""
+def estimator_texts(visible: str, dim: str, normalised: bool, domain: str) -> list[str]:
+    """The methods of the registered estimators that apply to the data (`domain`, the
+    visible variable's), from their partials (templates/estimators)."""
     return [render(f"estimators/{estimator.template}", v=visible, dim=dim,
                    normalised=normalised)
-            for estimator in all_estimators() if estimator.template is not None]
+            for estimator in all_estimators()
+            if estimator.template is not None and estimator.applies_to(domain)]
 
 
 def safe_text(text: str) -> str:
@@ -211,9 +214,17 @@ def formulas(derivation: Derivation, conditionals: Conditionals | None = None) -
         indices = f"[{', '.join(map(str, definition.indices))}]" if definition.indices else ""
         lines.append(f"Definition:   {definition_name}{indices} = {dsl_str(definition.body)}")
     lines.append(f"Free energy:  F = {dsl_str(derivation.free_energy)}")
-    lines.append(f"Score:        score[{derivation.index}] = {dsl_str(derivation.score)}")
-    lines.append(f"Laplacian:    laplacian = {dsl_str(derivation.laplacian)}")
-    lines.append(f"SM objective: {dsl_str(derivation.sm_objective)}   (batch mean)")
+    if "flip_gain" in derivation.definitions:  # discrete data: flips, not derivatives
+        p = derivation.index
+        lines.append(f"Flip gain:    flip_gain[{p}] = F(v flipped at {p}) - F(v) = "
+                     f"{dsl_str(derivation.definitions['flip_gain'].body)}")
+        for key, title in (("rm_objective", "RM objective"), ("pl_objective", "PL objective")):
+            lines.append(f"{title}: {dsl_str(derivation.definitions[key].body)}   "
+                         "(batch mean)")
+    else:
+        lines.append(f"Score:        score[{derivation.index}] = {dsl_str(derivation.score)}")
+        lines.append(f"Laplacian:    laplacian = {dsl_str(derivation.laplacian)}")
+        lines.append(f"SM objective: {dsl_str(derivation.sm_objective)}   (batch mean)")
     for condition in model.conditions:
         lines.append(f"Requires:     {dsl_str(condition)}")
     kinked = kinked_in(derivation.free_energy,
@@ -303,15 +314,27 @@ def emit(derivation: Derivation, conditionals: Conditionals, planned: PlannedMod
                           "device=device))")
     v, size = checked.visible.name, checked.visible.shape[0]
     texts = accessors + [method_text(m) for m in planned.core]
-    texts.append(render("reconstruct.py.j2", v=v, dim=size))
+    discrete = DOMAINS[checked.visible.domain].discrete
+    if not discrete:  # v + score(v): data with a gradient
+        texts.append(render("reconstruct.py.j2", v=v, dim=size))
     texts += [method_text(m) for m in planned.latent]
     if planned.gaussian is not None:
         texts += [method_text(planned.gaussian), render("gaussian.py.j2", v=v, dim=size)]
-    if planned.enumeration:
+    if discrete:  # binary or spin data: log Z by the smaller layer's states
+        texts += [method_text(m) for m in planned.enumeration]
+        bits = planned.hidden_bits if planned.enumeration else ""
+        count = " * ".join(([planned.hidden_categories] if planned.hidden_categories else [])
+                           + (["2**hidden_units"] if bits and bits != "0" else [])) or "1"
+        texts.append(render("discrete_enumeration.py.j2", v=v, dim=size, anchor=planned.anchor,
+                            visible_value=DOMAINS[checked.visible.domain].enumerated("flags"),
+                            hidden_bits=bits, hidden_count=count,
+                            max_states=DEFAULT_MAX_STATES))
+    elif planned.enumeration:
         texts += [method_text(m) for m in planned.enumeration]
         texts.append(render("enumeration.py.j2", v=v, dim=size, anchor=planned.anchor,
-                            bits=planned.hidden_bits, max_states=DEFAULT_MAX_STATES))
-    texts += estimator_texts(v, size, normalised)
+                            bits=planned.hidden_bits, categories=planned.hidden_categories,
+                            max_states=DEFAULT_MAX_STATES))
+    texts += estimator_texts(v, size, normalised, checked.visible.domain)
     return _environment().get_template("module.py.j2").render(
         version=__version__,
         spec_path=safe_line(spec_path),
@@ -323,6 +346,7 @@ def emit(derivation: Derivation, conditionals: Conditionals, planned: PlannedMod
         or "none",
         visible=checked.visible.name,
         hidden_units={name: h.domain for name, h in checked.hidden.items()},
+        visible_domain=checked.visible.domain,
         visible_dim=checked.visible.shape[0],
         anchor=planned.anchor,
         ctor_args=ctor_args,

@@ -15,6 +15,7 @@ from sympy.printing.precedence import PRECEDENCE, precedence
 from sympy.printing.pycode import PythonCodePrinter
 
 from energydsl.compiler.functions import BY_CLASS, logaddexp, sigmoid, softplus
+from energydsl.compiler.sympy_functions import softmax_weight
 
 
 class TorchPrinter(PythonCodePrinter):
@@ -97,6 +98,12 @@ class TorchPrinter(PythonCodePrinter):
         return (f"(max({self._print(a)}, {self._print(b)}) + "
                 f"math.log1p(math.exp(-abs({self._print(a - b)}))))")
 
+    def _print_softmax_weight(self, expr) -> str:
+        difference = self._print(sp.Add(*expr.args[:1], -expr.args[1], evaluate=False))
+        if self._is_tensor(expr):
+            return f"torch.exp({difference})"
+        return f"math.exp({difference})"
+
     def _print_sign(self, expr) -> str:
         if self._is_tensor(expr.args[0]):
             return f"torch.sign({self._print(expr.args[0])})"
@@ -144,7 +151,8 @@ class TorchPrinter(PythonCodePrinter):
         return f"{b} ** {e}"
 
 
-_PRINTED = {*BY_CLASS, sp.sign, sp.loggamma, sp.polygamma, sp.gamma, logaddexp}
+_PRINTED = {*BY_CLASS, sp.sign, sp.loggamma, sp.polygamma, sp.gamma, logaddexp,
+            softmax_weight}
 """The function classes with torch code: the table's, and what derivations of it yield."""
 
 for _class in BY_CLASS:  # one printer method per function of the table (log has its own)

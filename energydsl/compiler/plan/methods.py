@@ -56,7 +56,8 @@ def enumerable(derivation: Derivation, conditionals: Conditionals) -> bool:
     """All hidden units discrete, p(v | h) Gaussian, and no closed form for F already:
     log Z by enumerating the hidden states, each integrated over v analytically."""
     checked = derivation.model.symbolic.checked
-    return (conditionals.visible is not None and conditionals.gaussian_precision is None
+    summable = conditionals.visible is not None or conditionals.visible_probability is not None
+    return (summable and conditionals.gaussian_precision is None
             and "_energy" in conditionals.definitions
             and all(DOMAINS[h.domain].discrete for h in checked.hidden.values()))
 
@@ -72,7 +73,7 @@ class MethodPlanner:
         definitions = {**derivation.definitions, **conditionals.definitions}
         self.planner = Planner(derivation, definitions=definitions)
         self.hidden_planner = None
-        if conditionals.visible is not None:
+        if conditionals.visible is not None or conditionals.visible_probability is not None:
             inputs = {symbolic.hidden[name]: name for name in self.checked.hidden}
             self.hidden_planner = Planner(derivation, definitions=definitions, inputs=inputs)
         self.joint_planner = None
@@ -147,7 +148,10 @@ class MethodPlanner:
             tuple(self.energy_method() + self.hidden_methods() + self.sm_terms_method()
                   + self.visible_methods()),
             self.gaussian_precision(), tuple(self.enumeration_methods()),
-            " + ".join(f"self.{h.shape[0]}" for h in self.checked.hidden.values()))
+            " + ".join(f"self.{h.shape[0]}" for h in self.checked.hidden.values()
+                       if not DOMAINS[h.domain].exclusive) or "0",
+            " * ".join(f"self.{h.shape[0]}" for h in self.checked.hidden.values()
+                       if DOMAINS[h.domain].exclusive))
 
     def core(self) -> list[Method]:
         v, D = self.visible, self.dim
@@ -160,6 +164,18 @@ class MethodPlanner:
                                   tuple(lines + [f"return {post.format(result)}"])))
 
         simple("free_energy", "free_energy", f"Free energy F({v}) per sample, shape [N].")
+        if DOMAINS[self.checked.visible.domain].discrete:  # binary or spin data
+            simple("flip_gain", "flip_gain",
+                   f"F({v} with entry i flipped) - F({v}) for every entry i, shape [N, {D}]; "
+                   f"P({v}_i | the\n        other entries) = sigmoid(flip_gain_i).")
+            simple("rm_loss", "rm_objective",
+                   "Ratio matching (Hyvarinen 2007), the batch mean of\n"
+                   "        sum_i sigmoid(-flip_gain_i)^2.", "{}.mean()")
+            simple("pl_loss", "pl_objective",
+                   f"Negative log pseudo-likelihood, exact over all {D} entries: the batch "
+                   "mean of\n        -sum_i log P(" + v + "_i | the others) = "
+                   "sum_i softplus(-flip_gain_i).", "{}.mean()")
+            return methods
         simple("score", "score",
                f"Score d log p~({v}) / d{v} = -dF/d{v} per sample, shape [N, {D}].")
         simple("laplacian", "laplacian",
@@ -202,8 +218,8 @@ class MethodPlanner:
             methods.append(Method(
                 f"sample_{name}", f"{v}: torch.Tensor, generator: torch.Generator | None = None",
                 "torch.Tensor",
-                f"A draw of {name} ~ p({name} | {v}), shape [N, {size}]; units are "
-                "independent given " + v + ".",
+                f"A draw of {name} ~ p({name} | {v}), shape [N, {size}]; "
+                + DOMAINS[unit.domain].joint_note.format(v=v),
                 tuple(lines)))
         return methods
 
@@ -223,10 +239,36 @@ class MethodPlanner:
             "        variance = sum_i var[dE/dv_i | v], curvature = -sum_i E[d^2E/dv_i^2 | v].",
             tuple(lines + ["return {" + entries + "\n        }"]))]
 
+    def discrete_visible_methods(self) -> list[Method]:
+        """mean_v and sample_v of binary or spin data: independent entries given the
+        hidden units, each high with probability sigmoid(-(high - low) dE/dv_i)."""
+        planner = self.hidden_planner
+        if self.conditionals.visible_probability is None or planner is None:
+            return []
+        v = self.visible
+        hidden = list(self.checked.hidden)
+        args = ", ".join(f"{h}: torch.Tensor" for h in hidden)
+        domain = DOMAINS[self.checked.visible.domain]
+        low, high = domain.low_high
+        lines, (probability,) = self.body(planner, ["_visible_probability"],
+                                          self.hidden_prologue())
+        mean = probability if (low, high) == (0, 1) else f"{high - low} * {probability} + {low}"
+        shape = f"[N, {self.dim}]"
+        given = ", ".join(hidden)
+        return [
+            Method(f"mean_{v}", args, "torch.Tensor",
+                   f"E[{v} | {given}], shape {shape}: the entries of {v} are independent "
+                   f"{domain.name}\n        units given the hidden ones.",
+                   tuple(lines + [f"return {mean}"])),
+            Method(f"sample_{v}", args + ", generator: torch.Generator | None = None",
+                   "torch.Tensor", f"A draw of {v} ~ p({v} | {given}), shape {shape}.",
+                   tuple(lines + domain.draw({"probability": probability}))),
+        ]
+
     def visible_methods(self) -> list[Method]:
         conditional, planner = self.conditionals.visible, self.hidden_planner
         if conditional is None or planner is None:
-            return []
+            return self.discrete_visible_methods()
         v = self.visible
         hidden = list(self.checked.hidden)
         args = ", ".join(f"{h}: torch.Tensor" for h in hidden)
@@ -296,12 +338,23 @@ class MethodPlanner:
             return []
         v, D = self.visible, self.dim
         hidden = list(self.checked.hidden)
-        sizes = [self.checked.hidden[h].shape[0] for h in hidden]
+        dtype = f"self.{self.anchor}.dtype"
+        states_lines = []
+        exclusive = [h for h in hidden if DOMAINS[self.checked.hidden[h].domain].exclusive]
+        binary = [h for h in hidden if h not in exclusive]
+        for k, name in enumerate(exclusive):  # the code's lowest digits in base K: categories
+            size = f"self.{self.checked.hidden[name].shape[0]}"
+            states_lines.append(f"{name} = torch.nn.functional.one_hot(codes % {size}, "
+                                f"{size}).to({dtype})")
+            if binary or k < len(exclusive) - 1:
+                states_lines.append(f"codes = codes // {size}")
+        sizes = [self.checked.hidden[h].shape[0] for h in binary]
         total = " + ".join(f"self.{s}" for s in sizes)
-        states_lines = ["bits = torch.arange(" + total + ", device=codes.device)",
-                        f"flags = ((codes[:, None] >> bits) & 1).to(self.{self.anchor}.dtype)"]
+        if binary:  # the rest in base 2: one bit per unit
+            states_lines += ["bits = torch.arange(" + total + ", device=codes.device)",
+                             f"flags = ((codes[:, None] >> bits) & 1).to({dtype})"]
         start = "0"
-        for name, size in zip(hidden, sizes, strict=True):
+        for name, size in zip(binary, sizes, strict=True):
             stop = f"self.{size}" if start == "0" else f"{start} + self.{size}"
             value = DOMAINS[self.checked.hidden[name].domain].enumerated(
                 f"flags[:, {start}:{stop}]")
@@ -311,6 +364,11 @@ class MethodPlanner:
 
         args = ", ".join(f"{h}: torch.Tensor" for h in hidden)
         call = ", ".join(hidden)
+        states = Method("_hidden_states", "codes: torch.Tensor", "tuple[torch.Tensor, ...]",
+                        "The hidden states whose bits are `codes` ([S] integers), one tensor "
+                        "per\n        hidden variable.", tuple(states_lines))
+        if self.conditionals.visible_probability is not None:
+            return [states, self.discrete_visible_weight(args, call)]
         conditional, planner = self.conditionals.visible, self.hidden_planner
         assert conditional is not None and planner is not None  # enumerable
         scale = conditional.isotropic
@@ -333,15 +391,32 @@ class MethodPlanner:
             f"return -self.energy(mean, {call}) + 0.5 * self.{D} * math.log(2 * math.pi)"
             + log_det]
         return [
-            Method("_hidden_states", "codes: torch.Tensor", "tuple[torch.Tensor, ...]",
-                   "The hidden states whose bits are `codes` ([S] integers), one tensor per\n"
-                   "        hidden variable.", tuple(states_lines)),
+            states,
             Method("_log_hidden_weight", args, "torch.Tensor",
                    f"log of the integral of exp(-E({v}, h)) d{v} per hidden state, shape [S]: "
                    f"{v} | h is Gaussian,\n        so it is -E(m, h) + D/2 log(2 pi) - "
                    "1/2 log det P(h) at the conditional mean m.",
                    tuple(weight_lines)),
         ]
+
+    def discrete_visible_weight(self, args: str, call: str) -> Method:
+        """log sum over v of exp(-E(v, h)) per hidden state, for binary or spin data:
+        E(v, h) = E(low, h) + sum_i (v_i - low) slope_i(h), so each entry sums to
+        softplus(-(high - low) slope_i) on its own."""
+        planner = self.hidden_planner
+        assert planner is not None  # a visible conditional exists
+        v = self.visible
+        low, high = DOMAINS[self.checked.visible.domain].low_high
+        lines, (slope,) = self.body(planner, ["_visible_slope"], self.hidden_prologue())
+        scale = "" if high - low == 1 else f"{high - low} * "
+        first = call.split(",")[0]
+        lines += [f"lowest = {first}.new_full(({first}.shape[0], self.{self.dim}), {low}.0)",
+                  f"return -self.energy(lowest, {call}) + "
+                  f"torch.nn.functional.softplus(-{scale}{slope}).sum(dim=1)"]
+        return Method("_log_hidden_weight", args, "torch.Tensor",
+                      f"log of the sum over {v} of exp(-E({v}, h)) per hidden state, shape "
+                      f"[S]: the entries of\n        {v} given h are independent, each summed "
+                      "on its own.", tuple(lines))
 
 
 def plan_methods(derivation: Derivation, conditionals: Conditionals) -> PlannedModule:

@@ -34,7 +34,7 @@ from energydsl.compiler.plan.keys import (
 )
 from energydsl.compiler.plan.program import BATCH, Operand, Program, Step, uses_name, volume
 from energydsl.compiler.plan.torch_steps import contraction_path, natural_order, pairwise_code
-from energydsl.compiler.sympy_functions import LogSumExp
+from energydsl.compiler.sympy_functions import LogSumExp, softmax_weight
 
 DEFAULT_BATCH_SIZE = 128
 _AXIS0, _AXIS1 = sp.Symbol("_a0"), sp.Symbol("_a1")
@@ -369,6 +369,11 @@ class Planner:
                 return
             if rewrites.square_terms(self, node) is not None:
                 squares.append(node)  # planned once the other leaves are known
+                return
+            if isinstance(node, softmax_weight) and node is expr:  # exp(e - l): e and l
+                for arg in node.args:  # computed on their own, subtracted last
+                    if self.has_tensor(arg):
+                        leaves[arg] = self.operand(arg)
                 return
             if isinstance(node, (sp.Indexed, sp.Symbol, sp.KroneckerDelta, *REDUCTIONS)) or (
                     isinstance(node, sp.Function) and node is not expr):
