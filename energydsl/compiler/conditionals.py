@@ -76,8 +76,11 @@ def derive_conditionals(derivation: Derivation) -> Conditionals:
         definitions[f"_mean_{name}"] = Definition(
             sp.IndexedBase(f"_mean_{name}"), (unit.index,), hidden[name].mean)
         for key, value in hidden[name].sampler.items():
+            # a coupled Gaussian's precision P[k, l] has a second index
+            extra = sorted((i for i in value.free_symbols if isinstance(i, sp.Idx)
+                            and i != unit.index), key=str)
             definitions[f"_{key}_{name}"] = Definition(
-                sp.IndexedBase(f"_{key}_{name}"), (unit.index,), value)
+                sp.IndexedBase(f"_{key}_{name}"), (unit.index, *extra), value)
 
     discrete = DOMAINS[symbolic.checked.visible.domain]
     if discrete.discrete:  # binary or spin data: no derivatives, no Gaussians
@@ -165,6 +168,9 @@ def _sm_terms(derivation: Derivation, hidden: dict[str, HiddenConditional], tidy
         s = unit.symbol
         g = sp.expand(diff(unit.energy, visible, (p,), lookup))
         g2 = sp.expand(diff(g, visible, (p,), lookup))
+        if "precision" in unit.coefficients:
+            return (f"the units of '{name}' are coupled, so dE/dv has no per-unit variance "
+                    "(the compiler derives none for a joint Gaussian)")
         slope, slope2 = sp.diff(g, s), sp.diff(g2, s)
         if sp.diff(slope, s) != 0 or sp.diff(slope2, s) != 0:
             return (f"dE/dv is not linear in the hidden variable '{name}', so its variance "

@@ -45,7 +45,7 @@ def derive(model: FreeEnergyModel) -> Derivation:
     score_base = sp.IndexedBase("score", shape=(symbolic.size(dim),), real=True)
     laplacian_symbol = sp.Symbol("laplacian", real=True)
     free_energy_symbol = sp.Symbol("free_energy", real=True)
-    definitions = dict(symbolic.definitions)
+    definitions = {**symbolic.definitions, **model.definitions}
     definitions["free_energy"] = Definition(free_energy_symbol, (), free_energy)
     definitions["score"] = Definition(score_base, (p,), score)
     definitions["laplacian"] = Definition(laplacian_symbol, (), laplacian)

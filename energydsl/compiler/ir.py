@@ -238,6 +238,8 @@ class FreeEnergyModel:
     # Conditions on constants (e.g. gamma > 0) under which the integrals converge.
     conditions: list[sp.Basic] = field(default_factory=list)
     visible_energy: sp.Expr = sp.S.Zero  # E_0(v): the terms of E without hidden units
+    # what marginalising defined (a latent Gaussian's precision), for the later stages
+    definitions: dict[str, Definition] = field(default_factory=dict)
 
     @property
     def name(self) -> str:

@@ -59,10 +59,10 @@ def inline(expr: sp.Expr, base: sp.Basic | None, lookup: Lookup) -> sp.Expr:
     return visit(expr)
 
 
-def at_zero(expr: sp.Expr, model: SymbolicModel) -> sp.Expr:
-    """expr at v = 0 (lets that depend on v written out first)."""
-    visible = model.visible
-    written_out = inline(expr, visible, model.definition_of)
+def at_zero(expr: sp.Expr, model: SymbolicModel, base: sp.Basic | None = None) -> sp.Expr:
+    """expr at v = 0, or at `base` = 0 (lets that depend on it written out first)."""
+    variable = model.visible if base is None else base
+    written_out = inline(expr, variable, model.definition_of)
     return normalise(written_out.replace(
-        lambda node: isinstance(node, sp.Indexed) and node.base == visible,
+        lambda node: isinstance(node, sp.Indexed) and node.base == variable,
         lambda node: sp.S.Zero))

@@ -19,11 +19,13 @@ from energydsl.compiler.algebra import (
     make_sum,
     normalise,
     substitute_index,
+    tidy,
 )
 from energydsl.compiler.bounds import always_true, sign_assumptions
 from energydsl.compiler.domains import DOMAINS, UnitFailure
 from energydsl.compiler.functions import stable_forms
 from energydsl.compiler.ir import FreeEnergyModel, HiddenUnit, SymbolicModel
+from energydsl.compiler.latent_gaussian import NotJointlyGaussian, joint_gaussian
 from energydsl.compiler.lets import inline
 from energydsl.compiler.notation import dsl_str
 from energydsl.errors import SpecError, error, shorten
@@ -69,19 +71,42 @@ class _Marginaliser:
     def show(self, expr: sp.Basic) -> str:
         return dsl_str(expr.xreplace(self.back))
 
-    def unit_energies(self, energy: sp.Expr) -> tuple[sp.Expr, dict[str, tuple]]:
-        """Split E into E_0(v) and, per hidden variable, (unit index, symbol, e(h_u))."""
+    def _interacting(self, term: sp.Expr, name: str) -> bool:
+        """Whether `term` couples units of hidden variable `name` to each other (z[k] z[l],
+        or z inside a nonlinear function of a sum over its units)."""
+        occurrences = _hidden_occurrences(term, self.model.hidden)
+        if set(occurrences) != {name}:
+            return False
+        index_sets = occurrences[name]
+        if len(index_sets) > 1:
+            return True
+        _, outer = _split_outer_sum(term, self.model.hidden[name])
+        return outer is None or next(iter(index_sets))[0] not in {
+            limit[0] for limit in outer.limits}
+
+    def unit_energies(self, energy: sp.Expr) -> tuple[sp.Expr, dict[str, tuple], dict]:
+        """Split E into E_0(v) and, per hidden variable, (unit index, symbol, e(h_u)); the
+        terms of a variable whose units interact and whose domain integrates coupled
+        units jointly (real: a Gaussian) are kept whole, by variable."""
         hidden = self.model.hidden
         visible_part = sp.S.Zero
         units: dict[str, list] = {}
+        terms = sp.Add.make_args(distribute(normalise(energy)))
+        joint: dict[str, list] = {
+            name: [] for name in hidden
+            if DOMAINS[self.model.checked.hidden[name].domain].couples
+            and any(self._interacting(term, name) for term in terms)}
         for name in hidden:
             dim = self.model.checked.hidden[name].shape[0]
             domain = DOMAINS[self.model.checked.hidden[name].domain]
             units[name] = [None, sp.Symbol(name, **domain.assumptions), [], dim]
-        for term in sp.Add.make_args(distribute(normalise(energy))):
+        for term in terms:
             occurrences = _hidden_occurrences(term, hidden)
             if not occurrences:
                 visible_part += term
+                continue
+            if len(occurrences) == 1 and next(iter(occurrences)) in joint:
+                joint[next(iter(occurrences))].append(term)
                 continue
             if len(occurrences) > 1:
                 a, b = sorted(occurrences)[:2]
@@ -111,7 +136,8 @@ class _Marginaliser:
                 raise self.fail(f"cannot marginalise '{name}' in the term {dsl_str(term)}", name)
             pieces.append(coefficient * make_sum(body, limits))
         return visible_part, {n: (u if u is not None else self.model.index(dim, "u"), s,
-                                  sp.Add(*p)) for n, (u, s, p, dim) in units.items()}
+                                  sp.Add(*p)) for n, (u, s, p, dim) in units.items()
+                              if n not in joint}, {n: sp.Add(*t) for n, t in joint.items()}
 
     def log_partition(self, name: str, domain: str, symbol: sp.Symbol, e: sp.Expr
                       ) -> tuple[sp.Expr, dict]:
@@ -221,7 +247,7 @@ def marginalise(model: SymbolicModel) -> FreeEnergyModel:
         return FreeEnergyModel(model, model.energy, None)
     worker = _Marginaliser(model, decl.value.span)
     try:
-        visible_part, units = worker.unit_energies(model.energy)
+        visible_part, units, joint = worker.unit_energies(model.energy)
     except SpecError:
         raise
     except Exception as exc:  # noqa: BLE001 - SymPy's limits are reported, not crashed on
@@ -231,6 +257,19 @@ def marginalise(model: SymbolicModel) -> FreeEnergyModel:
                     decl.value.span) from None
     free_energy = visible_part
     hidden = {}
+    definitions: dict = {}
+    for name, e in joint.items():  # coupled real units: one Gaussian integral
+        try:
+            log_z, index, coefficients, defined = joint_gaussian(
+                model, name, e, lambda x: tidy(x, model))
+        except NotJointlyGaussian as exc:
+            raise worker.fail(f"cannot marginalise real hidden variable '{name}', whose "
+                              f"units interact: {exc}", name) from None
+        definitions.update(defined)
+        symbol = sp.Symbol(name, real=True)
+        hidden[name] = HiddenUnit(name, model.checked.hidden[name].domain, index, symbol, e,
+                                  log_z, coefficients)
+        free_energy = free_energy - log_z
     for name, (index, symbol, e) in units.items():
         domain = model.checked.hidden[name].domain
         log_z, coefficients = worker.log_partition(name, domain, symbol, e)
@@ -239,8 +278,9 @@ def marginalise(model: SymbolicModel) -> FreeEnergyModel:
         hidden[name] = HiddenUnit(name, domain, index, symbol, e, log_z, coefficients)
         free_energy = free_energy - group
     free_energy = normalise(free_energy)
+    hidden = {name: hidden[name] for name in model.hidden}  # in the spec's order
     return FreeEnergyModel(model, free_energy, model.energy, hidden, worker.conditions,
-                           visible_part)
+                           visible_part, definitions)
 
 
 __all__ = ["marginalise"]

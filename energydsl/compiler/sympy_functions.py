@@ -279,3 +279,40 @@ def logsumexp(body: sp.Expr, limits) -> sp.Expr:
     constant = sp.Add(*[t for t in terms if not t.free_symbols & summed])
     inside = sp.Add(*[t for t in terms if t.free_symbols & summed])
     return outside + constant + LogSumExp(inside, *used)
+
+
+class MatrixInverse(sp.Function):
+    """MatrixInverse(P, k, l): entry (k, l) of the inverse of the symmetric positive
+    definite matrix a definition P[k, l] names (a latent Gaussian's covariance). The
+    planner computes it once, by Cholesky; P must not depend on the data, so its
+    derivatives with respect to v are 0."""
+
+    nargs = 3
+
+    @classmethod
+    def eval(cls, matrix, row, column):
+        """Symmetric: the indices in name order, so equal entries are equal terms."""
+        if str(column) < str(row):
+            return cls(matrix, column, row)
+        return None
+
+    def _eval_is_real(self):
+        return True
+
+    def _latex(self, printer, exp=None):
+        matrix, row, column = self.args
+        body = rf"\left({printer._print(matrix.label)}^{{-1}}\right)_{{{row} {column}}}"
+        return rf"{body}^{{{exp}}}" if exp is not None else body
+
+
+class LogDet(sp.Function):
+    """LogDet(P): log det of the symmetric positive definite matrix a definition P[k, l]
+    names, by Cholesky (2 sum log diag L)."""
+
+    nargs = 1
+
+    def _eval_is_real(self):
+        return True
+
+    def _latex(self, printer, exp=None):
+        return _latex_call(r"\log\det", printer._print(self.args[0].label), exp)

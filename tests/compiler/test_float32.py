@@ -49,7 +49,15 @@ def _calls(model, x: torch.Tensor) -> dict[str, tuple]:
         return torch.randn(shape, generator=generator, dtype=torch.float64)
 
     D = x.shape[1]
-    calls = {
+    if getattr(model, "visible_domain", "real") != "real":  # binary or spin data
+        calls = {name: (x,) for name in ("free_energy", "flip_gain", "rm_loss", "pl_loss")}
+    else:
+        calls = _continuous_calls(x, noise, D)
+    return _latent_calls(model, x, calls)
+
+
+def _continuous_calls(x: torch.Tensor, noise, D: int) -> dict[str, tuple]:  # noqa: N803
+    return {
         "free_energy": (x,), "score": (x,), "laplacian": (x,), "sm_loss": (x,),
         "reconstruct": (x,),
         "dsm_loss": (x, 0.1 * SCALE, noise(N, D)),
@@ -57,6 +65,9 @@ def _calls(model, x: torch.Tensor) -> dict[str, tuple]:
         "nce_loss": (x, _gaussian_noise(D, x.dtype), 1.0, SCALE * noise(N, D)),
         "cnce_loss": (x, 0.1 * SCALE, 2, noise(2, N, D)),
     }
+
+
+def _latent_calls(model, x: torch.Tensor, calls: dict[str, tuple]) -> dict[str, tuple]:
     if hasattr(model, "sm_terms"):
         calls["sm_terms"] = (x,)
     for method, function in vars(type(model)).items():
@@ -103,6 +114,10 @@ def test_every_method_is_finite_in_float32_for_inputs_of_size_1e3(models):
     name, compiled, single, double = models
     generator = torch.Generator().manual_seed(1)
     x = SCALE * torch.randn(N, double.visible_size, generator=generator, dtype=torch.float64)
+    domain = getattr(double, "visible_domain", "real")
+    if domain != "real":  # binary or spin data: the entries are 0/1 or -1/+1
+        x = torch.bernoulli(torch.full_like(x, 0.5), generator=generator)
+        x = 2 * x - 1 if domain == "spin" else x
     reference = double.double()
     calls = _calls(reference, x)
     public = {m for m, f in vars(type(single)).items()

@@ -44,6 +44,7 @@ class Domain:
     values: tuple[int, ...] | None = None  # the values of a discrete unit
     takes_generator: bool = True  # its sampler accepts a torch.Generator
     exclusive: bool = False  # the units are one-hot (categorical), not independent
+    couples: bool = False  # units coupled to each other are integrated jointly (Gaussian)
     joint_note: str = "units are independent given {v}."  # sample_<h>'s docstring says
 
     @property

@@ -50,6 +50,7 @@ def _gaussian_variance() -> sp.Expr:
 
 class Gaussian(Domain):
     example = "- {h} * {x} + {h}^2"
+    couples = True  # coupled units: energydsl.compiler.latent_gaussian
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -80,12 +81,23 @@ class Gaussian(Domain):
         return Marginal(log_z, True, {"a": a, "b": b})
 
     def moments(self, h, e, coefficients):
+        if "precision" in coefficients:  # coupled units: z | v ~ N(P^-1 b, P^-1)
+            mean, precision = coefficients["mean"], coefficients["precision"]
+            return mean, coefficients["variance"], {"mean": mean, "precision": precision}
         a, b = coefficients["a"], coefficients["b"]
         mean = -b / (2 * a)
         variance = _gaussian_variance().subs(_A, a)
         return mean, variance, {"mean": mean, "std": sp.sqrt(variance)}
 
     def draw(self, params):
+        if "precision" in params:  # mean + L^-T noise with P = L L^T: covariance P^-1
+            return [f"mean = {params['mean']}",
+                    f"factor = self._cholesky({params['precision']})",
+                    "noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, "
+                    "device=mean.device)",
+                    "offset = torch.linalg.solve_triangular(factor.mT, noise[..., None], "
+                    "upper=True)",
+                    "return mean + offset[..., 0]"]
         return [f"mean = {params['mean']}",
                 "noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, "
                 "device=mean.device)",

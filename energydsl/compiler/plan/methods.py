@@ -219,7 +219,8 @@ class MethodPlanner:
                 f"sample_{name}", f"{v}: torch.Tensor, generator: torch.Generator | None = None",
                 "torch.Tensor",
                 f"A draw of {name} ~ p({name} | {v}), shape [N, {size}]; "
-                + DOMAINS[unit.domain].joint_note.format(v=v),
+                + (f"jointly Gaussian given {v}." if "precision" in unit.coefficients
+                   else DOMAINS[unit.domain].joint_note.format(v=v)),
                 tuple(lines)))
         return methods
 

@@ -34,7 +34,12 @@ from energydsl.compiler.plan.keys import (
 )
 from energydsl.compiler.plan.program import BATCH, Operand, Program, Step, uses_name, volume
 from energydsl.compiler.plan.torch_steps import contraction_path, natural_order, pairwise_code
-from energydsl.compiler.sympy_functions import LogSumExp, softmax_weight
+from energydsl.compiler.sympy_functions import (
+    LogDet,
+    LogSumExp,
+    MatrixInverse,
+    softmax_weight,
+)
 
 DEFAULT_BATCH_SIZE = 128
 _AXIS0, _AXIS1 = sp.Symbol("_a0"), sp.Symbol("_a1")
@@ -128,7 +133,7 @@ class Planner:
         """Whether expr involves a tensor."""
         if expr not in self.tensor_cache:
             self.tensor_cache[expr] = any(
-                isinstance(node, (sp.Indexed, sp.KroneckerDelta)) or (
+                isinstance(node, (sp.Indexed, sp.KroneckerDelta, MatrixInverse, LogDet)) or (
                     isinstance(node, sp.Symbol) and (str(node) in self.params
                                                      or self._definition_symbol(node)))
                 for node in sp.preorder_traversal(expr))
@@ -308,6 +313,20 @@ class Planner:
             raise ValueError(f"unknown tensor {label}")  # pragma: no cover
         if isinstance(expr, sp.KroneckerDelta):
             return self._delta(expr)
+        if isinstance(expr, MatrixInverse):
+            matrix, row, column = expr.args
+            factor = self._cholesky_factor(matrix)
+            key = f"inverse {factor}"
+            if key not in self.identities:
+                self.identities[key] = self.emit_step(
+                    f"torch.cholesky_inverse({factor})", f"{matrix.label}^-1",
+                    cost=self.volume(self.defined[str(matrix.label)].indices) * 2)
+            return Operand(self.identities[key], (row, column))
+        if isinstance(expr, LogDet):
+            (matrix,) = expr.args
+            factor = self._cholesky_factor(matrix)
+            code = f"2 * torch.log(torch.diagonal({factor}, dim1=-2, dim2=-1)).sum(dim=-1)"
+            return Operand(self.emit_step(code, f"log det {matrix.label}"), ())
         if isinstance(expr, sp.Symbol):
             name = str(expr)
             if expr in self.scalar_names:
@@ -330,6 +349,21 @@ class Planner:
                 self.grids.dense_steps[step] = name
         rank = len(self.checked_params[name].shape)  # a matrix, or a positive tensor
         return Operand(self.constrained[name], (_AXIS0, _AXIS1)[:rank])
+
+    def _cholesky_factor(self, matrix: sp.IndexedBase) -> str:
+        """The step holding the Cholesky factor of the matrix a definition names (its
+        own axes in order), computed once; the module's _cholesky refuses a matrix that
+        is not positive definite with a clear error."""
+        name = str(matrix.label)
+        key = f"cholesky {name}"
+        if key not in self.identities:
+            operand = self.define(name)
+            formal = tuple(self.definitions[name].indices)
+            code = self.align(operand, formal)
+            self.identities[key] = self.emit_step(f"self._cholesky({code})",
+                                                  f"Cholesky factor of {name}",
+                                                  cost=self.volume(formal) * 2)
+        return self.identities[key]
 
     def _diagonal(self, expr: sp.Indexed) -> Operand:
         """W[i, i] and friends: einsum with a repeated letter (e.g. 'ii->i')."""
