@@ -75,11 +75,17 @@ def _relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
 
 def instantiate(compiled: Compiled, sizes: dict[str, int], seed: int,
                 scale: float = 0.5) -> torch.nn.Module:
-    """The generated model in float64 with parameters ~ N(0, scale^2)."""
+    """The generated model in float64 with parameters ~ N(0, scale^2); its vector
+    constants keep the spec's values (a listed one cycled or cut to the check's size)."""
     checked = compiled.derivation.model.symbolic.checked
     module = load_module(compiled.source)
     cls = getattr(module, checked.name)
-    kwargs = {name: sizes[name] for name, dim in checked.dims.items() if dim.derived_from is None}
+    kwargs: dict[str, object] = {name: sizes[name] for name, dim in checked.dims.items()
+                                 if dim.derived_from is None}
+    for const in checked.vector_consts.values():
+        if isinstance(const.value, tuple):
+            count = sizes[const.shape[0]]
+            kwargs[const.name] = [const.value[k % len(const.value)] for k in range(count)]
     model = cls(**kwargs, dtype=torch.float64)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -97,7 +103,8 @@ def check_compiled(compiled: Compiled, overrides: dict[str, int] | None = None, 
     model = instantiate(compiled, sizes, seed)
     scalars = {name: const.default for name, const in checked.consts.items()}
     params = {name: getattr(model, name) for name in checked.params}
-    reference = Reference(checked, sizes, scalars, params)
+    constants = {name: getattr(model, name) for name in checked.vector_consts}
+    reference = Reference(checked, sizes, scalars, params, constants)
     generator = torch.Generator().manual_seed(seed + 1)
     dim = sizes[checked.visible.shape[0]]
     discrete = DOMAINS[checked.visible.domain].discrete

@@ -11,7 +11,7 @@ Derivatives come from autograd on it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -228,12 +228,14 @@ def constrained_value(param: Param, raw: torch.Tensor, sizes: dict[str, int],
 
 @dataclass
 class Reference:
-    """The spec's energy on concrete parameters (raw values, constrained here)."""
+    """The spec's energy on concrete parameters (raw values, constrained here) and vector
+    constants (`constants`: their values, as the module holds them)."""
 
     model: CheckedModel
     sizes: dict[str, int]
     scalars: dict[str, float]
     params: dict[str, torch.Tensor]
+    constants: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def energy(self, v: torch.Tensor, hidden: dict[str, torch.Tensor] | None = None,
                paired: bool = False) -> torch.Tensor:
@@ -242,6 +244,7 @@ class Reference:
         model = self.model
         tensors = {name: constrained_value(model.params[name], raw, self.sizes, self.scalars)
                    for name, raw in self.params.items()}
+        tensors.update(self.constants)
         tensors[model.visible.name] = v
         batched = {model.visible.name: BATCH_AXIS}
         for name, state in (hidden or {}).items():

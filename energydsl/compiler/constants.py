@@ -8,7 +8,7 @@ can be and refused where its value is no float64.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from energydsl.compiler import syntax as ast
 from energydsl.errors import error
@@ -21,10 +21,12 @@ def describe_number(value: float) -> str:
 
 
 def evaluate(expr: ast.Expr, dims: dict[str, int], consts: dict[str, int | float] | None,
-             not_failed: Callable[[str], None]) -> int | float:
+             not_failed: Callable[[str], None],
+             vectors: Mapping[str, tuple[str, ...]] | None = None) -> int | float:
     """Value of a dimension or constant formula: numbers, the dimensions' defaults and,
     where `consts` is given, the constants' (`not_failed` stops quietly at a name whose
-    declaration failed)."""
+    declaration failed; `vectors`, the vector constants' shapes, explain why those cannot
+    appear: they are no numbers)."""
     allow_consts = consts is not None
     if isinstance(expr, ast.Number):
         return number_value(expr)
@@ -35,14 +37,17 @@ def evaluate(expr: ast.Expr, dims: dict[str, int], consts: dict[str, int | float
             return consts[expr.name]
         not_failed(expr.name)
         what = "dimensions and numbers" if not allow_consts else \
-            "numbers, dimensions and constants"
+            "numbers, dimensions and scalar constants"
+        if vectors and expr.name in vectors:
+            raise error(f"'{expr.name}' is a vector constant [{', '.join(vectors[expr.name])}]"
+                        f", not a number: only {what} can appear here", expr.span)
         raise error(f"'{expr.name}' cannot appear here: only {what} can", expr.span)
     if isinstance(expr, ast.Unary):
-        value = evaluate(expr.operand, dims, consts, not_failed)
+        value = evaluate(expr.operand, dims, consts, not_failed, vectors)
         return -value if expr.op == "-" else value
     if isinstance(expr, ast.Binary):
-        left = evaluate(expr.left, dims, consts, not_failed)
-        right = evaluate(expr.right, dims, consts, not_failed)
+        left = evaluate(expr.left, dims, consts, not_failed, vectors)
+        right = evaluate(expr.right, dims, consts, not_failed, vectors)
         if expr.op == "^" and power_too_large(left, right):
             raise error("this constant is out of range (far beyond 1e308)", expr.span)
         try:

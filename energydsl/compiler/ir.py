@@ -40,6 +40,18 @@ class Const:
 
 
 @dataclass(frozen=True)
+class VectorConst:
+    """`const s[D] = [0.5, 1.0, 2.0]` or `const T[D, K] = 0.0`: a fixed tensor, read with
+    indices like a parameter but never learnt (a buffer of the generated module, which
+    its constructor may replace by a tensor of the same shape)."""
+
+    name: str
+    shape: tuple[str, ...]
+    value: tuple[float, ...] | float  # the listed entries (one axis), or the fill value
+    span: Span
+
+
+@dataclass(frozen=True)
 class Variable:
     name: str
     role: str  # "visible" or "hidden"
@@ -121,12 +133,13 @@ class CheckedModel:
     lets: dict[str, Let]
     energy: ast.EnergyDecl
     index_ranges: dict[ast.Ident, str] = field(default_factory=dict)
+    vector_consts: dict[str, VectorConst] = field(default_factory=dict)
 
     def shape_of(self, name: str) -> tuple[str, ...]:
-        """Declared shape of a tensor name (variable, parameter or let)."""
+        """Declared shape of a tensor name (variable, parameter, vector constant or let)."""
         if name == self.visible.name:
             return self.visible.shape
-        for table in (self.hidden, self.params, self.lets):
+        for table in (self.hidden, self.params, self.vector_consts, self.lets):
             if name in table:
                 return table[name].shape
         raise KeyError(name)
@@ -168,6 +181,7 @@ class SymbolicModel:
     # size -> the index names the spec uses over it, in order of first use
     index_pools: dict[sp.Expr, list[str]] = field(default_factory=dict)
     symmetric: frozenset = frozenset()  # bases of symmetric parameters
+    vector_consts: dict[str, sp.IndexedBase] = field(default_factory=dict)
 
     @property
     def name(self) -> str:

@@ -52,6 +52,8 @@ class _Lowerer:
             positive = param.constraint is not None and param.constraint.positive
             self.tensors[param.name] = self._base(
                 param.name, param.shape, **({"positive": True} if positive else {}))
+        for const in checked.vector_consts.values():  # read like a parameter, never learnt
+            self.tensors[const.name] = self._base(const.name, const.shape)
         for let in checked.lets.values():
             self.tensors[let.name] = self._base(let.name, let.shape)
 
@@ -208,6 +210,7 @@ class _Lowerer:
             index_pools=self._pools(),
             symmetric=frozenset(self.tensors[p.name] for p in checked.params.values()
                                 if p.constraint is not None and p.constraint.symmetric),
+            vector_consts={name: self.tensors[name] for name in checked.vector_consts},
         )
 
     def _pools(self) -> dict[sp.Expr, list[str]]:

@@ -67,7 +67,8 @@ class _ToAst(Transformer):
         return ast.DimDecl(_ident(children[0]), children[1], _span(meta))
 
     def const_decl(self, meta, children):
-        return ast.ConstDecl(_ident(children[0]), children[1], _span(meta))
+        name, shape, value = children
+        return ast.ConstDecl(_ident(name), value, _span(meta), shape or ())
 
     def _var(self, role, meta, children):
         name, domain, shape = children
@@ -104,6 +105,10 @@ class _ToAst(Transformer):
         return tuple(map(_ident, children))
 
     index_names = shape
+
+    def list_literal(self, meta, children):
+        return ast.ListLiteral(tuple(child for child in children if child is not None),
+                               _span(meta))
 
     def init(self, meta, children):
         name, args = children

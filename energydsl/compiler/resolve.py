@@ -21,6 +21,7 @@ from energydsl.compiler.ir import (
     Let,
     Param,
     Variable,
+    VectorConst,
 )
 from energydsl.compiler.limits import (
     MAX_DEFINITION_DEPTH,
@@ -60,6 +61,7 @@ class _Checker(ParamResolver):
         self.diagnostics: list[Diagnostic] = []
         self.dims: dict[str, Dim] = {}
         self.consts: dict[str, Const] = {}
+        self.vector_consts: dict[str, VectorConst] = {}
         self.variables: dict[str, Variable] = {}
         self.params: dict[str, Param] = {}
         self.lets: dict[str, Let] = {}
@@ -141,6 +143,7 @@ class _Checker(ParamResolver):
             lets=self.lets,
             energy=energy,
             index_ranges=self.index_ranges,
+            vector_consts=self.vector_consts,
         )
 
     def _check_generated_names(self) -> None:
@@ -215,8 +218,34 @@ class _Checker(ParamResolver):
 
     def _const(self, decl: ast.ConstDecl) -> None:
         self._declare(decl.name, "a constant")
+        name = decl.name.name
+        if decl.shape:
+            self.vector_consts[name] = self._vector_const(decl)
+            return
+        if isinstance(decl.value, ast.ListLiteral):
+            raise error(f"a list of values makes a vector constant, which needs its shape: "
+                        f"'const {name}[D] = [...]'", decl.value.span)
         value = self._evaluate(decl.value, allow_consts=True)
-        self.consts[decl.name.name] = Const(decl.name.name, value, decl.name.span)
+        self.consts[name] = Const(name, value, decl.name.span)
+
+    def _vector_const(self, decl: ast.ConstDecl) -> VectorConst:
+        """`const s[D] = [...]`, as many entries as D's default, or `const T[D, K] = c`,
+        one value filling it: each a constant formula, like a scalar constant's."""
+        name, shape = decl.name.name, self._shape(decl.shape)
+        if not isinstance(decl.value, ast.ListLiteral):
+            fill = float(self._evaluate(decl.value, allow_consts=True))
+            return VectorConst(name, shape, fill, decl.name.span)
+        if len(shape) != 1:
+            raise error(f"a list of values gives a constant with one axis, but '{name}' has "
+                        f"shape [{', '.join(shape)}]; fill it with one value instead: "
+                        f"'const {name}[{', '.join(shape)}] = 0.0'", decl.value.span)
+        entries = tuple(float(self._evaluate(item, allow_consts=True))
+                        for item in decl.value.items)
+        size = self.dims[shape[0]].default
+        if len(entries) != size:
+            raise error(f"'{name}' lists {len(entries)} value{'s' if len(entries) != 1 else ''}"
+                        f" but its dimension {shape[0]} is {size}", decl.value.span)
+        return VectorConst(name, shape, entries, decl.name.span)
 
     def _shape(self, shape: tuple[ast.Ident, ...]) -> tuple[str, ...]:
         for dim in shape:
@@ -341,6 +370,8 @@ class _Checker(ParamResolver):
             return variable.shape
         if name in self.params:
             return self.params[name].shape
+        if name in self.vector_consts:
+            return self.vector_consts[name].shape
         if name in self.lets:
             return self.lets[name].shape
         if name in self.dims or name in self.consts:
@@ -426,8 +457,8 @@ class _Checker(ParamResolver):
 
     def _kind(self, name: str) -> str:
         for kind, table in (("dimension", self.dims), ("constant", self.consts),
-                            ("variable", self.variables), ("parameter", self.params),
-                            ("definition", self.lets)):
+                            ("constant", self.vector_consts), ("variable", self.variables),
+                            ("parameter", self.params), ("definition", self.lets)):
             if name in table:
                 return kind
         return "name"
@@ -437,7 +468,8 @@ class _Checker(ParamResolver):
         """Value of a dimension or constant formula (numbers, dims, earlier constants)."""
         return evaluate(expr, {n: d.default for n, d in self.dims.items()},
                         {n: c.default for n, c in self.consts.items()} if allow_consts else None,
-                        self._not_failed)
+                        self._not_failed,
+                        {n: c.shape for n, c in self.vector_consts.items()})
 
 
 def _expr_span(expr: ast.Expr) -> Span:

@@ -19,6 +19,12 @@ def _latex_lines(derivation: Derivation):
     model = derivation.model
     if model.energy is not None:
         yield "energy", f"E = {latex(model.energy)}"
+    for name, const in model.symbolic.checked.vector_consts.items():
+        symbol = latex(model.symbolic.vector_consts[name])
+        space = r" \times ".join(const.shape)
+        value = (f"({', '.join(map(repr, const.value))})" if isinstance(const.value, tuple)
+                 else rf"{const.value!r} \text{{ in every entry}}")
+        yield name, rf"{symbol} \in \mathbb{{R}}^{{{space}}} = {value}"
     for name, definition in model.symbolic.definitions.items():
         indices = ",".join(map(str, definition.indices))
         yield name, f"{name}_{{{indices}}} = {latex(definition.body)}"

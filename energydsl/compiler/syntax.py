@@ -98,10 +98,22 @@ class DimDecl:
 
 
 @dataclass(frozen=True)
-class ConstDecl:
-    name: Ident
-    value: Expr
+class ListLiteral:
+    """`[0.5, 1.0, 2.0]`: the entries of a vector constant, one formula each."""
+
+    items: tuple[Expr, ...]
     span: Span
+
+
+@dataclass(frozen=True)
+class ConstDecl:
+    """`const gamma = 1.5`, or a vector constant: `const s[D] = [0.5, 1.0, 2.0]` (a list of
+    entries) or `const T[D, K] = 0.0` (one value filling every entry)."""
+
+    name: Ident
+    value: Expr | ListLiteral
+    span: Span
+    shape: tuple[Ident, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,10 @@ def build_model(config: RunConfig, shape: tuple[int, ...], text: str | None = No
     if problem:
         raise UsageError(f"{config.model}: error: --size: {problem}")
     sizes.update(config.sizes)
-    model = class_of(compiled)(**sizes)
+    try:
+        model = class_of(compiled)(**sizes)
+    except ValueError as exc:  # a vector constant the spec lists for another size
+        raise UsageError(f"{config.model}: error: {exc}") from None
     if model.visible_size != size:
         raise UsageError(f"{config.model}: error: the model's visible size "
                          f"{model.visible_size} does not match the data ({size})")

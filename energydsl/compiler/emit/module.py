@@ -19,10 +19,18 @@ from energydsl.compiler.domains import DOMAINS
 from energydsl.compiler.emit.layout import LINE_LENGTH, checked_body, signature
 from energydsl.compiler.emit.torch_printer import TorchPrinter
 from energydsl.compiler.functions import kinked_in
-from energydsl.compiler.ir import Conditionals, Derivation, Method, Param, PlannedModule
+from energydsl.compiler.ir import (
+    Conditionals,
+    Derivation,
+    Method,
+    Param,
+    PlannedModule,
+    VectorConst,
+)
 from energydsl.compiler.notation import dsl_str
 from energydsl.compiler.plan.methods import ANCHOR_BUFFER
 from energydsl.compiler.plan.methods import bare as _bare
+from energydsl.errors import shorten
 from energydsl.estimators import all_estimators
 
 DEFAULT_MAX_STATES = 2**20  # hidden states an enumerated normaliser visits by default
@@ -141,6 +149,41 @@ def _init_code(param: Param) -> str:
     return f"{low!r} + {high - low!r} * torch.rand({size}, {opts})"
 
 
+def _shape_texts(const: VectorConst) -> tuple[str, str]:
+    """The constant's shape as code, `(self.D, self.K)`, and as its dimensions' names."""
+    comma = "," if len(const.shape) == 1 else ""
+    return (f"({', '.join(f'self.{d}' for d in const.shape)}{comma})",
+            f"({', '.join(const.shape)}{comma})")
+
+
+def _values_text(const: VectorConst) -> str:
+    """The spec's value as Python: the list of entries, or the number filling it."""
+    if isinstance(const.value, tuple):
+        return f"[{', '.join(map(repr, const.value))}]"
+    return repr(const.value)
+
+
+def _buffer_code(const: VectorConst) -> str:
+    """A vector constant as a buffer of the module (moved and saved with it, never
+    learnt): the constructor's tensor, else the spec's value (_constant in the template).
+    A long list of entries is wrapped."""
+    shape, dims = _shape_texts(const)
+    name = const.name
+    head = f'"{name}", _constant("{name}", {name}, {shape}, "{dims}", dtype, device, '
+    values = _values_text(const)
+    if 12 + len(head) + len(values) + 1 > LINE_LENGTH:
+        lines = textwrap.wrap(values[1:-1] + ",", width=LINE_LENGTH - 16,
+                              break_long_words=False, break_on_hyphens=False)
+        values = "[\n" + "".join(f"{' ' * 16}{line}\n" for line in lines) + " " * 12 + "]"
+    return f"self.register_buffer(\n            {head}{values})\n        )"
+
+
+def constant_text(const: VectorConst) -> str:
+    """`s[D] = [0.5, 1.0, 2.0]` or `T[D, K] = 0.0 in every entry` (a long list cut short)."""
+    every = "" if isinstance(const.value, tuple) else " in every entry"
+    return f"{const.name}[{', '.join(const.shape)}] = {shorten(_values_text(const), 60)}{every}"
+
+
 def _dim_formula(expr: ast.Expr) -> str:
     if isinstance(expr, ast.Number):
         return str(int(expr.text))  # Python's spelling: '08' is no Python literal
@@ -210,6 +253,8 @@ def formulas(derivation: Derivation, conditionals: Conditionals | None = None) -
         lines.append(f"Energy:       E = {dsl_str(model.energy)}")
     elif role == "log_density":
         lines.append(f"Log density:  log p~ = {dsl_str(-derivation.free_energy)}")
+    for const in model.symbolic.checked.vector_consts.values():
+        lines.append(f"Constant:     {constant_text(const)}")
     for definition_name, definition in model.symbolic.definitions.items():
         indices = f"[{', '.join(map(str, definition.indices))}]" if definition.indices else ""
         lines.append(f"Definition:   {definition_name}{indices} = {dsl_str(definition.body)}")
@@ -264,6 +309,8 @@ def emit(derivation: Derivation, conditionals: Conditionals, planned: PlannedMod
                  if d.derived_from is None]
     ctor_args += [CtorArg(c.name, "float" if isinstance(c.default, float) else "int",
                           repr(c.default)) for c in checked.consts.values()]
+    ctor_args += [CtorArg(c.name, "torch.Tensor | None", "None")
+                  for c in checked.vector_consts.values()]
     ctor_checks = [Check(f"isinstance({a.name}, int) and {a.name} >= 1",
                          f'f"{a.name} must be a positive integer, got {{{a.name}!r}}"')
                    for a in ctor_args if a.type == "int" and a.name in checked.dims]
@@ -283,6 +330,7 @@ def emit(derivation: Derivation, conditionals: Conditionals, planned: PlannedMod
             ctor_lines.append(f"self.{dim.name} = {_bare(_dim_formula(dim.derived_from))}")
     for const in checked.consts.values():
         ctor_lines.append(f"self.{const.name} = {const.name}")
+    ctor_lines += [_buffer_code(c) for c in checked.vector_consts.values()]
     accessors: list[str] = []
     grid_mask = False
     scalars = {**checked.dims, **checked.consts}
@@ -344,6 +392,10 @@ def emit(derivation: Derivation, conditionals: Conditionals, planned: PlannedMod
         ctor_doc=", ".join(f"{a.name}={a.default}" for a in ctor_args) or "none",
         params_doc=", ".join(_param_doc(p) for p in checked.params.values())
         or "none",
+        constants_doc="\n    ".join(textwrap.wrap(
+            "Constants (buffers, not learnt; None means the spec's value): "
+            + "; ".join(map(constant_text, checked.vector_consts.values())) + ".", width=88))
+        if checked.vector_consts else "",
         visible=checked.visible.name,
         hidden_units={name: h.domain for name, h in checked.hidden.items()},
         visible_domain=checked.visible.domain,

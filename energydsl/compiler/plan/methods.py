@@ -384,8 +384,9 @@ class MethodPlanner:
             if iso:
                 lines.append(f"log_det = self.{D} * torch.log({second})")
             else:
-                lines.append(f"log_det = 2 * torch.log(torch.diagonal(self._cholesky({second}), "
-                             "dim1=-2, dim2=-1)).sum(dim=-1)")
+                lines += [f"factor = self._cholesky({second})",
+                          "log_det = 2 * torch.log(torch.diagonal(factor, dim1=-2, dim2=-1))"
+                          ".sum(dim=-1)"]
             log_det = " - 0.5 * log_det"
         weight_lines = lines + [
             f"mean = self.mean_{v}({call})",

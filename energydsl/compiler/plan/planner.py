@@ -63,8 +63,10 @@ class Planner:
                          for name, symbol in symbolic.dims.items()}
         self.scalar_names = {symbol: f"self.{name}" for name, symbol in symbolic.dims.items()}
         self.scalar_names.update({s: f"self.{n}" for n, s in symbolic.consts.items()})
+        # the module's tensors read as `self.<name>`: parameters and vector constants
         self.params = {str(base.label) if isinstance(base, sp.IndexedBase) else str(base): base
-                       for base in symbolic.params.values()}
+                       for base in [*symbolic.params.values(),
+                                    *symbolic.vector_consts.values()]}
         self.checked_params = symbolic.checked.params
         self.accessors = {name: param.constraint.accessor
                           for name, param in symbolic.checked.params.items()
