@@ -4,9 +4,9 @@
 
 Energy:       E = -sum(i: a[i]*v[i]) - sum(k: c[k]*h[k]) - sum(i, k: W[i, k]*h[k]*v[i])
 Free energy:  F = -sum(i: a[i]*v[i]) - sum(k: softplus(c[k] + sum(i: W[i, k]*v[i])))
-Flip gain:    flip_gain[j] = F(v flipped at j) - F(v) = 2*a[j]*v[j] - a[j] + sum(k:
-                  softplus(c[k] + sum(i: W[i, k]*v[i]))) - sum(k: softplus(-2*W[j, k]*v[j] +
-                  W[j, k] + c[k] + sum(i: W[i, k]*v[i])))
+Flip gain:    flip_gain[j] = F(v flipped at j) - F(v) = (2*v[j] - 1)*a[j] + sum(k: softplus(c[k]
+                  + sum(i: W[i, k]*v[i]))) - sum(k: softplus((1 - 2*v[j])*W[j, k] + c[k] +
+                  sum(i: W[i, k]*v[i])))
 RM objective: sum(j: sigmoid(-flip_gain[j])^2)   (batch mean)
 PL objective: sum(j: softplus(-flip_gain[j]))   (batch mean)
 Conditional:  E[h[k] | v] = sigmoid(c[k] + sum(i: W[i, k]*v[i]))
@@ -155,12 +155,12 @@ class BBRBM(torch.nn.Module):
         _t3 = torch.nn.functional.softplus(_t2 + self.c)
         # sum(k: softplus(c[k] + sum(i: W[i, k]*v[i])))
         _t4 = _t3.sum(dim=1)
-        # softplus(-2*W[j, k]*v[j] + W[j, k] + c[k] + sum(i: W[i, k]*v[i]))
-        _t5 = torch.nn.functional.softplus(_t2[:, None] - 2 * self.W * v[:, :, None] + self.W + self.c)
-        # sum(k: softplus(-2*W[j, k]*v[j] + W[j, k] + c[k] + sum(i: W[i, k]*v[i])))
+        # softplus((1 - 2*v[j])*W[j, k] + c[k] + sum(i: W[i, k]*v[i]))
+        _t5 = torch.nn.functional.softplus(_t2[:, None] + self.W * (1 - 2 * v[:, :, None]) + self.c)
+        # sum(k: softplus((1 - 2*v[j])*W[j, k] + c[k] + sum(i: W[i, k]*v[i])))
         _t6 = _t5.sum(dim=2)
-        # 2*a[j]*v[j] - a[j] + sum(k: softplus(c[k] + sum(i: W[i, k]*v[i]))) - sum(k: softplus(...
-        flip_gain = _t4[:, None] - _t6 + 2 * self.a * v - self.a
+        # (2*v[j] - 1)*a[j] + sum(k: softplus(c[k] + sum(i: W[i, k]*v[i]))) - sum(k: softplus((...
+        flip_gain = _t4[:, None] - _t6 + self.a * (2 * v - 1)
         return flip_gain
 
     def rm_loss(self, v: torch.Tensor) -> torch.Tensor:
@@ -173,12 +173,12 @@ class BBRBM(torch.nn.Module):
         _t3 = torch.nn.functional.softplus(_t2 + self.c)
         # sum(k: softplus(c[k] + sum(i: W[i, k]*v[i])))
         _t4 = _t3.sum(dim=1)
-        # softplus(-2*W[j, k]*v[j] + W[j, k] + c[k] + sum(i: W[i, k]*v[i]))
-        _t5 = torch.nn.functional.softplus(_t2[:, None] - 2 * self.W * v[:, :, None] + self.W + self.c)
-        # sum(k: softplus(-2*W[j, k]*v[j] + W[j, k] + c[k] + sum(i: W[i, k]*v[i])))
+        # softplus((1 - 2*v[j])*W[j, k] + c[k] + sum(i: W[i, k]*v[i]))
+        _t5 = torch.nn.functional.softplus(_t2[:, None] + self.W * (1 - 2 * v[:, :, None]) + self.c)
+        # sum(k: softplus((1 - 2*v[j])*W[j, k] + c[k] + sum(i: W[i, k]*v[i])))
         _t6 = _t5.sum(dim=2)
-        # 2*a[j]*v[j] - a[j] + sum(k: softplus(c[k] + sum(i: W[i, k]*v[i]))) - sum(k: softplus(...
-        flip_gain = _t4[:, None] - _t6 + 2 * self.a * v - self.a
+        # (2*v[j] - 1)*a[j] + sum(k: softplus(c[k] + sum(i: W[i, k]*v[i]))) - sum(k: softplus((...
+        flip_gain = _t4[:, None] - _t6 + self.a * (2 * v - 1)
         # sigmoid(-flip_gain[j])
         _t7 = torch.sigmoid(-flip_gain)
         # sigmoid(-flip_gain[j])^2
@@ -197,12 +197,12 @@ class BBRBM(torch.nn.Module):
         _t3 = torch.nn.functional.softplus(_t2 + self.c)
         # sum(k: softplus(c[k] + sum(i: W[i, k]*v[i])))
         _t4 = _t3.sum(dim=1)
-        # softplus(-2*W[j, k]*v[j] + W[j, k] + c[k] + sum(i: W[i, k]*v[i]))
-        _t5 = torch.nn.functional.softplus(_t2[:, None] - 2 * self.W * v[:, :, None] + self.W + self.c)
-        # sum(k: softplus(-2*W[j, k]*v[j] + W[j, k] + c[k] + sum(i: W[i, k]*v[i])))
+        # softplus((1 - 2*v[j])*W[j, k] + c[k] + sum(i: W[i, k]*v[i]))
+        _t5 = torch.nn.functional.softplus(_t2[:, None] + self.W * (1 - 2 * v[:, :, None]) + self.c)
+        # sum(k: softplus((1 - 2*v[j])*W[j, k] + c[k] + sum(i: W[i, k]*v[i])))
         _t6 = _t5.sum(dim=2)
-        # 2*a[j]*v[j] - a[j] + sum(k: softplus(c[k] + sum(i: W[i, k]*v[i]))) - sum(k: softplus(...
-        flip_gain = _t4[:, None] - _t6 + 2 * self.a * v - self.a
+        # (2*v[j] - 1)*a[j] + sum(k: softplus(c[k] + sum(i: W[i, k]*v[i]))) - sum(k: softplus((...
+        flip_gain = _t4[:, None] - _t6 + self.a * (2 * v - 1)
         # softplus(-flip_gain[j])
         _t9 = torch.nn.functional.softplus(-flip_gain)
         # sum(j: softplus(-flip_gain[j]))

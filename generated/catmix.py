@@ -296,7 +296,8 @@ class catmix(torch.nn.Module):
         return _t20
 
     def sample_z(self, v: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """A draw of z ~ p(z | v), shape [N, K]; one-hot: one category per sample, from the softmax given v."""
+        """A draw of z ~ p(z | v), shape [N, K];
+        one-hot: one category per sample, from the softmax given v."""
         self._generator("sample_z", generator)
         self._check("sample_z", "v", v, self.D)
         # v[i]^2

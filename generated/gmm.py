@@ -218,7 +218,13 @@ class gmm(torch.nn.Module):
         # sum(k: (-2*mu[k, l] + 2*v[l])*exp(-2*ls[k])*exp((-D*ls[k] + log_weight[k] - exp(-2*ls...
         _t10 = torch.einsum('nk,nkl->nl', _t9, _t7)
         # ((mu[k, i] - v[i])*exp(-2*ls[k])*exp((-D*ls[k] + log_weight[k] - exp(-2*ls[k])*sum(j:...
-        _t11 = (-2 * self.mu + 2 * v[:, None]) * (0.5 * _t10[:, None] * _t8[:, :, None] + _t3[:, None] * _t8[:, :, None] * (self.mu - v[:, None]))
+        _t11 = (
+            (-2 * self.mu + 2 * v[:, None])
+            * (
+                0.5 * _t10[:, None] * _t8[:, :, None]
+                + _t3[:, None] * _t8[:, :, None] * (self.mu - v[:, None])
+            )
+        )
         # sum(i: ((mu[k, i] - v[i])*exp(-2*ls[k])*exp((-D*ls[k] + log_weight[k] - exp(-2*ls[k])...
         _t12 = _t11.sum(dim=2)
         # sum(i, k: ((mu[k, i] - v[i])*exp(-2*ls[k])*exp((-D*ls[k] + log_weight[k] - exp(-2*ls[...
@@ -258,7 +264,13 @@ class gmm(torch.nn.Module):
         # -sum(k: (-2*mu[k, l] + 2*v[l])*exp(-2*ls[k])*exp((-D*ls[k] + log_weight[k] - exp(-2*l...
         score = -0.5 * _t10
         # ((mu[k, i] - v[i])*exp(-2*ls[k])*exp((-D*ls[k] + log_weight[k] - exp(-2*ls[k])*sum(j:...
-        _t11 = (-2 * self.mu + 2 * v[:, None]) * (0.5 * _t10[:, None] * _t8[:, :, None] + _t3[:, None] * _t8[:, :, None] * (self.mu - v[:, None]))
+        _t11 = (
+            (-2 * self.mu + 2 * v[:, None])
+            * (
+                0.5 * _t10[:, None] * _t8[:, :, None]
+                + _t3[:, None] * _t8[:, :, None] * (self.mu - v[:, None])
+            )
+        )
         # sum(i: ((mu[k, i] - v[i])*exp(-2*ls[k])*exp((-D*ls[k] + log_weight[k] - exp(-2*ls[k])...
         _t12 = _t11.sum(dim=2)
         # sum(i, k: ((mu[k, i] - v[i])*exp(-2*ls[k])*exp((-D*ls[k] + log_weight[k] - exp(-2*ls[...

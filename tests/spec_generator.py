@@ -1,11 +1,14 @@
 """Random *valid* specs, for property-based tests of the whole compiler.
 
 A drawn spec is a random sum of the terms the language is for: a Gaussian term in the
-visible vector, linear terms, functions (softplus, sigmoid, tanh, square, logsigmoid,
-logcosh, erf, sin, relu, abs, log1p of a square) of random linear forms (sometimes named
-by `let`s, sometimes nested two deep), quadratic forms, and zero to two hidden layers
-(binary, spin, real or positive units) coupled bilinearly or through a nonlinear
-coefficient. Names, index names, sizes and number spellings are random too. Every such
+visible vector (real, binary or spin data), linear terms, functions (softplus, sigmoid,
+tanh, square, logsigmoid, logcosh, erf, sin, relu, abs, log1p of a square) of random
+linear forms (sometimes named by `let`s, sometimes nested two deep), quadratic forms,
+mixtures (logsumexp, or log of a sum of exponentials), per-entry scales given by vector
+constants, positive parameters, and zero to two hidden layers (binary, spin, categorical,
+real or positive units; real units sometimes coupled to each other) coupled to the data
+bilinearly or through a nonlinear coefficient, as an energy or a joint log density.
+Names, index names, sizes and number spellings are random too. Every such
 spec must compile, and everything the compiler derives must agree with autograd on the
 spec's own energy (`energydsl.check.checks.check_compiled`); a spec that does not is a
 compiler bug, and hypothesis shrinks it to a small one.
@@ -63,6 +66,7 @@ class _Builder:
         self.lines: list[str] = []
         self.terms: list[str] = []  # energy contributions, each with its sign
         self.params = 0
+        self.sizes: dict[str, int] = {}  # each dimension's default
 
     def fresh(self) -> str:
         name = self.draw(_NAMES.filter(lambda n: n not in self.used))
@@ -76,16 +80,29 @@ class _Builder:
 
     def dim(self, low: int = 2, high: int = 6) -> str:
         name = self.fresh()
-        self.lines.append(f"dim {name} = {self.draw(st.integers(low, high))}")
+        self.sizes[name] = self.draw(st.integers(low, high))
+        self.lines.append(f"dim {name} = {self.sizes[name]}")
         return name
 
     def param(self, *shape: str) -> str:
         name = self.fresh()
         init = self.draw(st.sampled_from(["", " ~ normal(0.01)", " ~ zeros", " ~ ones",
                                           " ~ uniform(-0.1, 0.1)", " ~ constant(0.5)"]))
+        if init in ("", " ~ ones", " ~ constant(0.5)") and self.draw(st.integers(0, 4)) == 0:
+            init += " where positive"  # softplus of a raw value: any value works here
         brackets = f"[{', '.join(shape)}]" if shape else ""
         self.lines.append(f"param {name}{brackets}{init}")
         self.params += 1
+        return name
+
+    def vector_constant(self, size: str) -> str:
+        """A positive constant vector over `size`: listed, or filled with one value."""
+        name = self.fresh()
+        if self.draw(st.booleans()):
+            values = [self.draw(st.sampled_from(_POSITIVE)) for _ in range(self.sizes[size])]
+            self.lines.append(f"const {name}[{size}] = [{', '.join(values)}]")
+        else:
+            self.lines.append(f"const {name}[{size}] = {self.positive()}")
         return name
 
     def positive(self) -> str:
@@ -168,7 +185,7 @@ def _visible_terms(b: _Builder, visible: str, size: str) -> None:
     for _ in range(b.draw(st.integers(0, 3))):
         kind = b.draw(st.sampled_from(["linear", "feature", "feature", "quadratic_form",
                                        "square_of_sum", "scalar_param", "power_of_sum",
-                                       "mixture"]))
+                                       "mixture", "scaled_gaussian"]))
         if kind == "linear":
             (i,) = b.indices(1)
             b.terms.append(f"- sum({i}: {b.param(size)}[{i}] * {visible}[{i}])")
@@ -185,6 +202,9 @@ def _visible_terms(b: _Builder, visible: str, size: str) -> None:
                            f"{visible}[{i}])^2")
         elif kind == "power_of_sum":
             _power_of_sum(b, visible, size)
+        elif kind == "scaled_gaussian":  # a fixed positive scale per entry
+            (i,) = b.indices(1)
+            b.terms.append(f"+ sum({i}: {b.vector_constant(size)}[{i}] * {visible}[{i}]^2)")
         elif kind == "mixture":
             _mixture_term(b, visible, size)
         else:
@@ -215,7 +235,8 @@ def _hidden_layer(b: _Builder, visible: str, size: str, continuous: bool
                   ) -> tuple[str, str, str]:
     """A hidden variable and its terms: (name, domain, its dimension). At most one layer
     per spec is continuous: the check integrates continuous layers jointly."""
-    domains = ["binary", "spin", "real", "positive"] if continuous else ["binary", "spin"]
+    domains = ["binary", "spin", "categorical", "real", "positive"] if continuous \
+        else ["binary", "spin", "categorical"]
     domain = b.draw(st.sampled_from(domains))
     units = b.dim(1, 4)
     name = b.fresh()
@@ -243,6 +264,11 @@ def _hidden_layer(b: _Builder, visible: str, size: str, continuous: bool
         (j,) = b.indices(1)
         b.terms.append(f"+ {b.draw(st.sampled_from(['2', '3', '5/2']))} * sum({j}: "
                        f"{name}[{j}]^2)")
+        if b.draw(st.booleans()):  # units coupled to each other: integrated jointly
+            features = b.dim(1, 3)
+            m, j = b.indices(2)
+            b.terms.append(f"+ 1/2 * sum({m}: sum({j}: {b.param(features, units)}[{m}, {j}]"
+                           f" * {name}[{j}])^2)")
     return name, domain, units
 
 
@@ -278,7 +304,8 @@ def valid_specs(draw: st.DrawFn) -> GeneratedSpec:
     b.used.add(model)
     size = b.dim()
     visible = b.fresh()
-    b.lines.append(f"visible {visible} : real[{size}]")
+    data = draw(st.sampled_from(["real", "real", "real", "binary", "spin"]))
+    b.lines.append(f"visible {visible} : {data}[{size}]")
     _visible_terms(b, visible, size)
     hidden: list[tuple[str, str, str]] = []
     for _ in range(draw(st.integers(0, 2))):
@@ -292,7 +319,10 @@ def valid_specs(draw: st.DrawFn) -> GeneratedSpec:
     body = " ".join(terms[k] for k in order).removeprefix("+ ")
     if hidden:
         args = ", ".join([visible, *(h[0] for h in hidden)])
-        energy = f"energy {b.fresh()}({args}) = {body}"
+        if draw(st.booleans()):
+            energy = f"energy {b.fresh()}({args}) = {body}"
+        else:  # the joint log density
+            energy = f"log density {b.fresh()}({args}) = -({body})"
     else:
         kind = draw(st.sampled_from(["energy", "free energy", "log density"]))
         value = f"-({body})" if kind == "log density" else body

@@ -74,11 +74,14 @@ def flip_gain(model: FreeEnergyModel, free_energy: sp.Expr, at: sp.Idx, values: 
     visible = symbolic.visible
     low, high = values
     written = inline(free_energy, visible, symbolic.definition_of)
-    step = (low + high) - 2 * visible[at]
+    # the step d[p] stays a symbol while the sums split and the differences expand, so a
+    # linear term leaves W[p, k] d[p], one product, not W[p, k] - 2 W[p, k] v[p]
+    step = sp.Dummy("d", real=True)
     flipped = written.replace(
         lambda node: isinstance(node, sp.Indexed) and node.base == visible,
         lambda node: node + sp.KroneckerDelta(node.indices[0], at) * step)
-    return normalise(_split_sums(normalise(flipped), at)) - normalise(written)
+    gain = normalise(_split_sums(normalise(flipped), at)) - normalise(written)
+    return gain.xreplace({step: (low + high) - 2 * visible[at]})
 
 
 def flip_definitions(model: FreeEnergyModel, free_energy: sp.Expr, at: sp.Idx, values: tuple,

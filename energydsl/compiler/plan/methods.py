@@ -30,20 +30,63 @@ def anchor(checked, normalised: bool) -> str:
     return ANCHOR_BUFFER if normalised else "log_z"
 
 
+_SUMS = {ast.Add: "+", ast.Sub: "-"}
+_PRODUCTS = {ast.Mult: "*", ast.Div: "/"}
+
+
+def _chain(node: ast.expr) -> tuple[dict, list[tuple[str, ast.expr]]]:
+    """A left-nested chain of + and - (or of * and /): its operators and its operands,
+    each with the operator before it ("" for the first)."""
+    for table in (_SUMS, _PRODUCTS):
+        if isinstance(node, ast.BinOp) and type(node.op) in table:
+            operands: list[tuple[str, ast.expr]] = []
+            while isinstance(node, ast.BinOp) and type(node.op) in table:
+                operands.append((table[type(node.op)], node.right))
+                node = node.left
+            return table, [("", node), *reversed(operands)]
+    return {}, []
+
+
+def _broken(node: ast.expr, indent: int, force: bool = False) -> list[str]:
+    """Lines of `node` at `indent`, broken before top-level operators (+ and - first,
+    then * and /) and inside parenthesised operands, when longer than a line (or
+    `force`d: the assignment it ends was)."""
+    text = ast.unparse(node)
+    table, operands = _chain(node)
+    if (not force and indent + len(text) <= LINE_LENGTH) or not operands:
+        return [text]
+    lines = []
+    for op, operand in operands:
+        prefix = f"{op} " if op else ""
+        inner_table, _ = _chain(operand)
+        grouped = table is _PRODUCTS and inner_table is _SUMS  # needs its parentheses
+        single = ast.unparse(operand)
+        if grouped:
+            single = f"({single})"
+        if indent + len(prefix) + len(single) <= LINE_LENGTH or not inner_table:
+            lines.append(prefix + single)
+        elif grouped or inner_table is _SUMS:
+            pad = " " * 4
+            lines.append(prefix + "(")
+            lines += [pad + line for line in _broken(operand, indent + 4)]
+            lines.append(")")
+        else:
+            inner = _broken(operand, indent)
+            lines += [prefix + inner[0], *inner[1:]]
+    return lines
+
+
 def wrap_assignment(name: str, code: str, indent: int = 8) -> str:
-    """`name = a + b - c`, broken before top-level + and - when longer than a line."""
+    """`name = a + b - c`, broken before top-level + and - (then * and /, and inside
+    parenthesised operands) when longer than a line."""
     line = f"{name} = {code}"
     if indent + len(line) <= LINE_LENGTH:
         return line
     node = ast.parse(code, mode="eval").body
-    terms: list[tuple[str, ast.expr]] = []
-    while isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub)):
-        terms.append(("+" if isinstance(node.op, ast.Add) else "-", node.right))
-        node = node.left
-    if not terms:
+    parts = _broken(node, indent + 4, force=True)
+    if len(parts) == 1:
         return line
     pad = " " * (indent + 4)
-    parts = [ast.unparse(node)] + [f"{op} {ast.unparse(term)}" for op, term in reversed(terms)]
     return f"{name} = (\n" + "\n".join(pad + p for p in parts) + "\n" + " " * indent + ")"
 
 
@@ -215,13 +258,14 @@ class MethodPlanner:
                                       self.v_prologue())
             params = dict(zip(keys, values, strict=True))
             lines += DOMAINS[unit.domain].draw(params)
+            note = (f"jointly Gaussian given {v}." if "precision" in unit.coefficients
+                    else DOMAINS[unit.domain].joint_note.format(v=v))
+            head = f"A draw of {name} ~ p({name} | {v}), shape [N, {size}];"
+            # the docstring's first line starts at column 12 and ends with its quotes
+            fits = 11 + len(head) + 1 + len(note) + 3 <= LINE_LENGTH
             methods.append(Method(
                 f"sample_{name}", f"{v}: torch.Tensor, generator: torch.Generator | None = None",
-                "torch.Tensor",
-                f"A draw of {name} ~ p({name} | {v}), shape [N, {size}]; "
-                + (f"jointly Gaussian given {v}." if "precision" in unit.coefficients
-                   else DOMAINS[unit.domain].joint_note.format(v=v)),
-                tuple(lines)))
+                "torch.Tensor", head + (" " if fits else "\n        ") + note, tuple(lines)))
         return methods
 
     def sm_terms_method(self) -> list[Method]:
