@@ -60,3 +60,15 @@ def stencil_from_dense(model, name: str, dense):
     """The [9, D] raw stencil a grid-masked parameter is stored as, read from a dense [D, D]
     raw matrix (entries outside each pixel's neighbourhood are unused)."""
     return dense.reshape(-1)[getattr(model, f"_{name}_index")]
+
+
+ISING = """\
+# An Ising model of spin data: no hidden units, so no Gibbs conditionals and no score.
+model Ising
+dim D = 4
+visible s : spin[D]
+param J[D, D] ~ normal(0.5) where symmetric
+param b[D] ~ normal(0.5)
+free energy F(s) = -sum(i, j: s[i] * J[i, j] * s[j]) / 2 - sum(i: b[i] * s[i])
+"""
+"""A spec of spin data whose chains can only move by flips (tests of sampling and AIS)."""

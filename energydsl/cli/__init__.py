@@ -63,6 +63,18 @@ def _add_time_limit(p: argparse.ArgumentParser) -> None:
                         f"{DEFAULT_TIME_LIMIT:g}; 0: no limit)")
 
 
+def _objective_help() -> str:
+    """--objective's help, from the registry: which estimators apply to which data."""
+    from energydsl.estimators import all_estimators
+
+    def named(data: str) -> str:
+        return ", ".join(e.name for e in all_estimators() if e.data == data)
+
+    return (f"estimator for a spec: {named('continuous')} for real data, {named('discrete')} "
+            f"for binary or spin data, {named('any')} for both (default sm on real data, pl "
+            "on binary or spin data); companion models use their own")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="energydsl", description=DESCRIPTION, epilog=EPILOG,
@@ -126,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "scikit-learn's photos), or mnist:DIR (the IDX files in DIR)")
     p.add_argument("--objective", default=None,
                    choices=ESTIMATORS,
-                   help="estimator for a spec (default sm); companion models use their own")
+                   help=_objective_help())
     p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default 5)")
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help="global batch size (default 64)")
@@ -154,16 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Draw samples from the model in CHECKPOINT (a checkpoint.pt or its "
                     "run directory): exact where the model allows (Gaussians, small RBMs, "
                     "flows, autoregressive models), else block Gibbs on the derived "
-                    "conditionals or MALA on the derived score. Writes an image grid.")
+                    "conditionals, or MALA on the derived score (real data) or single-entry "
+                    "flips (binary or spin data). Writes an image grid.")
     p.add_argument("checkpoint", metavar="CHECKPOINT")
     p.add_argument("-n", type=lambda t: int(number(t, int, 1, MAX_SAMPLES,
                                                     f"an integer in [1, {MAX_SAMPLES}]")),
                    default=64, help="number of samples (default 64)")
     p.add_argument("--steps", type=positive_int, default=500,
                    help="MCMC steps when needed (500)")
-    p.add_argument("--method", default="auto", choices=["auto", "gibbs", "mala", "hmc",
-                                                        "langevin"],
-                   help="sampler (default auto: exact, else Gibbs, else MALA)")
+    p.add_argument("--method", default="auto",
+                   choices=["auto", "gibbs", "flip", "mala", "hmc", "langevin"],
+                   help="sampler (default auto: exact, else Gibbs, else MALA for real data "
+                        "and flip for binary or spin data)")
     p.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
     p.add_argument("-o", "--output", default=None,
                    help="image path, .png, .pdf, .svg, ... (default RUN/samples.png)")

@@ -33,9 +33,19 @@ def all_estimators() -> list[Estimator]:
     return [get(name) for name in NAMES]
 
 
+def default_objective(model) -> str:
+    """The objective a run uses when none is named: exact score matching on real data,
+    the exact pseudo-likelihood on binary or spin data (which has no score); both are
+    deterministic and need no sampler."""
+    from energydsl.compiler.domains import visible_domain
+
+    return "pl" if visible_domain(model).discrete else "sm"
+
+
 def make_objective(model, name: str, **options) -> Objective:
     """The training objective `name` for `model`, with its options."""
     return get(name).make(model, **options)
 
 
-__all__ = ["NAMES", "Estimator", "Objective", "all_estimators", "get", "make_objective"]
+__all__ = ["NAMES", "Estimator", "Objective", "all_estimators", "default_objective", "get",
+           "make_objective"]

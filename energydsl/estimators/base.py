@@ -90,7 +90,9 @@ class Estimator:
 
     def make(self, model: Any, **options: Any) -> Objective:
         """The objective for `model` (a TypeError if the model lacks what it needs)."""
-        domain = getattr(model, "visible_domain", "real")
+        from energydsl.compiler.domains import visible_domain
+
+        domain = visible_domain(model).name
         if hasattr(model, "free_energy") and not self.applies_to(domain):
             from energydsl.estimators import all_estimators
 

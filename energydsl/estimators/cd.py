@@ -1,6 +1,7 @@
 """Contrastive divergence, CD-k (Hinton 2002): negatives start at the data and take k
 sampler steps under the current model (block Gibbs on the derived conditionals where the
-model has them, MALA on the derived score otherwise; see energydsl.train.sampling). The
+model has them, else MALA on the derived score, or single-entry flips for binary or spin
+data; see energydsl.train.sampling). The
 loss is the surrogate mean F(x) - mean F(x-) with the negatives held fixed (no gradient
 through the sampler), so its gradient is the CD estimate of the negative log-likelihood
 gradient."""

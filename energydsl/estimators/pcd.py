@@ -1,5 +1,6 @@
 """Persistent contrastive divergence (Tieleman 2008): the negatives are persistent chains
-carried from one update to the next, started from N(0, I) (or `init`)."""
+carried from one update to the next, started from N(0, I) for real data, uniformly random
+entries for binary or spin data (or `init`)."""
 
 from __future__ import annotations
 
@@ -27,12 +28,11 @@ class PersistentCD(ContrastiveDivergence):
         self.states = None if init is None else init.detach().clone()
 
     def _start(self, x: Tensor) -> Tensor:
-        import torch
+        from energydsl.train.sampling import initial_chains
 
         if self.states is None:
             count = self.n_chains or x.shape[0]
-            self.states = torch.randn((count, x.shape[1]), generator=self.generator,
-                                      dtype=x.dtype, device=x.device)
+            self.states = initial_chains(self.model, count, self.generator).to(x)
         return self.states
 
     def negatives(self, x: Tensor) -> Tensor:

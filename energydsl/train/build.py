@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from energydsl.errors import UsageError
-from energydsl.estimators import Objective, get, make_objective
+from energydsl.estimators import Objective, default_objective, get, make_objective
 from energydsl.estimators.nce import gaussian_noise
 from energydsl.train.config import RunConfig
 from energydsl.train.prepare import Prepared
@@ -79,6 +79,12 @@ def build_model(config: RunConfig, shape: tuple[int, ...], text: str | None = No
     return model
 
 
+def objective_name(config: RunConfig, model: nn.Module) -> str:
+    """The estimator a spec's run trains with: the one named, else the default for the
+    model's data (sm on real data, pl on binary or spin data)."""
+    return config.objective or default_objective(model)
+
+
 def build_objective(config: RunConfig, model: nn.Module, prepared: Prepared
                     ) -> Objective | None:
     """The estimator for an energy model (None: the companion model's own loss)."""
@@ -87,7 +93,7 @@ def build_objective(config: RunConfig, model: nn.Module, prepared: Prepared
             raise UsageError(f"{config.model} trains with its own loss; --objective and "
                              "--option apply to specs")
         return None
-    name = config.objective or "sm"
+    name = objective_name(config, model)
     allowed = get(name).options()
     options: dict[str, object] = {}
     for key, value in config.options.items():
@@ -141,5 +147,5 @@ def probe(config: RunConfig, model: nn.Module, prepared: Prepared) -> None:
                 sizes = ", ".join(f"{k}={v}" for k, v in config.sizes.items()) or "defaults"
                 detail = f"it does not fit in memory at these sizes ({sizes}): {detail}"
             raise UsageError(f"{config.model}: error: objective "
-                             f"{config.objective or 'sm'!r} cannot run on this model: "
+                             f"{objective_name(config, model)!r} cannot run on this model: "
                              f"{detail}") from None

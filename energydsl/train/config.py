@@ -18,7 +18,7 @@ RESUMABLE = ("epochs", "lr", "detect_anomaly")  # what a resumed run may change
 class RunConfig:
     model: str  # a spec path (.edsl) or a companion model name (energydsl.models.MODELS)
     data: str = "digits"
-    objective: str | None = None  # energy models: one of OBJECTIVES (default sm)
+    objective: str | None = None  # specs: one of OBJECTIVES (default sm, pl for binary data)
     epochs: int = 5
     batch_size: int = 64
     lr: float = 1e-3

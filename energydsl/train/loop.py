@@ -9,7 +9,8 @@
   and seed (drawn from the row's own generator, so a row gets the same noise in any batch,
   on any rank, after any resume), standardised as z = (y - mean) / scale; the affine map
   is kept (`DataMap`), so likelihoods and samples are reported in data space. Binary
-  companion models get the binarised digits, the others [0, 1] values.
+  companion models and specs of binary (or spin) data get the binarised digits (as
+  -1/+1 for spin), the others [0, 1] values.
 - Determinism: a fixed seed fixes the initialisation, the batch order (a
   DistributedSampler seeded per epoch) and the estimator's noise.
 - Checkpoints after every epoch (energydsl.train.checkpoints: plain data, read without running
@@ -42,7 +43,7 @@ import torch
 from torch import Tensor, nn
 
 from energydsl.errors import TrainingError, UsageError
-from energydsl.estimators import Objective
+from energydsl.estimators import Objective, default_objective, make_objective
 from energydsl.files import write_atomically
 from energydsl.train import checkpoints
 from energydsl.train.build import build_model, build_objective, probe, spec_text
@@ -153,14 +154,15 @@ def validation_loss(model: nn.Module, objective: Objective | None, x: Tensor,
                     seed: int) -> float:
     """The held-out criterion, with the estimator's noise fixed by `seed`: the objective
     itself, except for the CD family (whose chains it must not move), measured by the
-    exact sm_loss."""
+    default objective for the model's data, which is exact and needs no sampler: sm_loss
+    on real data, pl_loss on binary or spin data."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if objective is None:
             with torch.no_grad():
                 return float(model.loss(x))
         if objective.name in ("cd", "pcd", "fpcd"):
-            return float(model.sm_loss(x).detach())
+            objective = make_objective(model, default_objective(model))
         return float(objective.loss(x).detach())
 
 
@@ -225,7 +227,7 @@ def train(config: RunConfig, out: Path, resume: bool = False,
     _prepare_out(out, resume, overwrite)
     rank, world = _distributed()
     text = spec_text(config) if config.is_spec else None
-    prepared = prepare(config, data_kind(config))
+    prepared = prepare(config, data_kind(config, text))
     if config.batch_size > len(prepared.train):
         raise UsageError(f"--batch-size {config.batch_size} is larger than the "
                          f"{len(prepared.train)} training examples")

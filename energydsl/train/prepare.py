@@ -5,7 +5,8 @@ models see dequantised values y = (k + u) / levels, the noise u fixed per pixel 
 (drawn from the row's own generator, so a row gets the same noise in any batch, on any
 rank, after any resume), standardised as z = (y - mean) / scale; the affine map is kept
 (`DataMap`), so likelihoods and samples are reported in data space. Binary companion
-models get the binarised digits, the others [0, 1] values.
+models and specs of binary data get the binarised digits (pixels above 1/2 are 1), specs
+of spin data the same as -1/+1; the other companion models [0, 1] values.
 """
 
 from __future__ import annotations
@@ -103,12 +104,40 @@ def _column_moments(codes: Tensor, chunk: int = 4096) -> tuple[Tensor, Tensor]:
     return mean, (squares / len(codes) - mean.square()).clamp_min(0)
 
 
+DISCRETE_KINDS = ("binary", "spin")
+"""Data kinds of two-valued entries, named as the domains whose values they take."""
+
+
+def _two_valued(kind: str) -> tuple[int, int]:
+    from energydsl.compiler.domains import DOMAINS
+
+    return DOMAINS[kind].low_high
+
+
+def _relabel(bits: Tensor, kind: str) -> Tensor:
+    """Binarised pixels (0/1) as the values of `kind`: 0/1 as they are, or -1/+1."""
+    low, high = _two_valued(kind)
+    return low + (high - low) * bits
+
+
+def _discrete_map(shape: tuple[int, ...], kind: str) -> DataMap:
+    """Values back to 0/1 pixels, data = (v - low) / (high - low). Relabelling discrete
+    values leaves their probabilities as they are: log_jacobian cancels the -D log(scale)
+    a density would get."""
+    low, high = _two_valued(kind)
+    if (low, high) == (0, 1):
+        return DataMap(shape)
+    scale = 1 / (high - low)
+    return DataMap(shape, torch.full((math.prod(shape),), -low * scale), scale,
+                   -math.prod(shape) * math.log(scale))
+
+
 def _prepare_codes(codes: datasets.Codes, kind: str, seed: int) -> Prepared:
     levels = codes.levels
-    if kind == "binary":
+    if kind in DISCRETE_KINDS:
         def encode(stored: Tensor, rows: Tensor, split: int = 0) -> Tensor:
-            return (codes.values(stored) > 0.5).float()
-        data_map = DataMap(codes.shape)
+            return _relabel((codes.values(stored) > 0.5).float(), kind)
+        data_map = _discrete_map(codes.shape, kind)
     elif kind == "continuous":
         def encode(stored: Tensor, rows: Tensor, split: int = 0) -> Tensor:
             return codes.values(stored)
@@ -130,7 +159,8 @@ def _prepare_codes(codes: datasets.Codes, kind: str, seed: int) -> Prepared:
 
 
 def prepare(config: RunConfig, kind: str) -> Prepared:
-    """Load the data for a model of `kind` ('energy', 'binary' or 'continuous')."""
+    """Load the data for a model of `kind` ('energy', 'binary', 'spin' or
+    'continuous')."""
     name, _, path = config.data.partition(":")
     if name not in datasets.LOADERS:
         raise UsageError(f"unknown dataset {config.data!r}; use digits, patches or "
@@ -141,9 +171,15 @@ def prepare(config: RunConfig, kind: str) -> Prepared:
     try:
         if name in datasets.CODES:
             return _prepare_codes(datasets.CODES[name](**options), kind, config.seed)
-        raw = datasets.load(name, binarize=(kind == "binary"), dtype=torch.float64, **options)
+        raw = datasets.load(name, binarize=kind in DISCRETE_KINDS, dtype=torch.float64,
+                            **options)
     except datasets.DataError as exc:
         raise TrainingError(f"error: {exc}") from None
+    if kind in DISCRETE_KINDS:
+        train, valid, test = (_relabel(s.float(), kind) for s in (raw.train, raw.valid,
+                                                                    raw.test))
+        return Prepared(train, valid, test, _discrete_map(raw.shape, kind),
+                        lambda stored, rows: stored)
     if kind != "energy":
         return Prepared(raw.train.float(), raw.valid.float(), raw.test.float(),
                         DataMap(raw.shape), lambda stored, rows: stored)
@@ -155,9 +191,19 @@ def prepare(config: RunConfig, kind: str) -> Prepared:
                     lambda stored, rows: stored)
 
 
-def data_kind(config: RunConfig) -> str:
+def data_kind(config: RunConfig, text: str | None = None) -> str:
+    """How the model sees the data: a spec of real data 'energy' (dequantised and
+    standardised), a spec of binary or spin data its domain's name (the binarised data
+    as 0/1 or -1/+1), read from the compiled class; a companion model its own kind.
+    `text` is the spec's text (default: read from config.model)."""
     if config.is_spec:
-        return "energy"
+        from energydsl.api import class_of, compile_cached
+        from energydsl.compiler.domains import visible_domain
+        from energydsl.compiler.sources import read_spec
+
+        spec = text if text is not None else read_spec(config.model)
+        domain = visible_domain(class_of(compile_cached(spec, config.model)))
+        return domain.name if domain.discrete else "energy"
     from energydsl.models import DATA_KINDS
 
     return DATA_KINDS.get(config.model, "continuous")

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from energydsl.errors import TrainingError, UsageError
 from energydsl.files import write_atomically
+from energydsl.train.build import objective_name
 from energydsl.train.loop import (
     CHECKPOINT,
     DataMap,
@@ -113,7 +114,8 @@ def write_report(target: Path, n_samples: int = 64, steps: int = 500) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     plt = _pyplot()
     lines = [f"# Training report: {config.model}", "",
-             f"Objective `{config.objective or 'loss'}` on `{config.data}`, "
+             f"Objective `{objective_name(config, model) if config.is_spec else 'loss'}` "
+             f"on `{config.data}`, "
              f"{len(history['epochs'])} epochs, batch {config.batch_size}, lr {config.lr}, "
              f"seed {config.seed}.", "",
              "| epoch | train loss | valid loss | seconds |", "|---|---|---|---|"]

@@ -18,14 +18,18 @@ import torch
 from energydsl.train.sampling import (
     Sampler,
     Target,
+    as_target,
+    flip_kernel,
+    flip_step,
     gibbs_step,
     hmc_step,
+    initial_chains,
     langevin_step,
     mala_step,
     sample,
 )
 
-from support import load_class, stencil_from_dense
+from support import ISING, load_class, load_source, randomise, stencil_from_dense
 
 F64 = torch.float64
 
@@ -268,3 +272,88 @@ def test_gibbs_needs_hidden_units_and_says_which_methods_are_missing(classes):
         mala_step(dem, v, -1.0)
     with pytest.raises(ValueError, match=r"\[N, D\]"):
         langevin_step(dem, torch.zeros(2, dtype=F64), 0.1)
+
+
+# ---------------------------------------------------------------- binary and spin data
+
+
+@pytest.fixture(scope="module")
+def ising() -> type:
+    return load_source(ISING, "ising")
+
+
+def _state_codes(v: torch.Tensor) -> torch.Tensor:
+    """Each spin state [N, D] as the integer whose bits are its +1 entries."""
+    bits = (v > 0).long()
+    return (bits << torch.arange(v.shape[1])).sum(dim=1)
+
+
+def test_flip_sampler_reaches_the_exact_distribution_of_an_ising_model(ising):
+    """An Ising model (spin data, couplings between the entries: no conditionals for
+    Gibbs, no score for MALA) sampled by flips alone: 4000 independent chains after 200
+    single-entry updates (50 per entry) land on each of the 16 states as often as the
+    exact p(v) from enumeration says, within 4 standard errors."""
+    model = randomise(ising(D=4, dtype=F64), 0.6, seed=3)
+    sampler = Sampler(model)
+    assert sampler.method == "flip"
+    chains = initial_chains(model, 4000, gen(0))
+    assert set(chains.unique().tolist()) == {-1.0, 1.0}
+    draws = sampler(chains, 200, gen(1))
+    states = torch.tensor(list(itertools.product((-1.0, 1.0), repeat=4)), dtype=F64)
+    with torch.no_grad():
+        exact = torch.zeros(16, dtype=F64)
+        exact[_state_codes(states)] = model.log_prob(states).exp()
+    assert exact.sum() == pytest.approx(1.0, abs=1e-12) and exact.max() < 0.6
+    frequency = torch.bincount(_state_codes(draws), minlength=16).double() / 4000
+    stderr = torch.sqrt(exact * (1 - exact) / 4000)
+    assert ((frequency - exact).abs() < 4 * stderr + 1e-3).all(), (frequency, exact)
+    assert 0.05 < sampler.acceptance_rate < 0.95  # the rate of flips
+
+
+def test_a_flip_has_the_probability_its_flip_gain_gives(ising):
+    """Entry i flips with probability sigmoid(-flip_gain_i), flip_gain being the module's
+    own F(v flipped at i) - F(v); the flipped chains differ in exactly that entry."""
+    model = randomise(ising(D=4, dtype=F64), 0.6, seed=4)
+    v = initial_chains(model, 500, gen(2))
+    target = as_target(model)
+    state, flipped, probability = flip_kernel(target, target.evaluate(v), gen(3))
+    changed = state.v != v
+    assert (changed.sum(dim=1) == flipped.long()).all() and 50 < int(flipped.sum()) < 450
+    site = changed.long().argmax(dim=1)
+    with torch.no_grad():
+        gains = model.flip_gain(v)[torch.arange(500), site]
+    torch.testing.assert_close(probability[flipped], torch.sigmoid(-gains)[flipped])
+    torch.testing.assert_close(state.log_density, -model.free_energy(state.v).detach())
+    moved, again = flip_step(model, v, gen(3))  # the public step: the same draws
+    assert torch.equal(moved, state.v) and torch.equal(again, flipped)
+
+
+def test_discrete_data_refuses_the_gradient_samplers_and_real_data_refuses_flips(ising):
+    spins = ising(D=4, dtype=F64)
+    bbrbm = load_class("bbrbm")[0](D=6, K=3, dtype=F64)
+    gbrbm = load_class("gbrbm")[0](D=2, K=2, dtype=F64)
+    for method in ("langevin", "mala", "hmc"):
+        with pytest.raises(ValueError, match=rf"method '{method}'.*discrete.*use 'flip'$"):
+            Sampler(spins, method)
+        with pytest.raises(ValueError, match="use 'flip' or 'gibbs'"):
+            Sampler(bbrbm, method)
+    with pytest.raises(ValueError, match="GBRBM's data is real; use 'mala'"):
+        Sampler(gbrbm, "flip")
+    with pytest.raises(TypeError, match="hidden = {}.*method='flip'"):
+        Sampler(spins, "gibbs")
+    assert Sampler(bbrbm).method == "gibbs" and Sampler(bbrbm, "flip").method == "flip"
+    with pytest.raises(TypeError, match="no score"):
+        as_target(spins).score(torch.ones(2, 4, dtype=F64))
+    with pytest.raises(TypeError, match="a score .* or values"):
+        Target(lambda v: v.sum(dim=1))
+
+
+def test_binary_chains_start_and_stay_binary():
+    """Without init, MCMC on binary data starts from uniformly random 0/1 entries (not
+    N(0, I)), and every sampler keeps them binary."""
+    model = randomise(load_class("bbrbm")[0](D=6, K=3, dtype=F64), 0.5, seed=5)
+    for method in ("gibbs", "flip"):
+        draws = sample(model, 300, steps=20, method=method, generator=gen(6))
+        assert draws.shape == (300, 6) and set(draws.unique().tolist()) == {0.0, 1.0}
+    exact = sample(model, 300, generator=gen(7))  # by enumeration
+    assert set(exact.unique().tolist()) == {0.0, 1.0}

@@ -29,5 +29,12 @@ DOMAINS: dict[str, Domain] = {domain.name: domain for domain in (
 HIDDEN_DOMAINS = tuple(DOMAINS)
 VISIBLE_DOMAINS = ("real", "binary", "spin")
 
+
+def visible_domain(model: object) -> Domain:
+    """The domain of a compiled module's (or class's) data: its `visible_domain`, real
+    when it has none (real-data specs and companion models carry no such attribute)."""
+    return DOMAINS[getattr(model, "visible_domain", "real")]
+
+
 __all__ = ["DOMAINS", "HIDDEN_DOMAINS", "VISIBLE_DOMAINS", "Domain", "Quadrature",
-           "UnitFailure"]
+           "UnitFailure", "visible_domain"]
