@@ -131,10 +131,20 @@ class logsigmoid(sp.Function):  # noqa: N801
         return _latex_call(r"\log\sigma", printer._print(self.args[0]), exp)
 
 
-class logcosh(sp.Function):  # noqa: N801
-    """logcosh(x) = log cosh(x) = x + softplus(-2 x) - log 2, where cosh would overflow."""
+class _NonnegativeOfReal(sp.Function):
+    """A function of one argument, nonnegative wherever that argument is real."""
 
     nargs = 1
+
+    def _eval_is_real(self):
+        return self.args[0].is_real
+
+    def _eval_is_nonnegative(self):
+        return self.args[0].is_real
+
+
+class logcosh(_NonnegativeOfReal):  # noqa: N801
+    """logcosh(x) = log cosh(x) = x + softplus(-2 x) - log 2, where cosh would overflow."""
 
     def fdiff(self, argindex=1):
         return sp.tanh(self.args[0])
@@ -145,12 +155,6 @@ class logcosh(sp.Function):  # noqa: N801
             return sp.S.Zero
         return None
 
-    def _eval_is_real(self):
-        return self.args[0].is_real
-
-    def _eval_is_nonnegative(self):
-        return self.args[0].is_real
-
     def _eval_evalf(self, prec):
         return sp.log(sp.cosh(self.args[0]))._eval_evalf(prec)
 
@@ -158,10 +162,8 @@ class logcosh(sp.Function):  # noqa: N801
         return _latex_call(r"\log\cosh", printer._print(self.args[0]), exp)
 
 
-class relu(sp.Function):  # noqa: N801
+class relu(_NonnegativeOfReal):  # noqa: N801
     """relu(x) = max(x, 0); its derivative, a step, is written sign(relu(x))."""
-
-    nargs = 1
 
     def fdiff(self, argindex=1):
         return sp.sign(self)
@@ -173,12 +175,6 @@ class relu(sp.Function):  # noqa: N801
         if x.is_nonpositive:
             return sp.S.Zero
         return None
-
-    def _eval_is_real(self):
-        return self.args[0].is_real
-
-    def _eval_is_nonnegative(self):
-        return self.args[0].is_real
 
     def _eval_evalf(self, prec):
         return sp.Max(self.args[0], 0)._eval_evalf(prec)

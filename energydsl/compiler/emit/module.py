@@ -238,7 +238,8 @@ def _accessor_text(param: Param, names) -> str:
 def _summary(derivation: Derivation) -> str:
     checked = derivation.model.symbolic.checked
     visible = checked.visible
-    parts = [f"energy-based model of {visible.name} in R^{visible.shape[0]}"]
+    space = {"real": "R", "binary": "{0, 1}", "spin": "{-1, +1}"}[visible.domain]
+    parts = [f"energy-based model of {visible.name} in {space}^{visible.shape[0]}"]
     for hidden in checked.hidden.values():
         parts.append(f"hidden {hidden.name} {hidden.domain}^{hidden.shape[0]}")
     return ", ".join(parts) + "."
