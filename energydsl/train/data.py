@@ -164,13 +164,29 @@ def _from_codes(codes: Codes, center: bool, binarize: bool, dtype: torch.dtype) 
                    *(codes.labels or (None, None, None)))
 
 
-def digits_codes() -> Codes:
-    """scikit-learn's 1,797 8x8 digits (grey levels 0..16), split 1257/270/270."""
-    from sklearn import datasets
+def _digits_table() -> np.ndarray:
+    """The 1,797 x 65 table (64 grey levels, then the label) scikit-learn ships as
+    datasets/data/digits.csv.gz, read directly: importing scikit-learn to get it takes
+    1.5-4 s, more than a short training run."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")  # locates the package, imports nothing
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            with gzip.open(path, "rt") as handle:
+                return np.loadtxt(handle, delimiter=",", dtype=np.int64)
+    from sklearn import datasets  # a layout this reader does not know
 
     digits = datasets.load_digits()
-    x = torch.from_numpy(np.asarray(digits.data, dtype=np.uint8))
-    y = torch.from_numpy(np.asarray(digits.target, dtype=np.int64))
+    return np.column_stack([digits.data, digits.target]).astype(np.int64)
+
+
+def digits_codes() -> Codes:
+    """scikit-learn's 1,797 8x8 digits (grey levels 0..16), split 1257/270/270."""
+    table = _digits_table()
+    x = torch.from_numpy(table[:, :64].astype(np.uint8))
+    y = torch.from_numpy(table[:, 64])
     idx = [torch.from_numpy(i) for i in split_indices(len(x), _held_out(len(x)),
                                                       _held_out(len(x)))]
     return Codes(x[idx[0]], x[idx[1]], x[idx[2]], (1, 8, 8), 17, "digits",

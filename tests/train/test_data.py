@@ -41,6 +41,15 @@ def test_digits_split_is_fixed_disjoint_and_covers_everything(digits: data.Datas
     assert digits.shape == (1, 8, 8) and digits.dim == 64 and digits.name == "digits"
 
 
+def test_the_digits_read_directly_are_scikit_learns() -> None:
+    """The shipped csv read without importing scikit-learn (start-up time) gives exactly
+    load_digits' images and labels, in its order."""
+    reference = datasets.load_digits()
+    table = data._digits_table()
+    assert np.array_equal(table[:, :64], reference.data.astype(np.int64))
+    assert np.array_equal(table[:, 64], reference.target)
+
+
 def test_split_ignores_the_global_rng(digits: data.Dataset) -> None:
     torch.manual_seed(123)
     np.random.seed(456)
