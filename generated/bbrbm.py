@@ -134,7 +134,7 @@ class BBRBM(torch.nn.Module):
         """Free energy F(v) per sample, shape [N]."""
         self._check("free_energy", "v", v, self.D)
         # sum(i: a[i]*v[i])
-        _t1 = torch.einsum('ni,i->n', v, self.a)
+        _t1 = v @ self.a
         # sum(i: W[i, k]*v[i])
         _t2 = v @ self.W
         # softplus(c[k] + sum(i: W[i, k]*v[i]))
@@ -214,13 +214,13 @@ class BBRBM(torch.nn.Module):
         self._check("energy", "v", v, self.D)
         self._check("energy", "h", h, self.K, v.shape[0])
         # sum(i: a[i]*v[i])
-        _t1 = torch.einsum('ni,i->n', v, self.a)
+        _t1 = v @ self.a
         # sum(k: c[k]*h[k])
-        _t2 = torch.einsum('nk,k->n', h, self.c)
+        _t2 = h @ self.c
         # sum(i: W[i, k]*v[i])
         _t3 = self.W.T @ v.T
         # sum(i, k: W[i, k]*h[k]*v[i])
-        _t4 = torch.einsum('kn,nk->n', _t3, h)
+        _t4 = (_t3 * h.T).sum(dim=0)
         # -sum(i: a[i]*v[i]) - sum(k: c[k]*h[k]) - sum(i, k: W[i, k]*h[k]*v[i])
         _t5 = -_t1 - _t2 - _t4
         return _t5

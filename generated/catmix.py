@@ -263,9 +263,9 @@ class catmix(torch.nn.Module):
         # sum(i1: (-mu[k, i1] + v[i1])^2)
         _t2 = _t1.sum(dim=2)
         # sum(k: z[k]*sum(i: (-mu[k, i] + v[i])^2))
-        _t3 = torch.einsum('nk,nk->n', _t2, z)
+        _t3 = (_t2 * z).sum(dim=1)
         # sum(k: b[k]*z[k])
-        _t4 = torch.einsum('nk,k->n', z, self.b)
+        _t4 = z @ self.b
         # -sum(k: b[k]*z[k]) + sum(k: z[k]*sum(i: (-mu[k, i] + v[i])^2))/2
         _t5 = 0.5 * _t3 - _t4
         return _t5
@@ -373,7 +373,7 @@ class catmix(torch.nn.Module):
         # sum(i: (-mu[k, i] + v[i])^2)
         _t27 = _t26.sum(dim=2)
         # sum(i, k: (-mu[k, i] + v[i])^2*exp((-logsumexp(j: b[j] + sum(l: mu[j, l]*v[l]) - sum(...
-        _t28 = torch.einsum('nk,nk->n', _t20, _t27)
+        _t28 = (_t20 * _t27).sum(dim=1)
         # -sum(i: sum(k: (-mu[k, i] + v[i])*exp((-logsumexp(j: b[j] + sum(l: mu[j, l]*v[l]) - s...
         _t29 = -_t25 + _t28
         # sum(k: exp((-logsumexp(i: b[i] + sum(j: mu[i, j]*v[j]) - sum(j: mu[i, j]^2)/2) + sum(...

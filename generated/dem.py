@@ -147,7 +147,7 @@ class DEM(torch.nn.Module):
         """Free energy F(x) per sample, shape [N]."""
         self._check("free_energy", "x", x, self.D)
         # sum(i: b[i]*x[i])
-        _t1 = torch.einsum('ni,i->n', x, self.b)
+        _t1 = x @ self.b
         # sum(i: V[h, i]*x[i])
         u = x @ self.V.T
         # sigmoid(u[h])
@@ -219,7 +219,7 @@ class DEM(torch.nn.Module):
         # (1 - g[h1])*(2*g[h1] - 1)*g[h1]*sum(i: V[h1, i]^2)
         _t15 = _t14 * _t13
         # sum(i, k: sigmoid(z[k])*sum(h: (1 - g[h])*(2*g[h] - 1)*V[h, i]^2*W[k, h]*g[h]))
-        _t16 = torch.einsum('na,na->n', _t15, _t9)
+        _t16 = (_t15 * _t9).sum(dim=1)
         # (1 - sigmoid(z[k]))*sigmoid(z[k])
         _t17 = _t8 * (1 - _t8)
         # W[k, h1]*W[k, h2]
@@ -233,7 +233,7 @@ class DEM(torch.nn.Module):
         # sum(h1, h2: (1 - g[h1])*(1 - g[h2])*W[k, h1]*W[k, h2]*g[h1]*g[h2]*sum(i: V[h1, i]*V[h...
         _t22 = _t21.reshape(self.K, self.H * self.H) @ _t19.reshape(-1, self.H * self.H).T
         # sum(i, k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: (1 - g[h])*V[h, i]*W[k, h]*g[h])^2)
-        _t23 = torch.einsum('kn,nk->n', _t22, _t17)
+        _t23 = (_t22 * _t17.T).sum(dim=0)
         # -D/sigma^2 - sum(i, k: sigmoid(z[k])*sum(h: (1 - g[h])*(2*g[h] - 1)*V[h, i]^2*W[k, h]...
         laplacian = -self.D / self.sigma ** 2 - _t16 + _t23
         return laplacian
@@ -243,7 +243,7 @@ class DEM(torch.nn.Module):
         sum_i 1/2 score_i^2 + d score_i / dx_i, constants included."""
         self._check("sm_loss", "x", x, self.D)
         # sum(i: b[i]*x[i])
-        _t1 = torch.einsum('ni,i->n', x, self.b)
+        _t1 = x @ self.b
         # sum(i: V[h, i]*x[i])
         u = x @ self.V.T
         # sigmoid(u[h])
@@ -273,7 +273,7 @@ class DEM(torch.nn.Module):
         # (1 - g[h1])*(2*g[h1] - 1)*g[h1]*sum(i: V[h1, i]^2)
         _t15 = _t14 * _t13
         # sum(i, k: sigmoid(z[k])*sum(h: (1 - g[h])*(2*g[h] - 1)*V[h, i]^2*W[k, h]*g[h]))
-        _t16 = torch.einsum('na,na->n', _t15, _t9)
+        _t16 = (_t15 * _t9).sum(dim=1)
         # (1 - sigmoid(z[k]))*sigmoid(z[k])
         _t17 = _t8 * (1 - _t8)
         # W[k, h1]*W[k, h2]
@@ -287,17 +287,17 @@ class DEM(torch.nn.Module):
         # sum(h1, h2: (1 - g[h1])*(1 - g[h2])*W[k, h1]*W[k, h2]*g[h1]*g[h2]*sum(i: V[h1, i]*V[h...
         _t22 = _t21.reshape(self.K, self.H * self.H) @ _t19.reshape(-1, self.H * self.H).T
         # sum(i, k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: (1 - g[h])*V[h, i]*W[k, h]*g[h])^2)
-        _t23 = torch.einsum('kn,nk->n', _t22, _t17)
+        _t23 = (_t22 * _t17.T).sum(dim=0)
         # -D/sigma^2 - sum(i, k: sigmoid(z[k])*sum(h: (1 - g[h])*(2*g[h] - 1)*V[h, i]^2*W[k, h]...
         laplacian = -self.D / self.sigma ** 2 - _t16 + _t23
         # sum(j: V[h1, j]*b[j])
-        _t26 = torch.einsum('aj,j->a', self.V, self.b)
+        _t26 = self.V @ self.b
         # sum(j: b[j]*sum(k: sigmoid(z[k])*sum(h: (1 - g[h])*V[h, j]*W[k, h]*g[h])))
-        _t27 = torch.einsum('na,a->n', _t10, _t26)
+        _t27 = _t10 @ _t26
         # (1 - g[h1])*g[h1]*sum(j: V[h1, j]*x[j])
         _t28 = u * _t7
         # sum(j: x[j]*sum(k: sigmoid(z[k])*sum(h: (1 - g[h])*V[h, j]*W[k, h]*g[h])))
-        _t29 = torch.einsum('na,na->n', _t28, _t9)
+        _t29 = (_t28 * _t9).sum(dim=1)
         # b[j]^2
         _t30 = torch.square(self.b)
         # sum(j: b[j]^2)
@@ -305,7 +305,7 @@ class DEM(torch.nn.Module):
         # sum(h1: (1 - g[h1])*g[h1]*sum(k1: sigmoid(z[k1])*W[k1, h1])*sum(j: V[h1, j]*V[h2, j]))
         _t32 = _t10 @ _t20.T
         # sum(j: sum(k: sigmoid(z[k])*sum(h: (1 - g[h])*V[h, j]*W[k, h]*g[h]))^2)
-        _t33 = torch.einsum('na,na->n', _t32, _t10)
+        _t33 = (_t32 * _t10).sum(dim=1)
         # 2*sum(j: b[j]*sum(k: sigmoid(z[k])*sum(h: (1 - g[h])*V[h, j]*W[k, h]*g[h]))) + sum(j:...
         _t34 = (
             -2 * _t1 / self.sigma ** 2

@@ -200,13 +200,13 @@ class GaussianRBM(torch.nn.Module):
         # -D + sum(i, j: W[i, j]^2)
         laplacian = -self.D + _t8
         # sum(k: v[k]*sum(j: W[k, j]*sum(i: W[i, j]*v[i])))
-        _t11 = torch.einsum('na,na->n', _t3, _t3)
+        _t11 = (_t3 * _t3).sum(dim=1)
         # sum(k: W[k, j1]*W[k, j2])
         _t12 = self.W.T @ self.W
         # sum(j1: sum(i1: W[i1, j1]*v[i1])*sum(k: W[k, j1]*W[k, j2]))
         _t13 = _t12 @ _t3.T
         # sum(k: sum(j: W[k, j]*sum(i: W[i, j]*v[i]))^2)
-        _t14 = torch.einsum('an,na->n', _t13, _t3)
+        _t14 = (_t13 * _t3.T).sum(dim=0)
         # -2*sum(k: v[k]*sum(j: W[k, j]*sum(i: W[i, j]*v[i]))) + sum(k: v[k]^2) + sum(k: sum(j:...
         _t15 = -2 * _t11 + _t14 + _t2
         # laplacian + sum(k: score[k]^2)/2
@@ -233,7 +233,7 @@ class GaussianRBM(torch.nn.Module):
         # sum(i: W[i, j]*v[i])
         _t5 = self.W.T @ v.T
         # sum(i, j: W[i, j]*h[j]*v[i])
-        _t6 = torch.einsum('jn,nj->n', _t5, h)
+        _t6 = (_t5 * h.T).sum(dim=0)
         # sum(j: h[j]^2)/2 + sum(i: v[i]^2)/2 - sum(i, j: W[i, j]*h[j]*v[i])
         _t7 = 0.5 * _t2 + 0.5 * _t4 - _t6
         return _t7
@@ -275,13 +275,13 @@ class GaussianRBM(torch.nn.Module):
         # sum(i, j: W[i, j]^2)
         _t8 = _t7.sum(dim=(0, 1))
         # sum(k: v[k]*sum(j: W[k, j]*sum(i: W[i, j]*v[i])))
-        _t11 = torch.einsum('na,na->n', _t3, _t3)
+        _t11 = (_t3 * _t3).sum(dim=1)
         # sum(k: W[k, j1]*W[k, j2])
         _t12 = self.W.T @ self.W
         # sum(j1: sum(i1: W[i1, j1]*v[i1])*sum(k: W[k, j1]*W[k, j2]))
         _t13 = _t12 @ _t3.T
         # sum(k: sum(j: W[k, j]*sum(i: W[i, j]*v[i]))^2)
-        _t14 = torch.einsum('an,na->n', _t13, _t3)
+        _t14 = (_t13 * _t3.T).sum(dim=0)
         # -2*sum(k: v[k]*sum(j: W[k, j]*sum(i: W[i, j]*v[i]))) + sum(k: v[k]^2) + sum(k: sum(j:...
         _t15 = -2 * _t11 + _t14 + _t2
         # sum(k: score[k]^2)/2

@@ -174,7 +174,7 @@ class GBRBM(torch.nn.Module):
         # (1 - sigmoid(sum(k: W[k, j]*v[k])))*sigmoid(sum(k: W[k, j]*v[k]))
         _t10 = _t6 * (1 - _t6)
         # sum(i, j: (1 - sigmoid(sum(k: W[k, j]*v[k])))*sigmoid(sum(k: W[k, j]*v[k]))*W[i, j]^2)
-        _t11 = torch.einsum('nj,j->n', _t10, _t9)
+        _t11 = _t10 @ _t9
         # -D + sum(i, j: (1 - sigmoid(sum(k: W[k, j]*v[k])))*sigmoid(sum(k: W[k, j]*v[k]))*W[i,...
         laplacian = -self.D + _t11
         return laplacian
@@ -198,17 +198,17 @@ class GBRBM(torch.nn.Module):
         # (1 - sigmoid(sum(k: W[k, j]*v[k])))*sigmoid(sum(k: W[k, j]*v[k]))
         _t10 = _t6 * (1 - _t6)
         # sum(i, j: (1 - sigmoid(sum(k: W[k, j]*v[k])))*sigmoid(sum(k: W[k, j]*v[k]))*W[i, j]^2)
-        _t11 = torch.einsum('nj,j->n', _t10, _t9)
+        _t11 = _t10 @ _t9
         # -D + sum(i, j: (1 - sigmoid(sum(k: W[k, j]*v[k])))*sigmoid(sum(k: W[k, j]*v[k]))*W[i,...
         laplacian = -self.D + _t11
         # sum(k: v[k]*sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[k, j]))
-        _t14 = torch.einsum('na,na->n', _t3, _t6)
+        _t14 = (_t3 * _t6).sum(dim=1)
         # sum(k: W[k, j1]*W[k, j2])
         _t15 = self.W.T @ self.W
         # sum(j1: sigmoid(sum(i: W[i, j1]*v[i]))*sum(k: W[k, j1]*W[k, j2]))
         _t16 = _t15 @ _t6.T
         # sum(k: sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[k, j])^2)
-        _t17 = torch.einsum('an,na->n', _t16, _t6)
+        _t17 = (_t16 * _t6.T).sum(dim=0)
         # -2*sum(k: v[k]*sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[k, j])) + sum(k: v[k]^2) + sum(...
         _t18 = -2 * _t14 + _t17 + _t2
         # laplacian + sum(k: score[k]^2)/2
@@ -231,7 +231,7 @@ class GBRBM(torch.nn.Module):
         # sum(i: W[i, j]*v[i])
         _t3 = self.W.T @ v.T
         # sum(i, j: W[i, j]*h[j]*v[i])
-        _t4 = torch.einsum('jn,nj->n', _t3, h)
+        _t4 = (_t3 * h.T).sum(dim=0)
         # sum(i: v[i]^2)/2 - sum(i, j: W[i, j]*h[j]*v[i])
         _t5 = 0.5 * _t2 - _t4
         return _t5
@@ -274,13 +274,13 @@ class GBRBM(torch.nn.Module):
         # sum(i: W[i, j]^2)
         _t9 = _t8.sum(dim=0)
         # sum(k: v[k]*sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[k, j]))
-        _t14 = torch.einsum('na,na->n', _t3, _t6)
+        _t14 = (_t3 * _t6).sum(dim=1)
         # sum(k: W[k, j1]*W[k, j2])
         _t15 = self.W.T @ self.W
         # sum(j1: sigmoid(sum(i: W[i, j1]*v[i]))*sum(k: W[k, j1]*W[k, j2]))
         _t16 = _t15 @ _t6.T
         # sum(k: sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[k, j])^2)
-        _t17 = torch.einsum('an,na->n', _t16, _t6)
+        _t17 = (_t16 * _t6.T).sum(dim=0)
         # -2*sum(k: v[k]*sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[k, j])) + sum(k: v[k]^2) + sum(...
         _t18 = -2 * _t14 + _t17 + _t2
         # sum(k: score[k]^2)/2
@@ -288,7 +288,7 @@ class GBRBM(torch.nn.Module):
         # (sigmoid(sum(k: W[k, j]*v[k])) - 1)*sigmoid(sum(k: W[k, j]*v[k]))
         _t20 = _t6 * (_t6 - 1)
         # sum(i, j: (sigmoid(sum(k: W[k, j]*v[k])) - 1)*sigmoid(sum(k: W[k, j]*v[k]))*W[i, j]^2)
-        _t21 = torch.einsum('nj,j->n', _t20, _t9)
+        _t21 = _t20 @ _t9
         # -sum(i, j: (sigmoid(sum(k: W[k, j]*v[k])) - 1)*sigmoid(sum(k: W[k, j]*v[k]))*W[i, j]^2)
         _t22 = -_t21
         return {

@@ -236,7 +236,7 @@ class MaskedGaussian(torch.nn.Module):
         # sum(j: Lambda[i, j]*y[j])
         _t4 = _t1 + _t3
         # sum(i, j: Lambda[i, j]*y[i]*y[j])
-        _t5 = torch.einsum('ni,ni->n', _t4, y)
+        _t5 = (_t4 * y).sum(dim=1)
         # sum(i, j: Lambda[i, j]*y[i]*y[j])/2
         free_energy = 0.5 * _t5
         return free_energy

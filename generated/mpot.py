@@ -217,7 +217,7 @@ class MPoT(torch.nn.Module):
         # sum(i: C[i, k]^2)
         _t14 = _t13.sum(dim=0)
         # sum(i, k: (phi[k]^2 - 2)*C[i, k]^2/(phi[k]^2 + 2)^2)
-        _t15 = torch.einsum('k,nk->n', _t14, _t12)
+        _t15 = _t12 @ _t14
         # W[i, j]^2
         _t16 = torch.square(self.W)
         # sum(i: W[i, j]^2)
@@ -225,7 +225,7 @@ class MPoT(torch.nn.Module):
         # (1 - sigmoid(sum(k: W[k, j]*v[k])))*sigmoid(sum(k: W[k, j]*v[k]))
         _t18 = _t10 * (1 - _t10)
         # sum(i, j: (1 - sigmoid(sum(k: W[k, j]*v[k])))*sigmoid(sum(k: W[k, j]*v[k]))*W[i, j]^2)
-        _t19 = torch.einsum('nj,j->n', _t18, _t17)
+        _t19 = _t18 @ _t17
         # -D + 2*gamma*sum(i, k: (phi[k]^2 - 2)*C[i, k]^2/(phi[k]^2 + 2)^2) + sum(i, j: (1 - si...
         laplacian = -self.D + 2 * _t15 * self.gamma + _t19
         return laplacian
@@ -253,7 +253,7 @@ class MPoT(torch.nn.Module):
         # sum(i: C[i, k]^2)
         _t14 = _t13.sum(dim=0)
         # sum(i, k: (phi[k]^2 - 2)*C[i, k]^2/(phi[k]^2 + 2)^2)
-        _t15 = torch.einsum('k,nk->n', _t14, _t12)
+        _t15 = _t12 @ _t14
         # W[i, j]^2
         _t16 = torch.square(self.W)
         # sum(i: W[i, j]^2)
@@ -261,31 +261,31 @@ class MPoT(torch.nn.Module):
         # (1 - sigmoid(sum(k: W[k, j]*v[k])))*sigmoid(sum(k: W[k, j]*v[k]))
         _t18 = _t10 * (1 - _t10)
         # sum(i, j: (1 - sigmoid(sum(k: W[k, j]*v[k])))*sigmoid(sum(k: W[k, j]*v[k]))*W[i, j]^2)
-        _t19 = torch.einsum('nj,j->n', _t18, _t17)
+        _t19 = _t18 @ _t17
         # -D + 2*gamma*sum(i, k: (phi[k]^2 - 2)*C[i, k]^2/(phi[k]^2 + 2)^2) + sum(i, j: (1 - si...
         laplacian = -self.D + 2 * _t15 * self.gamma + _t19
         # sum(l: v[l]*sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[l, j]))
-        _t22 = torch.einsum('na,na->n', _t3, _t10)
+        _t22 = (_t3 * _t10).sum(dim=1)
         # sum(l: C[l, k1]*C[l, k2])
         _t23 = self.C.T @ self.C
         # sum(k1: phi[k1]*sum(l: C[l, k1]*C[l, k2])/(phi[k1]^2/2 + 1))
         _t24 = _t23 @ _t8.T
         # sum(l: sum(k: C[l, k]*phi[k]/(phi[k]^2/2 + 1))^2)
-        _t25 = torch.einsum('an,na->n', _t24, _t8)
+        _t25 = (_t24 * _t8.T).sum(dim=0)
         # sum(l: C[l, k1]*W[l, j1])
         _t26 = self.C.T @ self.W
         # sum(j1: sigmoid(sum(i: W[i, j1]*v[i]))*sum(l: C[l, k1]*W[l, j1]))
         _t27 = _t26 @ _t10.T
         # sum(l: sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[l, j])*sum(k: C[l, k]*phi[k]/(phi[k]^2/...
-        _t28 = torch.einsum('an,na->n', _t27, _t8)
+        _t28 = (_t27 * _t8.T).sum(dim=0)
         # sum(l: v[l]*sum(k: C[l, k]*phi[k]/(phi[k]^2/2 + 1)))
-        _t29 = torch.einsum('na,na->n', phi, _t8)
+        _t29 = (phi * _t8).sum(dim=1)
         # sum(l: W[l, j1]*W[l, j2])
         _t30 = self.W.T @ self.W
         # sum(j1: sigmoid(sum(i: W[i, j1]*v[i]))*sum(l: W[l, j1]*W[l, j2]))
         _t31 = _t30 @ _t10.T
         # sum(l: sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[l, j])^2)
-        _t32 = torch.einsum('an,na->n', _t31, _t10)
+        _t32 = (_t31 * _t10.T).sum(dim=0)
         # gamma^2*sum(l: sum(k: C[l, k]*phi[k]/(phi[k]^2/2 + 1))^2) + 2*gamma*sum(l: v[l]*sum(k...
         _t33 = (
             _t2
@@ -316,7 +316,7 @@ class MPoT(torch.nn.Module):
         # sum(i: W[i, j]*v[i])
         _t3 = self.W.T @ v.T
         # sum(i, j: W[i, j]*hm[j]*v[i])
-        _t4 = torch.einsum('jn,nj->n', _t3, hm)
+        _t4 = (_t3 * hm.T).sum(dim=0)
         # log(hc[k])
         _t5 = torch.log(hc)
         # sum(k: log(hc[k]))
@@ -401,27 +401,27 @@ class MPoT(torch.nn.Module):
         # sum(i: W[i, j]^2)
         _t17 = _t16.sum(dim=0)
         # sum(l: v[l]*sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[l, j]))
-        _t22 = torch.einsum('na,na->n', _t3, _t10)
+        _t22 = (_t3 * _t10).sum(dim=1)
         # sum(l: C[l, k1]*C[l, k2])
         _t23 = self.C.T @ self.C
         # sum(k1: phi[k1]*sum(l: C[l, k1]*C[l, k2])/(phi[k1]^2/2 + 1))
         _t24 = _t23 @ _t8.T
         # sum(l: sum(k: C[l, k]*phi[k]/(phi[k]^2/2 + 1))^2)
-        _t25 = torch.einsum('an,na->n', _t24, _t8)
+        _t25 = (_t24 * _t8.T).sum(dim=0)
         # sum(l: C[l, k1]*W[l, j1])
         _t26 = self.C.T @ self.W
         # sum(j1: sigmoid(sum(i: W[i, j1]*v[i]))*sum(l: C[l, k1]*W[l, j1]))
         _t27 = _t26 @ _t10.T
         # sum(l: sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[l, j])*sum(k: C[l, k]*phi[k]/(phi[k]^2/...
-        _t28 = torch.einsum('an,na->n', _t27, _t8)
+        _t28 = (_t27 * _t8.T).sum(dim=0)
         # sum(l: v[l]*sum(k: C[l, k]*phi[k]/(phi[k]^2/2 + 1)))
-        _t29 = torch.einsum('na,na->n', phi, _t8)
+        _t29 = (phi * _t8).sum(dim=1)
         # sum(l: W[l, j1]*W[l, j2])
         _t30 = self.W.T @ self.W
         # sum(j1: sigmoid(sum(i: W[i, j1]*v[i]))*sum(l: W[l, j1]*W[l, j2]))
         _t31 = _t30 @ _t10.T
         # sum(l: sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[l, j])^2)
-        _t32 = torch.einsum('an,na->n', _t31, _t10)
+        _t32 = (_t31 * _t10.T).sum(dim=0)
         # gamma^2*sum(l: sum(k: C[l, k]*phi[k]/(phi[k]^2/2 + 1))^2) + 2*gamma*sum(l: v[l]*sum(k...
         _t33 = (
             _t2
@@ -436,17 +436,17 @@ class MPoT(torch.nn.Module):
         # (sigmoid(sum(k: W[k, j]*v[k])) - 1)*sigmoid(sum(k: W[k, j]*v[k]))
         _t38 = _t10 * (_t10 - 1)
         # sum(i, j: (sigmoid(sum(k: W[k, j]*v[k])) - 1)*sigmoid(sum(k: W[k, j]*v[k]))*W[i, j]^2)
-        _t39 = torch.einsum('nj,j->n', _t38, _t17)
+        _t39 = _t38 @ _t17
         # phi[k]^2/(phi[k]^2 + 2)^2
         _t40 = torch.square(phi) / torch.square(torch.square(phi) + 2)
         # sum(i, k: C[i, k]^2*phi[k]^2/(phi[k]^2 + 2)^2)
-        _t41 = torch.einsum('k,nk->n', _t14, _t40)
+        _t41 = _t40 @ _t14
         # 4*gamma*sum(i, k: C[i, k]^2*phi[k]^2/(phi[k]^2 + 2)^2) - sum(i, j: (sigmoid(sum(k: W[...
         _t42 = -_t39 + 4 * _t41 * self.gamma
         # 1/(phi[k]^2/2 + 1)
         _t43 = 1 / (0.5 * torch.square(phi) + 1)
         # sum(i, k: C[i, k]^2/(phi[k]^2/2 + 1))
-        _t44 = torch.einsum('k,nk->n', _t14, _t43)
+        _t44 = _t43 @ _t14
         # -D - gamma*sum(i, k: C[i, k]^2/(phi[k]^2/2 + 1))
         _t45 = -self.D - _t44 * self.gamma
         return {

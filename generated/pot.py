@@ -168,7 +168,7 @@ class PoT(torch.nn.Module):
         # log1p(y[k]^2/2)
         _t5 = torch.log1p(0.5 * torch.square(y))
         # sum(k: log1p(y[k]^2/2)*alpha[k])
-        _t6 = torch.einsum('nk,k->n', _t5, alpha)
+        _t6 = _t5 @ alpha
         # sum(k: log1p(y[k]^2/2)*alpha[k]) - sum(k: loggamma(alpha[k])) + sum(i: v[i]^2)/2
         free_energy = 0.5 * _t2 - _t4 + _t6
         return free_energy
@@ -206,7 +206,7 @@ class PoT(torch.nn.Module):
         # alpha[k]*sum(i: J[k, i]^2)
         _t13 = alpha * _t12
         # sum(i, k: (y[k]^2 - 2)*J[k, i]^2*alpha[k]/(y[k]^2 + 2)^2)
-        _t14 = torch.einsum('k,nk->n', _t13, _t10)
+        _t14 = _t10 @ _t13
         # -D + 2*sum(i, k: (y[k]^2 - 2)*J[k, i]^2*alpha[k]/(y[k]^2 + 2)^2)
         laplacian = -self.D + 2 * _t14
         return laplacian
@@ -238,13 +238,13 @@ class PoT(torch.nn.Module):
         # alpha[k]*sum(i: J[k, i]^2)
         _t13 = alpha * _t12
         # sum(i, k: (y[k]^2 - 2)*J[k, i]^2*alpha[k]/(y[k]^2 + 2)^2)
-        _t14 = torch.einsum('k,nk->n', _t13, _t10)
+        _t14 = _t10 @ _t13
         # -D + 2*sum(i, k: (y[k]^2 - 2)*J[k, i]^2*alpha[k]/(y[k]^2 + 2)^2)
         laplacian = -self.D + 2 * _t14
         # alpha[k1]*y[k1]/(y[k1]^2/2 + 1)
         _t17 = alpha * _t7
         # sum(j: v[j]*sum(k: J[k, j]*alpha[k]*y[k]/(y[k]^2/2 + 1)))
-        _t18 = torch.einsum('na,na->n', _t17, y)
+        _t18 = (_t17 * y).sum(dim=1)
         # sum(k: J[k, j]*alpha[k]*y[k]/(y[k]^2/2 + 1))^2
         _t19 = torch.square(_t9)
         # sum(j: sum(k: J[k, j]*alpha[k]*y[k]/(y[k]^2/2 + 1))^2)
@@ -281,7 +281,7 @@ class PoT(torch.nn.Module):
         # log(s[k])
         _t6 = torch.log(s)
         # sum(k: (1 - alpha[k])*log(s[k]))
-        _t7 = torch.einsum('nk,k->n', _t6, _t5)
+        _t7 = _t6 @ _t5
         # sum(k: (1 - alpha[k])*log(s[k])) + sum(k: (y[k]^2/2 + 1)*s[k]) + sum(i: v[i]^2)/2
         _t8 = 0.5 * _t2 + _t4 + _t7
         return _t8
@@ -340,7 +340,7 @@ class PoT(torch.nn.Module):
         # alpha[k1]*y[k1]/(y[k1]^2/2 + 1)
         _t17 = alpha * _t7
         # sum(j: v[j]*sum(k: J[k, j]*alpha[k]*y[k]/(y[k]^2/2 + 1)))
-        _t18 = torch.einsum('na,na->n', _t17, y)
+        _t18 = (_t17 * y).sum(dim=1)
         # sum(k: J[k, j]*alpha[k]*y[k]/(y[k]^2/2 + 1))^2
         _t19 = torch.square(_t9)
         # sum(j: sum(k: J[k, j]*alpha[k]*y[k]/(y[k]^2/2 + 1))^2)
@@ -352,13 +352,13 @@ class PoT(torch.nn.Module):
         # y[k]^2/(y[k]^2 + 2)^2
         _t25 = torch.square(y) / torch.square(torch.square(y) + 2)
         # sum(i, k: J[k, i]^2*alpha[k]*y[k]^2/(y[k]^2 + 2)^2)
-        _t26 = torch.einsum('k,nk->n', _t13, _t25)
+        _t26 = _t25 @ _t13
         # 4*sum(i, k: J[k, i]^2*alpha[k]*y[k]^2/(y[k]^2 + 2)^2)
         _t27 = 4 * _t26
         # 1/(y[k]^2/2 + 1)
         _t28 = 1 / (0.5 * torch.square(y) + 1)
         # sum(i, k: J[k, i]^2*alpha[k]/(y[k]^2/2 + 1))
-        _t29 = torch.einsum('k,nk->n', _t13, _t28)
+        _t29 = _t28 @ _t13
         # -D - sum(i, k: J[k, i]^2*alpha[k]/(y[k]^2/2 + 1))
         _t30 = -self.D - _t29
         return {

@@ -177,7 +177,7 @@ class PPCA(torch.nn.Module):
         # sum(k: MatrixInverse(_z_precision, i, k)*sum(j: (-2*mu[j] + 2*v[j])*W[j, k]))
         _t11 = _t10 @ _t8.T
         # sum(i, k: MatrixInverse(_z_precision, i, k)*sum(j: (-2*mu[j] + 2*v[j])*W[j, i])*sum(j...
-        _t12 = torch.einsum('ni,ni->n', _t11, _t10)
+        _t12 = (_t11 * _t10).sum(dim=1)
         # -K*log(2*pi)/2 + LogDet(_z_precision)/2 + sum(i: (-mu[i] + v[i])^2)/(2*s2) - sum(i, k...
         free_energy = (
             -0.5 * self.K * math.log(2 * math.pi)
@@ -228,7 +228,7 @@ class PPCA(torch.nn.Module):
         # _z_precision^-1
         _t8 = torch.cholesky_inverse(_t4)
         # sum(i, j, k: MatrixInverse(_z_precision, j, k)*W[i, j]*W[i, k])
-        _t15 = torch.einsum('jk,jk->', _t1, _t8)
+        _t15 = (_t1 * _t8).sum(dim=(0, 1))
         # -D/s2 + sum(i, j, k: MatrixInverse(_z_precision, j, k)*W[i, j]*W[i, k])/(2*s2^2) + su...
         laplacian = -self.D / self.s2 + _t15 / self.s2 ** 2
         return laplacian.expand(_batch)
@@ -255,9 +255,9 @@ class PPCA(torch.nn.Module):
         # sum(k: MatrixInverse(_z_precision, i, k)*sum(j: (-2*mu[j] + 2*v[j])*W[j, k]))
         _t11 = _t10 @ _t8.T
         # sum(i, k: MatrixInverse(_z_precision, i, k)*sum(j: (-2*mu[j] + 2*v[j])*W[j, i])*sum(j...
-        _t12 = torch.einsum('ni,ni->n', _t11, _t10)
+        _t12 = (_t11 * _t10).sum(dim=1)
         # sum(i, j, k: MatrixInverse(_z_precision, j, k)*W[i, j]*W[i, k])
-        _t15 = torch.einsum('jk,jk->', _t1, _t8)
+        _t15 = (_t1 * _t8).sum(dim=(0, 1))
         # -D/s2 + sum(i, j, k: MatrixInverse(_z_precision, j, k)*W[i, j]*W[i, k])/(2*s2^2) + su...
         laplacian = -self.D / self.s2 + _t15 / self.s2 ** 2
         # (-2*mu[p] + 2*v[p])^2
@@ -271,7 +271,7 @@ class PPCA(torch.nn.Module):
         # sum(i1: sum(j2: (-2*mu[j2] + 2*v[j2])*W[j2, i1])*sum(k2: MatrixInverse(_z_precision, ...
         _t22 = _t21.T @ _t10.T
         # sum(p: sum(i, k: MatrixInverse(_z_precision, i, k)*W[p, k]*sum(j: (-2*mu[j] + 2*v[j])...
-        _t23 = torch.einsum('an,na->n', _t22, _t10)
+        _t23 = (_t22 * _t10.T).sum(dim=0)
         # sum(p: (-2*mu[p] + 2*v[p])^2)/(4*s2^2) - sum(p: (-2*mu[p] + 2*v[p])*sum(i, k: MatrixI...
         _t24 = -0.5 * _t12 / self.s2 ** 3 + 0.25 * _t19 / self.s2 ** 2 + 0.25 * _t23 / self.s2 ** 4
         # laplacian + sum(p: score[p]^2)/2

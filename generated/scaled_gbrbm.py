@@ -190,7 +190,7 @@ class ScaledGBRBM(torch.nn.Module):
         # sigma[i]^(-2)
         _t2 = 1 / self.sigma ** 2
         # sum(i: (-b[i] + v[i])^2/sigma[i]^2)
-        _t3 = torch.einsum('i,ni->n', _t2, _t1)
+        _t3 = _t1 @ _t2
         # 1/sigma[i]
         _t4 = 1 / self.sigma
         # W[i, j]/sigma[i]
@@ -242,9 +242,9 @@ class ScaledGBRBM(torch.nn.Module):
         # (1 - sigmoid(c[j1] + sum(k: W[k, j1]*v[k]/sigma[k])))*sigmoid(c[j1] + sum(k: W[k, j1]...
         _t13 = _t9 * (1 - _t9)
         # sum(i: W[i, j1]^2/sigma[i]^2)
-        _t14 = torch.einsum('ia,i->a', _t12, _t2)
+        _t14 = _t2 @ _t12
         # sum(i: sum(j: (1 - sigmoid(c[j] + sum(k: W[k, j]*v[k]/sigma[k])))*sigmoid(c[j] + sum(...
-        _t15 = torch.einsum('a,na->n', _t14, _t13)
+        _t15 = _t13 @ _t14
         # sum(i: sum(j: (1 - sigmoid(c[j] + sum(k: W[k, j]*v[k]/sigma[k])))*sigmoid(c[j] + sum(...
         laplacian = -_t11 + _t15
         return laplacian
@@ -274,9 +274,9 @@ class ScaledGBRBM(torch.nn.Module):
         # (1 - sigmoid(c[j1] + sum(k: W[k, j1]*v[k]/sigma[k])))*sigmoid(c[j1] + sum(k: W[k, j1]...
         _t13 = _t9 * (1 - _t9)
         # sum(i: W[i, j1]^2/sigma[i]^2)
-        _t14 = torch.einsum('ia,i->a', _t12, _t2)
+        _t14 = _t2 @ _t12
         # sum(i: sum(j: (1 - sigmoid(c[j] + sum(k: W[k, j]*v[k]/sigma[k])))*sigmoid(c[j] + sum(...
-        _t15 = torch.einsum('a,na->n', _t14, _t13)
+        _t15 = _t13 @ _t14
         # sum(i: sum(j: (1 - sigmoid(c[j] + sum(k: W[k, j]*v[k]/sigma[k])))*sigmoid(c[j] + sum(...
         laplacian = -_t11 + _t15
         # score[k]^2
@@ -301,9 +301,9 @@ class ScaledGBRBM(torch.nn.Module):
         # sigma[i]^(-2)
         _t2 = 1 / self.sigma ** 2
         # sum(i: (-b[i] + v[i])^2/sigma[i]^2)
-        _t3 = torch.einsum('i,ni->n', _t2, _t1)
+        _t3 = _t1 @ _t2
         # sum(j: c[j]*h[j])
-        _t4 = torch.einsum('nj,j->n', h, self.c)
+        _t4 = h @ self.c
         # 1/sigma[i]
         _t5 = 1 / self.sigma
         # v[i]/sigma[i]
@@ -311,7 +311,7 @@ class ScaledGBRBM(torch.nn.Module):
         # sum(i: W[i, j]*v[i]/sigma[i])
         _t7 = _t6 @ self.W
         # sum(i, j: W[i, j]*h[j]*v[i]/sigma[i])
-        _t8 = torch.einsum('nj,nj->n', _t7, h)
+        _t8 = (_t7 * h).sum(dim=1)
         # sum(i: (-b[i] + v[i])^2/sigma[i]^2)/2 - sum(j: c[j]*h[j]) - sum(i, j: W[i, j]*h[j]*v[...
         _t9 = 0.5 * _t3 - _t4 - _t8
         return _t9
@@ -367,7 +367,7 @@ class ScaledGBRBM(torch.nn.Module):
         # W[i, j1]^2
         _t12 = torch.square(self.W)
         # sum(i: W[i, j1]^2/sigma[i]^2)
-        _t14 = torch.einsum('ia,i->a', _t12, _t2)
+        _t14 = _t2 @ _t12
         # score[k]^2
         _t16 = torch.square(score)
         # sum(k: score[k]^2)
@@ -377,7 +377,7 @@ class ScaledGBRBM(torch.nn.Module):
         # (sigmoid(c[j1] + sum(k: W[k, j1]*v[k]/sigma[k])) - 1)*sigmoid(c[j1] + sum(k: W[k, j1]...
         _t32 = _t9 * (_t9 - 1)
         # sum(i: sum(j: (sigmoid(c[j] + sum(k: W[k, j]*v[k]/sigma[k])) - 1)*sigmoid(c[j] + sum(...
-        _t33 = torch.einsum('a,na->n', _t14, _t32)
+        _t33 = _t32 @ _t14
         # -sum(i: sum(j: (sigmoid(c[j] + sum(k: W[k, j]*v[k]/sigma[k])) - 1)*sigmoid(c[j] + sum...
         _t34 = -_t33
         # -sum(i: sigma[i]^(-2))

@@ -50,6 +50,8 @@ def pairwise_code(picked: list[Operand], inputs: str, out_letters: str, out_indi
     args = ", ".join(op.code for op in picked)
     equation = _pretty_equation(inputs, out_letters, picked, out_indices)
     return (_as_product(picked, inputs, out_letters)
+            or _as_matvec(picked, inputs, out_letters)
+            or _as_rowwise_dot(picked, inputs, out_letters)
             or _as_matmul(picked, inputs, out_letters, letter_index, shape_code)
             or f'torch.einsum("{equation}", {args})')
 
@@ -76,6 +78,43 @@ def _as_product(picked: list[Operand], inputs: str, out_letters: str) -> str | N
         return None
     return " * ".join(_view(op.code, letters, out_letters)
                       for op, letters in zip(picked, terms, strict=True))
+
+
+def _as_matvec(picked: list[Operand], inputs: str, out_letters: str) -> str | None:
+    """X[..., s] v[s] -> X @ v (and v[s] X[s, f] -> v @ X): a matrix-vector product,
+    which torch runs as one GEMV where einsum('ni,i->n') forms a batched GEMM."""
+    terms = inputs.split(",")
+    if len(terms) != 2:
+        return None
+    for (x, xs), (y, ys) in (tuple(zip(picked, terms, strict=True)),
+                             tuple(zip(picked, terms, strict=True))[::-1]):
+        if len(ys) != 1 or ys not in xs or ys in out_letters:
+            continue
+        kept = xs.replace(ys, "")
+        if kept != out_letters:
+            continue
+        if xs.endswith(ys):
+            return f"{x.code} @ {y.code}"
+        if len(xs) == 2:  # [s, f]: v @ X
+            return f"{y.code} @ {x.code}"
+    return None
+
+
+def _as_rowwise_dot(picked: list[Operand], inputs: str, out_letters: str) -> str | None:
+    """Two operands over the same axes, some summed: (x * y).sum(dims), e.g. 'na,na->n'
+    (einsum runs it as N tiny matrix products, forward and backward)."""
+    terms = inputs.split(",")
+    if len(terms) != 2:
+        return None
+    (x, xs), (y, ys) = zip(picked, terms, strict=True)
+    if set(xs) != set(ys) or len(xs) != len(ys):
+        return None
+    summed = [k for k, c in enumerate(xs) if c not in out_letters]
+    kept = "".join(c for c in xs if c in out_letters)
+    if not summed or kept != out_letters:
+        return None
+    dims = str(summed[0]) if len(summed) == 1 else f"({', '.join(map(str, summed))})"
+    return f"({x.code} * {_view(y.code, ys, xs)}).sum(dim={dims})"
 
 
 def _as_matmul(picked: list[Operand], inputs: str, out_letters: str, letter_index: dict,
