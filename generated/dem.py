@@ -210,16 +210,8 @@ class DEM(torch.nn.Module):
         _t8 = torch.sigmoid(z)
         # sum(k: sigmoid(z[k])*W[k, h1])
         _t9 = _t8 @ self.W
-        # V[h1, i]^2
-        _t12 = torch.square(self.V)
-        # sum(i: V[h1, i]^2)
-        _t13 = _t12.sum(dim=1)
         # (1 - g[h1])*(2*g[h1] - 1)*g[h1]
         _t14 = g * (1 - g) * (2 * g - 1)
-        # (1 - g[h1])*(2*g[h1] - 1)*g[h1]*sum(i: V[h1, i]^2)
-        _t15 = _t14 * _t13
-        # sum(i, k: sigmoid(z[k])*sum(h: (1 - g[h])*(2*g[h] - 1)*V[h, i]^2*W[k, h]*g[h]))
-        _t16 = (_t15 * _t9).sum(dim=1)
         # (1 - sigmoid(z[k]))*sigmoid(z[k])
         _t17 = _t8 * (1 - _t8)
         # W[k, h1]*W[k, h2]
@@ -228,6 +220,12 @@ class DEM(torch.nn.Module):
         _t19 = _t7[:, :, None] * _t7[:, None, :]
         # sum(i: V[h1, i]*V[h2, i])
         _t20 = self.V @ self.V.T
+        # sum(i: V[h1, i]^2), the diagonal of _t20
+        _t13 = torch.diagonal(_t20)
+        # (1 - g[h1])*(2*g[h1] - 1)*g[h1]*sum(i: V[h1, i]^2)
+        _t15 = _t14 * _t13
+        # sum(i, k: sigmoid(z[k])*sum(h: (1 - g[h])*(2*g[h] - 1)*V[h, i]^2*W[k, h]*g[h]))
+        _t16 = (_t15 * _t9).sum(dim=1)
         # W[k, h1]*W[k, h2]*sum(i: V[h1, i]*V[h2, i])
         _t21 = _t20 * _t18
         # sum(h1, h2: (1 - g[h1])*(1 - g[h2])*W[k, h1]*W[k, h2]*g[h1]*g[h2]*sum(i: V[h1, i]*V[h...
@@ -264,16 +262,8 @@ class DEM(torch.nn.Module):
         _t9 = _t8 @ self.W
         # (1 - g[h1])*g[h1]*sum(k: sigmoid(z[k])*W[k, h1])
         _t10 = _t9 * _t7
-        # V[h1, i]^2
-        _t12 = torch.square(self.V)
-        # sum(i: V[h1, i]^2)
-        _t13 = _t12.sum(dim=1)
         # (1 - g[h1])*(2*g[h1] - 1)*g[h1]
         _t14 = g * (1 - g) * (2 * g - 1)
-        # (1 - g[h1])*(2*g[h1] - 1)*g[h1]*sum(i: V[h1, i]^2)
-        _t15 = _t14 * _t13
-        # sum(i, k: sigmoid(z[k])*sum(h: (1 - g[h])*(2*g[h] - 1)*V[h, i]^2*W[k, h]*g[h]))
-        _t16 = (_t15 * _t9).sum(dim=1)
         # (1 - sigmoid(z[k]))*sigmoid(z[k])
         _t17 = _t8 * (1 - _t8)
         # W[k, h1]*W[k, h2]
@@ -282,6 +272,12 @@ class DEM(torch.nn.Module):
         _t19 = _t7[:, :, None] * _t7[:, None, :]
         # sum(i: V[h1, i]*V[h2, i])
         _t20 = self.V @ self.V.T
+        # sum(i: V[h1, i]^2), the diagonal of _t20
+        _t13 = torch.diagonal(_t20)
+        # (1 - g[h1])*(2*g[h1] - 1)*g[h1]*sum(i: V[h1, i]^2)
+        _t15 = _t14 * _t13
+        # sum(i, k: sigmoid(z[k])*sum(h: (1 - g[h])*(2*g[h] - 1)*V[h, i]^2*W[k, h]*g[h]))
+        _t16 = (_t15 * _t9).sum(dim=1)
         # W[k, h1]*W[k, h2]*sum(i: V[h1, i]*V[h2, i])
         _t21 = _t20 * _t18
         # sum(h1, h2: (1 - g[h1])*(1 - g[h2])*W[k, h1]*W[k, h2]*g[h1]*g[h2]*sum(i: V[h1, i]*V[h...

@@ -191,20 +191,18 @@ class GBRBM(torch.nn.Module):
         _t3 = v @ self.W
         # sigmoid(sum(i: W[i, j]*v[i]))
         _t6 = torch.sigmoid(_t3)
-        # W[i, j]^2
-        _t8 = torch.square(self.W)
-        # sum(i: W[i, j]^2)
-        _t9 = _t8.sum(dim=0)
         # (1 - sigmoid(sum(k: W[k, j]*v[k])))*sigmoid(sum(k: W[k, j]*v[k]))
         _t10 = _t6 * (1 - _t6)
-        # sum(i, j: (1 - sigmoid(sum(k: W[k, j]*v[k])))*sigmoid(sum(k: W[k, j]*v[k]))*W[i, j]^2)
-        _t11 = _t10 @ _t9
-        # -D + sum(i, j: (1 - sigmoid(sum(k: W[k, j]*v[k])))*sigmoid(sum(k: W[k, j]*v[k]))*W[i,...
-        laplacian = -self.D + _t11
         # sum(k: v[k]*sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[k, j]))
         _t14 = (_t3 * _t6).sum(dim=1)
         # sum(k: W[k, j1]*W[k, j2])
         _t15 = self.W.T @ self.W
+        # sum(i: W[i, j]^2), the diagonal of _t15
+        _t9 = torch.diagonal(_t15)
+        # sum(i, j: (1 - sigmoid(sum(k: W[k, j]*v[k])))*sigmoid(sum(k: W[k, j]*v[k]))*W[i, j]^2)
+        _t11 = _t10 @ _t9
+        # -D + sum(i, j: (1 - sigmoid(sum(k: W[k, j]*v[k])))*sigmoid(sum(k: W[k, j]*v[k]))*W[i,...
+        laplacian = -self.D + _t11
         # sum(j1: sigmoid(sum(i: W[i, j1]*v[i]))*sum(k: W[k, j1]*W[k, j2]))
         _t16 = _t15 @ _t6.T
         # sum(k: sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[k, j])^2)
@@ -269,14 +267,12 @@ class GBRBM(torch.nn.Module):
         _t3 = v @ self.W
         # sigmoid(sum(i: W[i, j]*v[i]))
         _t6 = torch.sigmoid(_t3)
-        # W[i, j]^2
-        _t8 = torch.square(self.W)
-        # sum(i: W[i, j]^2)
-        _t9 = _t8.sum(dim=0)
         # sum(k: v[k]*sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[k, j]))
         _t14 = (_t3 * _t6).sum(dim=1)
         # sum(k: W[k, j1]*W[k, j2])
         _t15 = self.W.T @ self.W
+        # sum(i: W[i, j]^2), the diagonal of _t15
+        _t9 = torch.diagonal(_t15)
         # sum(j1: sigmoid(sum(i: W[i, j1]*v[i]))*sum(k: W[k, j1]*W[k, j2]))
         _t16 = _t15 @ _t6.T
         # sum(k: sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[k, j])^2)

@@ -248,26 +248,16 @@ class MPoT(torch.nn.Module):
         _t10 = torch.sigmoid(_t3)
         # (phi[k]^2 - 2)/(phi[k]^2 + 2)^2
         _t12 = (torch.square(phi) - 2) / torch.square(torch.square(phi) + 2)
-        # C[i, k]^2
-        _t13 = torch.square(self.C)
-        # sum(i: C[i, k]^2)
-        _t14 = _t13.sum(dim=0)
-        # sum(i, k: (phi[k]^2 - 2)*C[i, k]^2/(phi[k]^2 + 2)^2)
-        _t15 = _t12 @ _t14
-        # W[i, j]^2
-        _t16 = torch.square(self.W)
-        # sum(i: W[i, j]^2)
-        _t17 = _t16.sum(dim=0)
         # (1 - sigmoid(sum(k: W[k, j]*v[k])))*sigmoid(sum(k: W[k, j]*v[k]))
         _t18 = _t10 * (1 - _t10)
-        # sum(i, j: (1 - sigmoid(sum(k: W[k, j]*v[k])))*sigmoid(sum(k: W[k, j]*v[k]))*W[i, j]^2)
-        _t19 = _t18 @ _t17
-        # -D + 2*gamma*sum(i, k: (phi[k]^2 - 2)*C[i, k]^2/(phi[k]^2 + 2)^2) + sum(i, j: (1 - si...
-        laplacian = -self.D + 2 * _t15 * self.gamma + _t19
         # sum(l: v[l]*sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[l, j]))
         _t22 = (_t3 * _t10).sum(dim=1)
         # sum(l: C[l, k1]*C[l, k2])
         _t23 = self.C.T @ self.C
+        # sum(i: C[i, k]^2), the diagonal of _t23
+        _t14 = torch.diagonal(_t23)
+        # sum(i, k: (phi[k]^2 - 2)*C[i, k]^2/(phi[k]^2 + 2)^2)
+        _t15 = _t12 @ _t14
         # sum(k1: phi[k1]*sum(l: C[l, k1]*C[l, k2])/(phi[k1]^2/2 + 1))
         _t24 = _t23 @ _t8.T
         # sum(l: sum(k: C[l, k]*phi[k]/(phi[k]^2/2 + 1))^2)
@@ -282,6 +272,12 @@ class MPoT(torch.nn.Module):
         _t29 = (phi * _t8).sum(dim=1)
         # sum(l: W[l, j1]*W[l, j2])
         _t30 = self.W.T @ self.W
+        # sum(i: W[i, j]^2), the diagonal of _t30
+        _t17 = torch.diagonal(_t30)
+        # sum(i, j: (1 - sigmoid(sum(k: W[k, j]*v[k])))*sigmoid(sum(k: W[k, j]*v[k]))*W[i, j]^2)
+        _t19 = _t18 @ _t17
+        # -D + 2*gamma*sum(i, k: (phi[k]^2 - 2)*C[i, k]^2/(phi[k]^2 + 2)^2) + sum(i, j: (1 - si...
+        laplacian = -self.D + 2 * _t15 * self.gamma + _t19
         # sum(j1: sigmoid(sum(i: W[i, j1]*v[i]))*sum(l: W[l, j1]*W[l, j2]))
         _t31 = _t30 @ _t10.T
         # sum(l: sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[l, j])^2)
@@ -392,18 +388,12 @@ class MPoT(torch.nn.Module):
         _t8 = phi / (0.5 * torch.square(phi) + 1)
         # sigmoid(sum(i: W[i, j]*v[i]))
         _t10 = torch.sigmoid(_t3)
-        # C[i, k]^2
-        _t13 = torch.square(self.C)
-        # sum(i: C[i, k]^2)
-        _t14 = _t13.sum(dim=0)
-        # W[i, j]^2
-        _t16 = torch.square(self.W)
-        # sum(i: W[i, j]^2)
-        _t17 = _t16.sum(dim=0)
         # sum(l: v[l]*sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[l, j]))
         _t22 = (_t3 * _t10).sum(dim=1)
         # sum(l: C[l, k1]*C[l, k2])
         _t23 = self.C.T @ self.C
+        # sum(i: C[i, k]^2), the diagonal of _t23
+        _t14 = torch.diagonal(_t23)
         # sum(k1: phi[k1]*sum(l: C[l, k1]*C[l, k2])/(phi[k1]^2/2 + 1))
         _t24 = _t23 @ _t8.T
         # sum(l: sum(k: C[l, k]*phi[k]/(phi[k]^2/2 + 1))^2)
@@ -418,6 +408,8 @@ class MPoT(torch.nn.Module):
         _t29 = (phi * _t8).sum(dim=1)
         # sum(l: W[l, j1]*W[l, j2])
         _t30 = self.W.T @ self.W
+        # sum(i: W[i, j]^2), the diagonal of _t30
+        _t17 = torch.diagonal(_t30)
         # sum(j1: sigmoid(sum(i: W[i, j1]*v[i]))*sum(l: W[l, j1]*W[l, j2]))
         _t31 = _t30 @ _t10.T
         # sum(l: sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[l, j])^2)

@@ -141,3 +141,26 @@ def test_a_product_already_computed_is_reused_not_recomputed():
     steps = len(planner.program.steps)
     second = planner.operand(sp.Sum(s["W"][i, k] * s["v"][i], (i, 0, s["D"] - 1)))
     assert second.code == first.code and len(planner.program.steps) == steps
+
+
+def test_a_column_sum_of_squares_is_the_diagonal_of_a_gram_matrix_formed_anyway():
+    """sum(i: W[i, j]^2) next to W^T W in the same method (the GB-RBM's sm_loss) is
+    torch.diagonal(W^T W): no D x K square of W, and the same loss."""
+    from energydsl.compiler.driver import compile_source
+    from energydsl.compiler.loading import load_module
+
+    from support import SPECS
+
+    compiled = compile_source((SPECS / "gbrbm.edsl").read_text(), "gbrbm.edsl")
+    body = compiled.source.split("def sm_loss(")[1].split("def ")[0]
+    assert "torch.diagonal(" in body and "torch.square(self.W)" not in body
+    model = load_module(compiled.source).GBRBM(D=7, K=3, dtype=torch.float64)
+    with torch.no_grad():
+        model.W.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    v = torch.randn(4, 7, dtype=torch.float64)
+    W = model.W.detach()
+    g = torch.sigmoid(v @ W)
+    score = -v + g @ W.T
+    laplacian = -7 + (g * (1 - g) @ (W**2).sum(0))
+    expected = (0.5 * score.square().sum(1) + laplacian).mean()
+    torch.testing.assert_close(model.sm_loss(v), expected)

@@ -15,7 +15,8 @@ import ast
 from energydsl.compiler.domains import DOMAINS
 from energydsl.compiler.ir import Conditionals, Derivation, Method, PlannedModule
 from energydsl.compiler.plan.planner import Planner
-from energydsl.compiler.plan.program import BATCH, Operand, uses_name
+from energydsl.compiler.plan.program import BATCH, Operand, Step, uses_name
+from energydsl.errors import shorten
 
 LINE_LENGTH = 100
 ANCHOR_BUFFER = "_anchor"
@@ -140,7 +141,15 @@ class MethodPlanner:
             operand = planner.define(name)
             results.append((operand, target))
         finished = [self.finish(planner, operand, target) for operand, target in results]
-        steps = planner.program.needed([op.code for op, _ in results] + finished)
+        outputs_code = [op.code for op, _ in results] + finished
+        steps = planner.program.needed(outputs_code)
+        diagonals = planner.diagonals({step.name for step in steps})
+        if diagonals:  # sum(i: W[i, j]^2) as the diagonal of a W^T W formed anyway
+            by_name = {step.name: step for step in steps}
+            replaced = {name: Step(name, f"torch.diagonal({gram})",
+                                   shorten(f"{by_name[name].comment}, the diagonal of {gram}",
+                                           88), (gram,)) for name, gram in diagonals.items()}
+            steps = planner.program.needed(outputs_code, replaced)
         lines = []
         for step in steps:
             lines.append(f"# {step.comment}")

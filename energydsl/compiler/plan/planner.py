@@ -81,6 +81,10 @@ class Planner:
         self.defined: dict[str, Operand] = {}  # definition name -> operand
         self.constrained: dict[str, str] = {}  # constrained parameter -> its value's step
         self.identities: dict[str, str] = {}  # size code -> identity matrix step
+        # sum(i: A[i, j]^2) steps and Gram matrices sum(i: A[i, j1] A[i, j2]), each under
+        # (A, the summed axis): a method forming both takes the first as the diagonal
+        self.square_sums: dict[str, tuple[str, int]] = {}
+        self.grams: dict[tuple[str, int], str] = {}
         # facts about expressions, asked many times
         self.indices_cache: dict[sp.Basic, tuple] = {}
         self.key_cache: dict[sp.Expr, tuple[Key, dict]] = {}
@@ -288,6 +292,7 @@ class Planner:
             result = Operand(f"({code})" if not expr.is_Atom else code, (), False)
         elif isinstance(expr, sp.Sum):
             result = self.contraction(expr, name)
+            self._note_gram(expr, result)
         elif isinstance(expr, LogSumExp):
             result = self.log_sum_exp(expr, name)
         else:
@@ -351,6 +356,39 @@ class Planner:
                 self.grids.dense_steps[step] = name
         rank = len(self.checked_params[name].shape)  # a matrix, or a positive tensor
         return Operand(self.constrained[name], (_AXIS0, _AXIS1)[:rank])
+
+    def _note_gram(self, expr: sp.Sum, result: Operand) -> None:
+        """Record a column sum of squares of a matrix, or its Gram matrix (see
+        `square_sums`); only unbatched matrices (parameters and their lets)."""
+        if len(expr.limits) != 1 or not result.is_tensor or BATCH in result.indices:
+            return
+        index = expr.limits[0][0]
+        body = expr.function
+        if isinstance(body, sp.Pow) and body.exp == 2 and isinstance(body.base, sp.Indexed):
+            entry = body.base
+            if len(entry.indices) == 2 and entry.indices.count(index) == 1:
+                self.square_sums[result.code] = (str(entry.base), entry.indices.index(index))
+            return
+        factors = sp.Mul.make_args(body)
+        if len(factors) != 2 or not all(isinstance(f, sp.Indexed) for f in factors):
+            return
+        first, second = factors
+        if first.base != second.base or len(first.indices) != 2:
+            return
+        axes = {f.indices.index(index) if f.indices.count(index) == 1 else -1
+                for f in factors}
+        if len(axes) == 1 and -1 not in axes and len(result.indices) == 2:
+            self.grams.setdefault((str(first.base), axes.pop()), result.code)
+
+    def diagonals(self, steps: set[str]) -> dict[str, str]:
+        """Square-sum steps among `steps` whose Gram matrix is among them too: each
+        step -> the Gram step whose diagonal it is (no D x K temporary, no extra pass)."""
+        found = {}
+        for step, key in self.square_sums.items():
+            gram = self.grams.get(key)
+            if step in steps and gram in steps:
+                found[step] = gram
+        return found
 
     def _cholesky_factor(self, matrix: sp.IndexedBase) -> str:
         """The step holding the Cholesky factor of the matrix a definition names (its
@@ -543,6 +581,8 @@ class Planner:
             result = self.pairwise(picked, inputs, out_letters, out_indices,
                                    comment if last else dsl_str(formula),
                                    name if last else None)
+            if isinstance(formula, sp.Sum):
+                self._note_gram(formula, result)
             current.append((result, formula))
         return current[-1][0]
 

@@ -42,9 +42,13 @@ class Step:
 class Program:
     steps: list[Step] = field(default_factory=list)
 
-    def needed(self, codes: list[str]) -> list[Step]:
-        """The steps an output needs, in program order (dead code dropped)."""
-        by_name = {step.name: step for step in self.steps}
+    def needed(self, codes: list[str], replaced: dict[str, Step] | None = None
+               ) -> list[Step]:
+        """The steps an output needs, in program order (dead code dropped); `replaced`
+        steps stand in for the program's own of the same name, each placed after what
+        it uses."""
+        replaced = replaced or {}
+        by_name = {step.name: replaced.get(step.name, step) for step in self.steps}
         wanted: set[str] = set()
         stack = [name for name in codes if name in by_name]
         while stack:
@@ -53,11 +57,29 @@ class Program:
                 continue
             wanted.add(name)
             stack.extend(dep for dep in by_name[name].deps if dep in by_name)
-        return [step for step in self.steps if step.name in wanted]
+        ordered = [by_name[step.name] for step in self.steps if step.name in wanted]
+        return _after_their_deps(ordered) if replaced else ordered
 
     def cost(self, codes: list[str], given: set[str] | frozenset[str] = frozenset()) -> float:
         """The estimated cost of computing `codes`, steps named in `given` for free."""
         return sum(step.cost for step in self.needed(codes) if step.name not in given)
+
+
+def _after_their_deps(steps: list[Step]) -> list[Step]:
+    """The steps in their order, except that each comes after the steps it uses."""
+    names = {step.name for step in steps}
+    done: set[str] = set()
+    out: list[Step] = []
+    pending = list(steps)
+    while pending:
+        for k, step in enumerate(pending):
+            if all(dep in done or dep not in names for dep in step.deps):
+                out.append(pending.pop(k))
+                done.add(step.name)
+                break
+        else:  # pragma: no cover - a cycle: the planner never makes one
+            raise ValueError("steps depend on each other in a cycle")
+    return out
 
 
 def volume(shape: tuple[int, ...]) -> int:
