@@ -220,7 +220,7 @@ class DEM(torch.nn.Module):
         _t19 = _t7[:, :, None] * _t7[:, None, :]
         # sum(i: V[h1, i]*V[h2, i])
         _t20 = self.V @ self.V.T
-        # sum(i: V[h1, i]^2), the diagonal of _t20
+        # sum(i: V[h1, i]^2), from _t20
         _t13 = torch.diagonal(_t20)
         # (1 - g[h1])*(2*g[h1] - 1)*g[h1]*sum(i: V[h1, i]^2)
         _t15 = _t14 * _t13
@@ -272,7 +272,7 @@ class DEM(torch.nn.Module):
         _t19 = _t7[:, :, None] * _t7[:, None, :]
         # sum(i: V[h1, i]*V[h2, i])
         _t20 = self.V @ self.V.T
-        # sum(i: V[h1, i]^2), the diagonal of _t20
+        # sum(i: V[h1, i]^2), from _t20
         _t13 = torch.diagonal(_t20)
         # (1 - g[h1])*(2*g[h1] - 1)*g[h1]*sum(i: V[h1, i]^2)
         _t15 = _t14 * _t13

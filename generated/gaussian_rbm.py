@@ -193,16 +193,14 @@ class GaussianRBM(torch.nn.Module):
         _t2 = _t1.sum(dim=1)
         # sum(i: W[i, j]*v[i])
         _t3 = v @ self.W
-        # W[i, j]^2
-        _t7 = torch.square(self.W)
-        # sum(i, j: W[i, j]^2)
-        _t8 = _t7.sum(dim=(0, 1))
-        # -D + sum(i, j: W[i, j]^2)
-        laplacian = -self.D + _t8
         # sum(k: v[k]*sum(j: W[k, j]*sum(i: W[i, j]*v[i])))
         _t11 = (_t3 * _t3).sum(dim=1)
         # sum(k: W[k, j1]*W[k, j2])
         _t12 = self.W.T @ self.W
+        # sum(i, j: W[i, j]^2), from _t12
+        _t8 = torch.trace(_t12)
+        # -D + sum(i, j: W[i, j]^2)
+        laplacian = -self.D + _t8
         # sum(j1: sum(i1: W[i1, j1]*v[i1])*sum(k: W[k, j1]*W[k, j2]))
         _t13 = _t12 @ _t3.T
         # sum(k: sum(j: W[k, j]*sum(i: W[i, j]*v[i]))^2)
@@ -270,14 +268,12 @@ class GaussianRBM(torch.nn.Module):
         _t2 = _t1.sum(dim=1)
         # sum(i: W[i, j]*v[i])
         _t3 = v @ self.W
-        # W[i, j]^2
-        _t7 = torch.square(self.W)
-        # sum(i, j: W[i, j]^2)
-        _t8 = _t7.sum(dim=(0, 1))
         # sum(k: v[k]*sum(j: W[k, j]*sum(i: W[i, j]*v[i])))
         _t11 = (_t3 * _t3).sum(dim=1)
         # sum(k: W[k, j1]*W[k, j2])
         _t12 = self.W.T @ self.W
+        # sum(i, j: W[i, j]^2), from _t12
+        _t8 = torch.trace(_t12)
         # sum(j1: sum(i1: W[i1, j1]*v[i1])*sum(k: W[k, j1]*W[k, j2]))
         _t13 = _t12 @ _t3.T
         # sum(k: sum(j: W[k, j]*sum(i: W[i, j]*v[i]))^2)

@@ -197,7 +197,7 @@ class GBRBM(torch.nn.Module):
         _t14 = (_t3 * _t6).sum(dim=1)
         # sum(k: W[k, j1]*W[k, j2])
         _t15 = self.W.T @ self.W
-        # sum(i: W[i, j]^2), the diagonal of _t15
+        # sum(i: W[i, j]^2), from _t15
         _t9 = torch.diagonal(_t15)
         # sum(i, j: (1 - sigmoid(sum(k: W[k, j]*v[k])))*sigmoid(sum(k: W[k, j]*v[k]))*W[i, j]^2)
         _t11 = _t10 @ _t9
@@ -271,7 +271,7 @@ class GBRBM(torch.nn.Module):
         _t14 = (_t3 * _t6).sum(dim=1)
         # sum(k: W[k, j1]*W[k, j2])
         _t15 = self.W.T @ self.W
-        # sum(i: W[i, j]^2), the diagonal of _t15
+        # sum(i: W[i, j]^2), from _t15
         _t9 = torch.diagonal(_t15)
         # sum(j1: sigmoid(sum(i: W[i, j1]*v[i]))*sum(k: W[k, j1]*W[k, j2]))
         _t16 = _t15 @ _t6.T

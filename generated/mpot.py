@@ -254,7 +254,7 @@ class MPoT(torch.nn.Module):
         _t22 = (_t3 * _t10).sum(dim=1)
         # sum(l: C[l, k1]*C[l, k2])
         _t23 = self.C.T @ self.C
-        # sum(i: C[i, k]^2), the diagonal of _t23
+        # sum(i: C[i, k]^2), from _t23
         _t14 = torch.diagonal(_t23)
         # sum(i, k: (phi[k]^2 - 2)*C[i, k]^2/(phi[k]^2 + 2)^2)
         _t15 = _t12 @ _t14
@@ -272,7 +272,7 @@ class MPoT(torch.nn.Module):
         _t29 = (phi * _t8).sum(dim=1)
         # sum(l: W[l, j1]*W[l, j2])
         _t30 = self.W.T @ self.W
-        # sum(i: W[i, j]^2), the diagonal of _t30
+        # sum(i: W[i, j]^2), from _t30
         _t17 = torch.diagonal(_t30)
         # sum(i, j: (1 - sigmoid(sum(k: W[k, j]*v[k])))*sigmoid(sum(k: W[k, j]*v[k]))*W[i, j]^2)
         _t19 = _t18 @ _t17
@@ -392,7 +392,7 @@ class MPoT(torch.nn.Module):
         _t22 = (_t3 * _t10).sum(dim=1)
         # sum(l: C[l, k1]*C[l, k2])
         _t23 = self.C.T @ self.C
-        # sum(i: C[i, k]^2), the diagonal of _t23
+        # sum(i: C[i, k]^2), from _t23
         _t14 = torch.diagonal(_t23)
         # sum(k1: phi[k1]*sum(l: C[l, k1]*C[l, k2])/(phi[k1]^2/2 + 1))
         _t24 = _t23 @ _t8.T
@@ -408,7 +408,7 @@ class MPoT(torch.nn.Module):
         _t29 = (phi * _t8).sum(dim=1)
         # sum(l: W[l, j1]*W[l, j2])
         _t30 = self.W.T @ self.W
-        # sum(i: W[i, j]^2), the diagonal of _t30
+        # sum(i: W[i, j]^2), from _t30
         _t17 = torch.diagonal(_t30)
         # sum(j1: sigmoid(sum(i: W[i, j1]*v[i]))*sum(l: W[l, j1]*W[l, j2]))
         _t31 = _t30 @ _t10.T

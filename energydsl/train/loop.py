@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from energydsl import STARTED
 from energydsl.errors import TrainingError, UsageError
 from energydsl.estimators import Objective, default_objective, make_objective
 from energydsl.files import write_atomically
@@ -307,6 +308,8 @@ def train(config: RunConfig, out: Path, resume: bool = False,
         save(-1)
     from tqdm import tqdm
 
+    first_step: float | None = None  # seconds from the start of the command
+    first_in_epoch = -1
     for epoch in range(start, config.epochs):
         sampler.set_epoch(epoch)
         began, losses = time.perf_counter(), []
@@ -336,6 +339,9 @@ def train(config: RunConfig, out: Path, resume: bool = False,
                 if objective is not None:
                     objective.after_step()
             guards.check_parameters(model, epoch)
+            if first_step is None:
+                first_step = time.perf_counter() - STARTED
+                first_in_epoch = epoch
             history.steps.append(value)
             losses.append(value)
             bar.set_postfix(loss=f"{sum(losses) / len(losses):.4g}")
@@ -343,6 +349,8 @@ def train(config: RunConfig, out: Path, resume: bool = False,
                   "valid_loss": validation_loss(model, objective, prepared.valid,
                                                 config.seed),
                   "lr": config.lr, "seconds": time.perf_counter() - began}
+        if first_step is not None and first_in_epoch == epoch:
+            record["first_step_seconds"] = first_step  # start-up included
         if hasattr(model, "sm_terms"):
             record["sm_terms"] = {k: float(v.detach())
                                  for k, v in model.sm_terms(prepared.valid).items()}

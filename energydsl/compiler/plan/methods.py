@@ -146,9 +146,10 @@ class MethodPlanner:
         diagonals = planner.diagonals({step.name for step in steps})
         if diagonals:  # sum(i: W[i, j]^2) as the diagonal of a W^T W formed anyway
             by_name = {step.name: step for step in steps}
-            replaced = {name: Step(name, f"torch.diagonal({gram})",
-                                   shorten(f"{by_name[name].comment}, the diagonal of {gram}",
-                                           88), (gram,)) for name, gram in diagonals.items()}
+            replaced = {name: Step(name, code, shorten(f"{by_name[name].comment}, from "
+                                                       f"{code.split('(')[1][:-1]}", 88),
+                                   tuple(n for n in by_name if uses_name(code, n)))
+                        for name, code in diagonals.items()}
             steps = planner.program.needed(outputs_code, replaced)
         lines = []
         for step in steps:

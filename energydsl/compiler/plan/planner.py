@@ -81,8 +81,9 @@ class Planner:
         self.defined: dict[str, Operand] = {}  # definition name -> operand
         self.constrained: dict[str, str] = {}  # constrained parameter -> its value's step
         self.identities: dict[str, str] = {}  # size code -> identity matrix step
-        # sum(i: A[i, j]^2) steps and Gram matrices sum(i: A[i, j1] A[i, j2]), each under
-        # (A, the summed axis): a method forming both takes the first as the diagonal
+        # sum(i: A[i, j]^2) steps (and sum(i, j: A[i, j]^2), axis -1) and Gram matrices
+        # sum(i: A[i, j1] A[i, j2]), each under (A, the summed axis): a method forming
+        # both takes the first as the Gram's diagonal (or trace)
         self.square_sums: dict[str, tuple[str, int]] = {}
         self.grams: dict[tuple[str, int], str] = {}
         # facts about expressions, asked many times
@@ -360,10 +361,18 @@ class Planner:
     def _note_gram(self, expr: sp.Sum, result: Operand) -> None:
         """Record a column sum of squares of a matrix, or its Gram matrix (see
         `square_sums`); only unbatched matrices (parameters and their lets)."""
-        if len(expr.limits) != 1 or not result.is_tensor or BATCH in result.indices:
+        if not result.is_tensor or BATCH in result.indices:
+            return
+        body = expr.function
+        if len(expr.limits) == 2 and isinstance(body, sp.Pow) and body.exp == 2 and \
+                isinstance(body.base, sp.Indexed) and \
+                set(body.base.indices) == {limit[0] for limit in expr.limits} and \
+                len(body.base.indices) == 2:  # the squared Frobenius norm
+            self.square_sums[result.code] = (str(body.base.base), -1)
+            return
+        if len(expr.limits) != 1:
             return
         index = expr.limits[0][0]
-        body = expr.function
         if isinstance(body, sp.Pow) and body.exp == 2 and isinstance(body.base, sp.Indexed):
             entry = body.base
             if len(entry.indices) == 2 and entry.indices.count(index) == 1:
@@ -382,12 +391,21 @@ class Planner:
 
     def diagonals(self, steps: set[str]) -> dict[str, str]:
         """Square-sum steps among `steps` whose Gram matrix is among them too: each
-        step -> the Gram step whose diagonal it is (no D x K temporary, no extra pass)."""
+        step -> its code from the Gram step (no D x K temporary, no extra pass)."""
         found = {}
-        for step, key in self.square_sums.items():
-            gram = self.grams.get(key)
-            if step in steps and gram in steps:
-                found[step] = gram
+        for step, (base, axis) in self.square_sums.items():
+            if step not in steps:
+                continue
+            if axis >= 0:  # a column sum of squares: the diagonal
+                gram = self.grams.get((base, axis))
+                if gram in steps:
+                    found[step] = f"torch.diagonal({gram})"
+                continue
+            for either in (0, 1):  # the squared Frobenius norm: either Gram's trace
+                gram = self.grams.get((base, either))
+                if gram in steps:
+                    found[step] = f"torch.trace({gram})"
+                    break
         return found
 
     def _cholesky_factor(self, matrix: sp.IndexedBase) -> str:
