@@ -3,7 +3,9 @@
 An invertible f maps data v to latent z = f(v) with a simple prior p(z); by the change of
 variables  log p(v) = log p(f(v)) + log|det df/dv|.  Coupling layers keep one part of v
 fixed (``mask = 1``) and transform the other part using a network of the fixed part, so the
-Jacobian is triangular and its log-determinant is a cheap sum (seed 003, 18.1.2.1).
+Jacobian is triangular and its log-determinant is a cheap sum (seed 003, 18.1.2.1). As in
+the papers, the network takes only the fixed entries (gathered by index) and outputs values
+for the transformed entries only (written back by index).
 
 Discrete data (the digits take ``levels = 17`` values k/16) have no density; they are
 *dequantised* (seed 001, 3.4): x_int = round(x * (levels - 1)), y = (x_int + u) / levels
@@ -55,52 +57,119 @@ def make_mask(dim: int, kind: str, side: int | None = None) -> Tensor:
     raise ValueError(f"unknown mask kind {kind!r}")
 
 
-class AdditiveCoupling(nn.Module):
-    """NICE coupling: y = x + (1 - mask) * m(mask * x); log|det J| = 0."""
+def _reindex(module: _Coupling, _incompatible: object) -> None:
+    """After load_state_dict: the index buffers follow the loaded mask."""
+    module._index()
 
-    def __init__(self, mask: Tensor, hidden: Sequence[int]) -> None:
+
+class _Coupling(nn.Module):
+    """A coupling layer's split: the ``mask = 1`` entries condition, the others move.
+
+    The network sees only the conditioning entries (gathered by index, ``keep``: as many as
+    the mask has ones, D/2 for even D) and outputs ``per_moved`` numbers for each moved
+    entry (``move``), as in the papers: no zeroed inputs, no discarded outputs.
+    ``couple``/``uncouple`` work on the split parts; ``forward``/``inverse`` split the full
+    vector, couple, and put the parts back in place (``order``). The index buffers are
+    derived from ``mask`` (not stored in the state dict; recomputed when one is loaded).
+    """
+
+    keep: Tensor
+    move: Tensor
+    order: Tensor
+
+    def __init__(self, mask: Tensor, hidden: Sequence[int], per_moved: int) -> None:
         super().__init__()
         self.register_buffer("mask", mask.clone())
-        dim = mask.numel()
-        self.net = mlp([dim, *hidden, dim])
+        for name in ("keep", "move", "order"):
+            self.register_buffer(name, torch.empty(0, dtype=torch.long), persistent=False)
+        self._index()
+        self.net = mlp([self.keep.numel(), *hidden, per_moved * self.move.numel()])
+        self.register_load_state_dict_post_hook(_reindex)
+
+    def _index(self) -> None:
+        kept = self.mask.detach().cpu() != 0
+        keep, move = torch.nonzero(kept).flatten(), torch.nonzero(~kept).flatten()
+        device = self.mask.device
+        self.keep, self.move = keep.to(device), move.to(device)
+        self.order = torch.argsort(torch.cat([keep, move])).to(device)
+
+    def split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(conditioning entries [N, n_keep], moved entries [N, n_move])."""
+        return x.index_select(-1, self.keep), x.index_select(-1, self.move)
+
+    def merge(self, keep: Tensor, move: Tensor) -> Tensor:
+        """The full [N, D] vector from its two parts (inverse of ``split``, exact copies)."""
+        return torch.cat([keep, move], dim=-1).index_select(-1, self.order)
+
+    def couple(self, keep: Tensor, move: Tensor) -> tuple[Tensor, Tensor]:
+        """The moved entries transformed given the conditioning ones, and log|det J|."""
+        raise NotImplementedError
+
+    def uncouple(self, keep: Tensor, moved: Tensor) -> Tensor:
+        """Inverse of ``couple``: the moved entries' values before the transform."""
+        raise NotImplementedError
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        m = self.mask.to(x.dtype)
-        return x + (1 - m) * self.net(m * x), x.new_zeros(x.shape[0])
+        keep, move = self.split(x)
+        moved, logdet = self.couple(keep, move)
+        return self.merge(keep, moved), logdet
 
     def inverse(self, y: Tensor) -> Tensor:
-        m = self.mask.to(y.dtype)
-        return y - (1 - m) * self.net(m * y)
+        keep, moved = self.split(y)
+        return self.merge(keep, self.uncouple(keep, moved))
 
 
-class AffineCoupling(nn.Module):
-    """RealNVP coupling: y = mask*x + (1-mask)*(x * exp(s) + t), (s, t) = nets(mask * x).
+class AdditiveCoupling(_Coupling):
+    """NICE coupling: y_move = x_move + m(x_keep), y_keep = x_keep; log|det J| = 0.
 
-    s = scale * tanh(raw) keeps exp(s) bounded (no float32 overflow); log|det J| = sum of
-    s over the transformed coordinates.
+    m maps the n_keep conditioning entries to n_move shifts.
     """
 
     def __init__(self, mask: Tensor, hidden: Sequence[int]) -> None:
-        super().__init__()
-        self.register_buffer("mask", mask.clone())
-        dim = mask.numel()
-        self.net = mlp([dim, *hidden, 2 * dim])
-        self.scale = nn.Parameter(torch.ones(dim))
+        super().__init__(mask, hidden, per_moved=1)
 
-    def _s_t(self, masked: Tensor) -> tuple[Tensor, Tensor]:
-        raw, t = self.net(masked).chunk(2, dim=-1)
-        m = self.mask.to(masked.dtype)
-        return (1 - m) * self.scale * torch.tanh(raw), (1 - m) * t
+    def couple(self, keep: Tensor, move: Tensor) -> tuple[Tensor, Tensor]:
+        return move + self.net(keep), keep.new_zeros(keep.shape[0])
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        m = self.mask.to(x.dtype)
-        s, t = self._s_t(m * x)
-        return m * x + (1 - m) * (x * torch.exp(s) + t), s.sum(-1)
+    def uncouple(self, keep: Tensor, moved: Tensor) -> Tensor:
+        return moved - self.net(keep)
 
-    def inverse(self, y: Tensor) -> Tensor:
-        m = self.mask.to(y.dtype)
-        s, t = self._s_t(m * y)
-        return m * y + (1 - m) * ((y - t) * torch.exp(-s))
+
+class AffineCoupling(_Coupling):
+    """RealNVP coupling: y_move = x_move * exp(s) + t, y_keep = x_keep, (s, t) = nets(x_keep).
+
+    The network maps the n_keep conditioning entries to 2 n_move outputs (raw log-scales
+    and shifts); s = scale * tanh(raw) keeps exp(s) bounded (no float32 overflow), with one
+    learned ``scale`` per moved entry; log|det J| = sum of s.
+    """
+
+    def __init__(self, mask: Tensor, hidden: Sequence[int]) -> None:
+        super().__init__(mask, hidden, per_moved=2)
+        self.scale = nn.Parameter(torch.ones(self.move.numel()))
+
+    def _s_t(self, keep: Tensor) -> tuple[Tensor, Tensor]:
+        raw, t = self.net(keep).chunk(2, dim=-1)
+        return self.scale * torch.tanh(raw), t
+
+    def couple(self, keep: Tensor, move: Tensor) -> tuple[Tensor, Tensor]:
+        s, t = self._s_t(keep)
+        return move * torch.exp(s) + t, s.sum(-1)
+
+    def uncouple(self, keep: Tensor, moved: Tensor) -> Tensor:
+        s, t = self._s_t(keep)
+        return (moved - t) * torch.exp(-s)
+
+
+def _check_alternation(flow: _Flow, _incompatible: object = None) -> None:
+    """Whether the couplings alternate between one split and its complement (after
+    construction, and after load_state_dict, which may replace the masks)."""
+    layers = list(flow.layers)
+    first = layers[0] if layers else None
+    flow._alternating = isinstance(first, _Coupling) and all(
+        isinstance(layer, _Coupling)
+        and torch.equal(layer.keep, first.keep if i % 2 == 0 else first.move)
+        for i, layer in enumerate(layers)
+    )
 
 
 class _Flow(nn.Module):
@@ -138,14 +207,31 @@ class _Flow(nn.Module):
         self.levels = levels
         self.alpha = alpha
         self.log_prob_kind = "exact" if dequantization == "none" else "lower_bound"
+        self._alternating = False
+        _check_alternation(self)
+        self.register_load_state_dict_post_hook(_check_alternation)
 
     # -- the invertible map in flow space -----------------------------------------------
     def forward_transform(self, v: Tensor) -> tuple[Tensor, Tensor]:
         """z = f(v) and log|det df/dv| per example."""
         logdet = v.new_zeros(v.shape[0])
-        for layer in self.layers:
-            v, ld = layer(v)
-            logdet = logdet + ld
+        if self._alternating:
+            # Split once, couple the two parts in turn, merge once: the same values as
+            # layer by layer (splits and merges are exact copies), without a gather and a
+            # scatter per layer.
+            first = self.layers[0]
+            a, b = first.split(v)  # layer 0's conditioning and moved entries
+            for i, layer in enumerate(self.layers):
+                if i % 2 == 0:
+                    b, ld = layer.couple(a, b)
+                else:
+                    a, ld = layer.couple(b, a)
+                logdet = logdet + ld
+            v = first.merge(a, b)
+        else:
+            for layer in self.layers:
+                v, ld = layer(v)
+                logdet = logdet + ld
         if self.log_scale is not None:
             v = v * torch.exp(self.log_scale)
             logdet = logdet + self.log_scale.sum()
@@ -155,6 +241,16 @@ class _Flow(nn.Module):
         """v = f^{-1}(z)."""
         if self.log_scale is not None:
             z = z * torch.exp(-self.log_scale)
+        if self._alternating:
+            first = self.layers[0]
+            a, b = first.split(z)
+            for i in reversed(range(len(self.layers))):
+                layer = self.layers[i]
+                if i % 2 == 0:
+                    b = layer.uncouple(a, b)
+                else:
+                    a = layer.uncouple(b, a)
+            return first.merge(a, b)
         for layer in reversed(self.layers):
             z = layer.inverse(z)  # type: ignore[operator]
         return z

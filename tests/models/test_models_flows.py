@@ -1,4 +1,5 @@
-"""Flows: invertibility, log-determinants against autograd, normalisation by quadrature."""
+"""Flows: invertibility, log-determinants against autograd, normalisation by quadrature,
+half-input coupling networks (parameter counts), the split-space path."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from scipy import stats
 from torch import Tensor
 from torch.autograd.functional import jacobian
 
-from energydsl.models import NICE, RealNVP, make_mask
+from energydsl.models import NICE, AdditiveCoupling, AffineCoupling, RealNVP, make_mask
 from energydsl.models.flows import _Flow
 
 from models_helpers import perturb
@@ -21,6 +22,10 @@ FLOW_CONFIGS = {
     "nice-half": (NICE, {"dim": 6, "mask": "half"}),
     "realnvp-alternating": (RealNVP, {"dim": 6, "mask": "alternating"}),
     "realnvp-checkerboard": (RealNVP, {"dim": 9, "mask": "checkerboard", "side": 3}),
+    # An even side: the kept entries are no arithmetic progression of flat indices.
+    "nice-checkerboard-even": (NICE, {"dim": 16, "mask": "checkerboard", "side": 4}),
+    # Odd D: the networks map 3 entries to 4 (and 4 to 3) in alternate layers.
+    "realnvp-half-odd": (RealNVP, {"dim": 7, "mask": "half"}),
 }
 
 
@@ -211,3 +216,132 @@ def test_float32_stays_finite_at_the_data_edges(digits: Tensor) -> None:
         with torch.no_grad():
             assert torch.isfinite(flow.log_prob(edge)).all()
             assert torch.isfinite(flow.bits_per_dim(edge)).all()
+
+
+def _mlp_params(sizes: list[int]) -> int:
+    return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+
+
+@pytest.mark.parametrize(
+    ("cls", "kw"),
+    [
+        (NICE, {}),
+        (RealNVP, {}),
+        (NICE, {"dim": 7, "mask": "half", "n_couplings": 3, "hidden": (5,)}),
+        (RealNVP, {"dim": 9, "mask": "checkerboard", "side": 3, "hidden": (4, 6)}),
+        (RealNVP, {"dim": 784, "side": 28, "hidden": (32,)}),
+    ],
+)
+def test_coupling_networks_see_only_the_conditioning_half(cls: type[_Flow], kw: dict) -> None:
+    """Parameters: each network maps the n_keep kept entries to 1 (NICE) or 2 (RealNVP)
+    outputs per moved entry, as in the papers, plus RealNVP's per-entry scale of the
+    log-scales and NICE's diagonal scaling."""
+    flow = cls(**kw)
+    hidden = list(kw.get("hidden", (128, 128)))
+    per_moved = 1 if cls is NICE else 2
+    expected = flow.dim if cls is NICE else 0
+    for layer in flow.layers:
+        n_keep = int(layer.mask.sum())
+        n_move = flow.dim - n_keep
+        assert layer.keep.numel() == n_keep and layer.move.numel() == n_move
+        expected += _mlp_params([n_keep, *hidden, per_moved * n_move])
+        expected += 0 if cls is NICE else n_move
+    assert sum(p.numel() for p in flow.parameters()) == expected
+    if flow.dim == 64:  # the defaults: D/2 = 32 inputs, 32 (NICE) or 64 (RealNVP) outputs
+        assert flow.layers[0].net[0].in_features == 32
+        assert flow.layers[0].net[-1].out_features == 32 * per_moved
+
+
+@pytest.mark.parametrize(
+    ("cls", "kw"),
+    [
+        (NICE, {}),
+        (RealNVP, {}),
+        (RealNVP, {"mask": "alternating"}),
+        (NICE, {"dim": 784, "mask": "checkerboard", "side": 28}),
+        (RealNVP, {"dim": 784, "side": 28}),
+    ],
+)
+def test_float32_inverse_recovers_input(cls: type[_Flow], kw: dict) -> None:
+    torch.manual_seed(0)
+    flow = perturb(cls(dequantization="none", **kw), 0.02, 0)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, flow.dim, generator=g)
+    with torch.no_grad():
+        z, _ = flow.forward_transform(x)
+        back = flow.inverse_transform(z)
+        z2 = torch.randn(64, flow.dim, generator=g)
+        again, _ = flow.forward_transform(flow.inverse_transform(z2))
+    assert (z - x).abs().max() > 0.5  # the map is not the identity
+    torch.testing.assert_close(back, x, rtol=0, atol=1e-5)
+    torch.testing.assert_close(again, z2, rtol=0, atol=1e-5)
+
+
+def _layer_by_layer(flow: _Flow, v: Tensor) -> tuple[Tensor, Tensor]:
+    """forward_transform through the public coupling layers, one call each."""
+    logdet = v.new_zeros(v.shape[0])
+    for layer in flow.layers:
+        v, ld = layer(v)
+        logdet = logdet + ld
+    if flow.log_scale is not None:
+        v = v * torch.exp(flow.log_scale)
+        logdet = logdet + flow.log_scale.sum()
+    return v, logdet
+
+
+@pytest.mark.parametrize("key", sorted(FLOW_CONFIGS))
+def test_split_space_path_equals_the_layers_one_by_one(key: str) -> None:
+    """The flow splits once and merges once; the values are the layers' own, exactly."""
+    flow = make_flow(key)
+    assert flow._alternating
+    y = torch.randn(16, flow.dim, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    with torch.no_grad():
+        z, logdet = flow.forward_transform(y)
+        z_ref, logdet_ref = _layer_by_layer(flow, y)
+        back = flow.inverse_transform(z)
+        back_ref = z * torch.exp(-flow.log_scale) if flow.log_scale is not None else z
+        for layer in reversed(flow.layers):
+            back_ref = layer.inverse(back_ref)
+    assert torch.equal(z, z_ref) and torch.equal(logdet, logdet_ref)
+    assert torch.equal(back, back_ref)
+    # Each layer keeps its conditioning entries bit for bit.
+    out, _ = flow.layers[0](y)
+    keep = flow.layers[0].mask.bool()
+    assert torch.equal(out[:, keep], y[:, keep]) and not torch.equal(out, y)
+
+
+@pytest.mark.parametrize("cls", [AdditiveCoupling, AffineCoupling])
+def test_a_coupling_layer_alone_is_invertible_with_its_log_det(cls: type) -> None:
+    torch.manual_seed(0)
+    layer = perturb(cls(make_mask(16, "checkerboard", side=4), (8,)), 0.3, 0).double()
+    x = torch.randn(5, 16, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    y, logdet = layer(x)
+    torch.testing.assert_close(layer.inverse(y), x, rtol=0, atol=1e-12)
+    for i in range(x.shape[0]):
+        jac = jacobian(lambda row: layer(row.unsqueeze(0))[0].squeeze(0), x[i])
+        torch.testing.assert_close(logdet[i], torch.linalg.slogdet(jac)[1], rtol=0, atol=1e-10)
+
+
+def test_loaded_masks_move_the_indices() -> None:
+    """The index buffers are derived from the masks, so loading a state dict whose masks
+    differ (same counts) gives the flow those masks; masks that no longer alternate fall
+    back to the layers one by one, still exactly invertible."""
+    torch.manual_seed(0)
+    half = perturb(RealNVP(dim=6, n_couplings=4, mask="half", hidden=(8,),
+                           dequantization="none"), 0.2, 0).double()  # fmt: skip
+    alternating = RealNVP(dim=6, n_couplings=4, mask="alternating", hidden=(8,),
+                          dequantization="none").double()  # fmt: skip
+    alternating.load_state_dict(half.state_dict())
+    y = torch.randn(8, 6, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    with torch.no_grad():
+        for a, b in zip(alternating.forward_transform(y), half.forward_transform(y), strict=True):
+            assert torch.equal(a, b)
+        state = half.state_dict()
+        state["layers.1.mask"] = state["layers.0.mask"].clone()  # two layers alike
+        alternating.load_state_dict(state)
+        assert not alternating._alternating
+        z, logdet = alternating.forward_transform(y)
+        z_ref, logdet_ref = _layer_by_layer(alternating, y)
+        back = alternating.inverse_transform(z)
+    assert torch.equal(z, z_ref) and torch.equal(logdet, logdet_ref)
+    torch.testing.assert_close(back, y, rtol=0, atol=1e-12)

@@ -161,6 +161,27 @@ def test_companion_models_train_through_the_same_command(tmp_path, name):
     assert (run / "samples.png").exists()
 
 
+def test_flow_weights_of_the_full_input_couplings_are_a_clear_error():
+    """Flow checkpoints from before the half-input couplings (each network took all D
+    inputs, half zeroed, and gave 2 D outputs) do not fit today's RealNVP: an error
+    naming another version, not a traceback."""
+    from energydsl.models import RealNVP
+
+    model = RealNVP()
+    old = {}
+    for key, value in model.state_dict().items():
+        shape = list(value.shape)
+        if key.endswith("net.0.weight"):
+            shape[1] = 64
+        elif key.endswith(("net.4.weight", "net.4.bias")):
+            shape[0] = 128
+        elif key.endswith("scale"):
+            shape = [64]
+        old[key] = torch.zeros(shape)
+    with pytest.raises(TrainingError, match="another version of energydsl"):
+        training._load_weights(model, old, "old.pt")
+
+
 def test_user_mistakes_are_clear_errors(tmp_path, capsys):
     assert main(["train", "no_such_model", "--out", str(tmp_path)]) == 2
     assert "unknown model 'no_such_model'" in capsys.readouterr().err
