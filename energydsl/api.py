@@ -2,10 +2,19 @@
 
 Compiles in memory, cached by the spec text's SHA-256 (recompiling an unchanged spec is
 free; editing it recompiles). Spec errors raise SpecError with the positioned message.
+
+`spec_class` also keeps the generated source on disk (`ENERGYDSL_CACHE_DIR`, by default
+$XDG_CACHE_HOME/energydsl or ~/.cache/energydsl; empty to turn it off), keyed by the
+spec's text and the compiler's own files, so a command that trains or samples a spec
+compiled before skips the SymPy work (about a second of its start-up). The cache holds
+code this process executes, like Python's own __pycache__: it must be the user's own.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import os
 from pathlib import Path
 
 from energydsl.compiler.driver import compile_source
@@ -13,6 +22,7 @@ from energydsl.compiler.ir import Compiled
 from energydsl.compiler.sources import spec_hash
 
 _CACHE: dict[str, Compiled] = {}
+_PACKAGE = Path(__file__).resolve().parent
 
 
 def compile_cached(text: str, path: str = "<spec>") -> Compiled:
@@ -28,6 +38,57 @@ def class_of(compiled: Compiled) -> type:
 
     module = load_module(compiled.source, compiled.derivation.name.lower())
     return getattr(module, compiled.derivation.name)
+
+
+@functools.cache
+def _compiler_fingerprint() -> str:
+    """A digest of every file that decides what the compiler emits (its code, grammar and
+    templates, and the estimators' partials): a changed compiler misses the cache."""
+    digest = hashlib.sha256()
+    for folder in ("compiler", "estimators"):
+        for path in sorted((_PACKAGE / folder).rglob("*")):
+            if path.suffix in (".py", ".j2", ".lark") and path.is_file():
+                digest.update(path.relative_to(_PACKAGE).as_posix().encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def cache_dir() -> Path | None:
+    """Where generated sources are kept between commands (None: not kept)."""
+    configured = os.environ.get("ENERGYDSL_CACHE_DIR")
+    if configured is not None:
+        return Path(configured) if configured else None
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "energydsl"
+
+
+def spec_class(text: str, path: str = "<spec>") -> type:
+    """The generated class of a spec, its source from the disk cache when this compiler
+    made it before (see the module docstring), else compiled and kept there."""
+    from energydsl.compiler.driver import check_source
+    from energydsl.compiler.loading import load_module
+
+    name = check_source(text).name  # spec errors surface here, as from compile
+    folder = cache_dir()
+    key = hashlib.sha256(f"{_compiler_fingerprint()}\0{text}".encode()).hexdigest()
+    cached = folder / f"{key}.py" if folder is not None else None
+    source = None
+    if cached is not None and cached.is_file():
+        try:
+            source = cached.read_text()
+        except (OSError, UnicodeDecodeError):
+            source = None
+    if source is None:
+        source = compile_cached(text, path).source
+        if cached is not None:
+            try:
+                from energydsl.files import write_atomically
+
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                write_atomically(cached, source)
+            except OSError:  # a read-only home: compile every time, as without a cache
+                pass
+    return getattr(load_module(source, name.lower()), name)
 
 
 def load(path: str | Path) -> type:

@@ -27,3 +27,20 @@ def _one_torch_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _generated_source_cache(tmp_path_factory) -> Iterator[None]:
+    """The generated-source cache of energydsl.api in a directory of this test session
+    (inherited by the commands the tests run), not the user's ~/.cache."""
+    import os
+
+    previous = os.environ.get("ENERGYDSL_CACHE_DIR")
+    os.environ["ENERGYDSL_CACHE_DIR"] = str(tmp_path_factory.mktemp("energydsl-cache"))
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("ENERGYDSL_CACHE_DIR", None)
+        else:
+            os.environ["ENERGYDSL_CACHE_DIR"] = previous

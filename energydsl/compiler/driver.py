@@ -20,7 +20,7 @@ from energydsl.compiler import syntax as ast
 from energydsl.compiler.conditionals import derive_conditionals
 from energydsl.compiler.derive import derive
 from energydsl.compiler.emit.module import emit
-from energydsl.compiler.ir import Compiled, Derivation
+from energydsl.compiler.ir import CheckedModel, Compiled, Derivation
 from energydsl.compiler.lower import lower
 from energydsl.compiler.marginalise import marginalise
 from energydsl.compiler.normalisable import normalisability_warnings
@@ -133,6 +133,17 @@ def _derivation(pipeline: _Pipeline) -> Derivation:
     symbolic = pipeline.run("lowering", lower, checked)
     model = pipeline.run("marginalising", marginalise, symbolic)
     return pipeline.run("deriving", derive, model)
+
+
+def check_source(source: str, time_limit: float | None = DEFAULT_TIME_LIMIT) -> CheckedModel:
+    """Spec text -> the checked declarations (parsing and checking only: no SymPy work),
+    for what needs the spec's names and sizes but not its derivation."""
+
+    def stages(pipeline: _Pipeline) -> CheckedModel:
+        pipeline.spec = spec = pipeline.run("parsing", parse, pipeline.source)
+        return pipeline.run("checking", check, spec)
+
+    return _bounded(source, time_limit, stages)
 
 
 def analyse(source: str, time_limit: float | None = DEFAULT_TIME_LIMIT) -> Derivation:

@@ -53,10 +53,11 @@ def build_model(config: RunConfig, shape: tuple[int, ...], text: str | None = No
     torch.manual_seed(config.seed)
     if not config.is_spec:
         return _companion(config)
-    from energydsl.api import class_of, compile_cached
+    from energydsl.api import spec_class
+    from energydsl.compiler.driver import check_source
 
-    compiled = compile_cached(text if text is not None else spec_text(config), config.model)
-    checked = compiled.derivation.model.symbolic.checked
+    text = text if text is not None else spec_text(config)
+    checked = check_source(text)
     dims = checked.dims
     visible = dims[checked.visible.shape[0]]
     sizes: dict[str, int] = {}
@@ -70,7 +71,7 @@ def build_model(config: RunConfig, shape: tuple[int, ...], text: str | None = No
         raise UsageError(f"{config.model}: error: --size: {problem}")
     sizes.update(config.sizes)
     try:
-        model = class_of(compiled)(**sizes)
+        model = spec_class(text, config.model)(**sizes)
     except ValueError as exc:  # a vector constant the spec lists for another size
         raise UsageError(f"{config.model}: error: {exc}") from None
     if model.visible_size != size:
