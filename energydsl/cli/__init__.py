@@ -159,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace a run already in OUT (otherwise refused)")
     p.add_argument("--detect-anomaly", action="store_true",
                    help="torch.autograd anomaly detection, to find where a NaN appears")
+    p.add_argument("--compile", action="store_true",
+                   help="run the training step through torch.compile: the same values, "
+                        "1.1-2.4x faster steps on the seed models (bench/RESULTS.md), after "
+                        "a first step that takes 1-30 s to compile (more on a busy machine)")
     p.set_defaults(handler=cmd_train)
 
     p = commands.add_parser(

@@ -24,6 +24,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         given["options"] = args.options
     if args.detect_anomaly:
         given["detect_anomaly"] = True
+    if args.compile:
+        given["compile"] = True
     out = Path(args.out or Path("runs") / run_name(args.model))
     try:
         config = resumed_config(out, given) if args.resume else None

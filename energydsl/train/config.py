@@ -11,7 +11,7 @@ from energydsl.errors import TrainingError, UsageError
 from energydsl.estimators import NAMES as OBJECTIVES
 from energydsl.train import data as datasets
 
-RESUMABLE = ("epochs", "lr", "detect_anomaly")  # what a resumed run may change
+RESUMABLE = ("epochs", "lr", "detect_anomaly", "compile")  # what a resumed run may change
 
 
 @dataclass
@@ -27,6 +27,7 @@ class RunConfig:
     options: dict[str, float] = field(default_factory=dict)  # the objective's options
     detect_anomaly: bool = False
     max_pixels: int = datasets.MAX_PIXELS  # budget of IDX values read
+    compile: bool = False  # the training step through torch.compile
 
     @property
     def is_spec(self) -> bool:
@@ -52,7 +53,8 @@ class RunConfig:
         """A config stored in a checkpoint, its fields and types checked."""
         kinds = {"model": str, "data": str, "objective": (str, type(None)), "epochs": int,
                  "batch_size": int, "lr": (int, float), "seed": int, "sizes": dict,
-                 "options": dict, "detect_anomaly": bool, "max_pixels": int}
+                 "options": dict, "detect_anomaly": bool, "max_pixels": int,
+                 "compile": bool}
         unknown = set(raw) - set(kinds)
         if unknown or "model" not in raw:
             what = f"unknown field '{sorted(unknown)[0]}'" if unknown else "no model"
