@@ -170,6 +170,25 @@ def _quiet_stderr():
         os.close(devnull)
 
 
+def operation_count(call: Callable[[], object]) -> int:
+    """How many torch operators (ATen calls, views included) one call dispatches, forward
+    and backward: the per-op overhead that torch.compile removes, which dominates these
+    small tensors."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Counter(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            Counter.count += 1
+            return func(*args, **(kwargs or {}))
+
+    call()  # warm-up: lazy initialisation is not the method's work
+    with Counter():
+        call()
+    return Counter.count
+
+
 def peak_memory(call: Callable[[], object], device: torch.device,
                 model: torch.nn.Module) -> float | None:
     """Peak bytes allocated by torch during one call, above what was live before it.

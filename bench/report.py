@@ -196,6 +196,15 @@ def _markdown(results: dict, plot_name: str) -> str:
                          _f(_ratio(table.get(GENERATED), table.get(HAND_BEST)), 2, "x")])
         out += _table(["model", *methods_seen, "generated / hand"], rows)
 
+    counts = results.get("operations", {})
+    if counts:
+        out += ["", "Operations per loss + backward (torch operators dispatched, views "
+                "included; each costs ~5-20 us of overhead on these small tensors):", ""]
+        out += _table(["model", "generated", "hand", "generated / hand"],
+                      [[name, str(c.get(GENERATED)), str(c.get(HAND_BEST)),
+                        _f(_ratio(c.get(GENERATED), c.get(HAND_BEST)), 2, "x")]
+                       for name, c in counts.items()])
+
     checks = results.get("check", [])
     if checks:
         out += ["", "## The exact forms agree", "",

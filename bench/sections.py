@@ -244,6 +244,14 @@ class Bench:
         self.results["memory"] = table
         self.results["memory_method"] = ("torch.cuda.max_memory_allocated" if
                                          self.device.type == "cuda" else "torch.profiler")
+        counts: dict = {}
+        for name in SEEDS:
+            for method in (GENERATED, HAND_BEST):
+                model = self.model(name, D_MAIN)
+                call = methods.training_call(model, self.loss(name, method),
+                                             self.batch(D_MAIN, n))
+                counts.setdefault(name, {})[method] = methods.operation_count(call)
+        self.results["operations"] = counts
 
     def sweep_d(self) -> None:
         n = self.args.batch
