@@ -171,17 +171,6 @@ class ScaledGBRBM(torch.nn.Module):
         """The size of the visible variable (D)."""
         return self.D
 
-    def _cholesky(self, precision: torch.Tensor) -> torch.Tensor:
-        """The lower Cholesky factor, or a clear error if the precision is not positive
-        definite."""
-        factor, info = torch.linalg.cholesky_ex(precision)
-        if bool((info != 0).any()):
-            raise ValueError(
-                "the precision is not positive definite: "
-                "at these parameters the model is not normalisable"
-            )
-        return factor
-
     def free_energy(self, v: torch.Tensor) -> torch.Tensor:
         """Free energy F(v) per sample, shape [N]."""
         self._check("free_energy", "v", v, self.D)
@@ -390,42 +379,29 @@ class ScaledGBRBM(torch.nn.Module):
 
     def mean_v(self, h: torch.Tensor) -> torch.Tensor:
         """E[v | h], shape [N, D]: v given the hidden units is
-        Gaussian (a full precision per sample, by batched Cholesky)."""
+        Gaussian (a diagonal precision: independent entries)."""
         _batch = self._check("mean_v", "h", h, self.K)
-        _like = h
         # sum(j: W[k, j]*h[j])
         _t1 = h @ self.W.T
         # b[k]/sigma[k]^2 + sum(j: W[k, j]*h[j])/sigma[k]
         _t2 = _t1 / self.sigma + self.b / torch.square(self.sigma)
-        # identity (k, q)
-        _t3 = torch.eye(self.D, dtype=_like.dtype, device=_like.device)
-        # delta(k, q)/sigma[k]^2
-        _t4 = _t3.permute(1, 0) / torch.square(self.sigma)
-        # delta(k, q)/sigma[k]^2
-        _t5 = _t4.permute(1, 0)
-        factor = self._cholesky(_t5.expand(_batch, self.D, self.D))
-        return torch.cholesky_solve(_t2[..., None], factor)[..., 0]
+        # sigma[k]^(-2)
+        _t3 = 1 / self.sigma ** 2
+        return _t2 / _t3.expand(_batch, self.D)
 
     def sample_v(self, h: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """A draw of v ~ p(v | h), shape [N, D]."""
         self._generator("sample_v", generator)
         _batch = self._check("sample_v", "h", h, self.K)
-        _like = h
         # sum(j: W[k, j]*h[j])
         _t1 = h @ self.W.T
         # b[k]/sigma[k]^2 + sum(j: W[k, j]*h[j])/sigma[k]
         _t2 = _t1 / self.sigma + self.b / torch.square(self.sigma)
-        # identity (k, q)
-        _t3 = torch.eye(self.D, dtype=_like.dtype, device=_like.device)
-        # delta(k, q)/sigma[k]^2
-        _t4 = _t3.permute(1, 0) / torch.square(self.sigma)
-        # delta(k, q)/sigma[k]^2
-        _t5 = _t4.permute(1, 0)
-        factor = self._cholesky(_t5.expand(_batch, self.D, self.D))
-        mean = torch.cholesky_solve(_t2[..., None], factor)[..., 0]
+        # sigma[k]^(-2)
+        _t3 = 1 / self.sigma ** 2
+        mean = _t2 / _t3.expand(_batch, self.D)
         noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
-        offset = torch.linalg.solve_triangular(factor.mT, noise[..., None], upper=True)
-        return mean + offset[..., 0]
+        return mean + noise * torch.rsqrt(_t3.expand(_batch, self.D))
 
     def _hidden_states(self, codes: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The hidden states whose bits are `codes` ([S] integers), one tensor per
@@ -439,15 +415,9 @@ class ScaledGBRBM(torch.nn.Module):
         """log of the integral of exp(-E(v, h)) dv per hidden state, shape [S]: v | h is Gaussian,
         so it is -E(m, h) + D/2 log(2 pi) - 1/2 log det P(h) at the conditional mean m."""
         _batch = self._check("_log_hidden_weight", "h", h, self.K)
-        _like = h
-        # identity (k, q)
-        _t3 = torch.eye(self.D, dtype=_like.dtype, device=_like.device)
-        # delta(k, q)/sigma[k]^2
-        _t4 = _t3.permute(1, 0) / torch.square(self.sigma)
-        # delta(k, q)/sigma[k]^2
-        _t5 = _t4.permute(1, 0)
-        factor = self._cholesky(_t5.expand(_batch, self.D, self.D))
-        log_det = 2 * torch.log(torch.diagonal(factor, dim1=-2, dim2=-1)).sum(dim=-1)
+        # sigma[k]^(-2)
+        _t3 = 1 / self.sigma ** 2
+        log_det = torch.log(_t3.expand(_batch, self.D)).sum(dim=-1)
         mean = self.mean_v(h)
         return -self.energy(mean, h) + 0.5 * self.D * math.log(2 * math.pi) - 0.5 * log_det
 

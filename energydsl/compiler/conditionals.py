@@ -41,15 +41,22 @@ def _moments(unit: HiddenUnit) -> tuple[sp.Expr, sp.Expr, dict[str, sp.Expr]]:
 
 # ---------------------------------------------------------------- helpers
 
+def _diagonal_part(precision: sp.Expr, p: sp.Idx, q: sp.Idx) -> sp.Expr | None:
+    """d[p] when precision = d[p] delta(p, q) with d free of q (then p(v | h) has
+    independent entries: no D x D factorisation)."""
+    delta = sp.KroneckerDelta(p, q)
+    d = sp.expand(precision).coeff(delta)
+    if d == 0 or q in d.free_symbols:
+        return None
+    if sp.expand(precision - d * delta) != 0:
+        return None
+    return d
+
+
 def _isotropic_part(precision: sp.Expr, p: sp.Idx, q: sp.Idx) -> sp.Expr | None:
     """c when precision = c delta(p, q) with c free of p and q."""
-    delta = sp.KroneckerDelta(p, q)
-    c = sp.expand(precision).coeff(delta)
-    if c == 0 or {p, q} & c.free_symbols:
-        return None
-    if sp.expand(precision - c * delta) != 0:
-        return None
-    return c
+    d = _diagonal_part(precision, p, q)
+    return d if d is not None and p not in d.free_symbols else None
 
 
 # ---------------------------------------------------------------- the stage
@@ -112,7 +119,8 @@ def derive_conditionals(derivation: Derivation) -> Conditionals:
         if precision != 0 and not depends_on(precision, visible, symbolic.definition_of):
             linear = tidy(-at_zero(first, symbolic))
             conditional = VisibleConditional(p, q, precision, linear,
-                                             _isotropic_part(precision, p, q))
+                                             _isotropic_part(precision, p, q),
+                                             _diagonal_part(precision, p, q))
             definitions["_visible_precision"] = Definition(
                 sp.IndexedBase("_visible_precision"), (p, q), precision)
             definitions["_visible_linear"] = Definition(
@@ -120,6 +128,9 @@ def derive_conditionals(derivation: Derivation) -> Conditionals:
             if conditional.isotropic is not None:
                 definitions["_visible_scale"] = Definition(
                     sp.Symbol("_visible_scale"), (), conditional.isotropic)
+            elif conditional.diagonal is not None:
+                definitions["_visible_diagonal"] = Definition(
+                    sp.IndexedBase("_visible_diagonal"), (p,), tidy(conditional.diagonal))
 
     # a Gaussian model: F quadratic in v (not merely linear)
     gaussian = None

@@ -292,6 +292,7 @@ class VisibleConditional:
     precision: sp.Expr  # P[p, q]
     linear: sp.Expr  # b[p]
     isotropic: sp.Expr | None  # c when P = c delta(p, q)
+    diagonal: sp.Expr | None = None  # d[p] when P = d[p] delta(p, q): a per-entry precision
 
 
 @dataclass(frozen=True)

@@ -330,8 +330,11 @@ class MethodPlanner:
         scale = conditional.isotropic
         iso = scale is not None
         constant = scale is not None and bool(scale.is_number)
+        diagonal = not iso and conditional.diagonal is not None
         outputs = ["_visible_linear"] + ([] if constant else
-                                         ["_visible_scale"] if iso else ["_visible_precision"])
+                                         ["_visible_scale"] if iso else
+                                         ["_visible_diagonal"] if diagonal else
+                                         ["_visible_precision"])
         lines, values = self.body(planner, outputs, self.hidden_prologue())
         linear = values[0]
         shape = f"[N, {self.dim}]"
@@ -351,6 +354,12 @@ class MethodPlanner:
             sample_lines = lines + [f"mean = {linear} / {second}", noise,
                                     f"return mean + noise * torch.rsqrt({second})"]
             how = "isotropic: precision c I"
+        elif diagonal:  # independent entries, precision d[i] each
+            second = values[1]
+            mean_lines = lines + [f"return {linear} / {second}"]
+            sample_lines = lines + [f"mean = {linear} / {second}", noise,
+                                    f"return mean + noise * torch.rsqrt({second})"]
+            how = "a diagonal precision: independent entries"
         else:
             second = values[1]
             mean_lines = lines + [f"factor = self._cholesky({second})",
@@ -433,10 +442,14 @@ class MethodPlanner:
             lines: list[str] = []
             log_det = "" if c == 1 else f" - 0.5 * self.{D} * math.log({c!r})"
         else:
-            output = "_visible_scale" if iso else "_visible_precision"
+            diagonal = not iso and conditional.diagonal is not None
+            output = "_visible_scale" if iso else "_visible_diagonal" if diagonal \
+                else "_visible_precision"
             lines, (second,) = self.body(planner, [output], self.hidden_prologue())
             if iso:
                 lines.append(f"log_det = self.{D} * torch.log({second})")
+            elif diagonal:
+                lines.append(f"log_det = torch.log({second}).sum(dim=-1)")
             else:
                 lines += [f"factor = self._cholesky({second})",
                           "log_det = 2 * torch.log(torch.diagonal(factor, dim1=-2, dim2=-1))"
