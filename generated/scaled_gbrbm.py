@@ -387,6 +387,11 @@ class ScaledGBRBM(torch.nn.Module):
         _t2 = _t1 / self.sigma + self.b / torch.square(self.sigma)
         # sigma[k]^(-2)
         _t3 = 1 / self.sigma ** 2
+        if bool((_t3.expand(_batch, self.D) <= 0).any()):
+            raise ValueError(
+                "the precision is not positive definite: "
+                "at these parameters the model is not normalisable"
+            )
         return _t2 / _t3.expand(_batch, self.D)
 
     def sample_v(self, h: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -399,6 +404,11 @@ class ScaledGBRBM(torch.nn.Module):
         _t2 = _t1 / self.sigma + self.b / torch.square(self.sigma)
         # sigma[k]^(-2)
         _t3 = 1 / self.sigma ** 2
+        if bool((_t3.expand(_batch, self.D) <= 0).any()):
+            raise ValueError(
+                "the precision is not positive definite: "
+                "at these parameters the model is not normalisable"
+            )
         mean = _t2 / _t3.expand(_batch, self.D)
         noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)
         return mean + noise * torch.rsqrt(_t3.expand(_batch, self.D))
@@ -417,6 +427,11 @@ class ScaledGBRBM(torch.nn.Module):
         _batch = self._check("_log_hidden_weight", "h", h, self.K)
         # sigma[k]^(-2)
         _t3 = 1 / self.sigma ** 2
+        if bool((_t3.expand(_batch, self.D) <= 0).any()):
+            raise ValueError(
+                "the precision is not positive definite: "
+                "at these parameters the model is not normalisable"
+            )
         log_det = torch.log(_t3.expand(_batch, self.D)).sum(dim=-1)
         mean = self.mean_v(h)
         return -self.energy(mean, h) + 0.5 * self.D * math.log(2 * math.pi) - 0.5 * log_det

@@ -91,6 +91,16 @@ def wrap_assignment(name: str, code: str, indent: int = 8) -> str:
     return f"{name} = (\n" + "\n".join(pad + p for p in parts) + "\n" + " " * indent + ")"
 
 
+def _positive_precision(diagonal: str) -> list[str]:
+    """Lines refusing a diagonal precision with an entry <= 0, as _cholesky refuses a full
+    one that is not positive definite (the same message)."""
+    return [f"if bool(({diagonal} <= 0).any()):",
+            '    raise ValueError(',
+            '        "the precision is not positive definite: "',
+            '        "at these parameters the model is not normalisable"',
+            '    )']
+
+
 def bare(code: str) -> str:
     """Python scalar code without redundant outer parentheses."""
     return ast.unparse(ast.parse(code, mode="eval"))
@@ -356,6 +366,7 @@ class MethodPlanner:
             how = "isotropic: precision c I"
         elif diagonal:  # independent entries, precision d[i] each
             second = values[1]
+            lines += _positive_precision(second)
             mean_lines = lines + [f"return {linear} / {second}"]
             sample_lines = lines + [f"mean = {linear} / {second}", noise,
                                     f"return mean + noise * torch.rsqrt({second})"]
@@ -449,6 +460,7 @@ class MethodPlanner:
             if iso:
                 lines.append(f"log_det = self.{D} * torch.log({second})")
             elif diagonal:
+                lines += _positive_precision(second)
                 lines.append(f"log_det = torch.log({second}).sum(dim=-1)")
             else:
                 lines += [f"factor = self._cholesky({second})",
