@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from energydsl.compiler.driver import compile_source
-from energydsl.compiler.ir import Compiled
+from energydsl.compiler.ir import CheckedModel, Compiled
 from energydsl.compiler.sources import spec_hash
 
 _CACHE: dict[str, Compiled] = {}
@@ -53,6 +53,15 @@ def _compiler_fingerprint() -> str:
     return digest.hexdigest()
 
 
+@functools.lru_cache(maxsize=64)
+def checked_spec(text: str) -> CheckedModel:
+    """The spec's checked declarations (parsing and checking only), memoised on its text:
+    a training run asks for them from data preparation, model building and spec_class."""
+    from energydsl.compiler.driver import check_source
+
+    return check_source(text)
+
+
 def cache_dir() -> Path | None:
     """Where generated sources are kept between commands (None: not kept)."""
     configured = os.environ.get("ENERGYDSL_CACHE_DIR")
@@ -65,10 +74,9 @@ def cache_dir() -> Path | None:
 def spec_class(text: str, path: str = "<spec>") -> type:
     """The generated class of a spec, its source from the disk cache when this compiler
     made it before (see the module docstring), else compiled and kept there."""
-    from energydsl.compiler.driver import check_source
     from energydsl.compiler.loading import load_module
 
-    name = check_source(text).name  # spec errors surface here, as from compile
+    name = checked_spec(text).name  # spec errors surface here, as from compile
     folder = cache_dir()
     key = hashlib.sha256(f"{_compiler_fingerprint()}\0{text}".encode()).hexdigest()
     cached = folder / f"{key}.py" if folder is not None else None

@@ -53,11 +53,10 @@ def build_model(config: RunConfig, shape: tuple[int, ...], text: str | None = No
     torch.manual_seed(config.seed)
     if not config.is_spec:
         return _companion(config)
-    from energydsl.api import spec_class
-    from energydsl.compiler.driver import check_source
+    from energydsl.api import checked_spec, spec_class
 
     text = text if text is not None else spec_text(config)
-    checked = check_source(text)
+    checked = checked_spec(text)
     dims = checked.dims
     visible = dims[checked.visible.shape[0]]
     sizes: dict[str, int] = {}
