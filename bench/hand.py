@@ -69,6 +69,83 @@ def dem(x: torch.Tensor, V: torch.Tensor, W: torch.Tensor, b: torch.Tensor, c: t
     return (0.5 * squared + laplacian).mean()
 
 
+def dem_pairs(x: torch.Tensor, V: torch.Tensor, W: torch.Tensor, b: torch.Tensor,
+              c: torch.Tensor, sigma: float) -> torch.Tensor:
+    """DEM with the quadratic term over pairs h <= h' only: sum_k s'(z_k) sum_{h,h'}
+    W_kh W_kh' G_hh' g'_h g'_h' is symmetric in (h, h'), so one GEMM of
+    (g'_h g'_h')[N, P] with (w_hh' W_kh W_kh' G_hh')[K, P] over the P = H (H + 1) / 2 pairs
+    (w = 2 off the diagonal, 1 on it) does half the work of the [N K, H] x [H, H] form,
+    forward and backward. Otherwise as `dem`."""
+    n, d = x.shape
+    h = V.shape[0]
+    inv = 1.0 / sigma**2
+    u = x @ V.T
+    g = torch.sigmoid(u)
+    s = torch.sigmoid(torch.addmm(c, g, W.T))
+    g1 = g * (1 - g)
+    g2 = g1 * (1 - 2 * g)
+    ws = s @ W
+    a = g1 * ws
+    gram = V @ V.T
+    squared = ((b @ b) + inv * inv * (x * x).sum(1) - 2 * inv * (x @ b)
+               + 2 * (a @ (V @ b)) - 2 * inv * (a * u).sum(1) + ((a @ gram) * a).sum(1))
+    first, second = _upper_pairs(h, x.device)
+    weight = torch.where(first == second, 1.0, 2.0).to(x.dtype)
+    pairs = g1[:, first] * g1[:, second]                                  # [N, P]
+    weights = W[:, first] * W[:, second] * (gram[first, second] * weight)  # [K, P]
+    quad = pairs @ weights.T                                              # [N, K]
+    laplacian = (-d * inv + (g2 * ws) @ torch.diagonal(gram)
+                 + (quad * (s * (1 - s))).sum(1))
+    return (0.5 * squared + laplacian).mean()
+
+
+@functools.lru_cache(maxsize=8)
+def _upper_pairs(h: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    first, second = torch.triu_indices(h, h, device=device)
+    return first, second
+
+
+def dem_chain(x: torch.Tensor, Vs: list[torch.Tensor], biases: list[torch.Tensor | None],
+              W: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
+              sigma: float) -> torch.Tensor:
+    """A deep DEM: g_l = s(V_l g_(l-1) + a_l) with g_0 = x, log p~ = -|x|^2/(2 sigma^2)
+    + b.x + sum_k softplus(W g_L + c)_k. Each sample's Jacobian is carried forward in the
+    first layer's space, C_l = d u_l / d u_1 [N, H, H] (N H^3 per layer), its Laplacian
+    as L_l = tr(G d^2 u_l / du_1^2) with G = V_1 V_1^T:
+        C_(l+1) = V_(l+1) diag(g_l') C_l,
+        L_(l+1) = V_(l+1) (g_l'' rowquad(C_l, G) + g_l' L_l),
+    rowquad(C, G)[h] = C[h] G C[h]^T; the score is b - x/sigma^2 + V_1^T A with
+    A = C_z^T s(z), squared in its Gram form."""
+    n, d = x.shape
+    inv = 1.0 / sigma**2
+    V1, a1 = Vs[0], biases[0]
+    gram = V1 @ V1.T
+    xv = x @ V1.T                                   # V_1 x, reused by the squared score
+    u = xv if a1 is None else xv + a1
+    g = torch.sigmoid(u)
+    g1 = g * (1 - g)
+    jac = None                                      # C of g_1 is diag(g'): kept implicit
+    lap = g1 * (1 - 2 * g) * torch.diagonal(gram)   # L of g_1
+    for V, a in zip(Vs[1:], biases[1:], strict=True):
+        u = g @ V.T if a is None else torch.addmm(a, g, V.T)
+        jac_u = V * g1.unsqueeze(1) if jac is None else V @ jac        # [N, H, H]
+        lap_u = lap @ V.T
+        g = torch.sigmoid(u)
+        g1 = g * (1 - g)
+        quad = ((jac_u @ gram) * jac_u).sum(2)
+        lap = g1 * (1 - 2 * g) * quad + g1 * lap_u
+        jac = g1.unsqueeze(2) * jac_u
+    s = torch.sigmoid(torch.addmm(c, g, W.T))
+    jac_z = W * g1.unsqueeze(1) if jac is None else W @ jac            # [N, K, H]
+    lap_z = lap @ W.T
+    quad_z = ((jac_z @ gram) * jac_z).sum(2)
+    A = (s.unsqueeze(1) @ jac_z).squeeze(1)                            # [N, H]
+    squared = ((b @ b) + inv * inv * (x * x).sum(1) - 2 * inv * (x @ b)
+               + 2 * (A @ (V1 @ b)) - 2 * inv * (A * xv).sum(1) + ((A @ gram) * A).sum(1))
+    laplacian = -d * inv + (s * lap_z).sum(1) + (s * (1 - s) * quad_z).sum(1)
+    return (0.5 * squared + laplacian).mean()
+
+
 def dem_naive(x: torch.Tensor, V: torch.Tensor, W: torch.Tensor, b: torch.Tensor,
               c: torch.Tensor, sigma: float) -> torch.Tensor:
     """DEM, the direct closed form: builds J[n, k, i] = sum_h W_kh g'_nh V_hi (the Jacobian
@@ -228,12 +305,23 @@ SCORE_FORMED = "hand, [N, D] score formed"
 # best, the others show what each trick is worth.
 HAND = {
     "DEM": {
-        "hand": lambda m, x: dem(x, m.V, m.W, m.b, m.c, m.sigma),
+        "hand": lambda m, x: dem_pairs(x, m.V, m.W, m.b, m.c, m.sigma),
+        "hand, [N K, H] x [H, H] quadratic form":
+            lambda m, x: dem(x, m.V, m.W, m.b, m.c, m.sigma),
         SCORE_FORMED: lambda m, x: dem(x, m.V, m.W, m.b, m.c, m.sigma, gram_score=False),
         "hand, generated's order ([N, D] score, pairwise (h, h') GEMM)":
             lambda m, x: dem(x, m.V, m.W, m.b, m.c, m.sigma, gram_score=False, pairwise=True),
         "hand, naive (N x K x D Jacobian)": lambda m, x: dem_naive(x, m.V, m.W, m.b, m.c,
                                                                    m.sigma),
+    },
+    "DEM3": {
+        "hand": lambda m, x: dem_chain(x, [m.V1, m.V2, m.V3], [None, None, None], m.W, m.b,
+                                       m.c, m.sigma),
+    },
+    "DEM5": {
+        "hand": lambda m, x: dem_chain(x, [m.V1, m.V2, m.V3, m.V4, m.V5],
+                                       [m.a1, m.a2, m.a3, m.a4, m.a5], m.W, m.b, m.c,
+                                       m.sigma),
     },
     "GBRBM": {
         "hand": lambda m, x: gbrbm(x, m.W),

@@ -28,6 +28,8 @@ def side(d: int) -> int:
 # number of hidden units (H = K = M for the models with several hidden layers).
 SEEDS: dict[str, tuple[str, Callable[[int, int], dict]]] = {
     "DEM": ("dem", lambda d, k: {"D": d, "H": k, "K": k}),
+    "DEM3": ("dem3", lambda d, k: {"D": d, "H": k, "K": k}),
+    "DEM5": ("dem5", lambda d, k: {"D": d, "H": k, "K": k}),
     "GBRBM": ("gbrbm", lambda d, k: {"D": d, "K": k}),
     "GaussianRBM": ("gaussian_rbm", lambda d, k: {"D": d, "K": k}),
     "MPoT": ("mpot", lambda d, k: {"D": d, "K": k, "M": k}),

@@ -20,6 +20,17 @@ import math
 import torch
 
 
+def _upper_pairs(size: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pairs a <= b of a size x size block as flat indices a * size + b, with their
+    weights (2 off the diagonal, 1 on it) in the dtype and on the device of `like`: a sum
+    over all pairs of a summand symmetric in (a, b) is the weighted sum over these, half
+    the work. (Four small operations per call: cheaper than a cache torch.compile
+    would trace around.)"""
+    first, second = torch.triu_indices(size, size, device=like.device)
+    weights = torch.where(first == second, 1.0, 2.0).to(like.dtype)
+    return first * size + second, weights
+
+
 class DEM(torch.nn.Module):
     """energy-based model of x in R^D.
 
@@ -196,6 +207,7 @@ class DEM(torch.nn.Module):
     def laplacian(self, x: torch.Tensor) -> torch.Tensor:
         """Laplacian sum_i d^2 log p~(x) / dx_i^2 per sample, shape [N]."""
         self._check("laplacian", "x", x, self.D)
+        _like = x
         # sum(i: V[h, i]*x[i])
         u = x @ self.V.T
         # sigmoid(u[h])
@@ -228,18 +240,23 @@ class DEM(torch.nn.Module):
         _t16 = (_t15 * _t9).sum(dim=1)
         # W[k, h1]*W[k, h2]*sum(i: V[h1, i]*V[h2, i])
         _t21 = _t20 * _t18
+        # the pairs h2 <= h1 of H x H, weighted 2 off the diagonal
+        _t22 = _upper_pairs(self.H, _like)
+        # W[k, h1]*W[k, h2]*sum(i: V[h1, i]*V[h2, i]) at h2 <= h1, 2x off the diagonal
+        _t23 = _t21.reshape(self.K, self.H * self.H).index_select(1, _t22[0]) * _t22[1]
         # sum(h1, h2: (1 - g[h1])*(1 - g[h2])*W[k, h1]*W[k, h2]*g[h1]*g[h2]*sum(i: V[h1, i]*V[h...
-        _t22 = _t21.reshape(self.K, self.H * self.H) @ _t19.reshape(-1, self.H * self.H).T
+        _t24 = _t23 @ _t19.reshape(-1, self.H * self.H).index_select(1, _t22[0]).T
         # sum(i, k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: (1 - g[h])*V[h, i]*W[k, h]*g[h])^2)
-        _t23 = (_t22 * _t17.T).sum(dim=0)
+        _t25 = (_t24 * _t17.T).sum(dim=0)
         # -D/sigma^2 - sum(i, k: sigmoid(z[k])*sum(h: (1 - g[h])*(2*g[h] - 1)*V[h, i]^2*W[k, h]...
-        laplacian = -self.D / self.sigma ** 2 - _t16 + _t23
+        laplacian = -self.D / self.sigma ** 2 - _t16 + _t25
         return laplacian
 
     def sm_loss(self, x: torch.Tensor) -> torch.Tensor:
         """Exact score-matching loss (Hyvarinen 2005), the batch mean of
         sum_i 1/2 score_i^2 + d score_i / dx_i, constants included."""
         self._check("sm_loss", "x", x, self.D)
+        _like = x
         # sum(i: b[i]*x[i])
         _t1 = x @ self.b
         # sum(i: V[h, i]*x[i])
@@ -280,39 +297,43 @@ class DEM(torch.nn.Module):
         _t16 = (_t15 * _t9).sum(dim=1)
         # W[k, h1]*W[k, h2]*sum(i: V[h1, i]*V[h2, i])
         _t21 = _t20 * _t18
+        # the pairs h2 <= h1 of H x H, weighted 2 off the diagonal
+        _t22 = _upper_pairs(self.H, _like)
+        # W[k, h1]*W[k, h2]*sum(i: V[h1, i]*V[h2, i]) at h2 <= h1, 2x off the diagonal
+        _t23 = _t21.reshape(self.K, self.H * self.H).index_select(1, _t22[0]) * _t22[1]
         # sum(h1, h2: (1 - g[h1])*(1 - g[h2])*W[k, h1]*W[k, h2]*g[h1]*g[h2]*sum(i: V[h1, i]*V[h...
-        _t22 = _t21.reshape(self.K, self.H * self.H) @ _t19.reshape(-1, self.H * self.H).T
+        _t24 = _t23 @ _t19.reshape(-1, self.H * self.H).index_select(1, _t22[0]).T
         # sum(i, k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: (1 - g[h])*V[h, i]*W[k, h]*g[h])^2)
-        _t23 = (_t22 * _t17.T).sum(dim=0)
+        _t25 = (_t24 * _t17.T).sum(dim=0)
         # -D/sigma^2 - sum(i, k: sigmoid(z[k])*sum(h: (1 - g[h])*(2*g[h] - 1)*V[h, i]^2*W[k, h]...
-        laplacian = -self.D / self.sigma ** 2 - _t16 + _t23
+        laplacian = -self.D / self.sigma ** 2 - _t16 + _t25
         # sum(j: V[h1, j]*b[j])
-        _t26 = self.V @ self.b
+        _t28 = self.V @ self.b
         # sum(j: b[j]*sum(k: sigmoid(z[k])*sum(h: (1 - g[h])*V[h, j]*W[k, h]*g[h])))
-        _t27 = _t10 @ _t26
+        _t29 = _t10 @ _t28
         # (1 - g[h1])*g[h1]*sum(j: V[h1, j]*x[j])
-        _t28 = u * _t7
+        _t30 = u * _t7
         # sum(j: x[j]*sum(k: sigmoid(z[k])*sum(h: (1 - g[h])*V[h, j]*W[k, h]*g[h])))
-        _t29 = (_t28 * _t9).sum(dim=1)
+        _t31 = (_t30 * _t9).sum(dim=1)
         # b[j]^2
-        _t30 = torch.square(self.b)
+        _t32 = torch.square(self.b)
         # sum(j: b[j]^2)
-        _t31 = _t30.sum(dim=0)
+        _t33 = _t32.sum(dim=0)
         # sum(h1: (1 - g[h1])*g[h1]*sum(k1: sigmoid(z[k1])*W[k1, h1])*sum(j: V[h1, j]*V[h2, j]))
-        _t32 = _t10 @ _t20.T
+        _t34 = _t10 @ _t20.T
         # sum(j: sum(k: sigmoid(z[k])*sum(h: (1 - g[h])*V[h, j]*W[k, h]*g[h]))^2)
-        _t33 = (_t32 * _t10).sum(dim=1)
+        _t35 = (_t34 * _t10).sum(dim=1)
         # 2*sum(j: b[j]*sum(k: sigmoid(z[k])*sum(h: (1 - g[h])*V[h, j]*W[k, h]*g[h]))) + sum(j:...
-        _t34 = (
+        _t36 = (
             -2 * _t1 / self.sigma ** 2
-            + 2 * _t27
-            - 2 * _t29 / self.sigma ** 2
-            + _t31
+            + 2 * _t29
+            - 2 * _t31 / self.sigma ** 2
             + _t33
+            + _t35
             + _t6 / self.sigma ** 4
         )
         # laplacian + sum(j: score[j]^2)/2
-        sm_objective = 0.5 * _t34 + laplacian
+        sm_objective = 0.5 * _t36 + laplacian
         return sm_objective.mean()
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

@@ -302,6 +302,8 @@ def diff(expr: sp.Expr, var: sp.IndexedBase, at: tuple[sp.Expr, ...],
                 return d(body)
             return sp.S.Zero
         if isinstance(node, sp.Symbol):
+            if node == var:  # a scalar `let`, differentiated as a variable
+                return sp.S.One
             definition = definition_of(node) if definition_of else None
             return d(definition.body) if definition is not None else sp.S.Zero
         if isinstance(node, sp.Sum):

@@ -132,9 +132,11 @@ def derive_conditionals(derivation: Derivation) -> Conditionals:
                 definitions["_visible_diagonal"] = Definition(
                     sp.IndexedBase("_visible_diagonal"), (p,), tidy(conditional.diagonal))
 
-    # a Gaussian model: F quadratic in v (not merely linear)
+    # a Gaussian model: F quadratic in v (not merely linear); not one whose score
+    # propagates through three or more nested nonlinear functions
     gaussian = None
-    hessian = tidy(diff(-derivation.score, visible, (q,), lookup))
+    hessian = sp.S.Zero if derivation.forward else tidy(
+        diff(-derivation.score, visible, (q,), lookup))
     if hessian != 0 and not depends_on(hessian, visible, symbolic.definition_of):
         gaussian = hessian
         definitions["_gaussian_precision"] = Definition(

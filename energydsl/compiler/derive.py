@@ -20,6 +20,7 @@ from energydsl.compiler.algebra import (
     normalise,
 )
 from energydsl.compiler.algebra import tidy as algebra_tidy
+from energydsl.compiler.chain import DEEP, chain_form, nesting_depth
 from energydsl.compiler.domains import DOMAINS
 from energydsl.compiler.flips import flip_definitions
 from energydsl.compiler.ir import Definition, Derivation, FreeEnergyModel
@@ -39,13 +40,20 @@ def derive(model: FreeEnergyModel) -> Derivation:
 
     free_energy = canonicalise(normalise(model.free_energy), symbolic.index_pools,
                                symbolic.symmetric)
-    score = tidy(-diff(free_energy, visible, (p,), lookup))
-    laplacian = tidy(make_sum(diff(score, visible, (p,), lookup), [(p, 0, p.upper)]))
+    definitions = {**symbolic.definitions, **model.definitions}
+    chain = chain_form(model, free_energy, p, tidy) \
+        if nesting_depth(model, free_energy) >= DEEP else None
+    forward = chain is not None
+    if chain is not None:
+        score, laplacian = chain.score, chain.laplacian
+        definitions.update(chain.definitions)
+    else:
+        score = tidy(-diff(free_energy, visible, (p,), lookup))
+        laplacian = tidy(make_sum(diff(score, visible, (p,), lookup), [(p, 0, p.upper)]))
 
     score_base = sp.IndexedBase("score", shape=(symbolic.size(dim),), real=True)
     laplacian_symbol = sp.Symbol("laplacian", real=True)
     free_energy_symbol = sp.Symbol("free_energy", real=True)
-    definitions = {**symbolic.definitions, **model.definitions}
     definitions["free_energy"] = Definition(free_energy_symbol, (), free_energy)
     definitions["score"] = Definition(score_base, (p,), score)
     definitions["laplacian"] = Definition(laplacian_symbol, (), laplacian)
@@ -55,4 +63,5 @@ def derive(model: FreeEnergyModel) -> Derivation:
     domain = DOMAINS[symbolic.checked.visible.domain]
     if domain.discrete:  # binary or spin data: what one flipped entry changes
         definitions.update(flip_definitions(model, free_energy, p, domain.low_high, tidy))
-    return Derivation(model, p, free_energy, score, laplacian, sm_objective, definitions)
+    return Derivation(model, p, free_energy, score, laplacian, sm_objective, definitions,
+                      forward)

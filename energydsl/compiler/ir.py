@@ -269,6 +269,9 @@ class Derivation:
     laplacian: sp.Expr
     sm_objective: sp.Expr  # in terms of the `score` and `laplacian` definitions
     definitions: dict[str, Definition]  # the spec's lets, then the derived quantities
+    # the score and Laplacian by forward propagation through the lets (compiler/chain.py):
+    # they read derived definitions that the spec's own lookup does not know
+    forward: bool = False
 
     @property
     def name(self) -> str:

@@ -14,7 +14,8 @@ from energydsl.compiler import syntax as ast
 from energydsl.errors import error
 
 MAX_FUNCTION_NESTING = 4  # nested function calls and powers with a variable exponent
-#                            (x^y = exp(y log x)), counted through `let`s
+#                            (x^y = exp(y log x)), counted through `let`s of hidden
+#                            variables (a let of the visible variable alone counts once)
 MAX_DEFINITION_DEPTH = 32  # `let`s defined in terms of `let`s
 MAX_EXPANDED_SIZE = 5000  # nodes of an expression with every `let` substituted
 MAX_INDICES = 10  # indices in scope at once (sum bindings and a `let`'s own)
@@ -40,7 +41,13 @@ def expanded_cost(expr: ast.Expr, costs: dict[str, Cost], variables) -> Cost:
     if isinstance(expr, (ast.Name, ast.Indexed)):
         name = expr.name if isinstance(expr, ast.Name) else expr.base.name
         if name in costs:
-            return costs[name]
+            cost = costs[name]
+            if cost.variables and all(variables[v].role == "visible" for v in cost.variables):
+                # a let of the visible variable alone: derivatives propagate forward
+                # through it one definition at a time (compiler/chain.py), so the
+                # functions nested inside it do not nest further here
+                return Cost(0, cost.size, cost.depth, cost.variables)
+            return cost
         return Cost(0, 1, 0, frozenset({name} & set(variables)))
     if isinstance(expr, ast.Call):
         inner = expanded_cost(expr.args[0], costs, variables)

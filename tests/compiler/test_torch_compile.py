@@ -83,6 +83,9 @@ def test_compiled_training_step_matches_eager(name):
 # (model, constructor overrides): odd sizes, non-default constants, a non-square grid
 HAND_CASES = [
     ("DEM", {"D": 12, "H": 5, "K": 3, "sigma": 0.7}),
+    ("DEM", {"D": 12, "H": 9, "K": 3}),  # H >= 8: the quadratic term over pairs h <= h'
+    ("DEM3", {"D": 12, "H": 5, "K": 3, "sigma": 0.7}),
+    ("DEM5", {"D": 7, "H": 9, "K": 4}),
     ("GBRBM", {"D": 12, "K": 5}),
     ("GaussianRBM", {"D": 12, "K": 5}),
     ("MPoT", {"D": 12, "K": 4, "M": 3, "gamma": 1.3}),

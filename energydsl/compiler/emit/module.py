@@ -391,8 +391,9 @@ def emit(derivation: Derivation, conditionals: Conditionals, planned: PlannedMod
         summary=_summary(derivation),
         formulas=wrap_formulas(safe_text(formulas(derivation, conditionals))),
         ctor_doc=", ".join(f"{a.name}={a.default}" for a in ctor_args) or "none",
-        params_doc=", ".join(_param_doc(p) for p in checked.params.values())
-        or "none",
+        params_doc="\n    ".join(textwrap.wrap(
+            "Parameters: " + (", ".join(_param_doc(p) for p in checked.params.values())
+                              or "none") + ".", width=88)),
         constants_doc="\n    ".join(textwrap.wrap(
             "Constants (buffers, not learnt; None means the spec's value): "
             + "; ".join(map(constant_text, checked.vector_consts.values())) + ".", width=88))
@@ -408,5 +409,6 @@ def emit(derivation: Derivation, conditionals: Conditionals, planned: PlannedMod
         methods=texts,
         uses_math=any("math." in text for text in texts),
         uses_cholesky=any("self._cholesky(" in text for text in texts),
+        uses_pairs=any("_upper_pairs(" in text for text in texts),
         grid_mask=grid_mask,
     )

@@ -32,7 +32,7 @@ def anchor(checked, normalised: bool) -> str:
 
 
 _SUMS = {ast.Add: "+", ast.Sub: "-"}
-_PRODUCTS = {ast.Mult: "*", ast.Div: "/"}
+_PRODUCTS = {ast.Mult: "*", ast.Div: "/", ast.MatMult: "@"}
 
 
 def _chain(node: ast.expr) -> tuple[dict, list[tuple[str, ast.expr]]]:
@@ -60,7 +60,10 @@ def _broken(node: ast.expr, indent: int, force: bool = False) -> list[str]:
     for op, operand in operands:
         prefix = f"{op} " if op else ""
         inner_table, _ = _chain(operand)
-        grouped = table is _PRODUCTS and inner_table is _SUMS  # needs its parentheses
+        # needs its parentheses: a sum inside a product, or a right operand of the same
+        # precedence (a - (b + c), a * (b * c): the chain is left-nested without them)
+        grouped = (table is _PRODUCTS and inner_table is _SUMS) or (
+            bool(op) and inner_table is table)
         single = ast.unparse(operand)
         if grouped:
             single = f"({single})"

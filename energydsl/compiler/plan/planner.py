@@ -33,7 +33,12 @@ from energydsl.compiler.plan.keys import (
     value_key,
 )
 from energydsl.compiler.plan.program import BATCH, Operand, Program, Step, uses_name, volume
-from energydsl.compiler.plan.torch_steps import contraction_path, natural_order, pairwise_code
+from energydsl.compiler.plan.torch_steps import (
+    contraction_path,
+    natural_order,
+    pairwise_code,
+    symmetric_pairs_code,
+)
 from energydsl.compiler.sympy_functions import (
     LogDet,
     LogSumExp,
@@ -42,6 +47,7 @@ from energydsl.compiler.sympy_functions import (
 )
 
 DEFAULT_BATCH_SIZE = 128
+MIN_PAIR_RANGE = 8  # below this the pairs' gathers cost more than the halved product
 _AXIS0, _AXIS1 = sp.Symbol("_a0"), sp.Symbol("_a1")
 
 
@@ -95,10 +101,16 @@ class Planner:
 
     # ------------------------------------------------------------------ facts
     def _batched_definitions(self) -> set[str]:
+        """The definitions that depend on the inputs (until nothing changes: a derived
+        let may come after the definitions that read it)."""
         batched: set[str] = set()
-        for name, definition in self.definitions.items():
-            if self.mentions_batched(definition.body, batched):
-                batched.add(name)
+        grew = True
+        while grew:
+            grew = False
+            for name, definition in self.definitions.items():
+                if name not in batched and self.mentions_batched(definition.body, batched):
+                    batched.add(name)
+                    grew = True
         return batched
 
     def mentions_batched(self, expr: sp.Basic, batched: set[str] | None = None) -> bool:
@@ -439,6 +451,8 @@ class Planner:
         unique = tuple(dict.fromkeys(expr.indices))
         out = batch + "".join(letters[i] for i in unique)
         code = f'torch.einsum("{source_letters}->{out}", {source.code})'
+        if source_letters in ("aa", "naa"):  # a matrix's diagonal: a view, no copy
+            code = f"torch.diagonal({source.code}, dim1=-2, dim2=-1)"
         return Operand(self.emit_step(code, dsl_str(expr), cost=self.volume(source.indices)),
                        ((BATCH,) if batch else ()) + unique)
 
@@ -493,10 +507,58 @@ class Planner:
         printer = TorchPrinter({p for leaf, p in placeholders.items() if leaves[leaf].is_tensor},
                                self.scalar_names)
         replaced = expr.xreplace(placeholders)
-        code = printer.doprint(replaced)
+        axes = {placeholders[leaf]: op.indices for leaf, op in leaves.items() if op.is_tensor}
+        code = self._small_factors_first(replaced, printer, axes)
         operations = sum(1 for node in sp.preorder_traversal(replaced) if node.args)
         return Operand(self.emit_step(code, dsl_str(expr), name,
                                       self.volume(target) * max(operations, 1)), target)
+
+    def _small_factors_first(self, expr: sp.Expr, printer: TorchPrinter,
+                             axes: dict[sp.Symbol, tuple]) -> str:
+        """The code of a product (or of each product in a sum) with its tensor factors
+        grouped by the axes they carry, the smallest group first and scalars in it:
+        g1[n, a] (1 - g1[n, a]) V2[h, a] is (g1 * (1 - g1)) * V2, one product at the
+        size of [N, H, H] where the factors in SymPy's order make three."""
+
+        def carried(node: sp.Expr) -> frozenset:
+            return frozenset().union(*(axes.get(s, ()) for s in node.free_symbols))
+
+        def groups_of(node: sp.Expr) -> dict[frozenset, list]:
+            groups: dict[frozenset, list] = {}
+            for factor in sp.Mul.make_args(node):
+                groups.setdefault(carried(factor), []).append(factor)
+            return groups
+
+        def split(node: sp.Expr) -> bool:
+            """Whether grouping saves a product at full size: a group of two tensor
+            factors or more is smaller than the product."""
+            groups = {g: f for g, f in groups_of(node).items() if g}
+            if len(groups) < 2:
+                return False
+            full = self.volume(frozenset().union(*groups))
+            return any(len(f) >= 2 and self.volume(g) < full for g, f in groups.items())
+
+        def product(node: sp.Expr) -> str:
+            groups = groups_of(node)
+            scalars = groups.pop(frozenset(), [])
+            order = sorted(groups, key=lambda g: (self.volume(g), sorted(map(str, g))))
+            groups[order[0]] = scalars + groups[order[0]]
+            codes = [printer.doprint(sp.Mul(*groups[g])) for g in order]
+            return " * ".join([codes[0], *(f"({c})" for c in codes[1:])])
+
+        if isinstance(expr, sp.Mul) and split(expr):
+            return product(expr)
+        if isinstance(expr, sp.Add) and any(split(t) for t in expr.args):
+            terms = []
+            for term in printer._as_ordered_terms(expr):
+                if term.could_extract_minus_sign():
+                    sign, term = "-", -term
+                else:
+                    sign = "+"
+                code = product(term) if split(term) else printer.doprint(term)
+                terms.append(f"{sign} ({code})")
+            return " ".join(terms).removeprefix("+ ")
+        return printer.doprint(expr)
 
     def log_sum_exp(self, expr: LogSumExp, name: str | None) -> Operand:
         """torch.logsumexp of the body over the summed axes; an index the body's value
@@ -596,13 +658,58 @@ class Planner:
             removed = {i for op in picked for i in op.indices} - set(out_indices) - {BATCH}
             formula = make_sum(sp.Mul(*[f for _, f in picked_pairs]),
                                [(i, i.lower, i.upper) for i in sorted(removed, key=str)])
-            result = self.pairwise(picked, inputs, out_letters, out_indices,
-                                   comment if last else dsl_str(formula),
-                                   name if last else None)
+            result = self._symmetric_pairwise(picked_pairs, inputs, out_letters, out_indices,
+                                              letter_to_index, comment if last else
+                                              dsl_str(formula), name if last else None) \
+                or self.pairwise(picked, inputs, out_letters, out_indices,
+                                 comment if last else dsl_str(formula), name if last else None)
             if isinstance(formula, sp.Sum):
                 self._note_gram(formula, result)
             current.append((result, formula))
         return current[-1][0]
+
+    def _symmetric_pairwise(self, picked_pairs: list, inputs: str, out_letters: str,
+                            out_indices: tuple, letter_index: dict, comment: str,
+                            name: str | None) -> Operand | None:
+        """A pairwise step summing over two indices (a, b) of one range over which both
+        factors are symmetric, over the pairs a <= b only (`symmetric_pairs_code`); None
+        when it does not apply."""
+        terms = inputs.split(",")
+        if len(picked_pairs) != 2:
+            return None
+        summed = [c for c in terms[0] if c in terms[1] and c not in out_letters]
+        if len(summed) != 2:
+            return None
+        a, b = (letter_index[c] for c in summed)
+        if BATCH in (a, b) or (a.lower, a.upper) != (b.lower, b.upper) \
+                or self.size(a) < MIN_PAIR_RANGE:
+            return None
+        swap = {a: b, b: a}
+        if any(formula.xreplace(swap) != formula for _, formula in picked_pairs):
+            return None
+        picked = [op for op, _ in picked_pairs]
+        pair = "".join(summed)
+        if symmetric_pairs_code(picked, inputs, out_letters, pair, "_", letter_index,
+                                self.shape_code, lambda code, op: "_") is None:
+            return None  # asked before any step is emitted
+        key = f"pairs {self.shape_code(a)}"
+        if key not in self.identities:
+            self.identities[key] = self.emit_step(
+                f"_upper_pairs({self.shape_code(a)}, {self.like})",
+                f"the pairs {a} <= {b} of {dsl_str(a.upper - a.lower + 1)} x "
+                f"{dsl_str(a.upper - a.lower + 1)}, weighted 2 off the diagonal")
+        pairs = self.identities[key]
+
+        def weighted(code: str, operand: Operand) -> str:
+            formula = next(f for op, f in picked_pairs if op is operand)
+            return self.emit_step(code, f"{dsl_str(formula)} at {a} <= {b}, 2x off the "
+                                  "diagonal")
+
+        code = symmetric_pairs_code(picked, inputs, out_letters, pair, pairs, letter_index,
+                                    self.shape_code, weighted)
+        assert code is not None
+        cost = self.volume({i for op in picked for i in op.indices}) / 2
+        return Operand(self.emit_step(code, comment, name, cost), out_indices)
 
     def pairwise(self, picked: list[Operand], inputs: str, out_letters: str,
                  out_indices: tuple, comment: str, name: str | None) -> Operand:

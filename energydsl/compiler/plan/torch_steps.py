@@ -53,6 +53,8 @@ def pairwise_code(picked: list[Operand], inputs: str, out_letters: str, out_indi
             or _as_matvec(picked, inputs, out_letters)
             or _as_rowwise_dot(picked, inputs, out_letters)
             or _as_matmul(picked, inputs, out_letters, letter_index, shape_code)
+            or _as_shared_matmul(picked, inputs, out_letters, letter_index)
+            or _as_batched_matvec(picked, inputs, out_letters, letter_index)
             or f'torch.einsum("{equation}", {args})')
 
 
@@ -134,8 +136,16 @@ def _as_matmul(picked: list[Operand], inputs: str, out_letters: str, letter_inde
     if out_letters != "".join(free_x + free_y):
         return None
     block = "".join(c for c in xs if c in summed)
-    if "".join(c for c in ys if c in summed) != block:
-        return None
+    if "".join(c for c in ys if c in summed) != block:  # the summed axes in another order:
+        # permute the operand without the batch (the smaller) to the other's order
+        if BATCH in y.indices and BATCH in x.indices:
+            return None
+        if BATCH in y.indices:
+            x, xs = _permuted(x, xs, "".join(free_x) + "".join(c for c in ys if c in summed))
+            block = "".join(c for c in xs if c in summed)
+        else:
+            ys_new = "".join(c for c in xs if c in summed) + "".join(free_y)
+            y, ys = _permuted(y, ys, ys_new)
 
     def size(letters: str) -> list[str]:
         return _block_size(letters, letter_index, shape_code)
@@ -163,6 +173,61 @@ def _as_matmul(picked: list[Operand], inputs: str, out_letters: str, letter_inde
         dims = ", ".join(size(c)[0] for c in out_letters)
         code = f"({code}).reshape({dims})"
     return code
+
+
+def _permuted(op: Operand, letters: str, order: str) -> tuple[Operand, str]:
+    """op with its axes permuted from `letters` to `order`."""
+    perm = ", ".join(str(letters.index(c)) for c in order)
+    indices = tuple(op.indices[letters.index(c)] for c in order)
+    return Operand(f"{op.code}.permute({perm})", indices), order
+
+
+def _as_shared_matmul(picked: list[Operand], inputs: str, out_letters: str,
+                      letter_index: dict) -> str | None:
+    """A matrix applied to every sample's matrix, A[f, s] Y[n, s, g] -> [n, f, g], as
+    `A @ Y`: torch folds the batch into one GEMM (Y^T A^T) where einsum runs N small
+    ones. A[s, f] is transposed first."""
+    terms = inputs.split(",")
+    if len(terms) != 2:
+        return None
+    for (a, a_letters), (y, y_letters) in (tuple(zip(picked, terms, strict=True)),
+                                           tuple(zip(picked, terms, strict=True))[::-1]):
+        if len(a_letters) != 2 or len(y_letters) != 3 or BATCH in a.indices \
+                or letter_index[y_letters[0]] != BATCH:
+            continue
+        batch, summed, kept = y_letters
+        if summed not in a_letters or kept in a_letters or batch in a_letters:
+            continue
+        free = a_letters.replace(summed, "")
+        if out_letters != batch + free + kept:
+            continue
+        matrix = a.code if a_letters == free + summed else f"{a.code}.T"
+        return f"{matrix} @ {y.code}"
+    return None
+
+
+def _as_batched_matvec(picked: list[Operand], inputs: str, out_letters: str,
+                       letter_index: dict) -> str | None:
+    """Every sample's vector times its matrix, x[n, s] Y[n, s, g] -> [n, g] (or Y[n, g, s]
+    x[n, s]), as one batched matrix product on views: einsum permutes and copies both
+    operands to reach the same bmm."""
+    terms = inputs.split(",")
+    if len(terms) != 2:
+        return None
+    for (x, xs), (y, ys) in (tuple(zip(picked, terms, strict=True)),
+                             tuple(zip(picked, terms, strict=True))[::-1]):
+        if len(xs) != 2 or len(ys) != 3 or xs[0] != ys[0] or letter_index[xs[0]] != BATCH:
+            continue
+        batch, summed = xs
+        if summed not in ys[1:]:
+            continue
+        kept = ys[1:].replace(summed, "")
+        if out_letters != batch + kept:
+            continue
+        if ys[1] == summed:
+            return f"({x.code}.unsqueeze(1) @ {y.code}).squeeze(1)"
+        return f"({y.code} @ {x.code}.unsqueeze(2)).squeeze(2)"
+    return None
 
 
 def _block_size(letters: str, letter_index: dict, shape_code: ShapeCode) -> list[str]:
@@ -194,3 +259,44 @@ def _pretty_equation(inputs: str, out_letters: str, picked: list[Operand],
         used.add(wish)
     return ",".join("".join(mapping[c] for c in t) for t in inputs.split(",")) + "->" + \
         "".join(mapping[c] for c in out_letters)
+
+
+def symmetric_pairs_code(picked: list[Operand], inputs: str, out_letters: str, pair: str,
+                         pairs: str, letter_index: dict, shape_code: ShapeCode,
+                         emit: Callable[[str, Operand], str]) -> str | None:
+    """sum(a, b: X[.., a, b] Y[.., a, b]) with X and Y both symmetric in (a, b), as one
+    matrix product over the pairs a <= b only, each weighted 2 off the diagonal:
+
+        sum(a, b: X Y) = sum(a <= b: w_ab X_ab Y_ab),   w = 2 - delta(a, b),
+
+    half the multiply-adds of the full product, forward and backward. `pairs` is the
+    code of (flat indices a * size + b of the pairs, their weights); the weights go to
+    the operand without the batch, in a step of its own (`emit`). None unless (a, b) are
+    the only summed axes, last in both operands, and each operand keeps some axis."""
+    terms = inputs.split(",")
+    if len(terms) != 2:
+        return None
+    (x, xs), (y, ys) = zip(picked, terms, strict=True)
+    if not (xs.endswith(pair) or xs.endswith(pair[::-1])) or not (
+            ys.endswith(pair) or ys.endswith(pair[::-1])):
+        return None
+    free_x, free_y = xs[:-2], ys[:-2]
+    if not free_x or not free_y or set(free_x) & set(free_y) or set(free_x + free_y) & set(pair):
+        return None
+    if out_letters == free_y + free_x:
+        (x, xs, free_x), (y, ys, free_y) = (y, ys, free_y), (x, xs, free_x)
+    if out_letters != free_x + free_y:
+        return None
+
+    def rows(op: Operand, letters: str, free: str, weighted: bool) -> str:
+        size = _block_size(free, letter_index, shape_code)
+        square = " * ".join([shape_code(letter_index[pair[0]])] * 2)
+        code = f"{op.code}.reshape({size[0]}, {square}).index_select(1, {pairs}[0])"
+        return emit(f"{code} * {pairs}[1]", op) if weighted else code
+
+    weigh_y = BATCH in x.indices and BATCH not in y.indices
+    code = f"{rows(x, xs, free_x, not weigh_y)} @ {rows(y, ys, free_y, weigh_y)}.T"
+    if len(free_x) > 1 or len(free_y) > 1:
+        dims = ", ".join(_block_size(c, letter_index, shape_code)[0] for c in out_letters)
+        code = f"({code}).reshape({dims})"
+    return code
