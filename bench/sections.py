@@ -38,6 +38,8 @@ BASELINES = {
     SLICED_MODEL: methods.sliced_model,
 }
 FUNC_OVER_LOOP = 2.5   # torch.func time / loop time, measured here (DEM 1.9x, masked 4x)
+SWEPT = ("DEM", "GBRBM", "GaussianRBM", "MPoT", "MaskedGaussian")  # the sweeps' models
+GEMM_SIDE = 512        # the square SGEMM whose rate the DEM is measured against
 
 
 class CpuLoad:
@@ -181,6 +183,7 @@ class Bench:
         self.check()
         self.main()
         self.memory()
+        self.gemm()
         self.sweep_d()
         self.sweep_n()
         self.spec_compile()
@@ -253,10 +256,31 @@ class Bench:
                 counts.setdefault(name, {})[method] = methods.operation_count(call)
         self.results["operations"] = counts
 
+    def gemm(self) -> None:
+        """The DEM against this machine's matrix-multiply rate: the one-thread (or
+        --threads) SGEMM rate of a GEMM_SIDE^3 product, and the FLOPs of one DEM loss +
+        backward in each form (torch's FlopCounterMode: matrix products only) at the main
+        table's sizes. The report divides the best form's FLOPs by the generated time."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        a = torch.randn(GEMM_SIDE, GEMM_SIDE, device=self.device)
+        b = torch.randn(GEMM_SIDE, GEMM_SIDE, device=self.device)
+        seconds, _ = self.timer.best(lambda: a @ b)
+        flops: dict = {}
+        for method in (GENERATED, *HAND["DEM"]):
+            model = self.model("DEM", D_MAIN)
+            call = methods.training_call(model, self.loss("DEM", method),
+                                         self.batch(D_MAIN, self.args.batch))
+            with FlopCounterMode(display=False) as counter:
+                call()
+            flops[method] = counter.get_total_flops()
+        self.results["gemm"] = {"side": GEMM_SIDE, "gflops": 2 * GEMM_SIDE**3 / seconds / 1e9,
+                                "flops": flops}
+
     def sweep_d(self) -> None:
         n = self.args.batch
         rows = []
-        jobs = [(name, d) for name in SEEDS for d in self.sizes_d]
+        jobs = [(name, d) for name in SWEPT for d in self.sizes_d]
         for name, d in tqdm(jobs, desc="sweep over D", disable=None):
             entries = self.time_group(name, d, n, [GENERATED, HAND_BEST, SLICED])
             # exact by autograd: one backward per dimension, so time grows like D^2
@@ -283,7 +307,7 @@ class Bench:
 
     def sweep_n(self) -> None:
         rows = []
-        jobs = [(name, n) for name in SEEDS for n in self.sizes_n]
+        jobs = [(name, n) for name in SWEPT for n in self.sizes_n]
         for name, n in tqdm(jobs, desc="sweep over batch", disable=None):
             entries = self.time_group(name, D_MAIN, n, [GENERATED, HAND_BEST, SLICED])
             rows += [{"model": name, "N": n, "method": method, **entry}

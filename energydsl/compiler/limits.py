@@ -14,8 +14,10 @@ from energydsl.compiler import syntax as ast
 from energydsl.errors import error
 
 MAX_FUNCTION_NESTING = 4  # nested function calls and powers with a variable exponent
-#                            (x^y = exp(y log x)), counted through `let`s of hidden
-#                            variables (a let of the visible variable alone counts once)
+#                            (x^y = exp(y log x)) in one expression, counted through the
+#                            `let`s it reads that involve a hidden variable (through a let
+#                            of the visible variable alone, derivatives propagate forward
+#                            one definition at a time: compiler/chain.py)
 MAX_DEFINITION_DEPTH = 32  # `let`s defined in terms of `let`s
 MAX_EXPANDED_SIZE = 5000  # nodes of an expression with every `let` substituted
 MAX_INDICES = 10  # indices in scope at once (sum bindings and a `let`'s own)
@@ -69,8 +71,10 @@ def expanded_cost(expr: ast.Expr, costs: dict[str, Cost], variables) -> Cost:
         raise TypeError(f"unexpected node {expr!r}")
     if cost.calls > MAX_FUNCTION_NESTING:
         raise error(f"functions nested more than {MAX_FUNCTION_NESTING} deep (counting "
-                    "powers with a variable exponent, and through 'let' definitions): the "
-                    "derivatives of so deep a composition grow too large",
+                    "powers with a variable exponent, and through 'let' definitions that "
+                    "read a hidden variable): the derivatives of so deep a composition grow "
+                    "too large; name inner parts with 'let' (derivatives propagate through "
+                    "lets of the visible variable one at a time)",
                     expr.func.span if isinstance(expr, ast.Call) else expr.span)
     if cost.size > MAX_EXPANDED_SIZE:
         raise error(f"this expression is too large with its definitions substituted "

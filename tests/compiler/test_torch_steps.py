@@ -1,6 +1,8 @@
 """The lowering of one pairwise contraction to torch code: each form against
 torch.einsum on random operands, and the dot products that einsum would run as N tiny
-matrix products lowered to a matrix-vector product or a row-wise dot product."""
+matrix products lowered to a matrix-vector product or a row-wise dot product, a matrix
+applied to every sample's matrix to one GEMM, and a sum over a symmetric pair of indices
+to the pairs a <= b."""
 
 from __future__ import annotations
 
@@ -8,20 +10,27 @@ import pytest
 import sympy as sp
 import torch
 
-from energydsl.compiler.plan.program import Operand
-from energydsl.compiler.plan.torch_steps import pairwise_code
+from energydsl.compiler.plan.program import BATCH, Operand
+from energydsl.compiler.plan.torch_steps import pairwise_code, symmetric_pairs_code
 
-SIZES = {"n": 5, "a": 3, "i": 4, "j": 2}
+SIZES = {"n": 5, "a": 3, "i": 4, "j": 2, "k": 3, "b": 3}
+INDICES = {c: BATCH if c == "n" else sp.Symbol(c) for c in SIZES}
 
 
 def _shape_code(index: sp.Basic) -> str:
-    return str(SIZES[str(index)])
+    return str(SIZES["n" if index == BATCH else str(index)])
 
 
 @pytest.mark.parametrize(("equation", "form"), [
     ("ni,i->n", "@"), ("in,i->n", "@"), ("i,ni->n", "@"),
     ("na,na->n", ".sum("), ("an,na->n", ".sum("), ("nai,nai->na", ".sum("),
     ("nai,ina->n", ".sum("), ("ni,ij->nj", "@"), ("na,ni->nai", "*"), ("nai,ai->n", None),
+    # a matrix applied to each sample's matrix: one GEMM, not N small ones
+    ("ai,nij->naj", "@"), ("ia,nij->naj", ".T @"),
+    # each sample's vector times its matrix: a batched product on views
+    ("ni,nij->nj", "unsqueeze(1)"), ("nj,nij->ni", "unsqueeze(2)"),
+    # the summed block in another order in each operand: the one without the batch permuted
+    ("nij,aji->na", "permute"), ("aji,nij->an", "permute"),
 ])
 def test_each_lowering_computes_the_einsum(equation, form):
     inputs, out = equation.split("->")
@@ -29,10 +38,50 @@ def test_each_lowering_computes_the_einsum(equation, form):
     generator = torch.Generator().manual_seed(0)
     tensors = [torch.randn([SIZES[c] for c in t], generator=generator, dtype=torch.float64)
                for t in terms]
-    indices = {c: sp.Symbol(c) for c in "naij"}
-    operands = [Operand(f"x{k}", tuple(indices[c] for c in t)) for k, t in enumerate(terms)]
-    code = pairwise_code(operands, inputs, out, tuple(indices[c] for c in out), _shape_code)
+    operands = [Operand(f"x{k}", tuple(INDICES[c] for c in t)) for k, t in enumerate(terms)]
+    code = pairwise_code(operands, inputs, out, tuple(INDICES[c] for c in out), _shape_code)
     if form is not None:
         assert form in code and "einsum" not in code, code
     value = eval(code, {"torch": torch, **{f"x{k}": t for k, t in enumerate(tensors)}})  # noqa: S307
     torch.testing.assert_close(value, torch.einsum(equation, *tensors))
+
+
+@pytest.mark.parametrize("equation", ["kab,nab->kn", "nab,kab->nk", "nba,kab->nk"])
+def test_symmetric_pairs_sum_over_a_le_b_only(equation):
+    """sum(a, b: X Y) with X and Y symmetric in (a, b) = sum(a <= b: w X Y), w = 2 off the
+    diagonal: the pairs' code against einsum on symmetric operands."""
+    inputs, out = equation.split("->")
+    terms = inputs.split(",")
+    generator = torch.Generator().manual_seed(1)
+    tensors = []
+    for t in terms:
+        raw = torch.randn([SIZES[c] for c in t], generator=generator, dtype=torch.float64)
+        tensors.append(raw + raw.transpose(-1, -2))  # symmetric in its last two axes
+    operands = [Operand(f"x{k}", tuple(INDICES[c] for c in t)) for k, t in enumerate(terms)]
+    emitted: dict[str, str] = {}
+
+    def emit(code: str, operand: Operand) -> str:
+        emitted[f"w{len(emitted)}"] = code
+        return f"w{len(emitted) - 1}"
+
+    code = symmetric_pairs_code(operands, inputs, out, "ab", "pairs",
+                                {c: INDICES[c] for c in SIZES}, _shape_code, emit)
+    assert code is not None and "index_select" in code
+    first, second = torch.triu_indices(3, 3)
+    scope = {"torch": torch, **{f"x{k}": t for k, t in enumerate(tensors)},
+             "pairs": (first * 3 + second, torch.where(first == second, 1.0, 2.0).double())}
+    for name, text in emitted.items():
+        scope[name] = eval(text, scope)  # noqa: S307
+    value = eval(code, scope)  # noqa: S307
+    torch.testing.assert_close(value, torch.einsum(equation, *tensors))
+
+
+def test_symmetric_pairs_need_the_pair_last_in_both_and_a_kept_axis():
+    operands = [Operand("x0", (INDICES["a"], INDICES["k"], INDICES["b"])),
+                Operand("x1", (BATCH, INDICES["a"], INDICES["b"]))]
+    assert symmetric_pairs_code(operands, "akb,nab", "kn", "ab", "p", INDICES, _shape_code,
+                                lambda code, op: "w") is None
+    operands = [Operand("x0", (INDICES["a"], INDICES["b"])),
+                Operand("x1", (BATCH, INDICES["a"], INDICES["b"]))]
+    assert symmetric_pairs_code(operands, "ab,nab", "n", "ab", "p", INDICES, _shape_code,
+                                lambda code, op: "w") is None
