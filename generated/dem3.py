@@ -11,7 +11,8 @@ Definition:   u3[h] = sum(j: V3[h, j]*g2[j])
 Definition:   g3[h] = sigmoid(u3[h])
 Definition:   z[k] = c[k] + sum(h: W[k, h]*g3[h])
 Free energy:  F = -sum(i: b[i]*x[i]) - sum(k: softplus(z[k])) + sum(i: x[i]^2)/(2*sigma^2)
-Score:        score[l] = b[l] - sum(h: V1[h, l]*jac_F_u1[h]) - x[l]/sigma^2
+Score:        score[l] = b[l] - sum(h: RowSpaceBasis(_slope_u1, l, h)*jac_F_u1[h]) -
+                  x[l]/sigma^2
 Laplacian:    laplacian = -D/sigma^2 - lap_F_u1
 SM objective: laplacian + sum(l: score[l]^2)/2   (batch mean)
 """
@@ -19,6 +20,20 @@ SM objective: laplacian + sum(l: score[l]^2)/2   (batch mean)
 import math
 
 import torch
+
+
+def _row_space(slope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q [D, H] and R [H, H] with slope^T = Q R for a first layer's slope [H, D]: the
+    columns of Q an orthonormal basis of the slope's row space (reduced QR), R upper
+    triangular. Derivatives are carried in the coordinates y = Q^T v, where the layer is
+    R^T y and the Laplacian in v is the Laplacian in y. With H > D the basis has D
+    vectors; Q and R are padded with zero columns and rows, which carry nothing."""
+    q, r = torch.linalg.qr(slope.T)
+    missing = slope.shape[0] - q.shape[1]
+    if missing > 0:
+        q = torch.nn.functional.pad(q, (0, missing))
+        r = torch.nn.functional.pad(r, (0, 0, 0, missing))
+    return q, r
 
 
 class DEM3(torch.nn.Module):
@@ -202,26 +217,30 @@ class DEM3(torch.nn.Module):
         _t2 = g3 @ self.W.T
         # c[k] + sum(h: W[k, h]*g3[h])
         z = _t2 + self.c
-        # (1 - g1[h3])*V2[h, h3]*g1[h3]
-        jac_u2 = self.V2 * (g1[:, None] * (1 - g1[:, None]))
-        # (1 - g2[h])*g2[h]*jac_u2[h, h3]
-        jac_g2 = g2[:, :, None] * (1 - g2[:, :, None]) * jac_u2
-        # sum(j: V3[h, j]*jac_g2[j, h3])
-        jac_u3 = self.V3 @ jac_g2
-        # (1 - g3[h])*g3[h]*jac_u3[h, h3]
-        jac_g3 = g3[:, :, None] * (1 - g3[:, :, None]) * jac_u3
-        # sum(h: W[k, h]*jac_g3[h, h3])
-        jac_z = self.W @ jac_g3
+        # _slope_u1^T = Q R, Q with orthonormal columns, R upper triangular
+        _t7 = _row_space(self.V1)
+        # (1 - g1[h])*RowSpaceTriangle(_slope_u1, h2, h)*g1[h]
+        jac_g1 = _t7[1] * (g1[:, None] * (1 - g1[:, None]))
+        # sum(j: V2[h, j]*jac_g1[h2, j])
+        jac_u2 = (jac_g1.reshape(-1, self.H) @ self.V2.T).reshape(-1, self.H, self.H)
+        # (1 - g2[h])*g2[h]*jac_u2[h2, h]
+        jac_g2 = g2[:, None] * (1 - g2[:, None]) * jac_u2
+        # sum(j: V3[h, j]*jac_g2[h2, j])
+        jac_u3 = (jac_g2.reshape(-1, self.H) @ self.V3.T).reshape(-1, self.H, self.H)
+        # (1 - g3[h])*g3[h]*jac_u3[h2, h]
+        jac_g3 = g3[:, None] * (1 - g3[:, None]) * jac_u3
+        # sum(h: W[k, h]*jac_g3[h2, h])
+        jac_z = (jac_g3.reshape(-1, self.H) @ self.W.T).reshape(-1, self.H, self.K)
         # sigmoid(z[k])
-        _t7 = torch.sigmoid(z)
-        # sum(k: sigmoid(z[k])*jac_z[k, h3])
-        _t8 = (_t7.unsqueeze(1) @ jac_z).squeeze(1)
-        # -sum(k: sigmoid(z[k])*jac_z[k, h3])
-        jac_F_u1 = -_t8
-        # sum(h: V1[h, l]*jac_F_u1[h])
-        _t9 = jac_F_u1 @ self.V1
-        # b[l] - sum(h: V1[h, l]*jac_F_u1[h]) - x[l]/sigma^2
-        score = -_t9 + self.b - x / self.sigma ** 2
+        _t8 = torch.sigmoid(z)
+        # sum(k: sigmoid(z[k])*jac_z[h2, k])
+        _t9 = (jac_z @ _t8.unsqueeze(2)).squeeze(2)
+        # -sum(k: sigmoid(z[k])*jac_z[h2, k])
+        jac_F_u1 = -_t9
+        # sum(h: RowSpaceBasis(_slope_u1, l, h)*jac_F_u1[h])
+        _t10 = jac_F_u1 @ _t7[0].T
+        # b[l] - sum(h: RowSpaceBasis(_slope_u1, l, h)*jac_F_u1[h]) - x[l]/sigma^2
+        score = -_t10 + self.b - x / self.sigma ** 2
         return score
 
     def laplacian(self, x: torch.Tensor) -> torch.Tensor:
@@ -243,56 +262,60 @@ class DEM3(torch.nn.Module):
         _t2 = g3 @ self.W.T
         # c[k] + sum(h: W[k, h]*g3[h])
         z = _t2 + self.c
-        # (1 - g1[h3])*V2[h, h3]*g1[h3]
-        jac_u2 = self.V2 * (g1[:, None] * (1 - g1[:, None]))
-        # (1 - g2[h])*g2[h]*jac_u2[h, h3]
-        jac_g2 = g2[:, :, None] * (1 - g2[:, :, None]) * jac_u2
-        # sum(j: V3[h, j]*jac_g2[j, h3])
-        jac_u3 = self.V3 @ jac_g2
-        # (1 - g3[h])*g3[h]*jac_u3[h, h3]
-        jac_g3 = g3[:, :, None] * (1 - g3[:, :, None]) * jac_u3
-        # sum(h: W[k, h]*jac_g3[h, h3])
-        jac_z = self.W @ jac_g3
+        # _slope_u1^T = Q R, Q with orthonormal columns, R upper triangular
+        _t7 = _row_space(self.V1)
+        # (1 - g1[h])*RowSpaceTriangle(_slope_u1, h2, h)*g1[h]
+        jac_g1 = _t7[1] * (g1[:, None] * (1 - g1[:, None]))
+        # sum(j: V2[h, j]*jac_g1[h2, j])
+        jac_u2 = (jac_g1.reshape(-1, self.H) @ self.V2.T).reshape(-1, self.H, self.H)
+        # (1 - g2[h])*g2[h]*jac_u2[h2, h]
+        jac_g2 = g2[:, None] * (1 - g2[:, None]) * jac_u2
+        # sum(j: V3[h, j]*jac_g2[h2, j])
+        jac_u3 = (jac_g2.reshape(-1, self.H) @ self.V3.T).reshape(-1, self.H, self.H)
+        # (1 - g3[h])*g3[h]*jac_u3[h2, h]
+        jac_g3 = g3[:, None] * (1 - g3[:, None]) * jac_u3
+        # sum(h: W[k, h]*jac_g3[h2, h])
+        jac_z = (jac_g3.reshape(-1, self.H) @ self.W.T).reshape(-1, self.H, self.K)
         # sigmoid(z[k])
-        _t7 = torch.sigmoid(z)
-        # sum(i: V1[h1, i]*V1[h2, i])
-        gram_u1 = self.V1 @ self.V1.T
-        # gram_u1[h, h]
-        _t10 = torch.diagonal(gram_u1, dim1=-2, dim2=-1)
-        # (g1[h] - 1)*(2*g1[h] - 1)*g1[h]*gram_u1[h, h]
-        lap_g1 = _t10 * g1 * (g1 - 1) * (2 * g1 - 1)
+        _t8 = torch.sigmoid(z)
+        # RowSpaceTriangle(_slope_u1, j, h)^2
+        _t11 = torch.square(_t7[1].permute(1, 0))
+        # sum(j: RowSpaceTriangle(_slope_u1, j, h)^2)
+        _t12 = _t11.sum(dim=1)
+        # (g1[h] - 1)*(2*g1[h] - 1)*g1[h]*sum(j: RowSpaceTriangle(_slope_u1, j, h)^2)
+        lap_g1 = _t12 * g1 * (g1 - 1) * (2 * g1 - 1)
         # sum(j: V2[h, j]*lap_g1[j])
         lap_u2 = lap_g1 @ self.V2.T
-        # sum(i: gram_u1[j, i]*jac_u2[h, i])
-        _t11 = (jac_u2.reshape(-1, self.H) @ gram_u1.T).reshape(-1, self.H, self.H)
-        # sum(j, i: gram_u1[j, i]*jac_u2[h, i]*jac_u2[h, j])
-        _t12 = (_t11 * jac_u2).sum(dim=2)
-        # (1 - g2[h])*g2[h]*lap_u2[h] + (g2[h] - 1)*(2*g2[h] - 1)*g2[h]*sum(j, i: gram_u1[j, i]...
-        lap_g2 = _t12 * g2 * (g2 - 1) * (2 * g2 - 1) + g2 * lap_u2 * (1 - g2)
+        # jac_u2[j, h]^2
+        _t13 = torch.square(jac_u2)
+        # sum(j: jac_u2[j, h]^2)
+        _t14 = _t13.sum(dim=1)
+        # (1 - g2[h])*g2[h]*lap_u2[h] + (g2[h] - 1)*(2*g2[h] - 1)*g2[h]*sum(j: jac_u2[j, h]^2)
+        lap_g2 = _t14 * g2 * (g2 - 1) * (2 * g2 - 1) + g2 * lap_u2 * (1 - g2)
         # sum(j: V3[h, j]*lap_g2[j])
         lap_u3 = lap_g2 @ self.V3.T
-        # sum(i: gram_u1[j, i]*jac_u3[h, i])
-        _t13 = (jac_u3.reshape(-1, self.H) @ gram_u1.T).reshape(-1, self.H, self.H)
-        # sum(j, i: gram_u1[j, i]*jac_u3[h, i]*jac_u3[h, j])
-        _t14 = (_t13 * jac_u3).sum(dim=2)
-        # (1 - g3[h])*g3[h]*lap_u3[h] + (g3[h] - 1)*(2*g3[h] - 1)*g3[h]*sum(j, i: gram_u1[j, i]...
-        lap_g3 = _t14 * g3 * (g3 - 1) * (2 * g3 - 1) + g3 * lap_u3 * (1 - g3)
+        # jac_u3[j, h]^2
+        _t15 = torch.square(jac_u3)
+        # sum(j: jac_u3[j, h]^2)
+        _t16 = _t15.sum(dim=1)
+        # (1 - g3[h])*g3[h]*lap_u3[h] + (g3[h] - 1)*(2*g3[h] - 1)*g3[h]*sum(j: jac_u3[j, h]^2)
+        lap_g3 = _t16 * g3 * (g3 - 1) * (2 * g3 - 1) + g3 * lap_u3 * (1 - g3)
         # sum(h: W[k, h]*lap_g3[h])
         lap_z = lap_g3 @ self.W.T
         # sigmoid(z[k])*lap_z[k]
-        _t15 = _t7 * lap_z
+        _t17 = _t8 * lap_z
         # sum(k: sigmoid(z[k])*lap_z[k])
-        _t16 = _t15.sum(dim=1)
+        _t18 = _t17.sum(dim=1)
         # (1 - sigmoid(z[k]))*sigmoid(z[k])
-        _t17 = _t7 * (1 - _t7)
-        # sum(h1: gram_u1[h1, j1]*jac_z[k, h1])
-        _t18 = (jac_z.reshape(-1, self.H) @ gram_u1).reshape(-1, self.K, self.H)
-        # sum(j1: jac_z[k, j1]*sum(h1: gram_u1[h1, j1]*jac_z[k, h1]))
-        _t19 = (_t18 * jac_z).sum(dim=2)
-        # sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h, j: gram_u1[h, j]*jac_z[k, h]*jac_z[k,...
-        _t20 = (_t19 * _t17).sum(dim=1)
-        # -sum(k: sigmoid(z[k])*lap_z[k]) - sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h, j: ...
-        lap_F_u1 = -_t16 - _t20
+        _t19 = _t8 * (1 - _t8)
+        # jac_z[h1, k]^2
+        _t20 = torch.square(jac_z)
+        # sum(h1: jac_z[h1, k]^2)
+        _t21 = _t20.sum(dim=1)
+        # sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac_z[h, k]^2))
+        _t22 = (_t21 * _t19).sum(dim=1)
+        # -sum(k: sigmoid(z[k])*lap_z[k]) - sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac...
+        lap_F_u1 = -_t18 - _t22
         # -D/sigma^2 - lap_F_u1
         laplacian = -self.D / self.sigma ** 2 - lap_F_u1
         return laplacian
@@ -301,8 +324,6 @@ class DEM3(torch.nn.Module):
         """Exact score-matching loss (Hyvarinen 2005), the batch mean of
         sum_i 1/2 score_i^2 + d score_i / dx_i, constants included."""
         self._check("sm_loss", "x", x, self.D)
-        # sum(i: b[i]*x[i])
-        _t1 = x @ self.b
         # sum(i: V1[h, i]*x[i])
         u1 = x @ self.V1.T
         # sigmoid(u1[h])
@@ -319,91 +340,76 @@ class DEM3(torch.nn.Module):
         _t2 = g3 @ self.W.T
         # c[k] + sum(h: W[k, h]*g3[h])
         z = _t2 + self.c
-        # x[i]^2
-        _t5 = torch.square(x)
-        # sum(i: x[i]^2)
-        _t6 = _t5.sum(dim=1)
-        # (1 - g1[h3])*V2[h, h3]*g1[h3]
-        jac_u2 = self.V2 * (g1[:, None] * (1 - g1[:, None]))
-        # (1 - g2[h])*g2[h]*jac_u2[h, h3]
-        jac_g2 = g2[:, :, None] * (1 - g2[:, :, None]) * jac_u2
-        # sum(j: V3[h, j]*jac_g2[j, h3])
-        jac_u3 = self.V3 @ jac_g2
-        # (1 - g3[h])*g3[h]*jac_u3[h, h3]
-        jac_g3 = g3[:, :, None] * (1 - g3[:, :, None]) * jac_u3
-        # sum(h: W[k, h]*jac_g3[h, h3])
-        jac_z = self.W @ jac_g3
+        # _slope_u1^T = Q R, Q with orthonormal columns, R upper triangular
+        _t7 = _row_space(self.V1)
+        # (1 - g1[h])*RowSpaceTriangle(_slope_u1, h2, h)*g1[h]
+        jac_g1 = _t7[1] * (g1[:, None] * (1 - g1[:, None]))
+        # sum(j: V2[h, j]*jac_g1[h2, j])
+        jac_u2 = (jac_g1.reshape(-1, self.H) @ self.V2.T).reshape(-1, self.H, self.H)
+        # (1 - g2[h])*g2[h]*jac_u2[h2, h]
+        jac_g2 = g2[:, None] * (1 - g2[:, None]) * jac_u2
+        # sum(j: V3[h, j]*jac_g2[h2, j])
+        jac_u3 = (jac_g2.reshape(-1, self.H) @ self.V3.T).reshape(-1, self.H, self.H)
+        # (1 - g3[h])*g3[h]*jac_u3[h2, h]
+        jac_g3 = g3[:, None] * (1 - g3[:, None]) * jac_u3
+        # sum(h: W[k, h]*jac_g3[h2, h])
+        jac_z = (jac_g3.reshape(-1, self.H) @ self.W.T).reshape(-1, self.H, self.K)
         # sigmoid(z[k])
-        _t7 = torch.sigmoid(z)
-        # sum(k: sigmoid(z[k])*jac_z[k, h3])
-        _t8 = (_t7.unsqueeze(1) @ jac_z).squeeze(1)
-        # -sum(k: sigmoid(z[k])*jac_z[k, h3])
-        jac_F_u1 = -_t8
-        # sum(i: V1[h1, i]*V1[h2, i])
-        gram_u1 = self.V1 @ self.V1.T
-        # gram_u1[h, h]
-        _t10 = torch.diagonal(gram_u1, dim1=-2, dim2=-1)
-        # (g1[h] - 1)*(2*g1[h] - 1)*g1[h]*gram_u1[h, h]
-        lap_g1 = _t10 * g1 * (g1 - 1) * (2 * g1 - 1)
+        _t8 = torch.sigmoid(z)
+        # sum(k: sigmoid(z[k])*jac_z[h2, k])
+        _t9 = (jac_z @ _t8.unsqueeze(2)).squeeze(2)
+        # -sum(k: sigmoid(z[k])*jac_z[h2, k])
+        jac_F_u1 = -_t9
+        # sum(h: RowSpaceBasis(_slope_u1, l, h)*jac_F_u1[h])
+        _t10 = jac_F_u1 @ _t7[0].T
+        # b[l] - sum(h: RowSpaceBasis(_slope_u1, l, h)*jac_F_u1[h]) - x[l]/sigma^2
+        score = -_t10 + self.b - x / self.sigma ** 2
+        # RowSpaceTriangle(_slope_u1, j, h)^2
+        _t11 = torch.square(_t7[1].permute(1, 0))
+        # sum(j: RowSpaceTriangle(_slope_u1, j, h)^2)
+        _t12 = _t11.sum(dim=1)
+        # (g1[h] - 1)*(2*g1[h] - 1)*g1[h]*sum(j: RowSpaceTriangle(_slope_u1, j, h)^2)
+        lap_g1 = _t12 * g1 * (g1 - 1) * (2 * g1 - 1)
         # sum(j: V2[h, j]*lap_g1[j])
         lap_u2 = lap_g1 @ self.V2.T
-        # sum(i: gram_u1[j, i]*jac_u2[h, i])
-        _t11 = (jac_u2.reshape(-1, self.H) @ gram_u1.T).reshape(-1, self.H, self.H)
-        # sum(j, i: gram_u1[j, i]*jac_u2[h, i]*jac_u2[h, j])
-        _t12 = (_t11 * jac_u2).sum(dim=2)
-        # (1 - g2[h])*g2[h]*lap_u2[h] + (g2[h] - 1)*(2*g2[h] - 1)*g2[h]*sum(j, i: gram_u1[j, i]...
-        lap_g2 = _t12 * g2 * (g2 - 1) * (2 * g2 - 1) + g2 * lap_u2 * (1 - g2)
+        # jac_u2[j, h]^2
+        _t13 = torch.square(jac_u2)
+        # sum(j: jac_u2[j, h]^2)
+        _t14 = _t13.sum(dim=1)
+        # (1 - g2[h])*g2[h]*lap_u2[h] + (g2[h] - 1)*(2*g2[h] - 1)*g2[h]*sum(j: jac_u2[j, h]^2)
+        lap_g2 = _t14 * g2 * (g2 - 1) * (2 * g2 - 1) + g2 * lap_u2 * (1 - g2)
         # sum(j: V3[h, j]*lap_g2[j])
         lap_u3 = lap_g2 @ self.V3.T
-        # sum(i: gram_u1[j, i]*jac_u3[h, i])
-        _t13 = (jac_u3.reshape(-1, self.H) @ gram_u1.T).reshape(-1, self.H, self.H)
-        # sum(j, i: gram_u1[j, i]*jac_u3[h, i]*jac_u3[h, j])
-        _t14 = (_t13 * jac_u3).sum(dim=2)
-        # (1 - g3[h])*g3[h]*lap_u3[h] + (g3[h] - 1)*(2*g3[h] - 1)*g3[h]*sum(j, i: gram_u1[j, i]...
-        lap_g3 = _t14 * g3 * (g3 - 1) * (2 * g3 - 1) + g3 * lap_u3 * (1 - g3)
+        # jac_u3[j, h]^2
+        _t15 = torch.square(jac_u3)
+        # sum(j: jac_u3[j, h]^2)
+        _t16 = _t15.sum(dim=1)
+        # (1 - g3[h])*g3[h]*lap_u3[h] + (g3[h] - 1)*(2*g3[h] - 1)*g3[h]*sum(j: jac_u3[j, h]^2)
+        lap_g3 = _t16 * g3 * (g3 - 1) * (2 * g3 - 1) + g3 * lap_u3 * (1 - g3)
         # sum(h: W[k, h]*lap_g3[h])
         lap_z = lap_g3 @ self.W.T
         # sigmoid(z[k])*lap_z[k]
-        _t15 = _t7 * lap_z
+        _t17 = _t8 * lap_z
         # sum(k: sigmoid(z[k])*lap_z[k])
-        _t16 = _t15.sum(dim=1)
+        _t18 = _t17.sum(dim=1)
         # (1 - sigmoid(z[k]))*sigmoid(z[k])
-        _t17 = _t7 * (1 - _t7)
-        # sum(h1: gram_u1[h1, j1]*jac_z[k, h1])
-        _t18 = (jac_z.reshape(-1, self.H) @ gram_u1).reshape(-1, self.K, self.H)
-        # sum(j1: jac_z[k, j1]*sum(h1: gram_u1[h1, j1]*jac_z[k, h1]))
-        _t19 = (_t18 * jac_z).sum(dim=2)
-        # sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h, j: gram_u1[h, j]*jac_z[k, h]*jac_z[k,...
-        _t20 = (_t19 * _t17).sum(dim=1)
-        # -sum(k: sigmoid(z[k])*lap_z[k]) - sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h, j: ...
-        lap_F_u1 = -_t16 - _t20
+        _t19 = _t8 * (1 - _t8)
+        # jac_z[h1, k]^2
+        _t20 = torch.square(jac_z)
+        # sum(h1: jac_z[h1, k]^2)
+        _t21 = _t20.sum(dim=1)
+        # sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac_z[h, k]^2))
+        _t22 = (_t21 * _t19).sum(dim=1)
+        # -sum(k: sigmoid(z[k])*lap_z[k]) - sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac...
+        lap_F_u1 = -_t18 - _t22
         # -D/sigma^2 - lap_F_u1
         laplacian = -self.D / self.sigma ** 2 - lap_F_u1
-        # sum(l: V1[h1, l]*b[l])
-        _t23 = self.V1 @ self.b
-        # sum(l: b[l]*sum(h: V1[h, l]*jac_F_u1[h]))
-        _t24 = jac_F_u1 @ _t23
-        # sum(l: x[l]*sum(h: V1[h, l]*jac_F_u1[h]))
-        _t25 = (u1 * jac_F_u1).sum(dim=1)
-        # b[l]^2
-        _t26 = torch.square(self.b)
-        # sum(l: b[l]^2)
-        _t27 = _t26.sum(dim=0)
-        # sum(h1: jac_F_u1[h1]*sum(l: V1[h1, l]*V1[h2, l]))
-        _t28 = gram_u1.T @ jac_F_u1.T
-        # sum(l: sum(h: V1[h, l]*jac_F_u1[h])^2)
-        _t29 = (_t28 * jac_F_u1.T).sum(dim=0)
-        # -2*sum(l: b[l]*sum(h: V1[h, l]*jac_F_u1[h])) + sum(l: b[l]^2) + sum(l: sum(h: V1[h, l...
-        _t30 = (
-            -2 * _t1 / self.sigma ** 2
-            - 2 * _t24
-            + 2 * _t25 / self.sigma ** 2
-            + _t27
-            + _t29
-            + _t6 / self.sigma ** 4
-        )
+        # score[l]^2
+        _t23 = torch.square(score)
+        # sum(l: score[l]^2)
+        _t24 = _t23.sum(dim=1)
         # laplacian + sum(l: score[l]^2)/2
-        sm_objective = 0.5 * _t30 + laplacian
+        sm_objective = 0.5 * _t24 + laplacian
         return sm_objective.mean()
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

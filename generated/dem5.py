@@ -10,7 +10,8 @@ Definition:   g4[h] = sigmoid(a4[h] + sum(j: V4[h, j]*g3[j]))
 Definition:   g5[h] = sigmoid(a5[h] + sum(j: V5[h, j]*g4[j]))
 Definition:   z[k] = c[k] + sum(h: W[k, h]*g5[h])
 Free energy:  F = -sum(i: b[i]*x[i]) - sum(k: softplus(z[k])) + sum(i: x[i]^2)/(2*sigma^2)
-Score:        score[l] = b[l] - sum(h: V1[h, l]*jac_F_pre_g1[h]) - x[l]/sigma^2
+Score:        score[l] = b[l] - sum(h: RowSpaceBasis(_slope_pre_g1, l, h)*jac_F_pre_g1[h]) -
+                  x[l]/sigma^2
 Laplacian:    laplacian = -D/sigma^2 - lap_F_pre_g1
 SM objective: laplacian + sum(l: score[l]^2)/2   (batch mean)
 """
@@ -18,6 +19,20 @@ SM objective: laplacian + sum(l: score[l]^2)/2   (batch mean)
 import math
 
 import torch
+
+
+def _row_space(slope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q [D, H] and R [H, H] with slope^T = Q R for a first layer's slope [H, D]: the
+    columns of Q an orthonormal basis of the slope's row space (reduced QR), R upper
+    triangular. Derivatives are carried in the coordinates y = Q^T v, where the layer is
+    R^T y and the Laplacian in v is the Laplacian in y. With H > D the basis has D
+    vectors; Q and R are padded with zero columns and rows, which carry nothing."""
+    q, r = torch.linalg.qr(slope.T)
+    missing = slope.shape[0] - q.shape[1]
+    if missing > 0:
+        q = torch.nn.functional.pad(q, (0, missing))
+        r = torch.nn.functional.pad(r, (0, 0, 0, missing))
+    return q, r
 
 
 class DEM5(torch.nn.Module):
@@ -243,36 +258,38 @@ class DEM5(torch.nn.Module):
         _t7 = g5 @ self.W.T
         # c[k] + sum(h: W[k, h]*g5[h])
         z = _t7 + self.c
-        # (1 - sigmoid(pre_g1[h3]))*(1 - g2[h])*sigmoid(pre_g1[h3])*V2[h, h3]*g2[h]
-        jac_g2 = (
-            self.V2
-            * (g2[:, :, None] * (1 - g2[:, :, None]))
-            * (g1[:, None] * (1 - g1[:, None]))
-        )
-        # sum(j: V3[h, j]*jac_g2[j, h3])
-        _t12 = self.V3 @ jac_g2
-        # (1 - g3[h])*g3[h]*sum(j: V3[h, j]*jac_g2[j, h3])
-        jac_g3 = g3[:, :, None] * (1 - g3[:, :, None]) * _t12
-        # sum(j: V4[h, j]*jac_g3[j, h3])
-        _t13 = self.V4 @ jac_g3
-        # (1 - g4[h])*g4[h]*sum(j: V4[h, j]*jac_g3[j, h3])
-        jac_g4 = g4[:, :, None] * (1 - g4[:, :, None]) * _t13
-        # sum(j: V5[h, j]*jac_g4[j, h3])
-        _t14 = self.V5 @ jac_g4
-        # (1 - g5[h])*g5[h]*sum(j: V5[h, j]*jac_g4[j, h3])
-        jac_g5 = g5[:, :, None] * (1 - g5[:, :, None]) * _t14
-        # sum(h: W[k, h]*jac_g5[h, h3])
-        jac_z = self.W @ jac_g5
+        # _slope_pre_g1^T = Q R, Q with orthonormal columns, R upper triangular
+        _t12 = _row_space(self.V1)
+        # (1 - sigmoid(pre_g1[h]))*RowSpaceTriangle(_slope_pre_g1, h2, h)*sigmoid(pre_g1[h])
+        jac_g1 = _t12[1] * (g1[:, None] * (1 - g1[:, None]))
+        # sum(j: V2[h, j]*jac_g1[h2, j])
+        _t13 = (jac_g1.reshape(-1, self.H) @ self.V2.T).reshape(-1, self.H, self.H)
+        # (1 - g2[h])*g2[h]*sum(j: V2[h, j]*jac_g1[h2, j])
+        jac_g2 = g2[:, None] * (1 - g2[:, None]) * _t13
+        # sum(j: V3[h, j]*jac_g2[h2, j])
+        _t14 = (jac_g2.reshape(-1, self.H) @ self.V3.T).reshape(-1, self.H, self.H)
+        # (1 - g3[h])*g3[h]*sum(j: V3[h, j]*jac_g2[h2, j])
+        jac_g3 = g3[:, None] * (1 - g3[:, None]) * _t14
+        # sum(j: V4[h, j]*jac_g3[h2, j])
+        _t15 = (jac_g3.reshape(-1, self.H) @ self.V4.T).reshape(-1, self.H, self.H)
+        # (1 - g4[h])*g4[h]*sum(j: V4[h, j]*jac_g3[h2, j])
+        jac_g4 = g4[:, None] * (1 - g4[:, None]) * _t15
+        # sum(j: V5[h, j]*jac_g4[h2, j])
+        _t16 = (jac_g4.reshape(-1, self.H) @ self.V5.T).reshape(-1, self.H, self.H)
+        # (1 - g5[h])*g5[h]*sum(j: V5[h, j]*jac_g4[h2, j])
+        jac_g5 = g5[:, None] * (1 - g5[:, None]) * _t16
+        # sum(h: W[k, h]*jac_g5[h2, h])
+        jac_z = (jac_g5.reshape(-1, self.H) @ self.W.T).reshape(-1, self.H, self.K)
         # sigmoid(z[k])
-        _t15 = torch.sigmoid(z)
-        # sum(k: sigmoid(z[k])*jac_z[k, h3])
-        _t16 = (_t15.unsqueeze(1) @ jac_z).squeeze(1)
-        # -sum(k: sigmoid(z[k])*jac_z[k, h3])
-        jac_F_pre_g1 = -_t16
-        # sum(h: V1[h, l]*jac_F_pre_g1[h])
-        _t17 = jac_F_pre_g1 @ self.V1
-        # b[l] - sum(h: V1[h, l]*jac_F_pre_g1[h]) - x[l]/sigma^2
-        score = -_t17 + self.b - x / self.sigma ** 2
+        _t17 = torch.sigmoid(z)
+        # sum(k: sigmoid(z[k])*jac_z[h2, k])
+        _t18 = (jac_z @ _t17.unsqueeze(2)).squeeze(2)
+        # -sum(k: sigmoid(z[k])*jac_z[h2, k])
+        jac_F_pre_g1 = -_t18
+        # sum(h: RowSpaceBasis(_slope_pre_g1, l, h)*jac_F_pre_g1[h])
+        _t19 = jac_F_pre_g1 @ _t12[0].T
+        # b[l] - sum(h: RowSpaceBasis(_slope_pre_g1, l, h)*jac_F_pre_g1[h]) - x[l]/sigma^2
+        score = -_t19 + self.b - x / self.sigma ** 2
         return score
 
     def laplacian(self, x: torch.Tensor) -> torch.Tensor:
@@ -304,91 +321,76 @@ class DEM5(torch.nn.Module):
         _t7 = g5 @ self.W.T
         # c[k] + sum(h: W[k, h]*g5[h])
         z = _t7 + self.c
-        # (1 - sigmoid(pre_g1[h3]))*(1 - g2[h])*sigmoid(pre_g1[h3])*V2[h, h3]*g2[h]
-        jac_g2 = (
-            self.V2
-            * (g2[:, :, None] * (1 - g2[:, :, None]))
-            * (g1[:, None] * (1 - g1[:, None]))
-        )
-        # sum(j: V3[h, j]*jac_g2[j, h3])
-        _t12 = self.V3 @ jac_g2
-        # (1 - g3[h])*g3[h]*sum(j: V3[h, j]*jac_g2[j, h3])
-        jac_g3 = g3[:, :, None] * (1 - g3[:, :, None]) * _t12
-        # sum(j: V4[h, j]*jac_g3[j, h3])
-        _t13 = self.V4 @ jac_g3
-        # (1 - g4[h])*g4[h]*sum(j: V4[h, j]*jac_g3[j, h3])
-        jac_g4 = g4[:, :, None] * (1 - g4[:, :, None]) * _t13
-        # sum(j: V5[h, j]*jac_g4[j, h3])
-        _t14 = self.V5 @ jac_g4
-        # (1 - g5[h])*g5[h]*sum(j: V5[h, j]*jac_g4[j, h3])
-        jac_g5 = g5[:, :, None] * (1 - g5[:, :, None]) * _t14
-        # sum(h: W[k, h]*jac_g5[h, h3])
-        jac_z = self.W @ jac_g5
+        # _slope_pre_g1^T = Q R, Q with orthonormal columns, R upper triangular
+        _t12 = _row_space(self.V1)
+        # (1 - sigmoid(pre_g1[h]))*RowSpaceTriangle(_slope_pre_g1, h2, h)*sigmoid(pre_g1[h])
+        jac_g1 = _t12[1] * (g1[:, None] * (1 - g1[:, None]))
+        # sum(j: V2[h, j]*jac_g1[h2, j])
+        _t13 = (jac_g1.reshape(-1, self.H) @ self.V2.T).reshape(-1, self.H, self.H)
+        # (1 - g2[h])*g2[h]*sum(j: V2[h, j]*jac_g1[h2, j])
+        jac_g2 = g2[:, None] * (1 - g2[:, None]) * _t13
+        # sum(j: V3[h, j]*jac_g2[h2, j])
+        _t14 = (jac_g2.reshape(-1, self.H) @ self.V3.T).reshape(-1, self.H, self.H)
+        # (1 - g3[h])*g3[h]*sum(j: V3[h, j]*jac_g2[h2, j])
+        jac_g3 = g3[:, None] * (1 - g3[:, None]) * _t14
+        # sum(j: V4[h, j]*jac_g3[h2, j])
+        _t15 = (jac_g3.reshape(-1, self.H) @ self.V4.T).reshape(-1, self.H, self.H)
+        # (1 - g4[h])*g4[h]*sum(j: V4[h, j]*jac_g3[h2, j])
+        jac_g4 = g4[:, None] * (1 - g4[:, None]) * _t15
+        # sum(j: V5[h, j]*jac_g4[h2, j])
+        _t16 = (jac_g4.reshape(-1, self.H) @ self.V5.T).reshape(-1, self.H, self.H)
+        # (1 - g5[h])*g5[h]*sum(j: V5[h, j]*jac_g4[h2, j])
+        jac_g5 = g5[:, None] * (1 - g5[:, None]) * _t16
+        # sum(h: W[k, h]*jac_g5[h2, h])
+        jac_z = (jac_g5.reshape(-1, self.H) @ self.W.T).reshape(-1, self.H, self.K)
         # sigmoid(z[k])
-        _t15 = torch.sigmoid(z)
-        # sum(i: V1[h1, i]*V1[h2, i])
-        gram_pre_g1 = self.V1 @ self.V1.T
-        # gram_pre_g1[h, h]
-        _t18 = torch.diagonal(gram_pre_g1, dim1=-2, dim2=-1)
-        # (sigmoid(pre_g1[h]) - 1)*(2*sigmoid(pre_g1[h]) - 1)*sigmoid(pre_g1[h])*gram_pre_g1[h, h]
-        lap_g1 = _t18 * g1 * (g1 - 1) * (2 * g1 - 1)
+        _t17 = torch.sigmoid(z)
+        # RowSpaceTriangle(_slope_pre_g1, j, h)^2
+        _t20 = torch.square(_t12[1].permute(1, 0))
+        # sum(j: RowSpaceTriangle(_slope_pre_g1, j, h)^2)
+        _t21 = _t20.sum(dim=1)
+        # (sigmoid(pre_g1[h]) - 1)*(2*sigmoid(pre_g1[h]) - 1)*sigmoid(pre_g1[h])*sum(j: RowSpac...
+        lap_g1 = _t21 * g1 * (g1 - 1) * (2 * g1 - 1)
         # sum(j: V2[h, j]*lap_g1[j])
-        _t19 = lap_g1 @ self.V2.T
-        # (1 - sigmoid(pre_g1[i]))*sigmoid(pre_g1[i])
-        _t20 = g1 * (1 - g1)
-        # V2[h, i]*gram_pre_g1[i, j]
-        _t21 = self.V2[:, :, None] * gram_pre_g1
-        # V2[h, i]*V2[h, j]*gram_pre_g1[i, j]
-        _t22 = _t21 * self.V2[:, None, :]
-        # (1 - sigmoid(pre_g1[i]))*(1 - sigmoid(pre_g1[j]))*sigmoid(pre_g1[i])*sigmoid(pre_g1[j])
-        _t23 = _t20[:, :, None] * _t20[:, None, :]
-        # sum(i, j: (1 - sigmoid(pre_g1[i]))*(1 - sigmoid(pre_g1[j]))*sigmoid(pre_g1[i])*sigmoi...
-        _t24 = (
-            _t23.reshape(-1, self.H * self.H)
-            @ _t22.permute(2, 1, 0).reshape(self.H * self.H, self.H)
-        )
+        _t22 = lap_g1 @ self.V2.T
+        # sum(i, j: V2[h, i]*V2[h, j]*sum(k: jac_g1[k, i]*jac_g1[k, j]))
+        _t23 = (_t13 * _t13).sum(dim=1)
         # (1 - g2[h])*g2[h]*sum(j: V2[h, j]*lap_g1[j]) + (g2[h] - 1)*(2*g2[h] - 1)*g2[h]*sum(i,...
-        lap_g2 = _t19 * g2 * (1 - g2) + _t24 * g2 * (g2 - 1) * (2 * g2 - 1)
+        lap_g2 = _t22 * g2 * (1 - g2) + _t23 * g2 * (g2 - 1) * (2 * g2 - 1)
         # sum(j: V3[h, j]*lap_g2[j])
-        _t25 = lap_g2 @ self.V3.T
-        # sum(k1: gram_pre_g1[k1, l1]*sum(i: V3[h, i]*jac_g2[i, k1]))
-        _t26 = (_t12.reshape(-1, self.H) @ gram_pre_g1).reshape(-1, self.H, self.H)
-        # sum(i, j: V3[h, i]*V3[h, j]*sum(k, l: gram_pre_g1[k, l]*jac_g2[i, k]*jac_g2[j, l]))
-        _t27 = (_t26 * _t12).sum(dim=2)
-        # (1 - g3[h])*g3[h]*sum(j: V3[h, j]*lap_g2[j]) + (g3[h] - 1)*(2*g3[h] - 1)*g3[h]*sum(i,...
-        lap_g3 = _t25 * g3 * (1 - g3) + _t27 * g3 * (g3 - 1) * (2 * g3 - 1)
+        _t24 = lap_g2 @ self.V3.T
+        # sum(j, i: V3[h, i]*V3[h, j]*sum(k: jac_g2[k, i]*jac_g2[k, j]))
+        _t25 = (_t14 * _t14).sum(dim=1)
+        # (1 - g3[h])*g3[h]*sum(j: V3[h, j]*lap_g2[j]) + (g3[h] - 1)*(2*g3[h] - 1)*g3[h]*sum(j,...
+        lap_g3 = _t24 * g3 * (1 - g3) + _t25 * g3 * (g3 - 1) * (2 * g3 - 1)
         # sum(j: V4[h, j]*lap_g3[j])
-        _t28 = lap_g3 @ self.V4.T
-        # sum(k1: gram_pre_g1[k1, l1]*sum(i: V4[h, i]*jac_g3[i, k1]))
-        _t29 = (_t13.reshape(-1, self.H) @ gram_pre_g1).reshape(-1, self.H, self.H)
-        # sum(i, j: V4[h, i]*V4[h, j]*sum(k, l: gram_pre_g1[k, l]*jac_g3[i, k]*jac_g3[j, l]))
-        _t30 = (_t29 * _t13).sum(dim=2)
+        _t26 = lap_g3 @ self.V4.T
+        # sum(i, j: V4[h, i]*V4[h, j]*sum(k: jac_g3[k, i]*jac_g3[k, j]))
+        _t27 = (_t15 * _t15).sum(dim=1)
         # (1 - g4[h])*g4[h]*sum(j: V4[h, j]*lap_g3[j]) + (g4[h] - 1)*(2*g4[h] - 1)*g4[h]*sum(i,...
-        lap_g4 = _t28 * g4 * (1 - g4) + _t30 * g4 * (g4 - 1) * (2 * g4 - 1)
+        lap_g4 = _t26 * g4 * (1 - g4) + _t27 * g4 * (g4 - 1) * (2 * g4 - 1)
         # sum(j: V5[h, j]*lap_g4[j])
-        _t31 = lap_g4 @ self.V5.T
-        # sum(k1: gram_pre_g1[k1, l1]*sum(i: V5[h, i]*jac_g4[i, k1]))
-        _t32 = (_t14.reshape(-1, self.H) @ gram_pre_g1).reshape(-1, self.H, self.H)
-        # sum(i, j: V5[h, i]*V5[h, j]*sum(k, l: gram_pre_g1[k, l]*jac_g4[i, k]*jac_g4[j, l]))
-        _t33 = (_t32 * _t14).sum(dim=2)
+        _t28 = lap_g4 @ self.V5.T
+        # sum(i, j: V5[h, i]*V5[h, j]*sum(k: jac_g4[k, i]*jac_g4[k, j]))
+        _t29 = (_t16 * _t16).sum(dim=1)
         # (1 - g5[h])*g5[h]*sum(j: V5[h, j]*lap_g4[j]) + (g5[h] - 1)*(2*g5[h] - 1)*g5[h]*sum(i,...
-        lap_g5 = _t31 * g5 * (1 - g5) + _t33 * g5 * (g5 - 1) * (2 * g5 - 1)
+        lap_g5 = _t28 * g5 * (1 - g5) + _t29 * g5 * (g5 - 1) * (2 * g5 - 1)
         # sum(h: W[k, h]*lap_g5[h])
         lap_z = lap_g5 @ self.W.T
         # sigmoid(z[k])*lap_z[k]
-        _t34 = _t15 * lap_z
+        _t30 = _t17 * lap_z
         # sum(k: sigmoid(z[k])*lap_z[k])
-        _t35 = _t34.sum(dim=1)
+        _t31 = _t30.sum(dim=1)
         # (1 - sigmoid(z[k]))*sigmoid(z[k])
-        _t36 = _t15 * (1 - _t15)
-        # sum(h1: gram_pre_g1[h1, j1]*jac_z[k, h1])
-        _t37 = (jac_z.reshape(-1, self.H) @ gram_pre_g1).reshape(-1, self.K, self.H)
-        # sum(j1: jac_z[k, j1]*sum(h1: gram_pre_g1[h1, j1]*jac_z[k, h1]))
-        _t38 = (_t37 * jac_z).sum(dim=2)
-        # sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h, j: gram_pre_g1[h, j]*jac_z[k, h]*jac_...
-        _t39 = (_t38 * _t36).sum(dim=1)
-        # -sum(k: sigmoid(z[k])*lap_z[k]) - sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h, j: ...
-        lap_F_pre_g1 = -_t35 - _t39
+        _t32 = _t17 * (1 - _t17)
+        # jac_z[h1, k]^2
+        _t33 = torch.square(jac_z)
+        # sum(h1: jac_z[h1, k]^2)
+        _t34 = _t33.sum(dim=1)
+        # sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac_z[h, k]^2))
+        _t35 = (_t34 * _t32).sum(dim=1)
+        # -sum(k: sigmoid(z[k])*lap_z[k]) - sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac...
+        lap_F_pre_g1 = -_t31 - _t35
         # -D/sigma^2 - lap_F_pre_g1
         laplacian = -self.D / self.sigma ** 2 - lap_F_pre_g1
         return laplacian
@@ -397,8 +399,6 @@ class DEM5(torch.nn.Module):
         """Exact score-matching loss (Hyvarinen 2005), the batch mean of
         sum_i 1/2 score_i^2 + d score_i / dx_i, constants included."""
         self._check("sm_loss", "x", x, self.D)
-        # sum(i: b[i]*x[i])
-        _t1 = x @ self.b
         # sum(i: V1[h, i]*x[i])
         _t2 = x @ self.V1.T
         # a1[h] + sum(i: V1[h, i]*x[i])
@@ -425,126 +425,92 @@ class DEM5(torch.nn.Module):
         _t7 = g5 @ self.W.T
         # c[k] + sum(h: W[k, h]*g5[h])
         z = _t7 + self.c
-        # x[i]^2
-        _t10 = torch.square(x)
-        # sum(i: x[i]^2)
-        _t11 = _t10.sum(dim=1)
-        # (1 - sigmoid(pre_g1[h3]))*(1 - g2[h])*sigmoid(pre_g1[h3])*V2[h, h3]*g2[h]
-        jac_g2 = (
-            self.V2
-            * (g2[:, :, None] * (1 - g2[:, :, None]))
-            * (g1[:, None] * (1 - g1[:, None]))
-        )
-        # sum(j: V3[h, j]*jac_g2[j, h3])
-        _t12 = self.V3 @ jac_g2
-        # (1 - g3[h])*g3[h]*sum(j: V3[h, j]*jac_g2[j, h3])
-        jac_g3 = g3[:, :, None] * (1 - g3[:, :, None]) * _t12
-        # sum(j: V4[h, j]*jac_g3[j, h3])
-        _t13 = self.V4 @ jac_g3
-        # (1 - g4[h])*g4[h]*sum(j: V4[h, j]*jac_g3[j, h3])
-        jac_g4 = g4[:, :, None] * (1 - g4[:, :, None]) * _t13
-        # sum(j: V5[h, j]*jac_g4[j, h3])
-        _t14 = self.V5 @ jac_g4
-        # (1 - g5[h])*g5[h]*sum(j: V5[h, j]*jac_g4[j, h3])
-        jac_g5 = g5[:, :, None] * (1 - g5[:, :, None]) * _t14
-        # sum(h: W[k, h]*jac_g5[h, h3])
-        jac_z = self.W @ jac_g5
+        # _slope_pre_g1^T = Q R, Q with orthonormal columns, R upper triangular
+        _t12 = _row_space(self.V1)
+        # (1 - sigmoid(pre_g1[h]))*RowSpaceTriangle(_slope_pre_g1, h2, h)*sigmoid(pre_g1[h])
+        jac_g1 = _t12[1] * (g1[:, None] * (1 - g1[:, None]))
+        # sum(j: V2[h, j]*jac_g1[h2, j])
+        _t13 = (jac_g1.reshape(-1, self.H) @ self.V2.T).reshape(-1, self.H, self.H)
+        # (1 - g2[h])*g2[h]*sum(j: V2[h, j]*jac_g1[h2, j])
+        jac_g2 = g2[:, None] * (1 - g2[:, None]) * _t13
+        # sum(j: V3[h, j]*jac_g2[h2, j])
+        _t14 = (jac_g2.reshape(-1, self.H) @ self.V3.T).reshape(-1, self.H, self.H)
+        # (1 - g3[h])*g3[h]*sum(j: V3[h, j]*jac_g2[h2, j])
+        jac_g3 = g3[:, None] * (1 - g3[:, None]) * _t14
+        # sum(j: V4[h, j]*jac_g3[h2, j])
+        _t15 = (jac_g3.reshape(-1, self.H) @ self.V4.T).reshape(-1, self.H, self.H)
+        # (1 - g4[h])*g4[h]*sum(j: V4[h, j]*jac_g3[h2, j])
+        jac_g4 = g4[:, None] * (1 - g4[:, None]) * _t15
+        # sum(j: V5[h, j]*jac_g4[h2, j])
+        _t16 = (jac_g4.reshape(-1, self.H) @ self.V5.T).reshape(-1, self.H, self.H)
+        # (1 - g5[h])*g5[h]*sum(j: V5[h, j]*jac_g4[h2, j])
+        jac_g5 = g5[:, None] * (1 - g5[:, None]) * _t16
+        # sum(h: W[k, h]*jac_g5[h2, h])
+        jac_z = (jac_g5.reshape(-1, self.H) @ self.W.T).reshape(-1, self.H, self.K)
         # sigmoid(z[k])
-        _t15 = torch.sigmoid(z)
-        # sum(k: sigmoid(z[k])*jac_z[k, h3])
-        _t16 = (_t15.unsqueeze(1) @ jac_z).squeeze(1)
-        # -sum(k: sigmoid(z[k])*jac_z[k, h3])
-        jac_F_pre_g1 = -_t16
-        # sum(i: V1[h1, i]*V1[h2, i])
-        gram_pre_g1 = self.V1 @ self.V1.T
-        # gram_pre_g1[h, h]
-        _t18 = torch.diagonal(gram_pre_g1, dim1=-2, dim2=-1)
-        # (sigmoid(pre_g1[h]) - 1)*(2*sigmoid(pre_g1[h]) - 1)*sigmoid(pre_g1[h])*gram_pre_g1[h, h]
-        lap_g1 = _t18 * g1 * (g1 - 1) * (2 * g1 - 1)
+        _t17 = torch.sigmoid(z)
+        # sum(k: sigmoid(z[k])*jac_z[h2, k])
+        _t18 = (jac_z @ _t17.unsqueeze(2)).squeeze(2)
+        # -sum(k: sigmoid(z[k])*jac_z[h2, k])
+        jac_F_pre_g1 = -_t18
+        # sum(h: RowSpaceBasis(_slope_pre_g1, l, h)*jac_F_pre_g1[h])
+        _t19 = jac_F_pre_g1 @ _t12[0].T
+        # b[l] - sum(h: RowSpaceBasis(_slope_pre_g1, l, h)*jac_F_pre_g1[h]) - x[l]/sigma^2
+        score = -_t19 + self.b - x / self.sigma ** 2
+        # RowSpaceTriangle(_slope_pre_g1, j, h)^2
+        _t20 = torch.square(_t12[1].permute(1, 0))
+        # sum(j: RowSpaceTriangle(_slope_pre_g1, j, h)^2)
+        _t21 = _t20.sum(dim=1)
+        # (sigmoid(pre_g1[h]) - 1)*(2*sigmoid(pre_g1[h]) - 1)*sigmoid(pre_g1[h])*sum(j: RowSpac...
+        lap_g1 = _t21 * g1 * (g1 - 1) * (2 * g1 - 1)
         # sum(j: V2[h, j]*lap_g1[j])
-        _t19 = lap_g1 @ self.V2.T
-        # (1 - sigmoid(pre_g1[i]))*sigmoid(pre_g1[i])
-        _t20 = g1 * (1 - g1)
-        # V2[h, i]*gram_pre_g1[i, j]
-        _t21 = self.V2[:, :, None] * gram_pre_g1
-        # V2[h, i]*V2[h, j]*gram_pre_g1[i, j]
-        _t22 = _t21 * self.V2[:, None, :]
-        # (1 - sigmoid(pre_g1[i]))*(1 - sigmoid(pre_g1[j]))*sigmoid(pre_g1[i])*sigmoid(pre_g1[j])
-        _t23 = _t20[:, :, None] * _t20[:, None, :]
-        # sum(i, j: (1 - sigmoid(pre_g1[i]))*(1 - sigmoid(pre_g1[j]))*sigmoid(pre_g1[i])*sigmoi...
-        _t24 = (
-            _t23.reshape(-1, self.H * self.H)
-            @ _t22.permute(2, 1, 0).reshape(self.H * self.H, self.H)
-        )
+        _t22 = lap_g1 @ self.V2.T
+        # sum(i, j: V2[h, i]*V2[h, j]*sum(k: jac_g1[k, i]*jac_g1[k, j]))
+        _t23 = (_t13 * _t13).sum(dim=1)
         # (1 - g2[h])*g2[h]*sum(j: V2[h, j]*lap_g1[j]) + (g2[h] - 1)*(2*g2[h] - 1)*g2[h]*sum(i,...
-        lap_g2 = _t19 * g2 * (1 - g2) + _t24 * g2 * (g2 - 1) * (2 * g2 - 1)
+        lap_g2 = _t22 * g2 * (1 - g2) + _t23 * g2 * (g2 - 1) * (2 * g2 - 1)
         # sum(j: V3[h, j]*lap_g2[j])
-        _t25 = lap_g2 @ self.V3.T
-        # sum(k1: gram_pre_g1[k1, l1]*sum(i: V3[h, i]*jac_g2[i, k1]))
-        _t26 = (_t12.reshape(-1, self.H) @ gram_pre_g1).reshape(-1, self.H, self.H)
-        # sum(i, j: V3[h, i]*V3[h, j]*sum(k, l: gram_pre_g1[k, l]*jac_g2[i, k]*jac_g2[j, l]))
-        _t27 = (_t26 * _t12).sum(dim=2)
-        # (1 - g3[h])*g3[h]*sum(j: V3[h, j]*lap_g2[j]) + (g3[h] - 1)*(2*g3[h] - 1)*g3[h]*sum(i,...
-        lap_g3 = _t25 * g3 * (1 - g3) + _t27 * g3 * (g3 - 1) * (2 * g3 - 1)
+        _t24 = lap_g2 @ self.V3.T
+        # sum(j, i: V3[h, i]*V3[h, j]*sum(k: jac_g2[k, i]*jac_g2[k, j]))
+        _t25 = (_t14 * _t14).sum(dim=1)
+        # (1 - g3[h])*g3[h]*sum(j: V3[h, j]*lap_g2[j]) + (g3[h] - 1)*(2*g3[h] - 1)*g3[h]*sum(j,...
+        lap_g3 = _t24 * g3 * (1 - g3) + _t25 * g3 * (g3 - 1) * (2 * g3 - 1)
         # sum(j: V4[h, j]*lap_g3[j])
-        _t28 = lap_g3 @ self.V4.T
-        # sum(k1: gram_pre_g1[k1, l1]*sum(i: V4[h, i]*jac_g3[i, k1]))
-        _t29 = (_t13.reshape(-1, self.H) @ gram_pre_g1).reshape(-1, self.H, self.H)
-        # sum(i, j: V4[h, i]*V4[h, j]*sum(k, l: gram_pre_g1[k, l]*jac_g3[i, k]*jac_g3[j, l]))
-        _t30 = (_t29 * _t13).sum(dim=2)
+        _t26 = lap_g3 @ self.V4.T
+        # sum(i, j: V4[h, i]*V4[h, j]*sum(k: jac_g3[k, i]*jac_g3[k, j]))
+        _t27 = (_t15 * _t15).sum(dim=1)
         # (1 - g4[h])*g4[h]*sum(j: V4[h, j]*lap_g3[j]) + (g4[h] - 1)*(2*g4[h] - 1)*g4[h]*sum(i,...
-        lap_g4 = _t28 * g4 * (1 - g4) + _t30 * g4 * (g4 - 1) * (2 * g4 - 1)
+        lap_g4 = _t26 * g4 * (1 - g4) + _t27 * g4 * (g4 - 1) * (2 * g4 - 1)
         # sum(j: V5[h, j]*lap_g4[j])
-        _t31 = lap_g4 @ self.V5.T
-        # sum(k1: gram_pre_g1[k1, l1]*sum(i: V5[h, i]*jac_g4[i, k1]))
-        _t32 = (_t14.reshape(-1, self.H) @ gram_pre_g1).reshape(-1, self.H, self.H)
-        # sum(i, j: V5[h, i]*V5[h, j]*sum(k, l: gram_pre_g1[k, l]*jac_g4[i, k]*jac_g4[j, l]))
-        _t33 = (_t32 * _t14).sum(dim=2)
+        _t28 = lap_g4 @ self.V5.T
+        # sum(i, j: V5[h, i]*V5[h, j]*sum(k: jac_g4[k, i]*jac_g4[k, j]))
+        _t29 = (_t16 * _t16).sum(dim=1)
         # (1 - g5[h])*g5[h]*sum(j: V5[h, j]*lap_g4[j]) + (g5[h] - 1)*(2*g5[h] - 1)*g5[h]*sum(i,...
-        lap_g5 = _t31 * g5 * (1 - g5) + _t33 * g5 * (g5 - 1) * (2 * g5 - 1)
+        lap_g5 = _t28 * g5 * (1 - g5) + _t29 * g5 * (g5 - 1) * (2 * g5 - 1)
         # sum(h: W[k, h]*lap_g5[h])
         lap_z = lap_g5 @ self.W.T
         # sigmoid(z[k])*lap_z[k]
-        _t34 = _t15 * lap_z
+        _t30 = _t17 * lap_z
         # sum(k: sigmoid(z[k])*lap_z[k])
-        _t35 = _t34.sum(dim=1)
+        _t31 = _t30.sum(dim=1)
         # (1 - sigmoid(z[k]))*sigmoid(z[k])
-        _t36 = _t15 * (1 - _t15)
-        # sum(h1: gram_pre_g1[h1, j1]*jac_z[k, h1])
-        _t37 = (jac_z.reshape(-1, self.H) @ gram_pre_g1).reshape(-1, self.K, self.H)
-        # sum(j1: jac_z[k, j1]*sum(h1: gram_pre_g1[h1, j1]*jac_z[k, h1]))
-        _t38 = (_t37 * jac_z).sum(dim=2)
-        # sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h, j: gram_pre_g1[h, j]*jac_z[k, h]*jac_...
-        _t39 = (_t38 * _t36).sum(dim=1)
-        # -sum(k: sigmoid(z[k])*lap_z[k]) - sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h, j: ...
-        lap_F_pre_g1 = -_t35 - _t39
+        _t32 = _t17 * (1 - _t17)
+        # jac_z[h1, k]^2
+        _t33 = torch.square(jac_z)
+        # sum(h1: jac_z[h1, k]^2)
+        _t34 = _t33.sum(dim=1)
+        # sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac_z[h, k]^2))
+        _t35 = (_t34 * _t32).sum(dim=1)
+        # -sum(k: sigmoid(z[k])*lap_z[k]) - sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac...
+        lap_F_pre_g1 = -_t31 - _t35
         # -D/sigma^2 - lap_F_pre_g1
         laplacian = -self.D / self.sigma ** 2 - lap_F_pre_g1
-        # sum(l: V1[h1, l]*b[l])
-        _t42 = self.V1 @ self.b
-        # sum(l: b[l]*sum(h: V1[h, l]*jac_F_pre_g1[h]))
-        _t43 = jac_F_pre_g1 @ _t42
-        # sum(l: x[l]*sum(h: V1[h, l]*jac_F_pre_g1[h]))
-        _t44 = (_t2 * jac_F_pre_g1).sum(dim=1)
-        # b[l]^2
-        _t45 = torch.square(self.b)
-        # sum(l: b[l]^2)
-        _t46 = _t45.sum(dim=0)
-        # sum(h1: jac_F_pre_g1[h1]*sum(l: V1[h1, l]*V1[h2, l]))
-        _t47 = gram_pre_g1.T @ jac_F_pre_g1.T
-        # sum(l: sum(h: V1[h, l]*jac_F_pre_g1[h])^2)
-        _t48 = (_t47 * jac_F_pre_g1.T).sum(dim=0)
-        # -2*sum(l: b[l]*sum(h: V1[h, l]*jac_F_pre_g1[h])) + sum(l: b[l]^2) + sum(l: sum(h: V1[...
-        _t49 = (
-            -2 * _t1 / self.sigma ** 2
-            + _t11 / self.sigma ** 4
-            - 2 * _t43
-            + 2 * _t44 / self.sigma ** 2
-            + _t46
-            + _t48
-        )
+        # score[l]^2
+        _t36 = torch.square(score)
+        # sum(l: score[l]^2)
+        _t37 = _t36.sum(dim=1)
         # laplacian + sum(l: score[l]^2)/2
-        sm_objective = 0.5 * _t49 + laplacian
+        sm_objective = 0.5 * _t37 + laplacian
         return sm_objective.mean()
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

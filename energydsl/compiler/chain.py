@@ -42,6 +42,7 @@ from energydsl.compiler.algebra import (
 )
 from energydsl.compiler.ir import Definition, FreeEnergyModel, SymbolicModel
 from energydsl.compiler.lets import depends_on
+from energydsl.compiler.sympy_functions import RowSpaceBasis, RowSpaceTriangle
 
 DEEP = 3
 """Nested nonlinear functions between v and F (`nesting_depth`) from which the forward
@@ -65,23 +66,21 @@ class ChainForm:
 class _Propagated:
     """J and Q of one let, as functions of the indices to read them at."""
 
-    jacobian: Callable[[tuple, sp.Idx], sp.Expr]
+    jacobian: Callable[[tuple, sp.Idx], sp.Expr]  # (the let's indices, the base index)
     laplacian: Callable[[tuple], sp.Expr]
 
 
 class _Forward:
     def __init__(self, symbolic: SymbolicModel, base: sp.Basic, base_index: sp.Idx,
-                 gram: Callable[[sp.Idx, sp.Idx], sp.Expr],
+                 base_jacobian: Callable[[sp.Idx, sp.Idx], sp.Expr],
                  tidy: Callable[[sp.Expr], sp.Expr]) -> None:
         self.symbolic = symbolic
         self.tidy = tidy
-        self.gram = gram
         self.taken = symbolic.taken_names
         self.a = fresh_like(base_index, self.taken)
         self.definitions: dict[str, Definition] = {}
         self.known: dict[sp.Basic, _Propagated] = {
-            base: _Propagated(lambda at, a: sp.KroneckerDelta(at[0], a),
-                              lambda at: sp.S.Zero)}
+            base: _Propagated(lambda at, a: base_jacobian(at[0], a), lambda at: sp.S.Zero)}
         self.formals: dict[sp.Basic, tuple] = {base: (base_index,)}
 
     # ------------------------------------------------------------------ names
@@ -130,30 +129,31 @@ class _Forward:
                 second = diff(partial, m2, at2)
                 if second == 0:
                     continue
-                a1, b1 = fresh_like(a, self.taken), fresh_like(a, self.taken)
-                quadratic = make_sum(known.jacobian(at, a1) * self.gram(a1, b1)
-                                     * self.known[m2].jacobian(at2, b1),
-                                     [(a1, a1.lower, a1.upper), (b1, b1.lower, b1.upper)])
+                a1 = fresh_like(a, self.taken)
+                quadratic = make_sum(known.jacobian(at, a1) * self.known[m2].jacobian(at2, a1),
+                                     [(a1, a1.lower, a1.upper)])
                 limits2 = limits + [(i, i.lower, i.upper) for i in at2]
                 laplacian_terms.append(make_sum(second * quadratic, limits2))
         jacobian = self.tidy(normalise(sp.Add(*jacobian_terms)))
         laplacian = self.tidy(normalise(sp.Add(*laplacian_terms)))
-        if stem is None:
-            return _Propagated(lambda at, b: _at(jacobian, (*own, a), (*at, b)),
-                               lambda at: _at(laplacian, own, at))
-        return _Propagated(self._named(f"jac_{stem}", jacobian, (*own, a)),
-                           self._named(f"lap_{stem}", laplacian, own))
+        # a Jacobian's base index first: [N, a, units] makes each layer's product with
+        # its weights one GEMM over the folded batch (J @ V^T)
+        jacobian_reader = self._named(f"jac_{stem}" if stem else None, jacobian, (a, *own))
+        laplacian_reader = self._named(f"lap_{stem}" if stem else None, laplacian, own)
+        return _Propagated(lambda at, b: jacobian_reader((b, *at)), laplacian_reader)
 
-    def _named(self, stem: str, body: sp.Expr, formals: tuple):
-        """A reader of body at given indices: a new definition, unless body is zero, one
-        tensor (an affine layer's weights) or still holds a Kronecker delta (inlined, so
-        that the sums reading it collapse)."""
-        if body == 0 or body.has(sp.KroneckerDelta) or isinstance(body, sp.Indexed):
-            return lambda *at: _at(body, formals, _flat(at))
+    def _named(self, stem: str | None, body: sp.Expr, formals: tuple
+               ) -> Callable[[tuple], sp.Expr]:
+        """A reader of body at given indices: a new definition, unless stem is None,
+        body is zero, one tensor (an affine layer's weights) or still holds a Kronecker
+        delta (inlined, so that the sums reading it collapse)."""
+        if stem is None or body == 0 or body.has(sp.KroneckerDelta) or isinstance(
+                body, sp.Indexed):
+            return lambda at: _at(body, formals, at)
         name = self._name(stem)
         symbol = sp.IndexedBase(name, real=True) if formals else sp.Symbol(name, real=True)
         self.definitions[name] = Definition(symbol, formals, body)
-        return lambda *at: self.read(symbol, _flat(at))
+        return lambda at: self.read(symbol, at)
 
     def let(self, definition: Definition) -> None:
         self.formals[definition.base] = tuple(definition.indices)
@@ -199,14 +199,6 @@ def _nesting(body: sp.Expr, base: sp.Basic) -> int:
         return inner + nonlinear
 
     return max(visit(body), 0)
-
-
-def _flat(at: tuple) -> tuple:
-    """(indices..., a) from the readers' (at, a) or (at,) arguments."""
-    out: list = []
-    for part in at:
-        out.extend(part if isinstance(part, tuple) else (part,))
-    return tuple(out)
 
 
 def _at(body: sp.Expr, formals: tuple, actual: tuple) -> sp.Expr:
@@ -302,16 +294,15 @@ def _through(model: FreeEnergyModel, free_energy: sp.Expr, p: sp.Idx,
         return by_base.get(b)
 
     definitions: dict[str, Definition] = {}
-    if u is None:
-        base, base_index, psi = v, p, sp.S.Zero
-        phi = free_energy
+    if u is None:  # the base is v: J_v[p, a] = delta(p, a)
+        base, base_index, psi, phi = v, p, sp.S.Zero, free_energy
 
-        def gram(a: sp.Idx, b: sp.Idx) -> sp.Expr:
-            return sp.KroneckerDelta(a, b)
+        def base_jacobian(j: sp.Idx, a: sp.Idx) -> sp.Expr:
+            return sp.KroneckerDelta(j, a)
 
         def opaque(b: sp.Basic) -> Definition | None:
             return lookup(b)
-    else:
+    else:  # the base is u = A v + c, differentiated in y = Q^T v: du[j] / dy[a] = R[a, j]
         (index,) = u.indices
         base, base_index = u.base, index
         definitions.update({name: d for name, d in lets.items()
@@ -329,18 +320,16 @@ def _through(model: FreeEnergyModel, free_energy: sp.Expr, p: sp.Idx,
             else:
                 psi_terms.append(term)
         phi, psi = sp.Add(*phi_terms), sp.Add(*psi_terms)
-        slope = diff(u.body, v, (p,), lookup)  # A[index, p]
-        gram_name = _unique(symbolic, f"gram_{u.base}")
-        r, s = fresh_like(index, symbolic.taken_names), fresh_like(index, symbolic.taken_names)
-        gram_body = tidy(make_sum(_at(slope, (index,), (r,)) * _at(slope, (index,), (s,)),
-                                  [(p, p.lower, p.upper)]))
-        gram_base = sp.IndexedBase(gram_name, real=True)
-        definitions[gram_name] = Definition(gram_base, (r, s), gram_body)
+        slope_name = _unique(symbolic, f"_slope_{u.base}")
+        row, column = fresh_like(index, symbolic.taken_names), fresh_like(p, symbolic.taken_names)
+        slope = _at(diff(u.body, v, (p,), lookup), (index, p), (row, column))  # A[row, column]
+        slope_base = sp.IndexedBase(slope_name, real=True)
+        definitions[slope_name] = Definition(slope_base, (row, column), tidy(slope))
 
-        def gram(a: sp.Idx, b: sp.Idx) -> sp.Expr:
-            return gram_base[a, b]
+        def base_jacobian(j: sp.Idx, a: sp.Idx) -> sp.Expr:
+            return RowSpaceTriangle(slope_base, a, j)
 
-    forward = _Forward(symbolic, base, base_index, gram, tidy)
+    forward = _Forward(symbolic, base, base_index, base_jacobian, tidy)
     for definition in lets.values():
         if definition.base != base and depends_on(definition.body, base, opaque):
             if u is not None and depends_on(definition.body, v, opaque):
@@ -351,9 +340,8 @@ def _through(model: FreeEnergyModel, free_energy: sp.Expr, p: sp.Idx,
     a = forward.a
     if u is None:
         score = -top.jacobian((), p)
-    else:
-        slope = diff(u.body, v, (p,), lookup)
-        gradient = make_sum(_at(slope, (base_index,), (a,)) * top.jacobian((), a),
+    else:  # d/dv[p] = sum(a: Q[p, a] d/dy[a])
+        gradient = make_sum(RowSpaceBasis(slope_base, p, a) * top.jacobian((), a),
                             [(a, a.lower, a.upper)])
         score = -gradient - diff(psi, v, (p,), lookup)
     laplacian = -top.laplacian(())

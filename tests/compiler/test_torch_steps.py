@@ -26,7 +26,8 @@ def _shape_code(index: sp.Basic) -> str:
     ("na,na->n", ".sum("), ("an,na->n", ".sum("), ("nai,nai->na", ".sum("),
     ("nai,ina->n", ".sum("), ("ni,ij->nj", "@"), ("na,ni->nai", "*"), ("nai,ai->n", None),
     # a matrix applied to each sample's matrix: one GEMM, not N small ones
-    ("ai,nij->naj", "@"), ("ia,nij->naj", ".T @"),
+    ("ai,nij->naj", "@"), ("ia,nij->naj", ".T @"), ("ai,nji->naj", "transpose(1, 2)"),
+    ("ai,nji->nja", "@"), ("ia,nji->nja", "@"),
     # each sample's vector times its matrix: a batched product on views
     ("ni,nij->nj", "unsqueeze(1)"), ("nj,nij->ni", "unsqueeze(2)"),
     # the summed block in another order in each operand: the one without the batch permuted

@@ -410,5 +410,6 @@ def emit(derivation: Derivation, conditionals: Conditionals, planned: PlannedMod
         uses_math=any("math." in text for text in texts),
         uses_cholesky=any("self._cholesky(" in text for text in texts),
         uses_pairs=any("_upper_pairs(" in text for text in texts),
+        uses_row_space=any("_row_space(" in text for text in texts),
         grid_mask=grid_mask,
     )

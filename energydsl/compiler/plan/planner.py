@@ -43,6 +43,8 @@ from energydsl.compiler.sympy_functions import (
     LogDet,
     LogSumExp,
     MatrixInverse,
+    RowSpaceBasis,
+    RowSpaceTriangle,
     softmax_weight,
 )
 
@@ -87,6 +89,7 @@ class Planner:
         self.defined: dict[str, Operand] = {}  # definition name -> operand
         self.constrained: dict[str, str] = {}  # constrained parameter -> its value's step
         self.identities: dict[str, str] = {}  # size code -> identity matrix step
+        self.layouts: dict[sp.Expr, tuple] = {}  # definition body -> its formal axes
         # sum(i: A[i, j]^2) steps (and sum(i, j: A[i, j]^2), axis -1) and Gram matrices
         # sum(i: A[i, j1] A[i, j2]), each under (A, the summed axis): a method forming
         # both takes the first as the Gram's diagonal (or trace)
@@ -148,11 +151,27 @@ class Planner:
         """The number of elements of a value with these axes, at the planning sizes."""
         return volume(tuple(self.size(i) for i in set(indices)))
 
+    def _row_space_factor(self, expr: RowSpaceBasis | RowSpaceTriangle) -> Operand:
+        """Q[p, b] or R[b, a] of A^T = Q R (reduced), one torch.linalg.qr per method."""
+        matrix, first, second = expr.args
+        name = str(matrix.label)
+        key = f"qr {name}"
+        if key not in self.identities:
+            row, column = self.definitions[name].indices
+            operand = self.operand(matrix[row, column])
+            self.identities[key] = self.emit_step(
+                f"_row_space({self.align(operand, (row, column))})",
+                f"{name}^T = Q R, Q with orthonormal columns, R upper triangular",
+                cost=self.volume(operand.indices) * self.size(row))
+        part = 0 if isinstance(expr, RowSpaceBasis) else 1
+        return Operand(f"{self.identities[key]}[{part}]", (first, second))
+
     def has_tensor(self, expr: sp.Basic) -> bool:
         """Whether expr involves a tensor."""
         if expr not in self.tensor_cache:
             self.tensor_cache[expr] = any(
-                isinstance(node, (sp.Indexed, sp.KroneckerDelta, MatrixInverse, LogDet)) or (
+                isinstance(node, (sp.Indexed, sp.KroneckerDelta, MatrixInverse, LogDet,
+                                  RowSpaceBasis, RowSpaceTriangle)) or (
                     isinstance(node, sp.Symbol) and (str(node) in self.params
                                                      or self._definition_symbol(node)))
                 for node in sp.preorder_traversal(expr))
@@ -249,6 +268,7 @@ class Planner:
         definition = self.definitions[name]
         target = ((BATCH,) if name in self.batched else ()) + tuple(definition.indices)
         internal = name.startswith("_")  # no alias step for the compiler's own definitions
+        self.layouts[definition.body] = target  # an elementwise body: in the formal order
         operand = self.operand(definition.body, name=None if internal else name)
         if operand.code != name and not (internal and operand.indices == target):
             operand = self.conform(operand, target, None if internal else name,
@@ -342,6 +362,8 @@ class Planner:
                     f"torch.cholesky_inverse({factor})", f"{matrix.label}^-1",
                     cost=self.volume(self.defined[str(matrix.label)].indices) * 2)
             return Operand(self.identities[key], (row, column))
+        if isinstance(expr, (RowSpaceBasis, RowSpaceTriangle)):
+            return self._row_space_factor(expr)
         if isinstance(expr, LogDet):
             (matrix,) = expr.args
             factor = self._cholesky_factor(matrix)
@@ -469,6 +491,7 @@ class Planner:
         """One step for a tree of +, *, powers and functions over tensor leaves."""
         leaves: dict[sp.Expr, Operand] = {}
         squares: list[sp.Sum] = []
+        wanted = self.layouts.get(expr)
 
         def collect(node: sp.Expr) -> None:
             if not self.has_tensor(node):
@@ -483,7 +506,11 @@ class Planner:
                 return
             if isinstance(node, (sp.Indexed, sp.Symbol, sp.KroneckerDelta, *REDUCTIONS)) or (
                     isinstance(node, sp.Function) and node is not expr):
-                # functions of tensors get their own step, so each is computed once
+                # functions of tensors get their own step, so each is computed once; a
+                # sum over the definition's own axes, in the definition's order
+                if wanted is not None and isinstance(node, sp.Sum) \
+                        and set(self.indices_of(node)) == set(wanted):
+                    self.layouts.setdefault(node, wanted)
                 leaves[node] = self.operand(node)
                 return
             for arg in node.args:
@@ -498,6 +525,8 @@ class Planner:
         # depends on (score[j] of a score constant in j) is no axis of the result
         carried = set().union(*(op.indices for op in leaves.values() if op.is_tensor))
         target = tuple(i for i in self.indices_of(expr) if i in carried)
+        if wanted is not None and set(wanted) == set(target):
+            target = wanted
         placeholders = {}
         for leaf, operand in leaves.items():
             if operand.is_tensor:
@@ -599,6 +628,9 @@ class Planner:
         carried = set().union(*(op.indices for op in tensors))
         coefficient = coefficient * rewrites.size_of_missing_axes(summed, carried, nested)
         output = tuple(i for i in self.indices_of(expr) if i in carried)
+        wanted = self.layouts.get(expr)  # a definition's body: in its formal order
+        if wanted is not None and set(wanted) == set(output):
+            output = wanted
         result = self._contract(tensors, output, dsl_str(expr), None if coefficient != 1 else name,
                                 formulas)
         if coefficient != 1:
