@@ -11,8 +11,32 @@ STARTED = time.perf_counter()
 (training records the seconds to its first step from here)."""
 
 
-def load(path):  # noqa: ANN001, ANN201 - re-exported from .api, imported lazily
+# The public API (energydsl.api), imported on first use so `import energydsl` stays light.
+
+
+def compile(spec):  # noqa: A001, ANN001, ANN201
+    """The generated class of a spec given as text or as the path of a .edsl file."""
+    from energydsl.api import compile as _compile
+
+    return _compile(spec)
+
+
+def load(path):  # noqa: ANN001, ANN201
     """Compile the spec at `path` in memory (cached by its hash); return the class."""
     from energydsl.api import load as _load
 
     return _load(path)
+
+
+def load_run(directory):  # noqa: ANN001, ANN201
+    """(the trained model, the run's settings) of a run directory."""
+    from energydsl.api import load_run as _load_run
+
+    return _load_run(directory)
+
+
+def train(model, out=None, **settings):  # noqa: ANN001, ANN003, ANN201
+    """Train a spec or companion model as `energydsl train` does; returns its History."""
+    from energydsl.api import train as _train
+
+    return _train(model, out, **settings)

@@ -1,4 +1,6 @@
-"""The Python API for notebooks: `energydsl.load("specs/dem.edsl")` -> the model class.
+"""The Python API: `energydsl.compile(spec)` -> the model class (spec text or a path),
+`energydsl.load_run(directory)` -> (trained model, its settings), `energydsl.train(...)`
+-> a run, with the command line's checks.
 
 Compiles in memory, cached by the spec text's SHA-256 (recompiling an unchanged spec is
 free; editing it recompiles). Spec errors raise SpecError with the positioned message.
@@ -14,9 +16,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 from pathlib import Path
 
+from energydsl.cache import cache_dir
 from energydsl.compiler.driver import compile_source
 from energydsl.compiler.ir import CheckedModel, Compiled
 from energydsl.compiler.sources import spec_hash
@@ -62,15 +64,6 @@ def checked_spec(text: str) -> CheckedModel:
     return check_source(text)
 
 
-def cache_dir() -> Path | None:
-    """Where generated sources are kept between commands (None: not kept)."""
-    configured = os.environ.get("ENERGYDSL_CACHE_DIR")
-    if configured is not None:
-        return Path(configured) if configured else None
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "energydsl"
-
-
 def spec_class(text: str, path: str = "<spec>") -> type:
     """The generated class of a spec, its source from the disk cache when this compiler
     made it before (see the module docstring), else compiled and kept there."""
@@ -105,3 +98,58 @@ def load(path: str | Path) -> type:
 
     text = read_spec(path)
     return class_of(compile_cached(text, Path(path).as_posix()))
+
+
+def _looks_like_text(spec: str) -> bool:
+    """Spec text rather than a path: it declares a model (paths have no newline)."""
+    return "\n" in spec or spec.lstrip().startswith(("model ", "#"))
+
+
+def compile(spec: str | Path) -> type:  # noqa: A001 - energydsl.compile, as documented
+    """The generated class of `spec`: the text of a spec, or the path of a .edsl file.
+    Compiled in memory (memoised on the text); a mistake raises SpecError, whose str is
+    the positioned message `energydsl compile` prints."""
+    from energydsl.compiler.sources import read_spec
+
+    if isinstance(spec, str) and _looks_like_text(spec):
+        return class_of(compile_cached(spec, "<spec>"))
+    return class_of(compile_cached(read_spec(spec), Path(spec).as_posix()))
+
+
+def load_run(directory: str | Path):  # noqa: ANN201 - (torch.nn.Module, RunConfig)
+    """The trained model of a run directory (or its checkpoint.pt) and the run's settings
+    (a RunConfig: model, data, objective, sizes, options, epochs, lr, seed...). The
+    checkpoint is read as plain data, never unpickled code."""
+    from energydsl.train.loop import CHECKPOINT, load_checkpoint, model_from_checkpoint
+
+    path = Path(directory)
+    path = path / CHECKPOINT if path.is_dir() else path
+    model, config, _ = model_from_checkpoint(load_checkpoint(path), path)
+    return model, config
+
+
+def train(model: str, out: str | Path | None = None, *, resume: bool = False,
+          overwrite: bool = False, progress: bool | None = None, **settings):  # noqa: ANN201
+    """Train `model` (a spec path or a companion model name) as `energydsl train` does,
+    with the same checks (UsageError names a wrong setting), into `out` (default
+    runs/<name>). `settings` are RunConfig's fields: data, objective, epochs, batch_size,
+    lr, seed, sizes={...}, options={...}, compile. Returns the History (per-epoch
+    losses in .epochs, every step's loss in .steps)."""
+    import dataclasses
+
+    from energydsl.errors import UsageError
+    from energydsl.train.config import RunConfig
+    from energydsl.train.loop import resumed_config
+    from energydsl.train.loop import train as train_run
+
+    known = {f.name for f in dataclasses.fields(RunConfig)} - {"model"}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise UsageError(f"train() got an unknown setting {unknown[0]!r}; the settings are "
+                         f"{', '.join(sorted(known))}")
+    target = Path(out) if out is not None else Path("runs") / Path(model).stem
+    config = resumed_config(target, settings) if resume else None
+    config = config or RunConfig(model=model, **settings)
+    return train_run(config, target, resume=resume, overwrite=overwrite,
+                     log=print if progress is not False else (lambda _: None),
+                     progress=progress)

@@ -26,6 +26,47 @@ class BBRBM(torch.nn.Module):
 
     visible = "v"  # the visible variable's name
     hidden = {'h': 'binary'}  # hidden variable -> domain, in the spec's order
+    # the derived formulas: `energydsl show` (spec notation), `show --latex` (name, LaTeX)
+    _FORMULAS = (
+        (
+            'Energy:       E = -sum(i: a[i]*v[i]) - sum(k: c[k]*h[k]) - sum(i, '
+            'k: W[i, k]*h[k]*v[i])'
+        ),
+        (
+            'Free energy:  F = -sum(i: a[i]*v[i]) - sum(k: softplus(c[k] + '
+            'sum(i: W[i, k]*v[i])))'
+        ),
+        (
+            'Flip gain:    flip_gain[j] = F(v flipped at j) - F(v) = (2*v[j] - '
+            '1)*a[j] + sum(k: softplus(c[k] + sum(i: W[i, k]*v[i]))) - sum(k: '
+            'softplus((1 - 2*v[j])*W[j, k] + c[k] + sum(i: W[i, k]*v[i])))'
+        ),
+        'RM objective: sum(j: sigmoid(-flip_gain[j])^2)   (batch mean)',
+        'PL objective: sum(j: softplus(-flip_gain[j]))   (batch mean)',
+    )
+    _LATEX = (
+        ('energy', (
+            'E = - \\sum_{i} a_{i} v_{i} - \\sum_{k} c_{k} h_{k} - \\sum_{i, k} '
+            'W_{i k} h_{k} v_{i}'
+        )),
+        ('free energy', (
+            'F = - \\sum_{i} a_{i} v_{i} - \\sum_{k} '
+            '\\operatorname{softplus}\\left(c_{k} + \\sum_{i} W_{i k} v_{i}\\right)'
+        )),
+        ('score', (
+            '\\psi_{j} = a_{j} + \\sum_{k} \\left(\\sigma\\left(c_{k} + \\sum_{i} '
+            'W_{i k} v_{i}\\right)\\right) W_{j k}'
+        )),
+        ('laplacian', (
+            '\\Delta \\log \\tilde p = \\sum_{i, k} \\left(1 - \\sigma\\left(c_{k} + '
+            '\\sum_{j} W_{j k} v_{j}\\right)\\right) \\left(\\sigma\\left(c_{k} + '
+            '\\sum_{j} W_{j k} v_{j}\\right)\\right) W_{i k}^{2}'
+        )),
+        ('sm objective', (
+            'J = \\mathbb{E}\\left[laplacian + \\frac{\\sum_{j} '
+            'score_{j}^{2}}{2}\\right]'
+        )),
+    )
     visible_domain = "binary"  # the data's domain: discrete, so no score
 
     def __init__(
@@ -58,6 +99,22 @@ class BBRBM(torch.nn.Module):
         )
         # log Z for noise-contrastive estimation (nce_loss), learnt too
         self.log_z = torch.nn.Parameter(torch.zeros((), dtype=dtype, device=device))
+
+    def extra_repr(self) -> str:
+        """repr(model) shows its sizes and constants."""
+        return f"D={self.D!r}, K={self.K!r}"
+
+    @classmethod
+    def formulas(cls, latex: bool = False) -> str:
+        """What `energydsl show` prints: the derived formulas, one per line, in spec
+        notation or (latex=True) as `name: LaTeX`."""
+        if latex:
+            return "\n".join(f"{name}: {text}" for name, text in cls._LATEX)
+        return "\n".join(cls._FORMULAS)
+
+    def _repr_latex_(self) -> str:
+        """Notebooks show a model as its derived formulas, one display per line."""
+        return "\n".join(f"$${text}$$" for _, text in self._LATEX)
 
     def _check(
         self, method: str, name: str, value: torch.Tensor, size: int, rows: int | None = None

@@ -48,6 +48,65 @@ class catmix(torch.nn.Module):
 
     visible = "v"  # the visible variable's name
     hidden = {'z': 'categorical'}  # hidden variable -> domain, in the spec's order
+    # the derived formulas: `energydsl show` (spec notation), `show --latex` (name, LaTeX)
+    _FORMULAS = (
+        (
+            'Energy:       E = sum(k: (-b[k] + sum(i: (-mu[k, i] + '
+            'v[i])^2)/2)*z[k])'
+        ),
+        (
+            'Free energy:  F = -logsumexp(k: b[k] + sum(i: mu[k, i]*v[i]) - '
+            'sum(i: mu[k, i]^2)/2) + sum(i: v[i]^2)/2'
+        ),
+        (
+            'Score:        score[j] = -v[j] + sum(k: exp((b[k] + sum(i: mu[k, '
+            'i]*v[i]) - sum(i: mu[k, i]^2)/2) - logsumexp(i: b[i] + sum(l: '
+            'mu[i, l]*v[l]) - sum(l: mu[i, l]^2)/2))*mu[k, j])'
+        ),
+        (
+            'Laplacian:    laplacian = -D + sum(i, k: (exp((b[k] + sum(j: mu[k,'
+            ' j]*v[j]) - sum(j: mu[k, j]^2)/2) - logsumexp(j: b[j] + sum(l: '
+            'mu[j, l]*v[l]) - sum(l: mu[j, l]^2)/2))*mu[k, i] - exp((b[k] + '
+            'sum(j: mu[k, j]*v[j]) - sum(j: mu[k, j]^2)/2) - logsumexp(j: b[j] '
+            '+ sum(l: mu[j, l]*v[l]) - sum(l: mu[j, l]^2)/2))*sum(j: exp((b[j] '
+            '+ sum(l: mu[j, l]*v[l]) - sum(l: mu[j, l]^2)/2) - logsumexp(l: '
+            'b[l] + sum(m: mu[l, m]*v[m]) - sum(m: mu[l, m]^2)/2))*mu[j, '
+            'i]))*mu[k, i])'
+        ),
+        'SM objective: laplacian + sum(j: score[j]^2)/2   (batch mean)',
+    )
+    _LATEX = (
+        ('energy', (
+            'E = \\sum_{k} \\left(- b_{k} + \\frac{\\sum_{i} \\left(- \\mu_{k i} + '
+            'v_{i}\\right)^{2}}{2}\\right) z_{k}'
+        )),
+        ('free energy', (
+            'F = - \\log \\sum_{k} e^{b_{k} + \\sum_{i} \\mu_{k i} v_{i} - '
+            '\\frac{\\sum_{i} \\mu_{k i}^{2}}{2}} + \\frac{\\sum_{i} v_{i}^{2}}{2}'
+        )),
+        ('score', (
+            '\\psi_{j} = - v_{j} + \\sum_{k} \\left(e^{b_{k} - \\log \\sum_{i} '
+            'e^{b_{i} + \\sum_{l} \\mu_{i l} v_{l} - \\frac{\\sum_{l} \\mu_{i '
+            'l}^{2}}{2}} + \\sum_{i} \\mu_{k i} v_{i} - \\frac{\\sum_{i} \\mu_{k '
+            'i}^{2}}{2}}\\right) \\mu_{k j}'
+        )),
+        ('laplacian', (
+            '\\Delta \\log \\tilde p = - D + \\sum_{i, k} \\left(\\left(e^{b_{k} - '
+            '\\log \\sum_{j} e^{b_{j} + \\sum_{l} \\mu_{j l} v_{l} - \\frac{\\sum_{l}'
+            ' \\mu_{j l}^{2}}{2}} + \\sum_{j} \\mu_{k j} v_{j} - \\frac{\\sum_{j} '
+            '\\mu_{k j}^{2}}{2}}\\right) \\mu_{k i} - \\left(e^{b_{k} - \\log '
+            '\\sum_{j} e^{b_{j} + \\sum_{l} \\mu_{j l} v_{l} - \\frac{\\sum_{l} '
+            '\\mu_{j l}^{2}}{2}} + \\sum_{j} \\mu_{k j} v_{j} - \\frac{\\sum_{j} '
+            '\\mu_{k j}^{2}}{2}}\\right) \\sum_{j} \\left(e^{b_{j} - \\log \\sum_{l} '
+            'e^{b_{l} + \\sum_{m} \\mu_{l m} v_{m} - \\frac{\\sum_{m} \\mu_{l '
+            'm}^{2}}{2}} + \\sum_{l} \\mu_{j l} v_{l} - \\frac{\\sum_{l} \\mu_{j '
+            'l}^{2}}{2}}\\right) \\mu_{j i}\\right) \\mu_{k i}'
+        )),
+        ('sm objective', (
+            'J = \\mathbb{E}\\left[laplacian + \\frac{\\sum_{j} '
+            'score_{j}^{2}}{2}\\right]'
+        )),
+    )
 
     def __init__(
         self,
@@ -76,6 +135,22 @@ class catmix(torch.nn.Module):
         )
         # log Z for noise-contrastive estimation (nce_loss), learnt too
         self.log_z = torch.nn.Parameter(torch.zeros((), dtype=dtype, device=device))
+
+    def extra_repr(self) -> str:
+        """repr(model) shows its sizes and constants."""
+        return f"D={self.D!r}, K={self.K!r}"
+
+    @classmethod
+    def formulas(cls, latex: bool = False) -> str:
+        """What `energydsl show` prints: the derived formulas, one per line, in spec
+        notation or (latex=True) as `name: LaTeX`."""
+        if latex:
+            return "\n".join(f"{name}: {text}" for name, text in cls._LATEX)
+        return "\n".join(cls._FORMULAS)
+
+    def _repr_latex_(self) -> str:
+        """Notebooks show a model as its derived formulas, one display per line."""
+        return "\n".join(f"$${text}$$" for _, text in self._LATEX)
 
     def _check(
         self, method: str, name: str, value: torch.Tensor, size: int, rows: int | None = None

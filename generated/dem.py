@@ -42,6 +42,58 @@ class DEM(torch.nn.Module):
 
     visible = "x"  # the visible variable's name
     hidden = {}  # hidden variable -> domain, in the spec's order
+    # the derived formulas: `energydsl show` (spec notation), `show --latex` (name, LaTeX)
+    _FORMULAS = (
+        (
+            'Log density:  log p~ = sum(i: b[i]*x[i]) + sum(k: softplus(z[k])) '
+            '- sum(i: x[i]^2)/(2*sigma^2)'
+        ),
+        'Definition:   u[h] = sum(i: V[h, i]*x[i])',
+        'Definition:   g[h] = sigmoid(u[h])',
+        'Definition:   z[k] = c[k] + sum(h: W[k, h]*g[h])',
+        (
+            'Free energy:  F = -sum(i: b[i]*x[i]) - sum(k: softplus(z[k])) + '
+            'sum(i: x[i]^2)/(2*sigma^2)'
+        ),
+        (
+            'Score:        score[j] = b[j] + sum(k: sigmoid(z[k])*sum(h: (1 - '
+            'g[h])*V[h, j]*W[k, h]*g[h])) - x[j]/sigma^2'
+        ),
+        (
+            'Laplacian:    laplacian = -D/sigma^2 - sum(i, k: '
+            'sigmoid(z[k])*sum(h: (1 - g[h])*(2*g[h] - 1)*V[h, i]^2*W[k, '
+            'h]*g[h])) + sum(i, k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: (1 '
+            '- g[h])*V[h, i]*W[k, h]*g[h])^2)'
+        ),
+        'SM objective: laplacian + sum(j: score[j]^2)/2   (batch mean)',
+    )
+    _LATEX = (
+        ('u', 'u_{h} = \\sum_{i} V_{h i} x_{i}'),
+        ('g', 'g_{h} = \\sigma\\left(u_{h}\\right)'),
+        ('z', 'z_{k} = c_{k} + \\sum_{h} W_{k h} g_{h}'),
+        ('free energy', (
+            'F = - \\sum_{i} b_{i} x_{i} - \\sum_{k} '
+            '\\operatorname{softplus}\\left(z_{k}\\right) + \\frac{\\sum_{i} '
+            'x_{i}^{2}}{2 \\sigma^{2}}'
+        )),
+        ('score', (
+            '\\psi_{j} = b_{j} + \\sum_{k} \\sigma\\left(z_{k}\\right) \\sum_{h} '
+            '\\left(1 - g_{h}\\right) V_{h j} W_{k h} g_{h} - '
+            '\\frac{x_{j}}{\\sigma^{2}}'
+        )),
+        ('laplacian', (
+            '\\Delta \\log \\tilde p = - \\frac{D}{\\sigma^{2}} - \\sum_{i, k} '
+            '\\sigma\\left(z_{k}\\right) \\sum_{h} \\left(1 - g_{h}\\right) \\left(2 '
+            'g_{h} - 1\\right) V_{h i}^{2} W_{k h} g_{h} + \\sum_{i, k} \\left(1 -'
+            ' \\sigma\\left(z_{k}\\right)\\right) \\sigma\\left(z_{k}\\right) '
+            '\\left(\\sum_{h} \\left(1 - g_{h}\\right) V_{h i} W_{k h} '
+            'g_{h}\\right)^{2}'
+        )),
+        ('sm objective', (
+            'J = \\mathbb{E}\\left[laplacian + \\frac{\\sum_{j} '
+            'score_{j}^{2}}{2}\\right]'
+        )),
+    )
 
     def __init__(
         self,
@@ -82,6 +134,22 @@ class DEM(torch.nn.Module):
         )
         # log Z for noise-contrastive estimation (nce_loss), learnt too
         self.log_z = torch.nn.Parameter(torch.zeros((), dtype=dtype, device=device))
+
+    def extra_repr(self) -> str:
+        """repr(model) shows its sizes and constants."""
+        return f"D={self.D!r}, H={self.H!r}, K={self.K!r}, sigma={self.sigma!r}"
+
+    @classmethod
+    def formulas(cls, latex: bool = False) -> str:
+        """What `energydsl show` prints: the derived formulas, one per line, in spec
+        notation or (latex=True) as `name: LaTeX`."""
+        if latex:
+            return "\n".join(f"{name}: {text}" for name, text in cls._LATEX)
+        return "\n".join(cls._FORMULAS)
+
+    def _repr_latex_(self) -> str:
+        """Notebooks show a model as its derived formulas, one display per line."""
+        return "\n".join(f"$${text}$$" for _, text in self._LATEX)
 
     def _check(
         self, method: str, name: str, value: torch.Tensor, size: int, rows: int | None = None

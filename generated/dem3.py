@@ -47,6 +47,53 @@ class DEM3(torch.nn.Module):
 
     visible = "x"  # the visible variable's name
     hidden = {}  # hidden variable -> domain, in the spec's order
+    # the derived formulas: `energydsl show` (spec notation), `show --latex` (name, LaTeX)
+    _FORMULAS = (
+        (
+            'Log density:  log p~ = sum(i: b[i]*x[i]) + sum(k: softplus(z[k])) '
+            '- sum(i: x[i]^2)/(2*sigma^2)'
+        ),
+        'Definition:   u1[h] = sum(i: V1[h, i]*x[i])',
+        'Definition:   g1[h] = sigmoid(u1[h])',
+        'Definition:   u2[h] = sum(j: V2[h, j]*g1[j])',
+        'Definition:   g2[h] = sigmoid(u2[h])',
+        'Definition:   u3[h] = sum(j: V3[h, j]*g2[j])',
+        'Definition:   g3[h] = sigmoid(u3[h])',
+        'Definition:   z[k] = c[k] + sum(h: W[k, h]*g3[h])',
+        (
+            'Free energy:  F = -sum(i: b[i]*x[i]) - sum(k: softplus(z[k])) + '
+            'sum(i: x[i]^2)/(2*sigma^2)'
+        ),
+        (
+            'Score:        score[l] = b[l] - sum(h: RowSpaceBasis(_slope_u1, l,'
+            ' h)*jac_F_u1[h]) - x[l]/sigma^2'
+        ),
+        'Laplacian:    laplacian = -D/sigma^2 - lap_F_u1',
+        'SM objective: laplacian + sum(l: score[l]^2)/2   (batch mean)',
+    )
+    _LATEX = (
+        ('u1', 'u1_{h} = \\sum_{i} {V_{1}}_{h i} x_{i}'),
+        ('g1', 'g1_{h} = \\sigma\\left({u_{1}}_{h}\\right)'),
+        ('u2', 'u2_{h} = \\sum_{j} {V_{2}}_{h j} {g_{1}}_{j}'),
+        ('g2', 'g2_{h} = \\sigma\\left({u_{2}}_{h}\\right)'),
+        ('u3', 'u3_{h} = \\sum_{j} {V_{3}}_{h j} {g_{2}}_{j}'),
+        ('g3', 'g3_{h} = \\sigma\\left({u_{3}}_{h}\\right)'),
+        ('z', 'z_{k} = c_{k} + \\sum_{h} W_{k h} {g_{3}}_{h}'),
+        ('free energy', (
+            'F = - \\sum_{i} b_{i} x_{i} - \\sum_{k} '
+            '\\operatorname{softplus}\\left(z_{k}\\right) + \\frac{\\sum_{i} '
+            'x_{i}^{2}}{2 \\sigma^{2}}'
+        )),
+        ('score', (
+            '\\psi_{l} = b_{l} - \\sum_{h} Q(slope_{u1}^\\top)_{l h} {jac_{F '
+            'u1}}_{h} - \\frac{x_{l}}{\\sigma^{2}}'
+        )),
+        ('laplacian', '\\Delta \\log \\tilde p = - \\frac{D}{\\sigma^{2}} - lap_{F u1}'),
+        ('sm objective', (
+            'J = \\mathbb{E}\\left[laplacian + \\frac{\\sum_{l} '
+            'score_{l}^{2}}{2}\\right]'
+        )),
+    )
 
     def __init__(
         self,
@@ -93,6 +140,22 @@ class DEM3(torch.nn.Module):
         )
         # log Z for noise-contrastive estimation (nce_loss), learnt too
         self.log_z = torch.nn.Parameter(torch.zeros((), dtype=dtype, device=device))
+
+    def extra_repr(self) -> str:
+        """repr(model) shows its sizes and constants."""
+        return f"D={self.D!r}, H={self.H!r}, K={self.K!r}, sigma={self.sigma!r}"
+
+    @classmethod
+    def formulas(cls, latex: bool = False) -> str:
+        """What `energydsl show` prints: the derived formulas, one per line, in spec
+        notation or (latex=True) as `name: LaTeX`."""
+        if latex:
+            return "\n".join(f"{name}: {text}" for name, text in cls._LATEX)
+        return "\n".join(cls._FORMULAS)
+
+    def _repr_latex_(self) -> str:
+        """Notebooks show a model as its derived formulas, one display per line."""
+        return "\n".join(f"$${text}$$" for _, text in self._LATEX)
 
     def _check(
         self, method: str, name: str, value: torch.Tensor, size: int, rows: int | None = None

@@ -47,6 +47,66 @@ class DEM5(torch.nn.Module):
 
     visible = "x"  # the visible variable's name
     hidden = {}  # hidden variable -> domain, in the spec's order
+    # the derived formulas: `energydsl show` (spec notation), `show --latex` (name, LaTeX)
+    _FORMULAS = (
+        (
+            'Log density:  log p~ = sum(i: b[i]*x[i]) + sum(k: softplus(z[k])) '
+            '- sum(i: x[i]^2)/(2*sigma^2)'
+        ),
+        'Definition:   g1[h] = sigmoid(a1[h] + sum(i: V1[h, i]*x[i]))',
+        'Definition:   g2[h] = sigmoid(a2[h] + sum(j: V2[h, j]*g1[j]))',
+        'Definition:   g3[h] = sigmoid(a3[h] + sum(j: V3[h, j]*g2[j]))',
+        'Definition:   g4[h] = sigmoid(a4[h] + sum(j: V4[h, j]*g3[j]))',
+        'Definition:   g5[h] = sigmoid(a5[h] + sum(j: V5[h, j]*g4[j]))',
+        'Definition:   z[k] = c[k] + sum(h: W[k, h]*g5[h])',
+        (
+            'Free energy:  F = -sum(i: b[i]*x[i]) - sum(k: softplus(z[k])) + '
+            'sum(i: x[i]^2)/(2*sigma^2)'
+        ),
+        (
+            'Score:        score[l] = b[l] - sum(h: '
+            'RowSpaceBasis(_slope_pre_g1, l, h)*jac_F_pre_g1[h]) - x[l]/sigma^2'
+        ),
+        'Laplacian:    laplacian = -D/sigma^2 - lap_F_pre_g1',
+        'SM objective: laplacian + sum(l: score[l]^2)/2   (batch mean)',
+    )
+    _LATEX = (
+        ('g1', (
+            'g1_{h} = \\sigma\\left({a_{1}}_{h} + \\sum_{i} {V_{1}}_{h i} '
+            'x_{i}\\right)'
+        )),
+        ('g2', (
+            'g2_{h} = \\sigma\\left({a_{2}}_{h} + \\sum_{j} {V_{2}}_{h j} '
+            '{g_{1}}_{j}\\right)'
+        )),
+        ('g3', (
+            'g3_{h} = \\sigma\\left({a_{3}}_{h} + \\sum_{j} {V_{3}}_{h j} '
+            '{g_{2}}_{j}\\right)'
+        )),
+        ('g4', (
+            'g4_{h} = \\sigma\\left({a_{4}}_{h} + \\sum_{j} {V_{4}}_{h j} '
+            '{g_{3}}_{j}\\right)'
+        )),
+        ('g5', (
+            'g5_{h} = \\sigma\\left({a_{5}}_{h} + \\sum_{j} {V_{5}}_{h j} '
+            '{g_{4}}_{j}\\right)'
+        )),
+        ('z', 'z_{k} = c_{k} + \\sum_{h} W_{k h} {g_{5}}_{h}'),
+        ('free energy', (
+            'F = - \\sum_{i} b_{i} x_{i} - \\sum_{k} '
+            '\\operatorname{softplus}\\left(z_{k}\\right) + \\frac{\\sum_{i} '
+            'x_{i}^{2}}{2 \\sigma^{2}}'
+        )),
+        ('score', (
+            '\\psi_{l} = b_{l} - \\sum_{h} Q(slope_{pre g1}^\\top)_{l h} {jac_{F '
+            'pre g1}}_{h} - \\frac{x_{l}}{\\sigma^{2}}'
+        )),
+        ('laplacian', '\\Delta \\log \\tilde p = - \\frac{D}{\\sigma^{2}} - lap_{F pre g1}'),
+        ('sm objective', (
+            'J = \\mathbb{E}\\left[laplacian + \\frac{\\sum_{l} '
+            'score_{l}^{2}}{2}\\right]'
+        )),
+    )
 
     def __init__(
         self,
@@ -114,6 +174,22 @@ class DEM5(torch.nn.Module):
         )
         # log Z for noise-contrastive estimation (nce_loss), learnt too
         self.log_z = torch.nn.Parameter(torch.zeros((), dtype=dtype, device=device))
+
+    def extra_repr(self) -> str:
+        """repr(model) shows its sizes and constants."""
+        return f"D={self.D!r}, H={self.H!r}, K={self.K!r}, sigma={self.sigma!r}"
+
+    @classmethod
+    def formulas(cls, latex: bool = False) -> str:
+        """What `energydsl show` prints: the derived formulas, one per line, in spec
+        notation or (latex=True) as `name: LaTeX`."""
+        if latex:
+            return "\n".join(f"{name}: {text}" for name, text in cls._LATEX)
+        return "\n".join(cls._FORMULAS)
+
+    def _repr_latex_(self) -> str:
+        """Notebooks show a model as its derived formulas, one display per line."""
+        return "\n".join(f"$${text}$$" for _, text in self._LATEX)
 
     def _check(
         self, method: str, name: str, value: torch.Tensor, size: int, rows: int | None = None

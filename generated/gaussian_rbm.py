@@ -33,6 +33,37 @@ class GaussianRBM(torch.nn.Module):
 
     visible = "v"  # the visible variable's name
     hidden = {'h': 'real'}  # hidden variable -> domain, in the spec's order
+    # the derived formulas: `energydsl show` (spec notation), `show --latex` (name, LaTeX)
+    _FORMULAS = (
+        (
+            'Energy:       E = sum(j: h[j]^2)/2 + sum(i: v[i]^2)/2 - sum(i, j: '
+            'W[i, j]*h[j]*v[i])'
+        ),
+        (
+            'Free energy:  F = -K*log(pi)/2 - K*log(2)/2 + sum(i: v[i]^2)/2 - '
+            'sum(j: sum(i: W[i, j]*v[i])^2)/2'
+        ),
+        'Score:        score[k] = -v[k] + sum(j: W[k, j]*sum(i: W[i, j]*v[i]))',
+        'Laplacian:    laplacian = -D + sum(i, j: W[i, j]^2)',
+        'SM objective: laplacian + sum(k: score[k]^2)/2   (batch mean)',
+    )
+    _LATEX = (
+        ('energy', (
+            'E = \\frac{\\sum_{j} h_{j}^{2}}{2} + \\frac{\\sum_{i} v_{i}^{2}}{2} - '
+            '\\sum_{i, j} W_{i j} h_{j} v_{i}'
+        )),
+        ('free energy', (
+            'F = - \\frac{K \\log{\\left(\\pi \\right)}}{2} - \\frac{K \\log{\\left(2 '
+            '\\right)}}{2} + \\frac{\\sum_{i} v_{i}^{2}}{2} - \\frac{\\sum_{j} '
+            '\\left(\\sum_{i} W_{i j} v_{i}\\right)^{2}}{2}'
+        )),
+        ('score', '\\psi_{k} = - v_{k} + \\sum_{j} W_{k j} \\sum_{i} W_{i j} v_{i}'),
+        ('laplacian', '\\Delta \\log \\tilde p = - D + \\sum_{i, j} W_{i j}^{2}'),
+        ('sm objective', (
+            'J = \\mathbb{E}\\left[laplacian + \\frac{\\sum_{k} '
+            'score_{k}^{2}}{2}\\right]'
+        )),
+    )
 
     def __init__(
         self,
@@ -56,6 +87,22 @@ class GaussianRBM(torch.nn.Module):
         self.W = torch.nn.Parameter(
             0.01 * torch.randn((self.D, self.K), dtype=dtype, device=device)
         )
+
+    def extra_repr(self) -> str:
+        """repr(model) shows its sizes and constants."""
+        return f"D={self.D!r}, K={self.K!r}"
+
+    @classmethod
+    def formulas(cls, latex: bool = False) -> str:
+        """What `energydsl show` prints: the derived formulas, one per line, in spec
+        notation or (latex=True) as `name: LaTeX`."""
+        if latex:
+            return "\n".join(f"{name}: {text}" for name, text in cls._LATEX)
+        return "\n".join(cls._FORMULAS)
+
+    def _repr_latex_(self) -> str:
+        """Notebooks show a model as its derived formulas, one display per line."""
+        return "\n".join(f"$${text}$$" for _, text in self._LATEX)
 
     def _check(
         self, method: str, name: str, value: torch.Tensor, size: int, rows: int | None = None

@@ -33,6 +33,43 @@ class GBRBM(torch.nn.Module):
 
     visible = "v"  # the visible variable's name
     hidden = {'h': 'binary'}  # hidden variable -> domain, in the spec's order
+    # the derived formulas: `energydsl show` (spec notation), `show --latex` (name, LaTeX)
+    _FORMULAS = (
+        'Energy:       E = sum(i: v[i]^2)/2 - sum(i, j: W[i, j]*h[j]*v[i])',
+        (
+            'Free energy:  F = -sum(j: softplus(sum(i: W[i, j]*v[i]))) + sum(i:'
+            ' v[i]^2)/2'
+        ),
+        (
+            'Score:        score[k] = -v[k] + sum(j: sigmoid(sum(i: W[i, '
+            'j]*v[i]))*W[k, j])'
+        ),
+        (
+            'Laplacian:    laplacian = -D + sum(i, j: (1 - sigmoid(sum(k: W[k, '
+            'j]*v[k])))*sigmoid(sum(k: W[k, j]*v[k]))*W[i, j]^2)'
+        ),
+        'SM objective: laplacian + sum(k: score[k]^2)/2   (batch mean)',
+    )
+    _LATEX = (
+        ('energy', 'E = \\frac{\\sum_{i} v_{i}^{2}}{2} - \\sum_{i, j} W_{i j} h_{j} v_{i}'),
+        ('free energy', (
+            'F = - \\sum_{j} \\operatorname{softplus}\\left(\\sum_{i} W_{i j} '
+            'v_{i}\\right) + \\frac{\\sum_{i} v_{i}^{2}}{2}'
+        )),
+        ('score', (
+            '\\psi_{k} = - v_{k} + \\sum_{j} \\left(\\sigma\\left(\\sum_{i} W_{i j} '
+            'v_{i}\\right)\\right) W_{k j}'
+        )),
+        ('laplacian', (
+            '\\Delta \\log \\tilde p = - D + \\sum_{i, j} \\left(1 - '
+            '\\sigma\\left(\\sum_{k} W_{k j} v_{k}\\right)\\right) '
+            '\\left(\\sigma\\left(\\sum_{k} W_{k j} v_{k}\\right)\\right) W_{i j}^{2}'
+        )),
+        ('sm objective', (
+            'J = \\mathbb{E}\\left[laplacian + \\frac{\\sum_{k} '
+            'score_{k}^{2}}{2}\\right]'
+        )),
+    )
 
     def __init__(
         self,
@@ -58,6 +95,22 @@ class GBRBM(torch.nn.Module):
         )
         # log Z for noise-contrastive estimation (nce_loss), learnt too
         self.log_z = torch.nn.Parameter(torch.zeros((), dtype=dtype, device=device))
+
+    def extra_repr(self) -> str:
+        """repr(model) shows its sizes and constants."""
+        return f"D={self.D!r}, K={self.K!r}"
+
+    @classmethod
+    def formulas(cls, latex: bool = False) -> str:
+        """What `energydsl show` prints: the derived formulas, one per line, in spec
+        notation or (latex=True) as `name: LaTeX`."""
+        if latex:
+            return "\n".join(f"{name}: {text}" for name, text in cls._LATEX)
+        return "\n".join(cls._FORMULAS)
+
+    def _repr_latex_(self) -> str:
+        """Notebooks show a model as its derived formulas, one display per line."""
+        return "\n".join(f"$${text}$$" for _, text in self._LATEX)
 
     def _check(
         self, method: str, name: str, value: torch.Tensor, size: int, rows: int | None = None

@@ -39,6 +39,80 @@ class gmm(torch.nn.Module):
 
     visible = "v"  # the visible variable's name
     hidden = {}  # hidden variable -> domain, in the spec's order
+    # the derived formulas: `energydsl show` (spec notation), `show --latex` (name, LaTeX)
+    _FORMULAS = (
+        'Definition:   log_weight[k] = w[k] - logsumexp(j: w[j])',
+        (
+            'Free energy:  F = -logsumexp(k: -D*ls[k] + log_weight[k] - '
+            'exp(-2*ls[k])*sum(i: (-mu[k, i] + v[i])^2)/2)'
+        ),
+        (
+            'Score:        score[l] = -sum(k: (-2*mu[k, l] + '
+            '2*v[l])*exp(-2*ls[k])*exp((-D*ls[k] + log_weight[k] - '
+            'exp(-2*ls[k])*sum(i: (-mu[k, i] + v[i])^2)/2) - logsumexp(j: '
+            '-D*ls[j] + log_weight[j] - exp(-2*ls[j])*sum(i: (-mu[j, i] + '
+            'v[i])^2)/2)))/2'
+        ),
+        (
+            'Laplacian:    laplacian = -D*sum(k: exp(-2*ls[k])*exp((-D*ls[k] + '
+            'log_weight[k] - exp(-2*ls[k])*sum(i: (-mu[k, i] + v[i])^2)/2) - '
+            'logsumexp(j: -D*ls[j] + log_weight[j] - exp(-2*ls[j])*sum(i: '
+            '(-mu[j, i] + v[i])^2)/2))) - sum(i, k: ((mu[k, i] - '
+            'v[i])*exp(-2*ls[k])*exp((-D*ls[k] + log_weight[k] - '
+            'exp(-2*ls[k])*sum(j: (-mu[k, j] + v[j])^2)/2) - logsumexp(j: '
+            '-D*ls[j] + log_weight[j] - exp(-2*ls[j])*sum(l: (-mu[j, l] + '
+            'v[l])^2)/2)) + exp((-D*ls[k] + log_weight[k] - '
+            'exp(-2*ls[k])*sum(j: (-mu[k, j] + v[j])^2)/2) - logsumexp(j: '
+            '-D*ls[j] + log_weight[j] - exp(-2*ls[j])*sum(l: (-mu[j, l] + '
+            'v[l])^2)/2))*sum(j: (-2*mu[j, i] + '
+            '2*v[i])*exp(-2*ls[j])*exp((-D*ls[j] + log_weight[j] - '
+            'exp(-2*ls[j])*sum(l: (-mu[j, l] + v[l])^2)/2) - logsumexp(l: '
+            '-D*ls[l] + log_weight[l] - exp(-2*ls[l])*sum(m: (-mu[l, m] + '
+            'v[m])^2)/2)))/2)*(-2*mu[k, i] + 2*v[i])*exp(-2*ls[k]))/2'
+        ),
+        'SM objective: laplacian + sum(l: score[l]^2)/2   (batch mean)',
+    )
+    _LATEX = (
+        ('log_weight', 'log_weight_{k} = w_{k} - \\log \\sum_{j} e^{w_{j}}'),
+        ('free energy', (
+            'F = - \\log \\sum_{k} e^{- D ls_{k} + {log_{weight}}_{k} - '
+            '\\frac{e^{- 2 ls_{k}} \\sum_{i} \\left(- \\mu_{k i} + '
+            'v_{i}\\right)^{2}}{2}}'
+        )),
+        ('score', (
+            '\\psi_{l} = - \\frac{\\sum_{k} \\left(- 2 \\mu_{k l} + 2 v_{l}\\right) '
+            'e^{- 2 ls_{k}} e^{- D ls_{k} + {log_{weight}}_{k} - \\log \\sum_{j} '
+            'e^{- D ls_{j} + {log_{weight}}_{j} - \\frac{e^{- 2 ls_{j}} \\sum_{i}'
+            ' \\left(- \\mu_{j i} + v_{i}\\right)^{2}}{2}} - \\frac{e^{- 2 ls_{k}} '
+            '\\sum_{i} \\left(- \\mu_{k i} + v_{i}\\right)^{2}}{2}}}{2}'
+        )),
+        ('laplacian', (
+            '\\Delta \\log \\tilde p = - D \\sum_{k} e^{- 2 ls_{k}} e^{- D ls_{k} +'
+            ' {log_{weight}}_{k} - \\log \\sum_{j} e^{- D ls_{j} + '
+            '{log_{weight}}_{j} - \\frac{e^{- 2 ls_{j}} \\sum_{i} \\left(- \\mu_{j '
+            'i} + v_{i}\\right)^{2}}{2}} - \\frac{e^{- 2 ls_{k}} \\sum_{i} \\left(-'
+            ' \\mu_{k i} + v_{i}\\right)^{2}}{2}} - \\frac{\\sum_{i, k} '
+            '\\left(\\left(\\mu_{k i} - v_{i}\\right) e^{- 2 ls_{k}} e^{- D ls_{k} '
+            '+ {log_{weight}}_{k} - \\log \\sum_{j} e^{- D ls_{j} + '
+            '{log_{weight}}_{j} - \\frac{e^{- 2 ls_{j}} \\sum_{l} \\left(- \\mu_{j '
+            'l} + v_{l}\\right)^{2}}{2}} - \\frac{e^{- 2 ls_{k}} \\sum_{j} \\left(-'
+            ' \\mu_{k j} + v_{j}\\right)^{2}}{2}} + \\frac{\\left(e^{- D ls_{k} + '
+            '{log_{weight}}_{k} - \\log \\sum_{j} e^{- D ls_{j} + '
+            '{log_{weight}}_{j} - \\frac{e^{- 2 ls_{j}} \\sum_{l} \\left(- \\mu_{j '
+            'l} + v_{l}\\right)^{2}}{2}} - \\frac{e^{- 2 ls_{k}} \\sum_{j} \\left(-'
+            ' \\mu_{k j} + v_{j}\\right)^{2}}{2}}\\right) \\sum_{j} \\left(- 2 '
+            '\\mu_{j i} + 2 v_{i}\\right) e^{- 2 ls_{j}} e^{- D ls_{j} + '
+            '{log_{weight}}_{j} - \\log \\sum_{l} e^{- D ls_{l} + '
+            '{log_{weight}}_{l} - \\frac{e^{- 2 ls_{l}} \\sum_{m} \\left(- \\mu_{l '
+            'm} + v_{m}\\right)^{2}}{2}} - \\frac{e^{- 2 ls_{j}} \\sum_{l} \\left(-'
+            ' \\mu_{j l} + v_{l}\\right)^{2}}{2}}}{2}\\right) \\left(- 2 \\mu_{k i} '
+            '+ 2 v_{i}\\right) e^{- 2 ls_{k}}}{2}'
+        )),
+        ('sm objective', (
+            'J = \\mathbb{E}\\left[laplacian + \\frac{\\sum_{l} '
+            'score_{l}^{2}}{2}\\right]'
+        )),
+    )
 
     def __init__(
         self,
@@ -70,6 +144,22 @@ class gmm(torch.nn.Module):
         )
         # log Z for noise-contrastive estimation (nce_loss), learnt too
         self.log_z = torch.nn.Parameter(torch.zeros((), dtype=dtype, device=device))
+
+    def extra_repr(self) -> str:
+        """repr(model) shows its sizes and constants."""
+        return f"D={self.D!r}, K={self.K!r}"
+
+    @classmethod
+    def formulas(cls, latex: bool = False) -> str:
+        """What `energydsl show` prints: the derived formulas, one per line, in spec
+        notation or (latex=True) as `name: LaTeX`."""
+        if latex:
+            return "\n".join(f"{name}: {text}" for name, text in cls._LATEX)
+        return "\n".join(cls._FORMULAS)
+
+    def _repr_latex_(self) -> str:
+        """Notebooks show a model as its derived formulas, one display per line."""
+        return "\n".join(f"$${text}$$" for _, text in self._LATEX)
 
     def _check(
         self, method: str, name: str, value: torch.Tensor, size: int, rows: int | None = None

@@ -80,6 +80,24 @@ class MaskedGaussian(torch.nn.Module):
 
     visible = "x"  # the visible variable's name
     hidden = {}  # hidden variable -> domain, in the spec's order
+    # the derived formulas: `energydsl show` (spec notation), `show --latex` (name, LaTeX)
+    _FORMULAS = (
+        'Definition:   y[i] = -mu[i] + x[i]',
+        'Free energy:  F = sum(i, j: Lambda[i, j]*y[i]*y[j])/2',
+        'Score:        score[k] = -sum(i: Lambda[i, k]*y[i])',
+        'Laplacian:    laplacian = -sum(i: Lambda[i, i])',
+        'SM objective: laplacian + sum(k: score[k]^2)/2   (batch mean)',
+    )
+    _LATEX = (
+        ('y', 'y_{i} = - \\mu_{i} + x_{i}'),
+        ('free energy', 'F = \\frac{\\sum_{i, j} \\Lambda_{i j} y_{i} y_{j}}{2}'),
+        ('score', '\\psi_{k} = - \\sum_{i} \\Lambda_{i k} y_{i}'),
+        ('laplacian', '\\Delta \\log \\tilde p = - \\sum_{i} \\Lambda_{i i}'),
+        ('sm objective', (
+            'J = \\mathbb{E}\\left[laplacian + \\frac{\\sum_{k} '
+            'score_{k}^{2}}{2}\\right]'
+        )),
+    )
 
     def __init__(
         self,
@@ -112,6 +130,26 @@ class MaskedGaussian(torch.nn.Module):
         _grid = _grid_stencil(self.height, self.width, self.connectivity, self.D, device=device)
         self.register_buffer("_Lambda_index", _grid[0], persistent=False)
         self.register_buffer("_Lambda_inside", _grid[1], persistent=False)
+
+    def extra_repr(self) -> str:
+        """repr(model) shows its sizes and constants."""
+        return (
+            f"height={self.height!r}, "
+            f"width={self.width!r}, "
+            f"connectivity={self.connectivity!r}"
+        )
+
+    @classmethod
+    def formulas(cls, latex: bool = False) -> str:
+        """What `energydsl show` prints: the derived formulas, one per line, in spec
+        notation or (latex=True) as `name: LaTeX`."""
+        if latex:
+            return "\n".join(f"{name}: {text}" for name, text in cls._LATEX)
+        return "\n".join(cls._FORMULAS)
+
+    def _repr_latex_(self) -> str:
+        """Notebooks show a model as its derived formulas, one display per line."""
+        return "\n".join(f"$${text}$$" for _, text in self._LATEX)
 
     def _check(
         self, method: str, name: str, value: torch.Tensor, size: int, rows: int | None = None

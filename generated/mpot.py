@@ -40,6 +40,61 @@ class MPoT(torch.nn.Module):
 
     visible = "v"  # the visible variable's name
     hidden = {'hc': 'positive', 'hm': 'binary'}  # hidden variable -> domain, in the spec's order
+    # the derived formulas: `energydsl show` (spec notation), `show --latex` (name, LaTeX)
+    _FORMULAS = (
+        (
+            'Energy:       E = sum(k: (1 - gamma)*log(hc[k]) + (phi[k]^2/2 + '
+            '1)*hc[k]) + sum(i: v[i]^2)/2 - sum(i, j: W[i, j]*hm[j]*v[i])'
+        ),
+        'Definition:   phi[k] = sum(i: C[i, k]*v[i])',
+        (
+            'Free energy:  F = -K*loggamma(gamma) + gamma*sum(k: '
+            'log1p(phi[k]^2/2)) - sum(j: softplus(sum(i: W[i, j]*v[i]))) + '
+            'sum(i: v[i]^2)/2'
+        ),
+        (
+            'Score:        score[l] = -gamma*sum(k: C[l, k]*phi[k]/(phi[k]^2/2 '
+            '+ 1)) - v[l] + sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[l, j])'
+        ),
+        (
+            'Laplacian:    laplacian = -D + 2*gamma*sum(i, k: (phi[k]^2 - '
+            '2)*C[i, k]^2/(phi[k]^2 + 2)^2) + sum(i, j: (1 - sigmoid(sum(k: '
+            'W[k, j]*v[k])))*sigmoid(sum(k: W[k, j]*v[k]))*W[i, j]^2)'
+        ),
+        'SM objective: laplacian + sum(l: score[l]^2)/2   (batch mean)',
+        'Requires:     gamma > 0',
+    )
+    _LATEX = (
+        ('energy', (
+            'E = \\sum_{k} \\left(\\left(1 - \\gamma\\right) \\log{\\left(hc_{k} '
+            '\\right)} + \\left(\\frac{\\phi_{k}^{2}}{2} + 1\\right) hc_{k}\\right) +'
+            ' \\frac{\\sum_{i} v_{i}^{2}}{2} - \\sum_{i, j} W_{i j} hm_{j} v_{i}'
+        )),
+        ('phi', 'phi_{k} = \\sum_{i} C_{i k} v_{i}'),
+        ('free energy', (
+            'F = - K \\operatorname{loggamma}{\\left(\\gamma \\right)} + \\gamma '
+            '\\sum_{k} \\log\\left(1 + \\frac{\\phi_{k}^{2}}{2}\\right) - \\sum_{j} '
+            '\\operatorname{softplus}\\left(\\sum_{i} W_{i j} v_{i}\\right) + '
+            '\\frac{\\sum_{i} v_{i}^{2}}{2}'
+        )),
+        ('score', (
+            '\\psi_{l} = - \\gamma \\sum_{k} \\frac{C_{l k} '
+            '\\phi_{k}}{\\frac{\\phi_{k}^{2}}{2} + 1} - v_{l} + \\sum_{j} '
+            '\\left(\\sigma\\left(\\sum_{i} W_{i j} v_{i}\\right)\\right) W_{l j}'
+        )),
+        ('laplacian', (
+            '\\Delta \\log \\tilde p = - D + 2 \\gamma \\sum_{i, k} '
+            '\\frac{\\left(\\phi_{k}^{2} - 2\\right) C_{i '
+            'k}^{2}}{\\left(\\phi_{k}^{2} + 2\\right)^{2}} + \\sum_{i, j} \\left(1 -'
+            ' \\sigma\\left(\\sum_{k} W_{k j} v_{k}\\right)\\right) '
+            '\\left(\\sigma\\left(\\sum_{k} W_{k j} v_{k}\\right)\\right) W_{i j}^{2}'
+        )),
+        ('sm objective', (
+            'J = \\mathbb{E}\\left[laplacian + \\frac{\\sum_{l} '
+            'score_{l}^{2}}{2}\\right]'
+        )),
+        ('requires', '\\gamma > 0'),
+    )
 
     def __init__(
         self,
@@ -76,6 +131,22 @@ class MPoT(torch.nn.Module):
         )
         # log Z for noise-contrastive estimation (nce_loss), learnt too
         self.log_z = torch.nn.Parameter(torch.zeros((), dtype=dtype, device=device))
+
+    def extra_repr(self) -> str:
+        """repr(model) shows its sizes and constants."""
+        return f"D={self.D!r}, K={self.K!r}, M={self.M!r}, gamma={self.gamma!r}"
+
+    @classmethod
+    def formulas(cls, latex: bool = False) -> str:
+        """What `energydsl show` prints: the derived formulas, one per line, in spec
+        notation or (latex=True) as `name: LaTeX`."""
+        if latex:
+            return "\n".join(f"{name}: {text}" for name, text in cls._LATEX)
+        return "\n".join(cls._FORMULAS)
+
+    def _repr_latex_(self) -> str:
+        """Notebooks show a model as its derived formulas, one display per line."""
+        return "\n".join(f"$${text}$$" for _, text in self._LATEX)
 
     def _check(
         self, method: str, name: str, value: torch.Tensor, size: int, rows: int | None = None

@@ -33,6 +33,52 @@ class PoT(torch.nn.Module):
 
     visible = "v"  # the visible variable's name
     hidden = {'s': 'positive'}  # hidden variable -> domain, in the spec's order
+    # the derived formulas: `energydsl show` (spec notation), `show --latex` (name, LaTeX)
+    _FORMULAS = (
+        (
+            'Energy:       E = sum(k: (1 - alpha[k])*log(s[k]) + (y[k]^2/2 + '
+            '1)*s[k]) + sum(i: v[i]^2)/2'
+        ),
+        'Definition:   y[k] = sum(i: J[k, i]*v[i])',
+        (
+            'Free energy:  F = sum(k: log1p(y[k]^2/2)*alpha[k]) - sum(k: '
+            'loggamma(alpha[k])) + sum(i: v[i]^2)/2'
+        ),
+        (
+            'Score:        score[j] = -v[j] - sum(k: J[k, '
+            'j]*alpha[k]*y[k]/(y[k]^2/2 + 1))'
+        ),
+        (
+            'Laplacian:    laplacian = -D + 2*sum(i, k: (y[k]^2 - 2)*J[k, '
+            'i]^2*alpha[k]/(y[k]^2 + 2)^2)'
+        ),
+        'SM objective: laplacian + sum(j: score[j]^2)/2   (batch mean)',
+    )
+    _LATEX = (
+        ('energy', (
+            'E = \\sum_{k} \\left(\\left(1 - \\alpha_{k}\\right) \\log{\\left(s_{k} '
+            '\\right)} + \\left(\\frac{y_{k}^{2}}{2} + 1\\right) s_{k}\\right) + '
+            '\\frac{\\sum_{i} v_{i}^{2}}{2}'
+        )),
+        ('y', 'y_{k} = \\sum_{i} J_{k i} v_{i}'),
+        ('free energy', (
+            'F = \\sum_{k} \\log\\left(1 + \\frac{y_{k}^{2}}{2}\\right) \\alpha_{k} -'
+            ' \\sum_{k} \\operatorname{loggamma}{\\left(\\alpha_{k} \\right)} + '
+            '\\frac{\\sum_{i} v_{i}^{2}}{2}'
+        )),
+        ('score', (
+            '\\psi_{j} = - v_{j} - \\sum_{k} \\frac{J_{k j} \\alpha_{k} '
+            'y_{k}}{\\frac{y_{k}^{2}}{2} + 1}'
+        )),
+        ('laplacian', (
+            '\\Delta \\log \\tilde p = - D + 2 \\sum_{i, k} \\frac{\\left(y_{k}^{2} -'
+            ' 2\\right) J_{k i}^{2} \\alpha_{k}}{\\left(y_{k}^{2} + 2\\right)^{2}}'
+        )),
+        ('sm objective', (
+            'J = \\mathbb{E}\\left[laplacian + \\frac{\\sum_{j} '
+            'score_{j}^{2}}{2}\\right]'
+        )),
+    )
 
     def __init__(
         self,
@@ -62,6 +108,22 @@ class PoT(torch.nn.Module):
         )
         # log Z for noise-contrastive estimation (nce_loss), learnt too
         self.log_z = torch.nn.Parameter(torch.zeros((), dtype=dtype, device=device))
+
+    def extra_repr(self) -> str:
+        """repr(model) shows its sizes and constants."""
+        return f"D={self.D!r}, K={self.K!r}"
+
+    @classmethod
+    def formulas(cls, latex: bool = False) -> str:
+        """What `energydsl show` prints: the derived formulas, one per line, in spec
+        notation or (latex=True) as `name: LaTeX`."""
+        if latex:
+            return "\n".join(f"{name}: {text}" for name, text in cls._LATEX)
+        return "\n".join(cls._FORMULAS)
+
+    def _repr_latex_(self) -> str:
+        """Notebooks show a model as its derived formulas, one display per line."""
+        return "\n".join(f"$${text}$$" for _, text in self._LATEX)
 
     def _check(
         self, method: str, name: str, value: torch.Tensor, size: int, rows: int | None = None

@@ -39,6 +39,64 @@ class PPCA(torch.nn.Module):
 
     visible = "v"  # the visible variable's name
     hidden = {'z': 'real'}  # hidden variable -> domain, in the spec's order
+    # the derived formulas: `energydsl show` (spec notation), `show --latex` (name, LaTeX)
+    _FORMULAS = (
+        (
+            'Energy:       E = sum(k: z[k]^2)/2 + sum(i: (-mu[i] + v[i] - '
+            'sum(k: W[i, k]*z[k]))^2)/(2*s2)'
+        ),
+        (
+            'Free energy:  F = -K*log(2*pi)/2 + LogDet(_z_precision)/2 + sum(i:'
+            ' (-mu[i] + v[i])^2)/(2*s2) - sum(i, k: MatrixInverse(_z_precision,'
+            ' i, k)*sum(j: (-2*mu[j] + 2*v[j])*W[j, i])*sum(j: (-2*mu[j] + '
+            '2*v[j])*W[j, k]))/(8*s2^2)'
+        ),
+        (
+            'Score:        score[p] = -(-2*mu[p] + 2*v[p])/(2*s2) + sum(i, k: '
+            'MatrixInverse(_z_precision, i, k)*W[p, k]*sum(j: (-2*mu[j] + '
+            '2*v[j])*W[j, i]))/(4*s2^2) + sum(k, i: MatrixInverse(_z_precision,'
+            ' i, k)*W[p, k]*sum(j: (-2*mu[j] + 2*v[j])*W[j, i]))/(4*s2^2)'
+        ),
+        (
+            'Laplacian:    laplacian = -D/s2 + sum(i, j, k: '
+            'MatrixInverse(_z_precision, j, k)*W[i, j]*W[i, k])/(2*s2^2) + '
+            'sum(i, k, j: MatrixInverse(_z_precision, j, k)*W[i, j]*W[i, '
+            'k])/(2*s2^2)'
+        ),
+        'SM objective: laplacian + sum(p: score[p]^2)/2   (batch mean)',
+    )
+    _LATEX = (
+        ('energy', (
+            'E = \\frac{\\sum_{k} z_{k}^{2}}{2} + \\frac{\\sum_{i} \\left(- \\mu_{i} '
+            '+ v_{i} - \\sum_{k} W_{i k} z_{k}\\right)^{2}}{2 s_{2}}'
+        )),
+        ('free energy', (
+            'F = - \\frac{K \\log{\\left(2 \\pi \\right)}}{2} + '
+            '\\frac{\\log\\det\\left(z_{precision}\\right)}{2} + \\frac{\\sum_{i} '
+            '\\left(- \\mu_{i} + v_{i}\\right)^{2}}{2 s_{2}} - \\frac{\\sum_{i, k} '
+            '\\left(z_{precision}^{-1}\\right)_{i k} \\left(\\sum_{j} \\left(- 2 '
+            '\\mu_{j} + 2 v_{j}\\right) W_{j i}\\right) \\sum_{j} \\left(- 2 \\mu_{j}'
+            ' + 2 v_{j}\\right) W_{j k}}{8 s_{2}^{2}}'
+        )),
+        ('score', (
+            '\\psi_{p} = - \\frac{- 2 \\mu_{p} + 2 v_{p}}{2 s_{2}} + '
+            '\\frac{\\sum_{i, k} \\left(z_{precision}^{-1}\\right)_{i k} W_{p k} '
+            '\\sum_{j} \\left(- 2 \\mu_{j} + 2 v_{j}\\right) W_{j i}}{4 s_{2}^{2}} '
+            '+ \\frac{\\sum_{k, i} \\left(z_{precision}^{-1}\\right)_{i k} W_{p k} '
+            '\\sum_{j} \\left(- 2 \\mu_{j} + 2 v_{j}\\right) W_{j i}}{4 s_{2}^{2}}'
+        )),
+        ('laplacian', (
+            '\\Delta \\log \\tilde p = - \\frac{D}{s_{2}} + \\frac{\\sum_{i, j, k} '
+            '\\left(z_{precision}^{-1}\\right)_{j k} W_{i j} W_{i k}}{2 '
+            's_{2}^{2}} + \\frac{\\sum_{i, k, j} '
+            '\\left(z_{precision}^{-1}\\right)_{j k} W_{i j} W_{i k}}{2 '
+            's_{2}^{2}}'
+        )),
+        ('sm objective', (
+            'J = \\mathbb{E}\\left[laplacian + \\frac{\\sum_{p} '
+            'score_{p}^{2}}{2}\\right]'
+        )),
+    )
 
     def __init__(
         self,
@@ -67,6 +125,22 @@ class PPCA(torch.nn.Module):
         self.mu = torch.nn.Parameter(
             torch.zeros((self.D,), dtype=dtype, device=device)
         )
+
+    def extra_repr(self) -> str:
+        """repr(model) shows its sizes and constants."""
+        return f"D={self.D!r}, K={self.K!r}, s2={self.s2!r}"
+
+    @classmethod
+    def formulas(cls, latex: bool = False) -> str:
+        """What `energydsl show` prints: the derived formulas, one per line, in spec
+        notation or (latex=True) as `name: LaTeX`."""
+        if latex:
+            return "\n".join(f"{name}: {text}" for name, text in cls._LATEX)
+        return "\n".join(cls._FORMULAS)
+
+    def _repr_latex_(self) -> str:
+        """Notebooks show a model as its derived formulas, one display per line."""
+        return "\n".join(f"$${text}$$" for _, text in self._LATEX)
 
     def _check(
         self, method: str, name: str, value: torch.Tensor, size: int, rows: int | None = None

@@ -64,6 +64,59 @@ class ScaledGBRBM(torch.nn.Module):
 
     visible = "v"  # the visible variable's name
     hidden = {'h': 'binary'}  # hidden variable -> domain, in the spec's order
+    # the derived formulas: `energydsl show` (spec notation), `show --latex` (name, LaTeX)
+    _FORMULAS = (
+        (
+            'Energy:       E = sum(i: (-b[i] + v[i])^2/(2*sigma[i]^2)) - sum(j:'
+            ' c[j]*h[j]) - sum(i, j: W[i, j]*h[j]*v[i]/sigma[i])'
+        ),
+        'Constant:     sigma[D] = 1.0 in every entry',
+        (
+            'Free energy:  F = sum(i: (-b[i] + v[i])^2/sigma[i]^2)/2 - sum(j: '
+            'softplus(c[j] + sum(i: W[i, j]*v[i]/sigma[i])))'
+        ),
+        (
+            'Score:        score[k] = -(-2*b[k] + 2*v[k])/(2*sigma[k]^2) + '
+            'sum(j: sigmoid(c[j] + sum(i: W[i, j]*v[i]/sigma[i]))*W[k, '
+            'j])/sigma[k]'
+        ),
+        (
+            'Laplacian:    laplacian = sum(i: sum(j: (1 - sigmoid(c[j] + sum(k:'
+            ' W[k, j]*v[k]/sigma[k])))*sigmoid(c[j] + sum(k: W[k, '
+            'j]*v[k]/sigma[k]))*W[i, j]^2)/sigma[i]^2) - sum(i: sigma[i]^(-2))'
+        ),
+        'SM objective: laplacian + sum(k: score[k]^2)/2   (batch mean)',
+    )
+    _LATEX = (
+        ('energy', (
+            'E = \\sum_{i} \\frac{\\left(- b_{i} + v_{i}\\right)^{2}}{2 '
+            '\\sigma_{i}^{2}} - \\sum_{j} c_{j} h_{j} - \\sum_{i, j} \\frac{W_{i j}'
+            ' h_{j} v_{i}}{\\sigma_{i}}'
+        )),
+        ('sigma', '\\sigma \\in \\mathbb{R}^{D} = 1.0 \\text{ in every entry}'),
+        ('free energy', (
+            'F = \\frac{\\sum_{i} \\frac{\\left(- b_{i} + '
+            'v_{i}\\right)^{2}}{\\sigma_{i}^{2}}}{2} - \\sum_{j} '
+            '\\operatorname{softplus}\\left(c_{j} + \\sum_{i} \\frac{W_{i j} '
+            'v_{i}}{\\sigma_{i}}\\right)'
+        )),
+        ('score', (
+            '\\psi_{k} = - \\frac{- 2 b_{k} + 2 v_{k}}{2 \\sigma_{k}^{2}} + '
+            '\\frac{\\sum_{j} \\left(\\sigma\\left(c_{j} + \\sum_{i} \\frac{W_{i j} '
+            'v_{i}}{\\sigma_{i}}\\right)\\right) W_{k j}}{\\sigma_{k}}'
+        )),
+        ('laplacian', (
+            '\\Delta \\log \\tilde p = \\sum_{i} \\frac{\\sum_{j} \\left(1 - '
+            '\\sigma\\left(c_{j} + \\sum_{k} \\frac{W_{k j} '
+            'v_{k}}{\\sigma_{k}}\\right)\\right) \\left(\\sigma\\left(c_{j} + '
+            '\\sum_{k} \\frac{W_{k j} v_{k}}{\\sigma_{k}}\\right)\\right) W_{i '
+            'j}^{2}}{\\sigma_{i}^{2}} - \\sum_{i} \\frac{1}{\\sigma_{i}^{2}}'
+        )),
+        ('sm objective', (
+            'J = \\mathbb{E}\\left[laplacian + \\frac{\\sum_{k} '
+            'score_{k}^{2}}{2}\\right]'
+        )),
+    )
 
     def __init__(
         self,
@@ -99,6 +152,22 @@ class ScaledGBRBM(torch.nn.Module):
         )
         # log Z for noise-contrastive estimation (nce_loss), learnt too
         self.log_z = torch.nn.Parameter(torch.zeros((), dtype=dtype, device=device))
+
+    def extra_repr(self) -> str:
+        """repr(model) shows its sizes and constants."""
+        return f"D={self.D!r}, K={self.K!r}"
+
+    @classmethod
+    def formulas(cls, latex: bool = False) -> str:
+        """What `energydsl show` prints: the derived formulas, one per line, in spec
+        notation or (latex=True) as `name: LaTeX`."""
+        if latex:
+            return "\n".join(f"{name}: {text}" for name, text in cls._LATEX)
+        return "\n".join(cls._FORMULAS)
+
+    def _repr_latex_(self) -> str:
+        """Notebooks show a model as its derived formulas, one display per line."""
+        return "\n".join(f"$${text}$$" for _, text in self._LATEX)
 
     def _check(
         self, method: str, name: str, value: torch.Tensor, size: int, rows: int | None = None

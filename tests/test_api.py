@@ -9,6 +9,8 @@ import torch
 from energydsl import api
 from energydsl.errors import SpecError
 
+from support import SPECS
+
 SPEC = ("model Tiny\ndim D = 3\nvisible v : real[D]\nparam m[D]\n"
         "free energy F(v) = sum(i: (v[i] - m[i])^2) / 2\n")
 
@@ -49,3 +51,85 @@ def test_a_spec_error_is_raised_before_the_cache(tmp_path, monkeypatch):
     with pytest.raises(SpecError, match="unknown"):
         api.spec_class(SPEC.replace("(v[i] - m[i])", "(v[i] - q[i])"))
     assert not list(tmp_path.glob("*.py"))
+
+
+# ---------------------------------------------------------------- the public API
+
+
+def test_compile_takes_spec_text_or_a_path(tmp_path):
+    import energydsl
+
+    cls = energydsl.compile(SPEC)
+    assert cls.__name__ == "Tiny"
+    path = tmp_path / "tiny.edsl"
+    path.write_text(SPEC)
+    assert energydsl.compile(path).__name__ == energydsl.compile(str(path)).__name__ == "Tiny"
+    with pytest.raises(SpecError) as caught:
+        energydsl.compile(SPEC.replace("m[i])^2", "q[i])^2"))
+    assert "5:" in caught.value.format("<spec>", SPEC) and "unknown" in str(caught.value)
+
+
+def test_a_model_shows_its_sizes_and_formulas():
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import mathtext
+
+    import energydsl
+
+    model = energydsl.compile((SPECS / "dem.edsl").read_text())(D=7, H=3, K=2)
+    assert repr(model).startswith("DEM(D=7, H=3, K=2, sigma=1.0)")
+    assert "Score:" in model.formulas() and "score:" in model.formulas(latex=True)
+    displays = model._repr_latex_().split("\n")
+    assert len(displays) >= 5 and all(d.startswith("$$") and d.endswith("$$") for d in displays)
+    for display in displays:  # every line renders through matplotlib's mathtext
+        mathtext.math_to_image(f"${display.strip('$')}$", io.BytesIO(), format="png")
+
+
+def _in_a_fresh_process(code: str) -> str:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_a_compiled_model_pickles_into_another_process(tmp_path):
+    import energydsl
+
+    model = energydsl.compile(SPEC)(D=3, dtype=torch.float64)
+    with torch.no_grad():
+        model.m.copy_(torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64))
+    path = tmp_path / "model.pt"
+    torch.save(model, path)
+    assert type(model).__module__.startswith("energydsl.compiled.tiny_")
+    out = _in_a_fresh_process(
+        f"import torch; m = torch.load({str(path)!r}, weights_only=False); "
+        "print(type(m).__name__, m.m.tolist(), m.free_energy(torch.zeros(1, 3, "
+        "dtype=torch.float64)).item())")
+    assert out.split() == ["Tiny", "[0.5,", "-1.0,", "2.0]", "2.625"]
+
+
+def test_a_trained_run_loads_and_pickles(tmp_path):
+    import pickle
+
+    import energydsl
+    from energydsl.errors import UsageError
+
+    history = energydsl.train(str(SPECS / "dem.edsl"), tmp_path / "run", epochs=1,
+                              sizes={"H": 4, "K": 3}, progress=False)
+    assert len(history.epochs) == 1
+    model, config = energydsl.load_run(tmp_path / "run")
+    assert repr(model).startswith("DEM(D=64, H=4, K=3") and config.sizes == {"H": 4, "K": 3}
+    path = tmp_path / "run.pkl"
+    path.write_bytes(pickle.dumps((model, config)))
+    out = _in_a_fresh_process(
+        f"import pickle; m, c = pickle.load(open({str(path)!r}, 'rb')); "
+        "print(type(m).__name__, c.epochs, sum(p.numel() for p in m.parameters()))")
+    assert out.split() == ["DEM", "1", str(sum(p.numel() for p in model.parameters()))]
+    with pytest.raises(UsageError, match="unknown setting 'epoch'"):
+        energydsl.train(str(SPECS / "dem.edsl"), tmp_path / "other", epoch=1)

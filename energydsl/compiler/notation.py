@@ -65,10 +65,20 @@ class DslLatexPrinter(LatexPrinter):
 
     def _print_Indexed(self, expr: sp.Indexed) -> str:
         indices = " ".join(self._print(i) for i in expr.indices)
-        return f"{self._print(expr.base.label)}_{{{indices}}}"
+        base = self._print(expr.base.label)
+        if "_" in base or "^" in base:  # V1 -> V_{1}: grouped, so V_{1}_{h i} cannot occur
+            base = f"{{{base}}}"
+        return f"{base}_{{{indices}}}"
 
     def _print_Idx(self, expr: sp.Idx) -> str:
         return self._print(expr.label)
+
+    def _print_Symbol(self, expr: sp.Symbol, style: str = "plain") -> str:
+        """The compiler's own names (_slope_u1) without their leading underscore, which
+        LaTeX would read as a subscript of nothing."""
+        if expr.name.startswith("_") and expr.name.strip("_"):
+            expr = sp.Symbol(expr.name.lstrip("_"))
+        return super()._print_Symbol(expr, style)
 
 
 def dsl_str(expr: sp.Basic) -> str:

@@ -44,9 +44,11 @@ def test_generated_module_imports_only_torch_and_math(spec):
             imported.add((node.module or "").split(".")[0])
     assert imported <= {"torch", "math"}
     loops = [n for n in ast.walk(tree) if isinstance(n, (ast.For, ast.While, ast.comprehension))]
-    # the loops allowed: the chunks of an enumeration of 2^K hidden states, and a grid
-    # stencil's fixed 3 x 3 offsets (a constant trip count, whatever the sizes)
-    allowed = {"range(0, states, chunk)", "_NEIGHBOURS[connectivity]", "range(9)"}
+    # the loops allowed: the chunks of an enumeration of 2^K hidden states, a grid
+    # stencil's fixed 3 x 3 offsets (a constant trip count, whatever the sizes), and the
+    # lines of the formulas' text (`formulas`, `_repr_latex_`)
+    allowed = {"range(0, states, chunk)", "_NEIGHBOURS[connectivity]", "range(9)",
+               "cls._LATEX", "self._LATEX"}
     loops = [n for n in loops if ast.unparse(n.iter) not in allowed]
     assert loops == [], "generated code must be vectorised"
 

@@ -8,6 +8,7 @@ output depends only on the spec, so recompiling gives byte-identical files.
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 
@@ -27,7 +28,7 @@ from energydsl.compiler.ir import (
     PlannedModule,
     VectorConst,
 )
-from energydsl.compiler.notation import dsl_str
+from energydsl.compiler.notation import dsl_str, latex
 from energydsl.compiler.plan.methods import ANCHOR_BUFFER
 from energydsl.compiler.plan.methods import bare as _bare
 from energydsl.errors import shorten
@@ -298,6 +299,65 @@ def formulas(derivation: Derivation, conditionals: Conditionals | None = None) -
     return "\n".join(lines)
 
 
+def latex_formulas(derivation: Derivation) -> Iterator[tuple[str, str]]:
+    """The model's formulas as (name, LaTeX) pairs (for `show --latex` and notebooks)."""
+    model = derivation.model
+    if model.energy is not None:
+        yield "energy", f"E = {latex(model.energy)}"
+    for name, const in model.symbolic.checked.vector_consts.items():
+        symbol = latex(model.symbolic.vector_consts[name])
+        space = r" \times ".join(const.shape)
+        value = (f"({', '.join(map(repr, const.value))})" if isinstance(const.value, tuple)
+                 else rf"{const.value!r} \text{{ in every entry}}")
+        yield name, rf"{symbol} \in \mathbb{{R}}^{{{space}}} = {value}"
+    for name, definition in model.symbolic.definitions.items():
+        indices = ",".join(map(str, definition.indices))
+        yield name, f"{name}_{{{indices}}} = {latex(definition.body)}"
+    yield "free energy", f"F = {latex(derivation.free_energy)}"
+    yield "score", f"\\psi_{{{derivation.index}}} = {latex(derivation.score)}"
+    yield "laplacian", f"\\Delta \\log \\tilde p = {latex(derivation.laplacian)}"
+    yield "sm objective", f"J = \\mathbb{{E}}\\left[{latex(derivation.sm_objective)}\\right]"
+    for condition in model.conditions:
+        yield "requires", latex(condition)
+    kinked = kinked_in(derivation.free_energy,
+                       *[d.body for d in model.symbolic.definitions.values()])
+    if kinked:
+        yield "note", (rf"\text{{{', '.join(kinked)}: derivatives almost everywhere "
+                       r"(at a kink, as autograd's)}")
+
+
+def python_string(text: str, indent: int = 4, width: int = 84) -> str:
+    """A Python string literal of `text`; a long one as implicitly concatenated pieces,
+    broken at spaces where possible, one per line at `indent`."""
+    if len(repr(text)) + indent <= width:
+        return repr(text)
+    pieces = textwrap.wrap(text, width - indent - 6, drop_whitespace=False,
+                           replace_whitespace=False, break_on_hyphens=False)
+    if "".join(pieces) != text:  # pragma: no cover - textwrap keeps every character
+        pieces = [text[k:k + 60] for k in range(0, len(text), 60)]
+    pad = " " * indent
+    return "(\n" + "\n".join(pad + repr(p) for p in pieces) + "\n" + " " * (indent - 4) + ")"
+
+
+def python_lines(lines: list[str], indent: int = 0) -> str:
+    """A tuple literal of strings at `indent`, one element (and its pieces) per line."""
+    inner = " " * (indent + 4)
+    return "(\n" + "".join(f"{inner}{python_string(line, indent + 8)},\n"
+                           for line in lines) + " " * indent + ")"
+
+
+def _repr_code(names: list[str]) -> str:
+    """`extra_repr`'s return value: an f-string of name=value pairs, in pieces when long."""
+    if not names:
+        return '""'
+    pairs = [f"{name}={{self.{name}!r}}" for name in names]
+    text = ", ".join(pairs)
+    if len(text) <= 70:
+        return f'f"{text}"'
+    pieces = [f'f"{pair}, "' for pair in pairs[:-1]] + [f'f"{pairs[-1]}"']
+    return "(\n" + "".join(f"            {p}\n" for p in pieces) + "        )"
+
+
 def emit(derivation: Derivation, conditionals: Conditionals, planned: PlannedModule,
          spec_path: str) -> str:
     """Render the generated module's source text from the planned methods and the
@@ -390,6 +450,11 @@ def emit(derivation: Derivation, conditionals: Conditionals, planned: PlannedMod
         model=checked,
         summary=_summary(derivation),
         formulas=wrap_formulas(safe_text(formulas(derivation, conditionals))),
+        formulas_literal=python_lines(formulas(derivation).split("\n"), 4),
+        latex_literal="(\n" + "".join(
+            f"        ({name!r}, {python_string(text, 12)}),\n"
+            for name, text in latex_formulas(derivation)) + "    )",
+        repr_code=_repr_code([a.name for a in ctor_args if a.type in ("int", "float")]),
         ctor_doc=", ".join(f"{a.name}={a.default}" for a in ctor_args) or "none",
         params_doc="\n    ".join(textwrap.wrap(
             "Parameters: " + (", ".join(_param_doc(p) for p in checked.params.values())

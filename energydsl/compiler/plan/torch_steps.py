@@ -226,7 +226,7 @@ def _as_batched_matvec(picked: list[Operand], inputs: str, out_letters: str,
                              tuple(zip(picked, terms, strict=True))[::-1]):
         if len(xs) != 2 or len(ys) != 3 or xs[0] != ys[0] or letter_index[xs[0]] != BATCH:
             continue
-        batch, summed = xs
+        batch, summed = xs[0], xs[1]
         if summed not in ys[1:]:
             continue
         kept = ys[1:].replace(summed, "")
