@@ -14,6 +14,7 @@ import argparse
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 from energydsl import __version__
 from energydsl.cli.arguments import (
@@ -63,6 +64,11 @@ def _add_time_limit(p: argparse.ArgumentParser) -> None:
                         f"{DEFAULT_TIME_LIMIT:g}; 0: no limit)")
 
 
+def _add_device(p: argparse.ArgumentParser, text: str, default: str | None = "auto") -> None:
+    p.add_argument("--device", default=default, metavar="DEVICE",
+                   help=f"{text}: cpu, cuda, cuda:N, mps or auto")
+
+
 def _objective_help() -> str:
     """--objective's help, from the registry: which estimators apply to which data."""
     from energydsl.estimators import all_estimators
@@ -75,12 +81,21 @@ def _objective_help() -> str:
             "on binary or spin data); companion models use their own")
 
 
+class _Parser(argparse.ArgumentParser):
+    """A wrong command line is one line: what is wrong, and where the help is (argparse's
+    usage block is what --help prints)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="energydsl", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"energydsl {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                     parser_class=_Parser)
 
     p = commands.add_parser(
         "compile", help="compile specs into PyTorch modules",
@@ -159,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace a run already in OUT (otherwise refused)")
     p.add_argument("--detect-anomaly", action="store_true",
                    help="torch.autograd anomaly detection, to find where a NaN appears")
+    _add_device(p, "the device to train on (default auto: cuda when present, else mps, "
+                   "else cpu; a resumed run may move)", default=None)
     p.add_argument("--compile", action="store_true",
                    help="run the training step through torch.compile: the same values, "
                         "1.1-2.4x faster steps on the seed models (bench/RESULTS.md), after "
@@ -185,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
     p.add_argument("-o", "--output", default=None,
                    help="image path, .png, .pdf, .svg, ... (default RUN/samples.png)")
+    _add_device(p, "the device to sample on (default auto)")
     p.set_defaults(handler=cmd_sample)
 
     p = commands.add_parser(
@@ -195,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="CHECKPOINT_OR_RUN")
     p.add_argument("--steps", type=positive_int, default=500,
                    help="MCMC steps for the samples")
+    _add_device(p, "the device to evaluate and sample on (default auto)")
     p.set_defaults(handler=cmd_report)
 
     p = commands.add_parser(

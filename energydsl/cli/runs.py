@@ -26,6 +26,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         given["detect_anomaly"] = True
     if args.compile:
         given["compile"] = True
+    if args.device is not None:
+        given["device"] = args.device
     out = Path(args.out or Path("runs") / run_name(args.model))
     try:
         config = resumed_config(out, given) if args.resume else None
@@ -60,15 +62,30 @@ def _image_path(text: str) -> Path:
     return path
 
 
+def _checkpoint(text: str) -> Path:
+    """A run directory's checkpoint (or a checkpoint file) that exists."""
+    from energydsl.train.loop import CHECKPOINT
+
+    target = Path(text)
+    path = target / CHECKPOINT if target.is_dir() else target
+    if not path.is_file():
+        what = "holds no checkpoint.pt" if target.is_dir() else "no such run or checkpoint"
+        raise UsageError(f"{text}: error: {what}; train one with `energydsl train MODEL "
+                         f"--out {text}`")
+    return path
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
-    from energydsl.train.loop import CHECKPOINT, load_checkpoint, model_from_checkpoint
+    from energydsl.train.loop import load_checkpoint, model_from_checkpoint
     from energydsl.train.report import draw_samples, image_grid
 
     output = _image_path(args.output) if args.output else None
-    target = Path(args.checkpoint)
-    path = target / CHECKPOINT if target.is_dir() else target
+    path = _checkpoint(args.checkpoint)
+    from energydsl.train.config import resolve_device
+
+    device = resolve_device(args.device)
     model, config, data_map = model_from_checkpoint(load_checkpoint(path), path)
-    model.eval()
+    model.to(device).eval()
     samples = draw_samples(model, data_map, args.n, args.steps, args.method, args.seed)
     output = output or path.parent / "samples.png"
     image_grid(samples, data_map.shape, output, f"{args.n} samples of {config.model}")
@@ -79,7 +96,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from energydsl.train.report import write_report
 
-    out = write_report(Path(args.run), steps=args.steps)
+    _checkpoint(args.run)
+    out = write_report(Path(args.run), steps=args.steps, device=args.device)
     print(f"report -> {out / 'index.md'}")
     return EXIT_OK
 

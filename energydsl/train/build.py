@@ -35,15 +35,21 @@ def _companion(config: RunConfig) -> nn.Module:
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise UsageError(f"unknown model {config.model!r}: give a spec (.edsl) or one of "
                          f"{', '.join(sorted(MODELS))}{hint}")
+    import inspect
+
+    takes = [p for p in inspect.signature(factory).parameters if p != "self"]
+    for name in config.sizes:
+        if name not in takes:
+            close = difflib.get_close_matches(name, takes, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise UsageError(f"{config.model}: error: --size: no argument named {name!r}"
+                             f"{hint}; its arguments are {', '.join(takes) or 'none'}")
     try:
         return factory(**config.sizes)
     except (TypeError, ValueError) as exc:
-        import inspect
-
-        takes = ", ".join(p for p in inspect.signature(factory).parameters if p != "self")
-        raise UsageError(f"{config.model}: cannot build it with --size "
+        raise UsageError(f"{config.model}: error: cannot build it with --size "
                          f"{', '.join(f'{k}={v}' for k, v in config.sizes.items())}: {exc} "
-                         f"(it takes {takes or 'no arguments'})") from None
+                         f"(its arguments are {', '.join(takes) or 'none'})") from None
 
 
 def build_model(config: RunConfig, shape: tuple[int, ...], text: str | None = None

@@ -5,13 +5,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from energydsl.errors import TrainingError, UsageError
 from energydsl.estimators import NAMES as OBJECTIVES
 from energydsl.train import data as datasets
 
-RESUMABLE = ("epochs", "lr", "detect_anomaly", "compile")  # what a resumed run may change
+if TYPE_CHECKING:
+    import torch
+
+RESUMABLE = ("epochs", "lr", "detect_anomaly", "compile", "device")  # may change on resume
 
 
 @dataclass
@@ -28,6 +31,7 @@ class RunConfig:
     detect_anomaly: bool = False
     max_pixels: int = datasets.MAX_PIXELS  # budget of IDX values read
     compile: bool = False  # the training step through torch.compile
+    device: str = "auto"  # cpu, cuda, cuda:N, mps or auto (resolve_device)
 
     @property
     def is_spec(self) -> bool:
@@ -54,7 +58,7 @@ class RunConfig:
         kinds = {"model": str, "data": str, "objective": (str, type(None)), "epochs": int,
                  "batch_size": int, "lr": (int, float), "seed": int, "sizes": dict,
                  "options": dict, "detect_anomaly": bool, "max_pixels": int,
-                 "compile": bool}
+                 "compile": bool, "device": str}
         unknown = set(raw) - set(kinds)
         if unknown or "model" not in raw:
             what = f"unknown field '{sorted(unknown)[0]}'" if unknown else "no model"
@@ -76,3 +80,36 @@ class RunConfig:
 
 def flag(name: str) -> str:
     return name.replace("_", "-")
+
+
+DEVICES = "cpu, cuda, cuda:N, mps or auto"
+
+
+def resolve_device(text: str) -> torch.device:
+    """--device: auto is CUDA when present, else Apple's MPS, else the CPU; a device
+    this machine does not have is a UsageError naming it."""
+    import torch
+
+    if text == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {text}: error: not a device; use {DEVICES}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {text}: error: CUDA is not available here "
+                             "(torch.cuda.is_available() is False); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {text}: error: this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise UsageError(f"--device {text}: error: MPS is not available here")
+    elif device.type != "cpu":
+        raise UsageError(f"--device {text}: error: unsupported device; use {DEVICES}")
+    return device

@@ -42,14 +42,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from energydsl import STARTED
+from energydsl import STARTED, __version__
 from energydsl.errors import TrainingError, UsageError
 from energydsl.estimators import Objective, default_objective, make_objective
 from energydsl.files import write_atomically
 from energydsl.train import checkpoints
 from energydsl.train.build import build_model, build_objective, probe, spec_text
-from energydsl.train.config import RESUMABLE, RunConfig, flag
-from energydsl.train.prepare import DataMap, Prepared, data_kind, prepare
+from energydsl.train.config import RESUMABLE, RunConfig, flag, resolve_device
+from energydsl.train.prepare import DataMap, Prepared, data_kind, on_device, prepare
 
 __all__ = ["CHECKPOINT", "HISTORY", "DataMap", "Prepared", "RunConfig", "TrainingError",
            "UsageError", "data_kind", "load_checkpoint", "model_from_checkpoint", "prepare",
@@ -57,6 +57,7 @@ __all__ = ["CHECKPOINT", "HISTORY", "DataMap", "Prepared", "RunConfig", "Trainin
 
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.json"
+SETTINGS = "run.json"  # the run's settings, readable (the checkpoint holds the same)
 DIVERGENCE = 1e6  # |loss| beyond this many times the first step's (at least 1): diverged
 PARAMETER_BOUND = 1e6  # |parameter| beyond this: diverged
 
@@ -113,9 +114,11 @@ def _refuse_changes(config: RunConfig, stored: dict[str, Any], path: Path) -> No
     for name, value in asdict(config).items():
         if name in RESUMABLE or stored.get(name) == value:
             continue
-        raise UsageError(f"{path}: error: this run has {name} = {stored.get(name)!r}; a "
-                         f"resumed run keeps it (--{flag(name)} {value!r} asked for "
-                         "another): start a new run with another --out")
+        kept = stored.get(name)
+        shown = "the default" if kept is None else repr(kept)
+        raise UsageError(f"{path}: error: this run has {name} = {shown}; a resumed run "
+                         f"keeps it (--{flag(name)} {value!r} asked for another): start "
+                         "a new run with another --out, or drop the flag to keep it")
 
 
 # ---------------------------------------------------------------- the loop
@@ -127,16 +130,28 @@ class History:
     steps: list[float] = field(default_factory=list)  # every training loss
 
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world size), initialising the process group under torchrun."""
+def _distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world size), initialising the process group under torchrun: nccl for a
+    model on CUDA (each rank on its LOCAL_RANK's GPU), gloo for CPU tensors."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return 0, 1
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), world
+
+
+def _collective_device() -> torch.device:
+    """Where tensors for a collective live: nccl takes CUDA tensors, gloo CPU ones."""
+    import torch.distributed as dist
+
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 class _LossModule(nn.Module):
@@ -224,15 +239,28 @@ def train(config: RunConfig, out: Path, resume: bool = False,
           overwrite: bool = False) -> History:
     """Train `config` into the directory `out` (checkpoint.pt, history.json)."""
     config.check()
+    device = resolve_device(config.device)  # before the run directory is touched
     out = Path(out)
+    created = not out.exists()
     _prepare_out(out, resume, overwrite)
-    rank, world = _distributed()
+    try:
+        return _run(config, out, device, resume, log, progress)
+    except BaseException:  # a mistake found later (or Ctrl-C) leaves no empty run behind
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+
+
+def _run(config: RunConfig, out: Path, device: torch.device, resume: bool,
+         log: Callable[[str], None], progress: bool | None) -> History:
+    """train()'s work, in a run directory that exists."""
+    rank, world = _distributed(device)
     text = spec_text(config) if config.is_spec else None
-    prepared = prepare(config, data_kind(config, text))
+    prepared = on_device(prepare(config, data_kind(config, text)), device)
     if config.batch_size > len(prepared.train):
         raise UsageError(f"--batch-size {config.batch_size} is larger than the "
                          f"{len(prepared.train)} training examples")
-    model = build_model(config, prepared.shape, text)
+    model = build_model(config, prepared.shape, text).to(device)
     if config.is_spec and not any(p.requires_grad for p in model.parameters()):
         raise UsageError(f"{config.model}: error: the model has no parameters to train")
     probe(config, model, prepared)
@@ -280,7 +308,9 @@ def train(config: RunConfig, out: Path, resume: bool = False,
     loss_fn = model.loss if objective is None else objective.loss
     wrapped: nn.Module = _LossModule(model, loss_fn)
     if world > 1:
-        wrapped = nn.parallel.DistributedDataParallel(wrapped, find_unused_parameters=True)
+        wrapped = nn.parallel.DistributedDataParallel(
+            wrapped, device_ids=[torch.cuda.current_device()] if device.type == "cuda" else None,
+            find_unused_parameters=True)
     if config.compile:  # same values; faster steps after a first call of seconds to minutes
         log(f"{config.model}: compiling the training step with torch.compile (the first "
             "step takes seconds to minutes; history.json records when it ended)")
@@ -311,6 +341,16 @@ def train(config: RunConfig, out: Path, resume: bool = False,
             "data": prepared.map.state(),
         }, path)
         write_atomically(out / HISTORY, json.dumps(asdict(history), indent=1))
+        write_atomically(out / SETTINGS, json.dumps({
+            "note": "this run's settings (read-only: `energydsl train --resume` restores "
+                    "them from checkpoint.pt; only epochs, lr, device, compile and "
+                    "detect_anomaly may change)",
+            "config": asdict(config), "epochs_done": epoch + 1, "spec_hash": digest,
+            "spec_text": text, "energydsl": __version__, "torch": torch.__version__,
+            "optimiser": {"name": "Adam", "lr": config.lr,
+                          "betas": list(optimisers[0].param_groups[0]["betas"])},
+            "world_size": world,
+        }, indent=1))
 
     if start == 0:
         save(-1)
@@ -353,7 +393,15 @@ def train(config: RunConfig, out: Path, resume: bool = False,
             history.steps.append(value)
             losses.append(value)
             bar.set_postfix(loss=f"{sum(losses) / len(losses):.4g}")
-        record = {"epoch": epoch + 1, "train_loss": sum(losses) / max(len(losses), 1),
+        total, count = sum(losses), len(losses)
+        if world > 1:  # every rank's share: the loss of the whole epoch, on every rank
+            import torch.distributed as dist
+
+            summed = torch.tensor([total, float(count)], dtype=torch.float64,
+                                  device=_collective_device())
+            dist.all_reduce(summed)
+            total, count = float(summed[0]), int(summed[1])
+        record = {"epoch": epoch + 1, "train_loss": total / max(count, 1),
                   "valid_loss": validation_loss(model, objective, prepared.valid,
                                                 config.seed),
                   "lr": config.lr, "seconds": time.perf_counter() - began}

@@ -207,3 +207,17 @@ def data_kind(config: RunConfig, text: str | None = None) -> str:
     from energydsl.models import DATA_KINDS
 
     return DATA_KINDS.get(config.model, "continuous")
+
+
+def on_device(prepared: Prepared, device: torch.device) -> Prepared:
+    """The splits for a model on `device`: valid and test moved there, training batches
+    encoded on the CPU (where the stored rows stay) and then moved."""
+    if device.type == "cpu":
+        return prepared
+    encode = prepared.encode
+
+    def encode_there(stored: Tensor, rows: Tensor, *rest) -> Tensor:  # noqa: ANN002
+        return encode(stored, rows, *rest).to(device)
+
+    return Prepared(prepared.train, prepared.valid.to(device), prepared.test.to(device),
+                    prepared.map, encode_there)

@@ -41,7 +41,9 @@ def _pyplot():
 def draw_samples(model: nn.Module, data_map: DataMap, n: int, steps: int = 500,
                  method: str = "auto", seed: int = 0) -> Tensor:
     """n samples in data space [n, D]: exact, Gibbs or Langevin as the model allows."""
-    generator = torch.Generator().manual_seed(seed)
+    device = next((t.device for t in [*model.parameters(), *model.buffers()]),
+                  torch.device("cpu"))
+    generator = torch.Generator(device=device).manual_seed(seed)  # where the draws are
     torch.manual_seed(seed)
     if hasattr(model, "free_energy"):
         from energydsl.train.sampling import sample
@@ -104,11 +106,16 @@ def filters_of(model: nn.Module, dim: int) -> tuple[str, Tensor] | None:
     return None
 
 
-def write_report(target: Path, n_samples: int = 64, steps: int = 500) -> Path:
-    """Write <run>/report/{*.png,index.md} for a run directory or checkpoint file."""
+def write_report(target: Path, n_samples: int = 64, steps: int = 500,
+                 device: str = "cpu") -> Path:
+    """Write <run>/report/{*.png,index.md} for a run directory or checkpoint file (the
+    model evaluated and sampled on `device`)."""
+    from energydsl.train.config import resolve_device
+
     path = target / CHECKPOINT if target.is_dir() else target
     checkpoint = load_checkpoint(path)
     model, config, data_map = model_from_checkpoint(checkpoint, path)
+    model.to(resolve_device(device))
     history = checkpoint["history"]
     out = path.parent / "report"
     out.mkdir(parents=True, exist_ok=True)

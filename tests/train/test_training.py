@@ -209,8 +209,8 @@ def test_user_mistakes_are_clear_errors(tmp_path, capsys):
     assert main(["train", str(SPECS / "dem.edsl"), "--size", "Q=3",
                  "--out", str(tmp_path)]) == 2
     assert "no dimension named 'Q'" in capsys.readouterr().err
-    assert main(["sample", str(tmp_path / "nothing")]) == 1
-    assert "no checkpoint here" in capsys.readouterr().err
+    assert main(["sample", str(tmp_path / "nothing")]) == 2
+    assert "no such run or checkpoint" in capsys.readouterr().err
 
 
 def test_load_compiles_in_memory_and_caches_by_hash(tmp_path):
