@@ -33,6 +33,8 @@ GRID_DPI = 150
 """Resolution of every figure: 8x8 digits in 0.4-inch cells come out at 60 px a cell."""
 CELL = 0.4
 """Inches per image cell of a grid (larger images get up to 3 times this)."""
+FILTER_CELL = 2.0
+"""Filters are drawn this many times larger than samples (fewer of them, finer detail)."""
 COMPARABLE = 3.0
 """Two matrices share a colour scale when their largest entries differ by at most this
 factor; otherwise each gets its own (and the title says so)."""
@@ -52,7 +54,7 @@ def sampler_name(model: nn.Module, method: str = "auto") -> str:
     enumeration), else the MCMC method ("gibbs", "mala", "flip", ...); method "mcmc": the
     chain `sample` falls back to when exact sampling fails."""
     if not hasattr(model, "free_energy"):
-        return "exact"
+        return "generator G(z), z ~ N(0, I)" if hasattr(model, "train_step") else "exact"
     if method == "auto" and callable(getattr(model, "sample", None)):
         return "exact"
     if method not in ("auto", "mcmc"):
@@ -93,7 +95,7 @@ def draw(model: nn.Module, data_map: DataMap, n: int, steps: int = 500,
             raise UsageError(f"--method {method}: {type(model).__name__} is a companion "
                              "model and samples exactly; --method applies to energy models")
         x = model.sample(n, generator=generator)
-    if how != "exact":
+    if hasattr(model, "free_energy") and how != "exact":
         how = f"{how}, {steps} steps"
     return data_map.to_data(x.detach().reshape(n, -1).float()).clamp(0, 1), how
 
@@ -136,9 +138,7 @@ def _cell(shape: tuple[int, ...]) -> float:
 def _colormap(name: str):
     import matplotlib
 
-    cmap = matplotlib.colormaps[name].copy()
-    cmap.set_bad("white")
-    return cmap
+    return matplotlib.colormaps[name].with_extremes(bad="white")
 
 
 def _grid_panel(figure, axis, images: Tensor, shape: tuple[int, ...], title: str,
@@ -169,8 +169,8 @@ def image_grid(images: Tensor, shape: tuple[int, ...], path: Path, title: str = 
     columns = math.ceil(math.sqrt(n))
     rows = math.ceil(n / columns)
     cell = cell or _cell(shape)
-    figure, axis = plt.subplots(figsize=(columns * cell + 1.0, rows * cell + 0.5),
-                                layout="constrained")
+    figure, axis = plt.subplots(figsize=(max(columns * cell, 3.0) + 1.0,
+                                         max(rows * cell, 2.0) + 0.6), layout="constrained")
     _grid_panel(figure, axis, images, shape, "", signed, columns)
     if title:
         figure.suptitle(title, fontsize=10)
@@ -229,6 +229,9 @@ def objective_of(config, model: nn.Module) -> tuple[str, str, str]:
 
         name = objective_name(config, model)
         return name, get(name).summary, LOSS_LABELS.get(name, f"{name} loss")
+    if hasattr(model, "train_step"):
+        return "loss", ("two players: the discriminator's and the generator's binary "
+                        "cross-entropy, minimised alternately"), "loss"
     doc = (type(model).loss.__doc__ or "").strip().splitlines()
     first = doc[0].rstrip(".") if doc else "the model's own loss"
     return "loss", f"{type(model).__name__}'s own loss: {first}", f"{type(model).__name__} loss"
@@ -391,7 +394,7 @@ def write_report(target: Path, n_samples: int = 64, steps: int = 500) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     short, summary, _ = objective_of(config, model)
     lines = [f"# Training report: {config.model}", "",
-             f"Objective `{short}` ({summary}) on `{config.data}`, "
+             f"Objective `{short}` on `{config.data}` ({summary}), "
              f"{len(history['epochs'])} epochs, batch {config.batch_size}, lr {config.lr}, "
              f"seed {config.seed}.", ""]
     if data_map.matrix is not None:
@@ -440,7 +443,8 @@ def write_report(target: Path, n_samples: int = 64, steps: int = 500) -> Path:
         rows = rows[:64]
         space = " (ZCA-whitened coordinates)" if data_map.matrix is not None else ""
         image_grid(rows, data_map.shape, out / "filters.png",
-                   f"{len(rows)} filters ({name}){space}, one shared symmetric scale",
+                   f"{len(rows)} filters: rows of {name}{space},\n"
+                   "all on one symmetric colour scale", cell=FILTER_CELL * _cell(data_map.shape),
                    signed=True)
         lines += [f"## Filters ({name})", "", "![filters](filters.png)", ""]
 
