@@ -273,16 +273,23 @@ def loss_figure(history: dict, config, model: nn.Module, path: Path) -> None:
                         "generator", fontsize=10)
     else:
         figure, axis = plt.subplots(figsize=(5.5, 3.4), layout="constrained")
-        axis.plot(range(1, len(history["steps"]) + 1), history["steps"], lw=0.7,
+        steps = history["steps"]
+        axis.plot(range(1, len(steps) + 1), steps, lw=0.6, alpha=0.45,
                   label="train (per step)")
+        window = max(1, round(per_epoch / 5))
+        if window > 1 and len(steps) > window:
+            smooth = np.convolve(steps, np.ones(window) / window, mode="valid")
+            axis.plot(range(window, len(steps) + 1), smooth, lw=1.4, color="C0",
+                      label=f"train ({window}-step running mean)")
         note = validation_note(config, model)
         axis.plot(ends, [r["valid_loss"] for r in history["epochs"]], "o-",
                   label=note or "valid (per epoch)")
         axis.set_xlabel("step")
         axis.set_ylabel(label)
         axis.legend(fontsize=8)
-        axis.set_title(f"{Path(config.model).stem} on {config.data}: {short} objective",
-                       fontsize=10)
+        what = objective_of(config, model)[1].split(" (")[0].split(":")[0]
+        axis.set_title(f"{Path(config.model).stem} on {config.data}, objective {short}: "
+                       f"{what}", fontsize=10)
     save_figure(figure, path)
     plt.close(figure)
 

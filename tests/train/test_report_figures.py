@@ -94,7 +94,7 @@ def test_latent_model_report_panels(tmp_path, figures):
     assert width >= 4 and height >= 2.5
     loss = figures["loss.png"]
     assert loss.axes[0].get_ylabel() == "score-matching loss J"
-    assert "sm objective" in loss.axes[0].get_title()
+    assert "objective sm: exact score matching" in loss.axes[0].get_title()
     assert "nats per example" in (out / "index.md").read_text()
 
 
