@@ -116,7 +116,8 @@ MALFORMED = {
                                "the checkpoint's weights do not fit this model"),
     "another model's sizes": (lambda c: {**c, "config": {**c["config"], "model": "realnvp"},
                                          "spec_text": None, "spec_hash": None},
-                              "the checkpoint's model cannot be built: realnvp: error: --size: no argument named"),
+                              "the checkpoint's model cannot be built: realnvp: error: --size: no "
+                              "argument named"),
     "an unknown config field": (lambda c: {**c, "config": {**c["config"], "evil": 1}},
                                 "unknown field 'evil'"),
     "a config of the wrong type": (lambda c: {**c, "config": {**c["config"], "lr": "big"}},

@@ -77,7 +77,7 @@ def _checkpoint(text: str) -> Path:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from energydsl.train.loop import load_checkpoint, model_from_checkpoint
-    from energydsl.train.report import draw_samples, image_grid
+    from energydsl.train.report import draw, image_grid
 
     output = _image_path(args.output) if args.output else None
     path = _checkpoint(args.checkpoint)
@@ -86,9 +86,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, config, data_map = model_from_checkpoint(load_checkpoint(path), path)
     model.to(device).eval()
-    samples = draw_samples(model, data_map, args.n, args.steps, args.method, args.seed)
+    samples, how = draw(model, data_map, args.n, args.steps, args.method, args.seed)
     output = output or path.parent / "samples.png"
-    image_grid(samples, data_map.shape, output, f"{args.n} samples of {config.model}")
+    image_grid(samples, data_map.shape, output,
+               f"{args.n} samples of {Path(config.model).name} ({how})")
     print(f"{args.n} samples -> {output}")
     return EXIT_OK
 

@@ -17,9 +17,11 @@ Format (version 2), one dict:
     model        the model's state_dict
     optimisers   their state_dicts
     objective    the estimator's state (persistent chains, fast weights), tensors only
-    history      {"epochs": [per-epoch records], "steps": [every training loss]}
+    history      {"epochs": [per-epoch records], "steps": [every training loss],
+                  "step_parts": {a GAN's two losses at every step} (may be absent)}
     rng          torch's CPU generator state
-    data         how model space maps to data space: shape, mean, scale, log_jacobian
+    data         how model space maps to data space: shape, mean, scale, log_jacobian,
+                 matrix (the inverse ZCA whitening, or None; absent in older files)
 
 Version 1 (energydsl 0.1 before this format) pickled Python objects; such files are
 refused with a message, not loaded.

@@ -89,8 +89,7 @@ def held_out(model: torch.nn.Module, x: torch.Tensor, data_map: DataMap,
              ) -> tuple[float, float, str]:
     """Mean log-likelihood of the rows x (model space) in data space, its standard error
     and how it was obtained."""
-    dim = x.shape[1]
-    correction = -dim * math.log(data_map.scale) - data_map.log_jacobian
+    correction = -data_map.log_volume() - data_map.log_jacobian
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     if not hasattr(model, "free_energy"):

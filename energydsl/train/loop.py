@@ -128,6 +128,9 @@ def _refuse_changes(config: RunConfig, stored: dict[str, Any], path: Path) -> No
 class History:
     epochs: list[dict] = field(default_factory=list)  # per epoch: losses, lr, time, terms
     steps: list[float] = field(default_factory=list)  # every training loss
+    # a GAN's two losses at every step, {"discriminator_loss": [...], "generator_loss":
+    # [...]}, whose sum `steps` holds; empty for one-objective models and older runs
+    step_parts: dict[str, list[float]] = field(default_factory=dict)
 
 
 def _distributed(device: torch.device) -> tuple[int, int]:
@@ -180,6 +183,19 @@ def validation_loss(model: nn.Module, objective: Objective | None, x: Tensor,
         if objective.name in ("cd", "pcd", "fpcd"):
             objective = make_objective(model, default_objective(model))
         return float(objective.loss(x).detach())
+
+
+def _gan_parts(model: nn.Module, x: Tensor, seed: int) -> dict[str, float]:
+    """A GAN's discriminator and generator losses on held-out rows, noise fixed by seed;
+    the BatchNorm statistics are left as training made them."""
+    buffers = {name: value.clone() for name, value in model.named_buffers()}
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        parts = {"discriminator_loss": float(model.discriminator_loss(x)),
+                 "generator_loss": float(model.generator_loss(len(x)))}
+        for name, value in model.named_buffers():
+            value.copy_(buffers[name])
+    return parts
 
 
 class _Guards:
@@ -295,7 +311,8 @@ def _run(config: RunConfig, out: Path, device: torch.device, resume: bool,
         except (ValueError, RuntimeError, TypeError) as exc:
             raise TrainingError(f"{path}: error: the checkpoint's training state does not "
                                 f"fit this run ({exc})") from None
-        history = History(checkpoint["history"]["epochs"], checkpoint["history"]["steps"])
+        history = History(checkpoint["history"]["epochs"], checkpoint["history"]["steps"],
+                          dict(checkpoint["history"].get("step_parts") or {}))
         start = checkpoint["epoch"] + 1
         if start >= config.epochs:
             log(f"{config.model}: the run already has {start} epochs; nothing to do (pass "
@@ -361,6 +378,7 @@ def _run(config: RunConfig, out: Path, device: torch.device, resume: bool,
     for epoch in range(start, config.epochs):
         sampler.set_epoch(epoch)
         began, losses = time.perf_counter(), []
+        epoch_parts: dict[str, list[float]] = {}
         quiet = rank != 0 or progress is False
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
                    disable=True if quiet else None)  # None: a bar only on a terminal
@@ -371,6 +389,8 @@ def _run(config: RunConfig, out: Path, device: torch.device, resume: bool,
                     if is_gan:
                         parts = model.train_step(x, *optimisers)
                         loss = torch.tensor(sum(parts.values()))
+                        for key, part in parts.items():
+                            epoch_parts.setdefault(key, []).append(float(part))
                     else:
                         for optimiser in optimisers:
                             optimiser.zero_grad(set_to_none=True)
@@ -407,6 +427,11 @@ def _run(config: RunConfig, out: Path, device: torch.device, resume: bool,
                   "lr": config.lr, "seconds": time.perf_counter() - began}
         if first_step is not None and first_in_epoch == epoch:
             record["first_step_seconds"] = first_step  # start-up included
+        if epoch_parts:  # a GAN: each player's mean loss, on the training and held-out data
+            for key, values in epoch_parts.items():
+                history.step_parts.setdefault(key, []).extend(values)
+            record["train_parts"] = {k: sum(v) / len(v) for k, v in epoch_parts.items()}
+            record["valid_parts"] = _gan_parts(model, prepared.valid, config.seed)
         if hasattr(model, "sm_terms"):
             record["sm_terms"] = {k: float(v.detach())
                                  for k, v in model.sm_terms(prepared.valid).items()}

@@ -6,7 +6,9 @@ models see dequantised values y = (k + u) / levels, the noise u fixed per pixel 
 rank, after any resume), standardised as z = (y - mean) / scale; the affine map is kept
 (`DataMap`), so likelihoods and samples are reported in data space. Binary companion
 models and specs of binary data get the binarised digits (pixels above 1/2 are 1), specs
-of spin data the same as -1/+1; the other companion models [0, 1] values.
+of spin data the same as -1/+1; the other companion models [0, 1] values. Natural-image
+patches for energy models are ZCA-whitened (fitted on the training split, ridge
+ZCA_EPSILON, applied to every split), the whitening kept in the DataMap.
 """
 
 from __future__ import annotations
@@ -27,20 +29,38 @@ from energydsl.train.config import RunConfig
 
 @dataclass(frozen=True)
 class DataMap:
-    """How model space maps to data space: data = model * scale + mean, and
-    log p_data = log p_model - D log(scale) - log_jacobian (the dequantisation)."""
+    """How model space maps to data space: data = (model @ matrix) * scale + mean, and
+    log p_data = log p_model - log|det matrix| - D log(scale) - log_jacobian (the
+    dequantisation). `matrix` is None (the identity) except for ZCA-whitened data, where
+    it is the inverse whitening W^{-1} (symmetric), so model = (data - mean) W."""
 
     shape: tuple[int, ...]
     mean: Tensor | None = None
     scale: float = 1.0
     log_jacobian: float = 0.0
+    matrix: Tensor | None = None
 
     def to_data(self, x: Tensor) -> Tensor:
+        if self.matrix is not None:
+            x = x @ self.matrix.to(x)
         return x * self.scale + (0 if self.mean is None else self.mean.to(x))
+
+    def log_volume(self) -> float:
+        """log|det d data / d model| = D log(scale) + log|det matrix|: subtract it (and
+        log_jacobian) from a model-space log-density to get the data-space one."""
+        volume = math.prod(self.shape) * math.log(self.scale)
+        if self.matrix is not None:
+            volume += float(torch.linalg.slogdet(self.matrix.double())[1])
+        return volume
+
+    @property
+    def whitening(self) -> Tensor | None:
+        """W, the map from centred data to model space (None: no whitening)."""
+        return None if self.matrix is None else torch.linalg.inv(self.matrix.double())
 
     def state(self) -> dict[str, Any]:
         return {"shape": list(self.shape), "mean": self.mean, "scale": self.scale,
-                "log_jacobian": self.log_jacobian}
+                "log_jacobian": self.log_jacobian, "matrix": self.matrix}
 
     @classmethod
     def from_state(cls, state: dict[str, Any], path: Path | str) -> DataMap:
@@ -48,14 +68,18 @@ class DataMap:
             shape = tuple(int(s) for s in state["shape"])
             mean, scale = state["mean"], float(state["scale"])
             log_jacobian = float(state["log_jacobian"])
-        except (KeyError, TypeError, ValueError):
+            matrix = state.get("matrix")  # absent in checkpoints before ZCA whitening
+        except (KeyError, TypeError, ValueError, AttributeError):
             raise TrainingError(f"{path}: error: the checkpoint's data map is malformed"
                                 ) from None
+        size = math.prod(shape) if shape else 0
         if not shape or min(shape) < 1 or not (0 < scale < math.inf) or (
                 mean is not None and (not isinstance(mean, Tensor)
-                                      or mean.numel() != math.prod(shape))):
+                                      or mean.numel() != size)) or (
+                matrix is not None and (not isinstance(matrix, Tensor)
+                                        or tuple(matrix.shape) != (size, size))):
             raise TrainingError(f"{path}: error: the checkpoint's data map is inconsistent")
-        return cls(shape, mean, scale, log_jacobian)
+        return cls(shape, mean, scale, log_jacobian, matrix)
 
 
 @dataclass
@@ -103,6 +127,12 @@ def _column_moments(codes: Tensor, chunk: int = 4096) -> tuple[Tensor, Tensor]:
     mean = total / len(codes)
     return mean, (squares / len(codes) - mean.square()).clamp_min(0)
 
+
+ZCA_EPSILON = 1e-3
+"""Ridge of the patches' ZCA whitening, relative to the mean pixel variance of the training
+split: W = (C + eps I)^{-1/2} with eps = ZCA_EPSILON * tr(C) / D, so directions of variance
+far below eps (quantisation noise) are not blown up while the rest come out at unit variance.
+"""
 
 DISCRETE_KINDS = ("binary", "spin")
 """Data kinds of two-valued entries, named as the domains whose values they take."""
@@ -183,6 +213,13 @@ def prepare(config: RunConfig, kind: str) -> Prepared:
     if kind != "energy":
         return Prepared(raw.train.float(), raw.valid.float(), raw.test.float(),
                         DataMap(raw.shape), lambda stored, rows: stored)
+    if name == "patches":  # ZCA-whitened, fitted on the training split
+        zca = datasets.ZCA.fit(raw.train, eps=ZCA_EPSILON * float(raw.train.var(dim=0).mean()))
+        train, valid, test = (zca.transform(s).float() for s in (raw.train, raw.valid,
+                                                                  raw.test))
+        return Prepared(train, valid, test,
+                        DataMap(raw.shape, zca.mean.float(), 1.0, 0.0, zca.inverse.float()),
+                        lambda stored, rows: stored)
     mean = raw.train.mean(dim=0)
     scale = float((raw.train - mean).std())
     train, valid, test = ((s - mean).div(scale).float() for s in (raw.train, raw.valid,

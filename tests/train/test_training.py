@@ -159,7 +159,8 @@ def test_sample_and_report_write_the_expected_files(tmp_path):
                  "--epochs", "2", "--lr", "0.02", "--out", str(run)]) == 0
     assert main(["sample", str(run), "-n", "16", "-o", str(tmp_path / "s.png")]) == 0
     image = matplotlib.image.imread(tmp_path / "s.png")
-    assert image.shape[:2] == (270, 240)  # a 4 x 4 grid: figsize (2.4, 2.7) at 100 dpi
+    height, width = image.shape[:2]  # a 4 x 4 grid of 8x8 digits with a colorbar, 150 dpi
+    assert 300 <= height <= 600 and 350 <= width <= 800
     assert main(["report", str(run)]) == 0
     report = run / "report"
     assert {p.name for p in report.iterdir()} == {
