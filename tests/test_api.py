@@ -122,7 +122,7 @@ def test_a_trained_run_loads_and_pickles(tmp_path):
 
     history = energydsl.train(str(SPECS / "dem.edsl"), tmp_path / "run", epochs=1,
                               sizes={"H": 4, "K": 3}, progress=False)
-    assert len(history.epochs) == 1
+    assert len(history.epochs) == 1 and repr(history).startswith("History(1 epochs, ")
     model, config = energydsl.load_run(tmp_path / "run")
     assert repr(model).startswith("DEM(D=64, H=4, K=3") and config.sizes == {"H": 4, "K": 3}
     path = tmp_path / "run.pkl"
@@ -133,3 +133,13 @@ def test_a_trained_run_loads_and_pickles(tmp_path):
     assert out.split() == ["DEM", "1", str(sum(p.numel() for p in model.parameters()))]
     with pytest.raises(UsageError, match="unknown setting 'epoch'"):
         energydsl.train(str(SPECS / "dem.edsl"), tmp_path / "other", epoch=1)
+
+
+def test_an_ais_result_reads_as_its_estimate():
+    from energydsl.train.ais import AISResult
+
+    result = AISResult(-12.5, 0.03, torch.zeros(200), 0.61, 180.2, torch.linspace(0, 1, 500),
+                       0.05)
+    text = repr(result)
+    assert text.startswith("AISResult(log_z=-12.5 +/- 0.03, chains=200, temperatures=500")
+    assert len(text) < 160

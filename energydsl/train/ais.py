@@ -64,6 +64,13 @@ class AISResult:
     betas: Tensor
     step_size: float
 
+    def __repr__(self) -> str:
+        """The estimate and its diagnostics, not every chain's weight."""
+        return (f"AISResult(log_z={self.log_z:.6g} +/- {self.stderr:.3g}, "
+                f"chains={self.log_weights.numel()}, temperatures={self.betas.numel()}, "
+                f"ess={self.ess:.1f}, acceptance={self.acceptance:.3f}, "
+                f"step_size={self.step_size:.3g})")
+
 
 def temperatures(
     n: int, kind: Schedule = "sigmoid", sharpness: float = 4.0, dtype: torch.dtype = torch.float64

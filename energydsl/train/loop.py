@@ -128,6 +128,15 @@ def _refuse_changes(config: RunConfig, stored: dict[str, Any], path: Path) -> No
 class History:
     epochs: list[dict] = field(default_factory=list)  # per epoch: losses, lr, time, terms
     steps: list[float] = field(default_factory=list)  # every training loss
+
+    def __repr__(self) -> str:
+        """The last epoch's losses, not every step's."""
+        if not self.epochs:
+            return "History(no epochs)"
+        last = self.epochs[-1]
+        return (f"History({len(self.epochs)} epochs, {len(self.steps)} steps; epoch "
+                f"{last['epoch']}: train {last['train_loss']:.5g}, valid "
+                f"{last['valid_loss']:.5g})")
     # a GAN's two losses at every step, {"discriminator_loss": [...], "generator_loss":
     # [...]}, whose sum `steps` holds; empty for one-objective models and older runs
     step_parts: dict[str, list[float]] = field(default_factory=dict)
