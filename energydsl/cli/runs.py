@@ -35,9 +35,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = config or RunConfig(model=args.model, **given)
         train(config, out, resume=args.resume, overwrite=args.overwrite)
     except SpecError as exc:
+        from energydsl import catalogue
         from energydsl.compiler.sources import read_spec_or_none
 
-        err(exc.format(args.model, read_spec_or_none(args.model)))
+        err(exc.format(args.model, read_spec_or_none(catalogue.resolve(args.model))))
         return EXIT_ERROR
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
         print(f"checkpoint: {out / 'checkpoint.pt'}")

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from energydsl import catalogue
 from energydsl.cli.failures import EXIT_ERROR, EXIT_OK, Failure, err
 from energydsl.errors import SpecError, UsageError
 
@@ -15,23 +16,31 @@ MAX_CHECK_SIZE = 64  # the check is exact: autograd per dimension, enumeration, 
 
 
 def _read(path: str) -> str:
+    """The text of a spec argument: a file, or a shipped spec's name (energydsl.catalogue)."""
     from energydsl.compiler.sources import read_spec
 
     try:
-        return read_spec(path)
+        return read_spec(catalogue.resolve(path))
     except SpecError as exc:
-        err(exc.format(path, None))
+        missing = not Path(path).exists()
+        err(exc.format(path, None) + (catalogue.hint(path) if missing else ""))
         raise Failure from None
 
 
 def _display_path(path: str) -> str:
     """The spec path as written into generated code: relative to the working directory
-    when inside it, so recompiling from the project root is byte-identical."""
-    resolved = Path(path).resolve()
-    try:
-        return resolved.relative_to(Path.cwd().resolve()).as_posix()
-    except ValueError:
-        return resolved.name
+    when inside it, so recompiling from the project root is byte-identical; a shipped
+    spec's name as given. Symbolic links are kept first (specs/ links to energydsl/specs,
+    and the golden files name specs/), then resolved."""
+    if catalogue.is_name(path):
+        return path
+    for spec, cwd in ((Path(os.path.abspath(path)), Path(os.getcwd())),
+                      (Path(path).resolve(), Path.cwd().resolve())):
+        try:
+            return spec.relative_to(cwd).as_posix()
+        except ValueError:
+            pass
+    return Path(path).resolve().name
 
 
 # Names a generated module must not take: it would shadow them on import from its
@@ -174,3 +183,22 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(render(compiled.derivation, as_latex=args.latex))
 
     return _for_each(args.specs, action)
+
+
+def cmd_specs(args: argparse.Namespace) -> int:
+    """List the shipped specs, one line each, or print where they are (--path)."""
+    folder = catalogue.directory()
+    if args.path:
+        print(folder)
+        return EXIT_OK
+    specs = catalogue.shipped()
+    if not specs:
+        err(f"energydsl: error: no shipped specs in {folder}: the installation is incomplete")
+        return EXIT_ERROR
+    width = max(map(len, specs))
+    print(f"{len(specs)} specs shipped in {folder}:")
+    for name, path in specs.items():
+        print(f"  {name:<{width}}  {catalogue.description(path, 96 - width)}")
+    print("A name goes wherever a spec file does: energydsl show dem, energydsl train dem; "
+          "copy a file to edit it.")
+    return EXIT_OK

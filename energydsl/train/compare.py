@@ -50,27 +50,34 @@ class Entry:
     lr: float = 1e-3
     epochs: int = 20
 
+    @property
+    def run(self) -> str:
+        """The run directory's name: the model (a spec file's stem), then the estimator:
+        dem-sm, bbrbm-pcd, realnvp."""
+        stem = "".join(c if c.isalnum() or c in "_-" else "_" for c in Path(self.model).stem)
+        return "-".join(filter(None, (stem.strip("_") or "model", self.objective)))
+
 
 ENTRIES = (
-    Entry("masked Gaussian / SM", "specs/masked_gaussian.edsl", "sm", lr=0.02),
-    Entry("masked Gaussian / NCE", "specs/masked_gaussian.edsl", "nce", lr=0.02),
-    Entry("masked Gaussian / MLE", "specs/masked_gaussian.edsl", "mle", lr=0.02),
-    Entry("Gaussian RBM / SM", "specs/gaussian_rbm.edsl", "sm", (("K", 16),), lr=3e-3),
-    Entry("GBRBM / SM", "specs/gbrbm.edsl", "sm", (("K", 12),), lr=0.01),
-    Entry("GBRBM / PCD", "specs/gbrbm.edsl", "pcd", (("K", 12),), lr=0.01),
-    Entry("mPoT / SM", "specs/mpot.edsl", "sm", (("K", 16), ("M", 16)), lr=0.01),
-    Entry("DEM / SM", "specs/dem.edsl", "sm", (("H", 16), ("K", 16)), lr=0.01),
-    Entry("DEM / DSM", "specs/dem.edsl", "dsm", (("H", 16), ("K", 16)), lr=0.01),
+    Entry("masked Gaussian / SM", "masked_gaussian", "sm", lr=0.02),
+    Entry("masked Gaussian / NCE", "masked_gaussian", "nce", lr=0.02),
+    Entry("masked Gaussian / MLE", "masked_gaussian", "mle", lr=0.02),
+    Entry("Gaussian RBM / SM", "gaussian_rbm", "sm", (("K", 16),), lr=3e-3),
+    Entry("GBRBM / SM", "gbrbm", "sm", (("K", 12),), lr=0.01),
+    Entry("GBRBM / PCD", "gbrbm", "pcd", (("K", 12),), lr=0.01),
+    Entry("mPoT / SM", "mpot", "sm", (("K", 16), ("M", 16)), lr=0.01),
+    Entry("DEM / SM", "dem", "sm", (("H", 16), ("K", 16)), lr=0.01),
+    Entry("DEM / DSM", "dem", "dsm", (("H", 16), ("K", 16)), lr=0.01),
     Entry("NICE", "nice", lr=1e-2),
     Entry("RealNVP", "realnvp", lr=1e-3),
     Entry("FVSBN (binarised)", "fvsbn", lr=3e-3),
     Entry("NADE (binarised)", "nade", lr=3e-3),
     Entry("MADE (binarised)", "made", lr=3e-3),
     Entry("VAE (binarised)", "vae", lr=3e-3),
-    Entry("BB-RBM / PL (binarised)", "specs/bbrbm.edsl", "pl", (("K", 16),), lr=0.01),
-    Entry("BB-RBM / RM (binarised)", "specs/bbrbm.edsl", "rm", (("K", 16),), lr=0.01),
-    Entry("BB-RBM / CD (binarised)", "specs/bbrbm.edsl", "cd", (("K", 16),), lr=0.01),
-    Entry("BB-RBM / PCD (binarised)", "specs/bbrbm.edsl", "pcd", (("K", 16),), lr=0.01),
+    Entry("BB-RBM / PL (binarised)", "bbrbm", "pl", (("K", 16),), lr=0.01),
+    Entry("BB-RBM / RM (binarised)", "bbrbm", "rm", (("K", 16),), lr=0.01),
+    Entry("BB-RBM / CD (binarised)", "bbrbm", "cd", (("K", 16),), lr=0.01),
+    Entry("BB-RBM / PCD (binarised)", "bbrbm", "pcd", (("K", 16),), lr=0.01),
 )
 
 
@@ -119,13 +126,17 @@ def held_out(model: torch.nn.Module, x: torch.Tensor, data_map: DataMap,
 def compare(out: Path, entries: tuple[Entry, ...] = ENTRIES, epochs: int | None = None,
             ais_chains: int = 200, ais_temperatures: int = 500, seed: int = 0,
             log=print) -> list[Row]:
-    """Train every entry into out/<n>/, then evaluate; return the rows of the table."""
+    """Train every entry into out/<model>-<estimator>/, then evaluate; return the rows of
+    the table."""
+    names = [entry.run for entry in entries]
+    if len(set(names)) < len(names):
+        raise ValueError(f"two entries would share a run directory: {names}")
     rows = []
-    for number, entry in enumerate(entries):
+    for entry in entries:
         config = RunConfig(model=entry.model, objective=entry.objective,
                            epochs=epochs or entry.epochs, lr=entry.lr, seed=seed,
                            sizes=dict(entry.sizes))
-        run = out / f"{number:02d}"
+        run = out / entry.run
         began = time.perf_counter()
         train(config, run, log=lambda _: None, overwrite=True)
         seconds = time.perf_counter() - began
