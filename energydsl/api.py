@@ -1,4 +1,5 @@
-"""The Python API for notebooks: `energydsl.load("specs/dem.edsl")` -> the model class.
+"""The Python API for notebooks: `energydsl.load("specs/dem.edsl")` (or a shipped
+spec's name, `energydsl.load("dem")`) -> the model class.
 
 Compiles in memory, cached by the spec text's SHA-256 (recompiling an unchanged spec is
 free; editing it recompiles). Spec errors raise SpecError with the positioned message.
@@ -100,8 +101,10 @@ def spec_class(text: str, path: str = "<spec>") -> type:
 
 
 def load(path: str | Path) -> type:
-    """Compile the spec at `path` in memory and return its generated class."""
+    """Compile the spec at `path` (or the shipped spec of that name: `load("dem")`) in
+    memory and return its generated class."""
+    from energydsl import catalogue
     from energydsl.compiler.sources import read_spec
 
-    text = read_spec(path)
+    text = read_spec(catalogue.resolve(str(path)))
     return class_of(compile_cached(text, Path(path).as_posix()))
