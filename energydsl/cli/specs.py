@@ -108,14 +108,20 @@ def _compile_spec(path: str, time_limit: float):
     return compiled
 
 
-def _for_each(paths: Sequence[str], action: Callable[[str], None]) -> int:
-    """Run `action` on every spec, continuing past failures; name each failure."""
+def _for_each(paths: Sequence[str], action: Callable[[str], None], what: str = "") -> int:
+    """Run `action` on every spec, continuing past failures; name each failure. With
+    `what`, a progress bar over several specs (on a terminal only)."""
+    from energydsl.cli.progress import above_bars, bar
+
     failed = []
-    for path in paths:
-        try:
-            action(path)
-        except Failure:
-            failed.append(path)
+    shown = bar(paths, desc=what, unit="spec", disable=None if what and len(paths) > 1
+                else True)
+    with above_bars():
+        for path in shown:
+            try:
+                action(path)
+            except Failure:
+                failed.append(path)
     if failed and len(paths) > 1:
         err(f"energydsl: {len(failed)} of {len(paths)} specs failed: {', '.join(failed)}")
     return EXIT_ERROR if failed else EXIT_OK
@@ -147,6 +153,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from energydsl.check.checks import check_compiled
+    from energydsl.cli.progress import counter
 
     def action(path: str) -> None:
         compiled = _compile_spec(path, args.time_limit)
@@ -158,11 +165,19 @@ def cmd_check(args: argparse.Namespace) -> int:
                 raise UsageError(f"{path}: error: --size {name}={value}: the check is exact "
                                  f"(autograd per dimension, enumeration, quadrature); use "
                                  f"sizes of at most {MAX_CHECK_SIZE}")
+        steps = counter(desc=path, unit=" check")
+
+        def step(group: str) -> None:
+            steps.set_postfix_str(group, refresh=False)
+            steps.update()
+
         try:
             report = check_compiled(compiled, args.sizes, seed=args.seed,
-                                    tolerance=args.tolerance)
+                                    tolerance=args.tolerance, progress=step)
         except UsageError as exc:
             raise UsageError(f"{path}: error: {exc}") from None
+        finally:
+            steps.close()
         sizes = ", ".join(f"{k}={v}" for k, v in report.sizes.items())
         print(f"{path}: {report.model} at {sizes}, float64, against autograd on the "
               "spec's energy")
@@ -172,7 +187,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             raise Failure
         print(f"{path}: all {len(report.rows)} checks passed")
 
-    return _for_each(args.specs, action)
+    return _for_each(args.specs, action, "check")
 
 
 def cmd_show(args: argparse.Namespace) -> int:

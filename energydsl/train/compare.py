@@ -92,10 +92,10 @@ class Row:
 
 
 def held_out(model: torch.nn.Module, x: torch.Tensor, data_map: DataMap,
-             ais_chains: int = 200, ais_temperatures: int = 500, seed: int = 0
-             ) -> tuple[float, float, str]:
+             ais_chains: int = 200, ais_temperatures: int = 500, seed: int = 0,
+             progress: bool | None = None) -> tuple[float, float, str]:
     """Mean log-likelihood of the rows x (model space) in data space, its standard error
-    and how it was obtained."""
+    and how it was obtained. progress: AIS's bar (None: only on a terminal)."""
     dim = x.shape[1]
     correction = -dim * math.log(data_map.scale) - data_map.log_jacobian
     generator = torch.Generator().manual_seed(seed)
@@ -115,7 +115,7 @@ def held_out(model: torch.nn.Module, x: torch.Tensor, data_map: DataMap,
 
         model64 = model.double()
         result = ais(model64, n_chains=ais_chains, n_temperatures=ais_temperatures,
-                     generator=generator, progress=None)
+                     generator=generator, progress=progress)
         with torch.no_grad():
             values = -model64.free_energy(x.double()) - result.log_z
         sampling = float(values.std() / math.sqrt(len(values)))
@@ -125,27 +125,34 @@ def held_out(model: torch.nn.Module, x: torch.Tensor, data_map: DataMap,
 
 def compare(out: Path, entries: tuple[Entry, ...] = ENTRIES, epochs: int | None = None,
             ais_chains: int = 200, ais_temperatures: int = 500, seed: int = 0,
-            log=print) -> list[Row]:
+            log=print, progress: bool | None = None) -> list[Row]:
     """Train every entry into out/<model>-<estimator>/, then evaluate; return the rows of
-    the table."""
+    the table. progress: tqdm bars on stderr over the models, each run's epochs and the
+    AIS runs (None: only on a terminal; False: none)."""
+    from tqdm import tqdm
+
     names = [entry.run for entry in entries]
     if len(set(names)) < len(names):
         raise ValueError(f"two entries would share a run directory: {names}")
     rows = []
-    for entry in entries:
+    shown = tqdm(entries, desc="compare", unit="model", leave=False,
+                 disable=None if progress is None else not progress)
+    for entry in shown:
+        shown.set_postfix_str(entry.run, refresh=True)
         config = RunConfig(model=entry.model, objective=entry.objective,
                            epochs=epochs or entry.epochs, lr=entry.lr, seed=seed,
                            sizes=dict(entry.sizes))
         run = out / entry.run
         began = time.perf_counter()
-        train(config, run, log=lambda _: None, overwrite=True)
+        train(config, run, log=lambda _: None, overwrite=True, progress=progress)
         seconds = time.perf_counter() - began
         checkpoint_path = run / "checkpoint.pt"
         model, _, data_map = model_from_checkpoint(load_checkpoint(checkpoint_path),
                                                    checkpoint_path)
         model.eval()
         test = prepare(config, data_kind(config)).test
-        nats, stderr, how = held_out(model, test, data_map, ais_chains, ais_temperatures, seed)
+        nats, stderr, how = held_out(model, test, data_map, ais_chains, ais_temperatures, seed,
+                                     progress)
         dim = test.shape[1]
         rows.append(Row(entry.label, nats, stderr, -nats / (dim * math.log(2)), how, seconds))
         log(f"{entry.label}: {nats:.2f} nats ({how}), {seconds:.1f} s")
