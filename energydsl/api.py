@@ -1,6 +1,6 @@
-"""The Python API: `energydsl.compile(spec)` -> the model class (spec text or a path),
-`energydsl.load_run(directory)` -> (trained model, its settings), `energydsl.train(...)`
--> a run, with the command line's checks.
+"""The Python API: `energydsl.compile(spec)` -> the model class (spec text, a path, or a
+shipped spec's name such as "dem"), `energydsl.load_run(directory)` -> (trained model, its
+settings), `energydsl.train(...)` -> a run, with the command line's checks.
 
 Compiles in memory, cached by the spec text's SHA-256 (recompiling an unchanged spec is
 free; editing it recompiles). Spec errors raise SpecError with the positioned message.
@@ -93,10 +93,12 @@ def spec_class(text: str, path: str = "<spec>") -> type:
 
 
 def load(path: str | Path) -> type:
-    """Compile the spec at `path` in memory and return its generated class."""
+    """Compile the spec at `path` (or the shipped spec of that name: `load("dem")`) in
+    memory and return its generated class."""
+    from energydsl import catalogue
     from energydsl.compiler.sources import read_spec
 
-    text = read_spec(path)
+    text = read_spec(catalogue.resolve(str(path)))
     return class_of(compile_cached(text, Path(path).as_posix()))
 
 
@@ -106,14 +108,13 @@ def _looks_like_text(spec: str) -> bool:
 
 
 def compile(spec: str | Path) -> type:  # noqa: A001 - energydsl.compile, as documented
-    """The generated class of `spec`: the text of a spec, or the path of a .edsl file.
+    """The generated class of `spec`: the text of a spec, the path of a .edsl file or a
+    shipped spec's name ("dem"; `energydsl specs` lists them).
     Compiled in memory (memoised on the text); a mistake raises SpecError, whose str is
     the positioned message `energydsl compile` prints."""
-    from energydsl.compiler.sources import read_spec
-
     if isinstance(spec, str) and _looks_like_text(spec):
         return class_of(compile_cached(spec, "<spec>"))
-    return class_of(compile_cached(read_spec(spec), Path(spec).as_posix()))
+    return load(spec)
 
 
 def load_run(directory: str | Path):  # noqa: ANN201 - (torch.nn.Module, RunConfig)

@@ -64,6 +64,7 @@ def test_compile_takes_spec_text_or_a_path(tmp_path):
     path = tmp_path / "tiny.edsl"
     path.write_text(SPEC)
     assert energydsl.compile(path).__name__ == energydsl.compile(str(path)).__name__ == "Tiny"
+    assert energydsl.compile("dem").__name__ == "DEM"  # a shipped spec, by name
     with pytest.raises(SpecError) as caught:
         energydsl.compile(SPEC.replace("m[i])^2", "q[i])^2"))
     assert "5:" in caught.value.format("<spec>", SPEC) and "unknown" in str(caught.value)

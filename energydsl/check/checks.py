@@ -96,8 +96,10 @@ def instantiate(compiled: Compiled, sizes: dict[str, int], seed: int,
 
 
 def check_compiled(compiled: Compiled, overrides: dict[str, int] | None = None, seed: int = 0,
-                   batch: int = 4, tolerance: float = 1e-7) -> CheckReport:
-    """Compare every derived method of the generated module with the reference."""
+                   batch: int = 4, tolerance: float = 1e-7,
+                   progress: Callable[[str], None] | None = None) -> CheckReport:
+    """Compare every derived method of the generated module with the reference;
+    `progress` is told the name of each group of checks as it starts."""
     checked = compiled.derivation.model.symbolic.checked
     sizes = check_sizes(checked, overrides or {})
     model = instantiate(compiled, sizes, seed)
@@ -118,6 +120,8 @@ def check_compiled(compiled: Compiled, overrides: dict[str, int] | None = None, 
 
     def guarded(group: str, work: Callable[[], None]) -> None:
         """A method that raises on valid input is a mismatch, reported as a row."""
+        if progress is not None:
+            progress(group)
         try:
             work()
         except UsageError:  # the sizes asked for cannot be checked: the user's to change
@@ -154,9 +158,11 @@ def check_compiled(compiled: Compiled, overrides: dict[str, int] | None = None, 
         # NCE uses the exact normaliser: check it where the precision is positive definite
         guarded("Gaussian normaliser", lambda: check_gaussian(
             model, reference, x, add, report.notes.append,
-            then=lambda usable: _check_estimators(model, reference, x, add, seed, usable)))
+            then=lambda usable: _check_estimators(model, reference, x, add, seed, usable,
+                                                 progress)))
     else:
-        guarded("estimators", lambda: _check_estimators(model, reference, x, add, seed, True))
+        guarded("estimators", lambda: _check_estimators(model, reference, x, add, seed, True,
+                                                         progress))
     return report
 
 
@@ -174,7 +180,7 @@ def _check_core(model, reference: Reference, v: torch.Tensor, add) -> None:
 
 
 def _check_estimators(model, reference: Reference, v: torch.Tensor, add, seed: int,
-                      normaliser: bool) -> None:
+                      normaliser: bool, progress: Callable[[str], None] | None = None) -> None:
     """Every registered estimator's method against the reference (those that need a
     normaliser only where the model's is usable), each with noise of its own seed."""
     domain = reference.model.visible.domain
@@ -182,6 +188,8 @@ def _check_estimators(model, reference: Reference, v: torch.Tensor, add, seed: i
         if estimator.check is None or (estimator.needs_normaliser and not normaliser) \
                 or not estimator.applies_to(domain):
             continue
+        if progress is not None:
+            progress(f"estimator {estimator.name}")
         generator = torch.Generator().manual_seed(seed + 5 + number)
         estimator.check(model, reference, v.detach(), add, generator)
 

@@ -27,7 +27,7 @@ from energydsl.cli.arguments import (
 )
 from energydsl.cli.failures import EXIT_BUG, EXIT_ERROR, EXIT_OK, EXIT_USAGE, err
 from energydsl.cli.runs import cmd_compare, cmd_report, cmd_sample, cmd_train
-from energydsl.cli.specs import MAX_CHECK_SIZE, cmd_check, cmd_compile, cmd_show
+from energydsl.cli.specs import MAX_CHECK_SIZE, cmd_check, cmd_compile, cmd_show, cmd_specs
 from energydsl.errors import DEFAULT_TIME_LIMIT, TrainingError, UsageError
 from energydsl.estimators import NAMES as ESTIMATORS
 
@@ -43,12 +43,15 @@ on data, samples from them, and writes reports and comparison tables.
 """
 
 EPILOG = """\
+A SPEC is a .edsl file or the name of a spec shipped with energydsl (`energydsl specs`).
+
 examples:
-  energydsl compile specs/gbrbm.edsl            write generated/gbrbm.py
-  energydsl compile specs/*.edsl -o build/      compile several specs into build/
-  energydsl check specs/gbrbm.edsl              compare derived quantities with autograd
-  energydsl show specs/gbrbm.edsl --latex       print the derived formulas as LaTeX
-  energydsl train specs/gbrbm.edsl --objective pcd --epochs 5 --out runs/gbrbm
+  energydsl specs                               list the shipped specs
+  energydsl compile gbrbm                       write generated/gbrbm.py (a shipped spec)
+  energydsl compile a.edsl b.edsl -o build/     compile spec files into build/
+  energydsl check gbrbm                         compare derived quantities with autograd
+  energydsl show gbrbm --latex                  print the derived formulas as LaTeX
+  energydsl train gbrbm --objective pcd --epochs 5 --out runs/gbrbm
   energydsl train realnvp --epochs 5 --out runs/realnvp   a companion model
   energydsl sample runs/gbrbm -n 64                        samples as an image grid
   energydsl report runs/gbrbm                              plots and index.md
@@ -102,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compile each spec into DIR/<spec name>.py. Output files are written "
                     "atomically; a spec with errors writes nothing. Models that the "
                     "compiler can see are not normalisable get a warning.")
-    p.add_argument("specs", nargs="+", metavar="SPEC", help="spec files (.edsl)")
+    p.add_argument("specs", nargs="+", metavar="SPEC",
+                   help="spec files (.edsl) or shipped spec names")
     p.add_argument("-o", "--output", default="generated", metavar="DIR",
                    help="output directory (default: generated; '-' prints to stdout)")
     _add_time_limit(p)
@@ -115,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "autograd on the spec's own energy (hidden units enumerated or "
                     "integrated numerically), in float64 at small sizes. Exit status 1 "
                     "on any mismatch.")
-    p.add_argument("specs", nargs="+", metavar="SPEC", help="spec files (.edsl)")
+    p.add_argument("specs", nargs="+", metavar="SPEC",
+                   help="spec files (.edsl) or shipped spec names")
     p.add_argument("--size", dest="size_items", action="append", default=[],
                    metavar="NAME=N",
                    help=f"override a dimension for the check, at most {MAX_CHECK_SIZE} "
@@ -130,15 +135,26 @@ def build_parser() -> argparse.ArgumentParser:
         "show", help="print the derived formulas",
         description="Print the energy, free energy, score, Laplacian and score-matching "
                     "objective derived from a spec, in the spec's notation or as LaTeX.")
-    p.add_argument("specs", nargs="+", metavar="SPEC", help="spec files (.edsl)")
+    p.add_argument("specs", nargs="+", metavar="SPEC",
+                   help="spec files (.edsl) or shipped spec names")
     p.add_argument("--latex", action="store_true", help="print LaTeX instead of spec notation")
     _add_time_limit(p)
     p.set_defaults(handler=cmd_show)
 
     p = commands.add_parser(
+        "specs", help="list the specs shipped with energydsl",
+        description="List the seed specs shipped inside the package, with a line from "
+                    "each one's leading comment, and where they are. Their names can be "
+                    "given wherever a spec file can (compile, check, show, train).")
+    p.add_argument("--path", action="store_true",
+                   help="print only the directory that holds them")
+    p.set_defaults(handler=cmd_specs)
+
+    p = commands.add_parser(
         "train", help="train a spec or a companion model on data",
-        description="Train MODEL (a spec file, compiled in memory, or a companion model "
-                    "name such as vae, realnvp, made, gan) on a dataset. Checks every "
+        description="Train MODEL (a spec file or a shipped spec's name, compiled in "
+                    "memory, or a companion model name such as vae, realnvp, made, gan) "
+                    "on a dataset. Checks every "
                     "argument and tries the objective once before training. Shows a "
                     "progress bar, prints train and validation loss per epoch, and writes "
                     "OUT/checkpoint.pt atomically after every epoch (plain data, safe to "
@@ -147,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "Runs unchanged under torchrun --nproc_per_node=N "
                     "(DistributedDataParallel). With --resume, the run's own settings are "
                     "kept; --lr and --epochs may change.")
-    p.add_argument("model", metavar="MODEL", help="a spec (.edsl) or a companion model name")
+    p.add_argument("model", metavar="MODEL",
+                   help="a spec (.edsl), a shipped spec's name or a companion model name")
     p.add_argument("--data", default=None,
                    help="dataset: digits (default), patches (8x8 grey patches of "
                         "scikit-learn's photos), or mnist:DIR (the IDX files in DIR)")
@@ -223,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "fixed budgets, and write OUT/RESULTS.md: held-out log-likelihood in "
                     "nats and bits per dimension, exact where the model allows, by AIS "
                     "for the other energy models, the importance-weighted bound for the "
-                    "VAE, with training times. Run from the project root (specs/).")
+                    "VAE, with training times. It trains the shipped specs, so it runs from "
+                    "any directory; each run is kept in OUT/<model>-<estimator>/.")
     p.add_argument("--out", default="runs/compare", help="directory (default runs/compare)")
     p.add_argument("--epochs", type=positive_int, default=None,
                    help="override every model's epoch budget (e.g. 1 for a smoke run)")

@@ -3,8 +3,6 @@ reported ends the command with status 1."""
 
 from __future__ import annotations
 
-import sys
-
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 3
 
 
@@ -13,4 +11,6 @@ class Failure(Exception):
 
 
 def err(message: str) -> None:
-    print(message, file=sys.stderr)
+    from energydsl.cli.progress import write_error
+
+    write_error(message)

@@ -37,9 +37,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = config or RunConfig(model=args.model, **given)
         train(config, out, resume=args.resume, overwrite=args.overwrite)
     except SpecError as exc:
+        from energydsl import catalogue
         from energydsl.compiler.sources import read_spec_or_none
 
-        err(exc.format(args.model, read_spec_or_none(args.model)))
+        err(exc.format(args.model, read_spec_or_none(catalogue.resolve(args.model))))
         return EXIT_ERROR
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
         print(f"checkpoint: {out / 'checkpoint.pt'}")
@@ -104,13 +105,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from energydsl.cli.progress import above_bars
     from energydsl.files import write_atomically
     from energydsl.train.compare import ENTRIES, compare, table
 
     out = output_directory(args.out, "--out")
     entries = ENTRIES[:args.limit] if args.limit else ENTRIES
-    rows = compare(out, entries, epochs=args.epochs, ais_chains=args.ais_chains,
-                   ais_temperatures=args.ais_temperatures, seed=args.seed)
+    with above_bars():  # bars on a terminal: models, epochs, AIS
+        rows = compare(out, entries, epochs=args.epochs, ais_chains=args.ais_chains,
+                       ais_temperatures=args.ais_temperatures, seed=args.seed)
     text = table(rows)
     header = ("Held-out log-likelihood of the digits test split (270 images, 8x8), "
               "per image; continuous models through the dequantisation bound, binarised "

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from energydsl import catalogue
 from energydsl.cli.failures import EXIT_ERROR, EXIT_OK, Failure, err
 from energydsl.errors import SpecError, UsageError
 
@@ -15,23 +16,31 @@ MAX_CHECK_SIZE = 64  # the check is exact: autograd per dimension, enumeration, 
 
 
 def _read(path: str) -> str:
+    """The text of a spec argument: a file, or a shipped spec's name (energydsl.catalogue)."""
     from energydsl.compiler.sources import read_spec
 
     try:
-        return read_spec(path)
+        return read_spec(catalogue.resolve(path))
     except SpecError as exc:
-        err(exc.format(path, None))
+        missing = not Path(path).exists()
+        err(exc.format(path, None) + (catalogue.hint(path) if missing else ""))
         raise Failure from None
 
 
 def _display_path(path: str) -> str:
     """The spec path as written into generated code: relative to the working directory
-    when inside it, so recompiling from the project root is byte-identical."""
-    resolved = Path(path).resolve()
-    try:
-        return resolved.relative_to(Path.cwd().resolve()).as_posix()
-    except ValueError:
-        return resolved.name
+    when inside it, so recompiling from the project root is byte-identical; a shipped
+    spec's name as given. Symbolic links are kept first (specs/ links to energydsl/specs,
+    and the golden files name specs/), then resolved."""
+    if catalogue.is_name(path):
+        return path
+    for spec, cwd in ((Path(os.path.abspath(path)), Path(os.getcwd())),
+                      (Path(path).resolve(), Path.cwd().resolve())):
+        try:
+            return spec.relative_to(cwd).as_posix()
+        except ValueError:
+            pass
+    return Path(path).resolve().name
 
 
 # Names a generated module must not take: it would shadow them on import from its
@@ -99,14 +108,20 @@ def _compile_spec(path: str, time_limit: float):
     return compiled
 
 
-def _for_each(paths: Sequence[str], action: Callable[[str], None]) -> int:
-    """Run `action` on every spec, continuing past failures; name each failure."""
+def _for_each(paths: Sequence[str], action: Callable[[str], None], what: str = "") -> int:
+    """Run `action` on every spec, continuing past failures; name each failure. With
+    `what`, a progress bar over several specs (on a terminal only)."""
+    from energydsl.cli.progress import above_bars, bar
+
     failed = []
-    for path in paths:
-        try:
-            action(path)
-        except Failure:
-            failed.append(path)
+    shown = bar(paths, desc=what, unit="spec", disable=None if what and len(paths) > 1
+                else True)
+    with above_bars():
+        for path in shown:
+            try:
+                action(path)
+            except Failure:
+                failed.append(path)
     if failed and len(paths) > 1:
         err(f"energydsl: {len(failed)} of {len(paths)} specs failed: {', '.join(failed)}")
     return EXIT_ERROR if failed else EXIT_OK
@@ -138,6 +153,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from energydsl.check.checks import check_compiled
+    from energydsl.cli.progress import counter
 
     def action(path: str) -> None:
         compiled = _compile_spec(path, args.time_limit)
@@ -149,11 +165,19 @@ def cmd_check(args: argparse.Namespace) -> int:
                 raise UsageError(f"{path}: error: --size {name}={value}: the check is exact "
                                  f"(autograd per dimension, enumeration, quadrature); use "
                                  f"sizes of at most {MAX_CHECK_SIZE}")
+        steps = counter(desc=path, unit=" check")
+
+        def step(group: str) -> None:
+            steps.set_postfix_str(group, refresh=False)
+            steps.update()
+
         try:
             report = check_compiled(compiled, args.sizes, seed=args.seed,
-                                    tolerance=args.tolerance)
+                                    tolerance=args.tolerance, progress=step)
         except UsageError as exc:
             raise UsageError(f"{path}: error: {exc}") from None
+        finally:
+            steps.close()
         sizes = ", ".join(f"{k}={v}" for k, v in report.sizes.items())
         print(f"{path}: {report.model} at {sizes}, float64, against autograd on the "
               "spec's energy")
@@ -163,7 +187,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             raise Failure
         print(f"{path}: all {len(report.rows)} checks passed")
 
-    return _for_each(args.specs, action)
+    return _for_each(args.specs, action, "check")
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -174,3 +198,22 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(render(compiled.derivation, as_latex=args.latex))
 
     return _for_each(args.specs, action)
+
+
+def cmd_specs(args: argparse.Namespace) -> int:
+    """List the shipped specs, one line each, or print where they are (--path)."""
+    folder = catalogue.directory()
+    if args.path:
+        print(folder)
+        return EXIT_OK
+    specs = catalogue.shipped()
+    if not specs:
+        err(f"energydsl: error: no shipped specs in {folder}: the installation is incomplete")
+        return EXIT_ERROR
+    width = max(map(len, specs))
+    print(f"{len(specs)} specs shipped in {folder}:")
+    for name, path in specs.items():
+        print(f"  {name:<{width}}  {catalogue.description(path, 96 - width)}")
+    print("A name goes wherever a spec file does: energydsl show dem, energydsl train dem; "
+          "copy a file to edit it.")
+    return EXIT_OK

@@ -21,20 +21,22 @@ from energydsl.train.prepare import Prepared
 
 
 def spec_text(config: RunConfig) -> str:
+    from energydsl import catalogue
     from energydsl.compiler.sources import read_spec
 
-    return read_spec(config.model)
+    return read_spec(catalogue.resolve(config.model))
 
 
 def _companion(config: RunConfig) -> nn.Module:
+    from energydsl import catalogue
     from energydsl.models import MODELS
 
     factory = MODELS.get(config.model)
     if factory is None:
-        close = difflib.get_close_matches(config.model, list(MODELS), n=1)
+        close = difflib.get_close_matches(config.model, [*MODELS, *catalogue.shipped()], n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise UsageError(f"unknown model {config.model!r}: give a spec (.edsl) or one of "
-                         f"{', '.join(sorted(MODELS))}{hint}")
+        raise UsageError(f"unknown model {config.model!r}: give a spec (.edsl), a shipped "
+                         f"spec (energydsl specs) or one of {', '.join(sorted(MODELS))}{hint}")
     import inspect
 
     takes = [p for p in inspect.signature(factory).parameters if p != "self"]

@@ -50,27 +50,34 @@ class Entry:
     lr: float = 1e-3
     epochs: int = 20
 
+    @property
+    def run(self) -> str:
+        """The run directory's name: the model (a spec file's stem), then the estimator:
+        dem-sm, bbrbm-pcd, realnvp."""
+        stem = "".join(c if c.isalnum() or c in "_-" else "_" for c in Path(self.model).stem)
+        return "-".join(filter(None, (stem.strip("_") or "model", self.objective)))
+
 
 ENTRIES = (
-    Entry("masked Gaussian / SM", "specs/masked_gaussian.edsl", "sm", lr=0.02),
-    Entry("masked Gaussian / NCE", "specs/masked_gaussian.edsl", "nce", lr=0.02),
-    Entry("masked Gaussian / MLE", "specs/masked_gaussian.edsl", "mle", lr=0.02),
-    Entry("Gaussian RBM / SM", "specs/gaussian_rbm.edsl", "sm", (("K", 16),), lr=3e-3),
-    Entry("GBRBM / SM", "specs/gbrbm.edsl", "sm", (("K", 12),), lr=0.01),
-    Entry("GBRBM / PCD", "specs/gbrbm.edsl", "pcd", (("K", 12),), lr=0.01),
-    Entry("mPoT / SM", "specs/mpot.edsl", "sm", (("K", 16), ("M", 16)), lr=0.01),
-    Entry("DEM / SM", "specs/dem.edsl", "sm", (("H", 16), ("K", 16)), lr=0.01),
-    Entry("DEM / DSM", "specs/dem.edsl", "dsm", (("H", 16), ("K", 16)), lr=0.01),
+    Entry("masked Gaussian / SM", "masked_gaussian", "sm", lr=0.02),
+    Entry("masked Gaussian / NCE", "masked_gaussian", "nce", lr=0.02),
+    Entry("masked Gaussian / MLE", "masked_gaussian", "mle", lr=0.02),
+    Entry("Gaussian RBM / SM", "gaussian_rbm", "sm", (("K", 16),), lr=3e-3),
+    Entry("GBRBM / SM", "gbrbm", "sm", (("K", 12),), lr=0.01),
+    Entry("GBRBM / PCD", "gbrbm", "pcd", (("K", 12),), lr=0.01),
+    Entry("mPoT / SM", "mpot", "sm", (("K", 16), ("M", 16)), lr=0.01),
+    Entry("DEM / SM", "dem", "sm", (("H", 16), ("K", 16)), lr=0.01),
+    Entry("DEM / DSM", "dem", "dsm", (("H", 16), ("K", 16)), lr=0.01),
     Entry("NICE", "nice", lr=1e-2),
     Entry("RealNVP", "realnvp", lr=1e-3),
     Entry("FVSBN (binarised)", "fvsbn", lr=3e-3),
     Entry("NADE (binarised)", "nade", lr=3e-3),
     Entry("MADE (binarised)", "made", lr=3e-3),
     Entry("VAE (binarised)", "vae", lr=3e-3),
-    Entry("BB-RBM / PL (binarised)", "specs/bbrbm.edsl", "pl", (("K", 16),), lr=0.01),
-    Entry("BB-RBM / RM (binarised)", "specs/bbrbm.edsl", "rm", (("K", 16),), lr=0.01),
-    Entry("BB-RBM / CD (binarised)", "specs/bbrbm.edsl", "cd", (("K", 16),), lr=0.01),
-    Entry("BB-RBM / PCD (binarised)", "specs/bbrbm.edsl", "pcd", (("K", 16),), lr=0.01),
+    Entry("BB-RBM / PL (binarised)", "bbrbm", "pl", (("K", 16),), lr=0.01),
+    Entry("BB-RBM / RM (binarised)", "bbrbm", "rm", (("K", 16),), lr=0.01),
+    Entry("BB-RBM / CD (binarised)", "bbrbm", "cd", (("K", 16),), lr=0.01),
+    Entry("BB-RBM / PCD (binarised)", "bbrbm", "pcd", (("K", 16),), lr=0.01),
 )
 
 
@@ -85,10 +92,10 @@ class Row:
 
 
 def held_out(model: torch.nn.Module, x: torch.Tensor, data_map: DataMap,
-             ais_chains: int = 200, ais_temperatures: int = 500, seed: int = 0
-             ) -> tuple[float, float, str]:
+             ais_chains: int = 200, ais_temperatures: int = 500, seed: int = 0,
+             progress: bool | None = None) -> tuple[float, float, str]:
     """Mean log-likelihood of the rows x (model space) in data space, its standard error
-    and how it was obtained."""
+    and how it was obtained. progress: AIS's bar (None: only on a terminal)."""
     correction = -data_map.log_volume() - data_map.log_jacobian
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -107,7 +114,7 @@ def held_out(model: torch.nn.Module, x: torch.Tensor, data_map: DataMap,
 
         model64 = model.double()
         result = ais(model64, n_chains=ais_chains, n_temperatures=ais_temperatures,
-                     generator=generator, progress=None)
+                     generator=generator, progress=progress)
         with torch.no_grad():
             values = -model64.free_energy(x.double()) - result.log_z
         sampling = float(values.std() / math.sqrt(len(values)))
@@ -117,23 +124,34 @@ def held_out(model: torch.nn.Module, x: torch.Tensor, data_map: DataMap,
 
 def compare(out: Path, entries: tuple[Entry, ...] = ENTRIES, epochs: int | None = None,
             ais_chains: int = 200, ais_temperatures: int = 500, seed: int = 0,
-            log=print) -> list[Row]:
-    """Train every entry into out/<n>/, then evaluate; return the rows of the table."""
+            log=print, progress: bool | None = None) -> list[Row]:
+    """Train every entry into out/<model>-<estimator>/, then evaluate; return the rows of
+    the table. progress: tqdm bars on stderr over the models, each run's epochs and the
+    AIS runs (None: only on a terminal; False: none)."""
+    from tqdm import tqdm
+
+    names = [entry.run for entry in entries]
+    if len(set(names)) < len(names):
+        raise ValueError(f"two entries would share a run directory: {names}")
     rows = []
-    for number, entry in enumerate(entries):
+    shown = tqdm(entries, desc="compare", unit="model", leave=False,
+                 disable=None if progress is None else not progress)
+    for entry in shown:
+        shown.set_postfix_str(entry.run, refresh=True)
         config = RunConfig(model=entry.model, objective=entry.objective,
                            epochs=epochs or entry.epochs, lr=entry.lr, seed=seed,
                            sizes=dict(entry.sizes))
-        run = out / f"{number:02d}"
+        run = out / entry.run
         began = time.perf_counter()
-        train(config, run, log=lambda _: None, overwrite=True)
+        train(config, run, log=lambda _: None, overwrite=True, progress=progress)
         seconds = time.perf_counter() - began
         checkpoint_path = run / "checkpoint.pt"
         model, _, data_map = model_from_checkpoint(load_checkpoint(checkpoint_path),
                                                    checkpoint_path)
         model.eval()
         test = prepare(config, data_kind(config)).test
-        nats, stderr, how = held_out(model, test, data_map, ais_chains, ais_temperatures, seed)
+        nats, stderr, how = held_out(model, test, data_map, ais_chains, ais_temperatures, seed,
+                                     progress)
         dim = test.shape[1]
         rows.append(Row(entry.label, nats, stderr, -nats / (dim * math.log(2)), how, seconds))
         log(f"{entry.label}: {nats:.2f} nats ({how}), {seconds:.1f} s")

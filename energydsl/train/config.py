@@ -19,7 +19,9 @@ RESUMABLE = ("epochs", "lr", "detect_anomaly", "compile", "device")  # may chang
 
 @dataclass
 class RunConfig:
-    model: str  # a spec path (.edsl) or a companion model name (energydsl.models.MODELS)
+    # a spec path (.edsl), a shipped spec's name (energydsl.catalogue) or a companion
+    # model's name (energydsl.models.MODELS)
+    model: str
     data: str = "digits"
     objective: str | None = None  # specs: one of OBJECTIVES (default sm, pl for binary data)
     epochs: int = 5
@@ -35,7 +37,9 @@ class RunConfig:
 
     @property
     def is_spec(self) -> bool:
-        return self.model.endswith(".edsl")
+        from energydsl import catalogue
+
+        return self.model.endswith(".edsl") or catalogue.is_name(self.model)
 
     def check(self) -> None:
         """Refuse values no run can use (UsageError naming the flag)."""

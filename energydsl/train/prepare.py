@@ -234,11 +234,12 @@ def data_kind(config: RunConfig, text: str | None = None) -> str:
     as 0/1 or -1/+1), read from the compiled class; a companion model its own kind.
     `text` is the spec's text (default: read from config.model)."""
     if config.is_spec:
+        from energydsl import catalogue
         from energydsl.api import checked_spec
         from energydsl.compiler.domains import DOMAINS
         from energydsl.compiler.sources import read_spec
 
-        spec = text if text is not None else read_spec(config.model)
+        spec = text if text is not None else read_spec(catalogue.resolve(config.model))
         domain = DOMAINS[checked_spec(spec).visible.domain]
         return domain.name if domain.discrete else "energy"
     from energydsl.models import DATA_KINDS

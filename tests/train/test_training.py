@@ -260,7 +260,7 @@ def test_compare_tabulates_held_out_likelihood_with_how_it_was_obtained(tmp_path
     # the masked Gaussian's number, recomputed from its checkpoint: log p of the
     # standardised data, minus D log(scale) and D log(17) back to the discrete digits
     model, config, data_map = training.model_from_checkpoint(
-        load_checkpoint(tmp_path / "00" / "checkpoint.pt"))
+        load_checkpoint(tmp_path / "masked_gaussian-mle" / "checkpoint.pt"))
     test = training.prepare(config, "energy").test
     expected = (model.log_prob(test).mean().item()
                 - 64 * (torch.log(torch.tensor(data_map.scale)).item() + torch.log(
