@@ -63,6 +63,7 @@ CASES = [
     (["check", DEM, "--size", "q=3"], ["'q'"]),
     (["compare", "--limit", "0", "--out", "OUT"], ["--limit"]),
     (["compare", "--epochs", "-2", "--out", "OUT"], ["--epochs"]),
+    (["compare", "--device", "tpu", "--out", "OUT"], ["--device tpu"]),
     (["compile", DEM, "--time-limit", "-1"], ["--time-limit"]),
     (["frobnicate"], ["frobnicate", "--help"]),
 ]
@@ -121,3 +122,5 @@ def test_training_and_sampling_on_cuda(tmp_path):
     assert main(["train", DEM, *SMALL, "--device", "cuda", "--out", str(run)]) == 0
     assert main(["sample", str(run), "-n", "4", "--steps", "5", "--device", "cuda"]) == 0
     assert main(["report", str(run), "--steps", "5", "--device", "cuda"]) == 0
+    assert main(["compare", "--limit", "1", "--epochs", "1", "--device", "cuda", "--out",
+                 str(tmp_path / "compare")]) == 0

@@ -251,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ais-temperatures", type=positive_int, default=500,
                    help="AIS temperatures (default 500)")
     p.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
+    _add_device(p, "the device to train and evaluate on (default auto)")
     p.set_defaults(handler=cmd_compare)
     return parser
 

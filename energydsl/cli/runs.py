@@ -113,7 +113,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     entries = ENTRIES[:args.limit] if args.limit else ENTRIES
     with above_bars():  # bars on a terminal: models, epochs, AIS
         rows = compare(out, entries, epochs=args.epochs, ais_chains=args.ais_chains,
-                       ais_temperatures=args.ais_temperatures, seed=args.seed)
+                       ais_temperatures=args.ais_temperatures, seed=args.seed,
+                       device=args.device)
     text = table(rows)
     header = ("Held-out log-likelihood of the digits test split (270 images, 8x8), "
               "per image; continuous models through the dequantisation bound, binarised "

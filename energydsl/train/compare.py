@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from energydsl.train.config import resolve_device
 from energydsl.train.loop import (
     DataMap,
     RunConfig,
@@ -97,7 +98,7 @@ def held_out(model: torch.nn.Module, x: torch.Tensor, data_map: DataMap,
     """Mean log-likelihood of the rows x (model space) in data space, its standard error
     and how it was obtained. progress: AIS's bar (None: only on a terminal)."""
     correction = -data_map.log_volume() - data_map.log_jacobian
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=x.device).manual_seed(seed)  # where the draws are
     torch.manual_seed(seed)
     if not hasattr(model, "free_energy"):
         with torch.no_grad():
@@ -124,10 +125,11 @@ def held_out(model: torch.nn.Module, x: torch.Tensor, data_map: DataMap,
 
 def compare(out: Path, entries: tuple[Entry, ...] = ENTRIES, epochs: int | None = None,
             ais_chains: int = 200, ais_temperatures: int = 500, seed: int = 0,
-            log=print, progress: bool | None = None) -> list[Row]:
+            log=print, progress: bool | None = None, device: str = "auto") -> list[Row]:
     """Train every entry into out/<model>-<estimator>/, then evaluate; return the rows of
     the table. progress: tqdm bars on stderr over the models, each run's epochs and the
-    AIS runs (None: only on a terminal; False: none)."""
+    AIS runs (None: only on a terminal; False: none). device: where models train and are
+    evaluated (energydsl.train.config.resolve_device)."""
     from tqdm import tqdm
 
     names = [entry.run for entry in entries]
@@ -140,7 +142,7 @@ def compare(out: Path, entries: tuple[Entry, ...] = ENTRIES, epochs: int | None 
         shown.set_postfix_str(entry.run, refresh=True)
         config = RunConfig(model=entry.model, objective=entry.objective,
                            epochs=epochs or entry.epochs, lr=entry.lr, seed=seed,
-                           sizes=dict(entry.sizes))
+                           sizes=dict(entry.sizes), device=device)
         run = out / entry.run
         began = time.perf_counter()
         train(config, run, log=lambda _: None, overwrite=True, progress=progress)
@@ -148,8 +150,8 @@ def compare(out: Path, entries: tuple[Entry, ...] = ENTRIES, epochs: int | None 
         checkpoint_path = run / "checkpoint.pt"
         model, _, data_map = model_from_checkpoint(load_checkpoint(checkpoint_path),
                                                    checkpoint_path)
-        model.eval()
-        test = prepare(config, data_kind(config)).test
+        model.to(resolve_device(device)).eval()
+        test = prepare(config, data_kind(config)).test.to(resolve_device(device))
         nats, stderr, how = held_out(model, test, data_map, ais_chains, ais_temperatures, seed,
                                      progress)
         dim = test.shape[1]
