@@ -5,7 +5,7 @@ packaged dem.edsl from any directory. A path always wins: an argument ending in 
 holding a '/', or naming a file that exists, is read as it is; only a bare name that is no
 file (a directory of that name, such as a run called dem, does not count) is looked up
 here. The repository's top-level specs/ is a symbolic link to energydsl/specs, so the
-files the wheel ships are the only copy (see README.md).
+files the wheel ships are the only copy (see docs/architecture.md).
 """
 
 from __future__ import annotations
