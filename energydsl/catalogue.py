@@ -1,4 +1,4 @@
-"""The seed specs shipped inside the package (energydsl/specs/*.edsl), known by name.
+"""The specs shipped inside the package (energydsl/specs/*.edsl), known by name.
 
 A spec argument is a path or a shipped spec's name: `energydsl compile dem` compiles the
 packaged dem.edsl from any directory. A path always wins: an argument ending in .edsl or

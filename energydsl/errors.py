@@ -15,10 +15,10 @@ _MAX_SHOWN = 160
 # Seconds a compile may take before it is an error (the driver enforces it; here so the
 # CLI can show it without importing the compiler). The checker's limits bound what a spec
 # can ask for, but some shapes within them (products nested 15 deep through lets) still
-# make derivatives that take minutes; every seed spec compiles in under a second.
+# make derivatives that take minutes; every shipped spec compiles in under a second.
 DEFAULT_TIME_LIMIT = 60.0
 
-# The largest spec accepted, in characters (the seed specs are under 2,000): parsing is
+# The largest spec accepted, in characters (the shipped specs are under 2,000): parsing is
 # linear but slow in Python (about 10 s per MiB), so the limit bounds it before it starts.
 MAX_SPEC_CHARS = 1 << 20
 

@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser(
         "specs", help="list the specs shipped with energydsl",
-        description="List the seed specs shipped inside the package, with a line from "
+        description="List the specs shipped inside the package, with a line from "
                     "each one's leading comment, and where they are. Their names can be "
                     "given wherever a spec file can (compile, check, show, train).")
     p.add_argument("--path", action="store_true",
@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "else cpu; a resumed run may move)", default=None)
     p.add_argument("--compile", action="store_true",
                    help="run the training step through torch.compile: the same values, "
-                        "1.1-2.4x faster steps on the seed models (bench/RESULTS.md), after "
+                        "1.1-2.4x faster steps on the shipped models (bench/RESULTS.md), after "
                         "a first step that takes 1-30 s to compile (more on a busy machine)")
     p.set_defaults(handler=cmd_train)
 
@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser(
         "compare", help="train every model on the digits and tabulate held-out likelihood",
-        description="Train each seed energy model (with its natural estimators) and each "
+        description="Train each shipped energy model (with its natural estimators) and each "
                     "companion model with a likelihood on the digits training split, with "
                     "fixed budgets, and write OUT/RESULTS.md: held-out log-likelihood in "
                     "nats and bits per dimension, exact where the model allows, by AIS "
