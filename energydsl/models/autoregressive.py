@@ -228,12 +228,21 @@ class MADE(nn.Module):
         return torch.logsumexp(lps, dim=0) - math.log(self.num_masks)
 
     def loss(self, x: Tensor) -> Tensor:
-        """Mean NLL under the current mask set; in training mode then advance to the next."""
-        value = -self.log_prob(x).mean()
+        """Mean NLL under the current mask set (no side effect: the mask set moves on only
+        when asked, by `next_mask_set` or the training loop's `after_step`)."""
+        return -self.log_prob(x).mean()
+
+    @torch.no_grad()
+    def next_mask_set(self) -> int:
+        """Move to the next of the `num_masks` mask sets (cyclically); returns its index."""
+        self.mask_index.copy_((self.mask_index + 1) % self.num_masks)
+        return int(self.mask_index)
+
+    def after_step(self) -> None:
+        """Called by the training loop after each optimiser step: an order- or
+        connectivity-agnostic MADE trains each mask set in turn."""
         if self.training and self.num_masks > 1:
-            with torch.no_grad():
-                self.mask_index.copy_((self.mask_index + 1) % self.num_masks)
-        return value
+            self.next_mask_set()
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:

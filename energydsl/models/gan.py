@@ -111,11 +111,20 @@ class GAN(nn.Module):
         generator_loss_kind: str = "non_saturating",
         real_label: float = 0.9,
         leak: float = 0.2,
+        *,
+        generator_net: nn.Module | None = None,
+        discriminator_net: nn.Module | None = None,
+        event_shape: tuple[int, ...] | None = None,
     ) -> None:
+        """MLP players; a subclass passes its own networks (the generator maps z to
+        tanh outputs in [-1, 1], the discriminator data to one logit) and event_shape."""
         super().__init__()
         self.dim = dim
-        self.event_shape: tuple[int, ...] = (dim,)
+        self.event_shape: tuple[int, ...] = event_shape or (dim,)
         self._init_common(z_dim, generator_loss_kind, real_label)
+        if generator_net is not None and discriminator_net is not None:
+            self.generator_net, self.discriminator_net = generator_net, discriminator_net
+            return
         g: list[nn.Module] = []
         widths = [z_dim, *generator_hidden]
         for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
@@ -180,12 +189,13 @@ class GAN(nn.Module):
         )
 
     def loss(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """discriminator_loss(x) + generator_loss(len(x)): for monitoring only.
-
-        The two players minimise different objectives; use ``train_step`` to train.
-        """
+        """discriminator_loss(x) + generator_loss(len(x)), for monitoring only: computed
+        without gradients, so `loss(x).backward()` fails rather than training both
+        players on the sum. The two players minimise different objectives; use
+        ``train_step`` (or ``discriminator_loss`` and ``generator_loss``) to train."""
         n = x.shape[0]
-        return self.discriminator_loss(x, generator) + self.generator_loss(n, generator)
+        with torch.no_grad():
+            return self.discriminator_loss(x, generator) + self.generator_loss(n, generator)
 
     def train_step(
         self,
@@ -245,15 +255,10 @@ class DCGAN(GAN):
         real_label: float = 0.9,
         leak: float = 0.2,
     ) -> None:
-        nn.Module.__init__(self)  # builds its own networks; every method is GAN's
         if side % 4:
             raise ValueError(f"side must be divisible by 4, got {side}")
-        self.side = side
-        self.dim = side * side
-        self.event_shape = (1, side, side)
-        self._init_common(z_dim, generator_loss_kind, real_label)
         s4, c, c2 = side // 4, channels, 2 * channels
-        self.generator_net = nn.Sequential(
+        generator_net = nn.Sequential(
             nn.Unflatten(1, (z_dim, 1, 1)),
             nn.ConvTranspose2d(z_dim, c2, s4, bias=False),  # 1x1 -> side/4
             nn.BatchNorm2d(c2),
@@ -264,7 +269,7 @@ class DCGAN(GAN):
             nn.ConvTranspose2d(c, 1, 4, stride=2, padding=1),  # -> side
             nn.Tanh(),
         )
-        self.discriminator_net = nn.Sequential(
+        discriminator_net = nn.Sequential(
             nn.Conv2d(1, c, 4, stride=2, padding=1),  # -> side/2
             nn.LeakyReLU(leak),
             nn.Conv2d(c, c2, 4, stride=2, padding=1, bias=False),  # -> side/4
@@ -272,6 +277,10 @@ class DCGAN(GAN):
             nn.LeakyReLU(leak),
             nn.Conv2d(c2, 1, s4),  # -> 1x1 logit
         )
+        super().__init__(side * side, z_dim=z_dim, generator_loss_kind=generator_loss_kind,
+                         real_label=real_label, leak=leak, generator_net=generator_net,
+                         discriminator_net=discriminator_net, event_shape=(1, side, side))
+        self.side = side
 
     def _prepare(self, x: Tensor) -> Tensor:
         return as_images(x, self.side)

@@ -58,15 +58,22 @@ class VAE(nn.Module):
         likelihood: str = "bernoulli",
         min_std: float = 1e-2,
         n_importance: int = 16,
+        *,
+        encoder: nn.Module | None = None,
+        decoder: nn.Module | None = None,
+        event_shape: tuple[int, ...] | None = None,
     ) -> None:
+        """MLP encoder and decoder; a subclass passes its own (`encoder` maps x to the
+        2 z_dim Gaussian parameters, `decoder` z to the likelihood's parameters) and its
+        `event_shape`."""
         super().__init__()
         self.dim = dim
-        self.event_shape: tuple[int, ...] = (dim,)
+        self.event_shape: tuple[int, ...] = event_shape or (dim,)
         self._init_common(z_dim, likelihood, min_std, n_importance)
-        self.encoder = nn.Sequential(
+        self.encoder = encoder or nn.Sequential(
             nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 2 * z_dim)
         )
-        self.decoder = nn.Sequential(
+        self.decoder = decoder or nn.Sequential(
             nn.Linear(z_dim, hidden), nn.Tanh(), nn.Linear(hidden, dim)
         )
 
@@ -192,15 +199,10 @@ class ConvVAE(VAE):
         min_std: float = 1e-2,
         n_importance: int = 16,
     ) -> None:
-        nn.Module.__init__(self)  # builds its own networks; every method is VAE's
         if side % 4:
             raise ValueError(f"side must be divisible by 4, got {side}")
-        self.side = side
-        self.dim = side * side
-        self.event_shape = (1, side, side)
-        self._init_common(z_dim, likelihood, min_std, n_importance)
         s4, c2 = side // 4, 2 * channels
-        self.encoder = nn.Sequential(
+        encoder = nn.Sequential(
             nn.Conv2d(1, channels, 3, stride=2, padding=1),
             nn.ReLU(),
             nn.Conv2d(channels, c2, 3, stride=2, padding=1),
@@ -208,7 +210,7 @@ class ConvVAE(VAE):
             nn.Flatten(),
             nn.Linear(c2 * s4 * s4, 2 * z_dim),
         )
-        self.decoder = nn.Sequential(
+        decoder = nn.Sequential(
             nn.Linear(z_dim, c2 * s4 * s4),
             nn.ReLU(),
             nn.Unflatten(1, (c2, s4, s4)),
@@ -216,6 +218,10 @@ class ConvVAE(VAE):
             nn.ReLU(),
             nn.ConvTranspose2d(channels, 1, 4, stride=2, padding=1),
         )
+        super().__init__(side * side, z_dim=z_dim, likelihood=likelihood, min_std=min_std,
+                         n_importance=n_importance, encoder=encoder, decoder=decoder,
+                         event_shape=(1, side, side))
+        self.side = side
 
     def _prepare(self, x: Tensor) -> Tensor:
         return as_images(x, self.side)

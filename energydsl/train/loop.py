@@ -415,6 +415,8 @@ def _run(config: RunConfig, out: Path, device: torch.device, resume: bool,
                     optimiser.step()
                 if objective is not None:
                     objective.after_step()
+                elif hasattr(model, "after_step"):  # a companion model's own schedule
+                    model.after_step()
             guards.check_parameters(model, epoch)
             if first_step is None:
                 first_step = time.perf_counter() - STARTED

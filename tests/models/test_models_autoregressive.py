@@ -95,14 +95,18 @@ def test_made_orderings_differ_and_cycle_in_training() -> None:
     assert len(set(orders)) == 3
     x = torch.bernoulli(torch.full((4, 8), 0.5), generator=torch.Generator().manual_seed(0))
     model.train()
+    model.loss(x)
+    assert int(model.mask_index) == 0  # loss has no side effect
     seen = []
     for _ in range(4):
         seen.append(int(model.mask_index))
         model.loss(x)
+        model.after_step()  # what the training loop calls after each optimiser step
     assert seen == [0, 1, 2, 0]
     model.eval()
-    model.loss(x)
+    model.after_step()
     assert int(model.mask_index) == 1  # eval mode does not move on
+    assert model.next_mask_set() == 2  # explicit rotation, in any mode
 
 
 def test_made_masks_follow_the_seed_rule() -> None:

@@ -143,3 +143,27 @@ def test_train_step_updates_each_player_with_its_own_optimiser(digits: Tensor) -
     # sample() uses eval-mode BatchNorm and restores the training mode.
     assert model.sample(1).shape == (1, 64)
     assert model.generator_net.training
+
+
+@pytest.mark.parametrize("cls", [GAN, DCGAN])
+def test_the_monitoring_loss_cannot_train_both_players_on_the_sum(cls, digits: Tensor) -> None:
+    """GAN.loss is for monitoring: it carries no gradient, so backward() on it fails
+    instead of pushing both players down one summed objective."""
+    model = cls()
+    value = model.loss(digits[:16])
+    assert torch.isfinite(value) and not value.requires_grad
+    with pytest.raises(RuntimeError):
+        value.backward()
+    # each player's own loss still trains it
+    model.discriminator_loss(digits[:16]).backward()
+    assert all(p.grad is not None for p in model.discriminator_net.parameters())
+
+
+def test_dcgan_is_built_by_the_gan_constructor() -> None:
+    """DCGAN passes its convolutional players to GAN.__init__ (no bypass of the parent)."""
+    model = DCGAN(side=8, z_dim=10, channels=4)
+    assert model.event_shape == (1, 8, 8) and model.dim == 64 and model.z_dim == 10
+    names = {name.split(".")[0] for name, _ in model.named_parameters()}
+    assert names == {"generator_net", "discriminator_net"}
+    assert isinstance(model.generator_net[1], torch.nn.ConvTranspose2d)
+    assert model.sample(3).shape == (3, 1, 8, 8)

@@ -74,7 +74,7 @@ def test_few_steps_lower_the_loss(name: str, digits: Tensor) -> None:
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
     for _ in range(15):
         opt.zero_grad(set_to_none=True)
-        model.loss(x).backward()
+        backward_once(model, x)
         opt.step()
     after = seeded_loss(model, x)
     assert after < before - 1e-3 * abs(float(before)), (float(before), float(after))
@@ -116,11 +116,21 @@ def test_gan_players_lower_their_own_losses(name: str, digits: Tensor) -> None:
     assert all(math.isfinite(v) for v in out.values())
 
 
+def backward_once(model, x: Tensor) -> None:
+    """One backward pass of what trains the model: its loss, or a GAN's two players' own
+    losses (its `loss` is for monitoring and carries no gradient)."""
+    if hasattr(model, "train_step"):
+        model.discriminator_loss(x).backward()
+        model.generator_loss(len(x)).backward()
+    else:
+        model.loss(x).backward()
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_gradients_reach_every_parameter(name: str, digits: Tensor) -> None:
     model = build(name)
     x = data_for(model, digits)
-    model.loss(x).backward()
+    backward_once(model, x)
     for pname, p in model.named_parameters():
         assert p.grad is not None, pname
         assert torch.isfinite(p.grad).all(), pname
@@ -134,7 +144,7 @@ def test_state_dict_round_trip(name: str, digits: Tensor) -> None:
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     for _ in range(2):  # move away from the initialisation (and BatchNorm statistics)
         opt.zero_grad(set_to_none=True)
-        model.loss(x).backward()
+        backward_once(model, x)
         opt.step()
     fresh = build(name, seed=99)
     model.eval()

@@ -159,3 +159,15 @@ def test_float32_elbo_finite_for_extreme_inputs() -> None:
         x = torch.bernoulli(torch.full((16, 64), 0.5))
         assert torch.isfinite(model.elbo(x)).all()
         assert torch.isfinite(model.log_prob(x)).all()
+
+
+def test_conv_vae_is_built_by_the_vae_constructor() -> None:
+    """ConvVAE passes its convolutional encoder and decoder to VAE.__init__ (no bypass of
+    the parent): the likelihood's parameters come from there too."""
+    model = ConvVAE(side=8, channels=4, z_dim=3, likelihood="gaussian")
+    assert model.event_shape == (1, 8, 8) and model.dim == 64 and model.z_dim == 3
+    assert model.decoder_std_raw.shape == (1, 8, 8)  # made by VAE's common set-up
+    names = {name.split(".")[0] for name, _ in model.named_parameters()}
+    assert names == {"encoder", "decoder", "decoder_std_raw"}
+    x = torch.rand(5, 1, 8, 8)
+    assert torch.isfinite(model.loss(x)) and model.sample(2).shape == (2, 1, 8, 8)
