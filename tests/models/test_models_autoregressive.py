@@ -177,3 +177,19 @@ def test_float32_log_prob_finite_with_saturated_conditionals(name: str) -> None:
         x = torch.bernoulli(torch.full((32, 16), 0.5), generator=torch.Generator().manual_seed(0))
         lp = model.log_prob(x)
     assert torch.isfinite(lp).all() and (lp <= 0).all()
+
+
+def test_nade_in_blocks_equals_the_whole_and_so_do_its_gradients(monkeypatch) -> None:
+    """Blocks of positions (recomputed in the backward pass) give the same logits and the
+    same parameter gradients as one block over all D positions."""
+    torch.manual_seed(3)
+    model = NADE(dim=10, hidden=4).double()
+    x = torch.bernoulli(torch.full((7, 10), 0.5, dtype=torch.float64))
+    whole = -model.log_prob(x).mean()
+    expected = torch.autograd.grad(whole, list(model.parameters()))
+    monkeypatch.setattr(NADE, "block_elements", 7 * 4 * 3)  # blocks of 3 positions
+    blocked = -model.log_prob(x).mean()
+    got = torch.autograd.grad(blocked, list(model.parameters()))
+    torch.testing.assert_close(blocked, whole, rtol=1e-12, atol=1e-12)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
