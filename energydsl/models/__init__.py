@@ -22,7 +22,16 @@ from collections.abc import Callable
 from torch import nn
 
 from .autoencoders import MLPAE, ConvAE, DenoisingAE, LinearAE, SparseAE
-from .autoregressive import FVSBN, LSTMAR, MADE, NADE, MaskedConv2d, PixelCNN
+from .autoregressive import (
+    FVSBN,
+    LSTMAR,
+    MADE,
+    NADE,
+    RNNAR,
+    MaskedConv2d,
+    PixelCNN,
+    UntiedNADE,
+)
 from .flows import NICE, AdditiveCoupling, AffineCoupling, RealNVP, make_mask
 from .gan import (
     DCGAN,
@@ -31,7 +40,7 @@ from .gan import (
     generator_loss_from_logits,
     minimax_value,
 )
-from .vae import VAE, ConvVAE, gaussian_kl
+from .vae import VAE, BetaVAE, ConvVAE, gaussian_kl
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "linear_ae": LinearAE,
@@ -40,6 +49,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "denoising_ae": DenoisingAE,
     "sparse_ae": SparseAE,
     "vae": VAE,
+    "beta_vae": BetaVAE,
     "conv_vae": ConvVAE,
     "gan": GAN,
     "dcgan": DCGAN,
@@ -47,9 +57,11 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "realnvp": RealNVP,
     "fvsbn": FVSBN,
     "nade": NADE,
+    "untied_nade": UntiedNADE,
     "made": MADE,
     "pixelcnn": PixelCNN,
     "lstm_ar": LSTMAR,
+    "rnn_ar": RNNAR,
 }
 
 #: What data each registered model expects with its default arguments.
@@ -64,6 +76,7 @@ DATA_NOTES: dict[str, str] = {
     "denoising_ae": "continuous in [0, 1]",
     "sparse_ae": "continuous in [0, 1]",
     "vae": "binary {0, 1} (Bernoulli decoder); continuous with likelihood='gaussian'",
+    "beta_vae": "binary {0, 1} (Bernoulli decoder), KL weighted by beta (default 4)",
     "conv_vae": "binary {0, 1} images (Bernoulli); continuous with likelihood='gaussian'",
     "gan": "continuous in [0, 1] (generator output is (tanh + 1) / 2)",
     "dcgan": "continuous in [0, 1] images side x side",
@@ -71,9 +84,11 @@ DATA_NOTES: dict[str, str] = {
     "realnvp": "continuous in [0, 1], discrete with `levels` values (logit dequantisation)",
     "fvsbn": "binary {0, 1}",
     "nade": "binary {0, 1}",
+    "untied_nade": "binary {0, 1}",
     "made": "binary {0, 1}",
     "pixelcnn": "binary {0, 1} images side x side",
     "lstm_ar": "binary {0, 1}",
+    "rnn_ar": "binary {0, 1}",
 }
 
 
@@ -97,8 +112,11 @@ __all__ = [
     "DenoisingAE",
     "SparseAE",
     "VAE",
+    "BetaVAE",
     "ConvVAE",
     "gaussian_kl",
+    "UntiedNADE",
+    "RNNAR",
     "GAN",
     "DCGAN",
     "minimax_value",

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ._utils import as_flat, as_images, bernoulli_log_prob, like, sample_bernoulli
 
-__all__ = ["FVSBN", "NADE", "MADE", "PixelCNN", "LSTMAR", "MaskedConv2d"]
+__all__ = ["FVSBN", "NADE", "UntiedNADE", "MADE", "PixelCNN", "LSTMAR", "RNNAR", "MaskedConv2d"]
 
 
 def _sample_in_order(
@@ -358,18 +358,33 @@ class LSTMAR(nn.Module):
     data_kind = "binary"
     log_prob_kind = "exact"
 
-    def __init__(self, dim: int = 64, hidden: int = 64, num_layers: int = 1) -> None:
+    def __init__(self, dim: int = 64, hidden: int = 64, num_layers: int = 1,
+                 cell: str = "lstm") -> None:
+        """cell: "lstm", or "rnn" for a plain tanh recurrent network (RNNAR)."""
         super().__init__()
+        if cell not in ("lstm", "rnn"):
+            raise ValueError(f"cell must be 'lstm' or 'rnn', got {cell!r}")
         self.dim = dim
+        self.cell = cell
         self.event_shape: tuple[int, ...] = (dim,)
-        self.lstm = nn.LSTM(1, hidden, num_layers=num_layers, batch_first=True)
+        if cell == "lstm":  # the attribute names keep LSTM checkpoints loadable
+            self.lstm = nn.LSTM(1, hidden, num_layers=num_layers, batch_first=True)
+        else:
+            self.rnn = nn.RNN(1, hidden, num_layers=num_layers, nonlinearity="tanh",
+                              batch_first=True)
         self.head = nn.Linear(hidden, 1)
 
+    @property
+    def recurrent(self) -> nn.Module:
+        """The recurrent network: the LSTM, or the tanh RNN."""
+        return self.lstm if self.cell == "lstm" else self.rnn
+
     def logits(self, x: Tensor) -> Tensor:
-        """All D conditional logits, shape [N, D] (one LSTM pass over the shifted input)."""
+        """All D conditional logits, shape [N, D] (one recurrent pass over the shifted
+        input)."""
         x = as_flat(x, self.dim)
         shifted = torch.cat([torch.zeros_like(x[:, :1]), 2 * x[:, :-1] - 1], dim=1)
-        h, _ = self.lstm(shifted.unsqueeze(-1))
+        h, _ = self.recurrent(shifted.unsqueeze(-1))
         return self.head(h).squeeze(-1)
 
     def log_prob(self, x: Tensor) -> Tensor:
@@ -383,12 +398,62 @@ class LSTMAR(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """Ancestral samples carrying the LSTM state: one step per pixel, shape [n, D]."""
+        """Ancestral samples carrying the recurrent state: one step per pixel, [n, D]."""
         x = torch.zeros(n, self.dim, **like(self))  # type: ignore[arg-type]
         inp = torch.zeros(n, 1, 1, **like(self))  # type: ignore[arg-type]
-        state: tuple[Tensor, Tensor] | None = None
+        state = None
         for i in range(self.dim):
-            h, state = self.lstm(inp, state)
+            h, state = self.recurrent(inp, state)
             x[:, i] = sample_bernoulli(self.head(h[:, -1]).squeeze(-1), generator)
             inp = (2 * x[:, i] - 1).reshape(n, 1, 1)
         return x
+
+
+class RNNAR(LSTMAR):
+    """LSTMAR with a plain tanh recurrent network instead of the LSTM (Elman 1990)."""
+
+    def __init__(self, dim: int = 64, hidden: int = 64, num_layers: int = 1) -> None:
+        super().__init__(dim, hidden, num_layers, cell="rnn")
+
+
+class UntiedNADE(nn.Module):
+    """NADE with untied weights (Larochelle and Murray 2011's untied variant): each
+    conditional i has its own input weights W[i] [H, D], masked to the inputs before i,
+    h_i = sigmoid(c_i + W[i][:, <i] x_<i), logit_i = V_i . h_i + b_i. D times NADE's
+    input parameters; all D conditionals in one masked contraction."""
+
+    data_kind = "binary"
+    log_prob_kind = "exact"
+
+    def __init__(self, dim: int = 64, hidden: int = 64) -> None:
+        super().__init__()
+        self.dim = dim
+        self.event_shape: tuple[int, ...] = (dim,)
+        self.W = nn.Parameter(torch.randn(dim, hidden, dim) * (1.0 / math.sqrt(dim)))
+        self.c = nn.Parameter(torch.zeros(dim, hidden))
+        self.V = nn.Parameter(torch.randn(dim, hidden) * (1.0 / math.sqrt(hidden)))
+        self.b = nn.Parameter(torch.zeros(dim))
+        # mask[i, j] = 1 where input j comes before conditional i
+        self.register_buffer("mask", torch.ones(dim, dim).tril(-1), persistent=False)
+
+    def logits(self, x: Tensor) -> Tensor:
+        """All D conditional logits, shape [N, D]."""
+        x = as_flat(x, self.dim)
+        weights = self.W * self.mask.to(self.W.dtype).unsqueeze(1)  # [D, H, D]
+        a = torch.einsum("ihj,nj->nih", weights, x) + self.c  # [N, D, H]
+        return (torch.sigmoid(a) * self.V).sum(-1) + self.b
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Exact log p(x), shape [N]."""
+        x = as_flat(x, self.dim)
+        return bernoulli_log_prob(self.logits(x), x)
+
+    def loss(self, x: Tensor) -> Tensor:
+        """Mean negative log-likelihood (nats per example)."""
+        return -self.log_prob(x).mean()
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Ancestral samples in order, shape [n, D]."""
+        return _sample_in_order(n, list(range(self.dim)), (self.dim,), self.logits, self,
+                                generator)

@@ -24,7 +24,7 @@ from torch.distributions import Normal
 
 from ._utils import as_flat, as_images, bernoulli_log_prob, randn, sample_bernoulli
 
-__all__ = ["VAE", "ConvVAE", "gaussian_kl"]
+__all__ = ["VAE", "BetaVAE", "ConvVAE", "gaussian_kl"]
 
 _LIKELIHOODS = ("bernoulli", "gaussian")
 # Floor on the encoder's standard deviation: keeps log std finite in float32.
@@ -59,6 +59,7 @@ class VAE(nn.Module):
         min_std: float = 1e-2,
         n_importance: int = 16,
         *,
+        beta: float = 1.0,
         encoder: nn.Module | None = None,
         decoder: nn.Module | None = None,
         event_shape: tuple[int, ...] | None = None,
@@ -67,6 +68,9 @@ class VAE(nn.Module):
         2 z_dim Gaussian parameters, `decoder` z to the likelihood's parameters) and its
         `event_shape`."""
         super().__init__()
+        if not (isinstance(beta, (int, float)) and beta > 0):
+            raise ValueError(f"beta must be a positive number, got {beta!r}")
+        self.beta = float(beta)  # the KL term's weight in `loss` (1: the ELBO)
         self.dim = dim
         self.event_shape: tuple[int, ...] = event_shape or (dim,)
         self._init_common(z_dim, likelihood, min_std, n_importance)
@@ -166,8 +170,16 @@ class VAE(nn.Module):
         return self.iw_log_prob(x, generator=generator)
 
     def loss(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Negative ELBO averaged over the batch (nats per example)."""
-        return -self.elbo(x, generator).mean()
+        """The negative ELBO averaged over the batch (nats per example), its KL term
+        weighted by `beta` (Higgins et al. 2017; beta = 1: the ELBO itself). `log_prob`
+        estimates log p(x) whatever beta trained the model."""
+        if self.beta == 1.0:
+            return -self.elbo(x, generator).mean()
+        x = self._prepare(x)
+        q = self.encode(x)
+        z = self.reparameterize(q.loc, q.scale, generator=generator)
+        kl = gaussian_kl(q.loc, q.scale)
+        return -(self.log_likelihood(x, z) - self.beta * kl).mean()
 
     @torch.no_grad()
     def sample(
@@ -230,3 +242,20 @@ class ConvVAE(VAE):
         lead = z.shape[:-1]
         out = self.decoder(z.reshape(-1, self.z_dim))
         return out.reshape(*lead, *self.event_shape)
+
+
+class BetaVAE(VAE):
+    """The MLP VAE trained with the KL term weighted by beta (Higgins et al. 2017):
+    beta > 1 trades reconstruction for a latent code closer to the prior."""
+
+    def __init__(
+        self,
+        dim: int = 64,
+        hidden: int = 128,
+        z_dim: int = 8,
+        beta: float = 4.0,
+        likelihood: str = "bernoulli",
+        min_std: float = 1e-2,
+        n_importance: int = 16,
+    ) -> None:
+        super().__init__(dim, hidden, z_dim, likelihood, min_std, n_importance, beta=beta)

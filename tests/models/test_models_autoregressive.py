@@ -12,7 +12,16 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.functional import jacobian
 
-from energydsl.models import FVSBN, LSTMAR, MADE, NADE, MaskedConv2d, PixelCNN
+from energydsl.models import (
+    FVSBN,
+    LSTMAR,
+    MADE,
+    NADE,
+    RNNAR,
+    MaskedConv2d,
+    PixelCNN,
+    UntiedNADE,
+)
 
 from models_helpers import perturb
 
@@ -26,6 +35,8 @@ BUILDERS: dict[str, Callable[[int], nn.Module]] = {
     ),
     "pixelcnn": lambda d: PixelCNN(side=math.isqrt(d), channels=4, n_layers=2),
     "lstm_ar": lambda d: LSTMAR(dim=d, hidden=8),
+    "rnn_ar": lambda d: RNNAR(dim=d, hidden=8),
+    "untied_nade": lambda d: UntiedNADE(dim=d, hidden=8),
 }
 # Dimensions per test: PixelCNN needs a square number of pixels.
 ENUM_DIM = {k: (9 if k == "pixelcnn" else 10) for k in BUILDERS}

@@ -13,7 +13,7 @@ from scipy import stats
 from torch import Tensor
 from torch.distributions import Normal, kl_divergence
 
-from energydsl.models import VAE, ConvVAE, gaussian_kl
+from energydsl.models import VAE, BetaVAE, ConvVAE, gaussian_kl
 
 from models_helpers import perturb
 
@@ -171,3 +171,21 @@ def test_conv_vae_is_built_by_the_vae_constructor() -> None:
     assert names == {"encoder", "decoder", "decoder_std_raw"}
     x = torch.rand(5, 1, 8, 8)
     assert torch.isfinite(model.loss(x)) and model.sample(2).shape == (2, 1, 8, 8)
+
+
+def test_beta_weights_the_kl_term_only() -> None:
+    """loss = -(E_q log p(x|z) - beta KL(q || p)): with the same noise, the beta-VAE's loss
+    minus the plain VAE's is (beta - 1) KL; beta = 1 is the negative ELBO."""
+    torch.manual_seed(0)
+    plain = VAE(dim=6, hidden=5, z_dim=2).double()
+    weighted = BetaVAE(dim=6, hidden=5, z_dim=2, beta=3.0).double()
+    weighted.load_state_dict(plain.state_dict())
+    x = torch.bernoulli(torch.full((9, 6), 0.5, dtype=torch.float64))
+    q = plain.encode(x)
+    kl = gaussian_kl(q.loc, q.scale).mean()
+    a = plain.loss(x, torch.Generator().manual_seed(1))
+    b = weighted.loss(x, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(b - a, 2.0 * kl, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(a, -plain.elbo(x, torch.Generator().manual_seed(1)).mean())
+    with pytest.raises(ValueError, match="beta"):
+        VAE(beta=0)
