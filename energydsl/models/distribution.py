@@ -1,0 +1,86 @@
+"""Any energydsl model with an exact log-likelihood as a torch.distributions.Distribution.
+
+The companion models (flows, autoregressive models) and the generated energy models whose
+normaliser is exact (Gaussians, mixtures, models summed over their hidden states) share a
+small protocol: `log_prob(x)` on a batch [N, *event_shape], `sample(n, generator=None)`,
+`loss(x)`. `as_distribution(model)` wraps one as a Distribution with that event shape, so
+it composes with the ecosystem (torch.distributions.kl, Independent, MixtureSameFamily's
+callers, Pyro-style code): `log_prob` takes any leading batch shape, `sample` any sample
+shape. Models whose `log_prob` is a bound or an estimate are refused: a Distribution's
+log_prob must be the density.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution, constraints
+
+
+def event_shape_of(model: nn.Module) -> tuple[int, ...]:
+    """The shape of one draw: a companion model's `event_shape`, a generated model's
+    visible size."""
+    shape = getattr(model, "event_shape", None)
+    if shape is not None:
+        return tuple(shape)
+    size = getattr(model, "visible_size", None)
+    if size is None:
+        raise ValueError(f"{type(model).__name__} has no event_shape nor visible_size")
+    return (int(size),)
+
+
+def exact_log_prob(model: nn.Module) -> bool:
+    """Whether `model.log_prob` is the exact log-likelihood (not a bound or estimate)."""
+    if not callable(getattr(model, "log_prob", None)):
+        return False
+    kind = getattr(model, "log_prob_kind", None)
+    if kind is not None:  # the companion models say so
+        return kind == "exact"
+    return getattr(model, "normalised", True)  # generated modules have it only when exact
+
+
+class ModelDistribution(Distribution):
+    """A model with an exact `log_prob` and a `sample(n)` as a Distribution (batch shape
+    (), event shape the model's). No rsample: the models draw without reparameterisation
+    (ancestral or Gibbs/exact samplers)."""
+
+    arg_constraints: dict = {}
+    has_rsample = False
+
+    def __init__(self, model: nn.Module, validate_args: bool | None = False) -> None:
+        if not exact_log_prob(model):
+            raise ValueError(f"{type(model).__name__} has no exact log_prob (log_prob_kind="
+                             f"{getattr(model, 'log_prob_kind', None)!r}); a Distribution "
+                             "needs the density itself")
+        self.model = model
+        super().__init__(torch.Size(), torch.Size(event_shape_of(model)),
+                         validate_args=validate_args)
+
+    @property
+    def support(self):  # noqa: ANN201 - a torch constraint
+        binary = getattr(self.model, "data_kind", None) == "binary" or getattr(
+            self.model, "visible_domain", None) == "binary"
+        return constraints.independent(constraints.boolean if binary else constraints.real,
+                                       len(self.event_shape))
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        """log p(value) with any leading batch shape: [*B, *event_shape] -> [*B]."""
+        events = len(self.event_shape)
+        batch = value.shape[:value.dim() - events]
+        flat = value.reshape(math.prod(batch), *self.event_shape)
+        return self.model.log_prob(flat).reshape(batch)
+
+    def sample(self, sample_shape: torch.Size | tuple = (),
+               generator: torch.Generator | None = None) -> Tensor:
+        """Draws of shape [*sample_shape, *event_shape] (the model's own sampler)."""
+        shape = torch.Size(sample_shape)
+        with torch.no_grad():
+            draws = self.model.sample(max(1, math.prod(shape)), generator=generator)
+        return draws[: math.prod(shape)].reshape(*shape, *self.event_shape)
+
+
+def as_distribution(model: nn.Module) -> ModelDistribution:
+    """`model` as a torch.distributions.Distribution (see the module docstring)."""
+    return ModelDistribution(model)

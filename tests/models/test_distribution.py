@@ -1,0 +1,46 @@
+"""Models with an exact log-likelihood as torch.distributions.Distribution: shapes of
+log_prob and sample, normalisation by enumeration, and refusal of bounds."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import energydsl
+from energydsl.models import NADE, VAE, RealNVP
+from energydsl.models.distribution import as_distribution
+
+
+def test_an_autoregressive_model_is_a_normalised_distribution():
+    torch.manual_seed(0)
+    model = NADE(dim=6, hidden=5).double()
+    dist = as_distribution(model)
+    assert dist.event_shape == (6,) and dist.batch_shape == ()
+    every = torch.tensor(list(itertools.product([0.0, 1.0], repeat=6)), dtype=torch.float64)
+    grid = every.reshape(8, 8, 6)  # any leading batch shape
+    log_p = dist.log_prob(grid)
+    assert log_p.shape == (8, 8)
+    torch.testing.assert_close(log_p.reshape(-1), model.log_prob(every))
+    assert abs(float(torch.logsumexp(log_p.detach().reshape(-1), 0))) < 1e-10
+    draws = dist.sample((3, 2))
+    assert draws.shape == (3, 2, 6) and set(draws.unique().tolist()) <= {0.0, 1.0}
+    assert dist.support.check(draws).all()
+
+
+def test_a_generated_gaussian_model_is_a_distribution():
+    cls = energydsl.compile("ppca")
+    model = cls(D=3, K=1, dtype=torch.float64)
+    dist = as_distribution(model)
+    assert dist.event_shape == (3,)
+    x = torch.randn(4, 5, 3, dtype=torch.float64)
+    torch.testing.assert_close(dist.log_prob(x), model.log_prob(x.reshape(20, 3)).reshape(4, 5))
+    assert dist.sample((7,)).shape == (7, 3)
+
+
+def test_a_flow_without_dequantisation_is_exact_and_a_bound_is_refused():
+    flow = RealNVP(dim=4, n_couplings=2, hidden=(8,), mask="alternating", dequantization="none")
+    assert as_distribution(flow).sample((2,)).shape == (2, 4)
+    with pytest.raises(ValueError, match="no exact log_prob"):
+        as_distribution(VAE(dim=4, hidden=3, z_dim=2))
