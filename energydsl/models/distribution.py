@@ -16,7 +16,7 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, constraints
+from torch.distributions import Distribution, Transform, constraints
 
 
 def event_shape_of(model: nn.Module) -> tuple[int, ...]:
@@ -84,3 +84,43 @@ class ModelDistribution(Distribution):
 def as_distribution(model: nn.Module) -> ModelDistribution:
     """`model` as a torch.distributions.Distribution (see the module docstring)."""
     return ModelDistribution(model)
+
+
+class FlowTransform(Transform):
+    """A flow's bijection v -> z (its couplings and scaling, not the data-space logit or
+    dequantisation) as a torch.distributions.Transform with event_dim 1, so that
+    `TransformedDistribution(base, [FlowTransform(flow).inv])` is the flow's density in its
+    own input space. Caches the last (x, y) pair like torch's transforms (cache_size=1)."""
+
+    domain = constraints.independent(constraints.real, 1)
+    codomain = constraints.independent(constraints.real, 1)
+    bijective = True
+
+    def __init__(self, flow: nn.Module, cache_size: int = 1) -> None:
+        super().__init__(cache_size=cache_size)
+        self.flow = flow
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FlowTransform) and other.flow is self.flow
+
+    def __hash__(self) -> int:
+        return id(self.flow)
+
+    def _call(self, x: Tensor) -> Tensor:
+        return self.flow.forward_transform(x)[0]
+
+    def _inverse(self, y: Tensor) -> Tensor:
+        return self.flow.inverse_transform(y)
+
+    def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.flow.forward_transform(x)[1]
+
+
+def as_transform(flow: nn.Module) -> FlowTransform:
+    """A flow (NICE, RealNVP: anything with forward_transform and inverse_transform) as a
+    torch.distributions.Transform."""
+    if not (callable(getattr(flow, "forward_transform", None))
+            and callable(getattr(flow, "inverse_transform", None))):
+        raise ValueError(f"{type(flow).__name__} is not a flow (no forward_transform and "
+                         "inverse_transform)")
+    return FlowTransform(flow)

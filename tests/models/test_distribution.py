@@ -44,3 +44,25 @@ def test_a_flow_without_dequantisation_is_exact_and_a_bound_is_refused():
     assert as_distribution(flow).sample((2,)).shape == (2, 4)
     with pytest.raises(ValueError, match="no exact log_prob"):
         as_distribution(VAE(dim=4, hidden=3, z_dim=2))
+
+
+def test_a_flow_is_a_transform_of_its_base_distribution():
+    """TransformedDistribution(base, [flow.inv]) has the flow's own density, and the
+    transform inverts itself."""
+    from torch.distributions import Independent, Normal, TransformedDistribution
+
+    from energydsl.models.distribution import as_transform
+
+    torch.manual_seed(1)
+    flow = RealNVP(dim=4, n_couplings=3, hidden=(8,), mask="alternating",
+                   dequantization="none").double()
+    transform = as_transform(flow)
+    base = Independent(Normal(torch.zeros(4, dtype=torch.float64),
+                              torch.ones(4, dtype=torch.float64)), 1)
+    model = TransformedDistribution(base, [transform.inv])
+    x = torch.randn(6, 4, dtype=torch.float64)
+    torch.testing.assert_close(model.log_prob(x), flow.log_density(x), rtol=1e-10,
+                               atol=1e-10)
+    torch.testing.assert_close(transform.inv(transform(x)), x, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="not a flow"):
+        as_transform(NADE(dim=4))
