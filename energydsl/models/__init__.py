@@ -22,8 +22,17 @@ from collections.abc import Callable
 from torch import nn
 
 from .autoencoders import MLPAE, ConvAE, DenoisingAE, LinearAE, SparseAE
-from .autoregressive import FVSBN, LSTMAR, MADE, NADE, MaskedConv2d, PixelCNN
-from .flows import NICE, AdditiveCoupling, AffineCoupling, RealNVP, make_mask
+from .autoregressive import FVSBN, LSTMAR, MADE, NADE, MaskedConv2d, MaskedNetwork, PixelCNN
+from .flows import (
+    IAF,
+    MAF,
+    NICE,
+    AdditiveCoupling,
+    AffineCoupling,
+    MaskedAffine,
+    RealNVP,
+    make_mask,
+)
 from .gan import (
     DCGAN,
     GAN,
@@ -45,6 +54,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "dcgan": DCGAN,
     "nice": NICE,
     "realnvp": RealNVP,
+    "maf": MAF,
+    "iaf": IAF,
     "fvsbn": FVSBN,
     "nade": NADE,
     "made": MADE,
@@ -69,6 +80,8 @@ DATA_NOTES: dict[str, str] = {
     "dcgan": "continuous in [0, 1] images side x side",
     "nice": "continuous in [0, 1], discrete with `levels` values (uniformly dequantised)",
     "realnvp": "continuous in [0, 1], discrete with `levels` values (logit dequantisation)",
+    "maf": "continuous in [0, 1], discrete with `levels` values (logit dequantisation)",
+    "iaf": "continuous in [0, 1], discrete with `levels` values (logit dequantisation)",
     "fvsbn": "binary {0, 1}",
     "nade": "binary {0, 1}",
     "made": "binary {0, 1}",
@@ -106,12 +119,16 @@ __all__ = [
     "generator_loss_from_logits",
     "NICE",
     "RealNVP",
+    "MAF",
+    "IAF",
+    "MaskedAffine",
     "AdditiveCoupling",
     "AffineCoupling",
     "make_mask",
     "FVSBN",
     "NADE",
     "MADE",
+    "MaskedNetwork",
     "PixelCNN",
     "MaskedConv2d",
     "LSTMAR",
