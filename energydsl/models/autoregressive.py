@@ -9,6 +9,9 @@ draws the coordinates one at a time in order. Data are {0, 1} (``data_kind = "bi
 - NADE: weight-tied hidden layer h_i = sigmoid(c + W[:, <i] x_<i), logit_i = V_i . h_i + b_i.
 - MADE: an MLP whose weights are masked by the seed 003 degree rule; optionally
   order-agnostic and/or connectivity-agnostic (several mask sets, cycled during training).
+  The degree rule lives in ``hidden_degrees``/``input_degrees``/``degree_masks``, shared
+  with ``MaskedNetwork``: a MADE with P real outputs per coordinate and an optional
+  unmasked context, the conditioner of the masked autoregressive flows (flows.MAF/IAF).
 - PixelCNN: masked convolutions (mask A then mask B) over the image in raster order.
 - LSTMAR: an LSTM reading the pixels in raster order, shifted by one.
 """
@@ -24,7 +27,60 @@ from torch import Tensor, nn
 
 from ._utils import as_flat, as_images, bernoulli_log_prob, like, sample_bernoulli
 
-__all__ = ["FVSBN", "NADE", "UntiedNADE", "MADE", "PixelCNN", "LSTMAR", "RNNAR", "MaskedConv2d"]
+__all__ = [
+    "FVSBN",
+    "NADE",
+    "MADE",
+    "MaskedNetwork",
+    "PixelCNN",
+    "LSTMAR",
+    "RNNAR",
+    "UntiedNADE",
+    "MaskedConv2d",
+    "hidden_degrees",
+    "input_degrees",
+    "degree_masks",
+]
+
+
+def hidden_degrees(
+    dim: int, hidden: Sequence[int], generator: torch.Generator | None = None
+) -> list[Tensor]:
+    """Random degrees of the hidden units (Germain et al. 2015; seed 003, 18.2.4).
+
+    Layer l's units draw m(k) uniformly from [min degree of layer l - 1, D - 1] (the first
+    hidden layer from [1, D - 1]), so no unit is useless.
+    """
+    degrees, low = [], 1
+    for h in hidden:
+        deg = torch.randint(low, dim, (h,), generator=generator)
+        degrees.append(deg)
+        low = int(deg.min()) if h > 0 else low
+    return degrees
+
+
+def input_degrees(order: Tensor) -> Tensor:
+    """Input degrees from an ordering (order[i] = the coordinate at position i):
+    coordinate order[i] gets degree i + 1."""
+    deg = torch.empty_like(order)
+    deg[order] = torch.arange(1, order.numel() + 1, device=order.device, dtype=order.dtype)
+    return deg
+
+
+def degree_masks(
+    deg_in: Tensor, hidden: Sequence[Tensor], deg_out: Tensor | None = None
+) -> list[Tensor]:
+    """The {0,1} (bool) weight masks, one per linear layer ([out, in]), of the degree rule:
+    hidden unit k <- unit j iff m(k) >= m(j); output o <- unit j iff m(o) > m(j), with
+    ``deg_out`` the outputs' degrees (default ``deg_in``: one output per coordinate).
+    Output o then depends only on inputs of degree < m(o)."""
+    deg_out = deg_in if deg_out is None else deg_out
+    out, prev = [], deg_in
+    for deg in hidden:
+        out.append(deg[:, None] >= prev[None, :])
+        prev = deg
+    out.append(deg_out[:, None] > prev[None, :])
+    return out
 
 
 def _sample_in_order(
@@ -200,11 +256,7 @@ class MADE(nn.Module):
         for k in range(num_masks):
             orders.append(torch.randperm(dim, generator=g) if order_agnostic else torch.arange(dim))
             if k == 0 or connectivity_agnostic:
-                layer_degrees, low = [], 1
-                for h in hidden:
-                    deg = torch.randint(low, dim, (h,), generator=g)
-                    layer_degrees.append(deg)
-                    low = int(deg.min())
+                layer_degrees = hidden_degrees(dim, hidden, g)
             degrees.append(layer_degrees)
         # orders[k, i] = the input coordinate at position i of ordering k.
         self.register_buffer("orders", torch.stack(orders))
@@ -222,15 +274,8 @@ class MADE(nn.Module):
     def masks(self, k: int | None = None) -> list[Tensor]:
         """The {0,1} weight masks of mask set k, one per linear layer ([out, in])."""
         k = int(self.mask_index) if k is None else k
-        deg_in = torch.empty(self.dim, dtype=torch.long, device=self.orders.device)
-        deg_in[self.orders[k]] = torch.arange(1, self.dim + 1, device=self.orders.device)
-        out, prev = [], deg_in
-        for layer_idx in range(self.n_hidden_layers):
-            deg = getattr(self, f"degrees_{layer_idx}")[k]
-            out.append(deg[:, None] >= prev[None, :])
-            prev = deg
-        out.append(deg_in[:, None] > prev[None, :])
-        return out
+        hidden = [getattr(self, f"degrees_{i}")[k] for i in range(self.n_hidden_layers)]
+        return degree_masks(input_degrees(self.orders[k]), hidden)
 
     def logits(self, x: Tensor, k: int | None = None) -> Tensor:
         """All D conditional logits under mask set k, shape [N, D]."""
@@ -272,6 +317,77 @@ class MADE(nn.Module):
         """Ancestral samples in the current ordering, shape [n, D]."""
         order = self.order().tolist()
         return _sample_in_order(n, order, (self.dim,), self.logits, self, generator)
+
+
+class MaskedNetwork(nn.Module):
+    """A MADE used as a conditioner: D inputs -> D x P real outputs, autoregressive.
+
+    ``forward(x, context=None)`` returns [N, P, D]: out[:, p, i] is parameter p of
+    coordinate i (e.g. P = 2 for a shift and a log-scale) and depends only on the inputs
+    before i in ``order`` (order[j] = the coordinate at position j; default 0, 1, ...,
+    D - 1), by the degree rule of MADE (``hidden_degrees``, ``degree_masks``: the output
+    unit (i, p) has the degree of input i). The first coordinate's outputs are constants.
+
+    ``context_dim = C > 0`` adds an unmasked context vector [N, C] (or [C], shared by the
+    batch) feeding every hidden unit and every output (one bias-free linear map per layer),
+    for conditional models: even the first coordinate's outputs, which see no input, then
+    depend on the context. It does not break the autoregressive property in x. The masks
+    are buffers (saved in the state dict); hidden degrees are drawn from ``seed``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: Sequence[int] = (128,),
+        params_per_dim: int = 2,
+        order: Sequence[int] | Tensor | None = None,
+        context_dim: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if dim < 2:
+            raise ValueError("MaskedNetwork needs dim >= 2")
+        if params_per_dim < 1 or context_dim < 0:
+            raise ValueError("params_per_dim must be >= 1 and context_dim >= 0")
+        order_t = torch.arange(dim) if order is None else torch.as_tensor(order).long()
+        if not torch.equal(torch.sort(order_t).values, torch.arange(dim)):
+            raise ValueError(f"order must be a permutation of 0..{dim - 1}")
+        self.dim, self.params_per_dim, self.context_dim = dim, params_per_dim, context_dim
+        deg_in = input_degrees(order_t)
+        hid = hidden_degrees(dim, hidden, torch.Generator().manual_seed(seed))
+        masks = degree_masks(deg_in, hid, deg_out=deg_in.repeat(params_per_dim))
+        sizes = [dim, *hidden, dim * params_per_dim]
+        self.layers = nn.ModuleList(
+            nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:], strict=True)
+        )
+        self.register_buffer("order", order_t)
+        for i, m in enumerate(masks):
+            self.register_buffer(f"mask_{i}", m.float())
+        self.context_layers = nn.ModuleList(
+            nn.Linear(context_dim, h, bias=False) for h in (sizes[1:] if context_dim else [])
+        )
+
+    def masks(self) -> list[Tensor]:
+        """The {0,1} float weight masks, one per linear layer ([out, in])."""
+        return [getattr(self, f"mask_{i}") for i in range(len(self.layers))]
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """[N, D] -> [N, P, D] (output (i, p) at [:, p, i])."""
+        h = as_flat(x, self.dim)
+        if (context is None) != (self.context_dim == 0):
+            raise ValueError(
+                f"this network takes a context of dimension {self.context_dim}"
+                if self.context_dim
+                else "this network takes no context"
+            )
+        last = len(self.layers) - 1
+        for i, (layer, m) in enumerate(zip(self.layers, self.masks(), strict=True)):
+            h = F.linear(h, layer.weight * m.to(h.dtype), layer.bias)
+            if context is not None:
+                h = h + self.context_layers[i](context)
+            if i < last:
+                h = F.relu(h)
+        return h.reshape(h.shape[0], self.params_per_dim, self.dim)
 
 
 class MaskedConv2d(nn.Conv2d):

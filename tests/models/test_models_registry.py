@@ -15,7 +15,7 @@ from models_helpers import data_for
 NAMES = sorted(MODELS)
 EXPECTED = {
     "linear_ae", "mlp_ae", "conv_ae", "denoising_ae", "sparse_ae", "vae", "conv_vae", "gan",
-    "dcgan", "nice", "realnvp", "fvsbn", "nade", "made", "pixelcnn", "lstm_ar",
+    "dcgan", "nice", "realnvp", "maf", "iaf", "fvsbn", "nade", "made", "pixelcnn", "lstm_ar",
     "beta_vae", "untied_nade", "rnn_ar",
 }  # fmt: skip
 BINARY = {"fvsbn", "nade", "made", "pixelcnn", "lstm_ar", "vae", "conv_vae", "beta_vae",
@@ -181,5 +181,5 @@ def test_sample_shape_and_determinism(name: str, digits: Tensor) -> None:
     assert torch.equal(s1, model.sample(6))  # global seed is honoured too
     if model.data_kind == "binary":
         assert set(s.unique().tolist()) <= {0.0, 1.0}
-    if name in ("gan", "dcgan", "nice", "realnvp"):
+    if name in ("gan", "dcgan", "nice", "realnvp", "maf", "iaf"):
         assert s.min() >= 0 and s.max() <= 1

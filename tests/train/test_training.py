@@ -172,7 +172,7 @@ def test_sample_and_report_write_the_expected_files(tmp_path):
                f"{record['valid_loss']:.6g} |" in index
 
 
-@pytest.mark.parametrize("name", ["made", "realnvp", "gan"])
+@pytest.mark.parametrize("name", ["made", "realnvp", "maf", "iaf", "gan"])
 def test_companion_models_train_through_the_same_command(tmp_path, name):
     run = tmp_path / name
     assert main(["train", name, "--epochs", "1", "--lr", "0.003", "--out", str(run)]) == 0
