@@ -1,10 +1,12 @@
 """Flows: the companion RealNVP (energydsl/models/flows.py) against a paper-style reference
 RealNVP written here (half-input MLPs, tanh-bounded log-scales) and, when it is installed,
 zuko's RealNVP (zuko.flows.RealNVP; optional, not a dependency), with the same number of
-couplings, the same hidden widths and alternating masks, in this one process.
+couplings, the same hidden widths and alternating masks; and the companion MAF against
+zuko's MAF (zuko.flows.MAF) with the same number of transforms and hidden widths; in this
+one process.
 
     .venv/bin/python bench/flows.py [--D 64 784] [--couplings 6] [--hidden 128 128]
-                                    [--batch 128] [--repeats 20]
+                                    [--batch 128] [--repeats 20] [--family realnvp maf]
 
 Prints each model's parameter count (Adam keeps two more numbers per parameter) and the
 best-of-repeats time of one training step (negative log-density of the batch in flow space,
@@ -22,7 +24,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from energydsl.models import RealNVP
+from energydsl.models import MAF, RealNVP
 
 try:
     import zuko
@@ -102,38 +104,60 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, nargs="+", default=[128, 128])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--family", nargs="+", default=["realnvp", "maf"],
+                        choices=["realnvp", "maf"])
     args = parser.parse_args()
     torch.set_num_threads(1)
     hidden = tuple(args.hidden)
-    print(f"RealNVP, {args.couplings} couplings, hidden {hidden}, alternating masks, batch "
-          f"{args.batch}, float32, 1 thread, best of {args.repeats}"
-          + ("" if zuko is not None else "; zuko not installed: its column is skipped"))
-    print(f"{'D':>5} {'model':10} {'parameters':>11} {'step':>9}   companion / this")
-    for dim in args.D:
-        torch.manual_seed(0)
-        x = torch.randn(args.batch, dim)
-        companion = RealNVP(dim=dim, n_couplings=args.couplings, hidden=hidden,
-                            mask="alternating", dequantization="none")
-        reference = ReferenceRealNVP(dim, args.couplings, hidden)
-        models: dict[str, tuple[nn.Module, Loss]] = {
-            "companion": (companion, _nll), "reference": (reference, _nll)}
+    for family in args.family:
+        what = ("alternating masks" if family == "realnvp" else
+                "orderings reversed between layers")
+        print(f"\n{family}, {args.couplings} transforms, hidden {hidden}, {what}, batch "
+              f"{args.batch}, float32, 1 thread, best of {args.repeats}"
+              + ("" if zuko is not None else "; zuko not installed: its column is skipped"))
+        print(f"{'D':>5} {'model':10} {'parameters':>11} {'step':>9}   companion / this")
+        for dim in args.D:
+            _compare(family, dim, args, hidden)
+
+
+def _models(family: str, dim: int, couplings: int, hidden: tuple
+            ) -> dict[str, tuple[nn.Module, Loss]]:
+    if family == "maf":
+        models: dict[str, tuple[nn.Module, Loss]] = {"companion": (
+            MAF(dim=dim, n_layers=couplings, hidden=hidden, dequantization="none"), _nll)}
         if zuko is not None:
-            flow = zuko.flows.RealNVP(dim, transforms=args.couplings, hidden_features=hidden)
-            models["zuko"] = (flow, _zuko_nll)
-        steps = {name: _step(model, nll, x) for name, (model, nll) in models.items()}
-        best = dict.fromkeys(steps, math.inf)
-        for work in steps.values():
-            work()  # warm-up
-        for _ in range(args.repeats):
-            for name, work in steps.items():
-                start = time.perf_counter()
-                work()
-                best[name] = min(best[name], time.perf_counter() - start)
-        base_params, base_time = _count(companion), best["companion"]
-        for name, (model, _) in models.items():
-            n = _count(model)
-            print(f"{dim:5} {name:10} {n:11,} {best[name] * 1e3:7.2f}ms "
-                  f"{base_time / best[name]:5.2f}x time, {base_params / n:4.2f}x params")
+            models["zuko"] = (zuko.flows.MAF(dim, transforms=couplings,
+                                             hidden_features=hidden), _zuko_nll)
+        return models
+    models = {"companion": (RealNVP(dim=dim, n_couplings=couplings, hidden=hidden,
+                                    mask="alternating", dequantization="none"), _nll),
+              "reference": (ReferenceRealNVP(dim, couplings, hidden), _nll)}
+    if zuko is not None:
+        models["zuko"] = (zuko.flows.RealNVP(dim, transforms=couplings,
+                                             hidden_features=hidden), _zuko_nll)
+    return models
+
+
+def _compare(family: str, dim: int, args: argparse.Namespace, hidden: tuple) -> None:
+    """Time one family's models at one D, interleaved, and print a row each."""
+    torch.manual_seed(0)
+    x = torch.randn(args.batch, dim)
+    models = _models(family, dim, args.couplings, hidden)
+    companion = models["companion"][0]
+    steps = {name: _step(model, nll, x) for name, (model, nll) in models.items()}
+    best = dict.fromkeys(steps, math.inf)
+    for work in steps.values():
+        work()  # warm-up
+    for _ in range(args.repeats):
+        for name, work in steps.items():
+            start = time.perf_counter()
+            work()
+            best[name] = min(best[name], time.perf_counter() - start)
+    base_params, base_time = _count(companion), best["companion"]
+    for name, (model, _) in models.items():
+        n = _count(model)
+        print(f"{dim:5} {name:10} {n:11,} {best[name] * 1e3:7.2f}ms "
+              f"{base_time / best[name]:5.2f}x time, {base_params / n:4.2f}x params")
 
 
 if __name__ == "__main__":

@@ -71,6 +71,7 @@ ENTRIES = (
     Entry("DEM / DSM", "dem", "dsm", (("H", 16), ("K", 16)), lr=0.01),
     Entry("NICE", "nice", lr=1e-2),
     Entry("RealNVP", "realnvp", lr=1e-3),
+    Entry("MAF", "maf", lr=3e-3),
     Entry("FVSBN (binarised)", "fvsbn", lr=3e-3),
     Entry("NADE (binarised)", "nade", lr=3e-3),
     Entry("MADE (binarised)", "made", lr=3e-3),
