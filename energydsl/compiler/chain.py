@@ -3,26 +3,29 @@
 Differentiating through lets by substitution (`algebra.diff`) writes the score of an
 L-layer network as nested sums over the units of every layer; squaring it and taking the
 Laplacian then nests sums over pairs of units of every layer, whose cost and size grow
-like H^(2L). Forward mode instead carries two quantities per let l, in the space of a
-base u (the visible variable itself, or the let u = A v + c through which every
-nonlinear dependence on v flows, whichever is smaller):
+like H^(2L). Forward mode instead carries two quantities per let l, with respect to the
+coordinates y of a base:
 
-    J_l[.., a] = d l[..] / d u[a]                                   (Jacobian)
-    Q_l[..]    = sum(a, b: G[a, b] d^2 l[..] / du[a] du[b])         (G-Laplacian)
+    J_l[a, ..] = d l[..] / d y[a]                          (Jacobian, base index first)
+    Q_l[..]    = sum(a: d^2 l[..] / d y[a]^2)              (Laplacian in y)
 
-with G = A A^T (the identity for the visible base), so that, for F = Phi(u) + Psi(v),
+- The base is the first layer's let u = A v + c when every nonlinear dependence on v
+  flows through it and it is smaller than v: y = Q^T v, the coordinates of A's row space
+  (reduced QR, A^T = Q R; `RowSpaceBasis`, `RowSpaceTriangle`). There u = R^T y + c, so
+  J_u[a, j] = R[a, j], and because Q has orthonormal columns the Laplacian in v of a
+  function of u is its Laplacian in y, and d/dv[p] = sum(a: Q[p, a] d/dy[a]).
+- Otherwise the base is v itself (y = v, J_v = the identity).
 
-    d F / dv[p]  = sum(a: A[a, p] J_Phi[a]) + d Psi / dv[p]
-    Laplacian F  = Q_Phi + Laplacian Psi.
-
-Per let with body B over already-propagated lets m (one generic unit each):
-    J_l = sum(j: dB/dm[j] J_m[j, a])
-    Q_l = sum(j: dB/dm[j] Q_m[j]) + sum(j, j': d^2B/dm[j] dm'[j'] sum(a, b: J_m[j, a]
-          G[a, b] J_m'[j', b]))
-so every layer costs one product with its weights and one quadratic form in G: no
-intermediate carries more than one pair of units. Each J and Q becomes a named
-definition the planner computes once (a Jacobian that is still a Kronecker delta, that of
-an elementwise first layer, stays inline so that its sums collapse).
+For F = Phi(u) + Psi(v): score = -sum(a: Q[p, a] J_Phi[a]) - dPsi/dv[p] and
+Laplacian F = Q_Phi + Laplacian Psi. Per let with body B over propagated lets m (one
+generic unit each):
+    J_l = sum(j: dB/dm[j] J_m[a, j])
+    Q_l = sum(j: dB/dm[j] Q_m[j]) + sum(j, j': d^2B/dm[j] dm'[j'] sum(a: J_m[a, j]
+          J_m'[a, j']))
+so every layer costs one product with its weights (one GEMM over the folded batch) and a
+sum of squares: no intermediate carries more than one pair of units. Each J and Q
+becomes a named definition the planner computes once (a Jacobian that is still a
+Kronecker delta, or one tensor, stays inline so that the sums reading it collapse).
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ class _Propagated:
     """J and Q of one let, as functions of the indices to read them at."""
 
     jacobian: Callable[[tuple, sp.Idx], sp.Expr]  # (the let's indices, the base index)
-    laplacian: Callable[[tuple], sp.Expr]
+    laplacian: Callable[[tuple], sp.Expr]  # the Laplacian in y, at the let's indices
 
 
 class _Forward:
@@ -84,14 +87,6 @@ class _Forward:
         self.formals: dict[sp.Basic, tuple] = {base: (base_index,)}
 
     # ------------------------------------------------------------------ names
-    def _name(self, stem: str) -> str:
-        name, k = stem, 1
-        while name in self.taken or name in self.symbolic.definitions:
-            k += 1
-            name = f"{stem}{k}"
-        self.taken.add(name)
-        return name
-
     def _fresh(self, formals: tuple) -> tuple:
         return tuple(fresh_like(i, self.taken) for i in formals)
 
@@ -150,7 +145,7 @@ class _Forward:
         if stem is None or body == 0 or body.has(sp.KroneckerDelta) or isinstance(
                 body, sp.Indexed):
             return lambda at: _at(body, formals, at)
-        name = self._name(stem)
+        name = _unique(self.symbolic, stem)
         symbol = sp.IndexedBase(name, real=True) if formals else sp.Symbol(name, real=True)
         self.definitions[name] = Definition(symbol, formals, body)
         return lambda at: self.read(symbol, at)
