@@ -84,3 +84,21 @@ def rand(
 ) -> Tensor:
     """Uniform [0, 1) noise matching the module's dtype/device."""
     return torch.rand(*shape, generator=generator, **like(module))  # type: ignore[arg-type]
+
+
+def checked_context(owner: str, context_dim: int, context: Tensor | None, n: int
+                    ) -> Tensor | None:
+    """A conditional model's context checked against its `context_dim` and broadcast to
+    [n, C] (one [C] vector serves the whole batch); None for an unconditional model."""
+    if context_dim == 0:
+        if context is not None:
+            raise ValueError(f"{owner} takes no context (context_dim = 0)")
+        return None
+    if context is None:
+        raise ValueError(f"{owner} needs a context of dimension {context_dim}")
+    if context.dim() == 1:
+        context = context.expand(n, -1)
+    if tuple(context.shape) != (n, context_dim):
+        raise ValueError(f"context must be [{context_dim}] or [{n}, {context_dim}], "
+                         f"got {tuple(context.shape)}")
+    return context

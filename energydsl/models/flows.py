@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._utils import as_flat, mlp, rand, randn
+from ._utils import as_flat, checked_context, mlp, rand, randn
 from .autoregressive import MaskedNetwork
 
 __all__ = [
@@ -316,20 +316,7 @@ class _Flow(nn.Module):
     # -- the invertible map in flow space -----------------------------------------------
     def _context(self, context: Tensor | None, n: int) -> Tensor | None:
         """The context checked against ``context_dim`` and broadcast to [n, C]."""
-        if self.context_dim == 0:
-            if context is not None:
-                raise ValueError(f"{type(self).__name__} takes no context (context_dim = 0)")
-            return None
-        if context is None:
-            raise ValueError(f"this model needs a context of dimension {self.context_dim}")
-        if context.dim() == 1:
-            context = context.expand(n, -1)
-        if tuple(context.shape) != (n, self.context_dim):
-            raise ValueError(
-                f"context must be [{self.context_dim}] or [{n}, {self.context_dim}], "
-                f"got {tuple(context.shape)}"
-            )
-        return context
+        return checked_context(type(self).__name__, self.context_dim, context, n)
 
     def forward_transform(
         self, v: Tensor, context: Tensor | None = None

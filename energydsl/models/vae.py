@@ -22,7 +22,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributions import Normal
 
-from ._utils import as_flat, as_images, bernoulli_log_prob, randn, sample_bernoulli
+from ._utils import (
+    as_flat,
+    as_images,
+    bernoulli_log_prob,
+    checked_context,
+    randn,
+    sample_bernoulli,
+)
 
 __all__ = ["VAE", "BetaVAE", "ConvVAE", "gaussian_kl"]
 
@@ -60,25 +67,31 @@ class VAE(nn.Module):
         n_importance: int = 16,
         *,
         beta: float = 1.0,
+        context_dim: int = 0,
         encoder: nn.Module | None = None,
         decoder: nn.Module | None = None,
         event_shape: tuple[int, ...] | None = None,
     ) -> None:
         """MLP encoder and decoder; a subclass passes its own (`encoder` maps x to the
         2 z_dim Gaussian parameters, `decoder` z to the likelihood's parameters) and its
-        `event_shape`."""
+        `event_shape`. context_dim > 0: a conditional VAE (Sohn et al. 2015), q(z | x, c)
+        and p(x | z, c) with the context c concatenated to the MLPs' inputs, p(z) = N(0, I);
+        every method then takes `context` ([N, C], or [C] for the whole batch)."""
         super().__init__()
         if not (isinstance(beta, (int, float)) and beta > 0):
             raise ValueError(f"beta must be a positive number, got {beta!r}")
         self.beta = float(beta)  # the KL term's weight in `loss` (1: the ELBO)
+        self.context_dim = context_dim
         self.dim = dim
         self.event_shape: tuple[int, ...] = event_shape or (dim,)
         self._init_common(z_dim, likelihood, min_std, n_importance)
+        if context_dim and (encoder is not None or decoder is not None):
+            raise ValueError("a context goes with the MLP encoder and decoder only")
         self.encoder = encoder or nn.Sequential(
-            nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 2 * z_dim)
+            nn.Linear(dim + context_dim, hidden), nn.ReLU(), nn.Linear(hidden, 2 * z_dim)
         )
         self.decoder = decoder or nn.Sequential(
-            nn.Linear(z_dim, hidden), nn.Tanh(), nn.Linear(hidden, dim)
+            nn.Linear(z_dim + context_dim, hidden), nn.Tanh(), nn.Linear(hidden, dim)
         )
 
     def _init_common(self, z_dim: int, likelihood: str, min_std: float, n_importance: int) -> None:
@@ -97,29 +110,38 @@ class VAE(nn.Module):
     def _prepare(self, x: Tensor) -> Tensor:
         return as_flat(x, self.dim)
 
-    def _decoder_out(self, z: Tensor) -> Tensor:
-        """Raw decoder output with any leading dims: [..., z_dim] -> [..., *event_shape]."""
+    def _context(self, context: Tensor | None, n: int) -> Tensor | None:
+        return checked_context(type(self).__name__, self.context_dim, context, n)
+
+    def _decoder_out(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """Raw decoder output with any leading dims: [..., z_dim] -> [..., *event_shape]
+        (the context, [N, C], broadcast over z's leading sample dims)."""
+        if context is not None:
+            z = torch.cat([z, context.expand(*z.shape[:-1], context.shape[-1])], dim=-1)
         return self.decoder(z)
 
     # -- distributions ------------------------------------------------------------------
-    def encode(self, x: Tensor) -> Normal:
-        """q(z|x) as a torch Normal with batch shape [N, z_dim]."""
-        mu, raw = self.encoder(self._prepare(x)).chunk(2, dim=-1)
+    def encode(self, x: Tensor, context: Tensor | None = None) -> Normal:
+        """q(z|x) (or q(z|x, c)) as a torch Normal with batch shape [N, z_dim]."""
+        x = self._prepare(x)
+        context = self._context(context, x.shape[0])
+        inputs = x if context is None else torch.cat([x, context], dim=-1)
+        mu, raw = self.encoder(inputs).chunk(2, dim=-1)
         return Normal(mu, F.softplus(raw) + _MIN_ENCODER_STD)
 
     def decoder_std(self) -> Tensor:
         """Per-pixel std of the Gaussian decoder."""
         return F.softplus(self.decoder_std_raw) + self.min_std
 
-    def decode(self, z: Tensor) -> Tensor:
+    def decode(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         """Decoder mean: sigmoid(logits) for Bernoulli, the mean for Gaussian."""
-        out = self._decoder_out(z)
+        out = self._decoder_out(z, self._context(context, z.shape[-2] if z.dim() > 1 else 1))
         return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
 
-    def log_likelihood(self, x: Tensor, z: Tensor) -> Tensor:
+    def log_likelihood(self, x: Tensor, z: Tensor, context: Tensor | None = None) -> Tensor:
         """log p(x|z) summed over pixels; z may have leading sample dims ([K, N, z_dim])."""
         x = self._prepare(x)
-        out = self._decoder_out(z)
+        out = self._decoder_out(z, self._context(context, x.shape[0]))
         if self.likelihood == "bernoulli":
             return bernoulli_log_prob(out, x)
         lp = Normal(out, self.decoder_std()).log_prob(x)
@@ -135,59 +157,67 @@ class VAE(nn.Module):
         return mu + std * eps
 
     # -- objectives ---------------------------------------------------------------------
-    def elbo(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def elbo(self, x: Tensor, generator: torch.Generator | None = None,
+             context: Tensor | None = None) -> Tensor:
         """Per-example ELBO [N]: one-sample reconstruction term minus closed-form KL."""
         x = self._prepare(x)
-        q = self.encode(x)
+        q = self.encode(x, context)
         z = self.reparameterize(q.loc, q.scale, generator=generator)
-        return self.log_likelihood(x, z) - gaussian_kl(q.loc, q.scale)
+        return self.log_likelihood(x, z, context) - gaussian_kl(q.loc, q.scale)
 
     def log_weights(
-        self, x: Tensor, k: int, generator: torch.Generator | None = None
+        self, x: Tensor, k: int, generator: torch.Generator | None = None,
+        context: Tensor | None = None,
     ) -> Tensor:
         """log p(x, z_i) - log q(z_i|x) for k reparameterised z_i ~ q(z|x); shape [k, N].
 
         Their mean is a k-sample ELBO estimate, their log-mean-exp the IW estimate.
         """
         x = self._prepare(x)
-        q = self.encode(x)
+        q = self.encode(x, context)
         z = self.reparameterize(q.loc, q.scale, n=k, generator=generator)
         prior = Normal(torch.zeros_like(z), torch.ones_like(z))
         return (
-            self.log_likelihood(x, z) + prior.log_prob(z).sum(-1) - q.log_prob(z).sum(-1)
+            self.log_likelihood(x, z, context) + prior.log_prob(z).sum(-1)
+            - q.log_prob(z).sum(-1)
         )
 
     def iw_log_prob(
-        self, x: Tensor, k: int | None = None, generator: torch.Generator | None = None
+        self, x: Tensor, k: int | None = None, generator: torch.Generator | None = None,
+        context: Tensor | None = None,
     ) -> Tensor:
         """Importance-weighted estimate of log p(x) with k samples (logsumexp, stable)."""
         k = self.n_importance if k is None else k
-        lw = self.log_weights(x, k, generator)
+        lw = self.log_weights(x, k, generator, context)
         return torch.logsumexp(lw, dim=0) - math.log(k)
 
-    def log_prob(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def log_prob(self, x: Tensor, generator: torch.Generator | None = None,
+                 context: Tensor | None = None) -> Tensor:
         """Stochastic lower bound on log p(x): ``iw_log_prob`` with ``n_importance`` samples."""
-        return self.iw_log_prob(x, generator=generator)
+        return self.iw_log_prob(x, generator=generator, context=context)
 
-    def loss(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def loss(self, x: Tensor, generator: torch.Generator | None = None,
+             context: Tensor | None = None) -> Tensor:
         """The negative ELBO averaged over the batch (nats per example), its KL term
         weighted by `beta` (Higgins et al. 2017; beta = 1: the ELBO itself). `log_prob`
         estimates log p(x) whatever beta trained the model."""
         if self.beta == 1.0:
-            return -self.elbo(x, generator).mean()
+            return -self.elbo(x, generator, context).mean()
         x = self._prepare(x)
-        q = self.encode(x)
+        q = self.encode(x, context)
         z = self.reparameterize(q.loc, q.scale, generator=generator)
         kl = gaussian_kl(q.loc, q.scale)
-        return -(self.log_likelihood(x, z) - self.beta * kl).mean()
+        return -(self.log_likelihood(x, z, context) - self.beta * kl).mean()
 
     @torch.no_grad()
     def sample(
-        self, n: int, generator: torch.Generator | None = None, mean: bool = False
+        self, n: int, generator: torch.Generator | None = None, mean: bool = False,
+        context: Tensor | None = None,
     ) -> Tensor:
-        """Ancestral sampling (seed 001, 1.2): z ~ p(z), then x ~ p(x|z) (or its mean)."""
+        """Ancestral sampling: z ~ p(z), then x ~ p(x|z) (or its mean); p(x|z, c) with
+        a context ([C] for every sample, or [n, C])."""
         z = randn((n, self.z_dim), self, generator)
-        out = self._decoder_out(z)
+        out = self._decoder_out(z, self._context(context, n))
         if self.likelihood == "bernoulli":
             x = torch.sigmoid(out) if mean else sample_bernoulli(out, generator)
         else:
@@ -238,7 +268,7 @@ class ConvVAE(VAE):
     def _prepare(self, x: Tensor) -> Tensor:
         return as_images(x, self.side)
 
-    def _decoder_out(self, z: Tensor) -> Tensor:
+    def _decoder_out(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         lead = z.shape[:-1]
         out = self.decoder(z.reshape(-1, self.z_dim))
         return out.reshape(*lead, *self.event_shape)
