@@ -91,6 +91,7 @@ class Row:
     bits_per_dim: float
     how: str
     seconds: float
+    parameters: int = 0  # learnt numbers (Adam keeps two more of each)
 
 
 def held_out(model: torch.nn.Module, x: torch.Tensor, data_map: DataMap,
@@ -156,15 +157,19 @@ def compare(out: Path, entries: tuple[Entry, ...] = ENTRIES, epochs: int | None 
         nats, stderr, how = held_out(model, test, data_map, ais_chains, ais_temperatures, seed,
                                      progress)
         dim = test.shape[1]
-        rows.append(Row(entry.label, nats, stderr, -nats / (dim * math.log(2)), how, seconds))
+        parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        rows.append(Row(entry.label, nats, stderr, -nats / (dim * math.log(2)), how, seconds,
+                        parameters))
         log(f"{entry.label}: {nats:.2f} nats ({how}), {seconds:.1f} s")
     return rows
 
 
 def table(rows: list[Row]) -> str:
-    lines = ["| model / estimator | test log-lik. (nats) | bits/dim | how | train time |",
-             "|---|---:|---:|---|---:|"]
+    lines = ["| model / estimator | test log-lik. (nats) | bits/dim | how | train time | "
+             "parameters |",
+             "|---|---:|---:|---|---:|---:|"]
     for row in rows:
         lines.append(f"| {row.label} | {row.nats:.2f} +- {row.stderr:.2f} | "
-                     f"{row.bits_per_dim:.3f} | {row.how} | {row.seconds:.1f} s |")
+                     f"{row.bits_per_dim:.3f} | {row.how} | {row.seconds:.1f} s | "
+                     f"{row.parameters:,} |")
     return "\n".join(lines)

@@ -269,6 +269,8 @@ def test_compare_tabulates_held_out_likelihood_with_how_it_was_obtained(tmp_path
     assert rows[0].bits_per_dim == pytest.approx(-expected / (64 * 0.6931471805599453))
     text = table(rows)
     assert text.count("\n") == 4 and "| mpot |" in text and "AIS (50 chains" in text
+    # the masked Gaussian learns mu [64] and its 3 x 3 stencil [9, 64]
+    assert rows[0].parameters == 64 + 9 * 64 and f"| {64 + 9 * 64:,} |" in text
     assert main(["compare", "--epochs", "1", "--limit", "1", "--out",
                  str(tmp_path / "cli")]) == 0
     assert "| masked Gaussian / SM |" in (tmp_path / "cli" / "RESULTS.md").read_text()
