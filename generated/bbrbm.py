@@ -187,6 +187,12 @@ class BBRBM(torch.nn.Module):
         """The size of the visible variable (D)."""
         return self.D
 
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        """The shape of one draw of the visible variable: (D,), as the
+        companion models and torch.distributions name it."""
+        return (self.D,)
+
     def free_energy(self, v: torch.Tensor) -> torch.Tensor:
         """Free energy F(v) per sample, shape [N]."""
         self._check("free_energy", "v", v, self.D)

@@ -219,6 +219,12 @@ class MPoT(torch.nn.Module):
         """The size of the visible variable (D)."""
         return self.D
 
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        """The shape of one draw of the visible variable: (D,), as the
+        companion models and torch.distributions name it."""
+        return (self.D,)
+
     def _cholesky(self, precision: torch.Tensor) -> torch.Tensor:
         """The lower Cholesky factor, or a clear error if the precision is not positive
         definite."""

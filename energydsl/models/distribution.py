@@ -20,8 +20,8 @@ from torch.distributions import Distribution, Transform, constraints
 
 
 def event_shape_of(model: nn.Module) -> tuple[int, ...]:
-    """The shape of one draw: a companion model's `event_shape`, a generated model's
-    visible size."""
+    """The shape of one draw: the model's `event_shape` (companion and generated models
+    both have one), else its visible size."""
     shape = getattr(model, "event_shape", None)
     if shape is not None:
         return tuple(shape)
@@ -43,11 +43,10 @@ def exact_log_prob(model: nn.Module) -> bool:
 
 class ModelDistribution(Distribution):
     """A model with an exact `log_prob` and a `sample(n)` as a Distribution (batch shape
-    (), event shape the model's). No rsample: the models draw without reparameterisation
-    (ancestral or Gibbs/exact samplers)."""
+    (), event shape the model's); `rsample` where the model has one (the flows: samples
+    are a differentiable function of the parameters)."""
 
     arg_constraints: dict = {}
-    has_rsample = False
 
     def __init__(self, model: nn.Module, validate_args: bool | None = False) -> None:
         if not exact_log_prob(model):
@@ -71,6 +70,20 @@ class ModelDistribution(Distribution):
         batch = value.shape[:value.dim() - events]
         flat = value.reshape(math.prod(batch), *self.event_shape)
         return self.model.log_prob(flat).reshape(batch)
+
+    @property
+    def has_rsample(self) -> bool:  # type: ignore[override]
+        """Whether the model draws differentiably (the flows)."""
+        return bool(getattr(self.model, "has_rsample", False))
+
+    def rsample(self, sample_shape: torch.Size | tuple = (),
+                generator: torch.Generator | None = None) -> Tensor:
+        """Reparameterised draws [*sample_shape, *event_shape] (the model's rsample)."""
+        if not self.has_rsample:
+            raise NotImplementedError(f"{type(self.model).__name__} has no rsample")
+        shape = torch.Size(sample_shape)
+        draws = self.model.rsample(max(1, math.prod(shape)), generator=generator)
+        return draws[: math.prod(shape)].reshape(*shape, *self.event_shape)
 
     def sample(self, sample_shape: torch.Size | tuple = (),
                generator: torch.Generator | None = None) -> Tensor:

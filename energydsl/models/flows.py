@@ -455,9 +455,21 @@ class _Flow(nn.Module):
         The clip only touches mass the bound never counted (logit with alpha > 0 can map
         slightly outside [0, 1]); without dequantisation the sample is returned as is.
         """
-        z = self.prior_sample(n, generator)
-        y = self.postprocess(self.inverse_transform(z, context))
+        y = self.rsample(n, generator, context)
         return y.clamp(0.0, 1.0) if self.dequantization != "none" else y
+
+    has_rsample = True  # samples are a differentiable function of the parameters
+
+    def rsample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        context: Tensor | None = None,
+    ) -> Tensor:
+        """Reparameterised draws y = postprocess(f^{-1}(z)), z ~ prior, differentiable in
+        the parameters (for objectives on samples, e.g. a reverse KL); not clipped."""
+        z = self.prior_sample(n, generator)
+        return self.postprocess(self.inverse_transform(z, context))
 
 
 class NICE(_Flow):

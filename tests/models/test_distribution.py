@@ -32,6 +32,7 @@ def test_an_autoregressive_model_is_a_normalised_distribution():
 def test_a_generated_gaussian_model_is_a_distribution():
     cls = energydsl.compile("ppca")
     model = cls(D=3, K=1, dtype=torch.float64)
+    assert model.event_shape == (3,)  # the companion models' protocol
     dist = as_distribution(model)
     assert dist.event_shape == (3,)
     x = torch.randn(4, 5, 3, dtype=torch.float64)
@@ -66,3 +67,20 @@ def test_a_flow_is_a_transform_of_its_base_distribution():
     torch.testing.assert_close(transform.inv(transform(x)), x, rtol=1e-10, atol=1e-10)
     with pytest.raises(ValueError, match="not a flow"):
         as_transform(NADE(dim=4))
+
+
+def test_a_flow_draws_differentiably():
+    """rsample gives the same draws as sample for the same noise, with gradients reaching
+    the parameters (a reverse-KL objective can train on them)."""
+    torch.manual_seed(2)
+    flow = RealNVP(dim=4, n_couplings=2, hidden=(8,), mask="alternating",
+                   dequantization="none")
+    dist = as_distribution(flow)
+    assert dist.has_rsample and not as_distribution(NADE(dim=4)).has_rsample
+    draws = dist.rsample((5,), generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(draws.detach(),
+                               dist.sample((5,), generator=torch.Generator().manual_seed(7)))
+    draws.square().sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in flow.parameters())
+    with pytest.raises(NotImplementedError):
+        as_distribution(NADE(dim=4)).rsample((2,))
