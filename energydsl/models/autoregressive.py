@@ -104,7 +104,26 @@ def _sample_in_order(
     return x
 
 
-class FVSBN(nn.Module):
+class _ExactBinary(nn.Module):
+    """The shared part of the autoregressive models of binary data whose `logits(x)` give
+    all D conditionals at once: the exact log-likelihood and its mean as the loss."""
+
+    dim: int
+
+    def logits(self, x: Tensor) -> Tensor:  # pragma: no cover - every subclass has one
+        raise NotImplementedError
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Exact log p(x), shape [N]."""
+        x = as_flat(x, self.dim)
+        return bernoulli_log_prob(self.logits(x), x)
+
+    def loss(self, x: Tensor) -> Tensor:
+        """Mean negative log-likelihood (nats per example)."""
+        return -self.log_prob(x).mean()
+
+
+class FVSBN(_ExactBinary):
     """Fully visible sigmoid belief network: p(x_i=1|x_<i) = sigmoid(b_i + sum_{j<i} W_ij x_j)."""
 
     data_kind = "binary"
@@ -123,14 +142,6 @@ class FVSBN(nn.Module):
         """All D conditional logits at once, shape [N, D]."""
         return F.linear(as_flat(x, self.dim), self.weight * self.mask, self.bias)
 
-    def log_prob(self, x: Tensor) -> Tensor:
-        """Exact log p(x), shape [N]."""
-        x = as_flat(x, self.dim)
-        return bernoulli_log_prob(self.logits(x), x)
-
-    def loss(self, x: Tensor) -> Tensor:
-        """Mean negative log-likelihood (nats per example)."""
-        return -self.log_prob(x).mean()
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -138,7 +149,7 @@ class FVSBN(nn.Module):
         return _sample_in_order(n, range(self.dim), (self.dim,), self.logits, self, generator)
 
 
-class NADE(nn.Module):
+class NADE(_ExactBinary):
     """Weight-tied NADE (Larochelle and Murray 2011).
 
     h_i = sigmoid(c + W[:, <i] x_<i) shares W across all i, so the pre-activations are a
@@ -188,14 +199,6 @@ class NADE(nn.Module):
         a = running.unsqueeze(1) + torch.cumsum(contrib, dim=1) - contrib  # exclusive sum
         return (torch.sigmoid(a) * self.V[start:stop]).sum(-1) + self.b[start:stop]
 
-    def log_prob(self, x: Tensor) -> Tensor:
-        """Exact log p(x), shape [N]."""
-        x = as_flat(x, self.dim)
-        return bernoulli_log_prob(self.logits(x), x)
-
-    def loss(self, x: Tensor) -> Tensor:
-        """Mean negative log-likelihood (nats per example)."""
-        return -self.log_prob(x).mean()
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -464,7 +467,7 @@ class PixelCNN(nn.Module):
         return _sample_in_order(n, range(self.dim), self.event_shape, self.logits, self, generator)
 
 
-class LSTMAR(nn.Module):
+class LSTMAR(_ExactBinary):
     """LSTM over the pixels in raster order (seed 003, 18.3).
 
     Step i reads x_{i-1} (as -1/+1; the first step reads 0, a start symbol no pixel takes)
@@ -503,14 +506,6 @@ class LSTMAR(nn.Module):
         h, _ = self.recurrent(shifted.unsqueeze(-1))
         return self.head(h).squeeze(-1)
 
-    def log_prob(self, x: Tensor) -> Tensor:
-        """Exact log p(x), shape [N]."""
-        x = as_flat(x, self.dim)
-        return bernoulli_log_prob(self.logits(x), x)
-
-    def loss(self, x: Tensor) -> Tensor:
-        """Mean negative log-likelihood (nats per example)."""
-        return -self.log_prob(x).mean()
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -532,7 +527,7 @@ class RNNAR(LSTMAR):
         super().__init__(dim, hidden, num_layers, cell="rnn")
 
 
-class UntiedNADE(nn.Module):
+class UntiedNADE(_ExactBinary):
     """NADE with untied weights (Larochelle and Murray 2011's untied variant): each
     conditional i has its own input weights W[i] [H, D], masked to the inputs before i,
     h_i = sigmoid(c_i + W[i][:, <i] x_<i), logit_i = V_i . h_i + b_i. D times NADE's
@@ -559,14 +554,6 @@ class UntiedNADE(nn.Module):
         a = torch.einsum("ihj,nj->nih", weights, x) + self.c  # [N, D, H]
         return (torch.sigmoid(a) * self.V).sum(-1) + self.b
 
-    def log_prob(self, x: Tensor) -> Tensor:
-        """Exact log p(x), shape [N]."""
-        x = as_flat(x, self.dim)
-        return bernoulli_log_prob(self.logits(x), x)
-
-    def loss(self, x: Tensor) -> Tensor:
-        """Mean negative log-likelihood (nats per example)."""
-        return -self.log_prob(x).mean()
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:

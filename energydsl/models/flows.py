@@ -533,15 +533,15 @@ class _MaskedAutoregressiveFlow(_Flow):
 
     def __init__(
         self,
-        dim: int,
-        n_layers: int,
-        hidden: Sequence[int],
-        context_dim: int,
-        max_log_scale: float,
-        dequantization: str,
-        levels: int,
-        alpha: float,
-        seed: int,
+        dim: int = 64,
+        n_layers: int = 5,
+        hidden: Sequence[int] = (128, 128),
+        context_dim: int = 0,
+        max_log_scale: float = 3.0,
+        dequantization: str = "logit",
+        levels: int = 17,
+        alpha: float = 0.05,
+        seed: int = 0,
     ) -> None:
         if n_layers < 1:
             raise ValueError(f"n_layers must be >= 1, got {n_layers}")
@@ -576,22 +576,6 @@ class MAF(_MaskedAutoregressiveFlow):
 
     kind = "maf"
 
-    def __init__(
-        self,
-        dim: int = 64,
-        n_layers: int = 5,
-        hidden: Sequence[int] = (128, 128),
-        context_dim: int = 0,
-        max_log_scale: float = 3.0,
-        dequantization: str = "logit",
-        levels: int = 17,
-        alpha: float = 0.05,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(
-            dim, n_layers, hidden, context_dim, max_log_scale, dequantization, levels, alpha, seed
-        )
-
 
 class IAF(_MaskedAutoregressiveFlow):
     """Inverse autoregressive flow (Kingma et al. 2016) with affine layers.
@@ -602,19 +586,3 @@ class IAF(_MaskedAutoregressiveFlow):
     """
 
     kind = "iaf"
-
-    def __init__(
-        self,
-        dim: int = 64,
-        n_layers: int = 5,
-        hidden: Sequence[int] = (128, 128),
-        context_dim: int = 0,
-        max_log_scale: float = 3.0,
-        dequantization: str = "logit",
-        levels: int = 17,
-        alpha: float = 0.05,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(
-            dim, n_layers, hidden, context_dim, max_log_scale, dequantization, levels, alpha, seed
-        )
