@@ -525,6 +525,31 @@ class RealNVP(_Flow):
         super().__init__(dim, layers, prior, dequantization, levels, alpha, scaling=False)
 
 
+class ActNorm(nn.Module):
+    """Activation normalisation (Kingma and Dhariwal 2018): y = (v - b) exp(-s) per
+    dimension, log|det| = -sum(s). The first batch it sees in training mode sets b and s
+    to that batch's mean and log standard deviation (data-dependent initialisation), so
+    every layer after it starts on unit-variance inputs; after that both are learnt."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.shift = nn.Parameter(torch.zeros(dim))
+        self.log_scale = nn.Parameter(torch.zeros(dim))
+        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+
+    def forward(self, v: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if self.training and not bool(self.initialised) and v.shape[0] > 1:
+            with torch.no_grad():
+                self.shift.copy_(v.mean(0))
+                self.log_scale.copy_(torch.log(v.std(0) + 1e-6))
+                self.initialised.fill_(True)
+        y = (v - self.shift) * torch.exp(-self.log_scale)
+        return y, (-self.log_scale.sum()).expand(v.shape[0])
+
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> Tensor:
+        return y * torch.exp(self.log_scale) + self.shift
+
+
 class _MaskedAutoregressiveFlow(_Flow):
     """K ``MaskedAffine`` layers of one kind, orderings reversed from layer to layer (the
     first in natural order), a standard normal base, and ``_Flow``'s dequantisation."""
@@ -542,7 +567,9 @@ class _MaskedAutoregressiveFlow(_Flow):
         levels: int = 17,
         alpha: float = 0.05,
         seed: int = 0,
+        actnorm: bool = False,
     ) -> None:
+        """actnorm: an ActNorm layer before every masked layer (Glow's normalisation)."""
         if n_layers < 1:
             raise ValueError(f"n_layers must be >= 1, got {n_layers}")
         if context_dim < 0:
@@ -560,6 +587,8 @@ class _MaskedAutoregressiveFlow(_Flow):
             )
             for i in range(n_layers)
         ]
+        if actnorm:
+            layers = [part for layer in layers for part in (ActNorm(dim), layer)]
         super().__init__(dim, layers, "gaussian", dequantization, levels, alpha, scaling=False)
         self.context_dim = context_dim
 
