@@ -62,4 +62,13 @@ test -s "$OUT/run/checkpoint.pt"
 step "energydsl compare --epochs 1 --limit 2" "$BIN/energydsl" compare --epochs 1 --limit 2 \
     --out "$OUT/cmp"
 test -s "$OUT/cmp/RESULTS.md" && test -d "$OUT/cmp/masked_gaussian-sm"
+# the trained run and a compiled model pickle in one process and load in another
+step "pickle a run, load it in a new process" "$BIN/python" -c "
+import pickle, energydsl
+model, config = energydsl.load_run('$OUT/run')
+pickle.dump((model, config, energydsl.compile('gbrbm')(D=4, K=2)), open('$OUT/run.pkl', 'wb'))"
+step "unpickle it" "$BIN/python" -c "
+import pickle
+model, config, other = pickle.load(open('$OUT/run.pkl', 'rb'))
+assert type(model).__name__ == 'DEM' and config.model == 'dem' and other.D == 4"
 echo "wheel-check: ok ($(basename "$WHEEL") in a fresh venv, run from $TMP/work)"
