@@ -121,10 +121,9 @@ def load_run(directory: str | Path):  # noqa: ANN201 - (torch.nn.Module, RunConf
     """The trained model of a run directory (or its checkpoint.pt) and the run's settings
     (a RunConfig: model, data, objective, sizes, options, epochs, lr, seed...). The
     checkpoint is read as plain data, never unpickled code."""
-    from energydsl.train.loop import CHECKPOINT, load_checkpoint, model_from_checkpoint
+    from energydsl.train.loop import checkpoint_path, load_checkpoint, model_from_checkpoint
 
-    path = Path(directory)
-    path = path / CHECKPOINT if path.is_dir() else path
+    path = checkpoint_path(directory)
     model, config, _ = model_from_checkpoint(load_checkpoint(path), path)
     return model, config
 

@@ -65,12 +65,11 @@ def _image_path(text: str) -> Path:
 
 def _checkpoint(text: str) -> Path:
     """A run directory's checkpoint (or a checkpoint file) that exists."""
-    from energydsl.train.loop import CHECKPOINT
+    from energydsl.train.loop import checkpoint_path
 
-    target = Path(text)
-    path = target / CHECKPOINT if target.is_dir() else target
+    path = checkpoint_path(text)
     if not path.is_file():
-        what = "holds no checkpoint.pt" if target.is_dir() else "no such run or checkpoint"
+        what = "holds no checkpoint.pt" if Path(text).is_dir() else "no such run or checkpoint"
         raise UsageError(f"{text}: error: {what}; train one with `energydsl train MODEL "
                          f"--out {text}`")
     return path

@@ -137,6 +137,7 @@ def compare(out: Path, entries: tuple[Entry, ...] = ENTRIES, epochs: int | None 
     names = [entry.run for entry in entries]
     if len(set(names)) < len(names):
         raise ValueError(f"two entries would share a run directory: {names}")
+    where = resolve_device(device)  # before any training: a wrong device fails at once
     rows = []
     shown = tqdm(entries, desc="compare", unit="model", leave=False,
                  disable=None if progress is None else not progress)
@@ -152,8 +153,8 @@ def compare(out: Path, entries: tuple[Entry, ...] = ENTRIES, epochs: int | None 
         checkpoint_path = run / "checkpoint.pt"
         model, _, data_map = model_from_checkpoint(load_checkpoint(checkpoint_path),
                                                    checkpoint_path)
-        model.to(resolve_device(device)).eval()
-        test = prepare(config, data_kind(config)).test.to(resolve_device(device))
+        model.to(where).eval()
+        test = prepare(config, data_kind(config)).test.to(where)
         nats, stderr, how = held_out(model, test, data_map, ais_chains, ais_temperatures, seed,
                                      progress)
         dim = test.shape[1]

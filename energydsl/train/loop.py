@@ -65,6 +65,12 @@ PARAMETER_BOUND = 1e6  # |parameter| beyond this: diverged
 # ---------------------------------------------------------------- checkpoints
 
 
+def checkpoint_path(target: str | Path) -> Path:
+    """The checkpoint of a run directory, or the checkpoint file itself."""
+    target = Path(target)
+    return target / CHECKPOINT if target.is_dir() else target
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint read safely and validated (energydsl.train.checkpoints)."""
     return checkpoints.load(path)

@@ -21,9 +21,9 @@ from energydsl.files import write_atomically
 from energydsl.train.build import objective_name
 from energydsl.train.data import CODES
 from energydsl.train.loop import (
-    CHECKPOINT,
     DataMap,
     Prepared,
+    checkpoint_path,
     load_checkpoint,
     model_from_checkpoint,
     prepare,
@@ -73,9 +73,9 @@ def draw(model: nn.Module, data_map: DataMap, n: int, steps: int = 500,
     steps" and the like): exact, Gibbs or Langevin as the model allows."""
     import warnings
 
-    device = next((t.device for t in [*model.parameters(), *model.buffers()]),
-                  torch.device("cpu"))
-    generator = torch.Generator(device=device).manual_seed(seed)  # where the draws are
+    from energydsl.train.sampling import _dtype_device
+
+    generator = torch.Generator(device=_dtype_device(model)[1]).manual_seed(seed)
     torch.manual_seed(seed)
     how = sampler_name(model, method)
     if hasattr(model, "free_energy"):
@@ -399,7 +399,7 @@ def write_report(target: Path, n_samples: int = 64, steps: int = 500,
     model evaluated and sampled on `device`)."""
     from energydsl.train.config import resolve_device
 
-    path = target / CHECKPOINT if target.is_dir() else target
+    path = checkpoint_path(target)
     checkpoint = load_checkpoint(path)
     model, config, data_map = model_from_checkpoint(checkpoint, path)
     model.to(resolve_device(device))
