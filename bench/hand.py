@@ -24,6 +24,16 @@ import torch
 from torch.nn.functional import softplus
 
 
+def _gram_squared_score(x: torch.Tensor, b: torch.Tensor, inv: float, a: torch.Tensor,
+                        b_proj: torch.Tensor, x_proj: torch.Tensor,
+                        a_gram_a: torch.Tensor) -> torch.Tensor:
+    """|b - x/sigma^2 + B a|^2 per row, expanded so the [N, D] score is never formed:
+    |b|^2 + |x|^2/sigma^4 - 2 b.x/sigma^2 + 2 a.(B^T b) - 2 a.(B^T x)/sigma^2 + a^T G a,
+    from b_proj = B^T b, x_proj = B^T x [N, R] and a_gram_a = a^T (B^T B) a [N]."""
+    return ((b @ b) + inv * inv * (x * x).sum(1) - 2 * inv * (x @ b) + 2 * (a @ b_proj)
+            - 2 * inv * (a * x_proj).sum(1) + a_gram_a)
+
+
 def dem(x: torch.Tensor, V: torch.Tensor, W: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
         sigma: float, gram_score: bool = True, pairwise: bool = False) -> torch.Tensor:
     """DEM (Ngiam et al. 2011): log p~ = -|x|^2/(2 sigma^2) + b.x + sum_k softplus(z_k),
@@ -50,8 +60,7 @@ def dem(x: torch.Tensor, V: torch.Tensor, W: torch.Tensor, b: torch.Tensor, c: t
     if gram_score:
         # |b - x/sigma^2 + a V|^2 = |b|^2 + |x|^2/sigma^4 - 2 b.x/sigma^2
         #                           + 2 a.(V b) - 2 a.u/sigma^2 + a G a^T
-        squared = ((b @ b) + inv * inv * (x * x).sum(1) - 2 * inv * (x @ b)
-                   + 2 * (a @ (V @ b)) - 2 * inv * (a * u).sum(1) + ((a @ gram) * a).sum(1))
+        squared = _gram_squared_score(x, b, inv, a, V @ b, u, ((a @ gram) * a).sum(1))
     else:
         score = b - x * inv + a @ V
         squared = (score * score).sum(1)
@@ -87,8 +96,7 @@ def dem_pairs(x: torch.Tensor, V: torch.Tensor, W: torch.Tensor, b: torch.Tensor
     ws = s @ W
     a = g1 * ws
     gram = V @ V.T
-    squared = ((b @ b) + inv * inv * (x * x).sum(1) - 2 * inv * (x @ b)
-               + 2 * (a @ (V @ b)) - 2 * inv * (a * u).sum(1) + ((a @ gram) * a).sum(1))
+    squared = _gram_squared_score(x, b, inv, a, V @ b, u, ((a @ gram) * a).sum(1))
     flat, weight = _upper_pairs(h, x.device, x.dtype)
     # the pairs picked from the flattened outer products by index_select (a gather whose
     # backward is one index_add; advanced indexing g1[:, first] * g1[:, second] measured
@@ -144,8 +152,7 @@ def dem_chain(x: torch.Tensor, Vs: list[torch.Tensor], biases: list[torch.Tensor
     lap_z = lap @ W.T
     quad_z = ((jac_z @ gram) * jac_z).sum(2)
     A = (s.unsqueeze(1) @ jac_z).squeeze(1)                            # [N, H]
-    squared = ((b @ b) + inv * inv * (x * x).sum(1) - 2 * inv * (x @ b)
-               + 2 * (A @ (V1 @ b)) - 2 * inv * (A * xv).sum(1) + ((A @ gram) * A).sum(1))
+    squared = _gram_squared_score(x, b, inv, A, V1 @ b, xv, ((A @ gram) * A).sum(1))
     laplacian = -d * inv + (s * lap_z).sum(1) + (s * (1 - s) * quad_z).sum(1)
     return (0.5 * squared + laplacian).mean()
 
@@ -183,8 +190,7 @@ def dem_row_space(x: torch.Tensor, Vs: list[torch.Tensor], biases: list[torch.Te
     jac_z = jac @ W.T                                 # [N, H, K]
     lap_z = lap @ W.T
     A = (jac_z @ s.unsqueeze(2)).squeeze(2)           # [N, H]: d sum softplus(z) / dy
-    squared = ((b @ b) + inv * inv * (x * x).sum(1) - 2 * inv * (x @ b)
-               + 2 * (A @ (Q.T @ b)) - 2 * inv * ((x @ Q) * A).sum(1) + A.square().sum(1))
+    squared = _gram_squared_score(x, b, inv, A, Q.T @ b, x @ Q, A.square().sum(1))
     laplacian = (-d * inv + (s * lap_z).sum(1)
                  + (s * (1 - s) * jac_z.square().sum(1)).sum(1))
     return (0.5 * squared + laplacian).mean()
