@@ -99,9 +99,6 @@ class _Forward:
                  or (isinstance(node, sp.Symbol) and node in self.known)}
         return sorted(found, key=str)
 
-    def read(self, base: sp.Basic, at: tuple) -> sp.Expr:
-        return base[at] if at else base
-
     def propagate(self, body: sp.Expr, own: tuple, stem: str | None) -> _Propagated:
         """J and Q of `body` (free indices `own`); named `jac_stem`, `lap_stem` unless
         stem is None (the caller inlines them)."""
@@ -148,7 +145,7 @@ class _Forward:
         name = _unique(self.symbolic, stem)
         symbol = sp.IndexedBase(name, real=True) if formals else sp.Symbol(name, real=True)
         self.definitions[name] = Definition(symbol, formals, body)
-        return lambda at: self.read(symbol, at)
+        return lambda at: symbol[at] if at else symbol
 
     def let(self, definition: Definition) -> None:
         self.formals[definition.base] = tuple(definition.indices)
@@ -217,14 +214,13 @@ def _affine(node: sp.Expr, v: sp.IndexedBase, p: sp.Idx, lookup) -> bool:
     return node.has(v) and not depends_on(diff(node, v, (p,), lookup), v, lookup)
 
 
-def _input_layer(symbolic: SymbolicModel, p: sp.Idx
+def _input_layer(symbolic: SymbolicModel, p: sp.Idx, lets: dict[str, Definition]
                  ) -> tuple[Definition, dict[str, Definition]] | None:
     """The let u[a] = sum(p: A[a, p] v[p]) + c[a] of the first layer, with the lets as
     the forward form reads them. When the first layer is written inside a function
     (g[h] = s(sum(i: V[h, i] v[i]) + a[h])), its affine argument becomes a let of its
     own, `pre_g`, and g reads it."""
     v, lookup = symbolic.visible, symbolic.definition_of
-    lets = {str(d.base): d for d in symbolic.used_definitions}
     for name, definition in lets.items():
         if len(definition.indices) != 1 or not definition.body.has(v) or any(
                 depends_on(other.body, v, lookup) for other in lets.values()
@@ -267,7 +263,7 @@ def chain_form(model: FreeEnergyModel, free_energy: sp.Expr, score_index: sp.Idx
     lets = {str(d.base): d for d in symbolic.used_definitions}
     if not any(depends_on(d.body, v, lookup) for d in lets.values()):
         return None
-    layer = _input_layer(symbolic, score_index)
+    layer = _input_layer(symbolic, score_index, lets)
     if layer is not None:
         u, layered = layer
         if _default_size(symbolic, u.indices[0]) < _default_size(symbolic, score_index):
