@@ -108,6 +108,9 @@ def main() -> None:
                         choices=["realnvp", "maf"])
     args = parser.parse_args()
     torch.set_num_threads(1)
+    from energydsl.memory import keep_freed_memory
+
+    keep_freed_memory()  # as `energydsl train` runs; both libraries alike
     hidden = tuple(args.hidden)
     for family in args.family:
         what = ("alternating masks" if family == "realnvp" else

@@ -159,6 +159,10 @@ def _markdown(results: dict, plot_name: str) -> str:
         f"the D={D_MAIN} table's fast methods get a second such pass at the end of it",
         "- a time is one loss evaluation plus the backward pass to the parameter gradients, "
         "in milliseconds",
+        "- allocator: " + ("glibc's mmap and trim thresholds raised, as energydsl's commands "
+                           "do (`energydsl.keep_freed_memory()`, docs/performance.md), for "
+                           "every method alike" if meta.get("kept_freed_memory") else
+                           "the C library's defaults"),
         *([f"- **warning**: with {meta['threads']} threads on {meta['machine'].split(', ')[1]} "
            "that other processes keep busy, each parallel op waits for its slowest, "
            "descheduled thread (measured here: 2-4x slower than 1 thread, exact loops up to "

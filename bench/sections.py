@@ -100,6 +100,11 @@ class Bench:
         self.sizes_d = (64, 256, 784) if self.quick else (64, 256, 784, 1600, 3136)
         self.sizes_n = (32, 128) if self.quick else (32, 128, 512)
         command = " ".join(["bench/run.py", *argv[1:]])
+        # What energydsl's commands do: freed tensors stay in the process (energydsl.memory);
+        # every method of the run, references included, runs under the same allocator.
+        from energydsl.memory import keep_freed_memory
+
+        kept = keep_freed_memory()
         self.results: dict = {"meta": {
             "command": f".venv/bin/python {command}",
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -108,7 +113,7 @@ class Bench:
             "threads": torch.get_num_threads(), "device": str(self.device),
             "dtype": "float32", "batch": args.batch, "D": D_MAIN, "K": K_MAIN,
             "repeats": args.repeats, "quick": self.quick, "slow_cap_s": args.slow_cap,
-            "exact_limit_s": args.exact_limit,
+            "exact_limit_s": args.exact_limit, "kept_freed_memory": kept,
         }}
 
     # -- helpers ---------------------------------------------------------------------------

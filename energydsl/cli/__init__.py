@@ -258,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from energydsl.files import exit_on_sigterm
+    from energydsl.memory import keep_freed_memory
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -269,6 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except argparse.ArgumentTypeError as exc:
         parser.error(str(exc))
     exit_on_sigterm()
+    keep_freed_memory()  # glibc: tensors freed by one step are reused by the next
     try:
         return args.handler(args)
     except UsageError as exc:

@@ -269,7 +269,10 @@ def train(config: RunConfig, out: Path, resume: bool = False,
           log: Callable[[str], None] = print, progress: bool | None = None,
           overwrite: bool = False) -> History:
     """Train `config` into the directory `out` (checkpoint.pt, history.json)."""
+    from energydsl.memory import keep_freed_memory
+
     config.check()
+    keep_freed_memory()  # steps reuse freed blocks instead of page-faulting them back
     device = resolve_device(config.device)  # before the run directory is touched
     out = Path(out)
     created = not out.exists()
