@@ -504,6 +504,9 @@ class RealNVP(_Flow):
     ``mask="checkerboard"`` needs ``side`` (default 8: side * side == dim); ``"alternating"``
     (even/odd flat index) and ``"half"`` work for any dim. Consecutive layers use
     complementary masks. Gaussian prior and logit dequantisation by default.
+    ``mixing``: a layer before every coupling that mixes the coordinates, the options of
+    Glow's comparison (Kingma and Dhariwal 2018): ``"reverse"`` or ``"random"``
+    (``Permutation``), ``"lu"`` (a learnt ``LULinear``); ``"none"`` by default.
     """
 
     def __init__(
@@ -517,11 +520,25 @@ class RealNVP(_Flow):
         dequantization: str = "logit",
         levels: int = 17,
         alpha: float = 0.05,
+        mixing: str = "none",
     ) -> None:
+        if mixing not in ("none", "reverse", "random", "lu"):
+            raise ValueError(f"mixing must be 'none', 'reverse', 'random' or 'lu', got {mixing!r}")
         base = make_mask(dim, mask, side if mask == "checkerboard" else None)
-        layers = [
+        layers: list[nn.Module] = [
             AffineCoupling(base if i % 2 == 0 else 1 - base, hidden) for i in range(n_couplings)
         ]
+        if mixing != "none":
+            from .glow import LULinear, Permutation  # glow.py builds on this module
+
+            layers = [
+                part
+                for i, layer in enumerate(layers)
+                for part in (
+                    LULinear(dim) if mixing == "lu" else Permutation(dim, mixing, seed=i),
+                    layer,
+                )
+            ]
         super().__init__(dim, layers, prior, dequantization, levels, alpha, scaling=False)
 
 

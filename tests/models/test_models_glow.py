@@ -1,8 +1,8 @@
 """Glow and its layers from the mathematics (float64, small sizes): log-determinants against
 autograd Jacobians (images flattened), exact inverses, LU factors against slogdet and
 F.conv2d, the squeeze's layout, ActNorm's per-channel initialisation, the coupling's and
-the multi-scale structure by perturbation, the change of variables, and training on the
-digits."""
+the multi-scale structure by perturbation, the change of variables, RealNVP's mixing
+layers (with normalisation by quadrature at D = 2), and training on the digits."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from energydsl.models import (
     InvConv1x1,
     LULinear,
     Permutation,
+    RealNVP,
     Squeeze,
 )
 from energydsl.models.flows import ActNorm, _Flow
@@ -348,3 +349,34 @@ def test_glow_runs_on_cuda(digits: Tensor) -> None:
     glow.loss(digits.cuda()).backward()
     s = glow.sample(3, generator=torch.Generator("cuda").manual_seed(0))
     assert s.device.type == "cuda" and torch.isfinite(s).all()
+
+
+# -- mixing layers in a flat flow -----------------------------------------------------------
+@pytest.mark.parametrize("mixing", ["reverse", "random", "lu"])
+def test_realnvp_mixing_layers(mixing: str) -> None:
+    torch.manual_seed(0)
+    flow = perturb(RealNVP(dim=5, n_couplings=3, hidden=(8,), mask="alternating",
+                           dequantization="logit", mixing=mixing), 0.2).double()  # fmt: skip
+    kinds = [type(layer).__name__ for layer in flow.layers]
+    mixer = "LULinear" if mixing == "lu" else "Permutation"
+    assert kinds == [mixer, "AffineCoupling"] * 3
+    y = torch.rand(3, 5, generator=torch.Generator().manual_seed(1), dtype=F64)
+    z, logdet = full_map(flow, y)
+    torch.testing.assert_close(logdet, autograd_logdet(lambda r: full_map(flow, r), y),
+                               rtol=0, atol=1e-10)
+    with torch.no_grad():
+        torch.testing.assert_close(flow.postprocess(flow.inverse_transform(z)), y, rtol=0,
+                                   atol=1e-10)
+    with pytest.raises(ValueError, match="mixing"):
+        RealNVP(dim=4, mixing="shuffle")
+
+
+def test_lu_mixed_2d_density_integrates_to_one() -> None:
+    torch.manual_seed(0)
+    flow = perturb(RealNVP(dim=2, n_couplings=4, hidden=(16,), mask="alternating",
+                           dequantization="none", mixing="lu"), 0.2).double()  # fmt: skip
+    edges = torch.linspace(-20, 20, 501, dtype=F64)
+    grid, dx = (edges[:-1] + edges[1:]) / 2, 40 / 500
+    with torch.no_grad():
+        mass = torch.exp(flow.log_density(torch.cartesian_prod(grid, grid))).sum() * dx * dx
+    assert abs(float(mass) - 1) < 1e-3
