@@ -51,6 +51,7 @@ from .gan import (
     generator_loss_from_logits,
     minimax_value,
 )
+from .glow import ChannelCoupling, Glow, InvConv1x1, LULinear, Permutation, Squeeze
 from .vae import VAE, BetaVAE, ConvVAE, gaussian_kl
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -68,6 +69,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "realnvp": RealNVP,
     "maf": MAF,
     "iaf": IAF,
+    "glow": Glow,
     "fvsbn": FVSBN,
     "nade": NADE,
     "untied_nade": UntiedNADE,
@@ -97,6 +99,7 @@ DATA_NOTES: dict[str, str] = {
     "realnvp": "continuous in [0, 1], discrete with `levels` values (logit dequantisation)",
     "maf": "continuous in [0, 1], discrete with `levels` values (logit dequantisation)",
     "iaf": "continuous in [0, 1], discrete with `levels` values (logit dequantisation)",
+    "glow": "continuous in [0, 1] images side x side, `levels` values (logit dequantisation)",
     "fvsbn": "binary {0, 1}",
     "nade": "binary {0, 1}",
     "untied_nade": "binary {0, 1}",
@@ -142,6 +145,12 @@ __all__ = [
     "RealNVP",
     "MAF",
     "IAF",
+    "Glow",
+    "Permutation",
+    "LULinear",
+    "InvConv1x1",
+    "Squeeze",
+    "ChannelCoupling",
     "MaskedAffine",
     "AdditiveCoupling",
     "AffineCoupling",

@@ -504,6 +504,9 @@ class RealNVP(_Flow):
     ``mask="checkerboard"`` needs ``side`` (default 8: side * side == dim); ``"alternating"``
     (even/odd flat index) and ``"half"`` work for any dim. Consecutive layers use
     complementary masks. Gaussian prior and logit dequantisation by default.
+    ``mixing``: a layer before every coupling that mixes the coordinates, the options of
+    Glow's comparison (Kingma and Dhariwal 2018): ``"reverse"`` or ``"random"``
+    (``Permutation``), ``"lu"`` (a learnt ``LULinear``); ``"none"`` by default.
     """
 
     def __init__(
@@ -517,19 +520,37 @@ class RealNVP(_Flow):
         dequantization: str = "logit",
         levels: int = 17,
         alpha: float = 0.05,
+        mixing: str = "none",
     ) -> None:
+        if mixing not in ("none", "reverse", "random", "lu"):
+            raise ValueError(f"mixing must be 'none', 'reverse', 'random' or 'lu', got {mixing!r}")
         base = make_mask(dim, mask, side if mask == "checkerboard" else None)
-        layers = [
+        layers: list[nn.Module] = [
             AffineCoupling(base if i % 2 == 0 else 1 - base, hidden) for i in range(n_couplings)
         ]
+        if mixing != "none":
+            from .glow import LULinear, Permutation  # glow.py builds on this module
+
+            layers = [
+                part
+                for i, layer in enumerate(layers)
+                for part in (
+                    LULinear(dim) if mixing == "lu" else Permutation(dim, mixing, seed=i),
+                    layer,
+                )
+            ]
         super().__init__(dim, layers, prior, dequantization, levels, alpha, scaling=False)
 
 
 class ActNorm(nn.Module):
-    """Activation normalisation (Kingma and Dhariwal 2018): y = (v - b) exp(-s) per
-    dimension, log|det| = -sum(s). The first batch it sees in training mode sets b and s
-    to that batch's mean and log standard deviation (data-dependent initialisation), so
-    every layer after it starts on unit-variance inputs; after that both are learnt."""
+    """Activation normalisation (Kingma and Dhariwal 2018): y = (v - b) exp(-s) per feature
+    (axis 1: a dimension of flat [N, D] data, a channel of [N, C, H, W] images, shared by
+    its H W positions), so log|det| = -(H W) sum(s) (H W = 1 for flat data). The first
+    batch it sees in training mode sets b and s to that batch's mean and log standard
+    deviation per feature (data-dependent initialisation), so every layer after it starts on
+    unit-variance inputs; after that both are learnt."""
+
+    initialised: Tensor
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -537,17 +558,27 @@ class ActNorm(nn.Module):
         self.log_scale = nn.Parameter(torch.zeros(dim))
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
 
+    def _params(self, v: Tensor) -> tuple[Tensor, Tensor]:
+        """(b, s) shaped to broadcast over v: [D] for flat data, [C, 1, 1] for images."""
+        shape = (-1,) + (1,) * (v.dim() - 2)
+        return self.shift.view(shape), self.log_scale.view(shape)
+
     def forward(self, v: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if self.training and not bool(self.initialised) and v.shape[0] > 1:
+        if self.training and not bool(self.initialised) and v.numel() > v.shape[1]:
+            axes = [d for d in range(v.dim()) if d != 1]  # all but the feature axis
             with torch.no_grad():
-                self.shift.copy_(v.mean(0))
-                self.log_scale.copy_(torch.log(v.std(0) + 1e-6))
+                self.shift.copy_(v.mean(axes))
+                self.log_scale.copy_(torch.log(v.std(axes) + 1e-6))
                 self.initialised.fill_(True)
-        y = (v - self.shift) * torch.exp(-self.log_scale)
-        return y, (-self.log_scale.sum()).expand(v.shape[0])
+        shift, log_scale = self._params(v)
+        positions = math.prod(v.shape[2:])  # H W for images, 1 for flat data
+        return (v - shift) * torch.exp(-log_scale), (
+            -positions * self.log_scale.sum()
+        ).expand(v.shape[0])
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> Tensor:
-        return y * torch.exp(self.log_scale) + self.shift
+        shift, log_scale = self._params(y)
+        return y * torch.exp(log_scale) + shift
 
 
 class _MaskedAutoregressiveFlow(_Flow):
