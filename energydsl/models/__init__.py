@@ -51,6 +51,7 @@ from .gan import (
     generator_loss_from_logits,
     minimax_value,
 )
+from .pixelcnn import ColourMaskedConv2d, GatedBlock, GatedPixelCNN, colour_mask
 from .vae import VAE, BetaVAE, ConvVAE, gaussian_kl
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -73,6 +74,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "untied_nade": UntiedNADE,
     "made": MADE,
     "pixelcnn": PixelCNN,
+    "gated_pixelcnn": GatedPixelCNN,
     "lstm_ar": LSTMAR,
     "rnn_ar": RNNAR,
 }
@@ -102,6 +104,8 @@ DATA_NOTES: dict[str, str] = {
     "untied_nade": "binary {0, 1}",
     "made": "binary {0, 1}",
     "pixelcnn": "binary {0, 1} images side x side",
+    "gated_pixelcnn": "binary {0, 1} images colours x side x side; levels=L > 2: values "
+    "k/(L-1) in [0, 1] (categorical per subpixel)",
     "lstm_ar": "binary {0, 1}",
     "rnn_ar": "binary {0, 1}",
 }
@@ -152,5 +156,9 @@ __all__ = [
     "MaskedNetwork",
     "PixelCNN",
     "MaskedConv2d",
+    "GatedPixelCNN",
+    "GatedBlock",
+    "ColourMaskedConv2d",
+    "colour_mask",
     "LSTMAR",
 ]
