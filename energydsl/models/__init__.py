@@ -8,7 +8,8 @@ energy models:
   ``log_prob_kind`` says whether it is ``"exact"``, a ``"lower_bound"`` or ``"none"``
   (then the method does not exist: autoencoders, GANs);
 - ``sample(n, generator=None)``: n samples shaped ``(n, *model.event_shape)``, i.e. [n, D]
-  for flat models or [n, 1, side, side] for image models;
+  for flat models or [n, 1, side, side] for image models ([n, colours, side, side] for
+  the gated PixelCNN);
 - ``data_kind``: ``"binary"`` ({0, 1} data) or ``"continuous"`` (values in [0, 1]).
 
 All models take flat data [N, D]; image models also accept [N, 1, side, side]. The GAN

@@ -9,8 +9,8 @@ a pixel in colour order:
 
 so ``log_prob`` is exact (one network pass) and ``sample`` fills one subpixel per pass.
 
-Two stacks make the receptive field the whole past, with no blind spot (a stack of masked
-k x k convolutions never sees the pixels up-right of its centre beyond a growing cone):
+Two stacks make the receptive field the whole past, with no blind spot (stacked masked
+k x k convolutions miss a wedge of pixels up-right of the current one, at any depth):
 
 - vertical stack: (k//2+1) x k convolutions over the image shifted down one row, so its
   features at (i, j) see every column of the rows above i, and nothing of row i;
