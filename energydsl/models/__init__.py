@@ -8,7 +8,8 @@ energy models:
   ``log_prob_kind`` says whether it is ``"exact"``, a ``"lower_bound"`` or ``"none"``
   (then the method does not exist: autoencoders, GANs);
 - ``sample(n, generator=None)``: n samples shaped ``(n, *model.event_shape)``, i.e. [n, D]
-  for flat models or [n, 1, side, side] for image models;
+  for flat models or [n, 1, side, side] for image models ([n, colours, side, side] for
+  the gated PixelCNN);
 - ``data_kind``: ``"binary"`` ({0, 1} data) or ``"continuous"`` (values in [0, 1]).
 
 All models take flat data [N, D]; image models also accept [N, 1, side, side]. The GAN
@@ -52,6 +53,7 @@ from .gan import (
     minimax_value,
 )
 from .glow import ChannelCoupling, Glow, InvConv1x1, LULinear, Permutation, Squeeze
+from .pixelcnn import ColourMaskedConv2d, GatedBlock, GatedPixelCNN, colour_mask
 from .vae import VAE, BetaVAE, ConvVAE, gaussian_kl
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -75,6 +77,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "untied_nade": UntiedNADE,
     "made": MADE,
     "pixelcnn": PixelCNN,
+    "gated_pixelcnn": GatedPixelCNN,
     "lstm_ar": LSTMAR,
     "rnn_ar": RNNAR,
 }
@@ -105,6 +108,8 @@ DATA_NOTES: dict[str, str] = {
     "untied_nade": "binary {0, 1}",
     "made": "binary {0, 1}",
     "pixelcnn": "binary {0, 1} images side x side",
+    "gated_pixelcnn": "binary {0, 1} images colours x side x side; levels=L > 2: values "
+    "k/(L-1) in [0, 1] (categorical per subpixel)",
     "lstm_ar": "binary {0, 1}",
     "rnn_ar": "binary {0, 1}",
 }
@@ -161,5 +166,9 @@ __all__ = [
     "MaskedNetwork",
     "PixelCNN",
     "MaskedConv2d",
+    "GatedPixelCNN",
+    "GatedBlock",
+    "ColourMaskedConv2d",
+    "colour_mask",
     "LSTMAR",
 ]

@@ -16,10 +16,10 @@ NAMES = sorted(MODELS)
 EXPECTED = {
     "linear_ae", "mlp_ae", "conv_ae", "denoising_ae", "sparse_ae", "vae", "conv_vae", "gan",
     "dcgan", "nice", "realnvp", "maf", "iaf", "fvsbn", "nade", "made", "pixelcnn", "lstm_ar",
-    "beta_vae", "untied_nade", "rnn_ar", "glow",
+    "beta_vae", "untied_nade", "rnn_ar", "glow", "gated_pixelcnn",
 }  # fmt: skip
 BINARY = {"fvsbn", "nade", "made", "pixelcnn", "lstm_ar", "vae", "conv_vae", "beta_vae",
-          "untied_nade", "rnn_ar"}
+          "untied_nade", "rnn_ar", "gated_pixelcnn"}
 
 
 def build(name: str, seed: int = 0) -> nn.Module:
