@@ -242,9 +242,12 @@ def data_kind(config: RunConfig, text: str | None = None) -> str:
         spec = text if text is not None else read_spec(catalogue.resolve(config.model))
         domain = DOMAINS[checked_spec(spec).visible.domain]
         return domain.name if domain.discrete else "energy"
-    from energydsl.models import DATA_KINDS
+    from energydsl.models import DATA_KINDS, create
 
-    return DATA_KINDS.get(config.model, "continuous")
+    try:  # the instance's kind: arguments may change it (gated_pixelcnn's levels=17)
+        return str(getattr(create(config.model, **config.sizes), "data_kind", "continuous"))
+    except (KeyError, TypeError, ValueError):  # a wrong size: building the model says so
+        return DATA_KINDS.get(config.model, "continuous")
 
 
 def on_device(prepared: Prepared, device: torch.device) -> Prepared:

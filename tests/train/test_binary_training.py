@@ -153,3 +153,13 @@ def test_compare_scores_the_bbrbm_exactly_on_the_binarised_digits(tmp_path):
     assert {e.objective for e in rows} == {"pl", "rm", "cd", "pcd"}
     assert all(2 ** dict(e.sizes)["K"] <= 2**16 for e in rows)
     assert RunConfig(model=BBRBM).is_spec
+
+
+def test_a_companion_models_arguments_decide_its_data_kind():
+    """The instance's data_kind, not the class's: a gated PixelCNN over 17 grey levels
+    trains on the grey digits, the binary default on the binarised ones."""
+    grey = RunConfig(model="gated_pixelcnn", sizes={"levels": 17})
+    assert training.data_kind(grey) == "continuous"
+    assert training.data_kind(RunConfig(model="gated_pixelcnn")) == "binary"
+    prepared = training.prepare(grey, training.data_kind(grey))
+    assert len(torch.unique(prepared.train_values())) > 2
