@@ -9,7 +9,11 @@ energy models:
   (then the method does not exist: autoencoders, GANs);
 - ``sample(n, generator=None)``: n samples shaped ``(n, *model.event_shape)``, i.e. [n, D]
   for flat models or [n, 1, side, side] for image models;
-- ``data_kind``: ``"binary"`` ({0, 1} data) or ``"continuous"`` (values in [0, 1]).
+- ``data_kind``: ``"binary"`` ({0, 1} data) or ``"continuous"`` (values in [0, 1]);
+- ``context_dim``: 0, or C for a conditional model p(x | c) built with ``context_dim=C``
+  (every family but the autoencoders): its methods of x then take ``context=`` ([N, C], or
+  [C] shared by the batch), which an unconditional model refuses; ``one_hot(labels,
+  classes, model)`` turns integer class labels into that context.
 
 All models take flat data [N, D]; image models also accept [N, 1, side, side]. The GAN
 additionally has ``discriminator_loss``, ``generator_loss`` and ``train_step``.
@@ -21,6 +25,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from ._utils import one_hot
 from .autoencoders import MLPAE, ConvAE, DenoisingAE, LinearAE, SparseAE
 from .autoregressive import (
     FVSBN,
@@ -121,6 +126,7 @@ __all__ = [
     "DATA_KINDS",
     "DATA_NOTES",
     "create",
+    "one_hot",
     "LinearAE",
     "MLPAE",
     "ConvAE",
