@@ -21,6 +21,7 @@ additionally has ``discriminator_loss``, ``generator_loss`` and ``train_step``.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from torch import nn
@@ -112,6 +113,13 @@ DATA_NOTES: dict[str, str] = {
 }
 
 
+#: The registered models that take ``context_dim`` (conditional p(x | c)): all but the
+#: autoencoders.
+CONDITIONAL: tuple[str, ...] = tuple(
+    name for name, cls in MODELS.items() if "context_dim" in inspect.signature(cls).parameters
+)
+
+
 def create(name: str, **kwargs: object) -> nn.Module:
     """Build the registered model ``name`` with keyword arguments."""
     try:
@@ -125,6 +133,7 @@ __all__ = [
     "MODELS",
     "DATA_KINDS",
     "DATA_NOTES",
+    "CONDITIONAL",
     "create",
     "one_hot",
     "LinearAE",

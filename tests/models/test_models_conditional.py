@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.autograd.functional import jacobian
 
 from energydsl.models import (
+    CONDITIONAL,
     DCGAN,
     FVSBN,
     GAN,
@@ -169,8 +170,12 @@ def test_a_conditional_model_trains_and_backpropagates_to_its_context_weights(na
 
 # ------------------------------------------------------------------ the context convention
 
-CONDITIONAL = sorted(n for n, f in MODELS.items()
-                     if "context_dim" in inspect.signature(f).parameters)
+AUTOENCODERS = {"linear_ae", "mlp_ae", "conv_ae", "denoising_ae", "sparse_ae"}
+
+
+def test_every_family_but_the_autoencoders_is_conditional() -> None:
+    assert set(CONDITIONAL) == set(MODELS) - AUTOENCODERS
+    assert all("context_dim" in inspect.signature(MODELS[n]).parameters for n in CONDITIONAL)
 
 
 @pytest.mark.parametrize("name", CONDITIONAL)
