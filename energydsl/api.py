@@ -133,8 +133,9 @@ def train(model: str, out: str | Path | None = None, *, resume: bool = False,
     """Train `model` (a spec path or a companion model name) as `energydsl train` does,
     with the same checks (UsageError names a wrong setting), into `out` (default
     runs/<name>). `settings` are RunConfig's fields: data, objective, epochs, batch_size,
-    lr, seed, sizes={...}, options={...}, compile. Returns the History (per-epoch
-    losses in .epochs, every step's loss in .steps)."""
+    lr, seed, sizes={...}, options={...}, compile, conditional=True (a companion model of
+    p(x | label) on the data's class labels, as --conditional). Returns the History
+    (per-epoch losses in .epochs, every step's loss in .steps)."""
     import dataclasses
 
     from energydsl.errors import UsageError

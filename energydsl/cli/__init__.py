@@ -197,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the training step through torch.compile: the same values, "
                         "1.1-2.4x faster steps on the shipped models (bench/RESULTS.md), after "
                         "a first step that takes 1-30 s to compile (more on a busy machine)")
+    p.add_argument("--conditional", action="store_true",
+                   help="train a companion model of p(x | label) on the data's class labels "
+                        "(digits, mnist): context_dim = the number of classes, one-hot "
+                        "labels as the context; kept on --resume")
     p.set_defaults(handler=cmd_train)
 
     p = commands.add_parser(
@@ -251,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ais-temperatures", type=positive_int, default=500,
                    help="AIS temperatures (default 500)")
     p.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
+    p.add_argument("--conditional", action="store_true",
+                   help="train every companion model that takes a context on p(x | label) "
+                        "and score it by log p(x | label); energy models stay unconditional")
     _add_device(p, "the device to train and evaluate on (default auto)")
     p.set_defaults(handler=cmd_compare)
     return parser

@@ -28,6 +28,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         given["compile"] = True
     if args.device is not None:
         given["device"] = args.device
+    if args.conditional:
+        given["conditional"] = True
     out = Path(args.out or Path("runs") / run_name(args.model))
     try:
         config = resumed_config(out, given) if args.resume else None
@@ -86,8 +88,24 @@ def cmd_sample(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, config, data_map = model_from_checkpoint(load_checkpoint(path), path)
     model.to(device).eval()
-    samples, how = draw(model, data_map, args.n, args.steps, args.method, args.seed)
     output = output or path.parent / "samples.png"
+    if config.conditional:  # one row per class, ceil(n / classes) samples in each
+        import torch
+
+        from energydsl.models import one_hot
+        from energydsl.train.report import class_samples_figure
+
+        classes = config.classes
+        columns = -(-args.n // classes)
+        labels = torch.arange(classes).repeat_interleave(columns)
+        samples, how = draw(model, data_map, len(labels), args.steps, args.method, args.seed,
+                            context=one_hot(labels, classes, model))
+        class_samples_figure(samples.cpu(), None, classes, data_map.shape, output,
+                             f"{Path(config.model).name}: {columns} samples per label "
+                             f"({how})", columns=columns)
+        print(f"{len(labels)} samples ({columns} per label) -> {output}")
+        return EXIT_OK
+    samples, how = draw(model, data_map, args.n, args.steps, args.method, args.seed)
     image_grid(samples, data_map.shape, output,
                f"{args.n} samples of {Path(config.model).name} ({how})")
     print(f"{args.n} samples -> {output}")
@@ -113,12 +131,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     with above_bars():  # bars on a terminal: models, epochs, AIS
         rows = compare(out, entries, epochs=args.epochs, ais_chains=args.ais_chains,
                        ais_temperatures=args.ais_temperatures, seed=args.seed,
-                       device=args.device)
+                       device=args.device, conditional=args.conditional)
     text = table(rows)
+    given = (" Rows marked 'given the label' are class-conditional models scored by "
+             "log p(x | label) (--conditional); the others are unconditional, log p(x)."
+             if args.conditional else "")
+    flags = (f"{'' if args.epochs is None else f' --epochs {args.epochs}'}"
+             f"{' --conditional' if args.conditional else ''}")
     header = ("Held-out log-likelihood of the digits test split (270 images, 8x8), "
               "per image; continuous models through the dequantisation bound, binarised "
-              f"models on the binarised digits. Command: `energydsl compare"
-              f"{'' if args.epochs is None else f' --epochs {args.epochs}'}`.\n\n")
+              f"models on the binarised digits.{given} Command: `energydsl compare"
+              f"{flags}`.\n\n")
     write_atomically(out / "RESULTS.md", header + text + "\n")
     print(text)
     print(f"table -> {out / 'RESULTS.md'}")

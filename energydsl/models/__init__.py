@@ -10,7 +10,11 @@ energy models:
 - ``sample(n, generator=None)``: n samples shaped ``(n, *model.event_shape)``, i.e. [n, D]
   for flat models or [n, 1, side, side] for image models ([n, colours, side, side] for
   the gated PixelCNN);
-- ``data_kind``: ``"binary"`` ({0, 1} data) or ``"continuous"`` (values in [0, 1]).
+- ``data_kind``: ``"binary"`` ({0, 1} data) or ``"continuous"`` (values in [0, 1]);
+- ``context_dim``: 0, or C for a conditional model p(x | c) built with ``context_dim=C``
+  (every family but the autoencoders): its methods of x then take ``context=`` ([N, C], or
+  [C] shared by the batch), which an unconditional model refuses; ``one_hot(labels,
+  classes, model)`` turns integer class labels into that context.
 
 All models take flat data [N, D]; image models also accept [N, 1, side, side]. The GAN
 additionally has ``discriminator_loss``, ``generator_loss`` and ``train_step``.
@@ -18,10 +22,12 @@ additionally has ``discriminator_loss``, ``generator_loss`` and ``train_step``.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 from torch import nn
 
+from ._utils import one_hot
 from .autoencoders import MLPAE, ConvAE, DenoisingAE, LinearAE, SparseAE
 from .autoregressive import (
     FVSBN,
@@ -115,6 +121,13 @@ DATA_NOTES: dict[str, str] = {
 }
 
 
+#: The registered models that take ``context_dim`` (conditional p(x | c)): all but the
+#: autoencoders.
+CONDITIONAL: tuple[str, ...] = tuple(
+    name for name, cls in MODELS.items() if "context_dim" in inspect.signature(cls).parameters
+)
+
+
 def create(name: str, **kwargs: object) -> nn.Module:
     """Build the registered model ``name`` with keyword arguments."""
     try:
@@ -128,7 +141,9 @@ __all__ = [
     "MODELS",
     "DATA_KINDS",
     "DATA_NOTES",
+    "CONDITIONAL",
     "create",
+    "one_hot",
     "LinearAE",
     "MLPAE",
     "ConvAE",

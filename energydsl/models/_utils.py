@@ -102,3 +102,17 @@ def checked_context(owner: str, context_dim: int, context: Tensor | None, n: int
         raise ValueError(f"context must be [{context_dim}] or [{n}, {context_dim}], "
                          f"got {tuple(context.shape)}")
     return context
+
+
+def one_hot(labels: Tensor, classes: int, module: nn.Module) -> Tensor:
+    """Integer class labels [N] -> the float one-hot context [N, classes] a conditional
+    model takes (its dtype and device), so p(x | c) is p(x | label) (Mirza and Osindero
+    2014; Sohn et al. 2015). Labels outside 0..classes - 1 are a ValueError."""
+    labels = torch.as_tensor(labels).long()
+    if labels.dim() != 1:
+        raise ValueError(f"labels must be a vector [N], got shape {tuple(labels.shape)}")
+    if labels.numel() and not (0 <= int(labels.min()) and int(labels.max()) < classes):
+        raise ValueError(f"labels must lie in 0..{classes - 1}, got "
+                         f"{int(labels.min())}..{int(labels.max())}")
+    p = next(module.parameters())
+    return F.one_hot(labels.to(p.device), classes).to(dtype=p.dtype)

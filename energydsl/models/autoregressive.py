@@ -14,6 +14,11 @@ draws the coordinates one at a time in order. Data are {0, 1} (``data_kind = "bi
   unmasked context, the conditioner of the masked autoregressive flows (flows.MAF/IAF).
 - PixelCNN: masked convolutions (mask A then mask B) over the image in raster order.
 - LSTMAR: an LSTM reading the pixels in raster order, shifted by one.
+
+Every model may be conditional (``context_dim = C > 0``): p(x | c) = prod_i p(x_i | x_<i, c),
+the context c ([N, C], or [C] shared by the batch) entering every conditional's logit
+without a mask, so each conditional is still a Bernoulli and p(. | c) is normalised for
+every c. ``log_prob``, ``loss``, ``logits`` and ``sample`` then take ``context=``.
 """
 
 from __future__ import annotations
@@ -25,7 +30,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._utils import as_flat, as_images, bernoulli_log_prob, like, sample_bernoulli
+from ._utils import (
+    as_flat,
+    as_images,
+    bernoulli_log_prob,
+    checked_context,
+    like,
+    sample_bernoulli,
+)
 
 __all__ = [
     "FVSBN",
@@ -87,11 +99,13 @@ def _sample_in_order(
     n: int,
     order: Sequence[int],
     shape: tuple[int, ...],
-    logits_fn: Callable[[Tensor], Tensor],
+    logits_fn: Callable[..., Tensor],
     module: nn.Module,
     generator: torch.Generator | None,
+    context: Tensor | None = None,
 ) -> Tensor:
-    """Ancestral sampling: fill flat coordinates in ``order`` from logits_fn(current x).
+    """Ancestral sampling: fill flat coordinates in ``order`` from
+    logits_fn(current x, context=context) (the context, if any, [n, C], fixed throughout).
 
     One full network pass per coordinate (D passes): simple, and only the entry being
     sampled is read, so it is correct for any model whose logit i ignores x_>=i.
@@ -99,54 +113,84 @@ def _sample_in_order(
     x = torch.zeros(n, *shape, **like(module))  # type: ignore[arg-type]
     flat = x.view(n, -1)
     for d in order:
-        logit = logits_fn(x).reshape(n, -1)[:, d]
+        logit = logits_fn(x, context=context).reshape(n, -1)[:, d]
         flat[:, d] = sample_bernoulli(logit, generator)
     return x
 
 
+def _context_map(context_dim: int, width: int) -> nn.Linear | None:
+    """The bias-free linear map a context adds to `width` pre-activations (None without a
+    context, so unconditional models keep their parameters and state dicts)."""
+    if context_dim < 0:
+        raise ValueError(f"context_dim must be >= 0, got {context_dim}")
+    return nn.Linear(context_dim, width, bias=False) if context_dim else None
+
+
 class _ExactBinary(nn.Module):
-    """The shared part of the autoregressive models of binary data whose `logits(x)` give
-    all D conditionals at once: the exact log-likelihood and its mean as the loss."""
+    """The shared part of the autoregressive models of binary data whose
+    `logits(x, context=None)` give all D conditionals at once: the exact log-likelihood
+    (log p(x), or log p(x | c) for a conditional model) and its mean as the loss."""
 
     dim: int
+    event_shape: tuple[int, ...]
+    #: Dimension of the conditioning vector (0: unconditional).
+    context_dim = 0
 
-    def logits(self, x: Tensor) -> Tensor:  # pragma: no cover - every subclass has one
+    def _prepare(self, x: Tensor) -> Tensor:
+        """The data in the layout `logits` takes (flat [N, D]; images for PixelCNN)."""
+        return as_flat(x, self.dim)
+
+    def _context(self, context: Tensor | None, n: int) -> Tensor | None:
+        """The context checked against ``context_dim`` and broadcast to [n, C]."""
+        return checked_context(type(self).__name__, self.context_dim, context, n)
+
+    def logits(self, x: Tensor, *, context: Tensor | None = None
+               ) -> Tensor:  # pragma: no cover - every subclass has one
         raise NotImplementedError
 
-    def log_prob(self, x: Tensor) -> Tensor:
-        """Exact log p(x), shape [N]."""
-        x = as_flat(x, self.dim)
-        return bernoulli_log_prob(self.logits(x), x)
+    def log_prob(self, x: Tensor, *, context: Tensor | None = None) -> Tensor:
+        """Exact log p(x) (log p(x | c) with a context), shape [N]."""
+        x = self._prepare(x)
+        return bernoulli_log_prob(self.logits(x, context=context), x)
 
-    def loss(self, x: Tensor) -> Tensor:
+    def loss(self, x: Tensor, *, context: Tensor | None = None) -> Tensor:
         """Mean negative log-likelihood (nats per example)."""
-        return -self.log_prob(x).mean()
+        return -self.log_prob(x, context=context).mean()
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               context: Tensor | None = None) -> Tensor:
+        """Ancestral samples in order, shape [n, *event_shape] (given c: [C] or [n, C])."""
+        return _sample_in_order(n, range(self.dim), self.event_shape, self.logits, self,
+                                generator, self._context(context, n))
 
 
 class FVSBN(_ExactBinary):
-    """Fully visible sigmoid belief network: p(x_i=1|x_<i) = sigmoid(b_i + sum_{j<i} W_ij x_j)."""
+    """Fully visible sigmoid belief network: p(x_i=1|x_<i) = sigmoid(b_i + sum_{j<i} W_ij x_j).
+
+    Conditional (``context_dim = C``): the bias becomes b + U c, one learnt [D, C] map U.
+    """
 
     data_kind = "binary"
     log_prob_kind = "exact"
 
-    def __init__(self, dim: int = 64) -> None:
+    def __init__(self, dim: int = 64, context_dim: int = 0) -> None:
         super().__init__()
         self.dim = dim
-        self.event_shape: tuple[int, ...] = (dim,)
+        self.event_shape = (dim,)
         self.weight = nn.Parameter(torch.randn(dim, dim) * (1.0 / math.sqrt(dim)))
         self.bias = nn.Parameter(torch.zeros(dim))
         # Strictly lower-triangular: logit i sees only x_j with j < i.
         self.register_buffer("mask", torch.tril(torch.ones(dim, dim), diagonal=-1))
+        self.context_map = _context_map(context_dim, dim)
+        self.context_dim = context_dim
 
-    def logits(self, x: Tensor) -> Tensor:
+    def logits(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """All D conditional logits at once, shape [N, D]."""
-        return F.linear(as_flat(x, self.dim), self.weight * self.mask, self.bias)
-
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """Ancestral samples, shape [n, D]."""
-        return _sample_in_order(n, range(self.dim), (self.dim,), self.logits, self, generator)
+        x = as_flat(x, self.dim)
+        c = self._context(context, x.shape[0])
+        out = F.linear(x, self.weight * self.mask, self.bias)
+        return out if self.context_map is None else out + self.context_map(c)
 
 
 class NADE(_ExactBinary):
@@ -159,60 +203,79 @@ class NADE(_ExactBinary):
     autograd each block is recomputed in the backward pass (activation checkpointing)
     rather than kept: O(N H (D / B + B)) where the whole [N, D, H] tensor took 200 MB at
     MNIST scale.
+
+    Conditional (``context_dim = C``): the context shifts the hidden bias and the output
+    biases, c -> c + A ctx and b -> b + B ctx (learnt A [H, C], B [D, C]), the same for
+    every conditional, so the weight sharing and the running sum are unchanged.
     """
 
     data_kind = "binary"
     log_prob_kind = "exact"
     block_elements = 2**22  # N * B * H entries per block at most
 
-    def __init__(self, dim: int = 64, hidden: int = 64) -> None:
+    def __init__(self, dim: int = 64, hidden: int = 64, context_dim: int = 0) -> None:
         super().__init__()
         self.dim = dim
-        self.event_shape: tuple[int, ...] = (dim,)
+        self.event_shape = (dim,)
         self.W = nn.Parameter(torch.randn(hidden, dim) * (1.0 / math.sqrt(dim)))
         self.c = nn.Parameter(torch.zeros(hidden))
         self.V = nn.Parameter(torch.randn(dim, hidden) * (1.0 / math.sqrt(hidden)))
         self.b = nn.Parameter(torch.zeros(dim))
+        self.context_hidden = _context_map(context_dim, hidden)
+        self.context_out = _context_map(context_dim, dim)
+        self.context_dim = context_dim
 
-    def logits(self, x: Tensor) -> Tensor:
+    def _biases(self, context: Tensor | None, n: int) -> tuple[Tensor, Tensor]:
+        """The hidden and output biases, [n, H] and [n, D] (or [H] and [D] unconditional)."""
+        c = self._context(context, n)
+        if c is None or self.context_hidden is None or self.context_out is None:
+            return self.c, self.b
+        return self.c + self.context_hidden(c), self.b + self.context_out(c)
+
+    def logits(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """All D conditional logits, shape [N, D]."""
         x = as_flat(x, self.dim)
         n, hidden = x.shape[0], self.c.shape[0]
+        c_bias, b_bias = self._biases(context, n)
+        b_bias = b_bias.expand(n, self.dim)
         block = max(1, min(self.dim, self.block_elements // max(1, n * hidden)))
-        running = self.c.expand(n, hidden)  # c + W[:, <s] x_<s before block s
+        running = c_bias.expand(n, hidden)  # c + W[:, <s] x_<s before block s
         out = []
         for start in range(0, self.dim, block):
             stop = min(self.dim, start + block)
             if block < self.dim and torch.is_grad_enabled():
                 from torch.utils.checkpoint import checkpoint
 
-                out.append(checkpoint(self._block_logits, x, running, start, stop,
+                out.append(checkpoint(self._block_logits, x, running, b_bias, start, stop,
                                       use_reentrant=False))
             else:
-                out.append(self._block_logits(x, running, start, stop))
+                out.append(self._block_logits(x, running, b_bias, start, stop))
             running = running + x[:, start:stop] @ self.W[:, start:stop].t()
         return torch.cat(out, dim=1)
 
-    def _block_logits(self, x: Tensor, running: Tensor, start: int, stop: int) -> Tensor:
+    def _block_logits(self, x: Tensor, running: Tensor, b_bias: Tensor, start: int,
+                      stop: int) -> Tensor:
         """The logits of positions start..stop-1 from the running pre-activation."""
         contrib = x[:, start:stop].unsqueeze(-1) * self.W[:, start:stop].t()  # [N, B, H]
         a = running.unsqueeze(1) + torch.cumsum(contrib, dim=1) - contrib  # exclusive sum
-        return (torch.sigmoid(a) * self.V[start:stop]).sum(-1) + self.b[start:stop]
-
+        return (torch.sigmoid(a) * self.V[start:stop]).sum(-1) + b_bias[:, start:stop]
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               context: Tensor | None = None) -> Tensor:
         """Ancestral samples with the O(H) per-step update a += W[:, i] x_i."""
         x = torch.zeros(n, self.dim, **like(self))  # type: ignore[arg-type]
-        a = self.c.expand(n, -1).clone()
+        c_bias, b_bias = self._biases(context, n)
+        a = c_bias.expand(n, -1).clone()
+        b_bias = b_bias.expand(n, self.dim)
         for i in range(self.dim):
-            logit = torch.sigmoid(a) @ self.V[i] + self.b[i]
+            logit = torch.sigmoid(a) @ self.V[i] + b_bias[:, i]
             x[:, i] = sample_bernoulli(logit, generator)
             a = a + x[:, i : i + 1] * self.W[:, i]
         return x
 
 
-class MADE(nn.Module):
+class MADE(_ExactBinary):
     """Masked autoencoder for distribution estimation (seed 003, 18.2.4).
 
     Every unit k gets a degree m(k): input d has the degree of its position in the ordering
@@ -225,6 +288,9 @@ class MADE(nn.Module):
     for each, ``connectivity_agnostic`` new hidden degrees. In training mode each ``loss``
     call uses the current set and then moves to the next (cycling), as in the MADE paper.
     ``log_prob(x, ensemble=True)`` averages the K models' probabilities (an exact mixture).
+
+    Conditional (``context_dim = C``): as in ``MaskedNetwork``, an unmasked bias-free
+    linear map of the context adds to every hidden layer and to the logits.
     """
 
     data_kind = "binary"
@@ -238,6 +304,7 @@ class MADE(nn.Module):
         order_agnostic: bool = False,
         connectivity_agnostic: bool = False,
         seed: int = 0,
+        context_dim: int = 0,
     ) -> None:
         super().__init__()
         if dim < 2:
@@ -269,6 +336,12 @@ class MADE(nn.Module):
             )
         self.n_hidden_layers = len(hidden)
         self.register_buffer("mask_index", torch.zeros((), dtype=torch.long))
+        if context_dim < 0:
+            raise ValueError(f"context_dim must be >= 0, got {context_dim}")
+        self.context_layers = nn.ModuleList(
+            nn.Linear(context_dim, h, bias=False) for h in (sizes[1:] if context_dim else [])
+        )
+        self.context_dim = context_dim
 
     def order(self, k: int | None = None) -> Tensor:
         """The ordering of mask set k (default: the current one)."""
@@ -280,28 +353,35 @@ class MADE(nn.Module):
         hidden = [getattr(self, f"degrees_{i}")[k] for i in range(self.n_hidden_layers)]
         return degree_masks(input_degrees(self.orders[k]), hidden)
 
-    def logits(self, x: Tensor, k: int | None = None) -> Tensor:
+    def logits(self, x: Tensor, k: int | None = None, context: Tensor | None = None
+               ) -> Tensor:
         """All D conditional logits under mask set k, shape [N, D]."""
         h = as_flat(x, self.dim)
+        c = self._context(context, h.shape[0])
         masks = self.masks(k)
         for i, (layer, m) in enumerate(zip(self.layers, masks, strict=True)):
             h = F.linear(h, layer.weight * m.to(h.dtype), layer.bias)
+            if c is not None:
+                h = h + self.context_layers[i](c)
             if i < len(self.layers) - 1:
                 h = F.relu(h)
         return h
 
-    def log_prob(self, x: Tensor, ensemble: bool = False) -> Tensor:
-        """Exact log p(x) under the current ordering, or of the uniform mixture of all K."""
+    def log_prob(self, x: Tensor, ensemble: bool = False, context: Tensor | None = None
+                 ) -> Tensor:
+        """Exact log p(x) (or log p(x | c)) under the current ordering, or of the uniform
+        mixture of all K."""
         x = as_flat(x, self.dim)
         if not ensemble:
-            return bernoulli_log_prob(self.logits(x), x)
-        lps = torch.stack([bernoulli_log_prob(self.logits(x, k), x) for k in range(self.num_masks)])
+            return bernoulli_log_prob(self.logits(x, context=context), x)
+        lps = torch.stack([bernoulli_log_prob(self.logits(x, k, context), x)
+                           for k in range(self.num_masks)])
         return torch.logsumexp(lps, dim=0) - math.log(self.num_masks)
 
-    def loss(self, x: Tensor) -> Tensor:
+    def loss(self, x: Tensor, *, context: Tensor | None = None) -> Tensor:
         """Mean NLL under the current mask set (no side effect: the mask set moves on only
         when asked, by `next_mask_set` or the training loop's `after_step`)."""
-        return -self.log_prob(x).mean()
+        return -self.log_prob(x, context=context).mean()
 
     @torch.no_grad()
     def next_mask_set(self) -> int:
@@ -316,10 +396,12 @@ class MADE(nn.Module):
             self.next_mask_set()
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               context: Tensor | None = None) -> Tensor:
         """Ancestral samples in the current ordering, shape [n, D]."""
         order = self.order().tolist()
-        return _sample_in_order(n, order, (self.dim,), self.logits, self, generator)
+        return _sample_in_order(n, order, (self.dim,), self.logits, self, generator,
+                                self._context(context, n))
 
 
 class MaskedNetwork(nn.Module):
@@ -419,12 +501,17 @@ class MaskedConv2d(nn.Conv2d):
         return F.conv2d(x, self.weight * self.mask, self.bias, self.stride, self.padding)
 
 
-class PixelCNN(nn.Module):
+class PixelCNN(_ExactBinary):
     """PixelCNN for binary [N, 1, side, side] images (flat [N, side*side] accepted).
 
     One mask-A convolution (``kernel_a``), ``n_layers`` mask-B convolutions (``kernel_b``),
     then two 1x1 convolutions to one Bernoulli logit per pixel. Single channel: the RGB
     channel ordering of the full PixelCNN is not needed for the digits.
+
+    Conditional (``context_dim = C``), as the class-conditional PixelCNN of van den Oord
+    et al. 2016 ("Conditional Image Generation with PixelCNN Decoders"): every convolution
+    gets a context-dependent bias V_l c, one value per channel, the same at every pixel
+    (location-independent), so the masks and the raster-order factorisation are kept.
     """
 
     data_kind = "binary"
@@ -437,34 +524,41 @@ class PixelCNN(nn.Module):
         n_layers: int = 3,
         kernel_a: int = 5,
         kernel_b: int = 3,
+        context_dim: int = 0,
     ) -> None:
         super().__init__()
         self.side = side
         self.dim = side * side
-        self.event_shape: tuple[int, ...] = (1, side, side)
+        self.event_shape = (1, side, side)
         layers: list[nn.Module] = [MaskedConv2d("A", 1, channels, kernel_a), nn.ReLU()]
         for _ in range(n_layers):
             layers += [MaskedConv2d("B", channels, channels, kernel_b), nn.ReLU()]
         layers += [nn.Conv2d(channels, channels, 1), nn.ReLU(), nn.Conv2d(channels, 1, 1)]
         self.net = nn.Sequential(*layers)
+        if context_dim < 0:
+            raise ValueError(f"context_dim must be >= 0, got {context_dim}")
+        convs = [m for m in layers if isinstance(m, nn.Conv2d)]
+        self.context_layers = nn.ModuleList(
+            nn.Linear(context_dim, m.out_channels, bias=False) for m in
+            (convs if context_dim else [])
+        )
+        self.context_dim = context_dim
 
-    def logits(self, x: Tensor) -> Tensor:
+    def _prepare(self, x: Tensor) -> Tensor:
+        return as_images(x, self.side)
+
+    def logits(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Per-pixel logits, shape [N, 1, side, side]; input centred to {-1, 1}."""
-        return self.net(2 * as_images(x, self.side) - 1)
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        """Exact log p(x), shape [N]."""
-        x = as_images(x, self.side)
-        return bernoulli_log_prob(self.logits(x), x)
-
-    def loss(self, x: Tensor) -> Tensor:
-        """Mean negative log-likelihood (nats per example)."""
-        return -self.log_prob(x).mean()
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """Raster-order ancestral samples, shape [n, 1, side, side]."""
-        return _sample_in_order(n, range(self.dim), self.event_shape, self.logits, self, generator)
+        h = 2 * as_images(x, self.side) - 1
+        c = self._context(context, h.shape[0])
+        if c is None:
+            return self.net(h)
+        biases = iter(self.context_layers)
+        for module in self.net:
+            h = module(h)
+            if isinstance(module, nn.Conv2d):
+                h = h + next(biases)(c)[:, :, None, None]
+        return h
 
 
 class LSTMAR(_ExactBinary):
@@ -472,24 +566,31 @@ class LSTMAR(_ExactBinary):
 
     Step i reads x_{i-1} (as -1/+1; the first step reads 0, a start symbol no pixel takes)
     and emits the logit of x_i, so the weights are shared across positions.
+
+    Conditional (``context_dim = C``): every step also reads the context, its input
+    [x_{i-1}, c] (C + 1 numbers), so every hidden state and logit sees c.
     """
 
     data_kind = "binary"
     log_prob_kind = "exact"
 
     def __init__(self, dim: int = 64, hidden: int = 64, num_layers: int = 1,
-                 cell: str = "lstm") -> None:
+                 cell: str = "lstm", context_dim: int = 0) -> None:
         """cell: "lstm", or "rnn" for a plain tanh recurrent network (RNNAR)."""
         super().__init__()
         if cell not in ("lstm", "rnn"):
             raise ValueError(f"cell must be 'lstm' or 'rnn', got {cell!r}")
+        if context_dim < 0:
+            raise ValueError(f"context_dim must be >= 0, got {context_dim}")
         self.dim = dim
         self.cell = cell
-        self.event_shape: tuple[int, ...] = (dim,)
+        self.context_dim = context_dim
+        self.event_shape = (dim,)
+        inputs = 1 + context_dim
         if cell == "lstm":  # the attribute names keep LSTM checkpoints loadable
-            self.lstm = nn.LSTM(1, hidden, num_layers=num_layers, batch_first=True)
+            self.lstm = nn.LSTM(inputs, hidden, num_layers=num_layers, batch_first=True)
         else:
-            self.rnn = nn.RNN(1, hidden, num_layers=num_layers, nonlinearity="tanh",
+            self.rnn = nn.RNN(inputs, hidden, num_layers=num_layers, nonlinearity="tanh",
                               batch_first=True)
         self.head = nn.Linear(hidden, 1)
 
@@ -498,65 +599,77 @@ class LSTMAR(_ExactBinary):
         """The recurrent network: the LSTM, or the tanh RNN."""
         return self.lstm if self.cell == "lstm" else self.rnn
 
-    def logits(self, x: Tensor) -> Tensor:
+    def _inputs(self, previous: Tensor, c: Tensor | None) -> Tensor:
+        """Step inputs [N, L, 1 + C] from the previous pixels [N, L] and the context."""
+        steps = previous.unsqueeze(-1)
+        if c is None:
+            return steps
+        return torch.cat([steps, c[:, None, :].expand(-1, steps.shape[1], -1)], dim=-1)
+
+    def logits(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """All D conditional logits, shape [N, D] (one recurrent pass over the shifted
         input)."""
         x = as_flat(x, self.dim)
+        c = self._context(context, x.shape[0])
         shifted = torch.cat([torch.zeros_like(x[:, :1]), 2 * x[:, :-1] - 1], dim=1)
-        h, _ = self.recurrent(shifted.unsqueeze(-1))
+        h, _ = self.recurrent(self._inputs(shifted, c))
         return self.head(h).squeeze(-1)
 
-
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               context: Tensor | None = None) -> Tensor:
         """Ancestral samples carrying the recurrent state: one step per pixel, [n, D]."""
+        c = self._context(context, n)
         x = torch.zeros(n, self.dim, **like(self))  # type: ignore[arg-type]
-        inp = torch.zeros(n, 1, 1, **like(self))  # type: ignore[arg-type]
+        previous = torch.zeros(n, 1, **like(self))  # type: ignore[arg-type]
         state = None
         for i in range(self.dim):
-            h, state = self.recurrent(inp, state)
+            h, state = self.recurrent(self._inputs(previous, c), state)
             x[:, i] = sample_bernoulli(self.head(h[:, -1]).squeeze(-1), generator)
-            inp = (2 * x[:, i] - 1).reshape(n, 1, 1)
+            previous = (2 * x[:, i] - 1).reshape(n, 1)
         return x
 
 
 class RNNAR(LSTMAR):
     """LSTMAR with a plain tanh recurrent network instead of the LSTM (Elman 1990)."""
 
-    def __init__(self, dim: int = 64, hidden: int = 64, num_layers: int = 1) -> None:
-        super().__init__(dim, hidden, num_layers, cell="rnn")
+    def __init__(self, dim: int = 64, hidden: int = 64, num_layers: int = 1,
+                 context_dim: int = 0) -> None:
+        super().__init__(dim, hidden, num_layers, cell="rnn", context_dim=context_dim)
 
 
 class UntiedNADE(_ExactBinary):
     """NADE with untied weights (Larochelle and Murray 2011's untied variant): each
     conditional i has its own input weights W[i] [H, D], masked to the inputs before i,
     h_i = sigmoid(c_i + W[i][:, <i] x_<i), logit_i = V_i . h_i + b_i. D times NADE's
-    input parameters; all D conditionals in one masked contraction."""
+    input parameters; all D conditionals in one masked contraction. Conditional
+    (``context_dim = C``): as NADE, c_i -> c_i + A ctx and b -> b + B ctx."""
 
     data_kind = "binary"
     log_prob_kind = "exact"
 
-    def __init__(self, dim: int = 64, hidden: int = 64) -> None:
+    def __init__(self, dim: int = 64, hidden: int = 64, context_dim: int = 0) -> None:
         super().__init__()
         self.dim = dim
-        self.event_shape: tuple[int, ...] = (dim,)
+        self.event_shape = (dim,)
         self.W = nn.Parameter(torch.randn(dim, hidden, dim) * (1.0 / math.sqrt(dim)))
         self.c = nn.Parameter(torch.zeros(dim, hidden))
         self.V = nn.Parameter(torch.randn(dim, hidden) * (1.0 / math.sqrt(hidden)))
         self.b = nn.Parameter(torch.zeros(dim))
         # mask[i, j] = 1 where input j comes before conditional i
         self.register_buffer("mask", torch.ones(dim, dim).tril(-1), persistent=False)
+        self.context_hidden = _context_map(context_dim, hidden)
+        self.context_out = _context_map(context_dim, dim)
+        self.context_dim = context_dim
 
-    def logits(self, x: Tensor) -> Tensor:
+    def logits(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """All D conditional logits, shape [N, D]."""
         x = as_flat(x, self.dim)
+        c = self._context(context, x.shape[0])
         weights = self.W * self.mask.to(self.W.dtype).unsqueeze(1)  # [D, H, D]
         a = torch.einsum("ihj,nj->nih", weights, x) + self.c  # [N, D, H]
-        return (torch.sigmoid(a) * self.V).sum(-1) + self.b
-
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """Ancestral samples in order, shape [n, D]."""
-        return _sample_in_order(n, list(range(self.dim)), (self.dim,), self.logits, self,
-                                generator)
+        out = self.b
+        if c is not None and self.context_hidden is not None and self.context_out is not None:
+            a = a + self.context_hidden(c).unsqueeze(1)
+            out = out + self.context_out(c)
+        return (torch.sigmoid(a) * self.V).sum(-1) + out

@@ -23,8 +23,12 @@ preprocessing) and the flow models v; the density of y includes that Jacobian.
 MAF and IAF replace the couplings by masked autoregressive affine layers
 (``MaskedAffine``, conditioned by a ``MaskedNetwork``): every coordinate moves, each given
 the ones before it in the layer's ordering, and consecutive layers reverse the ordering.
-They may be conditional (``context_dim > 0``): ``log_prob``, ``log_density``, ``loss`` and
-``sample`` then take ``context=`` ([N, C], or [C] shared by the batch).
+Every flow may be conditional (``context_dim > 0``): ``log_prob``, ``log_density``,
+``loss``, ``sample`` and ``rsample`` then take ``context=`` ([N, C], or [C] shared by the
+batch). A coupling's network then reads [x_keep, c] (the context is one more input, so
+the Jacobian in x stays triangular and log|det| is unchanged in form); MAF/IAF's masked
+networks take it unmasked. For each fixed c the map is a bijection of x, so p(x | c) is a
+normalised density for every c.
 """
 
 from __future__ import annotations
@@ -82,8 +86,9 @@ class _Coupling(nn.Module):
     """A coupling layer's split: the ``mask = 1`` entries condition, the others move.
 
     The network sees only the conditioning entries (gathered by index, ``keep``: as many as
-    the mask has ones, D/2 for even D) and outputs ``per_moved`` numbers for each moved
-    entry (``move``), as in the papers: no zeroed inputs, no discarded outputs.
+    the mask has ones, D/2 for even D), and the context if any (``context_dim``
+    more inputs), and outputs ``per_moved`` numbers for each moved entry (``move``), as in
+    the papers: no zeroed inputs, no discarded outputs.
     ``couple``/``uncouple`` work on the split parts; ``forward``/``inverse`` split the full
     vector, couple, and put the parts back in place (``order``). The index buffers are
     derived from ``mask`` (not stored in the state dict; recomputed when one is loaded).
@@ -93,13 +98,18 @@ class _Coupling(nn.Module):
     move: Tensor
     order: Tensor
 
-    def __init__(self, mask: Tensor, hidden: Sequence[int], per_moved: int) -> None:
+    def __init__(self, mask: Tensor, hidden: Sequence[int], per_moved: int,
+                 context_dim: int = 0) -> None:
         super().__init__()
+        if context_dim < 0:
+            raise ValueError(f"context_dim must be >= 0, got {context_dim}")
+        self.context_dim = context_dim
         self.register_buffer("mask", mask.clone())
         for name in ("keep", "move", "order"):
             self.register_buffer(name, torch.empty(0, dtype=torch.long), persistent=False)
         self._index()
-        self.net = mlp([self.keep.numel(), *hidden, per_moved * self.move.numel()])
+        self.net = mlp([self.keep.numel() + context_dim, *hidden,
+                        per_moved * self.move.numel()])
         self.register_load_state_dict_post_hook(_reindex)
 
     def _index(self) -> None:
@@ -117,63 +127,74 @@ class _Coupling(nn.Module):
         """The full [N, D] vector from its two parts (inverse of ``split``, exact copies)."""
         return torch.cat([keep, move], dim=-1).index_select(-1, self.order)
 
-    def couple(self, keep: Tensor, move: Tensor) -> tuple[Tensor, Tensor]:
+    def net_out(self, keep: Tensor, context: Tensor | None) -> Tensor:
+        """The network's output from the conditioning entries and the context ([N, C])."""
+        if (context is None) != (self.context_dim == 0):
+            raise ValueError(f"this coupling takes a context of dimension {self.context_dim}"
+                             if self.context_dim else "this coupling takes no context")
+        return self.net(keep if context is None else torch.cat([keep, context], dim=-1))
+
+    def couple(self, keep: Tensor, move: Tensor, context: Tensor | None = None
+               ) -> tuple[Tensor, Tensor]:
         """The moved entries transformed given the conditioning ones, and log|det J|."""
         raise NotImplementedError
 
-    def uncouple(self, keep: Tensor, moved: Tensor) -> Tensor:
+    def uncouple(self, keep: Tensor, moved: Tensor, context: Tensor | None = None) -> Tensor:
         """Inverse of ``couple``: the moved entries' values before the transform."""
         raise NotImplementedError
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """(y, log|det dy/dx|); couplings take no context (the flow never passes one)."""
+        """(y, log|det dy/dx|) given the context ([N, C], if the coupling takes one)."""
         keep, move = self.split(x)
-        moved, logdet = self.couple(keep, move)
+        moved, logdet = self.couple(keep, move, context)
         return self.merge(keep, moved), logdet
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> Tensor:
         keep, moved = self.split(y)
-        return self.merge(keep, self.uncouple(keep, moved))
+        return self.merge(keep, self.uncouple(keep, moved, context))
 
 
 class AdditiveCoupling(_Coupling):
     """NICE coupling: y_move = x_move + m(x_keep), y_keep = x_keep; log|det J| = 0.
 
-    m maps the n_keep conditioning entries to n_move shifts.
+    m maps the n_keep conditioning entries (and the context, if any) to n_move shifts.
     """
 
-    def __init__(self, mask: Tensor, hidden: Sequence[int]) -> None:
-        super().__init__(mask, hidden, per_moved=1)
+    def __init__(self, mask: Tensor, hidden: Sequence[int], context_dim: int = 0) -> None:
+        super().__init__(mask, hidden, per_moved=1, context_dim=context_dim)
 
-    def couple(self, keep: Tensor, move: Tensor) -> tuple[Tensor, Tensor]:
-        return move + self.net(keep), keep.new_zeros(keep.shape[0])
+    def couple(self, keep: Tensor, move: Tensor, context: Tensor | None = None
+               ) -> tuple[Tensor, Tensor]:
+        return move + self.net_out(keep, context), keep.new_zeros(keep.shape[0])
 
-    def uncouple(self, keep: Tensor, moved: Tensor) -> Tensor:
-        return moved - self.net(keep)
+    def uncouple(self, keep: Tensor, moved: Tensor, context: Tensor | None = None) -> Tensor:
+        return moved - self.net_out(keep, context)
 
 
 class AffineCoupling(_Coupling):
     """RealNVP coupling: y_move = x_move * exp(s) + t, y_keep = x_keep, (s, t) = nets(x_keep).
 
-    The network maps the n_keep conditioning entries to 2 n_move outputs (raw log-scales
-    and shifts); s = scale * tanh(raw) keeps exp(s) bounded (no float32 overflow), with one
-    learned ``scale`` per moved entry; log|det J| = sum of s.
+    The network maps the n_keep conditioning entries (and the context, if any) to
+    2 n_move outputs (raw log-scales and shifts); s = scale * tanh(raw) keeps exp(s)
+    bounded (no float32 overflow), with one learned ``scale`` per moved entry;
+    log|det J| = sum of s.
     """
 
-    def __init__(self, mask: Tensor, hidden: Sequence[int]) -> None:
-        super().__init__(mask, hidden, per_moved=2)
+    def __init__(self, mask: Tensor, hidden: Sequence[int], context_dim: int = 0) -> None:
+        super().__init__(mask, hidden, per_moved=2, context_dim=context_dim)
         self.scale = nn.Parameter(torch.ones(self.move.numel()))
 
-    def _s_t(self, keep: Tensor) -> tuple[Tensor, Tensor]:
-        raw, t = self.net(keep).chunk(2, dim=-1)
+    def _s_t(self, keep: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        raw, t = self.net_out(keep, context).chunk(2, dim=-1)
         return self.scale * torch.tanh(raw), t
 
-    def couple(self, keep: Tensor, move: Tensor) -> tuple[Tensor, Tensor]:
-        s, t = self._s_t(keep)
+    def couple(self, keep: Tensor, move: Tensor, context: Tensor | None = None
+               ) -> tuple[Tensor, Tensor]:
+        s, t = self._s_t(keep, context)
         return move * torch.exp(s) + t, s.sum(-1)
 
-    def uncouple(self, keep: Tensor, moved: Tensor) -> Tensor:
-        s, t = self._s_t(keep)
+    def uncouple(self, keep: Tensor, moved: Tensor, context: Tensor | None = None) -> Tensor:
+        s, t = self._s_t(keep, context)
         return (moved - t) * torch.exp(-s)
 
 
@@ -277,7 +298,7 @@ class _Flow(nn.Module):
 
     data_kind = "continuous"
     log_prob_kind: str
-    #: Dimension of the conditioning vector (0: unconditional; only MAF/IAF take one).
+    #: Dimension of the conditioning vector (0: unconditional).
     context_dim = 0
 
     def __init__(
@@ -332,9 +353,9 @@ class _Flow(nn.Module):
             a, b = first.split(v)  # layer 0's conditioning and moved entries
             for i, layer in enumerate(self.layers):
                 if i % 2 == 0:
-                    b, ld = layer.couple(a, b)
+                    b, ld = layer.couple(a, b, context)
                 else:
-                    a, ld = layer.couple(b, a)
+                    a, ld = layer.couple(b, a, context)
                 logdet = logdet + ld
             v = first.merge(a, b)
         else:
@@ -357,9 +378,9 @@ class _Flow(nn.Module):
             for i in reversed(range(len(self.layers))):
                 layer = self.layers[i]
                 if i % 2 == 0:
-                    b = layer.uncouple(a, b)
+                    b = layer.uncouple(a, b, context)
                 else:
-                    a = layer.uncouple(b, a)
+                    a = layer.uncouple(b, a, context)
             return first.merge(a, b)
         for layer in reversed(self.layers):
             z = layer.inverse(z, context)  # type: ignore[operator]
@@ -477,6 +498,7 @@ class NICE(_Flow):
 
     ``n_couplings`` layers; layer i keeps ``mask`` (i even) or its complement (i odd), so
     every coordinate is transformed. Prior: standard logistic by default (as in NICE).
+    ``context_dim > 0``: every coupling network also reads the context (p(x | c)).
     """
 
     def __init__(
@@ -490,12 +512,15 @@ class NICE(_Flow):
         dequantization: str = "uniform",
         levels: int = 17,
         alpha: float = 0.05,
+        context_dim: int = 0,
     ) -> None:
         base = make_mask(dim, mask, side)
         layers = [
-            AdditiveCoupling(base if i % 2 == 0 else 1 - base, hidden) for i in range(n_couplings)
+            AdditiveCoupling(base if i % 2 == 0 else 1 - base, hidden, context_dim)
+            for i in range(n_couplings)
         ]
         super().__init__(dim, layers, prior, dequantization, levels, alpha, scaling=True)
+        self.context_dim = context_dim
 
 
 class RealNVP(_Flow):
@@ -507,6 +532,7 @@ class RealNVP(_Flow):
     ``mixing``: a layer before every coupling that mixes the coordinates, the options of
     Glow's comparison (Kingma and Dhariwal 2018): ``"reverse"`` or ``"random"``
     (``Permutation``), ``"lu"`` (a learnt ``LULinear``); ``"none"`` by default.
+    ``context_dim > 0``: every coupling network also reads the context (p(x | c)).
     """
 
     def __init__(
@@ -521,12 +547,14 @@ class RealNVP(_Flow):
         levels: int = 17,
         alpha: float = 0.05,
         mixing: str = "none",
+        context_dim: int = 0,
     ) -> None:
         if mixing not in ("none", "reverse", "random", "lu"):
             raise ValueError(f"mixing must be 'none', 'reverse', 'random' or 'lu', got {mixing!r}")
         base = make_mask(dim, mask, side if mask == "checkerboard" else None)
         layers: list[nn.Module] = [
-            AffineCoupling(base if i % 2 == 0 else 1 - base, hidden) for i in range(n_couplings)
+            AffineCoupling(base if i % 2 == 0 else 1 - base, hidden, context_dim)
+            for i in range(n_couplings)
         ]
         if mixing != "none":
             from .glow import LULinear, Permutation  # glow.py builds on this module
@@ -540,6 +568,7 @@ class RealNVP(_Flow):
                 )
             ]
         super().__init__(dim, layers, prior, dequantization, levels, alpha, scaling=False)
+        self.context_dim = context_dim
 
 
 class ActNorm(nn.Module):

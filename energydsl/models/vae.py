@@ -16,6 +16,7 @@ z = mu + std * eps so gradients reach the encoder (seed 001, 1.11).
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -75,8 +76,10 @@ class VAE(nn.Module):
         """MLP encoder and decoder; a subclass passes its own (`encoder` maps x to the
         2 z_dim Gaussian parameters, `decoder` z to the likelihood's parameters) and its
         `event_shape`. context_dim > 0: a conditional VAE (Sohn et al. 2015), q(z | x, c)
-        and p(x | z, c) with the context c concatenated to the MLPs' inputs, p(z) = N(0, I);
-        every method then takes `context` ([N, C], or [C] for the whole batch)."""
+        and p(x | z, c) with the context c concatenated to the networks' inputs,
+        p(z) = N(0, I); every method then takes `context` ([N, C], or [C] for the whole
+        batch). Networks given with a context take those concatenated inputs (a subclass
+        places the context elsewhere by overriding `_encoder_out` and `_decoder_out`)."""
         super().__init__()
         if not (isinstance(beta, (int, float)) and beta > 0):
             raise ValueError(f"beta must be a positive number, got {beta!r}")
@@ -85,8 +88,8 @@ class VAE(nn.Module):
         self.dim = dim
         self.event_shape: tuple[int, ...] = event_shape or (dim,)
         self._init_common(z_dim, likelihood, min_std, n_importance)
-        if context_dim and (encoder is not None or decoder is not None):
-            raise ValueError("a context goes with the MLP encoder and decoder only")
+        if context_dim < 0:
+            raise ValueError(f"context_dim must be >= 0, got {context_dim}")
         self.encoder = encoder or nn.Sequential(
             nn.Linear(dim + context_dim, hidden), nn.ReLU(), nn.Linear(hidden, 2 * z_dim)
         )
@@ -113,6 +116,10 @@ class VAE(nn.Module):
     def _context(self, context: Tensor | None, n: int) -> Tensor | None:
         return checked_context(type(self).__name__, self.context_dim, context, n)
 
+    def _encoder_out(self, x: Tensor, context: Tensor | None) -> Tensor:
+        """The encoder's 2 z_dim outputs from the prepared x and the context [N, C]."""
+        return self.encoder(x if context is None else torch.cat([x, context], dim=-1))
+
     def _decoder_out(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         """Raw decoder output with any leading dims: [..., z_dim] -> [..., *event_shape]
         (the context, [N, C], broadcast over z's leading sample dims)."""
@@ -125,8 +132,7 @@ class VAE(nn.Module):
         """q(z|x) (or q(z|x, c)) as a torch Normal with batch shape [N, z_dim]."""
         x = self._prepare(x)
         context = self._context(context, x.shape[0])
-        inputs = x if context is None else torch.cat([x, context], dim=-1)
-        mu, raw = self.encoder(inputs).chunk(2, dim=-1)
+        mu, raw = self._encoder_out(x, context).chunk(2, dim=-1)
         return Normal(mu, F.softplus(raw) + _MIN_ENCODER_STD)
 
     def decoder_std(self) -> Tensor:
@@ -230,6 +236,8 @@ class ConvVAE(VAE):
 
     Encoder: two stride-2 convolutions then a linear layer to (mu, std); decoder: a linear
     layer then two stride-2 transposed convolutions. Accepts flat [N, side*side] data.
+    ``context_dim = C``: conditional (Sohn et al. 2015), the context concatenated to the
+    convolutional features before the encoder's linear layer and to z before the decoder's.
     """
 
     def __init__(
@@ -240,20 +248,22 @@ class ConvVAE(VAE):
         likelihood: str = "bernoulli",
         min_std: float = 1e-2,
         n_importance: int = 16,
+        context_dim: int = 0,
     ) -> None:
         if side % 4:
             raise ValueError(f"side must be divisible by 4, got {side}")
         s4, c2 = side // 4, 2 * channels
+        extra = max(context_dim, 0)
         encoder = nn.Sequential(
             nn.Conv2d(1, channels, 3, stride=2, padding=1),
             nn.ReLU(),
             nn.Conv2d(channels, c2, 3, stride=2, padding=1),
             nn.ReLU(),
             nn.Flatten(),
-            nn.Linear(c2 * s4 * s4, 2 * z_dim),
+            nn.Linear(c2 * s4 * s4 + extra, 2 * z_dim),
         )
         decoder = nn.Sequential(
-            nn.Linear(z_dim, c2 * s4 * s4),
+            nn.Linear(z_dim + extra, c2 * s4 * s4),
             nn.ReLU(),
             nn.Unflatten(1, (c2, s4, s4)),
             nn.ConvTranspose2d(c2, channels, 4, stride=2, padding=1),
@@ -261,16 +271,25 @@ class ConvVAE(VAE):
             nn.ConvTranspose2d(channels, 1, 4, stride=2, padding=1),
         )
         super().__init__(side * side, z_dim=z_dim, likelihood=likelihood, min_std=min_std,
-                         n_importance=n_importance, encoder=encoder, decoder=decoder,
-                         event_shape=(1, side, side))
+                         n_importance=n_importance, context_dim=context_dim, encoder=encoder,
+                         decoder=decoder, event_shape=(1, side, side))
         self.side = side
 
     def _prepare(self, x: Tensor) -> Tensor:
         return as_images(x, self.side)
 
+    def _encoder_out(self, x: Tensor, context: Tensor | None) -> Tensor:
+        if context is None:
+            return self.encoder(x)
+        encoder = cast(nn.Sequential, self.encoder)  # ConvVAE builds its own
+        features = encoder[:-1](x)  # the convolutions, flattened
+        return encoder[-1](torch.cat([features, context], dim=-1))
+
     def _decoder_out(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         lead = z.shape[:-1]
-        out = self.decoder(z.reshape(-1, self.z_dim))
+        if context is not None:
+            z = torch.cat([z, context.expand(*lead, context.shape[-1])], dim=-1)
+        out = self.decoder(z.reshape(-1, z.shape[-1]))
         return out.reshape(*lead, *self.event_shape)
 
 
@@ -287,5 +306,7 @@ class BetaVAE(VAE):
         likelihood: str = "bernoulli",
         min_std: float = 1e-2,
         n_importance: int = 16,
+        context_dim: int = 0,
     ) -> None:
-        super().__init__(dim, hidden, z_dim, likelihood, min_std, n_importance, beta=beta)
+        super().__init__(dim, hidden, z_dim, likelihood, min_std, n_importance, beta=beta,
+                         context_dim=context_dim)

@@ -11,7 +11,7 @@ import difflib
 import math
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from energydsl.errors import UsageError
 from energydsl.estimators import Objective, default_objective, get, make_objective
@@ -28,6 +28,8 @@ def spec_text(config: RunConfig) -> str:
 
 
 def _companion(config: RunConfig) -> nn.Module:
+    """The companion model with the run's --size arguments (and context_dim = the number
+    of classes for a --conditional run)."""
     from energydsl import catalogue
     from energydsl.models import MODELS
 
@@ -46,8 +48,9 @@ def _companion(config: RunConfig) -> nn.Module:
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise UsageError(f"{config.model}: error: --size: no argument named {name!r}"
                              f"{hint}; its arguments are {', '.join(takes) or 'none'}")
+    extra = {"context_dim": config.classes} if config.conditional else {}
     try:
-        return factory(**config.sizes)
+        return factory(**config.sizes, **extra)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"{config.model}: error: cannot build it with --size "
                          f"{', '.join(f'{k}={v}' for k, v in config.sizes.items())}: {exc} "
@@ -139,6 +142,21 @@ def _option_value(objective: str, key: str, value: float, kind: type) -> int | f
     return int(value) if kind is int else float(value)
 
 
+def label_context(model: nn.Module, config: RunConfig, prepared: Prepared, split: int,
+                  rows: Tensor | None = None) -> dict[str, Tensor]:
+    """The keyword arguments that give a conditional run's model its context: {"context":
+    the one-hot labels of `rows` (default all) of split 0 (train), 1 (valid) or 2 (test),
+    on the model's device and in its dtype}; {} for any other run."""
+    if not config.conditional or prepared.labels is None:
+        return {}
+    from energydsl.models import one_hot
+
+    labels = prepared.labels[split]
+    if rows is not None:
+        labels = labels[rows.to(labels.device)]
+    return {"context": one_hot(labels, config.classes, model)}
+
+
 def probe(config: RunConfig, model: nn.Module, prepared: Prepared) -> None:
     """Try the objective once on two validation rows, leaving the model, the RNG and the
     real objective's state untouched: what cannot run fails here, with its reason."""
@@ -146,7 +164,8 @@ def probe(config: RunConfig, model: nn.Module, prepared: Prepared) -> None:
         try:
             objective = build_objective(config, model, prepared)
             loss = model.loss if objective is None else objective.loss
-            loss(prepared.valid[:2])
+            loss(prepared.valid[:2], **label_context(model, config, prepared, 1,
+                                                     torch.arange(2)))
         except UsageError:
             raise
         except (ValueError, TypeError, RuntimeError, MemoryError) as exc:

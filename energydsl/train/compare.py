@@ -19,6 +19,10 @@ Binary models see the binarised digits, a different dataset: they get their own 
 the companion library's and the BB-RBM trained by each family of estimators that applies
 to binary data (pseudo-likelihood, ratio matching, CD, PCD). Probabilities of binary data
 need no correction.
+
+`conditional=True` (`energydsl compare --conditional`) trains every companion model that
+takes a context on p(x | label) and scores it by log p(x | label) on the test labels; its
+row says "given the label". The energy models stay unconditional (log p(x)).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from energydsl.train.build import label_context
 from energydsl.train.config import resolve_device
 from energydsl.train.loop import (
     DataMap,
@@ -96,15 +101,17 @@ class Row:
 
 def held_out(model: torch.nn.Module, x: torch.Tensor, data_map: DataMap,
              ais_chains: int = 200, ais_temperatures: int = 500, seed: int = 0,
-             progress: bool | None = None) -> tuple[float, float, str]:
+             progress: bool | None = None, context: dict[str, torch.Tensor] | None = None
+             ) -> tuple[float, float, str]:
     """Mean log-likelihood of the rows x (model space) in data space, its standard error
-    and how it was obtained. progress: AIS's bar (None: only on a terminal)."""
+    and how it was obtained. progress: AIS's bar (None: only on a terminal). context: a
+    conditional companion model's {"context": one-hot labels of x}: log p(x | label)."""
     correction = -data_map.log_volume() - data_map.log_jacobian
     generator = torch.Generator(device=x.device).manual_seed(seed)  # where the draws are
     torch.manual_seed(seed)
     if not hasattr(model, "free_energy"):
         with torch.no_grad():
-            values = model.log_prob(x).double()
+            values = model.log_prob(x, **(context or {})).double()
         how = "IW bound" if model.__class__.__name__.endswith("VAE") else "exact"
         return float(values.mean()), float(values.std() / math.sqrt(len(values))), how
     try:
@@ -127,12 +134,16 @@ def held_out(model: torch.nn.Module, x: torch.Tensor, data_map: DataMap,
 
 def compare(out: Path, entries: tuple[Entry, ...] = ENTRIES, epochs: int | None = None,
             ais_chains: int = 200, ais_temperatures: int = 500, seed: int = 0,
-            log=print, progress: bool | None = None, device: str = "auto") -> list[Row]:
+            log=print, progress: bool | None = None, device: str = "auto",
+            conditional: bool = False) -> list[Row]:
     """Train every entry into out/<model>-<estimator>/, then evaluate; return the rows of
     the table. progress: tqdm bars on stderr over the models, each run's epochs and the
     AIS runs (None: only on a terminal; False: none). device: where models train and are
-    evaluated (energydsl.train.config.resolve_device)."""
+    evaluated (energydsl.train.config.resolve_device). conditional: the companion models
+    that take a context learn and are scored on p(x | label) (see the module docstring)."""
     from tqdm import tqdm
+
+    from energydsl.models import CONDITIONAL
 
     names = [entry.run for entry in entries]
     if len(set(names)) < len(names):
@@ -145,7 +156,8 @@ def compare(out: Path, entries: tuple[Entry, ...] = ENTRIES, epochs: int | None 
         shown.set_postfix_str(entry.run, refresh=True)
         config = RunConfig(model=entry.model, objective=entry.objective,
                            epochs=epochs or entry.epochs, lr=entry.lr, seed=seed,
-                           sizes=dict(entry.sizes), device=device)
+                           sizes=dict(entry.sizes), device=device,
+                           conditional=conditional and entry.model in CONDITIONAL)
         run = out / entry.run
         began = time.perf_counter()
         train(config, run, log=lambda _: None, overwrite=True, progress=progress)
@@ -154,14 +166,16 @@ def compare(out: Path, entries: tuple[Entry, ...] = ENTRIES, epochs: int | None 
         model, _, data_map = model_from_checkpoint(load_checkpoint(checkpoint_path),
                                                    checkpoint_path)
         model.to(where).eval()
-        test = prepare(config, data_kind(config)).test.to(where)
+        prepared = prepare(config, data_kind(config))
+        test = prepared.test.to(where)
         nats, stderr, how = held_out(model, test, data_map, ais_chains, ais_temperatures, seed,
-                                     progress)
+                                     progress, label_context(model, config, prepared, 2))
+        label = f"{entry.label} given the label" if config.conditional else entry.label
         dim = test.shape[1]
         parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        rows.append(Row(entry.label, nats, stderr, -nats / (dim * math.log(2)), how, seconds,
+        rows.append(Row(label, nats, stderr, -nats / (dim * math.log(2)), how, seconds,
                         parameters))
-        log(f"{entry.label}: {nats:.2f} nats ({how}), {seconds:.1f} s")
+        log(f"{label}: {nats:.2f} nats ({how}), {seconds:.1f} s")
     return rows
 
 

@@ -34,6 +34,14 @@ class RunConfig:
     max_pixels: int = datasets.MAX_PIXELS  # budget of IDX values read
     compile: bool = False  # the training step through torch.compile
     device: str = "auto"  # cpu, cuda, cuda:N, mps or auto (resolve_device)
+    # a companion model of p(x | label): context_dim = the dataset's number of classes,
+    # one-hot labels as the context in training and evaluation
+    conditional: bool = False
+
+    @property
+    def classes(self) -> int:
+        """The number of classes a conditional run conditions on (0: not conditional)."""
+        return datasets.CLASSES.get(self.data.partition(":")[0], 0) if self.conditional else 0
 
     @property
     def is_spec(self) -> bool:
@@ -55,6 +63,30 @@ class RunConfig:
         if self.objective is not None and self.objective not in OBJECTIVES + ("loss",):
             raise UsageError(f"unknown objective {self.objective!r}; choose one of "
                              f"{', '.join(OBJECTIVES)}")
+        self._check_conditional()
+
+    def _check_conditional(self) -> None:
+        """--conditional needs a companion model that takes context_dim and a dataset with
+        labels; context_dim itself is not a --size (it is the number of classes)."""
+        from energydsl.models import CONDITIONAL, MODELS
+
+        if self.model in MODELS and "context_dim" in self.sizes:
+            raise UsageError(f"--size context_dim: error: {self.model}'s context is the class "
+                             "label here; use --conditional (context_dim = the number of "
+                             "classes)")
+        if not self.conditional:
+            return
+        if self.is_spec:
+            raise UsageError(f"--conditional: error: {self.model} is an energy model (a "
+                             "spec), which takes no class label; the conditional models are "
+                             f"the companion models {', '.join(CONDITIONAL)}")
+        if self.model in MODELS and self.model not in CONDITIONAL:
+            raise UsageError(f"--conditional: error: {self.model} takes no context; the "
+                             f"conditional models are {', '.join(CONDITIONAL)}")
+        name = self.data.partition(":")[0]
+        if name not in datasets.CLASSES and name in datasets.LOADERS:
+            raise UsageError(f"--conditional: error: dataset {name} has no labels; use "
+                             "--data digits or --data mnist:DIR")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], path: Path | str) -> RunConfig:
@@ -62,7 +94,7 @@ class RunConfig:
         kinds = {"model": str, "data": str, "objective": (str, type(None)), "epochs": int,
                  "batch_size": int, "lr": (int, float), "seed": int, "sizes": dict,
                  "options": dict, "detect_anomaly": bool, "max_pixels": int,
-                 "compile": bool, "device": str}
+                 "compile": bool, "device": str, "conditional": bool}
         unknown = set(raw) - set(kinds)
         if unknown or "model" not in raw:
             what = f"unknown field '{sorted(unknown)[0]}'" if unknown else "no model"

@@ -41,6 +41,10 @@ more."""
 MIN_TRAIN_IMAGES = 10
 """Fewest training images accepted: a validation split (the last 10%) must remain."""
 
+CLASSES: dict[str, int] = {"digits": 10, "mnist": 10}
+"""The datasets whose examples carry a class label, and how many classes (labels 0 .. n-1):
+what `energydsl train --conditional` conditions on."""
+
 IDX_IMAGES = 0x00000803
 IDX_LABELS = 0x00000801
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

@@ -47,7 +47,7 @@ from energydsl.errors import TrainingError, UsageError
 from energydsl.estimators import Objective, default_objective, make_objective
 from energydsl.files import write_atomically
 from energydsl.train import checkpoints
-from energydsl.train.build import build_model, build_objective, probe, spec_text
+from energydsl.train.build import build_model, build_objective, label_context, probe, spec_text
 from energydsl.train.config import RESUMABLE, RunConfig, flag, resolve_device
 from energydsl.train.prepare import DataMap, Prepared, data_kind, on_device, prepare
 
@@ -117,8 +117,12 @@ def resumed_config(out: Path, overrides: dict[str, Any]) -> RunConfig | None:
 
 
 def _refuse_changes(config: RunConfig, stored: dict[str, Any], path: Path) -> None:
+    """A resumed run keeps its settings: a field an older checkpoint lacks has its
+    default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig)
+                if f.default is not dataclasses.MISSING}
     for name, value in asdict(config).items():
-        if name in RESUMABLE or stored.get(name) == value:
+        if name in RESUMABLE or stored.get(name, defaults.get(name)) == value:
             continue
         kept = stored.get(name)
         shown = "the default" if kept is None else repr(kept)
@@ -175,39 +179,44 @@ def _collective_device() -> torch.device:
 class _LossModule(nn.Module):
     """The objective as a forward pass, so DistributedDataParallel can average it."""
 
-    def __init__(self, model: nn.Module, loss: Callable[[Tensor], Tensor]) -> None:
+    def __init__(self, model: nn.Module, loss: Callable[..., Tensor]) -> None:
+        """loss(x), or loss(x, context=c) for a conditional companion model."""
         super().__init__()
         self.model = model
         self.loss = loss
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.loss(x)
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        return self.loss(x) if context is None else self.loss(x, context=context)
 
 
 def validation_loss(model: nn.Module, objective: Objective | None, x: Tensor,
-                    seed: int) -> float:
+                    seed: int, context: dict[str, Tensor] | None = None) -> float:
     """The held-out criterion, with the estimator's noise fixed by `seed`: the objective
     itself, except for the CD family (whose chains it must not move), measured by the
     default objective for the model's data, which is exact and needs no sampler: sm_loss
-    on real data, pl_loss on binary or spin data."""
+    on real data, pl_loss on binary or spin data. `context`: a conditional model's
+    {"context": one-hot labels of x}."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if objective is None:
             with torch.no_grad():
-                return float(model.loss(x))
+                return float(model.loss(x, **(context or {})))
         if objective.name in ("cd", "pcd", "fpcd"):
             objective = make_objective(model, default_objective(model))
         return float(objective.loss(x).detach())
 
 
-def _gan_parts(model: nn.Module, x: Tensor, seed: int) -> dict[str, float]:
-    """A GAN's discriminator and generator losses on held-out rows, noise fixed by seed;
-    the BatchNorm statistics are left as training made them."""
+def _gan_parts(model: nn.Module, x: Tensor, seed: int,
+               context: dict[str, Tensor] | None = None) -> dict[str, float]:
+    """A GAN's discriminator and generator losses on held-out rows (given their labels,
+    for a conditional GAN), noise fixed by seed; the BatchNorm statistics are left as
+    training made them."""
     buffers = {name: value.clone() for name, value in model.named_buffers()}
+    context = context or {}
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
-        parts = {"discriminator_loss": float(model.discriminator_loss(x)),
-                 "generator_loss": float(model.generator_loss(len(x)))}
+        parts = {"discriminator_loss": float(model.discriminator_loss(x, **context)),
+                 "generator_loss": float(model.generator_loss(len(x), **context))}
         for name, value in model.named_buffers():
             value.copy_(buffers[name])
     return parts
@@ -385,6 +394,8 @@ def _run(config: RunConfig, out: Path, device: torch.device, resume: bool,
             "optimiser": {"name": "Adam", "lr": config.lr,
                           "betas": list(optimisers[0].param_groups[0]["betas"])},
             "world_size": world,
+            **({"classes": config.classes, "context": "one-hot class labels"}
+               if config.conditional else {}),
         }, indent=1))
 
     if start == 0:
@@ -402,17 +413,18 @@ def _run(config: RunConfig, out: Path, device: torch.device, resume: bool,
                    disable=True if quiet else None)  # None: a bar only on a terminal
         for stored, rows in bar:
             x = prepared.encode(stored, rows)
+            context = label_context(model, config, prepared, 0, rows)
             try:
                 with torch.autograd.set_detect_anomaly(config.detect_anomaly):
                     if is_gan:
-                        parts = model.train_step(x, *optimisers)
+                        parts = model.train_step(x, *optimisers, **context)
                         loss = torch.tensor(sum(parts.values()))
                         for key, part in parts.items():
                             epoch_parts.setdefault(key, []).append(float(part))
                     else:
                         for optimiser in optimisers:
                             optimiser.zero_grad(set_to_none=True)
-                        loss = wrapped(x)
+                        loss = wrapped(x, **context)
                         if torch.isfinite(loss):
                             loss.backward()
             except (ValueError, torch.linalg.LinAlgError) as exc:
@@ -441,9 +453,10 @@ def _run(config: RunConfig, out: Path, device: torch.device, resume: bool,
                                   device=_collective_device())
             dist.all_reduce(summed)
             total, count = float(summed[0]), int(summed[1])
+        valid_context = label_context(model, config, prepared, 1)
         record = {"epoch": epoch + 1, "train_loss": total / max(count, 1),
                   "valid_loss": validation_loss(model, objective, prepared.valid,
-                                                config.seed),
+                                                config.seed, valid_context),
                   "lr": config.lr, "seconds": time.perf_counter() - began}
         if first_step is not None and first_in_epoch == epoch:
             record["first_step_seconds"] = first_step  # start-up included
@@ -451,7 +464,8 @@ def _run(config: RunConfig, out: Path, device: torch.device, resume: bool,
             for key, values in epoch_parts.items():
                 history.step_parts.setdefault(key, []).extend(values)
             record["train_parts"] = {k: sum(v) / len(v) for k, v in epoch_parts.items()}
-            record["valid_parts"] = _gan_parts(model, prepared.valid, config.seed)
+            record["valid_parts"] = _gan_parts(model, prepared.valid, config.seed,
+                                               valid_context)
         if hasattr(model, "sm_terms"):
             record["sm_terms"] = {k: float(v.detach())
                                  for k, v in model.sm_terms(prepared.valid).items()}

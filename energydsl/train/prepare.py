@@ -86,13 +86,16 @@ class DataMap:
 class Prepared:
     """The splits as the model sees them. `train` holds the rows as stored (uint8 codes
     for grey-level data, floats otherwise); `encode(rows, indices)` turns a batch of them
-    into model space. `valid` and `test` are in model space already."""
+    into model space. `valid` and `test` are in model space already. `labels` are the
+    splits' integer class labels (train, valid, test), None for a dataset without them;
+    the training labels stay on the CPU with the stored rows."""
 
     train: Tensor
     valid: Tensor
     test: Tensor
     map: DataMap
     encode: Callable[[Tensor, Tensor], Tensor]
+    labels: tuple[Tensor, Tensor, Tensor] | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -185,12 +188,28 @@ def _prepare_codes(codes: datasets.Codes, kind: str, seed: int) -> Prepared:
         data_map = DataMap(codes.shape, mean.float(), scale, dim * math.log(levels))
     valid, test = (encode(split, torch.arange(len(split)), number)
                    for number, split in ((1, codes.valid), (2, codes.test)))
-    return Prepared(codes.train, valid, test, data_map, encode)
+    return Prepared(codes.train, valid, test, data_map, encode, codes.labels)
 
 
 def prepare(config: RunConfig, kind: str) -> Prepared:
     """Load the data for a model of `kind` ('energy', 'binary', 'spin' or
-    'continuous')."""
+    'continuous'); a conditional run's labels are checked against its classes."""
+    prepared = _prepare(config, kind)
+    if config.conditional:
+        classes = config.classes
+        if prepared.labels is None:
+            raise UsageError(f"--conditional: error: dataset {config.data} has no labels")
+        for split, labels in zip(("training", "validation", "test"), prepared.labels,
+                                 strict=True):
+            if len(labels) and not (0 <= int(labels.min()) and int(labels.max()) < classes):
+                raise TrainingError(f"error: the {config.data} {split} labels run from "
+                                    f"{int(labels.min())} to {int(labels.max())}, not "
+                                    f"within 0..{classes - 1}")
+    return prepared
+
+
+def _prepare(config: RunConfig, kind: str) -> Prepared:
+    """prepare()'s work: the splits as a model of `kind` sees them, with any labels."""
     name, _, path = config.data.partition(":")
     if name not in datasets.LOADERS:
         raise UsageError(f"unknown dataset {config.data!r}; use digits, patches or "
@@ -205,14 +224,18 @@ def prepare(config: RunConfig, kind: str) -> Prepared:
                             **options)
     except datasets.DataError as exc:
         raise TrainingError(f"error: {exc}") from None
+    labels = None
+    if raw.train_labels is not None and raw.valid_labels is not None \
+            and raw.test_labels is not None:
+        labels = (raw.train_labels, raw.valid_labels, raw.test_labels)
     if kind in DISCRETE_KINDS:
         train, valid, test = (_relabel(s.float(), kind) for s in (raw.train, raw.valid,
                                                                     raw.test))
         return Prepared(train, valid, test, _discrete_map(raw.shape, kind),
-                        lambda stored, rows: stored)
+                        lambda stored, rows: stored, labels)
     if kind != "energy":
         return Prepared(raw.train.float(), raw.valid.float(), raw.test.float(),
-                        DataMap(raw.shape), lambda stored, rows: stored)
+                        DataMap(raw.shape), lambda stored, rows: stored, labels)
     if name == "patches":  # ZCA-whitened, fitted on the training split
         zca = datasets.ZCA.fit(raw.train, eps=ZCA_EPSILON * float(raw.train.var(dim=0).mean()))
         train, valid, test = (zca.transform(s).float() for s in (raw.train, raw.valid,
@@ -260,5 +283,8 @@ def on_device(prepared: Prepared, device: torch.device) -> Prepared:
     def encode_there(stored: Tensor, rows: Tensor, *rest) -> Tensor:  # noqa: ANN002
         return encode(stored, rows, *rest).to(device)
 
+    labels = prepared.labels
+    if labels is not None:
+        labels = (labels[0], labels[1].to(device), labels[2].to(device))
     return Prepared(prepared.train, prepared.valid.to(device), prepared.test.to(device),
-                    prepared.map, encode_there)
+                    prepared.map, encode_there, labels)

@@ -4,7 +4,9 @@ terms of latent models and the masked Gaussian's precision, with an index.md.
 The figures follow the seeds: filters as an image grid (seed 000, figure 13), samples
 (figures 1-4), loss curves (figures 8 and 12), the three terms of the latent-EBM
 score-matching objective over training (seed 002, "Effect of regularizers"), and the
-learned precision against the empirical one (seed 000, figures 5-7).
+learned precision against the empirical one (seed 000, figures 5-7). A class-conditional
+run (`--conditional`) shows its samples one row per class, and its held-out likelihood is
+log p(x | label).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import Tensor, nn
 
 from energydsl.errors import TrainingError, UsageError
 from energydsl.files import write_atomically
+from energydsl.models import one_hot
 from energydsl.train.build import objective_name
 from energydsl.train.data import CODES
 from energydsl.train.loop import (
@@ -35,6 +38,8 @@ CELL = 0.4
 """Inches per image cell of a grid (larger images get up to 3 times this)."""
 FILTER_CELL = 2.0
 """Filters are drawn this many times larger than samples (fewer of them, finer detail)."""
+CLASS_COLUMNS = 8
+"""Samples (and test images) per class in a conditional run's figures."""
 COMPARABLE = 3.0
 """Two matrices share a colour scale when their largest entries differ by at most this
 factor; otherwise each gets its own (and the title says so)."""
@@ -68,9 +73,11 @@ def sampler_name(model: nn.Module, method: str = "auto") -> str:
 
 
 def draw(model: nn.Module, data_map: DataMap, n: int, steps: int = 500,
-         method: str = "auto", seed: int = 0) -> tuple[Tensor, str]:
+         method: str = "auto", seed: int = 0, context: Tensor | None = None
+         ) -> tuple[Tensor, str]:
     """n samples in data space [n, D] and how they were drawn ("exact", or "gibbs, 500
-    steps" and the like): exact, Gibbs or Langevin as the model allows."""
+    steps" and the like): exact, Gibbs or Langevin as the model allows. `context`: a
+    conditional companion model's [n, C] (one-hot labels), one per sample."""
     import warnings
 
     from energydsl.train.sampling import _dtype_device
@@ -96,7 +103,8 @@ def draw(model: nn.Module, data_map: DataMap, n: int, steps: int = 500,
         if method != "auto":
             raise UsageError(f"--method {method}: {type(model).__name__} is a companion "
                              "model and samples exactly; --method applies to energy models")
-        x = model.sample(n, generator=generator)
+        x = model.sample(n, generator=generator,
+                         **({} if context is None else {"context": context}))
     if hasattr(model, "free_energy") and how != "exact":
         how = f"{how}, {steps} steps"
     return data_map.to_data(x.detach().reshape(n, -1).float()).clamp(0, 1), how
@@ -195,6 +203,54 @@ def samples_figure(samples: Tensor, data: Tensor | None, shape: tuple[int, ...],
                                          rows * cell + 0.7))
     for axis, (images, name) in zip(axes[0], panels, strict=True):
         _grid_panel(figure, axis, images[:n], shape, name, False, columns)
+    figure.suptitle(title, fontsize=10)
+    save_figure(figure, path)
+    plt.close(figure)
+
+
+def by_class(x: Tensor, labels: Tensor, classes: int, columns: int = CLASS_COLUMNS
+             ) -> Tensor:
+    """The first `columns` rows of x [N, D] of each class in turn, [classes * columns, D]
+    (class k in rows k * columns ...); a class with fewer rows is padded with NaN (blank
+    cells)."""
+    rows = []
+    for k in range(classes):
+        picked = x[labels.to(x.device) == k][:columns]
+        rows += [picked, x.new_full((columns - len(picked), x.shape[1]), math.nan)]
+    return torch.cat(rows)
+
+
+def class_panel(figure, axis, images: Tensor, classes: int, shape: tuple[int, ...],
+                title: str, columns: int = CLASS_COLUMNS) -> None:
+    """One row of `columns` images per class (images [classes * columns, D], class-major),
+    grey on [0, 1] with a colorbar, each row labelled with its class on the left."""
+    shown = axis.imshow(mosaic(images, shape, columns), cmap=_colormap("gray"), vmin=0,
+                        vmax=1, interpolation="nearest")
+    height = shape[-2]
+    axis.set_yticks([r * (height + 1) + (height - 1) / 2 for r in range(classes)],
+                    labels=[str(k) for k in range(classes)])
+    axis.set_xticks([])
+    axis.tick_params(length=0, labelsize=8)
+    for spine in axis.spines.values():
+        spine.set_visible(False)
+    axis.set_ylabel("label", fontsize=9)
+    axis.set_title(title, fontsize=9)
+    figure.colorbar(shown, ax=axis, shrink=0.8, pad=0.02)
+
+
+def class_samples_figure(samples: Tensor, data: Tensor | None, classes: int,
+                         shape: tuple[int, ...], path: Path, title: str,
+                         data_title: str = "data", columns: int = CLASS_COLUMNS) -> None:
+    """A conditional model's samples, one row per class (label on the left), beside test
+    images of the same classes when given (both class-major, `columns` per class)."""
+    plt = _pyplot()
+    panels = ([(data, data_title)] if data is not None else []) + [(samples, "samples")]
+    cell = _cell(shape)
+    figure, axes = plt.subplots(1, len(panels), squeeze=False, layout="constrained",
+                                figsize=(len(panels) * (columns * cell + 1.2),
+                                         classes * cell + 0.7))
+    for axis, (images, name) in zip(axes[0], panels, strict=True):
+        class_panel(figure, axis, images, classes, shape, name, columns)
     figure.suptitle(title, fontsize=10)
     save_figure(figure, path)
     plt.close(figure)
@@ -347,19 +403,23 @@ def precision_figure(empirical: Tensor, learned: Tensor, path: Path) -> str:
 
 
 def held_out_likelihood(model: nn.Module, x: Tensor, data_map: DataMap,
-                        dequantised: bool = False) -> tuple[float, float, str] | None:
+                        dequantised: bool = False, context: Tensor | None = None
+                        ) -> tuple[float, float, str] | None:
     """Mean held-out log-likelihood per example in data space, its standard error and
     what it is ("exact", the VAE's importance-weighted bound, or for dequantised grey
     levels the dequantisation bound); None when the model has no exact normaliser (or
-    enumerating it would take more than 2^20 states)."""
+    enumerating it would take more than 2^20 states). `context`: a conditional model's
+    one-hot labels of x, giving log p(x | label)."""
     import inspect
 
     log_prob = getattr(model, "log_prob", None)
     if not callable(log_prob):
         return None
-    options = {}
+    options: dict[str, object] = {}
     if "max_states" in inspect.signature(log_prob).parameters:
         options["max_states"] = 2**20  # enumeration of at most a million hidden states
+    if context is not None:
+        options["context"] = context
     torch.manual_seed(0)
     try:
         with torch.no_grad():
@@ -375,6 +435,8 @@ def held_out_likelihood(model: nn.Module, x: Tensor, data_map: DataMap,
     elif dequantised:
         how = ("exact density of the dequantised data, a lower bound on the grey levels' "
                "log-probability")
+    if context is not None:
+        how = f"{how}, of log p(x | label) given the test labels"
     return float(values.mean()), float(values.std() / math.sqrt(len(values))), how
 
 
@@ -402,7 +464,8 @@ def write_report(target: Path, n_samples: int = 64, steps: int = 500,
     path = checkpoint_path(target)
     checkpoint = load_checkpoint(path)
     model, config, data_map = model_from_checkpoint(checkpoint, path)
-    model.to(resolve_device(device))
+    where = resolve_device(device)
+    model.to(where)
     history = checkpoint["history"]
     out = path.parent / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -411,6 +474,11 @@ def write_report(target: Path, n_samples: int = 64, steps: int = 500,
              f"Objective `{short}` on `{config.data}` ({summary}), "
              f"{len(history['epochs'])} epochs, batch {config.batch_size}, lr {config.lr}, "
              f"seed {config.seed}.", ""]
+    classes = config.classes
+    if classes:
+        lines += [f"Class-conditional: the model is p(x | label), its context the one-hot "
+                  f"label of {classes} classes; samples are drawn {CLASS_COLUMNS} per label.",
+                  ""]
     if data_map.matrix is not None:
         lines += ["The model saw ZCA-whitened data (fitted on the training split); samples "
                   "are mapped back to pixels, filters are shown in whitened coordinates.", ""]
@@ -429,11 +497,15 @@ def write_report(target: Path, n_samples: int = 64, steps: int = 500,
     model.eval()
     data_rows, data_title, prepared, kind = _data_rows(config, checkpoint.get("spec_text"),
                                                        data_map, n_samples)
-    test = None if prepared is None else prepared.test
+    test = None if prepared is None else prepared.test.to(where)
     dim = math.prod(data_map.shape)
     lines += ["## Held-out log-likelihood", ""]
     dequantised = kind == "energy" and config.data.partition(":")[0] in CODES
-    found = None if test is None else held_out_likelihood(model, test, data_map, dequantised)
+    test_context = None
+    if classes and prepared is not None and prepared.labels is not None:
+        test_context = one_hot(prepared.labels[2], classes, model)
+    found = None if test is None else held_out_likelihood(model, test, data_map, dequantised,
+                                                          test_context)
     if test is None:
         lines += ["Not computed: the run's data is not on this machine.", ""]
     elif found is None:
@@ -446,9 +518,22 @@ def write_report(target: Path, n_samples: int = 64, steps: int = 500,
     loss_figure(history, config, model, out / "loss.png")
     lines += ["## Loss", "", "![loss](loss.png)", ""]
 
-    samples, how = draw(model, data_map, n_samples, steps, seed=config.seed)
-    samples_figure(samples, data_rows, data_map.shape, out / "samples.png",
-                   f"{Path(config.model).stem}: {n_samples} samples ({how})", data_title)
+    if classes:
+        labels = torch.arange(classes).repeat_interleave(CLASS_COLUMNS)
+        samples, how = draw(model, data_map, len(labels), steps, seed=config.seed,
+                            context=one_hot(labels, classes, model))
+        data = None
+        if prepared is not None and prepared.labels is not None:
+            test_rows = data_map.to_data(prepared.test.float()).clamp(0, 1)
+            data = by_class(test_rows, prepared.labels[2], classes)
+        class_samples_figure(samples.cpu(), data, classes, data_map.shape,
+                             out / "samples.png",
+                             f"{Path(config.model).stem}: {CLASS_COLUMNS} samples per label "
+                             f"({how}), one row per label", data_title)
+    else:
+        samples, how = draw(model, data_map, n_samples, steps, seed=config.seed)
+        samples_figure(samples, data_rows, data_map.shape, out / "samples.png",
+                       f"{Path(config.model).stem}: {n_samples} samples ({how})", data_title)
     lines += ["## Samples", "", f"Sampler: {how}.", "", "![samples](samples.png)", ""]
 
     found_filters = filters_of(model, dim)
