@@ -150,10 +150,13 @@ class ChannelCoupling(nn.Module):
     channels: y_b = x_b exp(s) + t, so log|det| = sum of s over channels and pixels. The
     log-scale is soft-clamped, s = c tanh(raw / c) with c = ``max_log_scale`` (bounded
     exp(s), smooth gradient; as ``MaskedAffine``). The last conv starts at zero (Glow), so
-    the coupling starts as the identity.
+    the coupling starts as the identity. ``context_dim = C > 0``: the net also reads the
+    context as C constant feature maps beside x_a (p(x | c); the Jacobian stays triangular,
+    the context being fixed).
     """
 
-    def __init__(self, channels: int, hidden: int = 64, max_log_scale: float = 3.0) -> None:
+    def __init__(self, channels: int, hidden: int = 64, max_log_scale: float = 3.0,
+                 context_dim: int = 0) -> None:
         super().__init__()
         if channels < 2:
             raise ValueError(f"a channel coupling needs >= 2 channels, got {channels}")
@@ -165,23 +168,26 @@ class ChannelCoupling(nn.Module):
         for p in last.parameters():
             nn.init.zeros_(p)
         self.net = nn.Sequential(
-            nn.Conv2d(self.kept, hidden, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(self.kept + context_dim, hidden, 3, padding=1), nn.ReLU(),
             nn.Conv2d(hidden, hidden, 1), nn.ReLU(), last,
         )  # fmt: skip
 
-    def _s_t(self, kept: Tensor) -> tuple[Tensor, Tensor]:
+    def _s_t(self, kept: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        if context is not None:  # [N, C] -> C constant maps
+            maps = context[:, :, None, None].expand(-1, -1, *kept.shape[2:])
+            kept = torch.cat([kept, maps.to(kept.dtype)], 1)
         raw, t = self.net(kept).chunk(2, dim=1)
         c = self.max_log_scale
         return c * torch.tanh(raw / c), t
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         kept, moved = x[:, : self.kept], x[:, self.kept :]
-        s, t = self._s_t(kept)
+        s, t = self._s_t(kept, context)
         return torch.cat([kept, moved * torch.exp(s) + t], 1), s.sum((1, 2, 3))
 
     def inverse(self, y: Tensor, context: Tensor | None = None) -> Tensor:
         kept, moved = y[:, : self.kept], y[:, self.kept :]
-        s, t = self._s_t(kept)
+        s, t = self._s_t(kept, context)
         return torch.cat([kept, (moved - t) * torch.exp(-s)], 1)
 
 
@@ -194,7 +200,7 @@ class GlowLevel(nn.Module):
     the next (smaller) level reads exactly those, and the other half stays factored out."""
 
     def __init__(self, channels: int, side: int, steps: int, hidden: int,
-                 max_log_scale: float) -> None:
+                 max_log_scale: float, context_dim: int = 0) -> None:
         super().__init__()
         self.in_shape = (channels, side, side)
         self.squeeze = Squeeze()
@@ -202,14 +208,14 @@ class GlowLevel(nn.Module):
             layer
             for _ in range(steps)
             for layer in (ActNorm(4 * channels), InvConv1x1(4 * channels),
-                          ChannelCoupling(4 * channels, hidden, max_log_scale))
+                          ChannelCoupling(4 * channels, hidden, max_log_scale, context_dim))
         )  # fmt: skip
 
     def forward(self, v: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         n = math.prod(self.in_shape)
         x, logdet = self.squeeze(v[:, :n].reshape(-1, *self.in_shape))
         for layer in self.steps:
-            x, ld = layer(x)
+            x, ld = layer(x, context)
             logdet = logdet + ld
         return torch.cat([x.flatten(1), v[:, n:]], 1), logdet
 
@@ -218,7 +224,7 @@ class GlowLevel(nn.Module):
         n = math.prod(self.in_shape)
         x = y[:, :n].reshape(-1, 4 * c, side // 2, side // 2)
         for layer in reversed(self.steps):
-            x = layer.inverse(x)  # type: ignore[operator]
+            x = layer.inverse(x, context)  # type: ignore[operator]
         return torch.cat([self.squeeze.inverse(x).flatten(1), y[:, n:]], 1)
 
 
@@ -235,6 +241,8 @@ class Glow(_Flow):
     Glow's learned prior on the factored halves is left out), so ``_Flow`` runs the levels
     as its layer list and provides dequantisation ("logit" with 17 levels by default, as
     RealNVP), log_prob, log_density, loss, bits_per_dim, sample and rsample.
+    ``context_dim = C > 0``: every coupling net reads the context (p(x | c)); the methods
+    then take ``context=``.
     """
 
     def __init__(
@@ -249,6 +257,7 @@ class Glow(_Flow):
         dequantization: str = "logit",
         levels: int = 17,
         alpha: float = 0.05,
+        context_dim: int = 0,
     ) -> None:
         if levels_of_scale < 1 or steps_per_level < 1:
             raise ValueError("levels_of_scale and steps_per_level must be >= 1, got "
@@ -258,11 +267,12 @@ class Glow(_Flow):
         blocks: list[nn.Module] = []
         c, s = channels, side
         for _ in range(levels_of_scale):
-            blocks.append(GlowLevel(c, s, steps_per_level, hidden, max_log_scale))
+            blocks.append(GlowLevel(c, s, steps_per_level, hidden, max_log_scale, context_dim))
             c, s = 2 * c, s // 2  # 4C channels after the squeeze, half of them go on
         super().__init__(channels * side * side, blocks, prior, dequantization, levels, alpha,
                          scaling=False)
         self.side, self.channels = side, channels
+        self.context_dim = context_dim
         self.event_shape = (channels, side, side)
 
     def _images(self, x: Tensor) -> Tensor:

@@ -182,7 +182,8 @@ def test_every_family_but_the_autoencoders_is_conditional() -> None:
 def test_conditional_models_require_a_context_and_unconditional_ones_refuse_it(
         name: str) -> None:
     size = {"dcgan": {"side": 4}, "conv_vae": {"side": 4}, "pixelcnn": {"side": 4},
-            "realnvp": {"dim": 16, "side": 4}}.get(name, {"dim": 16})
+            "realnvp": {"dim": 16, "side": 4}, "glow": {"side": 4},
+            "gated_pixelcnn": {"side": 4}}.get(name, {"dim": 16})
     x = torch.rand(3, 16)
     conditional = MODELS[name](**size, context_dim=C)
     plain = MODELS[name](**size)
