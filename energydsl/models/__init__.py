@@ -41,7 +41,9 @@ from .flows import (
     AdditiveCoupling,
     AffineCoupling,
     MaskedAffine,
+    MaskedSpline,
     RealNVP,
+    SplineCoupling,
     make_mask,
 )
 from .gan import (
@@ -51,6 +53,7 @@ from .gan import (
     generator_loss_from_logits,
     minimax_value,
 )
+from .splines import rq_spline
 from .vae import VAE, BetaVAE, ConvVAE, gaussian_kl
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -143,8 +146,11 @@ __all__ = [
     "MAF",
     "IAF",
     "MaskedAffine",
+    "MaskedSpline",
     "AdditiveCoupling",
     "AffineCoupling",
+    "SplineCoupling",
+    "rq_spline",
     "make_mask",
     "FVSBN",
     "NADE",
