@@ -610,7 +610,8 @@ class RealNVP(_Flow):
     ``transform="spline"``: rational-quadratic spline couplings instead (``SplineCoupling``,
     Durkan et al. 2019's RQ-NSF (C)) with ``bins`` bins on [-bound, bound], identity
     outside; the default bound 5 covers the logit-space data (|v| <= logit(1 - alpha) =
-    2.94 for alpha = 0.05) with room to spare, and all but 6e-7 of the normal base's mass.
+    2.94 for alpha = 0.05) with room to spare, and all but 6e-7 of the normal base's
+    mass per coordinate.
     """
 
     def __init__(
@@ -675,7 +676,8 @@ class _MaskedAutoregressiveFlow(_Flow):
     RQ-NSF (AR)), ``bins`` rational-quadratic bins on [-bound, bound] and the identity
     outside (``max_log_scale`` unused). The default bound 5 covers the logit-space data
     (|v| <= logit(1 - alpha) = 2.94 for alpha = 0.05) with room to spare, and all but 6e-7
-    of the normal base's mass; with ``dequantization="none"`` the data [0, 1] lie inside.
+    of the normal base's mass per coordinate; with ``dequantization="none"`` the data
+    [0, 1] lie inside.
     """
 
     kind: str
