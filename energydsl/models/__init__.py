@@ -48,7 +48,9 @@ from .flows import (
     AdditiveCoupling,
     AffineCoupling,
     MaskedAffine,
+    MaskedSpline,
     RealNVP,
+    SplineCoupling,
     make_mask,
 )
 from .gan import (
@@ -60,6 +62,7 @@ from .gan import (
 )
 from .glow import ChannelCoupling, Glow, InvConv1x1, LULinear, Permutation, Squeeze
 from .pixelcnn import ColourMaskedConv2d, GatedBlock, GatedPixelCNN, colour_mask
+from .splines import rq_spline
 from .vae import VAE, BetaVAE, ConvVAE, gaussian_kl
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -172,8 +175,11 @@ __all__ = [
     "Squeeze",
     "ChannelCoupling",
     "MaskedAffine",
+    "MaskedSpline",
     "AdditiveCoupling",
     "AffineCoupling",
+    "SplineCoupling",
+    "rq_spline",
     "make_mask",
     "FVSBN",
     "NADE",

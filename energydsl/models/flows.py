@@ -29,12 +29,17 @@ batch). A coupling's network then reads [x_keep, c] (the context is one more inp
 the Jacobian in x stays triangular and log|det| is unchanged in form); MAF/IAF's masked
 networks take it unmasked. For each fixed c the map is a bijection of x, so p(x | c) is a
 normalised density for every c.
+
+``transform="spline"`` (MAF, IAF, RealNVP) swaps the affine maps for monotonic
+rational-quadratic splines (``splines.rq_spline``; Durkan et al. 2019): ``MaskedSpline``
+layers and ``SplineCoupling`` couplings.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +47,7 @@ from torch import Tensor, nn
 
 from ._utils import as_flat, checked_context, mlp, rand, randn
 from .autoregressive import MaskedNetwork
+from .splines import rq_spline, split_spline_params
 
 __all__ = [
     "NICE",
@@ -50,12 +56,15 @@ __all__ = [
     "IAF",
     "AdditiveCoupling",
     "AffineCoupling",
+    "SplineCoupling",
     "MaskedAffine",
+    "MaskedSpline",
     "make_mask",
 ]
 
 _DEQUANTIZATIONS = ("none", "uniform", "logit")
 _PRIORS = ("gaussian", "logistic")
+_TRANSFORMS = ("affine", "spline")
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
@@ -94,6 +103,7 @@ class _Coupling(nn.Module):
     derived from ``mask`` (not stored in the state dict; recomputed when one is loaded).
     """
 
+    mask: Tensor
     keep: Tensor
     move: Tensor
     order: Tensor
@@ -198,26 +208,107 @@ class AffineCoupling(_Coupling):
         return (moved - t) * torch.exp(-s)
 
 
-class MaskedAffine(nn.Module):
-    """A masked autoregressive affine layer (MAF: Papamakarios et al. 2017; IAF: Kingma
-    et al. 2016), in the flow's direction data v -> latent z.
+class SplineCoupling(_Coupling):
+    """Rational-quadratic spline coupling (Durkan et al. 2019, "RQ-NSF (C)"): y_move =
+    spline(x_move; theta(x_keep)) on [-bound, bound] with ``bins`` bins, identity outside
+    (``splines.rq_spline``), y_keep = x_keep; log|det J| = sum of the log-derivatives.
 
-    A ``MaskedNetwork`` on the layer's ``order`` gives per coordinate a raw log-scale and a
-    shift (s_i, t_i) from the coordinates before i. The log-scale is soft-clamped,
-    s = c tanh(raw / c) with c = ``max_log_scale``: s ~ raw near 0, |s| < c always, so
-    exp(+-s) stays within [e^-c, e^c] (no overflow in float32, and a smooth gradient, unlike
-    a hard clamp).
+    The network maps the n_keep conditioning entries to 3 bins - 1 numbers per moved entry
+    (bin widths, bin heights, interior derivatives).
+    """
 
-    - ``"maf"``: z_i = (v_i - t_i(v_<i)) exp(-s_i(v_<i)). The conditioner reads v, so the
-      density direction (``forward``) is one pass; ``inverse`` (sampling) fills v one
-      position at a time: D passes.
-    - ``"iaf"``: v_i = z_i exp(s_i(z_<i)) + t_i(z_<i). The conditioner reads z, so sampling
-      (``inverse``) is one pass and the density direction takes D passes.
+    def __init__(self, mask: Tensor, hidden: Sequence[int], bins: int = 8,
+                 bound: float = 5.0, context_dim: int = 0) -> None:
+        _check_spline(bins, bound)
+        super().__init__(mask, hidden, per_moved=3 * bins - 1, context_dim=context_dim)
+        self.bins, self.bound = bins, float(bound)
 
-    Either way log|det dz/dv| = -sum_i s_i (the Jacobian is triangular in the ordering).
-    The D-pass solves iterate u <- the one-pass formula from u = 0: pass k makes the first
-    k positions of the ordering exact, so D passes give the exact answer (and the last
-    pass's s, computed from the D - 1 exact positions it reads, is exact too).
+    def _spline(self, keep: Tensor, x: Tensor, inverse: bool,
+                context: Tensor | None) -> tuple[Tensor, Tensor]:
+        raw = self.net_out(keep, context).reshape(keep.shape[0], 3 * self.bins - 1, x.shape[-1])
+        return rq_spline(x, *split_spline_params(raw, self.bins), inverse, self.bound)
+
+    def couple(self, keep: Tensor, move: Tensor, context: Tensor | None = None
+               ) -> tuple[Tensor, Tensor]:
+        moved, log_deriv = self._spline(keep, move, False, context)
+        return moved, log_deriv.sum(-1)
+
+    def uncouple(self, keep: Tensor, moved: Tensor, context: Tensor | None = None) -> Tensor:
+        return self._spline(keep, moved, True, context)[0]
+
+
+class _MaskedElementwise(nn.Module):
+    """A masked autoregressive layer (MAF: Papamakarios et al. 2017; IAF: Kingma et al.
+    2016) in the flow's direction data v -> latent z: z_i = tau(v_i; theta_i), an
+    elementwise monotone map whose parameters theta_i (``params_per_dim`` numbers) a
+    ``MaskedNetwork`` on the layer's ``order`` computes from the coordinates before i.
+    Subclasses give tau (``elementwise``): affine (``MaskedAffine``) or a spline
+    (``MaskedSpline``).
+
+    - ``"maf"``: theta from v. The density direction (``forward``) is one pass;
+      ``inverse`` (sampling) fills v one position at a time: D passes.
+    - ``"iaf"``: theta from z. Sampling (``inverse``) is one pass, the density direction
+      D passes.
+
+    Either way log|det dz/dv| = sum_i log tau'(v_i; theta_i) (the Jacobian is triangular in
+    the ordering). The D-pass solves iterate u <- tau^(+-1)(w; theta(u)) from u = 0: pass k
+    makes the first k positions of the ordering exact, so D passes give the exact answer
+    (and the last pass's log-derivatives, computed from the D - 1 exact positions they
+    read, are exact too).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: Sequence[int],
+        order: Sequence[int] | Tensor | None,
+        kind: str,
+        context_dim: int,
+        seed: int,
+        params_per_dim: int,
+    ) -> None:
+        super().__init__()
+        if kind not in ("maf", "iaf"):
+            raise ValueError(f"kind must be 'maf' or 'iaf', got {kind!r}")
+        self.kind = kind
+        self.dim = dim
+        self.net = MaskedNetwork(dim, hidden, params_per_dim, order, context_dim, seed)
+
+    def elementwise(self, raw: Tensor, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        """tau(x) (or tau^-1(x)) with parameters ``raw`` [N, P, D] from the network, and
+        the log-derivative of the map applied, both [N, D]."""
+        raise NotImplementedError
+
+    def _fill(self, w: Tensor, inverse: bool, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Solve u = tau^(+-1)(w; theta(u)) position by position: D passes."""
+        u = torch.zeros_like(w)
+        log_deriv = u
+        for _ in range(self.dim):
+            u, log_deriv = self.elementwise(self.net(u, context), w, inverse)
+        return u, log_deriv
+
+    def forward(self, v: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """z and log|det dz/dv| per example."""
+        if self.kind == "maf":
+            z, log_deriv = self.elementwise(self.net(v, context), v, inverse=False)
+        else:
+            z, log_deriv = self._fill(v, False, context)
+        return z, log_deriv.sum(-1)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """v from z (the inverse of ``forward``)."""
+        if self.kind == "iaf":
+            return self.elementwise(self.net(z, context), z, inverse=True)[0]
+        return self._fill(z, True, context)[0]
+
+
+class MaskedAffine(_MaskedElementwise):
+    """Masked autoregressive affine layer: z_i = (v_i - t_i) exp(-s_i), log tau' = -s_i.
+
+    The network gives per coordinate a raw log-scale and a shift (P = 2). The log-scale is
+    soft-clamped, s = c tanh(raw / c) with c = ``max_log_scale``: s ~ raw near 0, |s| < c
+    always, so exp(+-s) stays within [e^-c, e^c] (no overflow in float32, and a smooth
+    gradient, unlike a hard clamp).
     """
 
     def __init__(
@@ -230,55 +321,63 @@ class MaskedAffine(nn.Module):
         max_log_scale: float = 3.0,
         seed: int = 0,
     ) -> None:
-        super().__init__()
-        if kind not in ("maf", "iaf"):
-            raise ValueError(f"kind must be 'maf' or 'iaf', got {kind!r}")
         if not max_log_scale > 0:
             raise ValueError(f"max_log_scale must be > 0, got {max_log_scale}")
-        self.kind = kind
-        self.dim = dim
+        super().__init__(dim, hidden, order, kind, context_dim, seed, params_per_dim=2)
         self.max_log_scale = float(max_log_scale)
-        self.net = MaskedNetwork(dim, hidden, 2, order, context_dim, seed)
+
+    def _scale_shift(self, raw: Tensor) -> tuple[Tensor, Tensor]:
+        raw_s, t = raw.unbind(1)
+        c = self.max_log_scale
+        return c * torch.tanh(raw_s / c), t
 
     def log_scale_shift(self, u: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(s, t), each [N, D], from the conditioner's input u (v for MAF, z for IAF)."""
-        raw, t = self.net(u, context).unbind(1)
-        c = self.max_log_scale
-        return c * torch.tanh(raw / c), t
+        return self._scale_shift(self.net(u, context))
 
-    def _fill(self, w: Tensor, step: Callable[[Tensor, Tensor, Tensor], Tensor],
-              context: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Solve u = step(w, s(u), t(u)) position by position: D passes; (u, s(u))."""
-        u = torch.zeros_like(w)
-        s = u
-        for _ in range(self.dim):
-            s, t = self.log_scale_shift(u, context)
-            u = step(w, s, t)
-        return u, s
-
-    def forward(self, v: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """z and log|det dz/dv| per example."""
-        if self.kind == "maf":
-            s, t = self.log_scale_shift(v, context)
-            z = (v - t) * torch.exp(-s)
-        else:
-            z, s = self._fill(v, _unshift, context)
-        return z, -s.sum(-1)
-
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
-        """v from z (the inverse of ``forward``)."""
-        if self.kind == "iaf":
-            s, t = self.log_scale_shift(z, context)
-            return z * torch.exp(s) + t
-        return self._fill(z, _shift, context)[0]
+    def elementwise(self, raw: Tensor, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        s, t = self._scale_shift(raw)
+        if inverse:
+            return x * torch.exp(s) + t, s
+        return (x - t) * torch.exp(-s), -s
 
 
-def _shift(w: Tensor, s: Tensor, t: Tensor) -> Tensor:
-    return w * torch.exp(s) + t
+class MaskedSpline(_MaskedElementwise):
+    """Masked autoregressive rational-quadratic spline layer (Durkan et al. 2019, "RQ-NSF
+    (AR)"): z_i = spline(v_i; theta_i) on [-bound, bound] with ``bins`` bins, identity
+    outside (``splines.rq_spline``); the network gives 3 bins - 1 numbers per coordinate
+    (bin widths, bin heights, interior derivatives). Both directions are closed-form.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: Sequence[int],
+        order: Sequence[int] | Tensor | None = None,
+        kind: str = "maf",
+        context_dim: int = 0,
+        bins: int = 8,
+        bound: float = 5.0,
+        seed: int = 0,
+    ) -> None:
+        _check_spline(bins, bound)
+        super().__init__(dim, hidden, order, kind, context_dim, seed, 3 * bins - 1)
+        self.bins, self.bound = bins, float(bound)
+
+    def elementwise(self, raw: Tensor, x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+        return rq_spline(x, *split_spline_params(raw, self.bins), inverse, self.bound)
 
 
-def _unshift(w: Tensor, s: Tensor, t: Tensor) -> Tensor:
-    return (w - t) * torch.exp(-s)
+def _check_transform(transform: str) -> None:
+    if transform not in _TRANSFORMS:
+        raise ValueError(f"transform must be one of {_TRANSFORMS}, got {transform!r}")
+
+
+def _check_spline(bins: int, bound: float) -> None:
+    if bins < 2:
+        raise ValueError(f"bins must be >= 2, got {bins}")
+    if not bound > 0:
+        raise ValueError(f"bound must be > 0, got {bound}")
 
 
 def _check_alternation(flow: _Flow, _incompatible: object = None) -> None:
@@ -349,9 +448,10 @@ class _Flow(nn.Module):
             # Split once, couple the two parts in turn, merge once: the same values as
             # layer by layer (splits and merges are exact copies), without a gather and a
             # scatter per layer.
-            first = self.layers[0]
+            couplings = self._couplings()
+            first = couplings[0]
             a, b = first.split(v)  # layer 0's conditioning and moved entries
-            for i, layer in enumerate(self.layers):
+            for i, layer in enumerate(couplings):
                 if i % 2 == 0:
                     b, ld = layer.couple(a, b, context)
                 else:
@@ -359,13 +459,17 @@ class _Flow(nn.Module):
                 logdet = logdet + ld
             v = first.merge(a, b)
         else:
-            for layer in self.layers:
-                v, ld = layer(v, context)
+            for module in self.layers:
+                v, ld = module(v, context)
                 logdet = logdet + ld
         if self.log_scale is not None:
             v = v * torch.exp(self.log_scale)
             logdet = logdet + self.log_scale.sum()
         return v, logdet
+
+    def _couplings(self) -> list[_Coupling]:
+        """The layers as couplings (only when ``_alternating`` says they are)."""
+        return cast(list[_Coupling], list(self.layers))
 
     def inverse_transform(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         """v = f^{-1}(z)."""
@@ -373,17 +477,18 @@ class _Flow(nn.Module):
         if self.log_scale is not None:
             z = z * torch.exp(-self.log_scale)
         if self._alternating:
-            first = self.layers[0]
+            couplings = self._couplings()
+            first = couplings[0]
             a, b = first.split(z)
-            for i in reversed(range(len(self.layers))):
-                layer = self.layers[i]
+            for i in reversed(range(len(couplings))):
+                layer = couplings[i]
                 if i % 2 == 0:
                     b = layer.uncouple(a, b, context)
                 else:
                     a = layer.uncouple(b, a, context)
             return first.merge(a, b)
-        for layer in reversed(self.layers):
-            z = layer.inverse(z, context)  # type: ignore[operator]
+        for module in reversed(self.layers):
+            z = module.inverse(z, context)  # type: ignore[operator]
         return z
 
     # -- data space <-> flow space ---------------------------------------------------------
@@ -533,6 +638,11 @@ class RealNVP(_Flow):
     Glow's comparison (Kingma and Dhariwal 2018): ``"reverse"`` or ``"random"``
     (``Permutation``), ``"lu"`` (a learnt ``LULinear``); ``"none"`` by default.
     ``context_dim > 0``: every coupling network also reads the context (p(x | c)).
+    ``transform="spline"``: rational-quadratic spline couplings instead (``SplineCoupling``,
+    Durkan et al. 2019's RQ-NSF (C)) with ``bins`` bins on [-bound, bound], identity
+    outside; the default bound 5 covers the logit-space data (|v| <= logit(1 - alpha) =
+    2.94 for alpha = 0.05) with room to spare, and all but 6e-7 of the normal base's
+    mass per coordinate.
     """
 
     def __init__(
@@ -548,13 +658,19 @@ class RealNVP(_Flow):
         alpha: float = 0.05,
         mixing: str = "none",
         context_dim: int = 0,
+        transform: str = "affine",
+        bins: int = 8,
+        bound: float = 5.0,
     ) -> None:
         if mixing not in ("none", "reverse", "random", "lu"):
             raise ValueError(f"mixing must be 'none', 'reverse', 'random' or 'lu', got {mixing!r}")
+        _check_transform(transform)
         base = make_mask(dim, mask, side if mask == "checkerboard" else None)
+        masks = [base if i % 2 == 0 else 1 - base for i in range(n_couplings)]
         layers: list[nn.Module] = [
-            AffineCoupling(base if i % 2 == 0 else 1 - base, hidden, context_dim)
-            for i in range(n_couplings)
+            AffineCoupling(m, hidden, context_dim) if transform == "affine"
+            else SplineCoupling(m, hidden, bins, bound, context_dim)
+            for m in masks
         ]
         if mixing != "none":
             from .glow import LULinear, Permutation  # glow.py builds on this module
@@ -611,8 +727,17 @@ class ActNorm(nn.Module):
 
 
 class _MaskedAutoregressiveFlow(_Flow):
-    """K ``MaskedAffine`` layers of one kind, orderings reversed from layer to layer (the
-    first in natural order), a standard normal base, and ``_Flow``'s dequantisation."""
+    """K masked layers of one kind, orderings reversed from layer to layer (the first in
+    natural order), a standard normal base, and ``_Flow``'s dequantisation.
+
+    ``transform="affine"``: ``MaskedAffine`` layers (log-scales bounded by
+    ``max_log_scale``); ``"spline"``: ``MaskedSpline`` layers (Durkan et al. 2019's
+    RQ-NSF (AR)), ``bins`` rational-quadratic bins on [-bound, bound] and the identity
+    outside (``max_log_scale`` unused). The default bound 5 covers the logit-space data
+    (|v| <= logit(1 - alpha) = 2.94 for alpha = 0.05) with room to spare, and all but 6e-7
+    of the normal base's mass per coordinate; with ``dequantization="none"`` the data
+    [0, 1] lie inside.
+    """
 
     kind: str
 
@@ -628,24 +753,23 @@ class _MaskedAutoregressiveFlow(_Flow):
         alpha: float = 0.05,
         seed: int = 0,
         actnorm: bool = False,
+        transform: str = "affine",
+        bins: int = 8,
+        bound: float = 5.0,
     ) -> None:
         """actnorm: an ActNorm layer before every masked layer (Glow's normalisation)."""
         if n_layers < 1:
             raise ValueError(f"n_layers must be >= 1, got {n_layers}")
         if context_dim < 0:
             raise ValueError(f"context_dim must be >= 0, got {context_dim}")
+        _check_transform(transform)
         natural = torch.arange(dim)
-        layers = [
-            MaskedAffine(
-                dim,
-                hidden,
-                natural if i % 2 == 0 else natural.flip(0),
-                self.kind,
-                context_dim,
-                max_log_scale,
-                seed + i,
-            )
-            for i in range(n_layers)
+        orders = [natural if i % 2 == 0 else natural.flip(0) for i in range(n_layers)]
+        layers: list[nn.Module] = [
+            MaskedAffine(dim, hidden, order, self.kind, context_dim, max_log_scale, seed + i)
+            if transform == "affine"
+            else MaskedSpline(dim, hidden, order, self.kind, context_dim, bins, bound, seed + i)
+            for i, order in enumerate(orders)
         ]
         if actnorm:
             layers = [part for layer in layers for part in (ActNorm(dim), layer)]
@@ -654,20 +778,24 @@ class _MaskedAutoregressiveFlow(_Flow):
 
 
 class MAF(_MaskedAutoregressiveFlow):
-    """Masked autoregressive flow (Papamakarios et al. 2017) with affine layers.
+    """Masked autoregressive flow (Papamakarios et al. 2017) with affine layers
+    (``transform="spline"``: rational-quadratic spline layers, Durkan et al. 2019).
 
     ``log_prob`` takes one network pass per layer; ``sample`` D sequential passes per layer.
     ``context_dim > 0`` makes it conditional (p(x | context)). Logit dequantisation of
     ``levels`` grey levels by default, as RealNVP; ``dequantization="none"`` for an exact
     density of continuous data. Log-scales are soft-clamped to (-max_log_scale,
-    max_log_scale) per layer (``MaskedAffine``).
+    max_log_scale) per layer (``MaskedAffine``); spline layers need none (``MaskedSpline``:
+    softmax bins of at least 1e-3 of the interval, knot derivatives through a softplus,
+    linear rather than exponential in the network's outputs).
     """
 
     kind = "maf"
 
 
 class IAF(_MaskedAutoregressiveFlow):
-    """Inverse autoregressive flow (Kingma et al. 2016) with affine layers.
+    """Inverse autoregressive flow (Kingma et al. 2016) with affine (or, with
+    ``transform="spline"``, rational-quadratic spline) layers.
 
     The mirror of MAF: ``sample`` takes one network pass per layer, ``log_prob`` of given
     data D sequential passes per layer (so training it by maximum likelihood, as here, is
