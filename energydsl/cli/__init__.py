@@ -18,6 +18,8 @@ from typing import NoReturn
 
 from energydsl import __version__
 from energydsl.cli.arguments import (
+    finite,
+    model_value,
     number,
     parse_assignments,
     positive_float,
@@ -178,7 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Adam learning rate (default 1e-3)")
     p.add_argument("--seed", type=seed, default=None, help="random seed (default 0)")
     p.add_argument("--size", dest="size_items", action="append", default=[],
-                   metavar="NAME=N", help="a spec dimension or model argument (repeatable)")
+                   metavar="NAME=VALUE",
+                   help="a spec's dimension (a positive integer), or a companion model's "
+                        "argument: a number, true/false, a list (hidden=256,256) or a word "
+                        "(transform=spline) (repeatable)")
+    p.set_defaults(size_value=model_value)
     p.add_argument("--option", dest="option_items", action="append", default=[],
                    metavar="NAME=X",
                    help="an estimator option, e.g. noise_std=0.3, k=5, nu=10 (repeatable)")
@@ -271,9 +277,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if hasattr(args, "size_items"):
-            args.sizes = parse_assignments(args.size_items, "--size", int)
+            args.sizes = parse_assignments(args.size_items, "--size",
+                                           getattr(args, "size_value", positive_int))
         if hasattr(args, "option_items"):
-            args.options = parse_assignments(args.option_items, "--option", float)
+            args.options = parse_assignments(args.option_items, "--option", finite)
     except argparse.ArgumentTypeError as exc:
         parser.error(str(exc))
     exit_on_sigterm()

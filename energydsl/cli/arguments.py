@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Callable
+from typing import Any
 
 MAX_TIME_LIMIT = 1e6  # seconds (the timer takes no more)
 
@@ -24,6 +26,28 @@ def positive_int(text: str) -> int:
     return int(number(text, int, 1, 2**63 - 1, "a positive integer"))
 
 
+def model_value(text: str) -> int | float | bool | str | list[int]:
+    """A companion model's constructor argument from NAME=VALUE: an integer, a finite
+    number, true/false, a list of positive integers (128,128), or a word (spline)."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            value = kind(text)
+        except ValueError:
+            continue
+        if kind is float and not math.isfinite(value):
+            break
+        return value
+    parts = text.split(",")
+    if len(parts) > 1 and all(part.strip().isdigit() and int(part) > 0 for part in parts):
+        return [int(part) for part in parts]
+    if text.replace("-", "_").isidentifier():
+        return text
+    raise argparse.ArgumentTypeError(f"expected a number, true/false, a list such as 128,128 "
+                                     f"or a word, got {text!r}")
+
+
 def seed(text: str) -> int:
     return int(number(text, int, 0, 2**31 - 1, "an integer in [0, 2^31)"))
 
@@ -37,18 +61,25 @@ def time_limit(text: str) -> float:
                          f"seconds between 0 (no limit) and {MAX_TIME_LIMIT:g}"))
 
 
-def parse_assignments(items: list[str], flag: str, kind: type) -> dict:
-    """NAME=VALUE pairs of --size (positive integers) or --option (finite numbers)."""
+def finite(text: str) -> float:
+    return float(number(text, float, -math.inf, math.inf, "a finite number"))
+
+
+EXPECTED = {positive_int: "POSITIVE_INTEGER", finite: "NUMBER",
+            model_value: "VALUE (a number, true/false, a list such as 128,128, or a word)"}
+
+
+def parse_assignments(items: list[str], flag: str, convert: Callable[[str], Any]) -> dict:
+    """NAME=VALUE pairs of --size (positive_int: a spec's dimensions; model_value: train's,
+    which also sets a companion model's arguments) or --option (finite numbers)."""
     found = {}
-    expected = "POSITIVE_INTEGER" if kind is int else "NUMBER"
     for item in items:
         name, _, text = item.partition("=")
         try:
             if not name.isidentifier():
                 raise argparse.ArgumentTypeError
-            found[name] = positive_int(text) if kind is int else number(
-                text, float, -math.inf, math.inf, "a finite number")
+            found[name] = convert(text)
         except argparse.ArgumentTypeError:
-            raise argparse.ArgumentTypeError(f"{flag} expects NAME={expected}, got "
+            raise argparse.ArgumentTypeError(f"{flag} expects NAME={EXPECTED[convert]}, got "
                                              f"{item!r}") from None
     return found

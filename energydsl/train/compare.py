@@ -52,16 +52,18 @@ class Entry:
     label: str
     model: str
     objective: str | None = None
-    sizes: tuple[tuple[str, int], ...] = ()
+    sizes: tuple[tuple[str, object], ...] = ()  # spec dimensions / model arguments
     lr: float = 1e-3
     epochs: int = 20
+    variant: str = ""  # tells apart two entries of one model and estimator
 
     @property
     def run(self) -> str:
-        """The run directory's name: the model (a spec file's stem), then the estimator:
-        dem-sm, bbrbm-pcd, realnvp."""
+        """The run directory's name: the model (a spec file's stem), the estimator, the
+        variant: dem-sm, bbrbm-pcd, realnvp, maf-spline."""
         stem = "".join(c if c.isalnum() or c in "_-" else "_" for c in Path(self.model).stem)
-        return "-".join(filter(None, (stem.strip("_") or "model", self.objective)))
+        return "-".join(filter(None, (stem.strip("_") or "model", self.objective,
+                                      self.variant)))
 
 
 ENTRIES = (
@@ -77,9 +79,11 @@ ENTRIES = (
     Entry("NICE", "nice", lr=1e-2),
     Entry("RealNVP", "realnvp", lr=1e-3),
     Entry("MAF", "maf", lr=3e-3),
+    Entry("Glow", "glow", lr=1e-3),
     Entry("FVSBN (binarised)", "fvsbn", lr=3e-3),
     Entry("NADE (binarised)", "nade", lr=3e-3),
     Entry("MADE (binarised)", "made", lr=3e-3),
+    Entry("gated PixelCNN (binarised)", "gated_pixelcnn", lr=3e-3),
     Entry("VAE (binarised)", "vae", lr=3e-3),
     Entry("BB-RBM / PL (binarised)", "bbrbm", "pl", (("K", 16),), lr=0.01),
     Entry("BB-RBM / RM (binarised)", "bbrbm", "rm", (("K", 16),), lr=0.01),

@@ -28,7 +28,7 @@ class RunConfig:
     batch_size: int = 64
     lr: float = 1e-3
     seed: int = 0
-    sizes: dict[str, int] = field(default_factory=dict)  # spec dims / model arguments
+    sizes: dict[str, Any] = field(default_factory=dict)  # spec dims / model arguments
     options: dict[str, float] = field(default_factory=dict)  # the objective's options
     detect_anomaly: bool = False
     max_pixels: int = datasets.MAX_PIXELS  # budget of IDX values read
@@ -60,6 +60,11 @@ class RunConfig:
             raise UsageError(f"--lr must be a positive finite number, got {self.lr!r}")
         if not (isinstance(self.seed, int) and 0 <= self.seed < 2**31):
             raise UsageError(f"--seed must be an integer in [0, 2^31), got {self.seed!r}")
+        if self.is_spec:
+            for name, value in self.sizes.items():
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise UsageError(f"--size {name}={value}: error: a spec's dimensions are "
+                                     "positive integers")
         if self.objective is not None and self.objective not in OBJECTIVES + ("loss",):
             raise UsageError(f"unknown objective {self.objective!r}; choose one of "
                              f"{', '.join(OBJECTIVES)}")

@@ -180,6 +180,24 @@ def test_companion_models_train_through_the_same_command(tmp_path, name):
     assert (run / "samples.png").exists()
 
 
+def test_size_sets_a_companion_models_words_lists_and_numbers_and_resume_keeps_them(
+        tmp_path):
+    """--size transform=spline hidden=32,32 bound=4.5 actnorm=false reach MAF's constructor,
+    run.json keeps them (the list as a list), and a resume rebuilds the same model."""
+    run = tmp_path / "maf"
+    sizes = ["--size", "transform=spline", "--size", "hidden=32,32", "--size", "bound=4.5",
+             "--size", "actnorm=false", "--size", "n_layers=2"]
+    assert main(["train", "maf", *sizes, "--epochs", "1", "--out", str(run)]) == 0
+    stored = json.loads((run / "run.json").read_text())["config"]["sizes"]
+    assert stored == {"transform": "spline", "hidden": [32, 32], "bound": 4.5,
+                      "actnorm": False, "n_layers": 2}
+    model, config, _ = training.model_from_checkpoint(load_checkpoint(run / "checkpoint.pt"))
+    spline = model.layers[0]
+    assert type(spline).__name__ == "MaskedSpline" and spline.bound == 4.5
+    assert len(model.layers) == 2
+    assert main(["train", "maf", "--resume", *sizes, "--epochs", "2", "--out", str(run)]) == 0
+
+
 def test_flow_weights_of_the_full_input_couplings_are_a_clear_error():
     """Flow checkpoints from before the half-input couplings (each network took all D
     inputs, half zeroed, and gave 2 D outputs) do not fit today's RealNVP: an error
