@@ -65,7 +65,7 @@ def finite(text: str) -> float:
     return float(number(text, float, -math.inf, math.inf, "a finite number"))
 
 
-EXPECTED = {positive_int: "POSITIVE_INTEGER", finite: "NUMBER",
+EXPECTED: dict[Callable[[str], Any], str] = {positive_int: "POSITIVE_INTEGER", finite: "NUMBER",
             model_value: "VALUE (a number, true/false, a list such as 128,128, or a word)"}
 
 
