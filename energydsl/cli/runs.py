@@ -124,7 +124,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from energydsl.cli.progress import above_bars
     from energydsl.files import write_atomically
-    from energydsl.train.compare import ENTRIES, compare, table
+    from energydsl.train.compare import ENTRIES, compare, table, verdict
 
     out = output_directory(args.out, "--out")
     entries = ENTRIES[:args.limit] if args.limit else ENTRIES
@@ -132,7 +132,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         rows = compare(out, entries, epochs=args.epochs, ais_chains=args.ais_chains,
                        ais_temperatures=args.ais_temperatures, seed=args.seed,
                        device=args.device, conditional=args.conditional)
-    text = table(rows)
+    text = table(rows) + "\n\n" + verdict(rows)
     given = (" Rows marked 'given the label' are class-conditional models scored by "
              "log p(x | label) (--conditional); the others are unconditional, log p(x)."
              if args.conditional else "")

@@ -79,6 +79,9 @@ ENTRIES = (
     Entry("NICE", "nice", lr=1e-2),
     Entry("RealNVP", "realnvp", lr=1e-3),
     Entry("MAF", "maf", lr=3e-3),
+    Entry("RealNVP (spline)", "realnvp", sizes=(("transform", "spline"),), lr=1e-3,
+          variant="spline"),
+    Entry("MAF (spline)", "maf", sizes=(("transform", "spline"),), lr=3e-3, variant="spline"),
     Entry("Glow", "glow", lr=1e-3),
     Entry("FVSBN (binarised)", "fvsbn", lr=3e-3),
     Entry("NADE (binarised)", "nade", lr=3e-3),
@@ -101,6 +104,8 @@ class Row:
     how: str
     seconds: float
     parameters: int = 0  # learnt numbers (Adam keeps two more of each)
+    model: str = ""  # the registered model or spec
+    binarised: bool = False  # scored on the binarised digits (another, easier data set)
 
 
 def held_out(model: torch.nn.Module, x: torch.Tensor, data_map: DataMap,
@@ -178,9 +183,40 @@ def compare(out: Path, entries: tuple[Entry, ...] = ENTRIES, epochs: int | None 
         dim = test.shape[1]
         parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
         rows.append(Row(label, nats, stderr, -nats / (dim * math.log(2)), how, seconds,
-                        parameters))
+                        parameters, entry.model, data_kind(config) in ("binary", "spin")))
         log(f"{label}: {nats:.2f} nats ({how}), {seconds:.1f} s")
     return rows
+
+
+FLOWS = ("nice", "realnvp", "maf", "iaf", "glow")
+
+
+def verdict(rows: list[Row]) -> str:
+    """Which model is best on each data set, and the flows ranked (MAF against RealNVP):
+    what the table's reader looks for, said in words. Two rows closer than twice the
+    larger standard error are called level."""
+    def best(group: list[Row]) -> Row:
+        return max(group, key=lambda row: row.nats)
+
+    def level(a: Row, b: Row) -> bool:
+        return a.nats - b.nats < 2 * max(a.stderr, b.stderr)
+
+    lines = []
+    for binarised, what in ((False, "on the grey-level digits"), (True, "on the binarised digits")):
+        group = [row for row in rows if row.binarised == binarised]
+        if group:
+            top = best(group)
+            lines.append(f"- Best {what}: {top.label}, {top.nats:.2f} +- {top.stderr:.2f} nats "
+                         f"per image ({top.parameters:,} parameters).")
+    flows = sorted((row for row in rows if row.model in FLOWS), key=lambda row: -row.nats)
+    if len(flows) > 1:
+        ranked = []
+        for above, row in zip([None, *flows], flows, strict=False):
+            sign = " ~ " if above is not None and level(above, row) else " > "
+            ranked.append(("" if above is None else sign) + f"{row.label} ({row.nats:.2f})")
+        lines.append("- Flows, best first (~: level within two standard errors): "
+                     + "".join(ranked) + ".")
+    return "\n".join(lines)
 
 
 def table(rows: list[Row]) -> str:

@@ -294,6 +294,25 @@ def test_compare_tabulates_held_out_likelihood_with_how_it_was_obtained(tmp_path
     assert "| masked Gaussian / SM |" in (tmp_path / "cli" / "RESULTS.md").read_text()
 
 
+def test_the_verdict_names_the_best_model_per_data_set_and_ranks_the_flows():
+    """Rows made up here: the best grey-level and binarised rows are named; the flows are
+    ranked, and two within twice the larger standard error are called level."""
+    from energydsl.train.compare import Row, verdict
+
+    rows = [Row("RealNVP", -100.3, 0.7, 0, "exact", 1, 10, "realnvp"),
+            Row("MAF (spline)", -92.0, 0.6, 0, "exact", 1, 20, "maf"),
+            Row("RealNVP (spline)", -91.2, 0.6, 0, "exact", 1, 30, "realnvp"),
+            Row("mPoT / SM", -146.7, 0.6, 0, "AIS", 1, 40, "mpot"),
+            Row("NADE (binarised)", -19.3, 0.2, 0, "exact", 1, 50, "nade", True),
+            Row("MADE (binarised)", -19.2, 0.2, 0, "exact", 1, 60, "made", True)]
+    text = verdict(rows)
+    assert "Best on the grey-level digits: RealNVP (spline), -91.20 +- 0.60" in text
+    assert "Best on the binarised digits: MADE (binarised), -19.20" in text
+    assert ("RealNVP (spline) (-91.20) ~ MAF (spline) (-92.00) > RealNVP (-100.30)."
+            in text)
+    assert "mPoT" not in text.split("Flows")[1]
+
+
 def test_train_on_user_provided_mnist_idx_files(tmp_path):
     """A tiny fake MNIST in IDX format (written here with struct, independently of the
     reader): the run sizes the model from the 28 x 28 images."""
