@@ -290,8 +290,8 @@ def objective_of(config, model: nn.Module) -> tuple[str, str, str]:
     if hasattr(model, "train_step"):
         return "loss", ("two players: the discriminator's and the generator's binary "
                         "cross-entropy, minimised alternately"), "loss"
-    doc = (type(model).loss.__doc__ or "").strip().splitlines()
-    first = doc[0].rstrip(".") if doc else "the model's own loss"
+    doc = " ".join((type(model).loss.__doc__ or "").split())  # its lines joined
+    first = doc.split(". ")[0].rstrip(".") if doc else "the model's own loss"  # a sentence
     return "loss", f"{type(model).__name__}'s own loss: {first}", f"{type(model).__name__} loss"
 
 
