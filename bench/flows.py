@@ -1,12 +1,12 @@
 """Flows: the companion RealNVP (energydsl/models/flows.py) against a paper-style reference
 RealNVP written here (half-input MLPs, tanh-bounded log-scales) and, when it is installed,
 zuko's RealNVP (zuko.flows.RealNVP; optional, not a dependency), with the same number of
-couplings, the same hidden widths and alternating masks; and the companion MAF against
-zuko's MAF (zuko.flows.MAF) with the same number of transforms and hidden widths; in this
-one process.
+couplings, the same hidden widths and alternating masks; the companion MAF against
+zuko's MAF (zuko.flows.MAF) with the same number of transforms and hidden widths; and the
+spline MAF (transform="spline", 8 bins) against zuko's NSF; in this one process.
 
     .venv/bin/python bench/flows.py [--D 64 784] [--couplings 6] [--hidden 128 128]
-                                    [--batch 128] [--repeats 20] [--family realnvp maf]
+                                    [--batch 128] [--repeats 20] [--family realnvp maf nsf]
 
 Prints each model's parameter count (Adam keeps two more numbers per parameter) and the
 best-of-repeats time of one training step (negative log-density of the batch in flow space,
@@ -104,8 +104,9 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, nargs="+", default=[128, 128])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--family", nargs="+", default=["realnvp", "maf"],
-                        choices=["realnvp", "maf"])
+    parser.add_argument("--family", nargs="+", default=["realnvp", "maf", "nsf"],
+                        choices=["realnvp", "maf", "nsf"],
+                        help="nsf: MAF with 8-bin spline layers against zuko.flows.NSF")
     args = parser.parse_args()
     torch.set_num_threads(1)
     from energydsl.memory import keep_freed_memory
@@ -113,8 +114,8 @@ def main() -> None:
     keep_freed_memory()  # as `energydsl train` runs; both libraries alike
     hidden = tuple(args.hidden)
     for family in args.family:
-        what = ("alternating masks" if family == "realnvp" else
-                "orderings reversed between layers")
+        what = {"realnvp": "alternating masks", "maf": "orderings reversed between layers",
+                "nsf": "8-bin rational-quadratic splines, orderings reversed"}[family]
         print(f"\n{family}, {args.couplings} transforms, hidden {hidden}, {what}, batch "
               f"{args.batch}, float32, 1 thread, best of {args.repeats}"
               + ("" if zuko is not None else "; zuko not installed: its column is skipped"))
@@ -125,12 +126,16 @@ def main() -> None:
 
 def _models(family: str, dim: int, couplings: int, hidden: tuple
             ) -> dict[str, tuple[nn.Module, Loss]]:
-    if family == "maf":
+    if family in ("maf", "nsf"):
+        spline = {"transform": "spline", "bins": 8} if family == "nsf" else {}
         models: dict[str, tuple[nn.Module, Loss]] = {"companion": (
-            MAF(dim=dim, n_layers=couplings, hidden=hidden, dequantization="none"), _nll)}
+            MAF(dim=dim, n_layers=couplings, hidden=hidden, dequantization="none", **spline),
+            _nll)}
         if zuko is not None:
-            models["zuko"] = (zuko.flows.MAF(dim, transforms=couplings,
-                                             hidden_features=hidden), _zuko_nll)
+            flow = (zuko.flows.NSF(dim, transforms=couplings, hidden_features=hidden, bins=8)
+                    if family == "nsf" else
+                    zuko.flows.MAF(dim, transforms=couplings, hidden_features=hidden))
+            models["zuko"] = (flow, _zuko_nll)
         return models
     models = {"companion": (RealNVP(dim=dim, n_couplings=couplings, hidden=hidden,
                                     mask="alternating", dequantization="none"), _nll),
