@@ -58,8 +58,6 @@ CASES = [
      ["objective", "the default", "dsm"]),
     (["train", DEM, "--conditional", "--out", "OUT"],
      ["--conditional", "energy model", "companion models"]),
-    (["train", "mlp_ae", "--conditional", "--out", "OUT"],
-     ["--conditional", "mlp_ae takes no context", "made"]),
     (["train", "made", "--conditional", "--data", "patches", "--out", "OUT"],
      ["--conditional", "patches has no labels", "--data digits"]),
     (["train", "made", "--size", "context_dim=10", "--out", "OUT"],

@@ -12,7 +12,7 @@ energy models:
   the gated PixelCNN);
 - ``data_kind``: ``"binary"`` ({0, 1} data) or ``"continuous"`` (values in [0, 1]);
 - ``context_dim``: 0, or C for a conditional model p(x | c) built with ``context_dim=C``
-  (every family but the autoencoders): its methods of x then take ``context=`` ([N, C], or
+  (every family): its methods of x then take ``context=`` ([N, C], or
   [C] shared by the batch), which an unconditional model refuses; ``one_hot(labels,
   classes, model)`` turns integer class labels into that context.
 

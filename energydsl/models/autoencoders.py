@@ -6,6 +6,11 @@ reconstruction error (summed over pixels), plus the model's regulariser. ``sampl
 decodes codes drawn from a diagonal Gaussian fitted (by running averages during training) to
 the codes of the training data: a convenience for looking at what the decoder produces,
 not a calibrated generative model.
+
+``context_dim = C > 0`` makes the decoder conditional (a conditional autoencoder): it reads
+[h, c], so the code only needs what the context does not say; ``loss``, ``decode``,
+``reconstruct`` and ``sample`` then take ``context=`` ([N, C], or [C] for the whole batch).
+The encoder does not read the context.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ._utils import as_flat, as_images, bernoulli_log_prob, mlp, rand, randn
+from ._utils import as_flat, as_images, bernoulli_log_prob, checked_context, mlp, rand, randn
 
 __all__ = ["LinearAE", "MLPAE", "ConvAE", "DenoisingAE", "SparseAE"]
 
@@ -34,11 +39,15 @@ class _Autoencoder(nn.Module):
     log_prob_kind = "none"
     event_shape: tuple[int, ...]
 
-    def __init__(self, code_dim: int, recon: str = "mse", code_momentum: float = 0.1) -> None:
+    def __init__(self, code_dim: int, recon: str = "mse", code_momentum: float = 0.1,
+                 context_dim: int = 0) -> None:
         super().__init__()
         if recon not in _RECON:
             raise ValueError(f"recon must be one of {_RECON}, got {recon!r}")
+        if context_dim < 0:
+            raise ValueError(f"context_dim must be >= 0, got {context_dim}")
         self.code_dim = code_dim
+        self.context_dim = context_dim
         self.recon = recon
         self.code_momentum = code_momentum
         self.register_buffer("code_mean", torch.zeros(code_dim))
@@ -63,14 +72,20 @@ class _Autoencoder(nn.Module):
         """Code h = f(x), shape [N, code_dim]."""
         return self.encoder(self._prepare(x))
 
-    def decode(self, h: Tensor) -> Tensor:
-        """Reconstruction r = g(h) in data space (sigmoid applied for ``recon="bce"``)."""
-        out = self.decoder(h)
+    def _decoded(self, h: Tensor, context: Tensor | None) -> Tensor:
+        """The decoder's raw output from the code and, if conditional, the context."""
+        context = checked_context(type(self).__name__, self.context_dim, context, h.shape[0])
+        return self.decoder(h if context is None else torch.cat([h, context], dim=-1))
+
+    def decode(self, h: Tensor, context: Tensor | None = None) -> Tensor:
+        """Reconstruction r = g(h) (or g(h, c)) in data space (sigmoid applied for
+        ``recon="bce"``)."""
+        out = self._decoded(h, context)
         return torch.sigmoid(out) if self.recon == "bce" else out
 
-    def reconstruct(self, x: Tensor) -> Tensor:
+    def reconstruct(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """g(f(x)) without corruption, shaped like the model's data layout."""
-        return self.decode(self.encode(x))
+        return self.decode(self.encode(x), context)
 
     def reconstruction_error(self, x: Tensor, raw: Tensor) -> Tensor:
         """Per-example error between x and the raw decoder output (sum over pixels)."""
@@ -78,19 +93,25 @@ class _Autoencoder(nn.Module):
             return -bernoulli_log_prob(raw, x)
         return (raw - x).pow(2).reshape(x.shape[0], -1).sum(1)
 
-    def loss(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def loss(self, x: Tensor, generator: torch.Generator | None = None,
+             context: Tensor | None = None) -> Tensor:
         """Mean over the batch of reconstruction error + code penalty (lower is better)."""
         x = self._prepare(x)
         h = self.encoder(self._corrupt(x, generator))
         if self.training:
             self._track_code(h.detach())
-        return (self.reconstruction_error(x, self.decoder(h)) + self._penalty(h)).mean()
+        raw = self._decoded(h, context)
+        return (self.reconstruction_error(x, raw) + self._penalty(h)).mean()
+
+    def _codes(self, n: int, generator: torch.Generator | None) -> Tensor:
+        """n codes from N(code_mean, diag(code_var)) (the training codes' moments)."""
+        return self.code_mean + self.code_var.sqrt() * randn((n, self.code_dim), self, generator)
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """Decode n codes from N(code_mean, diag(code_var)) (the training codes' moments)."""
-        z = self.code_mean + self.code_var.sqrt() * randn((n, self.code_dim), self, generator)
-        return self.decode(z).reshape(n, *self.event_shape)
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               context: Tensor | None = None) -> Tensor:
+        """Decode n codes drawn from the training codes' moments (given the context)."""
+        return self.decode(self._codes(n, generator), context).reshape(n, *self.event_shape)
 
     @torch.no_grad()
     def _track_code(self, h: Tensor) -> None:
@@ -106,12 +127,12 @@ class LinearAE(_Autoencoder):
     ``code_dim`` principal components of the data (but need not be orthogonal).
     """
 
-    def __init__(self, dim: int = 64, code_dim: int = 8) -> None:
-        super().__init__(code_dim, recon="mse")
+    def __init__(self, dim: int = 64, code_dim: int = 8, context_dim: int = 0) -> None:
+        super().__init__(code_dim, recon="mse", context_dim=context_dim)
         self.dim = dim
         self.event_shape = (dim,)
         self.encoder = nn.Linear(dim, code_dim)
-        self.decoder = nn.Linear(code_dim, dim)
+        self.decoder = nn.Linear(code_dim + context_dim, dim)
 
     def _prepare(self, x: Tensor) -> Tensor:
         return as_flat(x, self.dim)
@@ -127,8 +148,9 @@ class MLPAE(_Autoencoder):
         code_dim: int = 8,
         recon: str = "mse",
         code_activation: str | None = None,
+        context_dim: int = 0,
     ) -> None:
-        super().__init__(code_dim, recon=recon)
+        super().__init__(code_dim, recon=recon, context_dim=context_dim)
         self.dim = dim
         self.event_shape = (dim,)
         hidden = list(hidden)
@@ -139,18 +161,15 @@ class MLPAE(_Autoencoder):
             raise ValueError(f"code_activation must be None or 'relu', got {code_activation!r}")
         self.code_activation = code_activation
         self.encoder = encoder
-        self.decoder = mlp([code_dim, *reversed(hidden), dim])
+        self.decoder = mlp([code_dim + context_dim, *reversed(hidden), dim])
 
     def _prepare(self, x: Tensor) -> Tensor:
         return as_flat(x, self.dim)
 
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+    def _codes(self, n: int, generator: torch.Generator | None) -> Tensor:
         """As the base class, but a ReLU code stays non-negative."""
-        z = self.code_mean + self.code_var.sqrt() * randn((n, self.code_dim), self, generator)
-        if self.code_activation == "relu":
-            z = z.clamp_min(0)
-        return self.decode(z).reshape(n, *self.event_shape)
+        z = super()._codes(n, generator)
+        return z.clamp_min(0) if self.code_activation == "relu" else z
 
 
 class DenoisingAE(MLPAE):
@@ -169,8 +188,10 @@ class DenoisingAE(MLPAE):
         recon: str = "mse",
         noise: str = "gaussian",
         noise_level: float = 0.2,
+        context_dim: int = 0,
     ) -> None:
-        super().__init__(dim=dim, hidden=hidden, code_dim=code_dim, recon=recon)
+        super().__init__(dim=dim, hidden=hidden, code_dim=code_dim, recon=recon,
+                         context_dim=context_dim)
         if noise not in ("gaussian", "mask"):
             raise ValueError(f"noise must be 'gaussian' or 'mask', got {noise!r}")
         self.noise = noise
@@ -193,10 +214,10 @@ class SparseAE(MLPAE):
         code_dim: int = 32,
         recon: str = "mse",
         sparsity: float = 1e-2,
+        context_dim: int = 0,
     ) -> None:
-        super().__init__(
-            dim=dim, hidden=hidden, code_dim=code_dim, recon=recon, code_activation="relu"
-        )
+        super().__init__(dim=dim, hidden=hidden, code_dim=code_dim, recon=recon,
+                         code_activation="relu", context_dim=context_dim)
         self.sparsity = sparsity
 
     def _penalty(self, h: Tensor) -> Tensor:
@@ -211,9 +232,10 @@ class ConvAE(_Autoencoder):
     """
 
     def __init__(
-        self, side: int = 8, channels: int = 16, code_dim: int = 8, recon: str = "mse"
+        self, side: int = 8, channels: int = 16, code_dim: int = 8, recon: str = "mse",
+        context_dim: int = 0,
     ) -> None:
-        super().__init__(code_dim, recon=recon)
+        super().__init__(code_dim, recon=recon, context_dim=context_dim)
         if side % 4:
             raise ValueError(f"side must be divisible by 4, got {side}")
         self.side = side
@@ -228,7 +250,7 @@ class ConvAE(_Autoencoder):
             nn.Linear(c2 * s4 * s4, code_dim),
         )
         self.decoder = nn.Sequential(
-            nn.Linear(code_dim, c2 * s4 * s4),
+            nn.Linear(code_dim + context_dim, c2 * s4 * s4),
             nn.ReLU(),
             nn.Unflatten(1, (c2, s4, s4)),
             nn.ConvTranspose2d(c2, channels, 4, stride=2, padding=1),

@@ -59,7 +59,11 @@ def sampler_name(model: nn.Module, method: str = "auto") -> str:
     enumeration), else the MCMC method ("gibbs", "mala", "flip", ...); method "mcmc": the
     chain `sample` falls back to when exact sampling fails."""
     if not hasattr(model, "free_energy"):
-        return "generator G(z), z ~ N(0, I)" if hasattr(model, "train_step") else "exact"
+        if hasattr(model, "train_step"):
+            return "generator G(z), z ~ N(0, I)"
+        if getattr(model, "log_prob_kind", None) == "none":  # an autoencoder
+            return "decoded codes drawn from the training codes' mean and variance"
+        return "exact"
     if method == "auto" and callable(getattr(model, "sample", None)):
         return "exact"
     if method not in ("auto", "mcmc"):

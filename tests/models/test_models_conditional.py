@@ -170,12 +170,29 @@ def test_a_conditional_model_trains_and_backpropagates_to_its_context_weights(na
 
 # ------------------------------------------------------------------ the context convention
 
-AUTOENCODERS = {"linear_ae", "mlp_ae", "conv_ae", "denoising_ae", "sparse_ae"}
+AUTOENCODERS = ("linear_ae", "mlp_ae", "conv_ae", "denoising_ae", "sparse_ae")
 
 
-def test_every_family_but_the_autoencoders_is_conditional() -> None:
-    assert set(CONDITIONAL) == set(MODELS) - AUTOENCODERS
+def test_every_family_is_conditional() -> None:
+    assert set(CONDITIONAL) == set(MODELS)
     assert all("context_dim" in inspect.signature(MODELS[n]).parameters for n in CONDITIONAL)
+
+
+@pytest.mark.parametrize("name", AUTOENCODERS)
+def test_a_conditional_autoencoder_decodes_the_context_too(name: str) -> None:
+    """The decoder reads [h, c]: one code decodes differently under two contexts, the
+    loss's gradient reaches the decoder's context weights, and the encoder ignores c."""
+    torch.manual_seed(0)
+    model = MODELS[name](**({"side": 4} if name == "conv_ae" else {"dim": 16}), context_dim=C)
+    x = torch.rand(5, 16)
+    h = model.encode(x)
+    a = model.decode(h, torch.eye(C)[0])
+    b = model.decode(h, torch.eye(C)[1])
+    assert (a - b).abs().max() > 1e-4
+    model.loss(x, context=torch.eye(C)[2]).backward()
+    first = next(m for m in model.decoder.modules() if isinstance(m, nn.Linear))
+    assert first.in_features == model.code_dim + C
+    assert first.weight.grad[:, -C:].abs().sum() > 0
 
 
 @pytest.mark.parametrize("name", CONDITIONAL)
@@ -183,7 +200,7 @@ def test_conditional_models_require_a_context_and_unconditional_ones_refuse_it(
         name: str) -> None:
     size = {"dcgan": {"side": 4}, "conv_vae": {"side": 4}, "pixelcnn": {"side": 4},
             "realnvp": {"dim": 16, "side": 4}, "glow": {"side": 4},
-            "gated_pixelcnn": {"side": 4}}.get(name, {"dim": 16})
+            "gated_pixelcnn": {"side": 4}, "conv_ae": {"side": 4}}.get(name, {"dim": 16})
     x = torch.rand(3, 16)
     conditional = MODELS[name](**size, context_dim=C)
     plain = MODELS[name](**size)
