@@ -44,11 +44,19 @@ def exact_log_prob(model: nn.Module) -> bool:
 class ModelDistribution(Distribution):
     """A model with an exact `log_prob` and a `sample(n)` as a Distribution (batch shape
     (), event shape the model's); `rsample` where the model has one (the flows: samples
-    are a differentiable function of the parameters)."""
+    are a differentiable function of the parameters). For a conditional model, `context`
+    (a [C] vector) makes it the distribution p(x | context)."""
 
     arg_constraints: dict = {}
 
-    def __init__(self, model: nn.Module, validate_args: bool | None = False) -> None:
+    def __init__(self, model: nn.Module, validate_args: bool | None = False,
+                 context: Tensor | None = None) -> None:
+        if context is not None and context.dim() != 1:
+            raise ValueError(f"context must be one [C] vector, got shape {tuple(context.shape)}")
+        if getattr(model, "context_dim", 0) and context is None:
+            raise ValueError(f"{type(model).__name__} is conditional (context_dim = "
+                             f"{model.context_dim}): pass the context it is conditioned on")
+        self.given = {} if context is None else {"context": context}
         if not exact_log_prob(model):
             raise ValueError(f"{type(model).__name__} has no exact log_prob (log_prob_kind="
                              f"{getattr(model, 'log_prob_kind', None)!r}); a Distribution "
@@ -69,7 +77,7 @@ class ModelDistribution(Distribution):
         events = len(self.event_shape)
         batch = value.shape[:value.dim() - events]
         flat = value.reshape(math.prod(batch), *self.event_shape)
-        return self.model.log_prob(flat).reshape(batch)
+        return self.model.log_prob(flat, **self.given).reshape(batch)
 
     @property
     def has_rsample(self) -> bool:  # type: ignore[override]
@@ -82,7 +90,7 @@ class ModelDistribution(Distribution):
         if not self.has_rsample:
             raise NotImplementedError(f"{type(self.model).__name__} has no rsample")
         shape = torch.Size(sample_shape)
-        draws = self.model.rsample(max(1, math.prod(shape)), generator=generator)
+        draws = self.model.rsample(max(1, math.prod(shape)), generator=generator, **self.given)
         return draws[: math.prod(shape)].reshape(*shape, *self.event_shape)
 
     def sample(self, sample_shape: torch.Size | tuple = (),
@@ -90,13 +98,15 @@ class ModelDistribution(Distribution):
         """Draws of shape [*sample_shape, *event_shape] (the model's own sampler)."""
         shape = torch.Size(sample_shape)
         with torch.no_grad():
-            draws = self.model.sample(max(1, math.prod(shape)), generator=generator)
+            draws = self.model.sample(max(1, math.prod(shape)), generator=generator,
+                                      **self.given)
         return draws[: math.prod(shape)].reshape(*shape, *self.event_shape)
 
 
-def as_distribution(model: nn.Module) -> ModelDistribution:
-    """`model` as a torch.distributions.Distribution (see the module docstring)."""
-    return ModelDistribution(model)
+def as_distribution(model: nn.Module, context: Tensor | None = None) -> ModelDistribution:
+    """`model` as a torch.distributions.Distribution (see the module docstring); for a
+    conditional model, p(x | context) with `context` a [C] vector."""
+    return ModelDistribution(model, context=context)
 
 
 class FlowTransform(Transform):

@@ -29,6 +29,28 @@ def test_an_autoregressive_model_is_a_normalised_distribution():
     assert dist.support.check(draws).all()
 
 
+def test_a_conditional_model_is_a_normalised_distribution_for_each_context():
+    """p(x | c) for two contexts: each sums to one over all 2^6 vectors, they differ, the
+    draws follow the context given, and a conditional model without one is refused."""
+    torch.manual_seed(0)
+    model = NADE(dim=6, hidden=5, context_dim=2).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    every = torch.tensor(list(itertools.product([0.0, 1.0], repeat=6)), dtype=torch.float64)
+    tables = []
+    for c in (torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])):
+        dist = as_distribution(model, context=c.double())
+        log_p = dist.log_prob(every.reshape(4, 16, 6)).reshape(-1).detach()
+        assert abs(float(torch.logsumexp(log_p, 0))) < 1e-10
+        torch.testing.assert_close(log_p, model.log_prob(every, context=c.double()))
+        assert dist.sample((5,)).shape == (5, 6)
+        tables.append(log_p)
+    assert (tables[0] - tables[1]).abs().max() > 0.1
+    with pytest.raises(ValueError, match="conditional"):
+        as_distribution(model)
+
+
 def test_a_generated_gaussian_model_is_a_distribution():
     cls = energydsl.compile("ppca")
     model = cls(D=3, K=1, dtype=torch.float64)
