@@ -756,15 +756,24 @@ class _MaskedAutoregressiveFlow(_Flow):
         transform: str = "affine",
         bins: int = 8,
         bound: float = 5.0,
+        ordering: str = "reverse",
     ) -> None:
-        """actnorm: an ActNorm layer before every masked layer (Glow's normalisation)."""
+        """actnorm: an ActNorm layer before every masked layer (Glow's normalisation).
+        ordering: "reverse" (natural, reversed, natural, ...) or "random" (layer i's
+        ordering a permutation drawn from seed + i)."""
         if n_layers < 1:
             raise ValueError(f"n_layers must be >= 1, got {n_layers}")
         if context_dim < 0:
             raise ValueError(f"context_dim must be >= 0, got {context_dim}")
+        if ordering not in ("reverse", "random"):
+            raise ValueError(f"ordering must be 'reverse' or 'random', got {ordering!r}")
         _check_transform(transform)
         natural = torch.arange(dim)
-        orders = [natural if i % 2 == 0 else natural.flip(0) for i in range(n_layers)]
+        orders = [
+            torch.randperm(dim, generator=torch.Generator().manual_seed(seed + i))
+            if ordering == "random" else natural if i % 2 == 0 else natural.flip(0)
+            for i in range(n_layers)
+        ]
         layers: list[nn.Module] = [
             MaskedAffine(dim, hidden, order, self.kind, context_dim, max_log_scale, seed + i)
             if transform == "affine"
