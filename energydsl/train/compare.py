@@ -123,7 +123,9 @@ def held_out(model: torch.nn.Module, x: torch.Tensor, data_map: DataMap,
     if not hasattr(model, "free_energy"):
         with torch.no_grad():
             values = model.log_prob(x, **(context or {})).double()
-        how = "IW bound" if model.__class__.__name__.endswith("VAE") else "exact"
+        how = ("IW bound" if model.__class__.__name__.endswith("VAE") else
+               "dequantisation bound" if getattr(model, "log_prob_kind", None) == "lower_bound"
+               else "exact")
         return float(values.mean()), float(values.std() / math.sqrt(len(values))), how
     try:
         with torch.no_grad():

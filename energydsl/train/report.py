@@ -436,7 +436,7 @@ def held_out_likelihood(model: nn.Module, x: Tensor, data_map: DataMap,
     how = "exact"
     if type(model).__name__.endswith("VAE"):
         how = "importance-weighted lower bound (the VAE's)"
-    elif dequantised:
+    elif dequantised or getattr(model, "log_prob_kind", None) == "lower_bound":
         how = ("exact density of the dequantised data, a lower bound on the grey levels' "
                "log-probability")
     if context is not None:
