@@ -665,6 +665,7 @@ class RealNVP(_Flow):
         if mixing not in ("none", "reverse", "random", "lu"):
             raise ValueError(f"mixing must be 'none', 'reverse', 'random' or 'lu', got {mixing!r}")
         _check_transform(transform)
+        _check_spline(bins, bound)  # checked even when unused: a wrong value is a mistake
         base = make_mask(dim, mask, side if mask == "checkerboard" else None)
         masks = [base if i % 2 == 0 else 1 - base for i in range(n_couplings)]
         layers: list[nn.Module] = [
@@ -768,6 +769,7 @@ class _MaskedAutoregressiveFlow(_Flow):
         if ordering not in ("reverse", "random"):
             raise ValueError(f"ordering must be 'reverse' or 'random', got {ordering!r}")
         _check_transform(transform)
+        _check_spline(bins, bound)  # checked even when unused: a wrong value is a mistake
         natural = torch.arange(dim)
         orders = [
             torch.randperm(dim, generator=torch.Generator().manual_seed(seed + i))
