@@ -250,8 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "fixed budgets, and write OUT/RESULTS.md: held-out log-likelihood in "
                     "nats and bits per dimension, exact where the model allows, by AIS "
                     "for the other energy models, the importance-weighted bound for the "
-                    "VAE, with training times. It trains the shipped specs, so it runs from "
-                    "any directory; each run is kept in OUT/<model>-<estimator>/.")
+                    "VAE, the dequantisation bound for the flows, with training times and "
+                    "parameter counts, then a verdict: the best model of each data set and "
+                    "the flows ranked. It trains the shipped specs, so it runs from any "
+                    "directory; each run is kept in OUT/<model>-<estimator>[-variant]/.")
     p.add_argument("--out", default="runs/compare", help="directory (default runs/compare)")
     p.add_argument("--epochs", type=positive_int, default=None,
                    help="override every model's epoch budget (e.g. 1 for a smoke run)")
