@@ -41,6 +41,12 @@ def exact_log_prob(model: nn.Module) -> bool:
     return getattr(model, "normalised", True)  # generated modules have it only when exact
 
 
+def likelihood_kind(model: nn.Module) -> str:
+    """What `model.log_prob` is: "exact", or the bound the model names (`log_prob_bound`:
+    the VAE's "IW bound", a dequantising flow's "dequantisation bound")."""
+    return "exact" if exact_log_prob(model) else getattr(model, "log_prob_bound", "a bound")
+
+
 class ModelDistribution(Distribution):
     """A model with an exact `log_prob` and a `sample(n)` as a Distribution (batch shape
     (), event shape the model's); `rsample` where the model has one (the flows: samples

@@ -397,6 +397,7 @@ class _Flow(nn.Module):
 
     data_kind = "continuous"
     log_prob_kind: str
+    log_prob_bound = "dequantisation bound"  # what log_prob is when dequantising
     #: Dimension of the conditioning vector (0: unconditional).
     context_dim = 0
 

@@ -57,6 +57,7 @@ class VAE(nn.Module):
 
     data_kind = "binary"
     log_prob_kind = "lower_bound"
+    log_prob_bound = "IW bound"  # which bound log_prob is (distribution.likelihood_kind)
 
     def __init__(
         self,

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from energydsl.models.distribution import likelihood_kind
 from energydsl.train.build import label_context
 from energydsl.train.config import resolve_device
 from energydsl.train.loop import (
@@ -123,9 +124,7 @@ def held_out(model: torch.nn.Module, x: torch.Tensor, data_map: DataMap,
     if not hasattr(model, "free_energy"):
         with torch.no_grad():
             values = model.log_prob(x, **(context or {})).double()
-        how = ("IW bound" if model.__class__.__name__.endswith("VAE") else
-               "dequantisation bound" if getattr(model, "log_prob_kind", None) == "lower_bound"
-               else "exact")
+        how = likelihood_kind(model)
         return float(values.mean()), float(values.std() / math.sqrt(len(values))), how
     try:
         with torch.no_grad():
@@ -179,7 +178,8 @@ def compare(out: Path, entries: tuple[Entry, ...] = ENTRIES, epochs: int | None 
         model, _, data_map = model_from_checkpoint(load_checkpoint(checkpoint_path),
                                                    checkpoint_path)
         model.to(where).eval()
-        prepared = prepare(config, data_kind(config))
+        kind = data_kind(config)  # builds a companion model to ask it: once
+        prepared = prepare(config, kind)
         test = prepared.test.to(where)
         nats, stderr, how = held_out(model, test, data_map, ais_chains, ais_temperatures, seed,
                                      progress, label_context(model, config, prepared, 2))
@@ -187,7 +187,7 @@ def compare(out: Path, entries: tuple[Entry, ...] = ENTRIES, epochs: int | None 
         dim = test.shape[1]
         parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
         rows.append(Row(label, nats, stderr, -nats / (dim * math.log(2)), how, seconds,
-                        parameters, entry.model, data_kind(config) in ("binary", "spin")))
+                        parameters, entry.model, kind in ("binary", "spin")))
         log(f"{label}: {nats:.2f} nats ({how}), {seconds:.1f} s")
     return rows
 

@@ -406,6 +406,13 @@ def precision_figure(empirical: Tensor, learned: Tensor, path: Path) -> str:
     return scale
 
 
+BOUND_WORDS = {  # what a held-out figure is, said in full
+    "IW bound": "importance-weighted lower bound (the VAE's)",
+    "dequantisation bound": ("exact density of the dequantised data, a lower bound on the "
+                             "grey levels' log-probability"),
+}
+
+
 def held_out_likelihood(model: nn.Module, x: Tensor, data_map: DataMap,
                         dequantised: bool = False, context: Tensor | None = None
                         ) -> tuple[float, float, str] | None:
@@ -433,12 +440,10 @@ def held_out_likelihood(model: nn.Module, x: Tensor, data_map: DataMap,
     if not bool(torch.isfinite(values).all()):
         return None
     values = values - data_map.log_volume() - data_map.log_jacobian
-    how = "exact"
-    if type(model).__name__.endswith("VAE"):
-        how = "importance-weighted lower bound (the VAE's)"
-    elif dequantised or getattr(model, "log_prob_kind", None) == "lower_bound":
-        how = ("exact density of the dequantised data, a lower bound on the grey levels' "
-               "log-probability")
+    from energydsl.models.distribution import likelihood_kind
+
+    how = "dequantisation bound" if dequantised else likelihood_kind(model)
+    how = BOUND_WORDS.get(how, how)
     if context is not None:
         how = f"{how}, of log p(x | label) given the test labels"
     return float(values.mean()), float(values.std() / math.sqrt(len(values))), how
