@@ -93,16 +93,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
         import torch
 
         from energydsl.models import one_hot
-        from energydsl.train.report import class_samples_figure
+        from energydsl.train.report import samples_figure
 
         classes = config.classes
         columns = -(-args.n // classes)
         labels = torch.arange(classes).repeat_interleave(columns)
         samples, how = draw(model, data_map, len(labels), args.steps, args.method, args.seed,
                             context=one_hot(labels, classes, model))
-        class_samples_figure(samples.cpu(), None, classes, data_map.shape, output,
-                             f"{Path(config.model).name}: {columns} samples per label "
-                             f"({how})", columns=columns)
+        samples_figure(samples.cpu(), None, data_map.shape, output,
+                       f"{Path(config.model).name}: {columns} samples per label ({how})",
+                       classes=classes, columns=columns)
         print(f"{len(labels)} samples ({columns} per label) -> {output}")
         return EXIT_OK
     samples, how = draw(model, data_map, args.n, args.steps, args.method, args.seed)

@@ -193,20 +193,27 @@ def image_grid(images: Tensor, shape: tuple[int, ...], path: Path, title: str = 
 
 
 def samples_figure(samples: Tensor, data: Tensor | None, shape: tuple[int, ...], path: Path,
-                   title: str, data_title: str = "data") -> None:
-    """Real data beside the model's samples, both grey on [0, 1] (one colorbar each)."""
+                   title: str, data_title: str = "data", classes: int | None = None,
+                   columns: int = CLASS_COLUMNS) -> None:
+    """Real data (when given) beside the model's samples, both grey on [0, 1] with a
+    colorbar each. With `classes`, a conditional model's: one row of `columns` images per
+    class, the label on the left (both class-major, see `by_class`)."""
     plt = _pyplot()
-    panels = [(data, data_title)] if data is not None else []
-    panels.append((samples, "samples"))
-    n = samples.shape[0]
-    columns = math.ceil(math.sqrt(n))
-    rows = math.ceil(n / columns)
+    panels = ([(data, data_title)] if data is not None else []) + [(samples, "samples")]
     cell = _cell(shape)
+    n = samples.shape[0]
+    if classes is None:
+        columns = math.ceil(math.sqrt(n))
+    rows = classes or math.ceil(n / columns)
+    margin = 0.8 if classes is None else 1.2  # the class labels take room on the left
     figure, axes = plt.subplots(1, len(panels), squeeze=False, layout="constrained",
-                                figsize=(len(panels) * (columns * cell + 0.8),
+                                figsize=(len(panels) * (columns * cell + margin),
                                          rows * cell + 0.7))
     for axis, (images, name) in zip(axes[0], panels, strict=True):
-        _grid_panel(figure, axis, images[:n], shape, name, False, columns)
+        if classes is None:
+            _grid_panel(figure, axis, images[:n], shape, name, False, columns)
+        else:
+            class_panel(figure, axis, images, classes, shape, name, columns)
     figure.suptitle(title, fontsize=10)
     save_figure(figure, path)
     plt.close(figure)
@@ -240,24 +247,6 @@ def class_panel(figure, axis, images: Tensor, classes: int, shape: tuple[int, ..
     axis.set_ylabel("label", fontsize=9)
     axis.set_title(title, fontsize=9)
     figure.colorbar(shown, ax=axis, shrink=0.8, pad=0.02)
-
-
-def class_samples_figure(samples: Tensor, data: Tensor | None, classes: int,
-                         shape: tuple[int, ...], path: Path, title: str,
-                         data_title: str = "data", columns: int = CLASS_COLUMNS) -> None:
-    """A conditional model's samples, one row per class (label on the left), beside test
-    images of the same classes when given (both class-major, `columns` per class)."""
-    plt = _pyplot()
-    panels = ([(data, data_title)] if data is not None else []) + [(samples, "samples")]
-    cell = _cell(shape)
-    figure, axes = plt.subplots(1, len(panels), squeeze=False, layout="constrained",
-                                figsize=(len(panels) * (columns * cell + 1.2),
-                                         classes * cell + 0.7))
-    for axis, (images, name) in zip(axes[0], panels, strict=True):
-        class_panel(figure, axis, images, classes, shape, name, columns)
-    figure.suptitle(title, fontsize=10)
-    save_figure(figure, path)
-    plt.close(figure)
 
 
 def filters_of(model: nn.Module, dim: int) -> tuple[str, Tensor] | None:
@@ -535,10 +524,9 @@ def write_report(target: Path, n_samples: int = 64, steps: int = 500,
         if prepared is not None and prepared.labels is not None:
             test_rows = data_map.to_data(prepared.test.float()).clamp(0, 1)
             data = by_class(test_rows, prepared.labels[2], classes)
-        class_samples_figure(samples.cpu(), data, classes, data_map.shape,
-                             out / "samples.png",
-                             f"{Path(config.model).stem}: {CLASS_COLUMNS} samples per label "
-                             f"({how}), one row per label", data_title)
+        samples_figure(samples.cpu(), data, data_map.shape, out / "samples.png",
+                       f"{Path(config.model).stem}: {CLASS_COLUMNS} samples per label "
+                       f"({how}), one row per label", data_title, classes)
     else:
         samples, how = draw(model, data_map, n_samples, steps, seed=config.seed)
         samples_figure(samples, data_rows, data_map.shape, out / "samples.png",
