@@ -90,20 +90,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
     model.to(device).eval()
     output = output or path.parent / "samples.png"
     if config.conditional:  # one row per class, ceil(n / classes) samples in each
-        import torch
-
-        from energydsl.models import one_hot
-        from energydsl.train.report import samples_figure
+        from energydsl.train.report import draw_per_class, samples_figure
 
         classes = config.classes
         columns = -(-args.n // classes)
-        labels = torch.arange(classes).repeat_interleave(columns)
-        samples, how = draw(model, data_map, len(labels), args.steps, args.method, args.seed,
-                            context=one_hot(labels, classes, model))
+        samples, how = draw_per_class(model, data_map, classes, columns, args.steps,
+                                      args.method, args.seed)
         samples_figure(samples.cpu(), None, data_map.shape, output,
                        f"{Path(config.model).name}: {columns} samples per label ({how})",
                        classes=classes, columns=columns)
-        print(f"{len(labels)} samples ({columns} per label) -> {output}")
+        print(f"{len(samples)} samples ({columns} per label) -> {output}")
         return EXIT_OK
     samples, how = draw(model, data_map, args.n, args.steps, args.method, args.seed)
     image_grid(samples, data_map.shape, output,

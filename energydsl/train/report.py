@@ -114,6 +114,16 @@ def draw(model: nn.Module, data_map: DataMap, n: int, steps: int = 500,
     return data_map.to_data(x.detach().reshape(n, -1).float()).clamp(0, 1), how
 
 
+def draw_per_class(model: nn.Module, data_map: DataMap, classes: int, columns: int,
+                   steps: int = 500, method: str = "auto", seed: int = 0
+                   ) -> tuple[Tensor, str]:
+    """A conditional model's `columns` samples of each class in turn (class-major, as
+    `samples_figure(classes=...)` shows them), each drawn given its one-hot label."""
+    labels = torch.arange(classes).repeat_interleave(columns)
+    return draw(model, data_map, len(labels), steps, method, seed,
+                context=one_hot(labels, classes, model))
+
+
 def draw_samples(model: nn.Module, data_map: DataMap, n: int, steps: int = 500,
                  method: str = "auto", seed: int = 0) -> Tensor:
     """n samples in data space [n, D]: exact, Gibbs or Langevin as the model allows."""
@@ -517,9 +527,8 @@ def write_report(target: Path, n_samples: int = 64, steps: int = 500,
     lines += ["## Loss", "", "![loss](loss.png)", ""]
 
     if classes:
-        labels = torch.arange(classes).repeat_interleave(CLASS_COLUMNS)
-        samples, how = draw(model, data_map, len(labels), steps, seed=config.seed,
-                            context=one_hot(labels, classes, model))
+        samples, how = draw_per_class(model, data_map, classes, CLASS_COLUMNS, steps,
+                                      seed=config.seed)
         data = None
         if prepared is not None and prepared.labels is not None:
             test_rows = data_map.to_data(prepared.test.float()).clamp(0, 1)
