@@ -128,6 +128,7 @@ class FlowTransform(Transform):
     def __init__(self, flow: nn.Module, cache_size: int = 1) -> None:
         super().__init__(cache_size=cache_size)
         self.flow = flow
+        self._last: tuple[Tensor, Tensor] | None = None  # (x, log|det|) of the last _call
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, FlowTransform) and other.flow is self.flow
@@ -136,12 +137,18 @@ class FlowTransform(Transform):
         return id(self.flow)
 
     def _call(self, x: Tensor) -> Tensor:
-        return self.flow.forward_transform(x)[0]
+        y, logdet = self.flow.forward_transform(x)
+        self._last = (x, logdet)  # log_prob asks for the log-det of this x next
+        return y
 
     def _inverse(self, y: Tensor) -> Tensor:
         return self.flow.inverse_transform(y)
 
     def log_abs_det_jacobian(self, x: Tensor, y: Tensor) -> Tensor:
+        """The log-det _call computed with y for this very x (one flow pass per log_prob),
+        else a pass of its own."""
+        if self._last is not None and self._last[0] is x:
+            return self._last[1]
         return self.flow.forward_transform(x)[1]
 
 
