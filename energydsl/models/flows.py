@@ -689,6 +689,11 @@ class RealNVP(_Flow):
         self.context_dim = context_dim
 
 
+def _mirror_initialised(module: ActNorm, _incompatible: object) -> None:
+    """After load_state_dict: the host-side flag follows the loaded buffer."""
+    module._ready = bool(module.initialised)
+
+
 class ActNorm(nn.Module):
     """Activation normalisation (Kingma and Dhariwal 2018): y = (v - b) exp(-s) per feature
     (axis 1: a dimension of flat [N, D] data, a channel of [N, C, H, W] images, shared by
@@ -704,6 +709,8 @@ class ActNorm(nn.Module):
         self.shift = nn.Parameter(torch.zeros(dim))
         self.log_scale = nn.Parameter(torch.zeros(dim))
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+        self._ready = False  # the buffer's value on the host: no device sync per forward
+        self.register_load_state_dict_post_hook(_mirror_initialised)
 
     def _params(self, v: Tensor) -> tuple[Tensor, Tensor]:
         """(b, s) shaped to broadcast over v: [D] for flat data, [C, 1, 1] for images."""
@@ -711,12 +718,13 @@ class ActNorm(nn.Module):
         return self.shift.view(shape), self.log_scale.view(shape)
 
     def forward(self, v: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if self.training and not bool(self.initialised) and v.numel() > v.shape[1]:
+        if self.training and not self._ready and v.numel() > v.shape[1]:
             axes = [d for d in range(v.dim()) if d != 1]  # all but the feature axis
             with torch.no_grad():
                 self.shift.copy_(v.mean(axes))
                 self.log_scale.copy_(torch.log(v.std(axes) + 1e-6))
                 self.initialised.fill_(True)
+            self._ready = True
         shift, log_scale = self._params(v)
         positions = math.prod(v.shape[2:])  # H W for images, 1 for flat data
         return (v - shift) * torch.exp(-log_scale), (

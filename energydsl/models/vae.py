@@ -165,12 +165,13 @@ class VAE(nn.Module):
 
     # -- objectives ---------------------------------------------------------------------
     def elbo(self, x: Tensor, generator: torch.Generator | None = None,
-             context: Tensor | None = None) -> Tensor:
-        """Per-example ELBO [N]: one-sample reconstruction term minus closed-form KL."""
+             context: Tensor | None = None, beta: float = 1.0) -> Tensor:
+        """Per-example ELBO [N]: one-sample reconstruction term minus closed-form KL (the
+        KL weighted by `beta`: beta-VAE's objective; 1 is the ELBO itself)."""
         x = self._prepare(x)
         q = self.encode(x, context)
         z = self.reparameterize(q.loc, q.scale, generator=generator)
-        return self.log_likelihood(x, z, context) - gaussian_kl(q.loc, q.scale)
+        return self.log_likelihood(x, z, context) - beta * gaussian_kl(q.loc, q.scale)
 
     def log_weights(
         self, x: Tensor, k: int, generator: torch.Generator | None = None,
@@ -208,13 +209,7 @@ class VAE(nn.Module):
         """The negative ELBO averaged over the batch (nats per example), its KL term
         weighted by `beta` (Higgins et al. 2017; beta = 1: the ELBO itself). `log_prob`
         estimates log p(x) whatever beta trained the model."""
-        if self.beta == 1.0:
-            return -self.elbo(x, generator, context).mean()
-        x = self._prepare(x)
-        q = self.encode(x, context)
-        z = self.reparameterize(q.loc, q.scale, generator=generator)
-        kl = gaussian_kl(q.loc, q.scale)
-        return -(self.log_likelihood(x, z, context) - self.beta * kl).mean()
+        return -self.elbo(x, generator, context, self.beta).mean()
 
     @torch.no_grad()
     def sample(
