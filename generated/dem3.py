@@ -11,8 +11,7 @@ Definition:   u3[h] = sum(j: V3[h, j]*g2[j])
 Definition:   g3[h] = sigmoid(u3[h])
 Definition:   z[k] = c[k] + sum(h: W[k, h]*g3[h])
 Free energy:  F = -sum(i: b[i]*x[i]) - sum(k: softplus(z[k])) + sum(i: x[i]^2)/(2*sigma^2)
-Score:        score[l] = b[l] - sum(h: RowSpaceBasis(_slope_u1, l, h)*jac_F_u1[h]) -
-                  x[l]/sigma^2
+Score:        score[l] = b[l] - sum(h: _slope_u1[h, l]*adj_u1[h]) - x[l]/sigma^2
 Laplacian:    laplacian = -D/sigma^2 - lap_F_u1
 SM objective: laplacian + sum(l: score[l]^2)/2   (batch mean)
 """
@@ -65,8 +64,8 @@ class DEM3(torch.nn.Module):
             'sum(i: x[i]^2)/(2*sigma^2)'
         ),
         (
-            'Score:        score[l] = b[l] - sum(h: RowSpaceBasis(_slope_u1, l,'
-            ' h)*jac_F_u1[h]) - x[l]/sigma^2'
+            'Score:        score[l] = b[l] - sum(h: _slope_u1[h, l]*adj_u1[h]) '
+            '- x[l]/sigma^2'
         ),
         'Laplacian:    laplacian = -D/sigma^2 - lap_F_u1',
         'SM objective: laplacian + sum(l: score[l]^2)/2   (batch mean)',
@@ -85,8 +84,8 @@ class DEM3(torch.nn.Module):
             'x_{i}^{2}}{2 \\sigma^{2}}'
         )),
         ('score', (
-            '\\psi_{l} = b_{l} - \\sum_{h} Q(slope_{u1}^\\top)_{l h} {jac_{F '
-            'u1}}_{h} - \\frac{x_{l}}{\\sigma^{2}}'
+            '\\psi_{l} = b_{l} - \\sum_{h} {slope_{u1}}_{h l} {adj_{u1}}_{h} - '
+            '\\frac{x_{l}}{\\sigma^{2}}'
         )),
         ('laplacian', '\\Delta \\log \\tilde p = - \\frac{D}{\\sigma^{2}} - lap_{F u1}'),
         ('sm objective', (
@@ -237,8 +236,6 @@ class DEM3(torch.nn.Module):
     def free_energy(self, x: torch.Tensor) -> torch.Tensor:
         """Free energy F(x) per sample, shape [N]."""
         self._check("free_energy", "x", x, self.D)
-        # sum(i: b[i]*x[i])
-        _t1 = x @ self.b
         # sum(i: V1[h, i]*x[i])
         u1 = x @ self.V1.T
         # sigmoid(u1[h])
@@ -255,16 +252,18 @@ class DEM3(torch.nn.Module):
         _t2 = g3 @ self.W.T
         # c[k] + sum(h: W[k, h]*g3[h])
         z = _t2 + self.c
+        # sum(i: b[i]*x[i])
+        _t5 = x @ self.b
         # softplus(z[k])
-        _t3 = torch.nn.functional.softplus(z)
+        _t6 = torch.nn.functional.softplus(z)
         # sum(k: softplus(z[k]))
-        _t4 = _t3.sum(dim=1)
+        _t7 = _t6.sum(dim=1)
         # x[i]^2
-        _t5 = torch.square(x)
+        _t8 = torch.square(x)
         # sum(i: x[i]^2)
-        _t6 = _t5.sum(dim=1)
+        _t9 = _t8.sum(dim=1)
         # -sum(i: b[i]*x[i]) - sum(k: softplus(z[k])) + sum(i: x[i]^2)/(2*sigma^2)
-        free_energy = -_t1 - _t4 + 0.5 * _t6 / self.sigma ** 2
+        free_energy = -_t5 - _t7 + 0.5 * _t9 / self.sigma ** 2
         return free_energy
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
@@ -286,29 +285,25 @@ class DEM3(torch.nn.Module):
         _t2 = g3 @ self.W.T
         # c[k] + sum(h: W[k, h]*g3[h])
         z = _t2 + self.c
-        # _slope_u1^T = Q R, Q with orthonormal columns, R upper triangular
-        _t7 = _row_space(self.V1)
-        # (1 - g1[h])*RowSpaceTriangle(_slope_u1, h2, h)*g1[h]
-        jac_g1 = _t7[1] * (g1[:, None] * (1 - g1[:, None]))
-        # sum(j: V2[h, j]*jac_g1[h2, j])
-        jac_u2 = (jac_g1.reshape(-1, self.H) @ self.V2.T).reshape(-1, self.H, self.H)
-        # (1 - g2[h])*g2[h]*jac_u2[h2, h]
-        jac_g2 = g2[:, None] * (1 - g2[:, None]) * jac_u2
-        # sum(j: V3[h, j]*jac_g2[h2, j])
-        jac_u3 = (jac_g2.reshape(-1, self.H) @ self.V3.T).reshape(-1, self.H, self.H)
-        # (1 - g3[h])*g3[h]*jac_u3[h2, h]
-        jac_g3 = g3[:, None] * (1 - g3[:, None]) * jac_u3
-        # sum(h: W[k, h]*jac_g3[h2, h])
-        jac_z = (jac_g3.reshape(-1, self.H) @ self.W.T).reshape(-1, self.H, self.K)
         # sigmoid(z[k])
-        _t8 = torch.sigmoid(z)
-        # sum(k: sigmoid(z[k])*jac_z[h2, k])
-        _t9 = (jac_z @ _t8.unsqueeze(2)).squeeze(2)
-        # -sum(k: sigmoid(z[k])*jac_z[h2, k])
-        jac_F_u1 = -_t9
-        # sum(h: RowSpaceBasis(_slope_u1, l, h)*jac_F_u1[h])
-        _t10 = jac_F_u1 @ _t7[0].T
-        # b[l] - sum(h: RowSpaceBasis(_slope_u1, l, h)*jac_F_u1[h]) - x[l]/sigma^2
+        _t3 = torch.sigmoid(z)
+        # -sigmoid(z[k3])
+        adj_z = -_t3
+        # sum(k: W[k, h19]*adj_z[k])
+        adj_g3 = adj_z @ self.W
+        # (1 - g3[h20])*adj_g3[h20]*g3[h20]
+        adj_u3 = adj_g3 * g3 * (1 - g3)
+        # sum(h: V3[h, h21]*adj_u3[h])
+        adj_g2 = adj_u3 @ self.V3
+        # (1 - g2[h22])*adj_g2[h22]*g2[h22]
+        adj_u2 = adj_g2 * g2 * (1 - g2)
+        # sum(h: V2[h, h23]*adj_u2[h])
+        adj_g1 = adj_u2 @ self.V2
+        # (1 - g1[h24])*adj_g1[h24]*g1[h24]
+        adj_u1 = adj_g1 * g1 * (1 - g1)
+        # sum(h: _slope_u1[h, l]*adj_u1[h])
+        _t10 = adj_u1 @ self.V1
+        # b[l] - sum(h: _slope_u1[h, l]*adj_u1[h]) - x[l]/sigma^2
         score = -_t10 + self.b - x / self.sigma ** 2
         return score
 
@@ -319,36 +314,36 @@ class DEM3(torch.nn.Module):
         u1 = x @ self.V1.T
         # sigmoid(u1[h])
         g1 = torch.sigmoid(u1)
+        # _slope_u1^T = Q R, Q with orthonormal columns, R upper triangular
+        _t1 = _row_space(self.V1)
+        # (1 - g1[h])*RowSpaceTriangle(_slope_u1, h2, h)*g1[h]
+        jac_g1 = _t1[1] * (g1[:, None] * (1 - g1[:, None]))
+        # sum(j: V2[h, j]*jac_g1[h2, j])
+        jac_u2 = (jac_g1.reshape(-1, self.H) @ self.V2.T).reshape(-1, self.H, self.H)
         # sum(j: V2[h, j]*g1[j])
         u2 = g1 @ self.V2.T
         # sigmoid(u2[h])
         g2 = torch.sigmoid(u2)
-        # sum(j: V3[h, j]*g2[j])
-        u3 = g2 @ self.V3.T
-        # sigmoid(u3[h])
-        g3 = torch.sigmoid(u3)
-        # sum(h: W[k, h]*g3[h])
-        _t2 = g3 @ self.W.T
-        # c[k] + sum(h: W[k, h]*g3[h])
-        z = _t2 + self.c
-        # _slope_u1^T = Q R, Q with orthonormal columns, R upper triangular
-        _t7 = _row_space(self.V1)
-        # (1 - g1[h])*RowSpaceTriangle(_slope_u1, h2, h)*g1[h]
-        jac_g1 = _t7[1] * (g1[:, None] * (1 - g1[:, None]))
-        # sum(j: V2[h, j]*jac_g1[h2, j])
-        jac_u2 = (jac_g1.reshape(-1, self.H) @ self.V2.T).reshape(-1, self.H, self.H)
         # (1 - g2[h])*g2[h]*jac_u2[h2, h]
         jac_g2 = g2[:, None] * (1 - g2[:, None]) * jac_u2
         # sum(j: V3[h, j]*jac_g2[h2, j])
         jac_u3 = (jac_g2.reshape(-1, self.H) @ self.V3.T).reshape(-1, self.H, self.H)
+        # sum(j: V3[h, j]*g2[j])
+        u3 = g2 @ self.V3.T
+        # sigmoid(u3[h])
+        g3 = torch.sigmoid(u3)
         # (1 - g3[h])*g3[h]*jac_u3[h2, h]
         jac_g3 = g3[:, None] * (1 - g3[:, None]) * jac_u3
         # sum(h: W[k, h]*jac_g3[h2, h])
         jac_z = (jac_g3.reshape(-1, self.H) @ self.W.T).reshape(-1, self.H, self.K)
+        # sum(h: W[k, h]*g3[h])
+        _t2 = g3 @ self.W.T
+        # c[k] + sum(h: W[k, h]*g3[h])
+        z = _t2 + self.c
         # sigmoid(z[k])
-        _t8 = torch.sigmoid(z)
+        _t3 = torch.sigmoid(z)
         # RowSpaceTriangle(_slope_u1, j, h)^2
-        _t11 = torch.square(_t7[1].permute(1, 0))
+        _t11 = torch.square(_t1[1].permute(1, 0))
         # sum(j: RowSpaceTriangle(_slope_u1, j, h)^2)
         _t12 = _t11.sum(dim=1)
         # (g1[h] - 1)*(2*g1[h] - 1)*g1[h]*sum(j: RowSpaceTriangle(_slope_u1, j, h)^2)
@@ -372,11 +367,11 @@ class DEM3(torch.nn.Module):
         # sum(h: W[k, h]*lap_g3[h])
         lap_z = lap_g3 @ self.W.T
         # sigmoid(z[k])*lap_z[k]
-        _t17 = _t8 * lap_z
+        _t17 = _t3 * lap_z
         # sum(k: sigmoid(z[k])*lap_z[k])
         _t18 = _t17.sum(dim=1)
         # (1 - sigmoid(z[k]))*sigmoid(z[k])
-        _t19 = _t8 * (1 - _t8)
+        _t19 = _t3 * (1 - _t3)
         # jac_z[h1, k]^2
         _t20 = torch.square(jac_z)
         # sum(h1: jac_z[h1, k]^2)
@@ -397,44 +392,56 @@ class DEM3(torch.nn.Module):
         u1 = x @ self.V1.T
         # sigmoid(u1[h])
         g1 = torch.sigmoid(u1)
+        # _slope_u1^T = Q R, Q with orthonormal columns, R upper triangular
+        _t1 = _row_space(self.V1)
+        # (1 - g1[h])*RowSpaceTriangle(_slope_u1, h2, h)*g1[h]
+        jac_g1 = _t1[1] * (g1[:, None] * (1 - g1[:, None]))
+        # sum(j: V2[h, j]*jac_g1[h2, j])
+        jac_u2 = (jac_g1.reshape(-1, self.H) @ self.V2.T).reshape(-1, self.H, self.H)
         # sum(j: V2[h, j]*g1[j])
         u2 = g1 @ self.V2.T
         # sigmoid(u2[h])
         g2 = torch.sigmoid(u2)
-        # sum(j: V3[h, j]*g2[j])
-        u3 = g2 @ self.V3.T
-        # sigmoid(u3[h])
-        g3 = torch.sigmoid(u3)
-        # sum(h: W[k, h]*g3[h])
-        _t2 = g3 @ self.W.T
-        # c[k] + sum(h: W[k, h]*g3[h])
-        z = _t2 + self.c
-        # _slope_u1^T = Q R, Q with orthonormal columns, R upper triangular
-        _t7 = _row_space(self.V1)
-        # (1 - g1[h])*RowSpaceTriangle(_slope_u1, h2, h)*g1[h]
-        jac_g1 = _t7[1] * (g1[:, None] * (1 - g1[:, None]))
-        # sum(j: V2[h, j]*jac_g1[h2, j])
-        jac_u2 = (jac_g1.reshape(-1, self.H) @ self.V2.T).reshape(-1, self.H, self.H)
         # (1 - g2[h])*g2[h]*jac_u2[h2, h]
         jac_g2 = g2[:, None] * (1 - g2[:, None]) * jac_u2
         # sum(j: V3[h, j]*jac_g2[h2, j])
         jac_u3 = (jac_g2.reshape(-1, self.H) @ self.V3.T).reshape(-1, self.H, self.H)
+        # sum(j: V3[h, j]*g2[j])
+        u3 = g2 @ self.V3.T
+        # sigmoid(u3[h])
+        g3 = torch.sigmoid(u3)
         # (1 - g3[h])*g3[h]*jac_u3[h2, h]
         jac_g3 = g3[:, None] * (1 - g3[:, None]) * jac_u3
         # sum(h: W[k, h]*jac_g3[h2, h])
         jac_z = (jac_g3.reshape(-1, self.H) @ self.W.T).reshape(-1, self.H, self.K)
+        # sum(h: W[k, h]*g3[h])
+        _t2 = g3 @ self.W.T
+        # c[k] + sum(h: W[k, h]*g3[h])
+        z = _t2 + self.c
         # sigmoid(z[k])
-        _t8 = torch.sigmoid(z)
-        # sum(k: sigmoid(z[k])*jac_z[h2, k])
-        _t9 = (jac_z @ _t8.unsqueeze(2)).squeeze(2)
-        # -sum(k: sigmoid(z[k])*jac_z[h2, k])
-        jac_F_u1 = -_t9
-        # sum(h: RowSpaceBasis(_slope_u1, l, h)*jac_F_u1[h])
-        _t10 = jac_F_u1 @ _t7[0].T
-        # b[l] - sum(h: RowSpaceBasis(_slope_u1, l, h)*jac_F_u1[h]) - x[l]/sigma^2
-        score = -_t10 + self.b - x / self.sigma ** 2
+        _t3 = torch.sigmoid(z)
+        # sum(i: b[i]*x[i])
+        _t5 = x @ self.b
+        # x[i]^2
+        _t8 = torch.square(x)
+        # sum(i: x[i]^2)
+        _t9 = _t8.sum(dim=1)
+        # -sigmoid(z[k3])
+        adj_z = -_t3
+        # sum(k: W[k, h19]*adj_z[k])
+        adj_g3 = adj_z @ self.W
+        # (1 - g3[h20])*adj_g3[h20]*g3[h20]
+        adj_u3 = adj_g3 * g3 * (1 - g3)
+        # sum(h: V3[h, h21]*adj_u3[h])
+        adj_g2 = adj_u3 @ self.V3
+        # (1 - g2[h22])*adj_g2[h22]*g2[h22]
+        adj_u2 = adj_g2 * g2 * (1 - g2)
+        # sum(h: V2[h, h23]*adj_u2[h])
+        adj_g1 = adj_u2 @ self.V2
+        # (1 - g1[h24])*adj_g1[h24]*g1[h24]
+        adj_u1 = adj_g1 * g1 * (1 - g1)
         # RowSpaceTriangle(_slope_u1, j, h)^2
-        _t11 = torch.square(_t7[1].permute(1, 0))
+        _t11 = torch.square(_t1[1].permute(1, 0))
         # sum(j: RowSpaceTriangle(_slope_u1, j, h)^2)
         _t12 = _t11.sum(dim=1)
         # (g1[h] - 1)*(2*g1[h] - 1)*g1[h]*sum(j: RowSpaceTriangle(_slope_u1, j, h)^2)
@@ -458,11 +465,11 @@ class DEM3(torch.nn.Module):
         # sum(h: W[k, h]*lap_g3[h])
         lap_z = lap_g3 @ self.W.T
         # sigmoid(z[k])*lap_z[k]
-        _t17 = _t8 * lap_z
+        _t17 = _t3 * lap_z
         # sum(k: sigmoid(z[k])*lap_z[k])
         _t18 = _t17.sum(dim=1)
         # (1 - sigmoid(z[k]))*sigmoid(z[k])
-        _t19 = _t8 * (1 - _t8)
+        _t19 = _t3 * (1 - _t3)
         # jac_z[h1, k]^2
         _t20 = torch.square(jac_z)
         # sum(h1: jac_z[h1, k]^2)
@@ -473,12 +480,33 @@ class DEM3(torch.nn.Module):
         lap_F_u1 = -_t18 - _t22
         # -D/sigma^2 - lap_F_u1
         laplacian = -self.D / self.sigma ** 2 - lap_F_u1
-        # score[l]^2
-        _t23 = torch.square(score)
-        # sum(l: score[l]^2)
-        _t24 = _t23.sum(dim=1)
+        # sum(l: _slope_u1[h1, l]*b[l])
+        _t25 = self.V1 @ self.b
+        # sum(l: b[l]*sum(h: _slope_u1[h, l]*adj_u1[h]))
+        _t26 = adj_u1 @ _t25
+        # sum(l: x[l]*sum(h: _slope_u1[h, l]*adj_u1[h]))
+        _t27 = (u1 * adj_u1).sum(dim=1)
+        # b[l]^2
+        _t28 = torch.square(self.b)
+        # sum(l: b[l]^2)
+        _t29 = _t28.sum(dim=0)
+        # sum(l: _slope_u1[h1, l]*_slope_u1[h2, l])
+        _t30 = self.V1 @ self.V1.T
+        # sum(h1: adj_u1[h1]*sum(l: _slope_u1[h1, l]*_slope_u1[h2, l]))
+        _t31 = _t30 @ adj_u1.T
+        # sum(l: sum(h: _slope_u1[h, l]*adj_u1[h])^2)
+        _t32 = (_t31 * adj_u1.T).sum(dim=0)
+        # -2*sum(l: b[l]*sum(h: _slope_u1[h, l]*adj_u1[h])) + sum(l: b[l]^2) + sum(l: sum(h: _s...
+        _t33 = (
+            -2 * _t26
+            + 2 * _t27 / self.sigma ** 2
+            + _t29
+            + _t32
+            - 2 * _t5 / self.sigma ** 2
+            + _t9 / self.sigma ** 4
+        )
         # laplacian + sum(l: score[l]^2)/2
-        sm_objective = 0.5 * _t24 + laplacian
+        sm_objective = 0.5 * _t33 + laplacian
         return sm_objective.mean()
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

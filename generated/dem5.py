@@ -10,8 +10,7 @@ Definition:   g4[h] = sigmoid(a4[h] + sum(j: V4[h, j]*g3[j]))
 Definition:   g5[h] = sigmoid(a5[h] + sum(j: V5[h, j]*g4[j]))
 Definition:   z[k] = c[k] + sum(h: W[k, h]*g5[h])
 Free energy:  F = -sum(i: b[i]*x[i]) - sum(k: softplus(z[k])) + sum(i: x[i]^2)/(2*sigma^2)
-Score:        score[l] = b[l] - sum(h: RowSpaceBasis(_slope_pre_g1, l, h)*jac_F_pre_g1[h]) -
-                  x[l]/sigma^2
+Score:        score[l] = b[l] - sum(h: _slope_pre_g1[h, l]*adj_pre_g1[h]) - x[l]/sigma^2
 Laplacian:    laplacian = -D/sigma^2 - lap_F_pre_g1
 SM objective: laplacian + sum(l: score[l]^2)/2   (batch mean)
 """
@@ -64,8 +63,8 @@ class DEM5(torch.nn.Module):
             'sum(i: x[i]^2)/(2*sigma^2)'
         ),
         (
-            'Score:        score[l] = b[l] - sum(h: '
-            'RowSpaceBasis(_slope_pre_g1, l, h)*jac_F_pre_g1[h]) - x[l]/sigma^2'
+            'Score:        score[l] = b[l] - sum(h: _slope_pre_g1[h, '
+            'l]*adj_pre_g1[h]) - x[l]/sigma^2'
         ),
         'Laplacian:    laplacian = -D/sigma^2 - lap_F_pre_g1',
         'SM objective: laplacian + sum(l: score[l]^2)/2   (batch mean)',
@@ -98,8 +97,8 @@ class DEM5(torch.nn.Module):
             'x_{i}^{2}}{2 \\sigma^{2}}'
         )),
         ('score', (
-            '\\psi_{l} = b_{l} - \\sum_{h} Q(slope_{pre g1}^\\top)_{l h} {jac_{F '
-            'pre g1}}_{h} - \\frac{x_{l}}{\\sigma^{2}}'
+            '\\psi_{l} = b_{l} - \\sum_{h} {slope_{pre g1}}_{h l} {adj_{pre '
+            'g1}}_{h} - \\frac{x_{l}}{\\sigma^{2}}'
         )),
         ('laplacian', '\\Delta \\log \\tilde p = - \\frac{D}{\\sigma^{2}} - lap_{F pre g1}'),
         ('sm objective', (
@@ -271,208 +270,210 @@ class DEM5(torch.nn.Module):
     def free_energy(self, x: torch.Tensor) -> torch.Tensor:
         """Free energy F(x) per sample, shape [N]."""
         self._check("free_energy", "x", x, self.D)
-        # sum(i: b[i]*x[i])
-        _t1 = x @ self.b
         # sum(i: V1[h, i]*x[i])
-        _t2 = x @ self.V1.T
+        _t1 = x @ self.V1.T
         # a1[h] + sum(i: V1[h, i]*x[i])
-        pre_g1 = _t2 + self.a1
+        pre_g1 = _t1 + self.a1
         # sigmoid(pre_g1[h])
-        g1 = torch.sigmoid(pre_g1)
+        _t2 = torch.sigmoid(pre_g1)
+        # sigmoid(pre_g1[h])
+        g1 = _t2
         # sum(j: V2[h, j]*g1[j])
-        _t3 = g1 @ self.V2.T
+        _t4 = g1 @ self.V2.T
         # sigmoid(a2[h] + sum(j: V2[h, j]*g1[j]))
-        g2 = torch.sigmoid(_t3 + self.a2)
+        g2 = torch.sigmoid(_t4 + self.a2)
         # sum(j: V3[h, j]*g2[j])
-        _t4 = g2 @ self.V3.T
+        _t6 = g2 @ self.V3.T
         # sigmoid(a3[h] + sum(j: V3[h, j]*g2[j]))
-        g3 = torch.sigmoid(_t4 + self.a3)
+        g3 = torch.sigmoid(_t6 + self.a3)
         # sum(j: V4[h, j]*g3[j])
-        _t5 = g3 @ self.V4.T
+        _t8 = g3 @ self.V4.T
         # sigmoid(a4[h] + sum(j: V4[h, j]*g3[j]))
-        g4 = torch.sigmoid(_t5 + self.a4)
+        g4 = torch.sigmoid(_t8 + self.a4)
         # sum(j: V5[h, j]*g4[j])
-        _t6 = g4 @ self.V5.T
+        _t10 = g4 @ self.V5.T
         # sigmoid(a5[h] + sum(j: V5[h, j]*g4[j]))
-        g5 = torch.sigmoid(_t6 + self.a5)
+        g5 = torch.sigmoid(_t10 + self.a5)
         # sum(h: W[k, h]*g5[h])
-        _t7 = g5 @ self.W.T
+        _t12 = g5 @ self.W.T
         # c[k] + sum(h: W[k, h]*g5[h])
-        z = _t7 + self.c
+        z = _t12 + self.c
+        # sum(i: b[i]*x[i])
+        _t15 = x @ self.b
         # softplus(z[k])
-        _t8 = torch.nn.functional.softplus(z)
+        _t16 = torch.nn.functional.softplus(z)
         # sum(k: softplus(z[k]))
-        _t9 = _t8.sum(dim=1)
+        _t17 = _t16.sum(dim=1)
         # x[i]^2
-        _t10 = torch.square(x)
+        _t18 = torch.square(x)
         # sum(i: x[i]^2)
-        _t11 = _t10.sum(dim=1)
+        _t19 = _t18.sum(dim=1)
         # -sum(i: b[i]*x[i]) - sum(k: softplus(z[k])) + sum(i: x[i]^2)/(2*sigma^2)
-        free_energy = -_t1 + 0.5 * _t11 / self.sigma ** 2 - _t9
+        free_energy = -_t15 - _t17 + 0.5 * _t19 / self.sigma ** 2
         return free_energy
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """Score d log p~(x) / dx = -dF/dx per sample, shape [N, D]."""
         self._check("score", "x", x, self.D)
         # sum(i: V1[h, i]*x[i])
-        _t2 = x @ self.V1.T
+        _t1 = x @ self.V1.T
         # a1[h] + sum(i: V1[h, i]*x[i])
-        pre_g1 = _t2 + self.a1
+        pre_g1 = _t1 + self.a1
         # sigmoid(pre_g1[h])
-        g1 = torch.sigmoid(pre_g1)
+        _t2 = torch.sigmoid(pre_g1)
+        # sigmoid(pre_g1[h])
+        g1 = _t2
         # sum(j: V2[h, j]*g1[j])
-        _t3 = g1 @ self.V2.T
+        _t4 = g1 @ self.V2.T
         # sigmoid(a2[h] + sum(j: V2[h, j]*g1[j]))
-        g2 = torch.sigmoid(_t3 + self.a2)
+        g2 = torch.sigmoid(_t4 + self.a2)
         # sum(j: V3[h, j]*g2[j])
-        _t4 = g2 @ self.V3.T
+        _t6 = g2 @ self.V3.T
         # sigmoid(a3[h] + sum(j: V3[h, j]*g2[j]))
-        g3 = torch.sigmoid(_t4 + self.a3)
+        g3 = torch.sigmoid(_t6 + self.a3)
         # sum(j: V4[h, j]*g3[j])
-        _t5 = g3 @ self.V4.T
+        _t8 = g3 @ self.V4.T
         # sigmoid(a4[h] + sum(j: V4[h, j]*g3[j]))
-        g4 = torch.sigmoid(_t5 + self.a4)
+        g4 = torch.sigmoid(_t8 + self.a4)
         # sum(j: V5[h, j]*g4[j])
-        _t6 = g4 @ self.V5.T
+        _t10 = g4 @ self.V5.T
         # sigmoid(a5[h] + sum(j: V5[h, j]*g4[j]))
-        g5 = torch.sigmoid(_t6 + self.a5)
+        g5 = torch.sigmoid(_t10 + self.a5)
         # sum(h: W[k, h]*g5[h])
-        _t7 = g5 @ self.W.T
+        _t12 = g5 @ self.W.T
         # c[k] + sum(h: W[k, h]*g5[h])
-        z = _t7 + self.c
-        # _slope_pre_g1^T = Q R, Q with orthonormal columns, R upper triangular
-        _t12 = _row_space(self.V1)
-        # (1 - sigmoid(pre_g1[h]))*RowSpaceTriangle(_slope_pre_g1, h2, h)*sigmoid(pre_g1[h])
-        jac_g1 = _t12[1] * (g1[:, None] * (1 - g1[:, None]))
-        # sum(j: V2[h, j]*jac_g1[h2, j])
-        _t13 = (jac_g1.reshape(-1, self.H) @ self.V2.T).reshape(-1, self.H, self.H)
-        # (1 - g2[h])*g2[h]*sum(j: V2[h, j]*jac_g1[h2, j])
-        jac_g2 = g2[:, None] * (1 - g2[:, None]) * _t13
-        # sum(j: V3[h, j]*jac_g2[h2, j])
-        _t14 = (jac_g2.reshape(-1, self.H) @ self.V3.T).reshape(-1, self.H, self.H)
-        # (1 - g3[h])*g3[h]*sum(j: V3[h, j]*jac_g2[h2, j])
-        jac_g3 = g3[:, None] * (1 - g3[:, None]) * _t14
-        # sum(j: V4[h, j]*jac_g3[h2, j])
-        _t15 = (jac_g3.reshape(-1, self.H) @ self.V4.T).reshape(-1, self.H, self.H)
-        # (1 - g4[h])*g4[h]*sum(j: V4[h, j]*jac_g3[h2, j])
-        jac_g4 = g4[:, None] * (1 - g4[:, None]) * _t15
-        # sum(j: V5[h, j]*jac_g4[h2, j])
-        _t16 = (jac_g4.reshape(-1, self.H) @ self.V5.T).reshape(-1, self.H, self.H)
-        # (1 - g5[h])*g5[h]*sum(j: V5[h, j]*jac_g4[h2, j])
-        jac_g5 = g5[:, None] * (1 - g5[:, None]) * _t16
-        # sum(h: W[k, h]*jac_g5[h2, h])
-        jac_z = (jac_g5.reshape(-1, self.H) @ self.W.T).reshape(-1, self.H, self.K)
+        z = _t12 + self.c
         # sigmoid(z[k])
-        _t17 = torch.sigmoid(z)
-        # sum(k: sigmoid(z[k])*jac_z[h2, k])
-        _t18 = (jac_z @ _t17.unsqueeze(2)).squeeze(2)
-        # -sum(k: sigmoid(z[k])*jac_z[h2, k])
-        jac_F_pre_g1 = -_t18
-        # sum(h: RowSpaceBasis(_slope_pre_g1, l, h)*jac_F_pre_g1[h])
-        _t19 = jac_F_pre_g1 @ _t12[0].T
-        # b[l] - sum(h: RowSpaceBasis(_slope_pre_g1, l, h)*jac_F_pre_g1[h]) - x[l]/sigma^2
-        score = -_t19 + self.b - x / self.sigma ** 2
+        _t13 = torch.sigmoid(z)
+        # -sigmoid(z[k3])
+        adj_z = -_t13
+        # sum(k: W[k, h21]*adj_z[k])
+        adj_g5 = adj_z @ self.W
+        # (1 - g5[h])*adj_g5[h]*g5[h]
+        _t20 = adj_g5 * g5 * (1 - g5)
+        # sum(h: (1 - g5[h])*V5[h, h22]*adj_g5[h]*g5[h])
+        adj_g4 = _t20 @ self.V5
+        # (1 - g4[h])*adj_g4[h]*g4[h]
+        _t21 = adj_g4 * g4 * (1 - g4)
+        # sum(h: (1 - g4[h])*V4[h, h23]*adj_g4[h]*g4[h])
+        adj_g3 = _t21 @ self.V4
+        # (1 - g3[h])*adj_g3[h]*g3[h]
+        _t22 = adj_g3 * g3 * (1 - g3)
+        # sum(h: (1 - g3[h])*V3[h, h24]*adj_g3[h]*g3[h])
+        adj_g2 = _t22 @ self.V3
+        # (1 - g2[h])*adj_g2[h]*g2[h]
+        _t23 = adj_g2 * g2 * (1 - g2)
+        # sum(h: (1 - g2[h])*V2[h, h25]*adj_g2[h]*g2[h])
+        adj_g1 = _t23 @ self.V2
+        # (1 - sigmoid(pre_g1[h26]))*sigmoid(pre_g1[h26])*adj_g1[h26]
+        adj_pre_g1 = _t2 * adj_g1 * (1 - _t2)
+        # sum(h: _slope_pre_g1[h, l]*adj_pre_g1[h])
+        _t24 = adj_pre_g1 @ self.V1
+        # b[l] - sum(h: _slope_pre_g1[h, l]*adj_pre_g1[h]) - x[l]/sigma^2
+        score = -_t24 + self.b - x / self.sigma ** 2
         return score
 
     def laplacian(self, x: torch.Tensor) -> torch.Tensor:
         """Laplacian sum_i d^2 log p~(x) / dx_i^2 per sample, shape [N]."""
         self._check("laplacian", "x", x, self.D)
         # sum(i: V1[h, i]*x[i])
-        _t2 = x @ self.V1.T
+        _t1 = x @ self.V1.T
         # a1[h] + sum(i: V1[h, i]*x[i])
-        pre_g1 = _t2 + self.a1
+        pre_g1 = _t1 + self.a1
         # sigmoid(pre_g1[h])
-        g1 = torch.sigmoid(pre_g1)
-        # sum(j: V2[h, j]*g1[j])
-        _t3 = g1 @ self.V2.T
-        # sigmoid(a2[h] + sum(j: V2[h, j]*g1[j]))
-        g2 = torch.sigmoid(_t3 + self.a2)
-        # sum(j: V3[h, j]*g2[j])
-        _t4 = g2 @ self.V3.T
-        # sigmoid(a3[h] + sum(j: V3[h, j]*g2[j]))
-        g3 = torch.sigmoid(_t4 + self.a3)
-        # sum(j: V4[h, j]*g3[j])
-        _t5 = g3 @ self.V4.T
-        # sigmoid(a4[h] + sum(j: V4[h, j]*g3[j]))
-        g4 = torch.sigmoid(_t5 + self.a4)
-        # sum(j: V5[h, j]*g4[j])
-        _t6 = g4 @ self.V5.T
-        # sigmoid(a5[h] + sum(j: V5[h, j]*g4[j]))
-        g5 = torch.sigmoid(_t6 + self.a5)
-        # sum(h: W[k, h]*g5[h])
-        _t7 = g5 @ self.W.T
-        # c[k] + sum(h: W[k, h]*g5[h])
-        z = _t7 + self.c
+        _t2 = torch.sigmoid(pre_g1)
         # _slope_pre_g1^T = Q R, Q with orthonormal columns, R upper triangular
-        _t12 = _row_space(self.V1)
+        _t3 = _row_space(self.V1)
         # (1 - sigmoid(pre_g1[h]))*RowSpaceTriangle(_slope_pre_g1, h2, h)*sigmoid(pre_g1[h])
-        jac_g1 = _t12[1] * (g1[:, None] * (1 - g1[:, None]))
+        jac_g1 = _t3[1] * (_t2[:, None] * (1 - _t2[:, None]))
+        # sigmoid(pre_g1[h])
+        g1 = _t2
+        # sum(j: V2[h, j]*g1[j])
+        _t4 = g1 @ self.V2.T
+        # sigmoid(a2[h] + sum(j: V2[h, j]*g1[j]))
+        g2 = torch.sigmoid(_t4 + self.a2)
         # sum(j: V2[h, j]*jac_g1[h2, j])
-        _t13 = (jac_g1.reshape(-1, self.H) @ self.V2.T).reshape(-1, self.H, self.H)
+        _t5 = (jac_g1.reshape(-1, self.H) @ self.V2.T).reshape(-1, self.H, self.H)
         # (1 - g2[h])*g2[h]*sum(j: V2[h, j]*jac_g1[h2, j])
-        jac_g2 = g2[:, None] * (1 - g2[:, None]) * _t13
+        jac_g2 = g2[:, None] * (1 - g2[:, None]) * _t5
+        # sum(j: V3[h, j]*g2[j])
+        _t6 = g2 @ self.V3.T
+        # sigmoid(a3[h] + sum(j: V3[h, j]*g2[j]))
+        g3 = torch.sigmoid(_t6 + self.a3)
         # sum(j: V3[h, j]*jac_g2[h2, j])
-        _t14 = (jac_g2.reshape(-1, self.H) @ self.V3.T).reshape(-1, self.H, self.H)
+        _t7 = (jac_g2.reshape(-1, self.H) @ self.V3.T).reshape(-1, self.H, self.H)
         # (1 - g3[h])*g3[h]*sum(j: V3[h, j]*jac_g2[h2, j])
-        jac_g3 = g3[:, None] * (1 - g3[:, None]) * _t14
+        jac_g3 = g3[:, None] * (1 - g3[:, None]) * _t7
+        # sum(j: V4[h, j]*g3[j])
+        _t8 = g3 @ self.V4.T
+        # sigmoid(a4[h] + sum(j: V4[h, j]*g3[j]))
+        g4 = torch.sigmoid(_t8 + self.a4)
         # sum(j: V4[h, j]*jac_g3[h2, j])
-        _t15 = (jac_g3.reshape(-1, self.H) @ self.V4.T).reshape(-1, self.H, self.H)
+        _t9 = (jac_g3.reshape(-1, self.H) @ self.V4.T).reshape(-1, self.H, self.H)
         # (1 - g4[h])*g4[h]*sum(j: V4[h, j]*jac_g3[h2, j])
-        jac_g4 = g4[:, None] * (1 - g4[:, None]) * _t15
+        jac_g4 = g4[:, None] * (1 - g4[:, None]) * _t9
+        # sum(j: V5[h, j]*g4[j])
+        _t10 = g4 @ self.V5.T
+        # sigmoid(a5[h] + sum(j: V5[h, j]*g4[j]))
+        g5 = torch.sigmoid(_t10 + self.a5)
         # sum(j: V5[h, j]*jac_g4[h2, j])
-        _t16 = (jac_g4.reshape(-1, self.H) @ self.V5.T).reshape(-1, self.H, self.H)
+        _t11 = (jac_g4.reshape(-1, self.H) @ self.V5.T).reshape(-1, self.H, self.H)
         # (1 - g5[h])*g5[h]*sum(j: V5[h, j]*jac_g4[h2, j])
-        jac_g5 = g5[:, None] * (1 - g5[:, None]) * _t16
+        jac_g5 = g5[:, None] * (1 - g5[:, None]) * _t11
         # sum(h: W[k, h]*jac_g5[h2, h])
         jac_z = (jac_g5.reshape(-1, self.H) @ self.W.T).reshape(-1, self.H, self.K)
+        # sum(h: W[k, h]*g5[h])
+        _t12 = g5 @ self.W.T
+        # c[k] + sum(h: W[k, h]*g5[h])
+        z = _t12 + self.c
         # sigmoid(z[k])
-        _t17 = torch.sigmoid(z)
+        _t13 = torch.sigmoid(z)
         # RowSpaceTriangle(_slope_pre_g1, j, h)^2
-        _t20 = torch.square(_t12[1].permute(1, 0))
+        _t25 = torch.square(_t3[1].permute(1, 0))
         # sum(j: RowSpaceTriangle(_slope_pre_g1, j, h)^2)
-        _t21 = _t20.sum(dim=1)
+        _t26 = _t25.sum(dim=1)
         # (sigmoid(pre_g1[h]) - 1)*(2*sigmoid(pre_g1[h]) - 1)*sigmoid(pre_g1[h])*sum(j: RowSpac...
-        lap_g1 = _t21 * g1 * (g1 - 1) * (2 * g1 - 1)
+        lap_g1 = _t2 * _t26 * (_t2 - 1) * (2 * _t2 - 1)
         # sum(j: V2[h, j]*lap_g1[j])
-        _t22 = lap_g1 @ self.V2.T
+        _t27 = lap_g1 @ self.V2.T
         # sum(i, j: V2[h, i]*V2[h, j]*sum(k: jac_g1[k, i]*jac_g1[k, j]))
-        _t23 = (_t13 * _t13).sum(dim=1)
+        _t28 = (_t5 * _t5).sum(dim=1)
         # (1 - g2[h])*g2[h]*sum(j: V2[h, j]*lap_g1[j]) + (g2[h] - 1)*(2*g2[h] - 1)*g2[h]*sum(i,...
-        lap_g2 = _t22 * g2 * (1 - g2) + _t23 * g2 * (g2 - 1) * (2 * g2 - 1)
+        lap_g2 = _t27 * g2 * (1 - g2) + _t28 * g2 * (g2 - 1) * (2 * g2 - 1)
         # sum(j: V3[h, j]*lap_g2[j])
-        _t24 = lap_g2 @ self.V3.T
+        _t29 = lap_g2 @ self.V3.T
         # sum(j, i: V3[h, i]*V3[h, j]*sum(k: jac_g2[k, i]*jac_g2[k, j]))
-        _t25 = (_t14 * _t14).sum(dim=1)
+        _t30 = (_t7 * _t7).sum(dim=1)
         # (1 - g3[h])*g3[h]*sum(j: V3[h, j]*lap_g2[j]) + (g3[h] - 1)*(2*g3[h] - 1)*g3[h]*sum(j,...
-        lap_g3 = _t24 * g3 * (1 - g3) + _t25 * g3 * (g3 - 1) * (2 * g3 - 1)
+        lap_g3 = _t29 * g3 * (1 - g3) + _t30 * g3 * (g3 - 1) * (2 * g3 - 1)
         # sum(j: V4[h, j]*lap_g3[j])
-        _t26 = lap_g3 @ self.V4.T
+        _t31 = lap_g3 @ self.V4.T
         # sum(i, j: V4[h, i]*V4[h, j]*sum(k: jac_g3[k, i]*jac_g3[k, j]))
-        _t27 = (_t15 * _t15).sum(dim=1)
+        _t32 = (_t9 * _t9).sum(dim=1)
         # (1 - g4[h])*g4[h]*sum(j: V4[h, j]*lap_g3[j]) + (g4[h] - 1)*(2*g4[h] - 1)*g4[h]*sum(i,...
-        lap_g4 = _t26 * g4 * (1 - g4) + _t27 * g4 * (g4 - 1) * (2 * g4 - 1)
+        lap_g4 = _t31 * g4 * (1 - g4) + _t32 * g4 * (g4 - 1) * (2 * g4 - 1)
         # sum(j: V5[h, j]*lap_g4[j])
-        _t28 = lap_g4 @ self.V5.T
+        _t33 = lap_g4 @ self.V5.T
         # sum(i, j: V5[h, i]*V5[h, j]*sum(k: jac_g4[k, i]*jac_g4[k, j]))
-        _t29 = (_t16 * _t16).sum(dim=1)
+        _t34 = (_t11 * _t11).sum(dim=1)
         # (1 - g5[h])*g5[h]*sum(j: V5[h, j]*lap_g4[j]) + (g5[h] - 1)*(2*g5[h] - 1)*g5[h]*sum(i,...
-        lap_g5 = _t28 * g5 * (1 - g5) + _t29 * g5 * (g5 - 1) * (2 * g5 - 1)
+        lap_g5 = _t33 * g5 * (1 - g5) + _t34 * g5 * (g5 - 1) * (2 * g5 - 1)
         # sum(h: W[k, h]*lap_g5[h])
         lap_z = lap_g5 @ self.W.T
         # sigmoid(z[k])*lap_z[k]
-        _t30 = _t17 * lap_z
+        _t35 = _t13 * lap_z
         # sum(k: sigmoid(z[k])*lap_z[k])
-        _t31 = _t30.sum(dim=1)
+        _t36 = _t35.sum(dim=1)
         # (1 - sigmoid(z[k]))*sigmoid(z[k])
-        _t32 = _t17 * (1 - _t17)
+        _t37 = _t13 * (1 - _t13)
         # jac_z[h1, k]^2
-        _t33 = torch.square(jac_z)
+        _t38 = torch.square(jac_z)
         # sum(h1: jac_z[h1, k]^2)
-        _t34 = _t33.sum(dim=1)
+        _t39 = _t38.sum(dim=1)
         # sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac_z[h, k]^2))
-        _t35 = (_t34 * _t32).sum(dim=1)
+        _t40 = (_t39 * _t37).sum(dim=1)
         # -sum(k: sigmoid(z[k])*lap_z[k]) - sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac...
-        lap_F_pre_g1 = -_t31 - _t35
+        lap_F_pre_g1 = -_t36 - _t40
         # -D/sigma^2 - lap_F_pre_g1
         laplacian = -self.D / self.sigma ** 2 - lap_F_pre_g1
         return laplacian
@@ -482,117 +483,160 @@ class DEM5(torch.nn.Module):
         sum_i 1/2 score_i^2 + d score_i / dx_i, constants included."""
         self._check("sm_loss", "x", x, self.D)
         # sum(i: V1[h, i]*x[i])
-        _t2 = x @ self.V1.T
+        _t1 = x @ self.V1.T
         # a1[h] + sum(i: V1[h, i]*x[i])
-        pre_g1 = _t2 + self.a1
+        pre_g1 = _t1 + self.a1
         # sigmoid(pre_g1[h])
-        g1 = torch.sigmoid(pre_g1)
-        # sum(j: V2[h, j]*g1[j])
-        _t3 = g1 @ self.V2.T
-        # sigmoid(a2[h] + sum(j: V2[h, j]*g1[j]))
-        g2 = torch.sigmoid(_t3 + self.a2)
-        # sum(j: V3[h, j]*g2[j])
-        _t4 = g2 @ self.V3.T
-        # sigmoid(a3[h] + sum(j: V3[h, j]*g2[j]))
-        g3 = torch.sigmoid(_t4 + self.a3)
-        # sum(j: V4[h, j]*g3[j])
-        _t5 = g3 @ self.V4.T
-        # sigmoid(a4[h] + sum(j: V4[h, j]*g3[j]))
-        g4 = torch.sigmoid(_t5 + self.a4)
-        # sum(j: V5[h, j]*g4[j])
-        _t6 = g4 @ self.V5.T
-        # sigmoid(a5[h] + sum(j: V5[h, j]*g4[j]))
-        g5 = torch.sigmoid(_t6 + self.a5)
-        # sum(h: W[k, h]*g5[h])
-        _t7 = g5 @ self.W.T
-        # c[k] + sum(h: W[k, h]*g5[h])
-        z = _t7 + self.c
+        _t2 = torch.sigmoid(pre_g1)
         # _slope_pre_g1^T = Q R, Q with orthonormal columns, R upper triangular
-        _t12 = _row_space(self.V1)
+        _t3 = _row_space(self.V1)
         # (1 - sigmoid(pre_g1[h]))*RowSpaceTriangle(_slope_pre_g1, h2, h)*sigmoid(pre_g1[h])
-        jac_g1 = _t12[1] * (g1[:, None] * (1 - g1[:, None]))
+        jac_g1 = _t3[1] * (_t2[:, None] * (1 - _t2[:, None]))
+        # sigmoid(pre_g1[h])
+        g1 = _t2
+        # sum(j: V2[h, j]*g1[j])
+        _t4 = g1 @ self.V2.T
+        # sigmoid(a2[h] + sum(j: V2[h, j]*g1[j]))
+        g2 = torch.sigmoid(_t4 + self.a2)
         # sum(j: V2[h, j]*jac_g1[h2, j])
-        _t13 = (jac_g1.reshape(-1, self.H) @ self.V2.T).reshape(-1, self.H, self.H)
+        _t5 = (jac_g1.reshape(-1, self.H) @ self.V2.T).reshape(-1, self.H, self.H)
         # (1 - g2[h])*g2[h]*sum(j: V2[h, j]*jac_g1[h2, j])
-        jac_g2 = g2[:, None] * (1 - g2[:, None]) * _t13
+        jac_g2 = g2[:, None] * (1 - g2[:, None]) * _t5
+        # sum(j: V3[h, j]*g2[j])
+        _t6 = g2 @ self.V3.T
+        # sigmoid(a3[h] + sum(j: V3[h, j]*g2[j]))
+        g3 = torch.sigmoid(_t6 + self.a3)
         # sum(j: V3[h, j]*jac_g2[h2, j])
-        _t14 = (jac_g2.reshape(-1, self.H) @ self.V3.T).reshape(-1, self.H, self.H)
+        _t7 = (jac_g2.reshape(-1, self.H) @ self.V3.T).reshape(-1, self.H, self.H)
         # (1 - g3[h])*g3[h]*sum(j: V3[h, j]*jac_g2[h2, j])
-        jac_g3 = g3[:, None] * (1 - g3[:, None]) * _t14
+        jac_g3 = g3[:, None] * (1 - g3[:, None]) * _t7
+        # sum(j: V4[h, j]*g3[j])
+        _t8 = g3 @ self.V4.T
+        # sigmoid(a4[h] + sum(j: V4[h, j]*g3[j]))
+        g4 = torch.sigmoid(_t8 + self.a4)
         # sum(j: V4[h, j]*jac_g3[h2, j])
-        _t15 = (jac_g3.reshape(-1, self.H) @ self.V4.T).reshape(-1, self.H, self.H)
+        _t9 = (jac_g3.reshape(-1, self.H) @ self.V4.T).reshape(-1, self.H, self.H)
         # (1 - g4[h])*g4[h]*sum(j: V4[h, j]*jac_g3[h2, j])
-        jac_g4 = g4[:, None] * (1 - g4[:, None]) * _t15
+        jac_g4 = g4[:, None] * (1 - g4[:, None]) * _t9
+        # sum(j: V5[h, j]*g4[j])
+        _t10 = g4 @ self.V5.T
+        # sigmoid(a5[h] + sum(j: V5[h, j]*g4[j]))
+        g5 = torch.sigmoid(_t10 + self.a5)
         # sum(j: V5[h, j]*jac_g4[h2, j])
-        _t16 = (jac_g4.reshape(-1, self.H) @ self.V5.T).reshape(-1, self.H, self.H)
+        _t11 = (jac_g4.reshape(-1, self.H) @ self.V5.T).reshape(-1, self.H, self.H)
         # (1 - g5[h])*g5[h]*sum(j: V5[h, j]*jac_g4[h2, j])
-        jac_g5 = g5[:, None] * (1 - g5[:, None]) * _t16
+        jac_g5 = g5[:, None] * (1 - g5[:, None]) * _t11
         # sum(h: W[k, h]*jac_g5[h2, h])
         jac_z = (jac_g5.reshape(-1, self.H) @ self.W.T).reshape(-1, self.H, self.K)
+        # sum(h: W[k, h]*g5[h])
+        _t12 = g5 @ self.W.T
+        # c[k] + sum(h: W[k, h]*g5[h])
+        z = _t12 + self.c
         # sigmoid(z[k])
-        _t17 = torch.sigmoid(z)
-        # sum(k: sigmoid(z[k])*jac_z[h2, k])
-        _t18 = (jac_z @ _t17.unsqueeze(2)).squeeze(2)
-        # -sum(k: sigmoid(z[k])*jac_z[h2, k])
-        jac_F_pre_g1 = -_t18
-        # sum(h: RowSpaceBasis(_slope_pre_g1, l, h)*jac_F_pre_g1[h])
-        _t19 = jac_F_pre_g1 @ _t12[0].T
-        # b[l] - sum(h: RowSpaceBasis(_slope_pre_g1, l, h)*jac_F_pre_g1[h]) - x[l]/sigma^2
-        score = -_t19 + self.b - x / self.sigma ** 2
+        _t13 = torch.sigmoid(z)
+        # sum(i: b[i]*x[i])
+        _t15 = x @ self.b
+        # x[i]^2
+        _t18 = torch.square(x)
+        # sum(i: x[i]^2)
+        _t19 = _t18.sum(dim=1)
+        # -sigmoid(z[k3])
+        adj_z = -_t13
+        # sum(k: W[k, h21]*adj_z[k])
+        adj_g5 = adj_z @ self.W
+        # (1 - g5[h])*adj_g5[h]*g5[h]
+        _t20 = adj_g5 * g5 * (1 - g5)
+        # sum(h: (1 - g5[h])*V5[h, h22]*adj_g5[h]*g5[h])
+        adj_g4 = _t20 @ self.V5
+        # (1 - g4[h])*adj_g4[h]*g4[h]
+        _t21 = adj_g4 * g4 * (1 - g4)
+        # sum(h: (1 - g4[h])*V4[h, h23]*adj_g4[h]*g4[h])
+        adj_g3 = _t21 @ self.V4
+        # (1 - g3[h])*adj_g3[h]*g3[h]
+        _t22 = adj_g3 * g3 * (1 - g3)
+        # sum(h: (1 - g3[h])*V3[h, h24]*adj_g3[h]*g3[h])
+        adj_g2 = _t22 @ self.V3
+        # (1 - g2[h])*adj_g2[h]*g2[h]
+        _t23 = adj_g2 * g2 * (1 - g2)
+        # sum(h: (1 - g2[h])*V2[h, h25]*adj_g2[h]*g2[h])
+        adj_g1 = _t23 @ self.V2
+        # (1 - sigmoid(pre_g1[h26]))*sigmoid(pre_g1[h26])*adj_g1[h26]
+        adj_pre_g1 = _t2 * adj_g1 * (1 - _t2)
         # RowSpaceTriangle(_slope_pre_g1, j, h)^2
-        _t20 = torch.square(_t12[1].permute(1, 0))
+        _t25 = torch.square(_t3[1].permute(1, 0))
         # sum(j: RowSpaceTriangle(_slope_pre_g1, j, h)^2)
-        _t21 = _t20.sum(dim=1)
+        _t26 = _t25.sum(dim=1)
         # (sigmoid(pre_g1[h]) - 1)*(2*sigmoid(pre_g1[h]) - 1)*sigmoid(pre_g1[h])*sum(j: RowSpac...
-        lap_g1 = _t21 * g1 * (g1 - 1) * (2 * g1 - 1)
+        lap_g1 = _t2 * _t26 * (_t2 - 1) * (2 * _t2 - 1)
         # sum(j: V2[h, j]*lap_g1[j])
-        _t22 = lap_g1 @ self.V2.T
+        _t27 = lap_g1 @ self.V2.T
         # sum(i, j: V2[h, i]*V2[h, j]*sum(k: jac_g1[k, i]*jac_g1[k, j]))
-        _t23 = (_t13 * _t13).sum(dim=1)
+        _t28 = (_t5 * _t5).sum(dim=1)
         # (1 - g2[h])*g2[h]*sum(j: V2[h, j]*lap_g1[j]) + (g2[h] - 1)*(2*g2[h] - 1)*g2[h]*sum(i,...
-        lap_g2 = _t22 * g2 * (1 - g2) + _t23 * g2 * (g2 - 1) * (2 * g2 - 1)
+        lap_g2 = _t27 * g2 * (1 - g2) + _t28 * g2 * (g2 - 1) * (2 * g2 - 1)
         # sum(j: V3[h, j]*lap_g2[j])
-        _t24 = lap_g2 @ self.V3.T
+        _t29 = lap_g2 @ self.V3.T
         # sum(j, i: V3[h, i]*V3[h, j]*sum(k: jac_g2[k, i]*jac_g2[k, j]))
-        _t25 = (_t14 * _t14).sum(dim=1)
+        _t30 = (_t7 * _t7).sum(dim=1)
         # (1 - g3[h])*g3[h]*sum(j: V3[h, j]*lap_g2[j]) + (g3[h] - 1)*(2*g3[h] - 1)*g3[h]*sum(j,...
-        lap_g3 = _t24 * g3 * (1 - g3) + _t25 * g3 * (g3 - 1) * (2 * g3 - 1)
+        lap_g3 = _t29 * g3 * (1 - g3) + _t30 * g3 * (g3 - 1) * (2 * g3 - 1)
         # sum(j: V4[h, j]*lap_g3[j])
-        _t26 = lap_g3 @ self.V4.T
+        _t31 = lap_g3 @ self.V4.T
         # sum(i, j: V4[h, i]*V4[h, j]*sum(k: jac_g3[k, i]*jac_g3[k, j]))
-        _t27 = (_t15 * _t15).sum(dim=1)
+        _t32 = (_t9 * _t9).sum(dim=1)
         # (1 - g4[h])*g4[h]*sum(j: V4[h, j]*lap_g3[j]) + (g4[h] - 1)*(2*g4[h] - 1)*g4[h]*sum(i,...
-        lap_g4 = _t26 * g4 * (1 - g4) + _t27 * g4 * (g4 - 1) * (2 * g4 - 1)
+        lap_g4 = _t31 * g4 * (1 - g4) + _t32 * g4 * (g4 - 1) * (2 * g4 - 1)
         # sum(j: V5[h, j]*lap_g4[j])
-        _t28 = lap_g4 @ self.V5.T
+        _t33 = lap_g4 @ self.V5.T
         # sum(i, j: V5[h, i]*V5[h, j]*sum(k: jac_g4[k, i]*jac_g4[k, j]))
-        _t29 = (_t16 * _t16).sum(dim=1)
+        _t34 = (_t11 * _t11).sum(dim=1)
         # (1 - g5[h])*g5[h]*sum(j: V5[h, j]*lap_g4[j]) + (g5[h] - 1)*(2*g5[h] - 1)*g5[h]*sum(i,...
-        lap_g5 = _t28 * g5 * (1 - g5) + _t29 * g5 * (g5 - 1) * (2 * g5 - 1)
+        lap_g5 = _t33 * g5 * (1 - g5) + _t34 * g5 * (g5 - 1) * (2 * g5 - 1)
         # sum(h: W[k, h]*lap_g5[h])
         lap_z = lap_g5 @ self.W.T
         # sigmoid(z[k])*lap_z[k]
-        _t30 = _t17 * lap_z
+        _t35 = _t13 * lap_z
         # sum(k: sigmoid(z[k])*lap_z[k])
-        _t31 = _t30.sum(dim=1)
+        _t36 = _t35.sum(dim=1)
         # (1 - sigmoid(z[k]))*sigmoid(z[k])
-        _t32 = _t17 * (1 - _t17)
+        _t37 = _t13 * (1 - _t13)
         # jac_z[h1, k]^2
-        _t33 = torch.square(jac_z)
+        _t38 = torch.square(jac_z)
         # sum(h1: jac_z[h1, k]^2)
-        _t34 = _t33.sum(dim=1)
+        _t39 = _t38.sum(dim=1)
         # sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac_z[h, k]^2))
-        _t35 = (_t34 * _t32).sum(dim=1)
+        _t40 = (_t39 * _t37).sum(dim=1)
         # -sum(k: sigmoid(z[k])*lap_z[k]) - sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac...
-        lap_F_pre_g1 = -_t31 - _t35
+        lap_F_pre_g1 = -_t36 - _t40
         # -D/sigma^2 - lap_F_pre_g1
         laplacian = -self.D / self.sigma ** 2 - lap_F_pre_g1
-        # score[l]^2
-        _t36 = torch.square(score)
-        # sum(l: score[l]^2)
-        _t37 = _t36.sum(dim=1)
+        # sum(l: _slope_pre_g1[h1, l]*b[l])
+        _t43 = self.V1 @ self.b
+        # sum(l: b[l]*sum(h: _slope_pre_g1[h, l]*adj_pre_g1[h]))
+        _t44 = adj_pre_g1 @ _t43
+        # sum(l: x[l]*sum(h: _slope_pre_g1[h, l]*adj_pre_g1[h]))
+        _t45 = (_t1 * adj_pre_g1).sum(dim=1)
+        # b[l]^2
+        _t46 = torch.square(self.b)
+        # sum(l: b[l]^2)
+        _t47 = _t46.sum(dim=0)
+        # sum(l: _slope_pre_g1[h1, l]*_slope_pre_g1[h2, l])
+        _t48 = self.V1 @ self.V1.T
+        # sum(h1: adj_pre_g1[h1]*sum(l: _slope_pre_g1[h1, l]*_slope_pre_g1[h2, l]))
+        _t49 = _t48 @ adj_pre_g1.T
+        # sum(l: sum(h: _slope_pre_g1[h, l]*adj_pre_g1[h])^2)
+        _t50 = (_t49 * adj_pre_g1.T).sum(dim=0)
+        # -2*sum(l: b[l]*sum(h: _slope_pre_g1[h, l]*adj_pre_g1[h])) + sum(l: b[l]^2) + sum(l: s...
+        _t51 = (
+            -2 * _t15 / self.sigma ** 2
+            + _t19 / self.sigma ** 4
+            - 2 * _t44
+            + 2 * _t45 / self.sigma ** 2
+            + _t47
+            + _t50
+        )
         # laplacian + sum(l: score[l]^2)/2
-        sm_objective = 0.5 * _t37 + laplacian
+        sm_objective = 0.5 * _t51 + laplacian
         return sm_objective.mean()
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

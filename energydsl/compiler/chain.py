@@ -45,7 +45,7 @@ from energydsl.compiler.algebra import (
 )
 from energydsl.compiler.ir import Definition, FreeEnergyModel, SymbolicModel
 from energydsl.compiler.lets import depends_on
-from energydsl.compiler.sympy_functions import RowSpaceBasis, RowSpaceTriangle
+from energydsl.compiler.sympy_functions import RowSpaceTriangle
 
 DEEP = 3
 """Nested nonlinear functions between v and F (`nesting_depth`) from which the forward
@@ -63,6 +63,7 @@ class ChainForm:
     score: sp.Expr  # free index: the score's
     laplacian: sp.Expr
     definitions: dict[str, Definition]
+    jacobians: tuple[str, ...] = ()  # the named J definitions, first layer first
 
 
 @dataclass
@@ -85,6 +86,9 @@ class _Forward:
         self.known: dict[sp.Basic, _Propagated] = {
             base: _Propagated(lambda at, a: base_jacobian(at[0], a), lambda at: sp.S.Zero)}
         self.formals: dict[sp.Basic, tuple] = {base: (base_index,)}
+        self.base = base
+        self.order: list[Definition] = []  # the propagated lets, readers after what they read
+        self.jacobians: list[str] = []  # the named J_l, in propagation order
 
     # ------------------------------------------------------------------ names
     def _fresh(self, formals: tuple) -> tuple:
@@ -130,7 +134,9 @@ class _Forward:
         laplacian = self.tidy(normalise(sp.Add(*laplacian_terms)))
         # a Jacobian's base index first: [N, a, units] makes each layer's product with
         # its weights one GEMM over the folded batch (J @ V^T)
+        named = set(self.definitions)
         jacobian_reader = self._named(f"jac_{stem}" if stem else None, jacobian, (a, *own))
+        self.jacobians += [name for name in self.definitions if name not in named]
         laplacian_reader = self._named(f"lap_{stem}" if stem else None, laplacian, own)
         return _Propagated(lambda at, b: jacobian_reader((b, *at)), laplacian_reader)
 
@@ -151,6 +157,29 @@ class _Forward:
         self.formals[definition.base] = tuple(definition.indices)
         self.known[definition.base] = self.propagate(
             definition.body, tuple(definition.indices), str(definition.base))
+        self.order.append(definition)
+
+    def base_adjoint(self, top: sp.Expr) -> Callable[[tuple], sp.Expr]:
+        """d top / d base[j] by reverse accumulation through the propagated lets (the
+        score needs only this gradient, not the Jacobians):
+            adj_m[j] = d top / d m[j] + sum(l reading m, i: adj_l[i] d B_l[i] / d m[j]),
+        from the last let back to the base: one matrix-vector product per layer, where
+        reading the score off the Jacobians costs the whole forward chain."""
+        readers: list[tuple[sp.Expr, tuple, Callable[[tuple], sp.Expr]]] = [
+            (top, (), lambda at: sp.S.One)]
+        for m in [*reversed([d.base for d in self.order]), self.base]:
+            at = self._fresh(self.formals[m])
+            terms = []
+            for body, formals, adjoint in readers:
+                partial = diff(body, m, at)
+                if partial != 0:
+                    terms.append(make_sum(adjoint(formals) * partial,
+                                          [(i, i.lower, i.upper) for i in formals]))
+            reader = self._named(f"adj_{m}", self.tidy(normalise(sp.Add(*terms))), at)
+            if m != self.base:
+                definition = next(d for d in self.order if d.base == m)
+                readers.append((definition.body, tuple(definition.indices), reader))
+        return reader
 
 
 def nesting_depth(model: FreeEnergyModel, free_energy: sp.Expr) -> int:
@@ -327,19 +356,20 @@ def _through(model: FreeEnergyModel, free_energy: sp.Expr, p: sp.Idx,
                 return None
             forward.let(definition)
     top = forward.propagate(phi, (), None if u is None else f"F_{base}")
+    adjoint = forward.base_adjoint(phi)  # dF/du (or dF/dv) by reverse accumulation
     definitions.update(forward.definitions)
-    a = forward.a
     if u is None:
-        score = -top.jacobian((), p)
-    else:  # d/dv[p] = sum(a: Q[p, a] d/dy[a])
-        gradient = make_sum(RowSpaceBasis(slope_base, p, a) * top.jacobian((), a),
-                            [(a, a.lower, a.upper)])
-        score = -gradient - diff(psi, v, (p,), lookup)
+        score = -adjoint((p,))
+    else:  # dF/dv[p] = sum(j: dF/du[j] A[j, p])
+        j = fresh_like(index, symbolic.taken_names)
+        score = -make_sum(adjoint((j,)) * slope_base[j, p], [(j, j.lower, j.upper)]) - diff(
+            psi, v, (p,), lookup)
     laplacian = -top.laplacian(())
     if psi != 0:
         laplacian -= make_sum(diff(diff(psi, v, (p,), lookup), v, (p,), lookup),
                               [(p, p.lower, p.upper)])
-    return ChainForm(tidy(normalise(score)), tidy(normalise(laplacian)), definitions)
+    return ChainForm(tidy(normalise(score)), tidy(normalise(laplacian)), definitions,
+                     tuple(forward.jacobians))
 
 
 def _unique(symbolic: SymbolicModel, stem: str) -> str:

@@ -64,4 +64,4 @@ def derive(model: FreeEnergyModel) -> Derivation:
     if domain.discrete:  # binary or spin data: what one flipped entry changes
         definitions.update(flip_definitions(model, free_energy, p, domain.low_high, tidy))
     return Derivation(model, p, free_energy, score, laplacian, sm_objective, definitions,
-                      forward)
+                      forward, chain.jacobians if chain is not None else ())

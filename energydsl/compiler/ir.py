@@ -272,6 +272,9 @@ class Derivation:
     # the score and Laplacian by forward propagation through the lets (compiler/chain.py):
     # they read derived definitions that the spec's own lookup does not know
     forward: bool = False
+    # their Jacobians J_l (named definitions, first layer first): the Laplacian reads each
+    # layer's product with its weights, which planning them first makes the planner share
+    jacobians: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:

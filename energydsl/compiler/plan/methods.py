@@ -129,6 +129,12 @@ class MethodPlanner:
         self.dim = self.checked.visible.shape[0]
         definitions = {**derivation.definitions, **conditionals.definitions}
         self.planner = Planner(derivation, definitions=definitions)
+        # Forward-propagated Jacobians first, layer by layer: each layer's quadratic form
+        # then reads the product J_l V^T its Jacobian forms (one GEMM), where planned on
+        # its own it picks a per-sample Gram of J_l (the score no longer plans them first,
+        # being read off reverse-mode adjoints). Unused steps are not emitted.
+        for name in derivation.jacobians:
+            self.planner.define(name)
         self.hidden_planner = None
         if conditionals.visible is not None or conditionals.visible_probability is not None:
             inputs = {symbolic.hidden[name]: name for name in self.checked.hidden}
