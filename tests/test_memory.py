@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-GLIBC = (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc") if hasattr(
-    os, "confstr") else False
+from energydsl.memory import _glibc
+
+GLIBC = _glibc()
 
 # Six [128, 64, 64] products (2 MiB each, the size of a deep DEM's per-sample Jacobians)
 # made and freed per step; the kernel's count of minor page faults over 100 steps.

@@ -184,10 +184,10 @@ def _permuted(op: Operand, letters: str, order: str) -> tuple[Operand, str]:
 
 def _as_shared_matmul(picked: list[Operand], inputs: str, out_letters: str,
                       letter_index: dict) -> str | None:
-    """A matrix applied to every sample's matrix, A[f, s] Y[n, g, s] -> [n, g, f] as
-    `Y @ A^T` (one GEMM over the folded batch: the fastest) and A[f, s] Y[n, s, g] ->
-    [n, f, g] as `A @ Y` (torch transposes Y to fold it), where einsum runs N small
-    GEMMs. A[s, f] is transposed first, Y[n, g, s] viewed transposed."""
+    """A matrix applied to every sample's matrix, A[f, s] Y[n, s, g] -> [n, f, g] as
+    `A @ Y` (torch transposes Y to fold it), where einsum runs N small GEMMs. A[s, f] is
+    transposed first, Y[n, g, s] viewed transposed. (A[f, s] Y[n, g, s] -> [n, g, f] is
+    `_as_matmul`'s: one GEMM over the folded batch.)"""
     terms = inputs.split(",")
     if len(terms) != 2:
         return None
@@ -202,11 +202,7 @@ def _as_shared_matmul(picked: list[Operand], inputs: str, out_letters: str,
             continue
         kept = y_letters[1:].replace(summed, "")
         free = a_letters.replace(summed, "")
-        if kept in a_letters:
-            continue
-        if out_letters == batch + kept + free and y_letters[2] == summed:  # Y @ A^T
-            return f"{y.code} @ {a.code if a_letters == summed + free else a.code + '.T'}"
-        if out_letters != batch + free + kept:
+        if kept in a_letters or out_letters != batch + free + kept:
             continue
         matrix = a.code if a_letters == free + summed else f"{a.code}.T"
         samples = y.code if y_letters[1] == summed else f"{y.code}.transpose(1, 2)"
