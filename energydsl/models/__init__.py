@@ -124,8 +124,8 @@ DATA_NOTES: dict[str, str] = {
 }
 
 
-#: The registered models that take ``context_dim`` (conditional p(x | c)): all but the
-#: autoencoders.
+#: The registered models that take ``context_dim`` (conditional p(x | c)): today every
+#: one; `--conditional` refuses a model added without it.
 CONDITIONAL: tuple[str, ...] = tuple(
     name for name, cls in MODELS.items() if "context_dim" in inspect.signature(cls).parameters
 )

@@ -137,6 +137,9 @@ class GAN(nn.Module):
         self.context_dim = context_dim
         self.event_shape: tuple[int, ...] = event_shape or (dim,)
         self._init_common(z_dim, generator_loss_kind, real_label)
+        if (generator_net is None) != (discriminator_net is None):
+            raise ValueError("pass both generator_net and discriminator_net, or neither "
+                             "(the MLP players are built together)")
         if generator_net is not None and discriminator_net is not None:
             self.generator_net, self.discriminator_net = generator_net, discriminator_net
             return

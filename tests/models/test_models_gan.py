@@ -167,3 +167,9 @@ def test_dcgan_is_built_by_the_gan_constructor() -> None:
     assert names == {"generator_net", "discriminator_net"}
     assert isinstance(model.generator_net[1], torch.nn.ConvTranspose2d)
     assert model.sample(3).shape == (3, 1, 8, 8)
+
+
+def test_one_custom_player_without_the_other_is_refused() -> None:
+    """generator_net and discriminator_net come together: one alone was silently dropped."""
+    with pytest.raises(ValueError, match="both generator_net and discriminator_net"):
+        GAN(dim=4, generator_net=torch.nn.Linear(100, 4))
