@@ -232,12 +232,6 @@ def _at(body: sp.Expr, formals: tuple, actual: tuple) -> sp.Expr:
     return body
 
 
-def _default_size(symbolic: SymbolicModel, index: sp.Idx) -> int:
-    defaults = {symbol: symbolic.checked.dims[name].default
-                for name, symbol in symbolic.dims.items()}
-    return int(sp.sympify(index.upper - index.lower + 1).subs(defaults))
-
-
 def _affine(node: sp.Expr, v: sp.IndexedBase, p: sp.Idx, lookup) -> bool:
     """Whether node is A v + c: its slope in v does not depend on v."""
     return node.has(v) and not depends_on(diff(node, v, (p,), lookup), v, lookup)
@@ -295,7 +289,7 @@ def chain_form(model: FreeEnergyModel, free_energy: sp.Expr, score_index: sp.Idx
     layer = _input_layer(symbolic, score_index, lets)
     if layer is not None:
         u, layered = layer
-        if _default_size(symbolic, u.indices[0]) < _default_size(symbolic, score_index):
+        if symbolic.default_range(u.indices[0]) < symbolic.default_range(score_index):
             form = _through(model, free_energy, score_index, tidy, u, layered)
             if form is not None:
                 return form

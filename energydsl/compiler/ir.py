@@ -190,6 +190,15 @@ class SymbolicModel:
     def size(self, dim: str) -> sp.Symbol:
         return self.dims[dim]
 
+    @property
+    def default_sizes(self) -> dict[sp.Symbol, int]:
+        """Each size symbol's default value (what cost estimates are made at)."""
+        return {symbol: self.checked.dims[name].default for name, symbol in self.dims.items()}
+
+    def default_range(self, index: sp.Idx) -> int:
+        """The number of values `index` takes at the default sizes."""
+        return int(sp.sympify(index.upper - index.lower + 1).subs(self.default_sizes))
+
     def index(self, dim: str, hint: str = "i") -> sp.Idx:
         """A fresh index over `dim`, named after `hint` and unused anywhere in the spec."""
         candidates = [hint, *"ijklmnpqrstuabcdefg", *(f"{hint}{k}" for k in range(1, 100))]

@@ -102,8 +102,7 @@ def normalisability_warnings(derivation: Derivation) -> list[Diagnostic]:
         return []
     visible, name = symbolic.visible, checked.visible.name
     dim = checked.visible.shape[0]
-    defaults = {symbol: checked.dims[d].default for d, symbol in symbolic.dims.items()}
-    size = int(symbolic.dims[dim].subs(defaults))
+    size = int(symbolic.dims[dim].subs(symbolic.default_sizes))
     free_energy = inline(derivation.free_energy, visible, symbolic.definition_of)
     span = checked.energy.value.span
     advice = f"add a term that grows in every direction, such as sum(i: {name}[i]^2) / 2"
@@ -119,7 +118,7 @@ def normalisability_warnings(derivation: Derivation) -> list[Diagnostic]:
         return [Diagnostic(f"the model cannot be normalised: '{name}' appears only inside "
                            "sigmoid or tanh, so F is bounded and exp(-F) does not vanish "
                            f"at infinity; {advice}", span, "warning")]
-    count = _count(uses.projections, symbolic.dims[dim], defaults)
+    count = _count(uses.projections, symbolic.dims[dim], symbolic.default_sizes)
     if count is None or count >= size:
         return []
     shown = shorten(", ".join(dsl_str(p) for p in dict.fromkeys(uses.projections)), 60)

@@ -67,8 +67,7 @@ class Planner:
         self.inputs = inputs if inputs is not None else {
             symbolic.visible: str(symbolic.visible.label)}
         self.batch_size = batch_size
-        self.defaults = {symbol: symbolic.checked.dims[name].default
-                         for name, symbol in symbolic.dims.items()}
+        self.defaults = symbolic.default_sizes
         self.scalar_names = {symbol: f"self.{name}" for name, symbol in symbolic.dims.items()}
         self.scalar_names.update({s: f"self.{n}" for n, s in symbolic.consts.items()})
         # the module's tensors read as `self.<name>`: parameters and vector constants
