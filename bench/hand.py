@@ -35,17 +35,21 @@ def _gram_squared_score(x: torch.Tensor, b: torch.Tensor, inv: float, a: torch.T
 
 
 def dem(x: torch.Tensor, V: torch.Tensor, W: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
-        sigma: float, gram_score: bool = True, pairwise: bool = False) -> torch.Tensor:
+        sigma: float, gram_score: bool = True, quadratic: str = "upper_pairs") -> torch.Tensor:
     """DEM (Ngiam et al. 2011): log p~ = -|x|^2/(2 sigma^2) + b.x + sum_k softplus(z_k),
     z = W g + c, g = sigmoid(V x).
 
     score = b - x/sigma^2 + A V with A = g' * (W^T s(z)); the Laplacian is
     -D/sigma^2 + sum_h |V_h|^2 g''_h (W^T s)_h + sum_k s'(z_k) (W_k * g')^T G (W_k * g'),
     G = V V^T [H, H]. Both the squared score and the Laplacian go through G only
-    (gram_score=False forms the [N, D] score instead, as the generated code does).
-    pairwise=True contracts the quadratic term as the generated code orders it, over the
-    pair (h, h') at once: (g' g'^T)[N, H*H] @ (W_kh W_kh' G_hh')[H*H, K], laid out
-    contiguously (same flops as the shared form).
+    (gram_score=False forms the [N, D] score instead). The quadratic term
+    sum_k s'_k sum_{h,h'} W_kh W_kh' G_hh' g'_h g'_h':
+    - "upper_pairs" (the fastest): symmetric in (h, h'), so one GEMM of (g'_h g'_h')[N, P]
+      with (w_hh' W_kh W_kh' G_hh')[K, P] over the P = H (H + 1) / 2 pairs h <= h' (w = 2
+      off the diagonal), half the work of the other forms, forward and backward;
+    - "pairwise": over every pair, (g' g'^T)[N, H*H] @ (W_kh W_kh' G_hh')[H*H, K];
+    - "shared": B[n, k, h] = W_kh g'_nh, one [N K, H] x [H, H] GEMM (G broadcasts, so
+      matmul folds the batch), then a row-wise dot.
     """
     n, d = x.shape
     inv = 1.0 / sigma**2
@@ -64,46 +68,18 @@ def dem(x: torch.Tensor, V: torch.Tensor, W: torch.Tensor, b: torch.Tensor, c: t
     else:
         score = b - x * inv + a @ V
         squared = (score * score).sum(1)
-    # sum_k s'_k (W_k * g')^T G (W_k * g'): B[n, k, h] = W_kh g'_nh, one [N K, H] x [H, H]
-    # GEMM (G broadcasts, so matmul folds the batch), then a row-wise dot.
-    if pairwise:
-        pairs = (g1.unsqueeze(2) * g1.unsqueeze(1)).reshape(n, -1)              # [N, H*H]
-        weights = (W.unsqueeze(2) * W.unsqueeze(1) * gram).reshape(W.shape[0], -1)  # [K, H*H]
-        quad = pairs @ weights.T                   # [N, K]
-    else:
+    if quadratic == "shared":
         B = g1.unsqueeze(1) * W                    # [N, K, H]
         quad = ((B @ gram) * B).sum(2)             # [N, K]
-    laplacian = (-d * inv + (g2 * ws) @ torch.diagonal(gram)
-                 + (quad * (s * (1 - s))).sum(1))
-    return (0.5 * squared + laplacian).mean()
-
-
-def dem_pairs(x: torch.Tensor, V: torch.Tensor, W: torch.Tensor, b: torch.Tensor,
-              c: torch.Tensor, sigma: float) -> torch.Tensor:
-    """DEM with the quadratic term over pairs h <= h' only: sum_k s'(z_k) sum_{h,h'}
-    W_kh W_kh' G_hh' g'_h g'_h' is symmetric in (h, h'), so one GEMM of
-    (g'_h g'_h')[N, P] with (w_hh' W_kh W_kh' G_hh')[K, P] over the P = H (H + 1) / 2 pairs
-    (w = 2 off the diagonal, 1 on it) does half the work of the [N K, H] x [H, H] form,
-    forward and backward. Otherwise as `dem`."""
-    n, d = x.shape
-    h = V.shape[0]
-    inv = 1.0 / sigma**2
-    u = x @ V.T
-    g = torch.sigmoid(u)
-    s = torch.sigmoid(torch.addmm(c, g, W.T))
-    g1 = g * (1 - g)
-    g2 = g1 * (1 - 2 * g)
-    ws = s @ W
-    a = g1 * ws
-    gram = V @ V.T
-    squared = _gram_squared_score(x, b, inv, a, V @ b, u, ((a @ gram) * a).sum(1))
-    flat, weight = _upper_pairs(h, x.device, x.dtype)
-    # the pairs picked from the flattened outer products by index_select (a gather whose
-    # backward is one index_add; advanced indexing g1[:, first] * g1[:, second] measured
-    # twice as slow here)
-    pairs = (g1.unsqueeze(2) * g1.unsqueeze(1)).reshape(n, -1).index_select(1, flat)  # [N, P]
-    weights = (W.unsqueeze(2) * W.unsqueeze(1) * gram).reshape(W.shape[0], -1)
-    quad = pairs @ (weights.index_select(1, flat) * weight).T                        # [N, K]
+    else:
+        pairs = (g1.unsqueeze(2) * g1.unsqueeze(1)).reshape(n, -1)              # [N, H*H]
+        weights = (W.unsqueeze(2) * W.unsqueeze(1) * gram).reshape(W.shape[0], -1)  # [K, H*H]
+        if quadratic == "upper_pairs":
+            # picked by index_select (a gather whose backward is one index_add; advanced
+            # indexing g1[:, first] * g1[:, second] measured twice as slow here)
+            flat, weight = _upper_pairs(V.shape[0], x.device, x.dtype)
+            pairs, weights = pairs.index_select(1, flat), weights.index_select(1, flat) * weight
+        quad = pairs @ weights.T                   # [N, K]
     laplacian = (-d * inv + (g2 * ws) @ torch.diagonal(gram)
                  + (quad * (s * (1 - s))).sum(1))
     return (0.5 * squared + laplacian).mean()
@@ -128,7 +104,7 @@ def dem_chain(x: torch.Tensor, Vs: list[torch.Tensor], biases: list[torch.Tensor
         L_(l+1) = V_(l+1) (g_l'' rowquad(C_l, G) + g_l' L_l),
     rowquad(C, G)[h] = C[h] G C[h]^T; the score is b - x/sigma^2 + V_1^T A with
     A = C_z^T s(z), squared in its Gram form."""
-    n, d = x.shape
+    d = x.shape[1]
     inv = 1.0 / sigma**2
     V1, a1 = Vs[0], biases[0]
     gram = V1 @ V1.T
@@ -169,7 +145,7 @@ def dem_row_space(x: torch.Tensor, Vs: list[torch.Tensor], biases: list[torch.Te
         J_(l+1) = (J_l diag(g_l')) V_(l+1)^T,
         L_(l+1) = (g_l'' sum_a J_l^2 + g_l' L_l) V_(l+1)^T,
     score = b - x / sigma^2 + Q A with A = J_z s(z), |Q A|^2 = |A|^2."""
-    n, d = x.shape
+    d = x.shape[1]
     inv = 1.0 / sigma**2
     V1, a1 = Vs[0], biases[0]
     Q, R = torch.linalg.qr(V1.T)                      # [D, H], [H, H]
@@ -356,12 +332,14 @@ CHAIN_IN_U = "hand, Jacobians in the first layer's space, closed with V1 V1^T"
 # best, the others show what each trick is worth.
 HAND = {
     "DEM": {
-        "hand": lambda m, x: dem_pairs(x, m.V, m.W, m.b, m.c, m.sigma),
+        "hand": lambda m, x: dem(x, m.V, m.W, m.b, m.c, m.sigma),
         "hand, [N K, H] x [H, H] quadratic form (all pairs)":
-            lambda m, x: dem(x, m.V, m.W, m.b, m.c, m.sigma),
-        SCORE_FORMED: lambda m, x: dem(x, m.V, m.W, m.b, m.c, m.sigma, gram_score=False),
+            lambda m, x: dem(x, m.V, m.W, m.b, m.c, m.sigma, quadratic="shared"),
+        SCORE_FORMED: lambda m, x: dem(x, m.V, m.W, m.b, m.c, m.sigma, gram_score=False,
+                                       quadratic="shared"),
         "hand, generated's order ([N, D] score, pairwise (h, h') GEMM)":
-            lambda m, x: dem(x, m.V, m.W, m.b, m.c, m.sigma, gram_score=False, pairwise=True),
+            lambda m, x: dem(x, m.V, m.W, m.b, m.c, m.sigma, gram_score=False,
+                             quadratic="pairwise"),
         "hand, naive (N x K x D Jacobian)": lambda m, x: dem_naive(x, m.V, m.W, m.b, m.c,
                                                                    m.sigma),
     },
