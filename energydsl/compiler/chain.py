@@ -16,8 +16,9 @@ coordinates y of a base:
   function of u is its Laplacian in y, and d/dv[p] = sum(a: Q[p, a] d/dy[a]).
 - Otherwise the base is v itself (y = v, J_v = the identity).
 
-For F = Phi(u) + Psi(v): score = -sum(a: Q[p, a] J_Phi[a]) - dPsi/dv[p] and
-Laplacian F = Q_Phi + Laplacian Psi. Per let with body B over propagated lets m (one
+For F = Phi(u) + Psi(v): Laplacian F = Q_Phi + Laplacian Psi, and the score needs no
+Jacobian: score = -sum(j: adj_u[j] A[j, p]) - dPsi/dv[p] with adj_u = dPhi/du by reverse
+accumulation through the lets (`base_adjoint`, one matrix-vector product per layer). Per let with body B over propagated lets m (one
 generic unit each):
     J_l = sum(j: dB/dm[j] J_m[a, j])
     Q_l = sum(j: dB/dm[j] Q_m[j]) + sum(j, j': d^2B/dm[j] dm'[j'] sum(a: J_m[a, j]
