@@ -21,18 +21,80 @@ import math
 import torch
 
 
-def _row_space(slope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Q [D, H] and R [H, H] with slope^T = Q R for a first layer's slope [H, D]: the
-    columns of Q an orthonormal basis of the slope's row space (reduced QR), R upper
-    triangular. Derivatives are carried in the coordinates y = Q^T v, where the layer is
-    R^T y and the Laplacian in v is the Laplacian in y. With H > D the basis has D
-    vectors; Q and R are padded with zero columns and rows, which carry nothing."""
-    q, r = torch.linalg.qr(slope.T)
-    missing = slope.shape[0] - q.shape[1]
-    if missing > 0:
-        q = torch.nn.functional.pad(q, (0, missing))
-        r = torch.nn.functional.pad(r, (0, 0, 0, missing))
-    return q, r
+def _row_space(slope: torch.Tensor) -> torch.Tensor:
+    """R [H, H] with R^T R = slope slope^T, for a first layer's slope [H, D]. Derivatives
+    are carried in the coordinates y = Q^T v of a space holding the slope's rows (Q with
+    orthonormal columns, never formed), where the layer is R^T y and the Laplacian in v
+    is the Laplacian in y; everything computed there reads the slope through R^T R.
+    - H <= D: R is the Cholesky factor of the H x H Gram matrix. When that is singular
+      (linearly dependent rows, a dead unit) R = Q^T slope^T with Q QR's orthonormal basis
+      held constant: first derivatives stay exact (QR's own backward divides by zero
+      pivots), second derivatives in the slope do not. (The test costs a GPU one sync.)
+    - H > D: y = v itself, R = slope^T padded with zero rows."""
+    h, d = slope.shape
+    if h > d:
+        return torch.nn.functional.pad(slope.T, (0, 0, 0, h - d))
+    lower, info = torch.linalg.cholesky_ex(slope @ slope.T)
+    if int(info) == 0:
+        return lower.T  # measured faster than upper=True, forward and backward
+    basis = torch.linalg.qr(slope.detach().T)[0]
+    return basis.T @ slope.T
+
+
+class _SquareSum(torch.autograd.Function):
+    """sum(a: t[.., a, ..]^2) along one axis, with the one-pass backward 2 t g (autograd's
+    for (t * t).sum(dim) forms t g twice and adds them: passes that show on the
+    per-sample matrices [N, a, h] of deep models)."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, dim: int) -> torch.Tensor:
+        ctx.save_for_backward(t)
+        ctx.dim = dim
+        return (t * t).sum(dim=dim)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (t,) = ctx.saved_tensors
+        return t * (2 * grad).unsqueeze(ctx.dim), None
+
+
+def _square_sum(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """(t * t).sum(dim=dim), with `_SquareSum`'s backward."""
+    return _SquareSum.apply(t, dim)
+
+
+class _ScaleAndSquare(torch.autograd.Function):
+    """(t * scale, sum(a: t^2) along dim): a deep model's layer, whose Jacobian is its
+    slope times the product with its weights, J = g' (J_prev V^T), and whose Laplacian
+    reads the squares of that product. The gradient with respect to t from both,
+    g_J scale + 2 t g_S, takes two passes where autograd's takes five."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, scale: torch.Tensor, dim: int):
+        ctx.save_for_backward(t, scale)
+        ctx.dim = dim
+        ctx.set_materialize_grads(False)
+        return t * scale, (t * t).sum(dim=dim)
+
+    @staticmethod
+    def backward(ctx, grad_scaled: torch.Tensor | None, grad_squares: torch.Tensor | None):
+        t, scale = ctx.saved_tensors
+        grad_t = grad_scale = None
+        if grad_scaled is not None:
+            if ctx.needs_input_grad[1]:
+                grad_scale = (grad_scaled * t).sum_to_size(scale.shape)
+            grad_t = (grad_scaled * scale).sum_to_size(t.shape)
+        if grad_squares is not None:
+            twice = (2 * grad_squares).unsqueeze(ctx.dim)
+            grad_t = t * twice if grad_t is None else grad_t.addcmul_(t, twice)
+        return grad_t, grad_scale, None
+
+
+def _scale_and_square(t: torch.Tensor, scale, dim: int):
+    """(t * scale, (t * t).sum(dim=dim)), with `_ScaleAndSquare`'s backward."""
+    if not torch.is_tensor(scale):
+        return t * scale, (t * t).sum(dim=dim)
+    return _ScaleAndSquare.apply(t, scale, dim)
 
 
 class DEM3(torch.nn.Module):
@@ -314,10 +376,10 @@ class DEM3(torch.nn.Module):
         u1 = x @ self.V1.T
         # sigmoid(u1[h])
         g1 = torch.sigmoid(u1)
-        # _slope_u1^T = Q R, Q with orthonormal columns, R upper triangular
+        # R with R^T R = _slope_u1 _slope_u1^T
         _t1 = _row_space(self.V1)
-        # (1 - g1[h])*RowSpaceTriangle(_slope_u1, h2, h)*g1[h]
-        jac_g1 = _t1[1] * (g1[:, None] * (1 - g1[:, None]))
+        # (1 - g1[h])*RowSpaceFactor(_slope_u1, h2, h)*g1[h]
+        jac_g1 = _t1 * (g1[:, None] * (1 - g1[:, None]))
         # sum(j: V2[h, j]*jac_g1[h2, j])
         jac_u2 = (jac_g1.reshape(-1, self.H) @ self.V2.T).reshape(-1, self.H, self.H)
         # sum(j: V2[h, j]*g1[j])
@@ -325,7 +387,8 @@ class DEM3(torch.nn.Module):
         # sigmoid(u2[h])
         g2 = torch.sigmoid(u2)
         # (1 - g2[h])*g2[h]*jac_u2[h2, h]
-        jac_g2 = g2[:, None] * (1 - g2[:, None]) * jac_u2
+        # sum(j: jac_u2[j, h]^2)
+        jac_g2, _t14 = _scale_and_square(jac_u2, g2[:, None] * (1 - g2[:, None]), 1)
         # sum(j: V3[h, j]*jac_g2[h2, j])
         jac_u3 = (jac_g2.reshape(-1, self.H) @ self.V3.T).reshape(-1, self.H, self.H)
         # sum(j: V3[h, j]*g2[j])
@@ -333,7 +396,8 @@ class DEM3(torch.nn.Module):
         # sigmoid(u3[h])
         g3 = torch.sigmoid(u3)
         # (1 - g3[h])*g3[h]*jac_u3[h2, h]
-        jac_g3 = g3[:, None] * (1 - g3[:, None]) * jac_u3
+        # sum(j: jac_u3[j, h]^2)
+        jac_g3, _t16 = _scale_and_square(jac_u3, g3[:, None] * (1 - g3[:, None]), 1)
         # sum(h: W[k, h]*jac_g3[h2, h])
         jac_z = (jac_g3.reshape(-1, self.H) @ self.W.T).reshape(-1, self.H, self.K)
         # sum(h: W[k, h]*g3[h])
@@ -342,26 +406,18 @@ class DEM3(torch.nn.Module):
         z = _t2 + self.c
         # sigmoid(z[k])
         _t3 = torch.sigmoid(z)
-        # RowSpaceTriangle(_slope_u1, j, h)^2
-        _t11 = torch.square(_t1[1].permute(1, 0))
-        # sum(j: RowSpaceTriangle(_slope_u1, j, h)^2)
+        # RowSpaceFactor(_slope_u1, j, h)^2
+        _t11 = torch.square(_t1.permute(1, 0))
+        # sum(j: RowSpaceFactor(_slope_u1, j, h)^2)
         _t12 = _t11.sum(dim=1)
-        # (g1[h] - 1)*(2*g1[h] - 1)*g1[h]*sum(j: RowSpaceTriangle(_slope_u1, j, h)^2)
+        # (g1[h] - 1)*(2*g1[h] - 1)*g1[h]*sum(j: RowSpaceFactor(_slope_u1, j, h)^2)
         lap_g1 = _t12 * g1 * (g1 - 1) * (2 * g1 - 1)
         # sum(j: V2[h, j]*lap_g1[j])
         lap_u2 = lap_g1 @ self.V2.T
-        # jac_u2[j, h]^2
-        _t13 = torch.square(jac_u2)
-        # sum(j: jac_u2[j, h]^2)
-        _t14 = _t13.sum(dim=1)
         # (1 - g2[h])*g2[h]*lap_u2[h] + (g2[h] - 1)*(2*g2[h] - 1)*g2[h]*sum(j: jac_u2[j, h]^2)
         lap_g2 = _t14 * g2 * (g2 - 1) * (2 * g2 - 1) + g2 * lap_u2 * (1 - g2)
         # sum(j: V3[h, j]*lap_g2[j])
         lap_u3 = lap_g2 @ self.V3.T
-        # jac_u3[j, h]^2
-        _t15 = torch.square(jac_u3)
-        # sum(j: jac_u3[j, h]^2)
-        _t16 = _t15.sum(dim=1)
         # (1 - g3[h])*g3[h]*lap_u3[h] + (g3[h] - 1)*(2*g3[h] - 1)*g3[h]*sum(j: jac_u3[j, h]^2)
         lap_g3 = _t16 * g3 * (g3 - 1) * (2 * g3 - 1) + g3 * lap_u3 * (1 - g3)
         # sum(h: W[k, h]*lap_g3[h])
@@ -372,10 +428,8 @@ class DEM3(torch.nn.Module):
         _t18 = _t17.sum(dim=1)
         # (1 - sigmoid(z[k]))*sigmoid(z[k])
         _t19 = _t3 * (1 - _t3)
-        # jac_z[h1, k]^2
-        _t20 = torch.square(jac_z)
         # sum(h1: jac_z[h1, k]^2)
-        _t21 = _t20.sum(dim=1)
+        _t21 = _square_sum(jac_z, 1)
         # sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac_z[h, k]^2))
         _t22 = (_t21 * _t19).sum(dim=1)
         # -sum(k: sigmoid(z[k])*lap_z[k]) - sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac...
@@ -392,10 +446,10 @@ class DEM3(torch.nn.Module):
         u1 = x @ self.V1.T
         # sigmoid(u1[h])
         g1 = torch.sigmoid(u1)
-        # _slope_u1^T = Q R, Q with orthonormal columns, R upper triangular
+        # R with R^T R = _slope_u1 _slope_u1^T
         _t1 = _row_space(self.V1)
-        # (1 - g1[h])*RowSpaceTriangle(_slope_u1, h2, h)*g1[h]
-        jac_g1 = _t1[1] * (g1[:, None] * (1 - g1[:, None]))
+        # (1 - g1[h])*RowSpaceFactor(_slope_u1, h2, h)*g1[h]
+        jac_g1 = _t1 * (g1[:, None] * (1 - g1[:, None]))
         # sum(j: V2[h, j]*jac_g1[h2, j])
         jac_u2 = (jac_g1.reshape(-1, self.H) @ self.V2.T).reshape(-1, self.H, self.H)
         # sum(j: V2[h, j]*g1[j])
@@ -403,7 +457,8 @@ class DEM3(torch.nn.Module):
         # sigmoid(u2[h])
         g2 = torch.sigmoid(u2)
         # (1 - g2[h])*g2[h]*jac_u2[h2, h]
-        jac_g2 = g2[:, None] * (1 - g2[:, None]) * jac_u2
+        # sum(j: jac_u2[j, h]^2)
+        jac_g2, _t14 = _scale_and_square(jac_u2, g2[:, None] * (1 - g2[:, None]), 1)
         # sum(j: V3[h, j]*jac_g2[h2, j])
         jac_u3 = (jac_g2.reshape(-1, self.H) @ self.V3.T).reshape(-1, self.H, self.H)
         # sum(j: V3[h, j]*g2[j])
@@ -411,7 +466,8 @@ class DEM3(torch.nn.Module):
         # sigmoid(u3[h])
         g3 = torch.sigmoid(u3)
         # (1 - g3[h])*g3[h]*jac_u3[h2, h]
-        jac_g3 = g3[:, None] * (1 - g3[:, None]) * jac_u3
+        # sum(j: jac_u3[j, h]^2)
+        jac_g3, _t16 = _scale_and_square(jac_u3, g3[:, None] * (1 - g3[:, None]), 1)
         # sum(h: W[k, h]*jac_g3[h2, h])
         jac_z = (jac_g3.reshape(-1, self.H) @ self.W.T).reshape(-1, self.H, self.K)
         # sum(h: W[k, h]*g3[h])
@@ -440,26 +496,18 @@ class DEM3(torch.nn.Module):
         adj_g1 = adj_u2 @ self.V2
         # (1 - g1[h24])*adj_g1[h24]*g1[h24]
         adj_u1 = adj_g1 * g1 * (1 - g1)
-        # RowSpaceTriangle(_slope_u1, j, h)^2
-        _t11 = torch.square(_t1[1].permute(1, 0))
-        # sum(j: RowSpaceTriangle(_slope_u1, j, h)^2)
+        # RowSpaceFactor(_slope_u1, j, h)^2
+        _t11 = torch.square(_t1.permute(1, 0))
+        # sum(j: RowSpaceFactor(_slope_u1, j, h)^2)
         _t12 = _t11.sum(dim=1)
-        # (g1[h] - 1)*(2*g1[h] - 1)*g1[h]*sum(j: RowSpaceTriangle(_slope_u1, j, h)^2)
+        # (g1[h] - 1)*(2*g1[h] - 1)*g1[h]*sum(j: RowSpaceFactor(_slope_u1, j, h)^2)
         lap_g1 = _t12 * g1 * (g1 - 1) * (2 * g1 - 1)
         # sum(j: V2[h, j]*lap_g1[j])
         lap_u2 = lap_g1 @ self.V2.T
-        # jac_u2[j, h]^2
-        _t13 = torch.square(jac_u2)
-        # sum(j: jac_u2[j, h]^2)
-        _t14 = _t13.sum(dim=1)
         # (1 - g2[h])*g2[h]*lap_u2[h] + (g2[h] - 1)*(2*g2[h] - 1)*g2[h]*sum(j: jac_u2[j, h]^2)
         lap_g2 = _t14 * g2 * (g2 - 1) * (2 * g2 - 1) + g2 * lap_u2 * (1 - g2)
         # sum(j: V3[h, j]*lap_g2[j])
         lap_u3 = lap_g2 @ self.V3.T
-        # jac_u3[j, h]^2
-        _t15 = torch.square(jac_u3)
-        # sum(j: jac_u3[j, h]^2)
-        _t16 = _t15.sum(dim=1)
         # (1 - g3[h])*g3[h]*lap_u3[h] + (g3[h] - 1)*(2*g3[h] - 1)*g3[h]*sum(j: jac_u3[j, h]^2)
         lap_g3 = _t16 * g3 * (g3 - 1) * (2 * g3 - 1) + g3 * lap_u3 * (1 - g3)
         # sum(h: W[k, h]*lap_g3[h])
@@ -470,10 +518,8 @@ class DEM3(torch.nn.Module):
         _t18 = _t17.sum(dim=1)
         # (1 - sigmoid(z[k]))*sigmoid(z[k])
         _t19 = _t3 * (1 - _t3)
-        # jac_z[h1, k]^2
-        _t20 = torch.square(jac_z)
         # sum(h1: jac_z[h1, k]^2)
-        _t21 = _t20.sum(dim=1)
+        _t21 = _square_sum(jac_z, 1)
         # sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac_z[h, k]^2))
         _t22 = (_t21 * _t19).sum(dim=1)
         # -sum(k: sigmoid(z[k])*lap_z[k]) - sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac...

@@ -20,18 +20,80 @@ import math
 import torch
 
 
-def _row_space(slope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Q [D, H] and R [H, H] with slope^T = Q R for a first layer's slope [H, D]: the
-    columns of Q an orthonormal basis of the slope's row space (reduced QR), R upper
-    triangular. Derivatives are carried in the coordinates y = Q^T v, where the layer is
-    R^T y and the Laplacian in v is the Laplacian in y. With H > D the basis has D
-    vectors; Q and R are padded with zero columns and rows, which carry nothing."""
-    q, r = torch.linalg.qr(slope.T)
-    missing = slope.shape[0] - q.shape[1]
-    if missing > 0:
-        q = torch.nn.functional.pad(q, (0, missing))
-        r = torch.nn.functional.pad(r, (0, 0, 0, missing))
-    return q, r
+def _row_space(slope: torch.Tensor) -> torch.Tensor:
+    """R [H, H] with R^T R = slope slope^T, for a first layer's slope [H, D]. Derivatives
+    are carried in the coordinates y = Q^T v of a space holding the slope's rows (Q with
+    orthonormal columns, never formed), where the layer is R^T y and the Laplacian in v
+    is the Laplacian in y; everything computed there reads the slope through R^T R.
+    - H <= D: R is the Cholesky factor of the H x H Gram matrix. When that is singular
+      (linearly dependent rows, a dead unit) R = Q^T slope^T with Q QR's orthonormal basis
+      held constant: first derivatives stay exact (QR's own backward divides by zero
+      pivots), second derivatives in the slope do not. (The test costs a GPU one sync.)
+    - H > D: y = v itself, R = slope^T padded with zero rows."""
+    h, d = slope.shape
+    if h > d:
+        return torch.nn.functional.pad(slope.T, (0, 0, 0, h - d))
+    lower, info = torch.linalg.cholesky_ex(slope @ slope.T)
+    if int(info) == 0:
+        return lower.T  # measured faster than upper=True, forward and backward
+    basis = torch.linalg.qr(slope.detach().T)[0]
+    return basis.T @ slope.T
+
+
+class _SquareSum(torch.autograd.Function):
+    """sum(a: t[.., a, ..]^2) along one axis, with the one-pass backward 2 t g (autograd's
+    for (t * t).sum(dim) forms t g twice and adds them: passes that show on the
+    per-sample matrices [N, a, h] of deep models)."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, dim: int) -> torch.Tensor:
+        ctx.save_for_backward(t)
+        ctx.dim = dim
+        return (t * t).sum(dim=dim)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (t,) = ctx.saved_tensors
+        return t * (2 * grad).unsqueeze(ctx.dim), None
+
+
+def _square_sum(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """(t * t).sum(dim=dim), with `_SquareSum`'s backward."""
+    return _SquareSum.apply(t, dim)
+
+
+class _ScaleAndSquare(torch.autograd.Function):
+    """(t * scale, sum(a: t^2) along dim): a deep model's layer, whose Jacobian is its
+    slope times the product with its weights, J = g' (J_prev V^T), and whose Laplacian
+    reads the squares of that product. The gradient with respect to t from both,
+    g_J scale + 2 t g_S, takes two passes where autograd's takes five."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, scale: torch.Tensor, dim: int):
+        ctx.save_for_backward(t, scale)
+        ctx.dim = dim
+        ctx.set_materialize_grads(False)
+        return t * scale, (t * t).sum(dim=dim)
+
+    @staticmethod
+    def backward(ctx, grad_scaled: torch.Tensor | None, grad_squares: torch.Tensor | None):
+        t, scale = ctx.saved_tensors
+        grad_t = grad_scale = None
+        if grad_scaled is not None:
+            if ctx.needs_input_grad[1]:
+                grad_scale = (grad_scaled * t).sum_to_size(scale.shape)
+            grad_t = (grad_scaled * scale).sum_to_size(t.shape)
+        if grad_squares is not None:
+            twice = (2 * grad_squares).unsqueeze(ctx.dim)
+            grad_t = t * twice if grad_t is None else grad_t.addcmul_(t, twice)
+        return grad_t, grad_scale, None
+
+
+def _scale_and_square(t: torch.Tensor, scale, dim: int):
+    """(t * scale, (t * t).sum(dim=dim)), with `_ScaleAndSquare`'s backward."""
+    if not torch.is_tensor(scale):
+        return t * scale, (t * t).sum(dim=dim)
+    return _ScaleAndSquare.apply(t, scale, dim)
 
 
 class DEM5(torch.nn.Module):
@@ -382,10 +444,10 @@ class DEM5(torch.nn.Module):
         pre_g1 = _t1 + self.a1
         # sigmoid(pre_g1[h])
         _t2 = torch.sigmoid(pre_g1)
-        # _slope_pre_g1^T = Q R, Q with orthonormal columns, R upper triangular
+        # R with R^T R = _slope_pre_g1 _slope_pre_g1^T
         _t3 = _row_space(self.V1)
-        # (1 - sigmoid(pre_g1[h]))*RowSpaceTriangle(_slope_pre_g1, h2, h)*sigmoid(pre_g1[h])
-        jac_g1 = _t3[1] * (_t2[:, None] * (1 - _t2[:, None]))
+        # (1 - sigmoid(pre_g1[h]))*RowSpaceFactor(_slope_pre_g1, h2, h)*sigmoid(pre_g1[h])
+        jac_g1 = _t3 * (_t2[:, None] * (1 - _t2[:, None]))
         # sigmoid(pre_g1[h])
         g1 = _t2
         # sum(j: V2[h, j]*g1[j])
@@ -395,7 +457,8 @@ class DEM5(torch.nn.Module):
         # sum(j: V2[h, j]*jac_g1[h2, j])
         _t5 = (jac_g1.reshape(-1, self.H) @ self.V2.T).reshape(-1, self.H, self.H)
         # (1 - g2[h])*g2[h]*sum(j: V2[h, j]*jac_g1[h2, j])
-        jac_g2 = g2[:, None] * (1 - g2[:, None]) * _t5
+        # sum(i, j: V2[h, i]*V2[h, j]*sum(k: jac_g1[k, i]*jac_g1[k, j]))
+        jac_g2, _t28 = _scale_and_square(_t5, g2[:, None] * (1 - g2[:, None]), 1)
         # sum(j: V3[h, j]*g2[j])
         _t6 = g2 @ self.V3.T
         # sigmoid(a3[h] + sum(j: V3[h, j]*g2[j]))
@@ -403,7 +466,8 @@ class DEM5(torch.nn.Module):
         # sum(j: V3[h, j]*jac_g2[h2, j])
         _t7 = (jac_g2.reshape(-1, self.H) @ self.V3.T).reshape(-1, self.H, self.H)
         # (1 - g3[h])*g3[h]*sum(j: V3[h, j]*jac_g2[h2, j])
-        jac_g3 = g3[:, None] * (1 - g3[:, None]) * _t7
+        # sum(j, i: V3[h, i]*V3[h, j]*sum(k: jac_g2[k, i]*jac_g2[k, j]))
+        jac_g3, _t30 = _scale_and_square(_t7, g3[:, None] * (1 - g3[:, None]), 1)
         # sum(j: V4[h, j]*g3[j])
         _t8 = g3 @ self.V4.T
         # sigmoid(a4[h] + sum(j: V4[h, j]*g3[j]))
@@ -411,7 +475,8 @@ class DEM5(torch.nn.Module):
         # sum(j: V4[h, j]*jac_g3[h2, j])
         _t9 = (jac_g3.reshape(-1, self.H) @ self.V4.T).reshape(-1, self.H, self.H)
         # (1 - g4[h])*g4[h]*sum(j: V4[h, j]*jac_g3[h2, j])
-        jac_g4 = g4[:, None] * (1 - g4[:, None]) * _t9
+        # sum(i, j: V4[h, i]*V4[h, j]*sum(k: jac_g3[k, i]*jac_g3[k, j]))
+        jac_g4, _t32 = _scale_and_square(_t9, g4[:, None] * (1 - g4[:, None]), 1)
         # sum(j: V5[h, j]*g4[j])
         _t10 = g4 @ self.V5.T
         # sigmoid(a5[h] + sum(j: V5[h, j]*g4[j]))
@@ -419,7 +484,8 @@ class DEM5(torch.nn.Module):
         # sum(j: V5[h, j]*jac_g4[h2, j])
         _t11 = (jac_g4.reshape(-1, self.H) @ self.V5.T).reshape(-1, self.H, self.H)
         # (1 - g5[h])*g5[h]*sum(j: V5[h, j]*jac_g4[h2, j])
-        jac_g5 = g5[:, None] * (1 - g5[:, None]) * _t11
+        # sum(i, j: V5[h, i]*V5[h, j]*sum(k: jac_g4[k, i]*jac_g4[k, j]))
+        jac_g5, _t34 = _scale_and_square(_t11, g5[:, None] * (1 - g5[:, None]), 1)
         # sum(h: W[k, h]*jac_g5[h2, h])
         jac_z = (jac_g5.reshape(-1, self.H) @ self.W.T).reshape(-1, self.H, self.K)
         # sum(h: W[k, h]*g5[h])
@@ -428,34 +494,26 @@ class DEM5(torch.nn.Module):
         z = _t12 + self.c
         # sigmoid(z[k])
         _t13 = torch.sigmoid(z)
-        # RowSpaceTriangle(_slope_pre_g1, j, h)^2
-        _t25 = torch.square(_t3[1].permute(1, 0))
-        # sum(j: RowSpaceTriangle(_slope_pre_g1, j, h)^2)
+        # RowSpaceFactor(_slope_pre_g1, j, h)^2
+        _t25 = torch.square(_t3.permute(1, 0))
+        # sum(j: RowSpaceFactor(_slope_pre_g1, j, h)^2)
         _t26 = _t25.sum(dim=1)
         # (sigmoid(pre_g1[h]) - 1)*(2*sigmoid(pre_g1[h]) - 1)*sigmoid(pre_g1[h])*sum(j: RowSpac...
         lap_g1 = _t2 * _t26 * (_t2 - 1) * (2 * _t2 - 1)
         # sum(j: V2[h, j]*lap_g1[j])
         _t27 = lap_g1 @ self.V2.T
-        # sum(i, j: V2[h, i]*V2[h, j]*sum(k: jac_g1[k, i]*jac_g1[k, j]))
-        _t28 = (_t5 * _t5).sum(dim=1)
         # (1 - g2[h])*g2[h]*sum(j: V2[h, j]*lap_g1[j]) + (g2[h] - 1)*(2*g2[h] - 1)*g2[h]*sum(i,...
         lap_g2 = _t27 * g2 * (1 - g2) + _t28 * g2 * (g2 - 1) * (2 * g2 - 1)
         # sum(j: V3[h, j]*lap_g2[j])
         _t29 = lap_g2 @ self.V3.T
-        # sum(j, i: V3[h, i]*V3[h, j]*sum(k: jac_g2[k, i]*jac_g2[k, j]))
-        _t30 = (_t7 * _t7).sum(dim=1)
         # (1 - g3[h])*g3[h]*sum(j: V3[h, j]*lap_g2[j]) + (g3[h] - 1)*(2*g3[h] - 1)*g3[h]*sum(j,...
         lap_g3 = _t29 * g3 * (1 - g3) + _t30 * g3 * (g3 - 1) * (2 * g3 - 1)
         # sum(j: V4[h, j]*lap_g3[j])
         _t31 = lap_g3 @ self.V4.T
-        # sum(i, j: V4[h, i]*V4[h, j]*sum(k: jac_g3[k, i]*jac_g3[k, j]))
-        _t32 = (_t9 * _t9).sum(dim=1)
         # (1 - g4[h])*g4[h]*sum(j: V4[h, j]*lap_g3[j]) + (g4[h] - 1)*(2*g4[h] - 1)*g4[h]*sum(i,...
         lap_g4 = _t31 * g4 * (1 - g4) + _t32 * g4 * (g4 - 1) * (2 * g4 - 1)
         # sum(j: V5[h, j]*lap_g4[j])
         _t33 = lap_g4 @ self.V5.T
-        # sum(i, j: V5[h, i]*V5[h, j]*sum(k: jac_g4[k, i]*jac_g4[k, j]))
-        _t34 = (_t11 * _t11).sum(dim=1)
         # (1 - g5[h])*g5[h]*sum(j: V5[h, j]*lap_g4[j]) + (g5[h] - 1)*(2*g5[h] - 1)*g5[h]*sum(i,...
         lap_g5 = _t33 * g5 * (1 - g5) + _t34 * g5 * (g5 - 1) * (2 * g5 - 1)
         # sum(h: W[k, h]*lap_g5[h])
@@ -466,10 +524,8 @@ class DEM5(torch.nn.Module):
         _t36 = _t35.sum(dim=1)
         # (1 - sigmoid(z[k]))*sigmoid(z[k])
         _t37 = _t13 * (1 - _t13)
-        # jac_z[h1, k]^2
-        _t38 = torch.square(jac_z)
         # sum(h1: jac_z[h1, k]^2)
-        _t39 = _t38.sum(dim=1)
+        _t39 = _square_sum(jac_z, 1)
         # sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac_z[h, k]^2))
         _t40 = (_t39 * _t37).sum(dim=1)
         # -sum(k: sigmoid(z[k])*lap_z[k]) - sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac...
@@ -488,10 +544,10 @@ class DEM5(torch.nn.Module):
         pre_g1 = _t1 + self.a1
         # sigmoid(pre_g1[h])
         _t2 = torch.sigmoid(pre_g1)
-        # _slope_pre_g1^T = Q R, Q with orthonormal columns, R upper triangular
+        # R with R^T R = _slope_pre_g1 _slope_pre_g1^T
         _t3 = _row_space(self.V1)
-        # (1 - sigmoid(pre_g1[h]))*RowSpaceTriangle(_slope_pre_g1, h2, h)*sigmoid(pre_g1[h])
-        jac_g1 = _t3[1] * (_t2[:, None] * (1 - _t2[:, None]))
+        # (1 - sigmoid(pre_g1[h]))*RowSpaceFactor(_slope_pre_g1, h2, h)*sigmoid(pre_g1[h])
+        jac_g1 = _t3 * (_t2[:, None] * (1 - _t2[:, None]))
         # sigmoid(pre_g1[h])
         g1 = _t2
         # sum(j: V2[h, j]*g1[j])
@@ -501,7 +557,8 @@ class DEM5(torch.nn.Module):
         # sum(j: V2[h, j]*jac_g1[h2, j])
         _t5 = (jac_g1.reshape(-1, self.H) @ self.V2.T).reshape(-1, self.H, self.H)
         # (1 - g2[h])*g2[h]*sum(j: V2[h, j]*jac_g1[h2, j])
-        jac_g2 = g2[:, None] * (1 - g2[:, None]) * _t5
+        # sum(i, j: V2[h, i]*V2[h, j]*sum(k: jac_g1[k, i]*jac_g1[k, j]))
+        jac_g2, _t28 = _scale_and_square(_t5, g2[:, None] * (1 - g2[:, None]), 1)
         # sum(j: V3[h, j]*g2[j])
         _t6 = g2 @ self.V3.T
         # sigmoid(a3[h] + sum(j: V3[h, j]*g2[j]))
@@ -509,7 +566,8 @@ class DEM5(torch.nn.Module):
         # sum(j: V3[h, j]*jac_g2[h2, j])
         _t7 = (jac_g2.reshape(-1, self.H) @ self.V3.T).reshape(-1, self.H, self.H)
         # (1 - g3[h])*g3[h]*sum(j: V3[h, j]*jac_g2[h2, j])
-        jac_g3 = g3[:, None] * (1 - g3[:, None]) * _t7
+        # sum(j, i: V3[h, i]*V3[h, j]*sum(k: jac_g2[k, i]*jac_g2[k, j]))
+        jac_g3, _t30 = _scale_and_square(_t7, g3[:, None] * (1 - g3[:, None]), 1)
         # sum(j: V4[h, j]*g3[j])
         _t8 = g3 @ self.V4.T
         # sigmoid(a4[h] + sum(j: V4[h, j]*g3[j]))
@@ -517,7 +575,8 @@ class DEM5(torch.nn.Module):
         # sum(j: V4[h, j]*jac_g3[h2, j])
         _t9 = (jac_g3.reshape(-1, self.H) @ self.V4.T).reshape(-1, self.H, self.H)
         # (1 - g4[h])*g4[h]*sum(j: V4[h, j]*jac_g3[h2, j])
-        jac_g4 = g4[:, None] * (1 - g4[:, None]) * _t9
+        # sum(i, j: V4[h, i]*V4[h, j]*sum(k: jac_g3[k, i]*jac_g3[k, j]))
+        jac_g4, _t32 = _scale_and_square(_t9, g4[:, None] * (1 - g4[:, None]), 1)
         # sum(j: V5[h, j]*g4[j])
         _t10 = g4 @ self.V5.T
         # sigmoid(a5[h] + sum(j: V5[h, j]*g4[j]))
@@ -525,7 +584,8 @@ class DEM5(torch.nn.Module):
         # sum(j: V5[h, j]*jac_g4[h2, j])
         _t11 = (jac_g4.reshape(-1, self.H) @ self.V5.T).reshape(-1, self.H, self.H)
         # (1 - g5[h])*g5[h]*sum(j: V5[h, j]*jac_g4[h2, j])
-        jac_g5 = g5[:, None] * (1 - g5[:, None]) * _t11
+        # sum(i, j: V5[h, i]*V5[h, j]*sum(k: jac_g4[k, i]*jac_g4[k, j]))
+        jac_g5, _t34 = _scale_and_square(_t11, g5[:, None] * (1 - g5[:, None]), 1)
         # sum(h: W[k, h]*jac_g5[h2, h])
         jac_z = (jac_g5.reshape(-1, self.H) @ self.W.T).reshape(-1, self.H, self.K)
         # sum(h: W[k, h]*g5[h])
@@ -562,34 +622,26 @@ class DEM5(torch.nn.Module):
         adj_g1 = _t23 @ self.V2
         # (1 - sigmoid(pre_g1[h26]))*sigmoid(pre_g1[h26])*adj_g1[h26]
         adj_pre_g1 = _t2 * adj_g1 * (1 - _t2)
-        # RowSpaceTriangle(_slope_pre_g1, j, h)^2
-        _t25 = torch.square(_t3[1].permute(1, 0))
-        # sum(j: RowSpaceTriangle(_slope_pre_g1, j, h)^2)
+        # RowSpaceFactor(_slope_pre_g1, j, h)^2
+        _t25 = torch.square(_t3.permute(1, 0))
+        # sum(j: RowSpaceFactor(_slope_pre_g1, j, h)^2)
         _t26 = _t25.sum(dim=1)
         # (sigmoid(pre_g1[h]) - 1)*(2*sigmoid(pre_g1[h]) - 1)*sigmoid(pre_g1[h])*sum(j: RowSpac...
         lap_g1 = _t2 * _t26 * (_t2 - 1) * (2 * _t2 - 1)
         # sum(j: V2[h, j]*lap_g1[j])
         _t27 = lap_g1 @ self.V2.T
-        # sum(i, j: V2[h, i]*V2[h, j]*sum(k: jac_g1[k, i]*jac_g1[k, j]))
-        _t28 = (_t5 * _t5).sum(dim=1)
         # (1 - g2[h])*g2[h]*sum(j: V2[h, j]*lap_g1[j]) + (g2[h] - 1)*(2*g2[h] - 1)*g2[h]*sum(i,...
         lap_g2 = _t27 * g2 * (1 - g2) + _t28 * g2 * (g2 - 1) * (2 * g2 - 1)
         # sum(j: V3[h, j]*lap_g2[j])
         _t29 = lap_g2 @ self.V3.T
-        # sum(j, i: V3[h, i]*V3[h, j]*sum(k: jac_g2[k, i]*jac_g2[k, j]))
-        _t30 = (_t7 * _t7).sum(dim=1)
         # (1 - g3[h])*g3[h]*sum(j: V3[h, j]*lap_g2[j]) + (g3[h] - 1)*(2*g3[h] - 1)*g3[h]*sum(j,...
         lap_g3 = _t29 * g3 * (1 - g3) + _t30 * g3 * (g3 - 1) * (2 * g3 - 1)
         # sum(j: V4[h, j]*lap_g3[j])
         _t31 = lap_g3 @ self.V4.T
-        # sum(i, j: V4[h, i]*V4[h, j]*sum(k: jac_g3[k, i]*jac_g3[k, j]))
-        _t32 = (_t9 * _t9).sum(dim=1)
         # (1 - g4[h])*g4[h]*sum(j: V4[h, j]*lap_g3[j]) + (g4[h] - 1)*(2*g4[h] - 1)*g4[h]*sum(i,...
         lap_g4 = _t31 * g4 * (1 - g4) + _t32 * g4 * (g4 - 1) * (2 * g4 - 1)
         # sum(j: V5[h, j]*lap_g4[j])
         _t33 = lap_g4 @ self.V5.T
-        # sum(i, j: V5[h, i]*V5[h, j]*sum(k: jac_g4[k, i]*jac_g4[k, j]))
-        _t34 = (_t11 * _t11).sum(dim=1)
         # (1 - g5[h])*g5[h]*sum(j: V5[h, j]*lap_g4[j]) + (g5[h] - 1)*(2*g5[h] - 1)*g5[h]*sum(i,...
         lap_g5 = _t33 * g5 * (1 - g5) + _t34 * g5 * (g5 - 1) * (2 * g5 - 1)
         # sum(h: W[k, h]*lap_g5[h])
@@ -600,10 +652,8 @@ class DEM5(torch.nn.Module):
         _t36 = _t35.sum(dim=1)
         # (1 - sigmoid(z[k]))*sigmoid(z[k])
         _t37 = _t13 * (1 - _t13)
-        # jac_z[h1, k]^2
-        _t38 = torch.square(jac_z)
         # sum(h1: jac_z[h1, k]^2)
-        _t39 = _t38.sum(dim=1)
+        _t39 = _square_sum(jac_z, 1)
         # sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac_z[h, k]^2))
         _t40 = (_t39 * _t37).sum(dim=1)
         # -sum(k: sigmoid(z[k])*lap_z[k]) - sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac...

@@ -11,15 +11,17 @@ coordinates y of a base:
 
 - The base is the first layer's let u = A v + c when every nonlinear dependence on v
   flows through it and it is smaller than v: y = Q^T v, the coordinates of A's row space
-  (reduced QR, A^T = Q R; `RowSpaceBasis`, `RowSpaceTriangle`). There u = R^T y + c, so
-  J_u[a, j] = R[a, j], and because Q has orthonormal columns the Laplacian in v of a
-  function of u is its Laplacian in y, and d/dv[p] = sum(a: Q[p, a] d/dy[a]).
+  (Q with orthonormal columns holding A's rows, R^T R = A A^T: `RowSpaceFactor`). There
+  u = R^T y + c, so J_u[a, j] = R[a, j], and because Q has orthonormal columns the
+  Laplacian in v of a function of u is its Laplacian in y. Q itself is never formed:
+  the Jacobians read A through R^T R only, and the score goes back to v through A
+  (`base_adjoint`).
 - Otherwise the base is v itself (y = v, J_v = the identity).
 
 For F = Phi(u) + Psi(v): Laplacian F = Q_Phi + Laplacian Psi, and the score needs no
 Jacobian: score = -sum(j: adj_u[j] A[j, p]) - dPsi/dv[p] with adj_u = dPhi/du by reverse
-accumulation through the lets (`base_adjoint`, one matrix-vector product per layer). Per let with body B over propagated lets m (one
-generic unit each):
+accumulation through the lets (`base_adjoint`, one matrix-vector product per layer).
+Per let with body B over propagated lets m (one generic unit each):
     J_l = sum(j: dB/dm[j] J_m[a, j])
     Q_l = sum(j: dB/dm[j] Q_m[j]) + sum(j, j': d^2B/dm[j] dm'[j'] sum(a: J_m[a, j]
           J_m'[a, j']))
@@ -46,7 +48,7 @@ from energydsl.compiler.algebra import (
 )
 from energydsl.compiler.ir import Definition, FreeEnergyModel, SymbolicModel
 from energydsl.compiler.lets import depends_on
-from energydsl.compiler.sympy_functions import RowSpaceTriangle
+from energydsl.compiler.sympy_functions import RowSpaceFactor
 
 DEEP = 3
 """Nested nonlinear functions between v and F (`nesting_depth`) from which the forward
@@ -342,7 +344,7 @@ def _through(model: FreeEnergyModel, free_energy: sp.Expr, p: sp.Idx,
         definitions[slope_name] = Definition(slope_base, (row, column), tidy(slope))
 
         def base_jacobian(j: sp.Idx, a: sp.Idx) -> sp.Expr:
-            return RowSpaceTriangle(slope_base, a, j)
+            return RowSpaceFactor(slope_base, a, j)
 
     forward = _Forward(symbolic, base, base_index, base_jacobian, tidy)
     for definition in lets.values():

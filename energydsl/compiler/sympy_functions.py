@@ -314,13 +314,15 @@ class LogDet(sp.Function):
         return _latex_call(r"\log\det", printer._print(self.args[0].label), exp)
 
 
-class _RowSpaceFactor(sp.Function):
-    """An entry of the reduced QR factorisation A^T = Q R of the [H, D] matrix (H <= D)
-    a definition A[a, p] names: Q [D, H] has orthonormal columns, R [H, H] is upper
-    triangular, so A[a, p] = sum(b: R[b, a] Q[p, b]). A must not depend on the data.
-    The forward propagation of derivatives (compiler/chain.py) works in the coordinates
-    y = Q^T v of A's row space, where a first layer u = A v + c is u = R^T y + c and the
-    Laplacian in v is the Laplacian in y."""
+class RowSpaceFactor(sp.Function):
+    """RowSpaceFactor(A, b, a) = R[b, a] for the [H, D] matrix A a definition names (A
+    must not depend on the data): an H x H matrix with R^T R = A A^T (`_row_space` in a
+    generated module: the Cholesky factor of A's Gram matrix when H <= D). With
+    Q = A^T R^+, whose columns are orthonormal and hold A's rows, a first layer
+    u = A v + c is u = R^T y + c in the coordinates y = Q^T v, and the Laplacian in v of
+    a function of u is its Laplacian in y: the forward propagation of derivatives
+    (compiler/chain.py) works there, and needs only R, because everything it computes
+    reads A through R^T R."""
 
     nargs = 3
 
@@ -329,17 +331,5 @@ class _RowSpaceFactor(sp.Function):
 
     def _latex(self, printer, exp=None):
         matrix, row, column = self.args
-        body = rf"{self._symbol}({printer._print(matrix.label)}^\top)_{{{row} {column}}}"
+        body = rf"R({printer._print(matrix.label)}^\top)_{{{row} {column}}}"
         return rf"{body}^{{{exp}}}" if exp is not None else body
-
-
-class RowSpaceBasis(_RowSpaceFactor):
-    """RowSpaceBasis(A, p, b) = Q[p, b]."""
-
-    _symbol = "Q"
-
-
-class RowSpaceTriangle(_RowSpaceFactor):
-    """RowSpaceTriangle(A, b, a) = R[b, a]."""
-
-    _symbol = "R"

@@ -35,6 +35,10 @@ from energydsl.errors import shorten
 from energydsl.estimators import all_estimators
 
 DEFAULT_MAX_STATES = 2**20  # hidden states an enumerated normaliser visits by default
+RUNTIME = ("_upper_pairs", "_row_space", "_square_sum", "_scale_and_square")
+"""The helpers a generated module may call, each written into the module when a method
+calls it (templates/runtime/NAME.py.j2, `runtime_source`), so the module stays
+self-contained."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,11 @@ class CtorArg:
 class Check:
     code: str
     message: str
+
+
+def runtime_source(name: str) -> str:
+    """The source of the runtime helper `name` (one of RUNTIME) as a module holds it."""
+    return _environment().get_template(f"runtime/{name}.py.j2").render()
 
 
 @cache
@@ -474,7 +483,6 @@ def emit(derivation: Derivation, conditionals: Conditionals, planned: PlannedMod
         methods=texts,
         uses_math=any("math." in text for text in texts),
         uses_cholesky=any("self._cholesky(" in text for text in texts),
-        uses_pairs=any("_upper_pairs(" in text for text in texts),
-        uses_row_space=any("_row_space(" in text for text in texts),
+        runtime=[name for name in RUNTIME if any(f"{name}(" in text for text in texts)],
         grid_mask=grid_mask,
     )

@@ -14,6 +14,7 @@ import ast
 
 from energydsl.compiler.domains import DOMAINS
 from energydsl.compiler.ir import Conditionals, Derivation, Method, PlannedModule
+from energydsl.compiler.plan.fusions import fuse
 from energydsl.compiler.plan.planner import Planner
 from energydsl.compiler.plan.program import BATCH, Operand, Step, uses_name
 from energydsl.errors import shorten
@@ -82,15 +83,21 @@ def _broken(node: ast.expr, indent: int, force: bool = False) -> list[str]:
 
 def wrap_assignment(name: str, code: str, indent: int = 8) -> str:
     """`name = a + b - c`, broken before top-level + and - (then * and /, and inside
-    parenthesised operands) when longer than a line."""
+    parenthesised operands) when longer than a line; a call, an argument a line."""
     line = f"{name} = {code}"
     if indent + len(line) <= LINE_LENGTH:
         return line
     node = ast.parse(code, mode="eval").body
+    pad = " " * (indent + 4)
+    if isinstance(node, ast.Call) and node.args and not node.keywords:  # an argument a line
+        lines = [f"{name} = {ast.unparse(node.func)}("]
+        for argument in node.args:
+            parts = _broken(argument, indent + 4)
+            lines += [pad + part for part in parts[:-1]] + [f"{pad}{parts[-1]},"]
+        return "\n".join(lines) + "\n" + " " * indent + ")"
     parts = _broken(node, indent + 4, force=True)
     if len(parts) == 1:
         return line
-    pad = " " * (indent + 4)
     return f"{name} = (\n" + "\n".join(pad + p for p in parts) + "\n" + " " * indent + ")"
 
 
@@ -171,8 +178,8 @@ class MethodPlanner:
                         for name, code in diagonals.items()}
             steps = planner.program.needed(outputs_code, replaced)
         lines = []
-        for step in steps:
-            lines.append(f"# {step.comment}")
+        for step in fuse(steps):
+            lines += [f"# {comment}" for comment in step.comment.split("\n")]
             lines.append(wrap_assignment(step.name, step.code))
         text = " ".join(lines + finished)
         head = [line for line in prologue if not line.startswith("_like") or

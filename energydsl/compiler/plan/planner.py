@@ -14,6 +14,7 @@ formula it computes). The planner
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -35,6 +36,7 @@ from energydsl.compiler.plan.keys import (
 from energydsl.compiler.plan.program import BATCH, Operand, Program, Step, uses_name, volume
 from energydsl.compiler.plan.torch_steps import (
     contraction_path,
+    is_per_sample_matrix,
     natural_order,
     pairwise_code,
     symmetric_pairs_code,
@@ -43,8 +45,7 @@ from energydsl.compiler.sympy_functions import (
     LogDet,
     LogSumExp,
     MatrixInverse,
-    RowSpaceBasis,
-    RowSpaceTriangle,
+    RowSpaceFactor,
     softmax_weight,
 )
 
@@ -150,27 +151,26 @@ class Planner:
         """The number of elements of a value with these axes, at the planning sizes."""
         return volume(tuple(self.size(i) for i in set(indices)))
 
-    def _row_space_factor(self, expr: RowSpaceBasis | RowSpaceTriangle) -> Operand:
-        """Q[p, b] or R[b, a] of A^T = Q R (reduced), one torch.linalg.qr per method."""
+    def _row_space_factor(self, expr: RowSpaceFactor) -> Operand:
+        """R[b, a] with R^T R = A A^T (`_row_space`), computed once per method."""
         matrix, first, second = expr.args
         name = str(matrix.label)
-        key = f"qr {name}"
+        key = f"row space {name}"
         if key not in self.identities:
             row, column = self.definitions[name].indices
             operand = self.operand(matrix[row, column])
             self.identities[key] = self.emit_step(
                 f"_row_space({self.align(operand, (row, column))})",
-                f"{name}^T = Q R, Q with orthonormal columns, R upper triangular",
+                f"R with R^T R = {name} {name}^T",
                 cost=self.volume(operand.indices) * self.size(row))
-        part = 0 if isinstance(expr, RowSpaceBasis) else 1
-        return Operand(f"{self.identities[key]}[{part}]", (first, second))
+        return Operand(self.identities[key], (first, second))
 
     def has_tensor(self, expr: sp.Basic) -> bool:
         """Whether expr involves a tensor."""
         if expr not in self.tensor_cache:
             self.tensor_cache[expr] = any(
                 isinstance(node, (sp.Indexed, sp.KroneckerDelta, MatrixInverse, LogDet,
-                                  RowSpaceBasis, RowSpaceTriangle)) or (
+                                  RowSpaceFactor)) or (
                     isinstance(node, sp.Symbol) and (str(node) in self.params
                                                      or self._definition_symbol(node)))
                 for node in sp.preorder_traversal(expr))
@@ -361,7 +361,7 @@ class Planner:
                     f"torch.cholesky_inverse({factor})", f"{matrix.label}^-1",
                     cost=self.volume(self.defined[str(matrix.label)].indices) * 2)
             return Operand(self.identities[key], (row, column))
-        if isinstance(expr, (RowSpaceBasis, RowSpaceTriangle)):
+        if isinstance(expr, RowSpaceFactor):
             return self._row_space_factor(expr)
         if isinstance(expr, LogDet):
             (matrix,) = expr.args
@@ -641,6 +641,14 @@ class Planner:
             raise ValueError("tensor coefficient outside its sum")  # pragma: no cover
         return result
 
+    def _square_of(self, code: str) -> str | None:
+        """X when `code` names a step torch.square(X) of a plain name X."""
+        for step in reversed(self.program.steps):
+            if step.name == code:
+                match = re.fullmatch(r"torch\.square\((\w+)\)", step.code)
+                return match.group(1) if match else None
+        return None
+
     def _contract(self, tensors: list[Operand], output: tuple, comment: str,
                   name: str | None, formulas: list[sp.Expr]) -> Operand:
         """Pairwise steps in opt_einsum's order; each partial result is commented with
@@ -657,6 +665,9 @@ class Planner:
                 axes = [k for k, i in enumerate(single.indices) if i not in output]
                 dims = str(axes[0]) if len(axes) == 1 else f"({', '.join(map(str, axes))})"
                 code = f"{single.code}.sum(dim={dims})"
+                squared = self._square_of(single.code)
+                if squared is not None and len(axes) == 1 and is_per_sample_matrix(single):
+                    code = f"_square_sum({squared}, {dims})"
                 return Operand(self.emit_step(code, comment, name,
                                               self.volume(single.indices)), output)
         current = self.grids.products(list(zip(tensors, formulas, strict=True)), output)

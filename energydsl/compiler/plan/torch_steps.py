@@ -104,7 +104,8 @@ def _as_matvec(picked: list[Operand], inputs: str, out_letters: str) -> str | No
 
 def _as_rowwise_dot(picked: list[Operand], inputs: str, out_letters: str) -> str | None:
     """Two operands over the same axes, some summed: (x * y).sum(dims), e.g. 'na,na->n'
-    (einsum runs it as N tiny matrix products, forward and backward)."""
+    (einsum runs it as N tiny matrix products, forward and backward); a per-sample
+    matrix times itself is `_square_sum`."""
     terms = inputs.split(",")
     if len(terms) != 2:
         return None
@@ -116,7 +117,16 @@ def _as_rowwise_dot(picked: list[Operand], inputs: str, out_letters: str) -> str
     if not summed or kept != out_letters:
         return None
     dims = str(summed[0]) if len(summed) == 1 else f"({', '.join(map(str, summed))})"
+    if x.code == y.code and xs == ys and len(summed) == 1 and is_per_sample_matrix(x):
+        return f"_square_sum({x.code}, {dims})"
     return f"({x.code} * {_view(y.code, ys, xs)}).sum(dim={dims})"
+
+
+def is_per_sample_matrix(operand: Operand) -> bool:
+    """A value with the batch axis and two more (a deep model's per-sample Jacobians):
+    the size at which `_square_sum`'s one-pass backward beats autograd's, whose
+    per-call overhead wins on smaller values."""
+    return BATCH in operand.indices and len(operand.indices) >= 3
 
 
 def _as_matmul(picked: list[Operand], inputs: str, out_letters: str, letter_index: dict,

@@ -1,0 +1,154 @@
+"""The helpers generated modules carry (emit/templates/runtime/) and the fusions that call
+them (plan/fusions.py): each helper's values and gradients against plain torch and
+autograd in float64 (second derivatives included, which `check` and the sliced
+estimators take), the row-space factor on full-rank, rank-deficient and wide slopes, and
+the fusion's rewrite of a method's steps."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from energydsl.compiler.emit.module import RUNTIME, runtime_source
+from energydsl.compiler.plan.fusions import scale_and_square
+from energydsl.compiler.plan.program import Step
+
+F64 = torch.float64
+
+
+@pytest.fixture(scope="module")
+def helpers() -> dict:
+    """Every runtime helper, executed from its template into one namespace."""
+    scope: dict = {"torch": torch}
+    for name in RUNTIME:
+        exec(compile(runtime_source(name), f"<runtime {name}>", "exec"), scope)  # noqa: S102
+    return scope
+
+
+def test_every_registered_helper_defines_its_name(helpers):
+    for name in RUNTIME:
+        assert callable(helpers[name]), name
+
+
+def _slope(kind: str) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(3)
+    if kind == "full rank":
+        return torch.randn(4, 9, generator=generator, dtype=F64)
+    if kind == "dependent rows":  # H <= D, but the Gram matrix is singular
+        rows = torch.randn(3, 9, generator=generator, dtype=F64)
+        return torch.cat([rows, rows[:1] * 2.0])
+    if kind == "wider than the input":  # H > D
+        return torch.randn(6, 3, generator=generator, dtype=F64)
+    slope = torch.randn(4, 9, generator=generator, dtype=F64)  # a dead unit: Cholesky
+    slope[1] = 0.0                                             # stops at its pivot
+    return slope
+
+
+@pytest.mark.parametrize("kind", ["full rank", "dependent rows", "wider than the input",
+                                  "a zero row"])
+def test_row_space_factor_has_the_slopes_gram(helpers, kind):
+    slope = _slope(kind)
+    r = helpers["_row_space"](slope)
+    h = slope.shape[0]
+    assert r.shape == (h, h)
+    torch.testing.assert_close(r.T @ r, slope @ slope.T, rtol=1e-10, atol=1e-10)
+    if kind == "full rank":  # the Cholesky factor
+        torch.testing.assert_close(r, torch.triu(r))
+
+
+@pytest.mark.parametrize("kind", ["full rank", "dependent rows", "wider than the input",
+                                  "a zero row"])
+def test_row_space_factor_gradients_match_the_gram_matrix(helpers, kind):
+    """Whichever factorisation runs, a function of R^T R has the gradient of the same
+    function of slope slope^T (both differentiated by autograd)."""
+    slope = _slope(kind).requires_grad_()
+    weights = torch.randn(slope.shape[0], slope.shape[0], dtype=F64)
+    r = helpers["_row_space"](slope)
+    (through_r,) = torch.autograd.grad((weights * (r.T @ r)).sum(), slope)
+    (direct,) = torch.autograd.grad((weights * (slope @ slope.T)).sum(), slope)
+    torch.testing.assert_close(through_r, direct, rtol=1e-8, atol=1e-8)
+
+
+def test_square_sum_first_and_second_derivatives(helpers):
+    t = torch.randn(3, 4, 5, dtype=F64, requires_grad=True)
+    for dim in (1, 2):
+        torch.testing.assert_close(helpers["_square_sum"](t, dim), (t * t).sum(dim))
+        assert torch.autograd.gradcheck(lambda t, dim=dim: helpers["_square_sum"](t, dim), (t,))
+        assert torch.autograd.gradgradcheck(lambda t, dim=dim: helpers["_square_sum"](t, dim),
+                                            (t,))
+
+
+@pytest.mark.parametrize("scale_shape", [(3, 1, 5), (3, 4, 5), (5,)])
+def test_scale_and_square_first_and_second_derivatives(helpers, scale_shape):
+    fused = helpers["_scale_and_square"]
+    t = torch.randn(3, 4, 5, dtype=F64, requires_grad=True)
+    scale = torch.randn(scale_shape, dtype=F64, requires_grad=True)
+    scaled, squares = fused(t, scale, 1)
+    torch.testing.assert_close(scaled, t * scale)
+    torch.testing.assert_close(squares, (t * t).sum(1))
+    assert torch.autograd.gradcheck(lambda t, s: fused(t, s, 1), (t, scale))
+    assert torch.autograd.gradgradcheck(lambda t, s: fused(t, s, 1), (t, scale))
+
+
+@pytest.mark.parametrize("used", [0, 1])
+def test_scale_and_square_with_one_output_unused(helpers, used):
+    """Autograd passes None for an output nothing reads; the gradient is then the other
+    output's alone."""
+    t = torch.randn(3, 4, 5, dtype=F64, requires_grad=True)
+    scale = torch.randn(3, 1, 5, dtype=F64, requires_grad=True)
+    weight = torch.randn(3, 4, 5, dtype=F64)[:, : 4 if used == 0 else 1].squeeze(1)
+    out = helpers["_scale_and_square"](t, scale, 1)[used]
+    fused = torch.autograd.grad((weight * out).sum(), (t, scale), allow_unused=True)
+    plain = (t * scale, (t * t).sum(1))[used]
+    expected = torch.autograd.grad((weight * plain).sum(), (t, scale), allow_unused=True,
+                                   materialize_grads=True)
+    torch.testing.assert_close(fused[0], expected[0])
+    torch.testing.assert_close(fused[1] if fused[1] is not None else torch.zeros_like(scale),
+                               expected[1])
+
+
+def test_a_scalar_scale_takes_the_plain_path(helpers):
+    t = torch.randn(2, 3, 4, dtype=F64)
+    scaled, squares = helpers["_scale_and_square"](t, 0.5, 2)
+    torch.testing.assert_close(scaled, 0.5 * t)
+    torch.testing.assert_close(squares, (t * t).sum(2))
+
+
+def _step(name: str, code: str, *deps: str) -> Step:
+    return Step(name, code, f"formula of {name}", deps)
+
+
+def test_a_layer_and_its_squares_fuse_into_one_step():
+    steps = [_step("g", "torch.sigmoid(u)", "u"),
+             _step("t", "(j @ self.V.T)", "j"),
+             _step("jac", "g[:, None] * (1 - g[:, None]) * t", "g", "t"),
+             _step("other", "jac.sum(dim=1)", "jac"),
+             _step("sq", "_square_sum(t, 1)", "t")]
+    fused = scale_and_square(steps)
+    assert [s.name for s in fused] == ["g", "t", "jac, sq", "other"]
+    step = fused[2]
+    assert step.code == "_scale_and_square(t, g[:, None] * (1 - g[:, None]), 1)"
+    assert step.comment == "formula of jac\nformula of sq"
+    assert set(step.deps) == {"g", "t"}
+
+
+def test_the_squares_step_first_moves_the_fused_step_up_when_its_inputs_are_ready():
+    steps = [_step("g", "torch.sigmoid(u)", "u"), _step("t", "j @ W", "j"),
+             _step("sq", "_square_sum(t, 1)", "t"), _step("reads_sq", "sq * 2", "sq"),
+             _step("jac", "t * g[:, None]", "g", "t")]
+    assert [s.name for s in scale_and_square(steps)] == ["g", "t", "jac, sq", "reads_sq"]
+
+
+@pytest.mark.parametrize("steps", [
+    # T read twice in the product
+    [_step("t", "j @ W", "j"), _step("jac", "t * t * g", "t", "g"),
+     _step("sq", "_square_sum(t, 1)", "t")],
+    # not a product
+    [_step("t", "j @ W", "j"), _step("jac", "t + g", "t", "g"),
+     _step("sq", "_square_sum(t, 1)", "t")],
+    # the scale is computed only after the squares are read
+    [_step("t", "j @ W", "j"), _step("sq", "_square_sum(t, 1)", "t"),
+     _step("g", "torch.sigmoid(sq)", "sq"), _step("jac", "t * g", "t", "g")],
+])
+def test_steps_that_do_not_match_are_left_alone(steps):
+    assert scale_and_square(steps) == steps
