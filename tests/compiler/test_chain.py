@@ -143,3 +143,30 @@ def test_dem3_against_the_network_written_in_torch():
     torch.testing.assert_close(model.laplacian(y), laplacian, rtol=1e-10, atol=1e-12)
     expected = (0.5 * (score.detach() ** 2).sum(1) + laplacian).mean()
     torch.testing.assert_close(model.sm_loss(y), expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("first_layer", ["full rank", "a dead unit", "wider than the input"])
+def test_dem3_parameter_gradients_against_autograd(first_layer):
+    """d sm_loss / d parameters against autograd through the torch network's exact SM,
+    whichever factor of the first layer's Gram matrix `_row_space` takes: Cholesky, the
+    fixed QR basis when a unit's weights are all zero (QR's own backward gives NaN
+    there), or the input's own coordinates when H > D."""
+    compiled = compile_source((SPECS / "dem3.edsl").read_text(), "specs/dem3.edsl")
+    cls = load_module(compiled.source, "dem3_gradients").DEM3
+    d, h = (4, 6) if first_layer == "wider than the input" else (9, 6)
+    model = randomise(cls(D=d, H=h, K=4, dtype=F64), 0.8, 5)
+    if first_layer == "a dead unit":
+        with torch.no_grad():
+            model.V1[2] = 0.0
+    names = ("V1", "V2", "V3", "W", "b", "c")
+    params = [getattr(model, n) for n in names]
+    x = torch.randn(5, d, dtype=F64, generator=torch.Generator().manual_seed(2))
+    xr = x.clone().requires_grad_()
+    log_p = dem3_log_density(xr, *params)
+    score = torch.autograd.grad(log_p.sum(), xr, create_graph=True)[0]
+    laplacian = sum(torch.autograd.grad(score[:, i].sum(), xr, create_graph=True)[0][:, i]
+                    for i in range(d))
+    expected = torch.autograd.grad((0.5 * (score**2).sum(1) + laplacian).mean(), params)
+    got = torch.autograd.grad(model.sm_loss(x), params)
+    for name, g, e in zip(names, got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-11, msg=name)
