@@ -137,20 +137,20 @@ def dem_row_space(x: torch.Tensor, Vs: list[torch.Tensor], biases: list[torch.Te
                   W: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
                   sigma: float) -> torch.Tensor:
     """The deep DEM of `dem_chain` with its Jacobians carried in the orthonormal
-    coordinates y = Q^T x of V_1's row space (V_1^T = Q R, reduced QR): there
-    u_1 = R^T y + a_1, the Laplacian in x is the plain Laplacian in y, and each layer's
-    quadratic form is a sum of squares, so a layer costs one N H^3 product (J @ V^T)
-    instead of two. Jacobians are [N, a, h] (y index first), so every product folds the
-    batch into one GEMM:
+    coordinates y = Q^T x of V_1's row space (V_1 V_1^T = R^T R by Cholesky, Q = V_1^T R^-1,
+    never formed): there u_1 = R^T y + a_1, the Laplacian in x is the plain Laplacian in
+    y, and each layer's quadratic form is a sum of squares, so a layer costs one N H^3
+    product (J @ V^T) instead of two. Jacobians are [N, a, h] (y index first), so every
+    product folds the batch into one GEMM:
         J_(l+1) = (J_l diag(g_l')) V_(l+1)^T,
         L_(l+1) = (g_l'' sum_a J_l^2 + g_l' L_l) V_(l+1)^T,
     score = b - x / sigma^2 + Q A with A = J_z s(z), |Q A|^2 = |A|^2."""
     d = x.shape[1]
     inv = 1.0 / sigma**2
     V1, a1 = Vs[0], biases[0]
-    Q, R = torch.linalg.qr(V1.T)                      # [D, H], [H, H]
-    u = x @ V1.T if a1 is None else torch.addmm(a1, x, V1.T)
-    g = torch.sigmoid(u)
+    R = torch.linalg.cholesky(V1 @ V1.T).T            # [H, H], R^T R = V1 V1^T
+    projected = x @ V1.T                              # [N, H]
+    g = torch.sigmoid(projected if a1 is None else projected + a1)
     g1 = g * (1 - g)
     jac = R * g1.unsqueeze(1)                         # d g_1[h] / dy[a] = R[a, h] g'_h
     lap = g1 * (1 - 2 * g) * (R * R).sum(0)
@@ -166,10 +166,108 @@ def dem_row_space(x: torch.Tensor, Vs: list[torch.Tensor], biases: list[torch.Te
     jac_z = jac @ W.T                                 # [N, H, K]
     lap_z = lap @ W.T
     A = (jac_z @ s.unsqueeze(2)).squeeze(2)           # [N, H]: d sum softplus(z) / dy
-    squared = _gram_squared_score(x, b, inv, A, Q.T @ b, x @ Q, A.square().sum(1))
+    # Q^T b = R^-T V1 b and x Q = (x V1^T) R^-1: two triangular solves, not Q
+    b_proj = torch.linalg.solve_triangular(R.T, (V1 @ b).unsqueeze(1), upper=False).squeeze(1)
+    x_proj = torch.linalg.solve_triangular(R, projected, upper=True, left=False)
+    squared = _gram_squared_score(x, b, inv, A, b_proj, x_proj, A.square().sum(1))
     laplacian = (-d * inv + (s * lap_z).sum(1)
                  + (s * (1 - s) * jac_z.square().sum(1)).sum(1))
     return (0.5 * squared + laplacian).mean()
+
+
+class _AdjointSquares(torch.autograd.Function):
+    """Q_n = sum_l sum_h c_l[n, h] |T_l[n, :, h]|^2 over a sigmoid chain's layers, with
+    T_2 = (R * d_1) M_2^T, T_(l+1) = (T_l * d_l) M_(l+1)^T (d_l = g_l', M the weights,
+    the last M the output layer's). The gradients are formed in the forward pass, a block
+    of samples at a time, so that each block's [n, H, H] matrices stay in cache between
+    the forward and the reverse sweep; backward only scales them. Exact for a batch-mean
+    (uniform) upstream gradient, which it checks."""
+
+    @staticmethod
+    def forward(ctx, block: int, layers: int, R: torch.Tensor, *rest: torch.Tensor):
+        ds, Ms, cs = rest[:layers], rest[layers:2 * layers], rest[2 * layers:]
+        n_all, a = ds[0].shape[0], R.shape[0]
+        total = ds[0].new_zeros(n_all)
+        grad_R = torch.zeros_like(R)
+        grad_M = [torch.zeros_like(M) for M in Ms]
+        grad_d = [torch.empty_like(d) for d in ds]
+        grad_c = [torch.empty_like(c) for c in cs]
+        for lo in range(0, n_all, block):
+            rows = slice(lo, lo + block)
+            n = min(n_all, lo + block) - lo
+            J = R * ds[0][rows, None, :]
+            Js, Ts = [J], []
+            for layer, M in enumerate(Ms):
+                T = (J.reshape(-1, J.shape[2]) @ M.T).reshape(n, a, M.shape[0])
+                squares = (T * T).sum(1)
+                grad_c[layer][rows] = squares
+                total[rows] += (cs[layer][rows] * squares).sum(1)
+                Ts.append(T)
+                if layer + 1 < layers:
+                    J = T * ds[layer + 1][rows, None, :]
+                    Js.append(J)
+            adj_J = None
+            for layer in range(layers - 1, -1, -1):
+                T = Ts[layer]
+                adj_T = T * (2 * cs[layer][rows, None, :])
+                if adj_J is not None:
+                    grad_d[layer + 1][rows] = (adj_J * T).sum(1)
+                    adj_T.addcmul_(adj_J, ds[layer + 1][rows, None, :])
+                J = Js[layer]
+                flat = adj_T.reshape(-1, adj_T.shape[2])
+                grad_M[layer].addmm_(flat.T, J.reshape(-1, J.shape[2]))
+                adj_J = (flat @ Ms[layer]).reshape(n, a, J.shape[2])
+            grad_d[0][rows] = (adj_J * R).sum(1)
+            grad_R += (adj_J * ds[0][rows, None, :]).sum(0)
+        ctx.save_for_backward(grad_R, *grad_M, *grad_d, *grad_c)
+        ctx.layers = layers
+        return total
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        if not bool((grad == grad[0]).all()):
+            raise NotImplementedError("_AdjointSquares: a non-uniform upstream gradient")
+        layers, saved = ctx.layers, ctx.saved_tensors
+        grad_R, grad_M = saved[0], saved[1:1 + layers]
+        grad_d, grad_c = saved[1 + layers:1 + 2 * layers], saved[1 + 2 * layers:]
+        column = grad[:, None]
+        return (None, None, grad_R * grad[0], *(g * column for g in grad_d),
+                *(g * grad[0] for g in grad_M), *(g * column for g in grad_c))
+
+
+def dem_adjoint_blocked(x: torch.Tensor, Vs: list[torch.Tensor],
+                        biases: list[torch.Tensor | None], W: torch.Tensor, b: torch.Tensor,
+                        c: torch.Tensor, sigma: float, block: int = 32) -> torch.Tensor:
+    """The deep DEM with the Laplacian in its reverse form: with adj_l = d sum softplus(z)
+    / d g_l (the score's own reverse sweep),
+        Laplacian = -D / sigma^2 + sum_l <adj_l g_l'', |grad u_l|^2> + <s'(z), |grad z|^2>,
+    where |grad u_l[h]|^2 are the squared columns of the row-space Jacobians of
+    `dem_row_space`. Their weights are known in the forward pass, so `_AdjointSquares`
+    runs each block of samples' forward and reverse sweep together, in cache."""
+    d = x.shape[1]
+    inv = 1.0 / sigma**2
+    V1 = Vs[0]
+    R = torch.linalg.cholesky(V1 @ V1.T).T
+    projected = x @ V1.T
+    g, slopes, curvatures = None, [], []
+    for layer, (V, a) in enumerate(zip(Vs, biases, strict=True)):
+        u = projected if layer == 0 else g @ V.T
+        g = torch.sigmoid(u if a is None else u + a)
+        slopes.append(g * (1 - g))
+        curvatures.append(slopes[-1] * (1 - 2 * g))
+    s = torch.sigmoid(torch.addmm(c, g, W.T))
+    adjoints = [s @ W]                                # d sum softplus(z) / d g_L, then down
+    for layer in range(len(Vs) - 1, 0, -1):
+        adjoints.insert(0, (adjoints[0] * slopes[layer]) @ Vs[layer])
+    adj_u1 = adjoints[0] * slopes[0]                  # d sum softplus(z) / d u_1
+    weights = [adj * curv for adj, curv in zip(adjoints[1:], curvatures[1:], strict=True)]
+    chain = _AdjointSquares.apply(block, len(Vs), R, *slopes, *Vs[1:], W, *weights,
+                                  s * (1 - s))
+    first = (adjoints[0] * curvatures[0]) @ (R * R).sum(0)
+    squared = _gram_squared_score(x, b, inv, adj_u1, V1 @ b, projected,
+                                  (adj_u1 @ R.T).square().sum(1))
+    return (0.5 * squared - d * inv + first + chain).mean()
 
 
 def dem_naive(x: torch.Tensor, V: torch.Tensor, W: torch.Tensor, b: torch.Tensor,
@@ -327,6 +425,7 @@ def masked_gaussian_dense(x: torch.Tensor, mu: torch.Tensor, raw: torch.Tensor, 
 
 SCORE_FORMED = "hand, [N, D] score formed"
 CHAIN_IN_U = "hand, Jacobians in the first layer's space, closed with V1 V1^T"
+ADJOINT_BLOCKED = "hand, Laplacian by adjoints, forward and reverse per block of 32"
 
 # The forms bench/run.py times, by generated class name: name -> f(model, x); "hand" is the
 # best, the others show what each trick is worth.
@@ -348,6 +447,8 @@ HAND = {
                                            m.c, m.sigma),
         CHAIN_IN_U: lambda m, x: dem_chain(x, [m.V1, m.V2, m.V3], [None] * 3, m.W, m.b,
                                            m.c, m.sigma),
+        ADJOINT_BLOCKED: lambda m, x: dem_adjoint_blocked(
+            x, [m.V1, m.V2, m.V3], [None] * 3, m.W, m.b, m.c, m.sigma),
     },
     "DEM5": {
         "hand": lambda m, x: dem_row_space(x, [m.V1, m.V2, m.V3, m.V4, m.V5],
@@ -356,6 +457,9 @@ HAND = {
         CHAIN_IN_U: lambda m, x: dem_chain(x, [m.V1, m.V2, m.V3, m.V4, m.V5],
                                            [m.a1, m.a2, m.a3, m.a4, m.a5], m.W, m.b, m.c,
                                            m.sigma),
+        ADJOINT_BLOCKED: lambda m, x: dem_adjoint_blocked(
+            x, [m.V1, m.V2, m.V3, m.V4, m.V5], [m.a1, m.a2, m.a3, m.a4, m.a5], m.W, m.b,
+            m.c, m.sigma),
     },
     "GBRBM": {
         "hand": lambda m, x: gbrbm(x, m.W),
