@@ -13,6 +13,31 @@ Definition:   z[k] = c[k] + sum(h: W[k, h]*g3[h])
 Free energy:  F = -sum(i: b[i]*x[i]) - sum(k: softplus(z[k])) + sum(i: x[i]^2)/(2*sigma^2)
 Score:        score[l] = b[l] - sum(h: _slope_u1[h, l]*adj_u1[h]) - x[l]/sigma^2
 Laplacian:    laplacian = -D/sigma^2 - lap_F_u1
+Derived:      _slope_u1[h1, l1] = V1[h1, l1]
+Derived:      jac_g1[h2, h] = (1 - g1[h])*R(_slope_u1)[h2, h]*g1[h]
+Derived:      lap_g1[h] = (g1[h] - 1)*(2*g1[h] - 1)*g1[h]*sum(j: R(_slope_u1)[j, h]^2)
+Derived:      jac_u2[h2, h] = sum(j: V2[h, j]*jac_g1[h2, j])
+Derived:      lap_u2[h] = sum(j: V2[h, j]*lap_g1[j])
+Derived:      jac_g2[h2, h] = (1 - g2[h])*g2[h]*jac_u2[h2, h]
+Derived:      lap_g2[h] = (1 - g2[h])*g2[h]*lap_u2[h] + (g2[h] - 1)*(2*g2[h] - 1)*g2[h]*sum(j:
+                  jac_u2[j, h]^2)
+Derived:      jac_u3[h2, h] = sum(j: V3[h, j]*jac_g2[h2, j])
+Derived:      lap_u3[h] = sum(j: V3[h, j]*lap_g2[j])
+Derived:      jac_g3[h2, h] = (1 - g3[h])*g3[h]*jac_u3[h2, h]
+Derived:      lap_g3[h] = (1 - g3[h])*g3[h]*lap_u3[h] + (g3[h] - 1)*(2*g3[h] - 1)*g3[h]*sum(j:
+                  jac_u3[j, h]^2)
+Derived:      jac_z[h2, k] = sum(h: W[k, h]*jac_g3[h2, h])
+Derived:      lap_z[k] = sum(h: W[k, h]*lap_g3[h])
+Derived:      lap_F_u1 = -sum(k: sigmoid(z[k])*lap_z[k]) - sum(k: (1 -
+                  sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac_z[h, k]^2))
+Derived:      adj_z[k3] = -sigmoid(z[k3])
+Derived:      adj_g3[h19] = sum(k: W[k, h19]*adj_z[k])
+Derived:      adj_u3[h20] = (1 - g3[h20])*adj_g3[h20]*g3[h20]
+Derived:      adj_g2[h21] = sum(h: V3[h, h21]*adj_u3[h])
+Derived:      adj_u2[h22] = (1 - g2[h22])*adj_g2[h22]*g2[h22]
+Derived:      adj_g1[h23] = sum(h: V2[h, h23]*adj_u2[h])
+Derived:      adj_u1[h24] = (1 - g1[h24])*adj_g1[h24]*g1[h24]
+Note:         R(A) is any H x H matrix with R^T R = A A^T (derivatives taken in A's row space)
 SM objective: laplacian + sum(l: score[l]^2)/2   (batch mean)
 """
 
@@ -130,15 +155,52 @@ class DEM3(torch.nn.Module):
             '- x[l]/sigma^2'
         ),
         'Laplacian:    laplacian = -D/sigma^2 - lap_F_u1',
+        'Derived:      _slope_u1[h1, l1] = V1[h1, l1]',
+        'Derived:      jac_g1[h2, h] = (1 - g1[h])*R(_slope_u1)[h2, h]*g1[h]',
+        (
+            'Derived:      lap_g1[h] = (g1[h] - 1)*(2*g1[h] - 1)*g1[h]*sum(j: '
+            'R(_slope_u1)[j, h]^2)'
+        ),
+        'Derived:      jac_u2[h2, h] = sum(j: V2[h, j]*jac_g1[h2, j])',
+        'Derived:      lap_u2[h] = sum(j: V2[h, j]*lap_g1[j])',
+        'Derived:      jac_g2[h2, h] = (1 - g2[h])*g2[h]*jac_u2[h2, h]',
+        (
+            'Derived:      lap_g2[h] = (1 - g2[h])*g2[h]*lap_u2[h] + (g2[h] - '
+            '1)*(2*g2[h] - 1)*g2[h]*sum(j: jac_u2[j, h]^2)'
+        ),
+        'Derived:      jac_u3[h2, h] = sum(j: V3[h, j]*jac_g2[h2, j])',
+        'Derived:      lap_u3[h] = sum(j: V3[h, j]*lap_g2[j])',
+        'Derived:      jac_g3[h2, h] = (1 - g3[h])*g3[h]*jac_u3[h2, h]',
+        (
+            'Derived:      lap_g3[h] = (1 - g3[h])*g3[h]*lap_u3[h] + (g3[h] - '
+            '1)*(2*g3[h] - 1)*g3[h]*sum(j: jac_u3[j, h]^2)'
+        ),
+        'Derived:      jac_z[h2, k] = sum(h: W[k, h]*jac_g3[h2, h])',
+        'Derived:      lap_z[k] = sum(h: W[k, h]*lap_g3[h])',
+        (
+            'Derived:      lap_F_u1 = -sum(k: sigmoid(z[k])*lap_z[k]) - sum(k: '
+            '(1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac_z[h, k]^2))'
+        ),
+        'Derived:      adj_z[k3] = -sigmoid(z[k3])',
+        'Derived:      adj_g3[h19] = sum(k: W[k, h19]*adj_z[k])',
+        'Derived:      adj_u3[h20] = (1 - g3[h20])*adj_g3[h20]*g3[h20]',
+        'Derived:      adj_g2[h21] = sum(h: V3[h, h21]*adj_u3[h])',
+        'Derived:      adj_u2[h22] = (1 - g2[h22])*adj_g2[h22]*g2[h22]',
+        'Derived:      adj_g1[h23] = sum(h: V2[h, h23]*adj_u2[h])',
+        'Derived:      adj_u1[h24] = (1 - g1[h24])*adj_g1[h24]*g1[h24]',
+        (
+            'Note:         R(A) is any H x H matrix with R^T R = A A^T '
+            "(derivatives taken in A's row space)"
+        ),
         'SM objective: laplacian + sum(l: score[l]^2)/2   (batch mean)',
     )
     _LATEX = (
-        ('u1', 'u1_{h} = \\sum_{i} {V_{1}}_{h i} x_{i}'),
-        ('g1', 'g1_{h} = \\sigma\\left({u_{1}}_{h}\\right)'),
-        ('u2', 'u2_{h} = \\sum_{j} {V_{2}}_{h j} {g_{1}}_{j}'),
-        ('g2', 'g2_{h} = \\sigma\\left({u_{2}}_{h}\\right)'),
-        ('u3', 'u3_{h} = \\sum_{j} {V_{3}}_{h j} {g_{2}}_{j}'),
-        ('g3', 'g3_{h} = \\sigma\\left({u_{3}}_{h}\\right)'),
+        ('u1', '{u_{1}}_{h} = \\sum_{i} {V_{1}}_{h i} x_{i}'),
+        ('g1', '{g_{1}}_{h} = \\sigma\\left({u_{1}}_{h}\\right)'),
+        ('u2', '{u_{2}}_{h} = \\sum_{j} {V_{2}}_{h j} {g_{1}}_{j}'),
+        ('g2', '{g_{2}}_{h} = \\sigma\\left({u_{2}}_{h}\\right)'),
+        ('u3', '{u_{3}}_{h} = \\sum_{j} {V_{3}}_{h j} {g_{2}}_{j}'),
+        ('g3', '{g_{3}}_{h} = \\sigma\\left({u_{3}}_{h}\\right)'),
         ('z', 'z_{k} = c_{k} + \\sum_{h} W_{k h} {g_{3}}_{h}'),
         ('free energy', (
             'F = - \\sum_{i} b_{i} x_{i} - \\sum_{k} '
@@ -150,6 +212,60 @@ class DEM3(torch.nn.Module):
             '\\frac{x_{l}}{\\sigma^{2}}'
         )),
         ('laplacian', '\\Delta \\log \\tilde p = - \\frac{D}{\\sigma^{2}} - lap_{F u1}'),
+        ('_slope_u1', '{slope_{u1}}_{h_{1} l_{1}} = {V_{1}}_{h_{1} l_{1}}'),
+        ('jac_g1', (
+            '{jac_{g1}}_{h_{2} h} = \\left(1 - {g_{1}}_{h}\\right) '
+            'R(slope_{u1})_{h_{2} h} {g_{1}}_{h}'
+        )),
+        ('lap_g1', (
+            '{lap_{g1}}_{h} = \\left({g_{1}}_{h} - 1\\right) \\left(2 {g_{1}}_{h} '
+            '- 1\\right) {g_{1}}_{h} \\sum_{j} R(slope_{u1})_{j h}^{2}'
+        )),
+        ('jac_u2', '{jac_{u2}}_{h_{2} h} = \\sum_{j} {V_{2}}_{h j} {jac_{g1}}_{h_{2} j}'),
+        ('lap_u2', '{lap_{u2}}_{h} = \\sum_{j} {V_{2}}_{h j} {lap_{g1}}_{j}'),
+        ('jac_g2', (
+            '{jac_{g2}}_{h_{2} h} = \\left(1 - {g_{2}}_{h}\\right) {g_{2}}_{h} '
+            '{jac_{u2}}_{h_{2} h}'
+        )),
+        ('lap_g2', (
+            '{lap_{g2}}_{h} = \\left(1 - {g_{2}}_{h}\\right) {g_{2}}_{h} '
+            '{lap_{u2}}_{h} + \\left({g_{2}}_{h} - 1\\right) \\left(2 {g_{2}}_{h} '
+            '- 1\\right) {g_{2}}_{h} \\sum_{j} {jac_{u2}}_{j h}^{2}'
+        )),
+        ('jac_u3', '{jac_{u3}}_{h_{2} h} = \\sum_{j} {V_{3}}_{h j} {jac_{g2}}_{h_{2} j}'),
+        ('lap_u3', '{lap_{u3}}_{h} = \\sum_{j} {V_{3}}_{h j} {lap_{g2}}_{j}'),
+        ('jac_g3', (
+            '{jac_{g3}}_{h_{2} h} = \\left(1 - {g_{3}}_{h}\\right) {g_{3}}_{h} '
+            '{jac_{u3}}_{h_{2} h}'
+        )),
+        ('lap_g3', (
+            '{lap_{g3}}_{h} = \\left(1 - {g_{3}}_{h}\\right) {g_{3}}_{h} '
+            '{lap_{u3}}_{h} + \\left({g_{3}}_{h} - 1\\right) \\left(2 {g_{3}}_{h} '
+            '- 1\\right) {g_{3}}_{h} \\sum_{j} {jac_{u3}}_{j h}^{2}'
+        )),
+        ('jac_z', '{jac_{z}}_{h_{2} k} = \\sum_{h} W_{k h} {jac_{g3}}_{h_{2} h}'),
+        ('lap_z', '{lap_{z}}_{k} = \\sum_{h} W_{k h} {lap_{g3}}_{h}'),
+        ('lap_F_u1', (
+            'lap_{F u1} = - \\sum_{k} \\sigma\\left(z_{k}\\right) {lap_{z}}_{k} - '
+            '\\sum_{k} \\left(1 - \\sigma\\left(z_{k}\\right)\\right) '
+            '\\sigma\\left(z_{k}\\right) \\sum_{h} {jac_{z}}_{h k}^{2}'
+        )),
+        ('adj_z', '{adj_{z}}_{k_{3}} = - \\sigma\\left(z_{k_{3}}\\right)'),
+        ('adj_g3', '{adj_{g3}}_{h_{19}} = \\sum_{k} W_{k h_{19}} {adj_{z}}_{k}'),
+        ('adj_u3', (
+            '{adj_{u3}}_{h_{20}} = \\left(1 - {g_{3}}_{h_{20}}\\right) '
+            '{adj_{g3}}_{h_{20}} {g_{3}}_{h_{20}}'
+        )),
+        ('adj_g2', '{adj_{g2}}_{h_{21}} = \\sum_{h} {V_{3}}_{h h_{21}} {adj_{u3}}_{h}'),
+        ('adj_u2', (
+            '{adj_{u2}}_{h_{22}} = \\left(1 - {g_{2}}_{h_{22}}\\right) '
+            '{adj_{g2}}_{h_{22}} {g_{2}}_{h_{22}}'
+        )),
+        ('adj_g1', '{adj_{g1}}_{h_{23}} = \\sum_{h} {V_{2}}_{h h_{23}} {adj_{u2}}_{h}'),
+        ('adj_u1', (
+            '{adj_{u1}}_{h_{24}} = \\left(1 - {g_{1}}_{h_{24}}\\right) '
+            '{adj_{g1}}_{h_{24}} {g_{1}}_{h_{24}}'
+        )),
         ('sm objective', (
             'J = \\mathbb{E}\\left[laplacian + \\frac{\\sum_{l} '
             'score_{l}^{2}}{2}\\right]'
@@ -378,7 +494,7 @@ class DEM3(torch.nn.Module):
         g1 = torch.sigmoid(u1)
         # R with R^T R = _slope_u1 _slope_u1^T
         _t1 = _row_space(self.V1)
-        # (1 - g1[h])*RowSpaceFactor(_slope_u1, h2, h)*g1[h]
+        # (1 - g1[h])*R(_slope_u1)[h2, h]*g1[h]
         jac_g1 = _t1 * (g1[:, None] * (1 - g1[:, None]))
         # sum(j: V2[h, j]*jac_g1[h2, j])
         jac_u2 = (jac_g1.reshape(-1, self.H) @ self.V2.T).reshape(-1, self.H, self.H)
@@ -406,11 +522,11 @@ class DEM3(torch.nn.Module):
         z = _t2 + self.c
         # sigmoid(z[k])
         _t3 = torch.sigmoid(z)
-        # RowSpaceFactor(_slope_u1, j, h)^2
+        # R(_slope_u1)[j, h]^2
         _t11 = torch.square(_t1.permute(1, 0))
-        # sum(j: RowSpaceFactor(_slope_u1, j, h)^2)
+        # sum(j: R(_slope_u1)[j, h]^2)
         _t12 = _t11.sum(dim=1)
-        # (g1[h] - 1)*(2*g1[h] - 1)*g1[h]*sum(j: RowSpaceFactor(_slope_u1, j, h)^2)
+        # (g1[h] - 1)*(2*g1[h] - 1)*g1[h]*sum(j: R(_slope_u1)[j, h]^2)
         lap_g1 = _t12 * g1 * (g1 - 1) * (2 * g1 - 1)
         # sum(j: V2[h, j]*lap_g1[j])
         lap_u2 = lap_g1 @ self.V2.T
@@ -448,7 +564,7 @@ class DEM3(torch.nn.Module):
         g1 = torch.sigmoid(u1)
         # R with R^T R = _slope_u1 _slope_u1^T
         _t1 = _row_space(self.V1)
-        # (1 - g1[h])*RowSpaceFactor(_slope_u1, h2, h)*g1[h]
+        # (1 - g1[h])*R(_slope_u1)[h2, h]*g1[h]
         jac_g1 = _t1 * (g1[:, None] * (1 - g1[:, None]))
         # sum(j: V2[h, j]*jac_g1[h2, j])
         jac_u2 = (jac_g1.reshape(-1, self.H) @ self.V2.T).reshape(-1, self.H, self.H)
@@ -496,11 +612,11 @@ class DEM3(torch.nn.Module):
         adj_g1 = adj_u2 @ self.V2
         # (1 - g1[h24])*adj_g1[h24]*g1[h24]
         adj_u1 = adj_g1 * g1 * (1 - g1)
-        # RowSpaceFactor(_slope_u1, j, h)^2
+        # R(_slope_u1)[j, h]^2
         _t11 = torch.square(_t1.permute(1, 0))
-        # sum(j: RowSpaceFactor(_slope_u1, j, h)^2)
+        # sum(j: R(_slope_u1)[j, h]^2)
         _t12 = _t11.sum(dim=1)
-        # (g1[h] - 1)*(2*g1[h] - 1)*g1[h]*sum(j: RowSpaceFactor(_slope_u1, j, h)^2)
+        # (g1[h] - 1)*(2*g1[h] - 1)*g1[h]*sum(j: R(_slope_u1)[j, h]^2)
         lap_g1 = _t12 * g1 * (g1 - 1) * (2 * g1 - 1)
         # sum(j: V2[h, j]*lap_g1[j])
         lap_u2 = lap_g1 @ self.V2.T

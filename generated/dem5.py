@@ -12,6 +12,36 @@ Definition:   z[k] = c[k] + sum(h: W[k, h]*g5[h])
 Free energy:  F = -sum(i: b[i]*x[i]) - sum(k: softplus(z[k])) + sum(i: x[i]^2)/(2*sigma^2)
 Score:        score[l] = b[l] - sum(h: _slope_pre_g1[h, l]*adj_pre_g1[h]) - x[l]/sigma^2
 Laplacian:    laplacian = -D/sigma^2 - lap_F_pre_g1
+Derived:      pre_g1[h] = a1[h] + sum(i: V1[h, i]*x[i])
+Derived:      _slope_pre_g1[h1, l1] = V1[h1, l1]
+Derived:      jac_g1[h2, h] = (1 - sigmoid(pre_g1[h]))*R(_slope_pre_g1)[h2,
+                  h]*sigmoid(pre_g1[h])
+Derived:      lap_g1[h] = (sigmoid(pre_g1[h]) - 1)*(2*sigmoid(pre_g1[h]) -
+                  1)*sigmoid(pre_g1[h])*sum(j: R(_slope_pre_g1)[j, h]^2)
+Derived:      jac_g2[h2, h] = (1 - g2[h])*g2[h]*sum(j: V2[h, j]*jac_g1[h2, j])
+Derived:      lap_g2[h] = (1 - g2[h])*g2[h]*sum(j: V2[h, j]*lap_g1[j]) + (g2[h] - 1)*(2*g2[h] -
+                  1)*g2[h]*sum(i, j: V2[h, i]*V2[h, j]*sum(k: jac_g1[k, i]*jac_g1[k, j]))
+Derived:      jac_g3[h2, h] = (1 - g3[h])*g3[h]*sum(j: V3[h, j]*jac_g2[h2, j])
+Derived:      lap_g3[h] = (1 - g3[h])*g3[h]*sum(j: V3[h, j]*lap_g2[j]) + (g3[h] - 1)*(2*g3[h] -
+                  1)*g3[h]*sum(j, i: V3[h, i]*V3[h, j]*sum(k: jac_g2[k, i]*jac_g2[k, j]))
+Derived:      jac_g4[h2, h] = (1 - g4[h])*g4[h]*sum(j: V4[h, j]*jac_g3[h2, j])
+Derived:      lap_g4[h] = (1 - g4[h])*g4[h]*sum(j: V4[h, j]*lap_g3[j]) + (g4[h] - 1)*(2*g4[h] -
+                  1)*g4[h]*sum(i, j: V4[h, i]*V4[h, j]*sum(k: jac_g3[k, i]*jac_g3[k, j]))
+Derived:      jac_g5[h2, h] = (1 - g5[h])*g5[h]*sum(j: V5[h, j]*jac_g4[h2, j])
+Derived:      lap_g5[h] = (1 - g5[h])*g5[h]*sum(j: V5[h, j]*lap_g4[j]) + (g5[h] - 1)*(2*g5[h] -
+                  1)*g5[h]*sum(i, j: V5[h, i]*V5[h, j]*sum(k: jac_g4[k, i]*jac_g4[k, j]))
+Derived:      jac_z[h2, k] = sum(h: W[k, h]*jac_g5[h2, h])
+Derived:      lap_z[k] = sum(h: W[k, h]*lap_g5[h])
+Derived:      lap_F_pre_g1 = -sum(k: sigmoid(z[k])*lap_z[k]) - sum(k: (1 -
+                  sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac_z[h, k]^2))
+Derived:      adj_z[k3] = -sigmoid(z[k3])
+Derived:      adj_g5[h21] = sum(k: W[k, h21]*adj_z[k])
+Derived:      adj_g4[h22] = sum(h: (1 - g5[h])*V5[h, h22]*adj_g5[h]*g5[h])
+Derived:      adj_g3[h23] = sum(h: (1 - g4[h])*V4[h, h23]*adj_g4[h]*g4[h])
+Derived:      adj_g2[h24] = sum(h: (1 - g3[h])*V3[h, h24]*adj_g3[h]*g3[h])
+Derived:      adj_g1[h25] = sum(h: (1 - g2[h])*V2[h, h25]*adj_g2[h]*g2[h])
+Derived:      adj_pre_g1[h26] = (1 - sigmoid(pre_g1[h26]))*sigmoid(pre_g1[h26])*adj_g1[h26]
+Note:         R(A) is any H x H matrix with R^T R = A A^T (derivatives taken in A's row space)
 SM objective: laplacian + sum(l: score[l]^2)/2   (batch mean)
 """
 
@@ -129,27 +159,106 @@ class DEM5(torch.nn.Module):
             'l]*adj_pre_g1[h]) - x[l]/sigma^2'
         ),
         'Laplacian:    laplacian = -D/sigma^2 - lap_F_pre_g1',
+        'Derived:      pre_g1[h] = a1[h] + sum(i: V1[h, i]*x[i])',
+        'Derived:      _slope_pre_g1[h1, l1] = V1[h1, l1]',
+        (
+            'Derived:      jac_g1[h2, h] = (1 - '
+            'sigmoid(pre_g1[h]))*R(_slope_pre_g1)[h2, h]*sigmoid(pre_g1[h])'
+        ),
+        (
+            'Derived:      lap_g1[h] = (sigmoid(pre_g1[h]) - '
+            '1)*(2*sigmoid(pre_g1[h]) - 1)*sigmoid(pre_g1[h])*sum(j: '
+            'R(_slope_pre_g1)[j, h]^2)'
+        ),
+        (
+            'Derived:      jac_g2[h2, h] = (1 - g2[h])*g2[h]*sum(j: V2[h, '
+            'j]*jac_g1[h2, j])'
+        ),
+        (
+            'Derived:      lap_g2[h] = (1 - g2[h])*g2[h]*sum(j: V2[h, '
+            'j]*lap_g1[j]) + (g2[h] - 1)*(2*g2[h] - 1)*g2[h]*sum(i, j: V2[h, '
+            'i]*V2[h, j]*sum(k: jac_g1[k, i]*jac_g1[k, j]))'
+        ),
+        (
+            'Derived:      jac_g3[h2, h] = (1 - g3[h])*g3[h]*sum(j: V3[h, '
+            'j]*jac_g2[h2, j])'
+        ),
+        (
+            'Derived:      lap_g3[h] = (1 - g3[h])*g3[h]*sum(j: V3[h, '
+            'j]*lap_g2[j]) + (g3[h] - 1)*(2*g3[h] - 1)*g3[h]*sum(j, i: V3[h, '
+            'i]*V3[h, j]*sum(k: jac_g2[k, i]*jac_g2[k, j]))'
+        ),
+        (
+            'Derived:      jac_g4[h2, h] = (1 - g4[h])*g4[h]*sum(j: V4[h, '
+            'j]*jac_g3[h2, j])'
+        ),
+        (
+            'Derived:      lap_g4[h] = (1 - g4[h])*g4[h]*sum(j: V4[h, '
+            'j]*lap_g3[j]) + (g4[h] - 1)*(2*g4[h] - 1)*g4[h]*sum(i, j: V4[h, '
+            'i]*V4[h, j]*sum(k: jac_g3[k, i]*jac_g3[k, j]))'
+        ),
+        (
+            'Derived:      jac_g5[h2, h] = (1 - g5[h])*g5[h]*sum(j: V5[h, '
+            'j]*jac_g4[h2, j])'
+        ),
+        (
+            'Derived:      lap_g5[h] = (1 - g5[h])*g5[h]*sum(j: V5[h, '
+            'j]*lap_g4[j]) + (g5[h] - 1)*(2*g5[h] - 1)*g5[h]*sum(i, j: V5[h, '
+            'i]*V5[h, j]*sum(k: jac_g4[k, i]*jac_g4[k, j]))'
+        ),
+        'Derived:      jac_z[h2, k] = sum(h: W[k, h]*jac_g5[h2, h])',
+        'Derived:      lap_z[k] = sum(h: W[k, h]*lap_g5[h])',
+        (
+            'Derived:      lap_F_pre_g1 = -sum(k: sigmoid(z[k])*lap_z[k]) - '
+            'sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac_z[h, k]^2))'
+        ),
+        'Derived:      adj_z[k3] = -sigmoid(z[k3])',
+        'Derived:      adj_g5[h21] = sum(k: W[k, h21]*adj_z[k])',
+        (
+            'Derived:      adj_g4[h22] = sum(h: (1 - g5[h])*V5[h, '
+            'h22]*adj_g5[h]*g5[h])'
+        ),
+        (
+            'Derived:      adj_g3[h23] = sum(h: (1 - g4[h])*V4[h, '
+            'h23]*adj_g4[h]*g4[h])'
+        ),
+        (
+            'Derived:      adj_g2[h24] = sum(h: (1 - g3[h])*V3[h, '
+            'h24]*adj_g3[h]*g3[h])'
+        ),
+        (
+            'Derived:      adj_g1[h25] = sum(h: (1 - g2[h])*V2[h, '
+            'h25]*adj_g2[h]*g2[h])'
+        ),
+        (
+            'Derived:      adj_pre_g1[h26] = (1 - '
+            'sigmoid(pre_g1[h26]))*sigmoid(pre_g1[h26])*adj_g1[h26]'
+        ),
+        (
+            'Note:         R(A) is any H x H matrix with R^T R = A A^T '
+            "(derivatives taken in A's row space)"
+        ),
         'SM objective: laplacian + sum(l: score[l]^2)/2   (batch mean)',
     )
     _LATEX = (
         ('g1', (
-            'g1_{h} = \\sigma\\left({a_{1}}_{h} + \\sum_{i} {V_{1}}_{h i} '
+            '{g_{1}}_{h} = \\sigma\\left({a_{1}}_{h} + \\sum_{i} {V_{1}}_{h i} '
             'x_{i}\\right)'
         )),
         ('g2', (
-            'g2_{h} = \\sigma\\left({a_{2}}_{h} + \\sum_{j} {V_{2}}_{h j} '
+            '{g_{2}}_{h} = \\sigma\\left({a_{2}}_{h} + \\sum_{j} {V_{2}}_{h j} '
             '{g_{1}}_{j}\\right)'
         )),
         ('g3', (
-            'g3_{h} = \\sigma\\left({a_{3}}_{h} + \\sum_{j} {V_{3}}_{h j} '
+            '{g_{3}}_{h} = \\sigma\\left({a_{3}}_{h} + \\sum_{j} {V_{3}}_{h j} '
             '{g_{2}}_{j}\\right)'
         )),
         ('g4', (
-            'g4_{h} = \\sigma\\left({a_{4}}_{h} + \\sum_{j} {V_{4}}_{h j} '
+            '{g_{4}}_{h} = \\sigma\\left({a_{4}}_{h} + \\sum_{j} {V_{4}}_{h j} '
             '{g_{3}}_{j}\\right)'
         )),
         ('g5', (
-            'g5_{h} = \\sigma\\left({a_{5}}_{h} + \\sum_{j} {V_{5}}_{h j} '
+            '{g_{5}}_{h} = \\sigma\\left({a_{5}}_{h} + \\sum_{j} {V_{5}}_{h j} '
             '{g_{4}}_{j}\\right)'
         )),
         ('z', 'z_{k} = c_{k} + \\sum_{h} W_{k h} {g_{5}}_{h}'),
@@ -163,6 +272,89 @@ class DEM5(torch.nn.Module):
             'g1}}_{h} - \\frac{x_{l}}{\\sigma^{2}}'
         )),
         ('laplacian', '\\Delta \\log \\tilde p = - \\frac{D}{\\sigma^{2}} - lap_{F pre g1}'),
+        ('pre_g1', '{pre_{g1}}_{h} = {a_{1}}_{h} + \\sum_{i} {V_{1}}_{h i} x_{i}'),
+        ('_slope_pre_g1', '{slope_{pre g1}}_{h_{1} l_{1}} = {V_{1}}_{h_{1} l_{1}}'),
+        ('jac_g1', (
+            '{jac_{g1}}_{h_{2} h} = \\left(1 - '
+            '\\sigma\\left({pre_{g1}}_{h}\\right)\\right) R(slope_{pre g1})_{h_{2} '
+            'h} \\sigma\\left({pre_{g1}}_{h}\\right)'
+        )),
+        ('lap_g1', (
+            '{lap_{g1}}_{h} = \\left(\\sigma\\left({pre_{g1}}_{h}\\right) - '
+            '1\\right) \\left(2 \\sigma\\left({pre_{g1}}_{h}\\right) - 1\\right) '
+            '\\sigma\\left({pre_{g1}}_{h}\\right) \\sum_{j} R(slope_{pre g1})_{j '
+            'h}^{2}'
+        )),
+        ('jac_g2', (
+            '{jac_{g2}}_{h_{2} h} = \\left(1 - {g_{2}}_{h}\\right) {g_{2}}_{h} '
+            '\\sum_{j} {V_{2}}_{h j} {jac_{g1}}_{h_{2} j}'
+        )),
+        ('lap_g2', (
+            '{lap_{g2}}_{h} = \\left(1 - {g_{2}}_{h}\\right) {g_{2}}_{h} \\sum_{j}'
+            ' {V_{2}}_{h j} {lap_{g1}}_{j} + \\left({g_{2}}_{h} - 1\\right) '
+            '\\left(2 {g_{2}}_{h} - 1\\right) {g_{2}}_{h} \\sum_{i, j} {V_{2}}_{h '
+            'i} {V_{2}}_{h j} \\sum_{k} {jac_{g1}}_{k i} {jac_{g1}}_{k j}'
+        )),
+        ('jac_g3', (
+            '{jac_{g3}}_{h_{2} h} = \\left(1 - {g_{3}}_{h}\\right) {g_{3}}_{h} '
+            '\\sum_{j} {V_{3}}_{h j} {jac_{g2}}_{h_{2} j}'
+        )),
+        ('lap_g3', (
+            '{lap_{g3}}_{h} = \\left(1 - {g_{3}}_{h}\\right) {g_{3}}_{h} \\sum_{j}'
+            ' {V_{3}}_{h j} {lap_{g2}}_{j} + \\left({g_{3}}_{h} - 1\\right) '
+            '\\left(2 {g_{3}}_{h} - 1\\right) {g_{3}}_{h} \\sum_{j, i} {V_{3}}_{h '
+            'i} {V_{3}}_{h j} \\sum_{k} {jac_{g2}}_{k i} {jac_{g2}}_{k j}'
+        )),
+        ('jac_g4', (
+            '{jac_{g4}}_{h_{2} h} = \\left(1 - {g_{4}}_{h}\\right) {g_{4}}_{h} '
+            '\\sum_{j} {V_{4}}_{h j} {jac_{g3}}_{h_{2} j}'
+        )),
+        ('lap_g4', (
+            '{lap_{g4}}_{h} = \\left(1 - {g_{4}}_{h}\\right) {g_{4}}_{h} \\sum_{j}'
+            ' {V_{4}}_{h j} {lap_{g3}}_{j} + \\left({g_{4}}_{h} - 1\\right) '
+            '\\left(2 {g_{4}}_{h} - 1\\right) {g_{4}}_{h} \\sum_{i, j} {V_{4}}_{h '
+            'i} {V_{4}}_{h j} \\sum_{k} {jac_{g3}}_{k i} {jac_{g3}}_{k j}'
+        )),
+        ('jac_g5', (
+            '{jac_{g5}}_{h_{2} h} = \\left(1 - {g_{5}}_{h}\\right) {g_{5}}_{h} '
+            '\\sum_{j} {V_{5}}_{h j} {jac_{g4}}_{h_{2} j}'
+        )),
+        ('lap_g5', (
+            '{lap_{g5}}_{h} = \\left(1 - {g_{5}}_{h}\\right) {g_{5}}_{h} \\sum_{j}'
+            ' {V_{5}}_{h j} {lap_{g4}}_{j} + \\left({g_{5}}_{h} - 1\\right) '
+            '\\left(2 {g_{5}}_{h} - 1\\right) {g_{5}}_{h} \\sum_{i, j} {V_{5}}_{h '
+            'i} {V_{5}}_{h j} \\sum_{k} {jac_{g4}}_{k i} {jac_{g4}}_{k j}'
+        )),
+        ('jac_z', '{jac_{z}}_{h_{2} k} = \\sum_{h} W_{k h} {jac_{g5}}_{h_{2} h}'),
+        ('lap_z', '{lap_{z}}_{k} = \\sum_{h} W_{k h} {lap_{g5}}_{h}'),
+        ('lap_F_pre_g1', (
+            'lap_{F pre g1} = - \\sum_{k} \\sigma\\left(z_{k}\\right) {lap_{z}}_{k}'
+            ' - \\sum_{k} \\left(1 - \\sigma\\left(z_{k}\\right)\\right) '
+            '\\sigma\\left(z_{k}\\right) \\sum_{h} {jac_{z}}_{h k}^{2}'
+        )),
+        ('adj_z', '{adj_{z}}_{k_{3}} = - \\sigma\\left(z_{k_{3}}\\right)'),
+        ('adj_g5', '{adj_{g5}}_{h_{21}} = \\sum_{k} W_{k h_{21}} {adj_{z}}_{k}'),
+        ('adj_g4', (
+            '{adj_{g4}}_{h_{22}} = \\sum_{h} \\left(1 - {g_{5}}_{h}\\right) '
+            '{V_{5}}_{h h_{22}} {adj_{g5}}_{h} {g_{5}}_{h}'
+        )),
+        ('adj_g3', (
+            '{adj_{g3}}_{h_{23}} = \\sum_{h} \\left(1 - {g_{4}}_{h}\\right) '
+            '{V_{4}}_{h h_{23}} {adj_{g4}}_{h} {g_{4}}_{h}'
+        )),
+        ('adj_g2', (
+            '{adj_{g2}}_{h_{24}} = \\sum_{h} \\left(1 - {g_{3}}_{h}\\right) '
+            '{V_{3}}_{h h_{24}} {adj_{g3}}_{h} {g_{3}}_{h}'
+        )),
+        ('adj_g1', (
+            '{adj_{g1}}_{h_{25}} = \\sum_{h} \\left(1 - {g_{2}}_{h}\\right) '
+            '{V_{2}}_{h h_{25}} {adj_{g2}}_{h} {g_{2}}_{h}'
+        )),
+        ('adj_pre_g1', (
+            '{adj_{pre g1}}_{h_{26}} = \\left(1 - '
+            '\\sigma\\left({pre_{g1}}_{h_{26}}\\right)\\right) '
+            '\\sigma\\left({pre_{g1}}_{h_{26}}\\right) {adj_{g1}}_{h_{26}}'
+        )),
         ('sm objective', (
             'J = \\mathbb{E}\\left[laplacian + \\frac{\\sum_{l} '
             'score_{l}^{2}}{2}\\right]'
@@ -446,7 +638,7 @@ class DEM5(torch.nn.Module):
         _t2 = torch.sigmoid(pre_g1)
         # R with R^T R = _slope_pre_g1 _slope_pre_g1^T
         _t3 = _row_space(self.V1)
-        # (1 - sigmoid(pre_g1[h]))*RowSpaceFactor(_slope_pre_g1, h2, h)*sigmoid(pre_g1[h])
+        # (1 - sigmoid(pre_g1[h]))*R(_slope_pre_g1)[h2, h]*sigmoid(pre_g1[h])
         jac_g1 = _t3 * (_t2[:, None] * (1 - _t2[:, None]))
         # sigmoid(pre_g1[h])
         g1 = _t2
@@ -494,11 +686,11 @@ class DEM5(torch.nn.Module):
         z = _t12 + self.c
         # sigmoid(z[k])
         _t13 = torch.sigmoid(z)
-        # RowSpaceFactor(_slope_pre_g1, j, h)^2
+        # R(_slope_pre_g1)[j, h]^2
         _t25 = torch.square(_t3.permute(1, 0))
-        # sum(j: RowSpaceFactor(_slope_pre_g1, j, h)^2)
+        # sum(j: R(_slope_pre_g1)[j, h]^2)
         _t26 = _t25.sum(dim=1)
-        # (sigmoid(pre_g1[h]) - 1)*(2*sigmoid(pre_g1[h]) - 1)*sigmoid(pre_g1[h])*sum(j: RowSpac...
+        # (sigmoid(pre_g1[h]) - 1)*(2*sigmoid(pre_g1[h]) - 1)*sigmoid(pre_g1[h])*sum(j: R(_slop...
         lap_g1 = _t2 * _t26 * (_t2 - 1) * (2 * _t2 - 1)
         # sum(j: V2[h, j]*lap_g1[j])
         _t27 = lap_g1 @ self.V2.T
@@ -546,7 +738,7 @@ class DEM5(torch.nn.Module):
         _t2 = torch.sigmoid(pre_g1)
         # R with R^T R = _slope_pre_g1 _slope_pre_g1^T
         _t3 = _row_space(self.V1)
-        # (1 - sigmoid(pre_g1[h]))*RowSpaceFactor(_slope_pre_g1, h2, h)*sigmoid(pre_g1[h])
+        # (1 - sigmoid(pre_g1[h]))*R(_slope_pre_g1)[h2, h]*sigmoid(pre_g1[h])
         jac_g1 = _t3 * (_t2[:, None] * (1 - _t2[:, None]))
         # sigmoid(pre_g1[h])
         g1 = _t2
@@ -622,11 +814,11 @@ class DEM5(torch.nn.Module):
         adj_g1 = _t23 @ self.V2
         # (1 - sigmoid(pre_g1[h26]))*sigmoid(pre_g1[h26])*adj_g1[h26]
         adj_pre_g1 = _t2 * adj_g1 * (1 - _t2)
-        # RowSpaceFactor(_slope_pre_g1, j, h)^2
+        # R(_slope_pre_g1)[j, h]^2
         _t25 = torch.square(_t3.permute(1, 0))
-        # sum(j: RowSpaceFactor(_slope_pre_g1, j, h)^2)
+        # sum(j: R(_slope_pre_g1)[j, h]^2)
         _t26 = _t25.sum(dim=1)
-        # (sigmoid(pre_g1[h]) - 1)*(2*sigmoid(pre_g1[h]) - 1)*sigmoid(pre_g1[h])*sum(j: RowSpac...
+        # (sigmoid(pre_g1[h]) - 1)*(2*sigmoid(pre_g1[h]) - 1)*sigmoid(pre_g1[h])*sum(j: R(_slop...
         lap_g1 = _t2 * _t26 * (_t2 - 1) * (2 * _t2 - 1)
         # sum(j: V2[h, j]*lap_g1[j])
         _t27 = lap_g1 @ self.V2.T

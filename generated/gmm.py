@@ -73,7 +73,7 @@ class gmm(torch.nn.Module):
         'SM objective: laplacian + sum(l: score[l]^2)/2   (batch mean)',
     )
     _LATEX = (
-        ('log_weight', 'log_weight_{k} = w_{k} - \\log \\sum_{j} e^{w_{j}}'),
+        ('log_weight', '{log_{weight}}_{k} = w_{k} - \\log \\sum_{j} e^{w_{j}}'),
         ('free energy', (
             'F = - \\log \\sum_{k} e^{- D ls_{k} + {log_{weight}}_{k} - '
             '\\frac{e^{- 2 ls_{k}} \\sum_{i} \\left(- \\mu_{k i} + '

@@ -70,7 +70,7 @@ class MPoT(torch.nn.Module):
             '\\right)} + \\left(\\frac{\\phi_{k}^{2}}{2} + 1\\right) hc_{k}\\right) +'
             ' \\frac{\\sum_{i} v_{i}^{2}}{2} - \\sum_{i, j} W_{i j} hm_{j} v_{i}'
         )),
-        ('phi', 'phi_{k} = \\sum_{i} C_{i k} v_{i}'),
+        ('phi', '\\phi_{k} = \\sum_{i} C_{i k} v_{i}'),
         ('free energy', (
             'F = - K \\operatorname{loggamma}{\\left(\\gamma \\right)} + \\gamma '
             '\\sum_{k} \\log\\left(1 + \\frac{\\phi_{k}^{2}}{2}\\right) - \\sum_{j} '

@@ -13,6 +13,7 @@ Score:        score[p] = -(-2*mu[p] + 2*v[p])/(2*s2) + sum(i, k: MatrixInverse(_
 Laplacian:    laplacian = -D/s2 + sum(i, j, k: MatrixInverse(_z_precision, j, k)*W[i, j]*W[i,
                   k])/(2*s2^2) + sum(i, k, j: MatrixInverse(_z_precision, j, k)*W[i, j]*W[i,
                   k])/(2*s2^2)
+Derived:      _z_precision[j, l] = delta(j, l) + sum(i: W[i, j]*W[i, l])/s2
 SM objective: laplacian + sum(p: score[p]^2)/2   (batch mean)
 Conditional:  E[z[j] | v] = sum(k: MatrixInverse(_z_precision, j, k)*sum(i: (-2*mu[i] +
                   2*v[i])*W[i, k]))/(2*s2)
@@ -63,6 +64,10 @@ class PPCA(torch.nn.Module):
             'sum(i, k, j: MatrixInverse(_z_precision, j, k)*W[i, j]*W[i, '
             'k])/(2*s2^2)'
         ),
+        (
+            'Derived:      _z_precision[j, l] = delta(j, l) + sum(i: W[i, '
+            'j]*W[i, l])/s2'
+        ),
         'SM objective: laplacian + sum(p: score[p]^2)/2   (batch mean)',
     )
     _LATEX = (
@@ -91,6 +96,10 @@ class PPCA(torch.nn.Module):
             's_{2}^{2}} + \\frac{\\sum_{i, k, j} '
             '\\left(z_{precision}^{-1}\\right)_{j k} W_{i j} W_{i k}}{2 '
             's_{2}^{2}}'
+        )),
+        ('_z_precision', (
+            '{z_{precision}}_{j l} = \\delta_{j l} + \\frac{\\sum_{i} W_{i j} W_{i'
+            ' l}}{s_{2}}'
         )),
         ('sm objective', (
             'J = \\mathbb{E}\\left[laplacian + \\frac{\\sum_{p} '

@@ -52,6 +52,10 @@ class DslPrinter(StrPrinter):
     def _print_Exp1(self, expr) -> str:
         return "exp(1)"
 
+    def _print_RowSpaceFactor(self, expr) -> str:
+        matrix, row, column = expr.args
+        return f"R({self._print(matrix.label)})[{self._print(row)}, {self._print(column)}]"
+
 
 class DslLatexPrinter(LatexPrinter):
     """LaTeX with index notation W_{i j} and sums over named indices."""

@@ -331,5 +331,6 @@ class RowSpaceFactor(sp.Function):
 
     def _latex(self, printer, exp=None):
         matrix, row, column = self.args
-        body = rf"R({printer._print(matrix.label)}^\top)_{{{row} {column}}}"
+        body = (rf"R({printer._print(matrix.label)})"
+                rf"_{{{printer._print(row)} {printer._print(column)}}}")
         return rf"{body}^{{{exp}}}" if exp is not None else body

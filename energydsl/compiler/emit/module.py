@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import cache
 
 import jinja2
+import sympy as sp
 
 from energydsl import __version__
 from energydsl.compiler import syntax as ast
@@ -22,6 +23,7 @@ from energydsl.compiler.emit.torch_printer import TorchPrinter
 from energydsl.compiler.functions import kinked_in
 from energydsl.compiler.ir import (
     Conditionals,
+    Definition,
     Derivation,
     Method,
     Param,
@@ -29,6 +31,7 @@ from energydsl.compiler.ir import (
     VectorConst,
 )
 from energydsl.compiler.notation import dsl_str, latex
+from energydsl.compiler.sympy_functions import RowSpaceFactor
 from energydsl.compiler.plan.methods import ANCHOR_BUFFER
 from energydsl.compiler.plan.methods import bare as _bare
 from energydsl.errors import shorten
@@ -280,6 +283,13 @@ def formulas(derivation: Derivation, conditionals: Conditionals | None = None) -
     else:
         lines.append(f"Score:        score[{derivation.index}] = {dsl_str(derivation.score)}")
         lines.append(f"Laplacian:    laplacian = {dsl_str(derivation.laplacian)}")
+        derived = derived_definitions(derivation)
+        for name, definition in derived:
+            indices = f"[{', '.join(map(str, definition.indices))}]" if definition.indices else ""
+            lines.append(f"Derived:      {name}{indices} = {dsl_str(definition.body)}")
+        if any(d.body.has(RowSpaceFactor) for _, d in derived):
+            lines.append("Note:         R(A) is any H x H matrix with R^T R = A A^T (derivatives "
+                         "taken in A's row space)")
         lines.append(f"SM objective: {dsl_str(derivation.sm_objective)}   (batch mean)")
     for condition in model.conditions:
         lines.append(f"Requires:     {dsl_str(condition)}")
@@ -308,6 +318,30 @@ def formulas(derivation: Derivation, conditionals: Conditionals | None = None) -
     return "\n".join(lines)
 
 
+def derived_definitions(derivation: Derivation) -> list[tuple[str, Definition]]:
+    """The definitions the derivation added that its score and Laplacian read, directly
+    or through each other (the forward form's Jacobians, Laplacians and adjoints), in
+    the order they are defined: what a reader of those two formulas needs."""
+    own = derivation.model.symbolic.definitions
+    derived = {name: d for name, d in derivation.definitions.items() if name not in own}
+    wanted: set[str] = set()
+    pending = [derivation.score, derivation.laplacian]
+    while pending:
+        for node in sp.preorder_traversal(pending.pop()):
+            name = str(node.label) if isinstance(node, sp.IndexedBase) else (
+                str(node) if isinstance(node, sp.Symbol) else None)
+            if name in derived and name not in wanted:
+                wanted.add(name)
+                pending.append(derived[name].body)
+    return [(name, d) for name, d in derived.items() if name in wanted]
+
+
+def _latex_left(definition: Definition) -> str:
+    """A definition's left-hand side, printed as its uses on the right are."""
+    base = definition.base
+    return latex(base[tuple(definition.indices)] if definition.indices else base)
+
+
 def latex_formulas(derivation: Derivation) -> Iterator[tuple[str, str]]:
     """The model's formulas as (name, LaTeX) pairs (for `show --latex` and notebooks)."""
     model = derivation.model
@@ -320,11 +354,12 @@ def latex_formulas(derivation: Derivation) -> Iterator[tuple[str, str]]:
                  else rf"{const.value!r} \text{{ in every entry}}")
         yield name, rf"{symbol} \in \mathbb{{R}}^{{{space}}} = {value}"
     for name, definition in model.symbolic.definitions.items():
-        indices = ",".join(map(str, definition.indices))
-        yield name, f"{name}_{{{indices}}} = {latex(definition.body)}"
+        yield name, f"{_latex_left(definition)} = {latex(definition.body)}"
     yield "free energy", f"F = {latex(derivation.free_energy)}"
     yield "score", f"\\psi_{{{derivation.index}}} = {latex(derivation.score)}"
     yield "laplacian", f"\\Delta \\log \\tilde p = {latex(derivation.laplacian)}"
+    for name, definition in derived_definitions(derivation):
+        yield name, f"{_latex_left(definition)} = {latex(definition.body)}"
     yield "sm objective", f"J = \\mathbb{{E}}\\left[{latex(derivation.sm_objective)}\\right]"
     for condition in model.conditions:
         yield "requires", latex(condition)
