@@ -31,9 +31,9 @@ from energydsl.compiler.ir import (
     VectorConst,
 )
 from energydsl.compiler.notation import dsl_str, latex
-from energydsl.compiler.sympy_functions import RowSpaceFactor
 from energydsl.compiler.plan.methods import ANCHOR_BUFFER
 from energydsl.compiler.plan.methods import bare as _bare
+from energydsl.compiler.sympy_functions import RowSpaceFactor
 from energydsl.errors import shorten
 from energydsl.estimators import all_estimators
 
