@@ -450,7 +450,7 @@ class catmix(torch.nn.Module):
         # sum(i: sum(k: (-mu[k, i] + v[i])*exp((-logsumexp(j: b[j] + sum(l: mu[j, l]*v[l]) - su...
         _t25 = _t24.sum(dim=1)
         # (-mu[k, i] + v[i])^2
-        _t26 = torch.square(-self.mu + v[:, None])
+        _t26 = torch.square(_t22)
         # sum(i: (-mu[k, i] + v[i])^2)
         _t27 = _t26.sum(dim=2)
         # sum(i, k: (-mu[k, i] + v[i])^2*exp((-logsumexp(j: b[j] + sum(l: mu[j, l]*v[l]) - sum(...

@@ -297,7 +297,7 @@ class DEM(torch.nn.Module):
         # sum(k: sigmoid(z[k])*W[k, h1])
         _t9 = _t8 @ self.W
         # (1 - g[h1])*(2*g[h1] - 1)*g[h1]
-        _t14 = g * (1 - g) * (2 * g - 1)
+        _t14 = _t7 * (2 * g - 1)
         # (1 - sigmoid(z[k]))*sigmoid(z[k])
         _t17 = _t8 * (1 - _t8)
         # W[k, h1]*W[k, h2]
@@ -354,7 +354,7 @@ class DEM(torch.nn.Module):
         # (1 - g[h1])*g[h1]*sum(k: sigmoid(z[k])*W[k, h1])
         _t10 = _t9 * _t7
         # (1 - g[h1])*(2*g[h1] - 1)*g[h1]
-        _t14 = g * (1 - g) * (2 * g - 1)
+        _t14 = _t7 * (2 * g - 1)
         # (1 - sigmoid(z[k]))*sigmoid(z[k])
         _t17 = _t8 * (1 - _t8)
         # W[k, h1]*W[k, h2]

@@ -315,7 +315,7 @@ class gmm(torch.nn.Module):
         _t10 = (_t9.unsqueeze(1) @ _t7).squeeze(1)
         # ((mu[k, i] - v[i])*exp(-2*ls[k])*exp((-D*ls[k] + log_weight[k] - exp(-2*ls[k])*sum(j:...
         _t11 = (
-            (-2 * self.mu + 2 * v[:, None])
+            _t7
             * (
                 0.5 * _t10[:, None] * _t8[:, :, None]
                 + _t3[:, None] * _t8[:, :, None] * (self.mu - v[:, None])
@@ -361,7 +361,7 @@ class gmm(torch.nn.Module):
         score = -0.5 * _t10
         # ((mu[k, i] - v[i])*exp(-2*ls[k])*exp((-D*ls[k] + log_weight[k] - exp(-2*ls[k])*sum(j:...
         _t11 = (
-            (-2 * self.mu + 2 * v[:, None])
+            _t7
             * (
                 0.5 * _t10[:, None] * _t8[:, :, None]
                 + _t3[:, None] * _t8[:, :, None] * (self.mu - v[:, None])

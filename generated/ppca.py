@@ -299,7 +299,7 @@ class PPCA(torch.nn.Module):
         # sum(i, k: MatrixInverse(_z_precision, i, k)*W[p, k]*sum(j: (-2*mu[j] + 2*v[j])*W[j, i]))
         _t14 = _t13 @ self.W.T
         # -(-2*mu[p] + 2*v[p])/(2*s2) + sum(i, k: MatrixInverse(_z_precision, i, k)*W[p, k]*sum...
-        score = 0.5 * _t14 / self.s2 ** 2 - 0.5 * (-2 * self.mu + 2 * v) / self.s2
+        score = 0.5 * _t14 / self.s2 ** 2 - 0.5 * _t9 / self.s2
         return score
 
     def laplacian(self, v: torch.Tensor) -> torch.Tensor:
@@ -350,7 +350,7 @@ class PPCA(torch.nn.Module):
         # -D/s2 + sum(i, j, k: MatrixInverse(_z_precision, j, k)*W[i, j]*W[i, k])/(2*s2^2) + su...
         laplacian = -self.D / self.s2 + _t15 / self.s2 ** 2
         # (-2*mu[p] + 2*v[p])^2
-        _t18 = torch.square(-2 * self.mu + 2 * v)
+        _t18 = torch.square(_t9)
         # sum(p: (-2*mu[p] + 2*v[p])^2)
         _t19 = _t18.sum(dim=1)
         # sum(k1: MatrixInverse(_z_precision, i1, k1)*sum(p: W[p, k1]*W[p, k2]))

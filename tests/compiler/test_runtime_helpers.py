@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from energydsl.compiler.emit.module import RUNTIME, runtime_source
-from energydsl.compiler.plan.fusions import scale_and_square
+from energydsl.compiler.plan.fusions import reuse_values, scale_and_square
 from energydsl.compiler.plan.program import Step
 
 F64 = torch.float64
@@ -152,3 +152,27 @@ def test_the_squares_step_first_moves_the_fused_step_up_when_its_inputs_are_read
 ])
 def test_steps_that_do_not_match_are_left_alone(steps):
     assert scale_and_square(steps) == steps
+
+
+def test_a_value_computed_before_is_read_not_formed_again():
+    steps = [_step("g", "torch.sigmoid(u)", "u"),
+             _step("slope", "g * (1 - g)", "g"),
+             _step("curvature", "g * (1 - g) * (2 * g - 1)", "g"),
+             _step("again", "torch.sigmoid(u)", "u")]
+    out = reuse_values(steps)
+    assert [s.code for s in out] == ["torch.sigmoid(u)", "g * (1 - g)", "slope * (2 * g - 1)",
+                                     "g"]
+    assert "slope" in out[2].deps and "g" in out[3].deps
+    scope = {"torch": torch, "u": torch.randn(4, dtype=F64)}
+    for before, after in zip(steps, out, strict=True):  # the same values, step by step
+        value = eval(after.code, scope)  # noqa: S307
+        torch.testing.assert_close(value, eval(before.code, scope))  # noqa: S307
+        scope[after.name] = value
+
+
+@pytest.mark.parametrize("draw", ["torch.bernoulli(p)", "torch.rand(3, generator=gen)",
+                                  "torch.randn_like(p) * 2"])
+def test_random_draws_are_never_merged(draw):
+    steps = [_step("p", "torch.sigmoid(u)", "u"), _step("a", draw, "p"),
+             _step("b", draw, "p")]
+    assert reuse_values(steps) == steps

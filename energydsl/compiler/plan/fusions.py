@@ -1,8 +1,9 @@
-"""Fusions of a method's planned steps into runtime helpers with hand-written backward
-passes (emit/templates/runtime/). Each leaves every value as it was and changes only
-how its gradients are formed: in fewer passes over the per-sample matrices [N, a, h] of
-deep models, which dominate their training steps. Each fusion is one function from the
-method's steps (in order, dead code removed) to new steps, listed in FUSIONS."""
+"""Rewrites of a method's planned steps, the last stage before they are written out:
+values computed twice read once (`reuse_values`), and steps fused into runtime helpers
+with hand-written backward passes (emit/templates/runtime/), which form gradients in
+fewer passes over the per-sample matrices [N, a, h] of deep models. Each leaves every
+value as it was. Each is one function from the method's steps (in order, dead code
+removed) to new steps, listed in FUSIONS."""
 
 from __future__ import annotations
 
@@ -77,7 +78,63 @@ def _scaled(code: str, candidates: dict[str, tuple[int, str]]) -> tuple[str, str
     return t, ast.unparse(product)  # parenthesised where precedence needs it
 
 
-FUSIONS: tuple[Callable[[list[Step]], list[Step]], ...] = (scale_and_square,)
+_RANDOM = {"rand", "randn", "rand_like", "randn_like", "randint", "bernoulli", "multinomial",
+           "normal", "poisson", "uniform_", "normal_", "exponential_", "bernoulli_"}
+
+
+def reuse_values(steps: list[Step]) -> list[Step]:
+    """y = ... f(a) ..., with x = f(a) computed before -> y = ... x ...
+
+    The planner plans each definition's elementwise body as one expression, so a factor
+    another step computed already is formed again inside it: g * (1 - g) * (2 * g - 1)
+    after _t7 = g * (1 - g). Reading the earlier value saves the operations forward and
+    their backward. Steps are single assignments, so equal code is an equal value, except
+    for random draws, which are never merged."""
+    computed: dict[str, str] = {}
+    out = []
+    for step in steps:
+        tree = ast.parse(step.code, mode="eval")
+        reader = _Reuse(computed)
+        tree = reader.visit(tree)
+        code = ast.unparse(tree.body) if reader.used else step.code
+        if reader.used:
+            step = Step(step.name, code, step.comment,
+                        tuple(dict.fromkeys((*step.deps, *reader.used))), step.cost)
+        if "," not in step.name and not _draws(tree):
+            computed.setdefault(ast.unparse(tree.body), step.name)
+        out.append(step)
+    return out
+
+
+class _Reuse(ast.NodeTransformer):
+    """Replaces the largest subexpressions already computed under a name by the name."""
+
+    def __init__(self, computed: dict[str, str]) -> None:
+        self.computed, self.used = computed, []
+
+    def visit(self, node: ast.AST) -> ast.AST:
+        if isinstance(node, (ast.BinOp, ast.UnaryOp, ast.Call, ast.Subscript)) \
+                and not _draws(node):
+            name = self.computed.get(ast.unparse(node))
+            if name is not None:
+                self.used.append(name)
+                return ast.copy_location(ast.Name(name, ast.Load()), node)
+        return self.generic_visit(node)
+
+
+def _draws(node: ast.AST) -> bool:
+    """Whether node makes a random draw (a call to a sampler, or with a generator)."""
+    for call in ast.walk(node):
+        if isinstance(call, ast.Call):
+            function = call.func
+            name = function.attr if isinstance(function, ast.Attribute) else getattr(
+                function, "id", "")
+            if name in _RANDOM or any(k.arg == "generator" for k in call.keywords):
+                return True
+    return False
+
+
+FUSIONS: tuple[Callable[[list[Step]], list[Step]], ...] = (reuse_values, scale_and_square)
 
 
 def fuse(steps: list[Step]) -> list[Step]:
