@@ -93,15 +93,13 @@ def reuse_values(steps: list[Step]) -> list[Step]:
     computed: dict[str, str] = {}
     out = []
     for step in steps:
-        tree = ast.parse(step.code, mode="eval")
         reader = _Reuse(computed)
-        tree = reader.visit(tree)
-        code = ast.unparse(tree.body) if reader.used else step.code
+        body = reader.visit(ast.parse(step.code, mode="eval").body)
         if reader.used:
-            step = Step(step.name, code, step.comment,
+            step = Step(step.name, ast.unparse(body), step.comment,
                         tuple(dict.fromkeys((*step.deps, *reader.used))), step.cost)
-        if "," not in step.name and not _draws(tree):
-            computed.setdefault(ast.unparse(tree.body), step.name)
+        if "," not in step.name and not _draws(body):
+            computed.setdefault(ast.unparse(body), step.name)
         out.append(step)
     return out
 
@@ -110,7 +108,8 @@ class _Reuse(ast.NodeTransformer):
     """Replaces the largest subexpressions already computed under a name by the name."""
 
     def __init__(self, computed: dict[str, str]) -> None:
-        self.computed, self.used = computed, []
+        self.computed = computed
+        self.used: list[str] = []
 
     def visit(self, node: ast.AST) -> ast.AST:
         if isinstance(node, (ast.BinOp, ast.UnaryOp, ast.Call, ast.Subscript)) \
