@@ -104,6 +104,25 @@ def checked_context(owner: str, context_dim: int, context: Tensor | None, n: int
     return context
 
 
+class Conditional:
+    """What a companion model's ``context=`` goes through: ``context_dim`` (0 for an
+    unconditional model) and `_context`, the context checked against it and broadcast to
+    [n, C]. Mixed into each family's base class."""
+
+    #: Dimension of the conditioning vector (0: unconditional).
+    context_dim = 0
+
+    def _context(self, context: Tensor | None, n: int) -> Tensor | None:
+        """The context checked against ``context_dim`` and broadcast to [n, C]."""
+        return checked_context(type(self).__name__, self.context_dim, context, n)
+
+
+def soft_clamp(raw: Tensor, bound: float) -> Tensor:
+    """bound * tanh(raw / bound): raw where |raw| << bound, smoothly limited to
+    (-bound, bound); the flows' log-scales, so exp(s) cannot overflow."""
+    return bound * torch.tanh(raw / bound)
+
+
 def one_hot(labels: Tensor, classes: int, module: nn.Module) -> Tensor:
     """Integer class labels [N] -> the float one-hot context [N, classes] a conditional
     model takes (its dtype and device), so p(x | c) is p(x | label) (Mirza and Osindero

@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._utils import (
+    Conditional,
     as_flat,
     as_images,
     bernoulli_log_prob,
-    checked_context,
     like,
     sample_bernoulli,
 )
@@ -126,23 +126,17 @@ def _context_map(context_dim: int, width: int) -> nn.Linear | None:
     return nn.Linear(context_dim, width, bias=False) if context_dim else None
 
 
-class _ExactBinary(nn.Module):
+class _ExactBinary(Conditional, nn.Module):
     """The shared part of the autoregressive models of binary data whose
     `logits(x, context=None)` give all D conditionals at once: the exact log-likelihood
     (log p(x), or log p(x | c) for a conditional model) and its mean as the loss."""
 
     dim: int
     event_shape: tuple[int, ...]
-    #: Dimension of the conditioning vector (0: unconditional).
-    context_dim = 0
 
     def _prepare(self, x: Tensor) -> Tensor:
         """The data in the layout `logits` takes (flat [N, D]; images for PixelCNN)."""
         return as_flat(x, self.dim)
-
-    def _context(self, context: Tensor | None, n: int) -> Tensor | None:
-        """The context checked against ``context_dim`` and broadcast to [n, C]."""
-        return checked_context(type(self).__name__, self.context_dim, context, n)
 
     def logits(self, x: Tensor, *, context: Tensor | None = None
                ) -> Tensor:  # pragma: no cover - every subclass has one

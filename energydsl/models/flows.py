@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._utils import as_flat, checked_context, mlp, rand, randn
+from ._utils import Conditional, as_flat, mlp, rand, randn, soft_clamp
 from .autoregressive import MaskedNetwork
 from .splines import rq_spline, split_spline_params
 
@@ -328,8 +328,7 @@ class MaskedAffine(_MaskedElementwise):
 
     def _scale_shift(self, raw: Tensor) -> tuple[Tensor, Tensor]:
         raw_s, t = raw.unbind(1)
-        c = self.max_log_scale
-        return c * torch.tanh(raw_s / c), t
+        return soft_clamp(raw_s, self.max_log_scale), t
 
     def log_scale_shift(self, u: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """(s, t), each [N, D], from the conditioner's input u (v for MAF, z for IAF)."""
@@ -392,14 +391,12 @@ def _check_alternation(flow: _Flow, _incompatible: object = None) -> None:
     )
 
 
-class _Flow(nn.Module):
+class _Flow(Conditional, nn.Module):
     """Shared machinery: coupling stack, optional diagonal scaling, prior, dequantisation."""
 
     data_kind = "continuous"
     log_prob_kind: str
     log_prob_bound = "dequantisation bound"  # what log_prob is when dequantising
-    #: Dimension of the conditioning vector (0: unconditional).
-    context_dim = 0
 
     def __init__(
         self,
@@ -435,9 +432,6 @@ class _Flow(nn.Module):
         self.register_load_state_dict_post_hook(_check_alternation)
 
     # -- the invertible map in flow space -----------------------------------------------
-    def _context(self, context: Tensor | None, n: int) -> Tensor | None:
-        """The context checked against ``context_dim`` and broadcast to [n, C]."""
-        return checked_context(type(self).__name__, self.context_dim, context, n)
 
     def forward_transform(
         self, v: Tensor, context: Tensor | None = None

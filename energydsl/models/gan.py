@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._utils import as_flat, as_images, checked_context, randn
+from ._utils import Conditional, as_flat, as_images, randn
 
 __all__ = [
     "GAN",
@@ -99,7 +99,7 @@ def generator_loss_from_logits(logit_fake: Tensor, kind: str = "non_saturating")
     raise ValueError(f"kind must be one of {_GENERATOR_LOSSES}, got {kind!r}")
 
 
-class GAN(nn.Module):
+class GAN(Conditional, nn.Module):
     """MLP GAN of seed 001 (2.5), for flat data in [0, 1].
 
     Generator: z (N(0, I), ``z_dim``) -> Linear 128 -> LeakyReLU(0.2) -> [Linear -> BatchNorm
@@ -177,10 +177,6 @@ class GAN(nn.Module):
 
     def _noise(self, n: int, generator: torch.Generator | None) -> Tensor:
         return randn((n, self.z_dim), self, generator)
-
-    def _context(self, context: Tensor | None, n: int) -> Tensor | None:
-        """The context checked against ``context_dim`` and broadcast to [n, C]."""
-        return checked_context(type(self).__name__, self.context_dim, context, n)
 
     def _generator_input(self, z: Tensor, c: Tensor | None) -> Tensor:
         """What the generator network reads: z, or [z, c]."""

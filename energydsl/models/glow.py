@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._utils import as_images
+from ._utils import as_images, soft_clamp
 from .flows import ActNorm, _Flow
 
 __all__ = ["Permutation", "LULinear", "InvConv1x1", "Squeeze", "ChannelCoupling", "Glow"]
@@ -177,8 +177,7 @@ class ChannelCoupling(nn.Module):
             maps = context[:, :, None, None].expand(-1, -1, *kept.shape[2:])
             kept = torch.cat([kept, maps.to(kept.dtype)], 1)
         raw, t = self.net(kept).chunk(2, dim=1)
-        c = self.max_log_scale
-        return c * torch.tanh(raw / c), t
+        return soft_clamp(raw, self.max_log_scale), t
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         kept, moved = x[:, : self.kept], x[:, self.kept :]

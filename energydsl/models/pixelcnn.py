@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._utils import as_images, bernoulli_log_prob, checked_context, like, sample_bernoulli
+from ._utils import Conditional, as_images, bernoulli_log_prob, like, sample_bernoulli
 
 __all__ = ["colour_groups", "colour_mask", "ColourMaskedConv2d", "GatedBlock", "GatedPixelCNN"]
 
@@ -171,7 +171,7 @@ class GatedBlock(nn.Module):
         return _gate(v_pre), h, self.skip(y)
 
 
-class GatedPixelCNN(nn.Module):
+class GatedPixelCNN(Conditional, nn.Module):
     """Gated PixelCNN over [N, colours, side, side] images (flat [N, colours*side*side]
     accepted), with `n_layers` gated blocks of `channels` feature maps (split into
     `colours` groups) and a 1x1 head (ReLU, conv, ReLU, conv) on the sum of the skips.
@@ -220,9 +220,6 @@ class GatedPixelCNN(nn.Module):
             nn.ReLU(),
             ColourMaskedConv2d(channels, colours * self.outputs, 1, colours, "B"),
         )
-
-    def _context(self, context: Tensor | None, n: int) -> Tensor | None:
-        return checked_context(type(self).__name__, self.context_dim, context, n)
 
     def logits(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """[N, colours, outputs, side, side]: logit(s) of subpixel (c, i, j), a function of

@@ -24,10 +24,10 @@ from torch import Tensor, nn
 from torch.distributions import Normal
 
 from ._utils import (
+    Conditional,
     as_flat,
     as_images,
     bernoulli_log_prob,
-    checked_context,
     randn,
     sample_bernoulli,
 )
@@ -47,7 +47,7 @@ def gaussian_kl(mu: Tensor, std: Tensor) -> Tensor:
     return 0.5 * (std.pow(2) + mu.pow(2) - 1).sum(-1) - torch.log(std).sum(-1)
 
 
-class VAE(nn.Module):
+class VAE(Conditional, nn.Module):
     """MLP VAE as in seed 001 (1.12): D -> hidden (ReLU) -> (mu, std); z -> hidden (tanh) -> D.
 
     ``likelihood="bernoulli"`` (binary data, BCE-with-logits) or ``"gaussian"`` (continuous
@@ -113,9 +113,6 @@ class VAE(nn.Module):
     # -- layout -------------------------------------------------------------------------
     def _prepare(self, x: Tensor) -> Tensor:
         return as_flat(x, self.dim)
-
-    def _context(self, context: Tensor | None, n: int) -> Tensor | None:
-        return checked_context(type(self).__name__, self.context_dim, context, n)
 
     def _encoder_out(self, x: Tensor, context: Tensor | None) -> Tensor:
         """The encoder's 2 z_dim outputs from the prepared x and the context [N, C]."""
