@@ -12,24 +12,19 @@ Definition:   g3[h] = sigmoid(u3[h])
 Definition:   z[k] = c[k] + sum(h: W[k, h]*g3[h])
 Free energy:  F = -sum(i: b[i]*x[i]) - sum(k: softplus(z[k])) + sum(i: x[i]^2)/(2*sigma^2)
 Score:        score[l] = b[l] - sum(h: _slope_u1[h, l]*adj_u1[h]) - x[l]/sigma^2
-Laplacian:    laplacian = -D/sigma^2 - lap_F_u1
+Laplacian:    laplacian = -D/sigma^2 - curv_F_u1 - sum(h: adj_g1[h]*curv_g1[h]) - sum(h:
+                  adj_g2[h]*curv_g2[h]) - sum(h: adj_g3[h]*curv_g3[h])
 Derived:      _slope_u1[h1, l1] = V1[h1, l1]
 Derived:      jac_g1[h2, h] = (1 - g1[h])*R(_slope_u1)[h2, h]*g1[h]
-Derived:      lap_g1[h] = (g1[h] - 1)*(2*g1[h] - 1)*g1[h]*sum(j: R(_slope_u1)[j, h]^2)
+Derived:      curv_g1[h] = (g1[h] - 1)*(2*g1[h] - 1)*g1[h]*sum(j: R(_slope_u1)[j, h]^2)
 Derived:      jac_u2[h2, h] = sum(j: V2[h, j]*jac_g1[h2, j])
-Derived:      lap_u2[h] = sum(j: V2[h, j]*lap_g1[j])
 Derived:      jac_g2[h2, h] = (1 - g2[h])*g2[h]*jac_u2[h2, h]
-Derived:      lap_g2[h] = (1 - g2[h])*g2[h]*lap_u2[h] + (g2[h] - 1)*(2*g2[h] - 1)*g2[h]*sum(j:
-                  jac_u2[j, h]^2)
+Derived:      curv_g2[h] = (g2[h] - 1)*(2*g2[h] - 1)*g2[h]*sum(j: jac_u2[j, h]^2)
 Derived:      jac_u3[h2, h] = sum(j: V3[h, j]*jac_g2[h2, j])
-Derived:      lap_u3[h] = sum(j: V3[h, j]*lap_g2[j])
 Derived:      jac_g3[h2, h] = (1 - g3[h])*g3[h]*jac_u3[h2, h]
-Derived:      lap_g3[h] = (1 - g3[h])*g3[h]*lap_u3[h] + (g3[h] - 1)*(2*g3[h] - 1)*g3[h]*sum(j:
-                  jac_u3[j, h]^2)
+Derived:      curv_g3[h] = (g3[h] - 1)*(2*g3[h] - 1)*g3[h]*sum(j: jac_u3[j, h]^2)
 Derived:      jac_z[h2, k] = sum(h: W[k, h]*jac_g3[h2, h])
-Derived:      lap_z[k] = sum(h: W[k, h]*lap_g3[h])
-Derived:      lap_F_u1 = -sum(k: sigmoid(z[k])*lap_z[k]) - sum(k: (1 -
-                  sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac_z[h, k]^2))
+Derived:      curv_F_u1 = -sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac_z[h, k]^2))
 Derived:      adj_z[k3] = -sigmoid(z[k3])
 Derived:      adj_g3[h19] = sum(k: W[k, h19]*adj_z[k])
 Derived:      adj_u3[h20] = (1 - g3[h20])*adj_g3[h20]*g3[h20]
@@ -154,32 +149,33 @@ class DEM3(torch.nn.Module):
             'Score:        score[l] = b[l] - sum(h: _slope_u1[h, l]*adj_u1[h]) '
             '- x[l]/sigma^2'
         ),
-        'Laplacian:    laplacian = -D/sigma^2 - lap_F_u1',
+        (
+            'Laplacian:    laplacian = -D/sigma^2 - curv_F_u1 - sum(h: '
+            'adj_g1[h]*curv_g1[h]) - sum(h: adj_g2[h]*curv_g2[h]) - sum(h: '
+            'adj_g3[h]*curv_g3[h])'
+        ),
         'Derived:      _slope_u1[h1, l1] = V1[h1, l1]',
         'Derived:      jac_g1[h2, h] = (1 - g1[h])*R(_slope_u1)[h2, h]*g1[h]',
         (
-            'Derived:      lap_g1[h] = (g1[h] - 1)*(2*g1[h] - 1)*g1[h]*sum(j: '
+            'Derived:      curv_g1[h] = (g1[h] - 1)*(2*g1[h] - 1)*g1[h]*sum(j: '
             'R(_slope_u1)[j, h]^2)'
         ),
         'Derived:      jac_u2[h2, h] = sum(j: V2[h, j]*jac_g1[h2, j])',
-        'Derived:      lap_u2[h] = sum(j: V2[h, j]*lap_g1[j])',
         'Derived:      jac_g2[h2, h] = (1 - g2[h])*g2[h]*jac_u2[h2, h]',
         (
-            'Derived:      lap_g2[h] = (1 - g2[h])*g2[h]*lap_u2[h] + (g2[h] - '
-            '1)*(2*g2[h] - 1)*g2[h]*sum(j: jac_u2[j, h]^2)'
+            'Derived:      curv_g2[h] = (g2[h] - 1)*(2*g2[h] - 1)*g2[h]*sum(j: '
+            'jac_u2[j, h]^2)'
         ),
         'Derived:      jac_u3[h2, h] = sum(j: V3[h, j]*jac_g2[h2, j])',
-        'Derived:      lap_u3[h] = sum(j: V3[h, j]*lap_g2[j])',
         'Derived:      jac_g3[h2, h] = (1 - g3[h])*g3[h]*jac_u3[h2, h]',
         (
-            'Derived:      lap_g3[h] = (1 - g3[h])*g3[h]*lap_u3[h] + (g3[h] - '
-            '1)*(2*g3[h] - 1)*g3[h]*sum(j: jac_u3[j, h]^2)'
+            'Derived:      curv_g3[h] = (g3[h] - 1)*(2*g3[h] - 1)*g3[h]*sum(j: '
+            'jac_u3[j, h]^2)'
         ),
         'Derived:      jac_z[h2, k] = sum(h: W[k, h]*jac_g3[h2, h])',
-        'Derived:      lap_z[k] = sum(h: W[k, h]*lap_g3[h])',
         (
-            'Derived:      lap_F_u1 = -sum(k: sigmoid(z[k])*lap_z[k]) - sum(k: '
-            '(1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac_z[h, k]^2))'
+            'Derived:      curv_F_u1 = -sum(k: (1 - '
+            'sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac_z[h, k]^2))'
         ),
         'Derived:      adj_z[k3] = -sigmoid(z[k3])',
         'Derived:      adj_g3[h19] = sum(k: W[k, h19]*adj_z[k])',
@@ -211,44 +207,42 @@ class DEM3(torch.nn.Module):
             '\\psi_{l} = b_{l} - \\sum_{h} {slope_{u1}}_{h l} {adj_{u1}}_{h} - '
             '\\frac{x_{l}}{\\sigma^{2}}'
         )),
-        ('laplacian', '\\Delta \\log \\tilde p = - \\frac{D}{\\sigma^{2}} - lap_{F u1}'),
+        ('laplacian', (
+            '\\Delta \\log \\tilde p = - \\frac{D}{\\sigma^{2}} - curv_{F u1} - '
+            '\\sum_{h} {adj_{g1}}_{h} {curv_{g1}}_{h} - \\sum_{h} {adj_{g2}}_{h} '
+            '{curv_{g2}}_{h} - \\sum_{h} {adj_{g3}}_{h} {curv_{g3}}_{h}'
+        )),
         ('_slope_u1', '{slope_{u1}}_{h_{1} l_{1}} = {V_{1}}_{h_{1} l_{1}}'),
         ('jac_g1', (
             '{jac_{g1}}_{h_{2} h} = \\left(1 - {g_{1}}_{h}\\right) '
             'R(slope_{u1})_{h_{2} h} {g_{1}}_{h}'
         )),
-        ('lap_g1', (
-            '{lap_{g1}}_{h} = \\left({g_{1}}_{h} - 1\\right) \\left(2 {g_{1}}_{h} '
-            '- 1\\right) {g_{1}}_{h} \\sum_{j} R(slope_{u1})_{j h}^{2}'
+        ('curv_g1', (
+            '{curv_{g1}}_{h} = \\left({g_{1}}_{h} - 1\\right) \\left(2 {g_{1}}_{h}'
+            ' - 1\\right) {g_{1}}_{h} \\sum_{j} R(slope_{u1})_{j h}^{2}'
         )),
         ('jac_u2', '{jac_{u2}}_{h_{2} h} = \\sum_{j} {V_{2}}_{h j} {jac_{g1}}_{h_{2} j}'),
-        ('lap_u2', '{lap_{u2}}_{h} = \\sum_{j} {V_{2}}_{h j} {lap_{g1}}_{j}'),
         ('jac_g2', (
             '{jac_{g2}}_{h_{2} h} = \\left(1 - {g_{2}}_{h}\\right) {g_{2}}_{h} '
             '{jac_{u2}}_{h_{2} h}'
         )),
-        ('lap_g2', (
-            '{lap_{g2}}_{h} = \\left(1 - {g_{2}}_{h}\\right) {g_{2}}_{h} '
-            '{lap_{u2}}_{h} + \\left({g_{2}}_{h} - 1\\right) \\left(2 {g_{2}}_{h} '
-            '- 1\\right) {g_{2}}_{h} \\sum_{j} {jac_{u2}}_{j h}^{2}'
+        ('curv_g2', (
+            '{curv_{g2}}_{h} = \\left({g_{2}}_{h} - 1\\right) \\left(2 {g_{2}}_{h}'
+            ' - 1\\right) {g_{2}}_{h} \\sum_{j} {jac_{u2}}_{j h}^{2}'
         )),
         ('jac_u3', '{jac_{u3}}_{h_{2} h} = \\sum_{j} {V_{3}}_{h j} {jac_{g2}}_{h_{2} j}'),
-        ('lap_u3', '{lap_{u3}}_{h} = \\sum_{j} {V_{3}}_{h j} {lap_{g2}}_{j}'),
         ('jac_g3', (
             '{jac_{g3}}_{h_{2} h} = \\left(1 - {g_{3}}_{h}\\right) {g_{3}}_{h} '
             '{jac_{u3}}_{h_{2} h}'
         )),
-        ('lap_g3', (
-            '{lap_{g3}}_{h} = \\left(1 - {g_{3}}_{h}\\right) {g_{3}}_{h} '
-            '{lap_{u3}}_{h} + \\left({g_{3}}_{h} - 1\\right) \\left(2 {g_{3}}_{h} '
-            '- 1\\right) {g_{3}}_{h} \\sum_{j} {jac_{u3}}_{j h}^{2}'
+        ('curv_g3', (
+            '{curv_{g3}}_{h} = \\left({g_{3}}_{h} - 1\\right) \\left(2 {g_{3}}_{h}'
+            ' - 1\\right) {g_{3}}_{h} \\sum_{j} {jac_{u3}}_{j h}^{2}'
         )),
         ('jac_z', '{jac_{z}}_{h_{2} k} = \\sum_{h} W_{k h} {jac_{g3}}_{h_{2} h}'),
-        ('lap_z', '{lap_{z}}_{k} = \\sum_{h} W_{k h} {lap_{g3}}_{h}'),
-        ('lap_F_u1', (
-            'lap_{F u1} = - \\sum_{k} \\sigma\\left(z_{k}\\right) {lap_{z}}_{k} - '
-            '\\sum_{k} \\left(1 - \\sigma\\left(z_{k}\\right)\\right) '
-            '\\sigma\\left(z_{k}\\right) \\sum_{h} {jac_{z}}_{h k}^{2}'
+        ('curv_F_u1', (
+            'curv_{F u1} = - \\sum_{k} \\left(1 - \\sigma\\left(z_{k}\\right)\\right)'
+            ' \\sigma\\left(z_{k}\\right) \\sum_{h} {jac_{z}}_{h k}^{2}'
         )),
         ('adj_z', '{adj_{z}}_{k_{3}} = - \\sigma\\left(z_{k_{3}}\\right)'),
         ('adj_g3', '{adj_{g3}}_{h_{19}} = \\sum_{k} W_{k h_{19}} {adj_{z}}_{k}'),
@@ -504,7 +498,7 @@ class DEM3(torch.nn.Module):
         g2 = torch.sigmoid(u2)
         # (1 - g2[h])*g2[h]*jac_u2[h2, h]
         # sum(j: jac_u2[j, h]^2)
-        jac_g2, _t14 = _scale_and_square(jac_u2, g2[:, None] * (1 - g2[:, None]), 1)
+        jac_g2, _t20 = _scale_and_square(jac_u2, g2[:, None] * (1 - g2[:, None]), 1)
         # sum(j: V3[h, j]*jac_g2[h2, j])
         jac_u3 = (jac_g2.reshape(-1, self.H) @ self.V3.T).reshape(-1, self.H, self.H)
         # sum(j: V3[h, j]*g2[j])
@@ -513,7 +507,7 @@ class DEM3(torch.nn.Module):
         g3 = torch.sigmoid(u3)
         # (1 - g3[h])*g3[h]*jac_u3[h2, h]
         # sum(j: jac_u3[j, h]^2)
-        jac_g3, _t16 = _scale_and_square(jac_u3, g3[:, None] * (1 - g3[:, None]), 1)
+        jac_g3, _t24 = _scale_and_square(jac_u3, g3[:, None] * (1 - g3[:, None]), 1)
         # sum(h: W[k, h]*jac_g3[h2, h])
         jac_z = (jac_g3.reshape(-1, self.H) @ self.W.T).reshape(-1, self.H, self.K)
         # sum(h: W[k, h]*g3[h])
@@ -522,36 +516,50 @@ class DEM3(torch.nn.Module):
         z = _t2 + self.c
         # sigmoid(z[k])
         _t3 = torch.sigmoid(z)
-        # R(_slope_u1)[j, h]^2
-        _t11 = torch.square(_t1.permute(1, 0))
-        # sum(j: R(_slope_u1)[j, h]^2)
-        _t12 = _t11.sum(dim=1)
-        # (g1[h] - 1)*(2*g1[h] - 1)*g1[h]*sum(j: R(_slope_u1)[j, h]^2)
-        lap_g1 = _t12 * g1 * (g1 - 1) * (2 * g1 - 1)
-        # sum(j: V2[h, j]*lap_g1[j])
-        lap_u2 = lap_g1 @ self.V2.T
-        # (1 - g2[h])*g2[h]*lap_u2[h] + (g2[h] - 1)*(2*g2[h] - 1)*g2[h]*sum(j: jac_u2[j, h]^2)
-        lap_g2 = _t14 * g2 * (g2 - 1) * (2 * g2 - 1) + g2 * lap_u2 * (1 - g2)
-        # sum(j: V3[h, j]*lap_g2[j])
-        lap_u3 = lap_g2 @ self.V3.T
-        # (1 - g3[h])*g3[h]*lap_u3[h] + (g3[h] - 1)*(2*g3[h] - 1)*g3[h]*sum(j: jac_u3[j, h]^2)
-        lap_g3 = _t16 * g3 * (g3 - 1) * (2 * g3 - 1) + g3 * lap_u3 * (1 - g3)
-        # sum(h: W[k, h]*lap_g3[h])
-        lap_z = lap_g3 @ self.W.T
-        # sigmoid(z[k])*lap_z[k]
-        _t17 = _t3 * lap_z
-        # sum(k: sigmoid(z[k])*lap_z[k])
-        _t18 = _t17.sum(dim=1)
+        # -sigmoid(z[k3])
+        adj_z = -_t3
+        # sum(k: W[k, h19]*adj_z[k])
+        adj_g3 = adj_z @ self.W
+        # (1 - g3[h20])*adj_g3[h20]*g3[h20]
+        adj_u3 = adj_g3 * g3 * (1 - g3)
+        # sum(h: V3[h, h21]*adj_u3[h])
+        adj_g2 = adj_u3 @ self.V3
+        # (1 - g2[h22])*adj_g2[h22]*g2[h22]
+        adj_u2 = adj_g2 * g2 * (1 - g2)
+        # sum(h: V2[h, h23]*adj_u2[h])
+        adj_g1 = adj_u2 @ self.V2
         # (1 - sigmoid(z[k]))*sigmoid(z[k])
-        _t19 = _t3 * (1 - _t3)
+        _t11 = _t3 * (1 - _t3)
         # sum(h1: jac_z[h1, k]^2)
-        _t21 = _square_sum(jac_z, 1)
+        _t13 = _square_sum(jac_z, 1)
         # sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac_z[h, k]^2))
-        _t22 = (_t21 * _t19).sum(dim=1)
-        # -sum(k: sigmoid(z[k])*lap_z[k]) - sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac...
-        lap_F_u1 = -_t18 - _t22
-        # -D/sigma^2 - lap_F_u1
-        laplacian = -self.D / self.sigma ** 2 - lap_F_u1
+        _t14 = (_t13 * _t11).sum(dim=1)
+        # -sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac_z[h, k]^2))
+        curv_F_u1 = -_t14
+        # R(_slope_u1)[j, h]^2
+        _t15 = torch.square(_t1.permute(1, 0))
+        # sum(j: R(_slope_u1)[j, h]^2)
+        _t16 = _t15.sum(dim=1)
+        # (g1[h] - 1)*(2*g1[h] - 1)*g1[h]*sum(j: R(_slope_u1)[j, h]^2)
+        curv_g1 = _t16 * g1 * (g1 - 1) * (2 * g1 - 1)
+        # adj_g1[h]*curv_g1[h]
+        _t17 = adj_g1 * curv_g1
+        # sum(h: adj_g1[h]*curv_g1[h])
+        _t18 = _t17.sum(dim=1)
+        # (g2[h] - 1)*(2*g2[h] - 1)*g2[h]*sum(j: jac_u2[j, h]^2)
+        curv_g2 = _t20 * g2 * (g2 - 1) * (2 * g2 - 1)
+        # adj_g2[h]*curv_g2[h]
+        _t21 = adj_g2 * curv_g2
+        # sum(h: adj_g2[h]*curv_g2[h])
+        _t22 = _t21.sum(dim=1)
+        # (g3[h] - 1)*(2*g3[h] - 1)*g3[h]*sum(j: jac_u3[j, h]^2)
+        curv_g3 = _t24 * g3 * (g3 - 1) * (2 * g3 - 1)
+        # adj_g3[h]*curv_g3[h]
+        _t25 = adj_g3 * curv_g3
+        # sum(h: adj_g3[h]*curv_g3[h])
+        _t26 = _t25.sum(dim=1)
+        # -D/sigma^2 - curv_F_u1 - sum(h: adj_g1[h]*curv_g1[h]) - sum(h: adj_g2[h]*curv_g2[h]) ...
+        laplacian = -self.D / self.sigma ** 2 - _t18 - _t22 - _t26 - curv_F_u1
         return laplacian
 
     def sm_loss(self, x: torch.Tensor) -> torch.Tensor:
@@ -574,7 +582,7 @@ class DEM3(torch.nn.Module):
         g2 = torch.sigmoid(u2)
         # (1 - g2[h])*g2[h]*jac_u2[h2, h]
         # sum(j: jac_u2[j, h]^2)
-        jac_g2, _t14 = _scale_and_square(jac_u2, g2[:, None] * (1 - g2[:, None]), 1)
+        jac_g2, _t20 = _scale_and_square(jac_u2, g2[:, None] * (1 - g2[:, None]), 1)
         # sum(j: V3[h, j]*jac_g2[h2, j])
         jac_u3 = (jac_g2.reshape(-1, self.H) @ self.V3.T).reshape(-1, self.H, self.H)
         # sum(j: V3[h, j]*g2[j])
@@ -583,7 +591,7 @@ class DEM3(torch.nn.Module):
         g3 = torch.sigmoid(u3)
         # (1 - g3[h])*g3[h]*jac_u3[h2, h]
         # sum(j: jac_u3[j, h]^2)
-        jac_g3, _t16 = _scale_and_square(jac_u3, g3[:, None] * (1 - g3[:, None]), 1)
+        jac_g3, _t24 = _scale_and_square(jac_u3, g3[:, None] * (1 - g3[:, None]), 1)
         # sum(h: W[k, h]*jac_g3[h2, h])
         jac_z = (jac_g3.reshape(-1, self.H) @ self.W.T).reshape(-1, self.H, self.K)
         # sum(h: W[k, h]*g3[h])
@@ -612,63 +620,65 @@ class DEM3(torch.nn.Module):
         adj_g1 = adj_u2 @ self.V2
         # (1 - g1[h24])*adj_g1[h24]*g1[h24]
         adj_u1 = adj_g1 * g1 * (1 - g1)
-        # R(_slope_u1)[j, h]^2
-        _t11 = torch.square(_t1.permute(1, 0))
-        # sum(j: R(_slope_u1)[j, h]^2)
-        _t12 = _t11.sum(dim=1)
-        # (g1[h] - 1)*(2*g1[h] - 1)*g1[h]*sum(j: R(_slope_u1)[j, h]^2)
-        lap_g1 = _t12 * g1 * (g1 - 1) * (2 * g1 - 1)
-        # sum(j: V2[h, j]*lap_g1[j])
-        lap_u2 = lap_g1 @ self.V2.T
-        # (1 - g2[h])*g2[h]*lap_u2[h] + (g2[h] - 1)*(2*g2[h] - 1)*g2[h]*sum(j: jac_u2[j, h]^2)
-        lap_g2 = _t14 * g2 * (g2 - 1) * (2 * g2 - 1) + g2 * lap_u2 * (1 - g2)
-        # sum(j: V3[h, j]*lap_g2[j])
-        lap_u3 = lap_g2 @ self.V3.T
-        # (1 - g3[h])*g3[h]*lap_u3[h] + (g3[h] - 1)*(2*g3[h] - 1)*g3[h]*sum(j: jac_u3[j, h]^2)
-        lap_g3 = _t16 * g3 * (g3 - 1) * (2 * g3 - 1) + g3 * lap_u3 * (1 - g3)
-        # sum(h: W[k, h]*lap_g3[h])
-        lap_z = lap_g3 @ self.W.T
-        # sigmoid(z[k])*lap_z[k]
-        _t17 = _t3 * lap_z
-        # sum(k: sigmoid(z[k])*lap_z[k])
-        _t18 = _t17.sum(dim=1)
         # (1 - sigmoid(z[k]))*sigmoid(z[k])
-        _t19 = _t3 * (1 - _t3)
+        _t11 = _t3 * (1 - _t3)
         # sum(h1: jac_z[h1, k]^2)
-        _t21 = _square_sum(jac_z, 1)
+        _t13 = _square_sum(jac_z, 1)
         # sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac_z[h, k]^2))
-        _t22 = (_t21 * _t19).sum(dim=1)
-        # -sum(k: sigmoid(z[k])*lap_z[k]) - sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac...
-        lap_F_u1 = -_t18 - _t22
-        # -D/sigma^2 - lap_F_u1
-        laplacian = -self.D / self.sigma ** 2 - lap_F_u1
+        _t14 = (_t13 * _t11).sum(dim=1)
+        # -sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac_z[h, k]^2))
+        curv_F_u1 = -_t14
+        # R(_slope_u1)[j, h]^2
+        _t15 = torch.square(_t1.permute(1, 0))
+        # sum(j: R(_slope_u1)[j, h]^2)
+        _t16 = _t15.sum(dim=1)
+        # (g1[h] - 1)*(2*g1[h] - 1)*g1[h]*sum(j: R(_slope_u1)[j, h]^2)
+        curv_g1 = _t16 * g1 * (g1 - 1) * (2 * g1 - 1)
+        # adj_g1[h]*curv_g1[h]
+        _t17 = adj_g1 * curv_g1
+        # sum(h: adj_g1[h]*curv_g1[h])
+        _t18 = _t17.sum(dim=1)
+        # (g2[h] - 1)*(2*g2[h] - 1)*g2[h]*sum(j: jac_u2[j, h]^2)
+        curv_g2 = _t20 * g2 * (g2 - 1) * (2 * g2 - 1)
+        # adj_g2[h]*curv_g2[h]
+        _t21 = adj_g2 * curv_g2
+        # sum(h: adj_g2[h]*curv_g2[h])
+        _t22 = _t21.sum(dim=1)
+        # (g3[h] - 1)*(2*g3[h] - 1)*g3[h]*sum(j: jac_u3[j, h]^2)
+        curv_g3 = _t24 * g3 * (g3 - 1) * (2 * g3 - 1)
+        # adj_g3[h]*curv_g3[h]
+        _t25 = adj_g3 * curv_g3
+        # sum(h: adj_g3[h]*curv_g3[h])
+        _t26 = _t25.sum(dim=1)
+        # -D/sigma^2 - curv_F_u1 - sum(h: adj_g1[h]*curv_g1[h]) - sum(h: adj_g2[h]*curv_g2[h]) ...
+        laplacian = -self.D / self.sigma ** 2 - _t18 - _t22 - _t26 - curv_F_u1
         # sum(l: _slope_u1[h1, l]*b[l])
-        _t25 = self.V1 @ self.b
+        _t29 = self.V1 @ self.b
         # sum(l: b[l]*sum(h: _slope_u1[h, l]*adj_u1[h]))
-        _t26 = adj_u1 @ _t25
+        _t30 = adj_u1 @ _t29
         # sum(l: x[l]*sum(h: _slope_u1[h, l]*adj_u1[h]))
-        _t27 = (u1 * adj_u1).sum(dim=1)
+        _t31 = (u1 * adj_u1).sum(dim=1)
         # b[l]^2
-        _t28 = torch.square(self.b)
+        _t32 = torch.square(self.b)
         # sum(l: b[l]^2)
-        _t29 = _t28.sum(dim=0)
+        _t33 = _t32.sum(dim=0)
         # sum(l: _slope_u1[h1, l]*_slope_u1[h2, l])
-        _t30 = self.V1 @ self.V1.T
+        _t34 = self.V1 @ self.V1.T
         # sum(h1: adj_u1[h1]*sum(l: _slope_u1[h1, l]*_slope_u1[h2, l]))
-        _t31 = _t30 @ adj_u1.T
+        _t35 = _t34 @ adj_u1.T
         # sum(l: sum(h: _slope_u1[h, l]*adj_u1[h])^2)
-        _t32 = (_t31 * adj_u1.T).sum(dim=0)
+        _t36 = (_t35 * adj_u1.T).sum(dim=0)
         # -2*sum(l: b[l]*sum(h: _slope_u1[h, l]*adj_u1[h])) + sum(l: b[l]^2) + sum(l: sum(h: _s...
-        _t33 = (
-            -2 * _t26
-            + 2 * _t27 / self.sigma ** 2
-            + _t29
-            + _t32
+        _t37 = (
+            -2 * _t30
+            + 2 * _t31 / self.sigma ** 2
+            + _t33
+            + _t36
             - 2 * _t5 / self.sigma ** 2
             + _t9 / self.sigma ** 4
         )
         # laplacian + sum(l: score[l]^2)/2
-        sm_objective = 0.5 * _t33 + laplacian
+        sm_objective = 0.5 * _t37 + laplacian
         return sm_objective.mean()
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

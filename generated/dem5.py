@@ -11,29 +11,29 @@ Definition:   g5[h] = sigmoid(a5[h] + sum(j: V5[h, j]*g4[j]))
 Definition:   z[k] = c[k] + sum(h: W[k, h]*g5[h])
 Free energy:  F = -sum(i: b[i]*x[i]) - sum(k: softplus(z[k])) + sum(i: x[i]^2)/(2*sigma^2)
 Score:        score[l] = b[l] - sum(h: _slope_pre_g1[h, l]*adj_pre_g1[h]) - x[l]/sigma^2
-Laplacian:    laplacian = -D/sigma^2 - lap_F_pre_g1
+Laplacian:    laplacian = -D/sigma^2 - curv_F_pre_g1 - sum(h: adj_g1[h]*curv_g1[h]) - sum(h:
+                  adj_g2[h]*curv_g2[h]) - sum(h: adj_g3[h]*curv_g3[h]) - sum(h:
+                  adj_g4[h]*curv_g4[h]) - sum(h: adj_g5[h]*curv_g5[h])
 Derived:      pre_g1[h] = a1[h] + sum(i: V1[h, i]*x[i])
 Derived:      _slope_pre_g1[h1, l1] = V1[h1, l1]
 Derived:      jac_g1[h2, h] = (1 - sigmoid(pre_g1[h]))*R(_slope_pre_g1)[h2,
                   h]*sigmoid(pre_g1[h])
-Derived:      lap_g1[h] = (sigmoid(pre_g1[h]) - 1)*(2*sigmoid(pre_g1[h]) -
+Derived:      curv_g1[h] = (sigmoid(pre_g1[h]) - 1)*(2*sigmoid(pre_g1[h]) -
                   1)*sigmoid(pre_g1[h])*sum(j: R(_slope_pre_g1)[j, h]^2)
 Derived:      jac_g2[h2, h] = (1 - g2[h])*g2[h]*sum(j: V2[h, j]*jac_g1[h2, j])
-Derived:      lap_g2[h] = (1 - g2[h])*g2[h]*sum(j: V2[h, j]*lap_g1[j]) + (g2[h] - 1)*(2*g2[h] -
-                  1)*g2[h]*sum(i, j: V2[h, i]*V2[h, j]*sum(k: jac_g1[k, i]*jac_g1[k, j]))
+Derived:      curv_g2[h] = (g2[h] - 1)*(2*g2[h] - 1)*g2[h]*sum(i, j: V2[h, i]*V2[h, j]*sum(k:
+                  jac_g1[k, i]*jac_g1[k, j]))
 Derived:      jac_g3[h2, h] = (1 - g3[h])*g3[h]*sum(j: V3[h, j]*jac_g2[h2, j])
-Derived:      lap_g3[h] = (1 - g3[h])*g3[h]*sum(j: V3[h, j]*lap_g2[j]) + (g3[h] - 1)*(2*g3[h] -
-                  1)*g3[h]*sum(j, i: V3[h, i]*V3[h, j]*sum(k: jac_g2[k, i]*jac_g2[k, j]))
+Derived:      curv_g3[h] = (g3[h] - 1)*(2*g3[h] - 1)*g3[h]*sum(j, i: V3[h, i]*V3[h, j]*sum(k:
+                  jac_g2[k, i]*jac_g2[k, j]))
 Derived:      jac_g4[h2, h] = (1 - g4[h])*g4[h]*sum(j: V4[h, j]*jac_g3[h2, j])
-Derived:      lap_g4[h] = (1 - g4[h])*g4[h]*sum(j: V4[h, j]*lap_g3[j]) + (g4[h] - 1)*(2*g4[h] -
-                  1)*g4[h]*sum(i, j: V4[h, i]*V4[h, j]*sum(k: jac_g3[k, i]*jac_g3[k, j]))
+Derived:      curv_g4[h] = (g4[h] - 1)*(2*g4[h] - 1)*g4[h]*sum(i, j: V4[h, i]*V4[h, j]*sum(k:
+                  jac_g3[k, i]*jac_g3[k, j]))
 Derived:      jac_g5[h2, h] = (1 - g5[h])*g5[h]*sum(j: V5[h, j]*jac_g4[h2, j])
-Derived:      lap_g5[h] = (1 - g5[h])*g5[h]*sum(j: V5[h, j]*lap_g4[j]) + (g5[h] - 1)*(2*g5[h] -
-                  1)*g5[h]*sum(i, j: V5[h, i]*V5[h, j]*sum(k: jac_g4[k, i]*jac_g4[k, j]))
+Derived:      curv_g5[h] = (g5[h] - 1)*(2*g5[h] - 1)*g5[h]*sum(i, j: V5[h, i]*V5[h, j]*sum(k:
+                  jac_g4[k, i]*jac_g4[k, j]))
 Derived:      jac_z[h2, k] = sum(h: W[k, h]*jac_g5[h2, h])
-Derived:      lap_z[k] = sum(h: W[k, h]*lap_g5[h])
-Derived:      lap_F_pre_g1 = -sum(k: sigmoid(z[k])*lap_z[k]) - sum(k: (1 -
-                  sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac_z[h, k]^2))
+Derived:      curv_F_pre_g1 = -sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac_z[h, k]^2))
 Derived:      adj_z[k3] = -sigmoid(z[k3])
 Derived:      adj_g5[h21] = sum(k: W[k, h21]*adj_z[k])
 Derived:      adj_g4[h22] = sum(h: (1 - g5[h])*V5[h, h22]*adj_g5[h]*g5[h])
@@ -158,7 +158,12 @@ class DEM5(torch.nn.Module):
             'Score:        score[l] = b[l] - sum(h: _slope_pre_g1[h, '
             'l]*adj_pre_g1[h]) - x[l]/sigma^2'
         ),
-        'Laplacian:    laplacian = -D/sigma^2 - lap_F_pre_g1',
+        (
+            'Laplacian:    laplacian = -D/sigma^2 - curv_F_pre_g1 - sum(h: '
+            'adj_g1[h]*curv_g1[h]) - sum(h: adj_g2[h]*curv_g2[h]) - sum(h: '
+            'adj_g3[h]*curv_g3[h]) - sum(h: adj_g4[h]*curv_g4[h]) - sum(h: '
+            'adj_g5[h]*curv_g5[h])'
+        ),
         'Derived:      pre_g1[h] = a1[h] + sum(i: V1[h, i]*x[i])',
         'Derived:      _slope_pre_g1[h1, l1] = V1[h1, l1]',
         (
@@ -166,7 +171,7 @@ class DEM5(torch.nn.Module):
             'sigmoid(pre_g1[h]))*R(_slope_pre_g1)[h2, h]*sigmoid(pre_g1[h])'
         ),
         (
-            'Derived:      lap_g1[h] = (sigmoid(pre_g1[h]) - '
+            'Derived:      curv_g1[h] = (sigmoid(pre_g1[h]) - '
             '1)*(2*sigmoid(pre_g1[h]) - 1)*sigmoid(pre_g1[h])*sum(j: '
             'R(_slope_pre_g1)[j, h]^2)'
         ),
@@ -175,42 +180,37 @@ class DEM5(torch.nn.Module):
             'j]*jac_g1[h2, j])'
         ),
         (
-            'Derived:      lap_g2[h] = (1 - g2[h])*g2[h]*sum(j: V2[h, '
-            'j]*lap_g1[j]) + (g2[h] - 1)*(2*g2[h] - 1)*g2[h]*sum(i, j: V2[h, '
-            'i]*V2[h, j]*sum(k: jac_g1[k, i]*jac_g1[k, j]))'
+            'Derived:      curv_g2[h] = (g2[h] - 1)*(2*g2[h] - 1)*g2[h]*sum(i, '
+            'j: V2[h, i]*V2[h, j]*sum(k: jac_g1[k, i]*jac_g1[k, j]))'
         ),
         (
             'Derived:      jac_g3[h2, h] = (1 - g3[h])*g3[h]*sum(j: V3[h, '
             'j]*jac_g2[h2, j])'
         ),
         (
-            'Derived:      lap_g3[h] = (1 - g3[h])*g3[h]*sum(j: V3[h, '
-            'j]*lap_g2[j]) + (g3[h] - 1)*(2*g3[h] - 1)*g3[h]*sum(j, i: V3[h, '
-            'i]*V3[h, j]*sum(k: jac_g2[k, i]*jac_g2[k, j]))'
+            'Derived:      curv_g3[h] = (g3[h] - 1)*(2*g3[h] - 1)*g3[h]*sum(j, '
+            'i: V3[h, i]*V3[h, j]*sum(k: jac_g2[k, i]*jac_g2[k, j]))'
         ),
         (
             'Derived:      jac_g4[h2, h] = (1 - g4[h])*g4[h]*sum(j: V4[h, '
             'j]*jac_g3[h2, j])'
         ),
         (
-            'Derived:      lap_g4[h] = (1 - g4[h])*g4[h]*sum(j: V4[h, '
-            'j]*lap_g3[j]) + (g4[h] - 1)*(2*g4[h] - 1)*g4[h]*sum(i, j: V4[h, '
-            'i]*V4[h, j]*sum(k: jac_g3[k, i]*jac_g3[k, j]))'
+            'Derived:      curv_g4[h] = (g4[h] - 1)*(2*g4[h] - 1)*g4[h]*sum(i, '
+            'j: V4[h, i]*V4[h, j]*sum(k: jac_g3[k, i]*jac_g3[k, j]))'
         ),
         (
             'Derived:      jac_g5[h2, h] = (1 - g5[h])*g5[h]*sum(j: V5[h, '
             'j]*jac_g4[h2, j])'
         ),
         (
-            'Derived:      lap_g5[h] = (1 - g5[h])*g5[h]*sum(j: V5[h, '
-            'j]*lap_g4[j]) + (g5[h] - 1)*(2*g5[h] - 1)*g5[h]*sum(i, j: V5[h, '
-            'i]*V5[h, j]*sum(k: jac_g4[k, i]*jac_g4[k, j]))'
+            'Derived:      curv_g5[h] = (g5[h] - 1)*(2*g5[h] - 1)*g5[h]*sum(i, '
+            'j: V5[h, i]*V5[h, j]*sum(k: jac_g4[k, i]*jac_g4[k, j]))'
         ),
         'Derived:      jac_z[h2, k] = sum(h: W[k, h]*jac_g5[h2, h])',
-        'Derived:      lap_z[k] = sum(h: W[k, h]*lap_g5[h])',
         (
-            'Derived:      lap_F_pre_g1 = -sum(k: sigmoid(z[k])*lap_z[k]) - '
-            'sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac_z[h, k]^2))'
+            'Derived:      curv_F_pre_g1 = -sum(k: (1 - '
+            'sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac_z[h, k]^2))'
         ),
         'Derived:      adj_z[k3] = -sigmoid(z[k3])',
         'Derived:      adj_g5[h21] = sum(k: W[k, h21]*adj_z[k])',
@@ -271,7 +271,13 @@ class DEM5(torch.nn.Module):
             '\\psi_{l} = b_{l} - \\sum_{h} {slope_{pre g1}}_{h l} {adj_{pre '
             'g1}}_{h} - \\frac{x_{l}}{\\sigma^{2}}'
         )),
-        ('laplacian', '\\Delta \\log \\tilde p = - \\frac{D}{\\sigma^{2}} - lap_{F pre g1}'),
+        ('laplacian', (
+            '\\Delta \\log \\tilde p = - \\frac{D}{\\sigma^{2}} - curv_{F pre g1} - '
+            '\\sum_{h} {adj_{g1}}_{h} {curv_{g1}}_{h} - \\sum_{h} {adj_{g2}}_{h} '
+            '{curv_{g2}}_{h} - \\sum_{h} {adj_{g3}}_{h} {curv_{g3}}_{h} - '
+            '\\sum_{h} {adj_{g4}}_{h} {curv_{g4}}_{h} - \\sum_{h} {adj_{g5}}_{h} '
+            '{curv_{g5}}_{h}'
+        )),
         ('pre_g1', '{pre_{g1}}_{h} = {a_{1}}_{h} + \\sum_{i} {V_{1}}_{h i} x_{i}'),
         ('_slope_pre_g1', '{slope_{pre g1}}_{h_{1} l_{1}} = {V_{1}}_{h_{1} l_{1}}'),
         ('jac_g1', (
@@ -279,8 +285,8 @@ class DEM5(torch.nn.Module):
             '\\sigma\\left({pre_{g1}}_{h}\\right)\\right) R(slope_{pre g1})_{h_{2} '
             'h} \\sigma\\left({pre_{g1}}_{h}\\right)'
         )),
-        ('lap_g1', (
-            '{lap_{g1}}_{h} = \\left(\\sigma\\left({pre_{g1}}_{h}\\right) - '
+        ('curv_g1', (
+            '{curv_{g1}}_{h} = \\left(\\sigma\\left({pre_{g1}}_{h}\\right) - '
             '1\\right) \\left(2 \\sigma\\left({pre_{g1}}_{h}\\right) - 1\\right) '
             '\\sigma\\left({pre_{g1}}_{h}\\right) \\sum_{j} R(slope_{pre g1})_{j '
             'h}^{2}'
@@ -289,48 +295,43 @@ class DEM5(torch.nn.Module):
             '{jac_{g2}}_{h_{2} h} = \\left(1 - {g_{2}}_{h}\\right) {g_{2}}_{h} '
             '\\sum_{j} {V_{2}}_{h j} {jac_{g1}}_{h_{2} j}'
         )),
-        ('lap_g2', (
-            '{lap_{g2}}_{h} = \\left(1 - {g_{2}}_{h}\\right) {g_{2}}_{h} \\sum_{j}'
-            ' {V_{2}}_{h j} {lap_{g1}}_{j} + \\left({g_{2}}_{h} - 1\\right) '
-            '\\left(2 {g_{2}}_{h} - 1\\right) {g_{2}}_{h} \\sum_{i, j} {V_{2}}_{h '
-            'i} {V_{2}}_{h j} \\sum_{k} {jac_{g1}}_{k i} {jac_{g1}}_{k j}'
+        ('curv_g2', (
+            '{curv_{g2}}_{h} = \\left({g_{2}}_{h} - 1\\right) \\left(2 {g_{2}}_{h}'
+            ' - 1\\right) {g_{2}}_{h} \\sum_{i, j} {V_{2}}_{h i} {V_{2}}_{h j} '
+            '\\sum_{k} {jac_{g1}}_{k i} {jac_{g1}}_{k j}'
         )),
         ('jac_g3', (
             '{jac_{g3}}_{h_{2} h} = \\left(1 - {g_{3}}_{h}\\right) {g_{3}}_{h} '
             '\\sum_{j} {V_{3}}_{h j} {jac_{g2}}_{h_{2} j}'
         )),
-        ('lap_g3', (
-            '{lap_{g3}}_{h} = \\left(1 - {g_{3}}_{h}\\right) {g_{3}}_{h} \\sum_{j}'
-            ' {V_{3}}_{h j} {lap_{g2}}_{j} + \\left({g_{3}}_{h} - 1\\right) '
-            '\\left(2 {g_{3}}_{h} - 1\\right) {g_{3}}_{h} \\sum_{j, i} {V_{3}}_{h '
-            'i} {V_{3}}_{h j} \\sum_{k} {jac_{g2}}_{k i} {jac_{g2}}_{k j}'
+        ('curv_g3', (
+            '{curv_{g3}}_{h} = \\left({g_{3}}_{h} - 1\\right) \\left(2 {g_{3}}_{h}'
+            ' - 1\\right) {g_{3}}_{h} \\sum_{j, i} {V_{3}}_{h i} {V_{3}}_{h j} '
+            '\\sum_{k} {jac_{g2}}_{k i} {jac_{g2}}_{k j}'
         )),
         ('jac_g4', (
             '{jac_{g4}}_{h_{2} h} = \\left(1 - {g_{4}}_{h}\\right) {g_{4}}_{h} '
             '\\sum_{j} {V_{4}}_{h j} {jac_{g3}}_{h_{2} j}'
         )),
-        ('lap_g4', (
-            '{lap_{g4}}_{h} = \\left(1 - {g_{4}}_{h}\\right) {g_{4}}_{h} \\sum_{j}'
-            ' {V_{4}}_{h j} {lap_{g3}}_{j} + \\left({g_{4}}_{h} - 1\\right) '
-            '\\left(2 {g_{4}}_{h} - 1\\right) {g_{4}}_{h} \\sum_{i, j} {V_{4}}_{h '
-            'i} {V_{4}}_{h j} \\sum_{k} {jac_{g3}}_{k i} {jac_{g3}}_{k j}'
+        ('curv_g4', (
+            '{curv_{g4}}_{h} = \\left({g_{4}}_{h} - 1\\right) \\left(2 {g_{4}}_{h}'
+            ' - 1\\right) {g_{4}}_{h} \\sum_{i, j} {V_{4}}_{h i} {V_{4}}_{h j} '
+            '\\sum_{k} {jac_{g3}}_{k i} {jac_{g3}}_{k j}'
         )),
         ('jac_g5', (
             '{jac_{g5}}_{h_{2} h} = \\left(1 - {g_{5}}_{h}\\right) {g_{5}}_{h} '
             '\\sum_{j} {V_{5}}_{h j} {jac_{g4}}_{h_{2} j}'
         )),
-        ('lap_g5', (
-            '{lap_{g5}}_{h} = \\left(1 - {g_{5}}_{h}\\right) {g_{5}}_{h} \\sum_{j}'
-            ' {V_{5}}_{h j} {lap_{g4}}_{j} + \\left({g_{5}}_{h} - 1\\right) '
-            '\\left(2 {g_{5}}_{h} - 1\\right) {g_{5}}_{h} \\sum_{i, j} {V_{5}}_{h '
-            'i} {V_{5}}_{h j} \\sum_{k} {jac_{g4}}_{k i} {jac_{g4}}_{k j}'
+        ('curv_g5', (
+            '{curv_{g5}}_{h} = \\left({g_{5}}_{h} - 1\\right) \\left(2 {g_{5}}_{h}'
+            ' - 1\\right) {g_{5}}_{h} \\sum_{i, j} {V_{5}}_{h i} {V_{5}}_{h j} '
+            '\\sum_{k} {jac_{g4}}_{k i} {jac_{g4}}_{k j}'
         )),
         ('jac_z', '{jac_{z}}_{h_{2} k} = \\sum_{h} W_{k h} {jac_{g5}}_{h_{2} h}'),
-        ('lap_z', '{lap_{z}}_{k} = \\sum_{h} W_{k h} {lap_{g5}}_{h}'),
-        ('lap_F_pre_g1', (
-            'lap_{F pre g1} = - \\sum_{k} \\sigma\\left(z_{k}\\right) {lap_{z}}_{k}'
-            ' - \\sum_{k} \\left(1 - \\sigma\\left(z_{k}\\right)\\right) '
-            '\\sigma\\left(z_{k}\\right) \\sum_{h} {jac_{z}}_{h k}^{2}'
+        ('curv_F_pre_g1', (
+            'curv_{F pre g1} = - \\sum_{k} \\left(1 - '
+            '\\sigma\\left(z_{k}\\right)\\right) \\sigma\\left(z_{k}\\right) \\sum_{h} '
+            '{jac_{z}}_{h k}^{2}'
         )),
         ('adj_z', '{adj_{z}}_{k_{3}} = - \\sigma\\left(z_{k_{3}}\\right)'),
         ('adj_g5', '{adj_{g5}}_{h_{21}} = \\sum_{k} W_{k h_{21}} {adj_{z}}_{k}'),
@@ -650,7 +651,7 @@ class DEM5(torch.nn.Module):
         _t5 = (jac_g1.reshape(-1, self.H) @ self.V2.T).reshape(-1, self.H, self.H)
         # (1 - g2[h])*g2[h]*sum(j: V2[h, j]*jac_g1[h2, j])
         # sum(i, j: V2[h, i]*V2[h, j]*sum(k: jac_g1[k, i]*jac_g1[k, j]))
-        jac_g2, _t28 = _scale_and_square(_t5, g2[:, None] * (1 - g2[:, None]), 1)
+        jac_g2, _t33 = _scale_and_square(_t5, g2[:, None] * (1 - g2[:, None]), 1)
         # sum(j: V3[h, j]*g2[j])
         _t6 = g2 @ self.V3.T
         # sigmoid(a3[h] + sum(j: V3[h, j]*g2[j]))
@@ -659,7 +660,7 @@ class DEM5(torch.nn.Module):
         _t7 = (jac_g2.reshape(-1, self.H) @ self.V3.T).reshape(-1, self.H, self.H)
         # (1 - g3[h])*g3[h]*sum(j: V3[h, j]*jac_g2[h2, j])
         # sum(j, i: V3[h, i]*V3[h, j]*sum(k: jac_g2[k, i]*jac_g2[k, j]))
-        jac_g3, _t30 = _scale_and_square(_t7, g3[:, None] * (1 - g3[:, None]), 1)
+        jac_g3, _t36 = _scale_and_square(_t7, g3[:, None] * (1 - g3[:, None]), 1)
         # sum(j: V4[h, j]*g3[j])
         _t8 = g3 @ self.V4.T
         # sigmoid(a4[h] + sum(j: V4[h, j]*g3[j]))
@@ -668,7 +669,7 @@ class DEM5(torch.nn.Module):
         _t9 = (jac_g3.reshape(-1, self.H) @ self.V4.T).reshape(-1, self.H, self.H)
         # (1 - g4[h])*g4[h]*sum(j: V4[h, j]*jac_g3[h2, j])
         # sum(i, j: V4[h, i]*V4[h, j]*sum(k: jac_g3[k, i]*jac_g3[k, j]))
-        jac_g4, _t32 = _scale_and_square(_t9, g4[:, None] * (1 - g4[:, None]), 1)
+        jac_g4, _t39 = _scale_and_square(_t9, g4[:, None] * (1 - g4[:, None]), 1)
         # sum(j: V5[h, j]*g4[j])
         _t10 = g4 @ self.V5.T
         # sigmoid(a5[h] + sum(j: V5[h, j]*g4[j]))
@@ -677,7 +678,7 @@ class DEM5(torch.nn.Module):
         _t11 = (jac_g4.reshape(-1, self.H) @ self.V5.T).reshape(-1, self.H, self.H)
         # (1 - g5[h])*g5[h]*sum(j: V5[h, j]*jac_g4[h2, j])
         # sum(i, j: V5[h, i]*V5[h, j]*sum(k: jac_g4[k, i]*jac_g4[k, j]))
-        jac_g5, _t34 = _scale_and_square(_t11, g5[:, None] * (1 - g5[:, None]), 1)
+        jac_g5, _t42 = _scale_and_square(_t11, g5[:, None] * (1 - g5[:, None]), 1)
         # sum(h: W[k, h]*jac_g5[h2, h])
         jac_z = (jac_g5.reshape(-1, self.H) @ self.W.T).reshape(-1, self.H, self.K)
         # sum(h: W[k, h]*g5[h])
@@ -686,44 +687,70 @@ class DEM5(torch.nn.Module):
         z = _t12 + self.c
         # sigmoid(z[k])
         _t13 = torch.sigmoid(z)
-        # R(_slope_pre_g1)[j, h]^2
-        _t25 = torch.square(_t3.permute(1, 0))
-        # sum(j: R(_slope_pre_g1)[j, h]^2)
-        _t26 = _t25.sum(dim=1)
-        # (sigmoid(pre_g1[h]) - 1)*(2*sigmoid(pre_g1[h]) - 1)*sigmoid(pre_g1[h])*sum(j: R(_slop...
-        lap_g1 = _t2 * _t26 * (_t2 - 1) * (2 * _t2 - 1)
-        # sum(j: V2[h, j]*lap_g1[j])
-        _t27 = lap_g1 @ self.V2.T
-        # (1 - g2[h])*g2[h]*sum(j: V2[h, j]*lap_g1[j]) + (g2[h] - 1)*(2*g2[h] - 1)*g2[h]*sum(i,...
-        lap_g2 = _t27 * g2 * (1 - g2) + _t28 * g2 * (g2 - 1) * (2 * g2 - 1)
-        # sum(j: V3[h, j]*lap_g2[j])
-        _t29 = lap_g2 @ self.V3.T
-        # (1 - g3[h])*g3[h]*sum(j: V3[h, j]*lap_g2[j]) + (g3[h] - 1)*(2*g3[h] - 1)*g3[h]*sum(j,...
-        lap_g3 = _t29 * g3 * (1 - g3) + _t30 * g3 * (g3 - 1) * (2 * g3 - 1)
-        # sum(j: V4[h, j]*lap_g3[j])
-        _t31 = lap_g3 @ self.V4.T
-        # (1 - g4[h])*g4[h]*sum(j: V4[h, j]*lap_g3[j]) + (g4[h] - 1)*(2*g4[h] - 1)*g4[h]*sum(i,...
-        lap_g4 = _t31 * g4 * (1 - g4) + _t32 * g4 * (g4 - 1) * (2 * g4 - 1)
-        # sum(j: V5[h, j]*lap_g4[j])
-        _t33 = lap_g4 @ self.V5.T
-        # (1 - g5[h])*g5[h]*sum(j: V5[h, j]*lap_g4[j]) + (g5[h] - 1)*(2*g5[h] - 1)*g5[h]*sum(i,...
-        lap_g5 = _t33 * g5 * (1 - g5) + _t34 * g5 * (g5 - 1) * (2 * g5 - 1)
-        # sum(h: W[k, h]*lap_g5[h])
-        lap_z = lap_g5 @ self.W.T
-        # sigmoid(z[k])*lap_z[k]
-        _t35 = _t13 * lap_z
-        # sum(k: sigmoid(z[k])*lap_z[k])
-        _t36 = _t35.sum(dim=1)
+        # -sigmoid(z[k3])
+        adj_z = -_t13
+        # sum(k: W[k, h21]*adj_z[k])
+        adj_g5 = adj_z @ self.W
+        # (1 - g5[h])*adj_g5[h]*g5[h]
+        _t20 = adj_g5 * g5 * (1 - g5)
+        # sum(h: (1 - g5[h])*V5[h, h22]*adj_g5[h]*g5[h])
+        adj_g4 = _t20 @ self.V5
+        # (1 - g4[h])*adj_g4[h]*g4[h]
+        _t21 = adj_g4 * g4 * (1 - g4)
+        # sum(h: (1 - g4[h])*V4[h, h23]*adj_g4[h]*g4[h])
+        adj_g3 = _t21 @ self.V4
+        # (1 - g3[h])*adj_g3[h]*g3[h]
+        _t22 = adj_g3 * g3 * (1 - g3)
+        # sum(h: (1 - g3[h])*V3[h, h24]*adj_g3[h]*g3[h])
+        adj_g2 = _t22 @ self.V3
+        # (1 - g2[h])*adj_g2[h]*g2[h]
+        _t23 = adj_g2 * g2 * (1 - g2)
+        # sum(h: (1 - g2[h])*V2[h, h25]*adj_g2[h]*g2[h])
+        adj_g1 = _t23 @ self.V2
         # (1 - sigmoid(z[k]))*sigmoid(z[k])
-        _t37 = _t13 * (1 - _t13)
+        _t25 = _t13 * (1 - _t13)
         # sum(h1: jac_z[h1, k]^2)
-        _t39 = _square_sum(jac_z, 1)
+        _t27 = _square_sum(jac_z, 1)
         # sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac_z[h, k]^2))
-        _t40 = (_t39 * _t37).sum(dim=1)
-        # -sum(k: sigmoid(z[k])*lap_z[k]) - sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac...
-        lap_F_pre_g1 = -_t36 - _t40
-        # -D/sigma^2 - lap_F_pre_g1
-        laplacian = -self.D / self.sigma ** 2 - lap_F_pre_g1
+        _t28 = (_t27 * _t25).sum(dim=1)
+        # -sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac_z[h, k]^2))
+        curv_F_pre_g1 = -_t28
+        # R(_slope_pre_g1)[j, h]^2
+        _t29 = torch.square(_t3.permute(1, 0))
+        # sum(j: R(_slope_pre_g1)[j, h]^2)
+        _t30 = _t29.sum(dim=1)
+        # (sigmoid(pre_g1[h]) - 1)*(2*sigmoid(pre_g1[h]) - 1)*sigmoid(pre_g1[h])*sum(j: R(_slop...
+        curv_g1 = _t2 * _t30 * (_t2 - 1) * (2 * _t2 - 1)
+        # adj_g1[h]*curv_g1[h]
+        _t31 = adj_g1 * curv_g1
+        # sum(h: adj_g1[h]*curv_g1[h])
+        _t32 = _t31.sum(dim=1)
+        # (g2[h] - 1)*(2*g2[h] - 1)*g2[h]*sum(i, j: V2[h, i]*V2[h, j]*sum(k: jac_g1[k, i]*jac_g...
+        curv_g2 = _t33 * g2 * (g2 - 1) * (2 * g2 - 1)
+        # adj_g2[h]*curv_g2[h]
+        _t34 = adj_g2 * curv_g2
+        # sum(h: adj_g2[h]*curv_g2[h])
+        _t35 = _t34.sum(dim=1)
+        # (g3[h] - 1)*(2*g3[h] - 1)*g3[h]*sum(j, i: V3[h, i]*V3[h, j]*sum(k: jac_g2[k, i]*jac_g...
+        curv_g3 = _t36 * g3 * (g3 - 1) * (2 * g3 - 1)
+        # adj_g3[h]*curv_g3[h]
+        _t37 = adj_g3 * curv_g3
+        # sum(h: adj_g3[h]*curv_g3[h])
+        _t38 = _t37.sum(dim=1)
+        # (g4[h] - 1)*(2*g4[h] - 1)*g4[h]*sum(i, j: V4[h, i]*V4[h, j]*sum(k: jac_g3[k, i]*jac_g...
+        curv_g4 = _t39 * g4 * (g4 - 1) * (2 * g4 - 1)
+        # adj_g4[h]*curv_g4[h]
+        _t40 = adj_g4 * curv_g4
+        # sum(h: adj_g4[h]*curv_g4[h])
+        _t41 = _t40.sum(dim=1)
+        # (g5[h] - 1)*(2*g5[h] - 1)*g5[h]*sum(i, j: V5[h, i]*V5[h, j]*sum(k: jac_g4[k, i]*jac_g...
+        curv_g5 = _t42 * g5 * (g5 - 1) * (2 * g5 - 1)
+        # adj_g5[h]*curv_g5[h]
+        _t43 = adj_g5 * curv_g5
+        # sum(h: adj_g5[h]*curv_g5[h])
+        _t44 = _t43.sum(dim=1)
+        # -D/sigma^2 - curv_F_pre_g1 - sum(h: adj_g1[h]*curv_g1[h]) - sum(h: adj_g2[h]*curv_g2[...
+        laplacian = -self.D / self.sigma ** 2 - _t32 - _t35 - _t38 - _t41 - _t44 - curv_F_pre_g1
         return laplacian
 
     def sm_loss(self, x: torch.Tensor) -> torch.Tensor:
@@ -750,7 +777,7 @@ class DEM5(torch.nn.Module):
         _t5 = (jac_g1.reshape(-1, self.H) @ self.V2.T).reshape(-1, self.H, self.H)
         # (1 - g2[h])*g2[h]*sum(j: V2[h, j]*jac_g1[h2, j])
         # sum(i, j: V2[h, i]*V2[h, j]*sum(k: jac_g1[k, i]*jac_g1[k, j]))
-        jac_g2, _t28 = _scale_and_square(_t5, g2[:, None] * (1 - g2[:, None]), 1)
+        jac_g2, _t33 = _scale_and_square(_t5, g2[:, None] * (1 - g2[:, None]), 1)
         # sum(j: V3[h, j]*g2[j])
         _t6 = g2 @ self.V3.T
         # sigmoid(a3[h] + sum(j: V3[h, j]*g2[j]))
@@ -759,7 +786,7 @@ class DEM5(torch.nn.Module):
         _t7 = (jac_g2.reshape(-1, self.H) @ self.V3.T).reshape(-1, self.H, self.H)
         # (1 - g3[h])*g3[h]*sum(j: V3[h, j]*jac_g2[h2, j])
         # sum(j, i: V3[h, i]*V3[h, j]*sum(k: jac_g2[k, i]*jac_g2[k, j]))
-        jac_g3, _t30 = _scale_and_square(_t7, g3[:, None] * (1 - g3[:, None]), 1)
+        jac_g3, _t36 = _scale_and_square(_t7, g3[:, None] * (1 - g3[:, None]), 1)
         # sum(j: V4[h, j]*g3[j])
         _t8 = g3 @ self.V4.T
         # sigmoid(a4[h] + sum(j: V4[h, j]*g3[j]))
@@ -768,7 +795,7 @@ class DEM5(torch.nn.Module):
         _t9 = (jac_g3.reshape(-1, self.H) @ self.V4.T).reshape(-1, self.H, self.H)
         # (1 - g4[h])*g4[h]*sum(j: V4[h, j]*jac_g3[h2, j])
         # sum(i, j: V4[h, i]*V4[h, j]*sum(k: jac_g3[k, i]*jac_g3[k, j]))
-        jac_g4, _t32 = _scale_and_square(_t9, g4[:, None] * (1 - g4[:, None]), 1)
+        jac_g4, _t39 = _scale_and_square(_t9, g4[:, None] * (1 - g4[:, None]), 1)
         # sum(j: V5[h, j]*g4[j])
         _t10 = g4 @ self.V5.T
         # sigmoid(a5[h] + sum(j: V5[h, j]*g4[j]))
@@ -777,7 +804,7 @@ class DEM5(torch.nn.Module):
         _t11 = (jac_g4.reshape(-1, self.H) @ self.V5.T).reshape(-1, self.H, self.H)
         # (1 - g5[h])*g5[h]*sum(j: V5[h, j]*jac_g4[h2, j])
         # sum(i, j: V5[h, i]*V5[h, j]*sum(k: jac_g4[k, i]*jac_g4[k, j]))
-        jac_g5, _t34 = _scale_and_square(_t11, g5[:, None] * (1 - g5[:, None]), 1)
+        jac_g5, _t42 = _scale_and_square(_t11, g5[:, None] * (1 - g5[:, None]), 1)
         # sum(h: W[k, h]*jac_g5[h2, h])
         jac_z = (jac_g5.reshape(-1, self.H) @ self.W.T).reshape(-1, self.H, self.K)
         # sum(h: W[k, h]*g5[h])
@@ -814,71 +841,77 @@ class DEM5(torch.nn.Module):
         adj_g1 = _t23 @ self.V2
         # (1 - sigmoid(pre_g1[h26]))*sigmoid(pre_g1[h26])*adj_g1[h26]
         adj_pre_g1 = _t2 * adj_g1 * (1 - _t2)
-        # R(_slope_pre_g1)[j, h]^2
-        _t25 = torch.square(_t3.permute(1, 0))
-        # sum(j: R(_slope_pre_g1)[j, h]^2)
-        _t26 = _t25.sum(dim=1)
-        # (sigmoid(pre_g1[h]) - 1)*(2*sigmoid(pre_g1[h]) - 1)*sigmoid(pre_g1[h])*sum(j: R(_slop...
-        lap_g1 = _t2 * _t26 * (_t2 - 1) * (2 * _t2 - 1)
-        # sum(j: V2[h, j]*lap_g1[j])
-        _t27 = lap_g1 @ self.V2.T
-        # (1 - g2[h])*g2[h]*sum(j: V2[h, j]*lap_g1[j]) + (g2[h] - 1)*(2*g2[h] - 1)*g2[h]*sum(i,...
-        lap_g2 = _t27 * g2 * (1 - g2) + _t28 * g2 * (g2 - 1) * (2 * g2 - 1)
-        # sum(j: V3[h, j]*lap_g2[j])
-        _t29 = lap_g2 @ self.V3.T
-        # (1 - g3[h])*g3[h]*sum(j: V3[h, j]*lap_g2[j]) + (g3[h] - 1)*(2*g3[h] - 1)*g3[h]*sum(j,...
-        lap_g3 = _t29 * g3 * (1 - g3) + _t30 * g3 * (g3 - 1) * (2 * g3 - 1)
-        # sum(j: V4[h, j]*lap_g3[j])
-        _t31 = lap_g3 @ self.V4.T
-        # (1 - g4[h])*g4[h]*sum(j: V4[h, j]*lap_g3[j]) + (g4[h] - 1)*(2*g4[h] - 1)*g4[h]*sum(i,...
-        lap_g4 = _t31 * g4 * (1 - g4) + _t32 * g4 * (g4 - 1) * (2 * g4 - 1)
-        # sum(j: V5[h, j]*lap_g4[j])
-        _t33 = lap_g4 @ self.V5.T
-        # (1 - g5[h])*g5[h]*sum(j: V5[h, j]*lap_g4[j]) + (g5[h] - 1)*(2*g5[h] - 1)*g5[h]*sum(i,...
-        lap_g5 = _t33 * g5 * (1 - g5) + _t34 * g5 * (g5 - 1) * (2 * g5 - 1)
-        # sum(h: W[k, h]*lap_g5[h])
-        lap_z = lap_g5 @ self.W.T
-        # sigmoid(z[k])*lap_z[k]
-        _t35 = _t13 * lap_z
-        # sum(k: sigmoid(z[k])*lap_z[k])
-        _t36 = _t35.sum(dim=1)
         # (1 - sigmoid(z[k]))*sigmoid(z[k])
-        _t37 = _t13 * (1 - _t13)
+        _t25 = _t13 * (1 - _t13)
         # sum(h1: jac_z[h1, k]^2)
-        _t39 = _square_sum(jac_z, 1)
+        _t27 = _square_sum(jac_z, 1)
         # sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac_z[h, k]^2))
-        _t40 = (_t39 * _t37).sum(dim=1)
-        # -sum(k: sigmoid(z[k])*lap_z[k]) - sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac...
-        lap_F_pre_g1 = -_t36 - _t40
-        # -D/sigma^2 - lap_F_pre_g1
-        laplacian = -self.D / self.sigma ** 2 - lap_F_pre_g1
+        _t28 = (_t27 * _t25).sum(dim=1)
+        # -sum(k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: jac_z[h, k]^2))
+        curv_F_pre_g1 = -_t28
+        # R(_slope_pre_g1)[j, h]^2
+        _t29 = torch.square(_t3.permute(1, 0))
+        # sum(j: R(_slope_pre_g1)[j, h]^2)
+        _t30 = _t29.sum(dim=1)
+        # (sigmoid(pre_g1[h]) - 1)*(2*sigmoid(pre_g1[h]) - 1)*sigmoid(pre_g1[h])*sum(j: R(_slop...
+        curv_g1 = _t2 * _t30 * (_t2 - 1) * (2 * _t2 - 1)
+        # adj_g1[h]*curv_g1[h]
+        _t31 = adj_g1 * curv_g1
+        # sum(h: adj_g1[h]*curv_g1[h])
+        _t32 = _t31.sum(dim=1)
+        # (g2[h] - 1)*(2*g2[h] - 1)*g2[h]*sum(i, j: V2[h, i]*V2[h, j]*sum(k: jac_g1[k, i]*jac_g...
+        curv_g2 = _t33 * g2 * (g2 - 1) * (2 * g2 - 1)
+        # adj_g2[h]*curv_g2[h]
+        _t34 = adj_g2 * curv_g2
+        # sum(h: adj_g2[h]*curv_g2[h])
+        _t35 = _t34.sum(dim=1)
+        # (g3[h] - 1)*(2*g3[h] - 1)*g3[h]*sum(j, i: V3[h, i]*V3[h, j]*sum(k: jac_g2[k, i]*jac_g...
+        curv_g3 = _t36 * g3 * (g3 - 1) * (2 * g3 - 1)
+        # adj_g3[h]*curv_g3[h]
+        _t37 = adj_g3 * curv_g3
+        # sum(h: adj_g3[h]*curv_g3[h])
+        _t38 = _t37.sum(dim=1)
+        # (g4[h] - 1)*(2*g4[h] - 1)*g4[h]*sum(i, j: V4[h, i]*V4[h, j]*sum(k: jac_g3[k, i]*jac_g...
+        curv_g4 = _t39 * g4 * (g4 - 1) * (2 * g4 - 1)
+        # adj_g4[h]*curv_g4[h]
+        _t40 = adj_g4 * curv_g4
+        # sum(h: adj_g4[h]*curv_g4[h])
+        _t41 = _t40.sum(dim=1)
+        # (g5[h] - 1)*(2*g5[h] - 1)*g5[h]*sum(i, j: V5[h, i]*V5[h, j]*sum(k: jac_g4[k, i]*jac_g...
+        curv_g5 = _t42 * g5 * (g5 - 1) * (2 * g5 - 1)
+        # adj_g5[h]*curv_g5[h]
+        _t43 = adj_g5 * curv_g5
+        # sum(h: adj_g5[h]*curv_g5[h])
+        _t44 = _t43.sum(dim=1)
+        # -D/sigma^2 - curv_F_pre_g1 - sum(h: adj_g1[h]*curv_g1[h]) - sum(h: adj_g2[h]*curv_g2[...
+        laplacian = -self.D / self.sigma ** 2 - _t32 - _t35 - _t38 - _t41 - _t44 - curv_F_pre_g1
         # sum(l: _slope_pre_g1[h1, l]*b[l])
-        _t43 = self.V1 @ self.b
+        _t47 = self.V1 @ self.b
         # sum(l: b[l]*sum(h: _slope_pre_g1[h, l]*adj_pre_g1[h]))
-        _t44 = adj_pre_g1 @ _t43
+        _t48 = adj_pre_g1 @ _t47
         # sum(l: x[l]*sum(h: _slope_pre_g1[h, l]*adj_pre_g1[h]))
-        _t45 = (_t1 * adj_pre_g1).sum(dim=1)
+        _t49 = (_t1 * adj_pre_g1).sum(dim=1)
         # b[l]^2
-        _t46 = torch.square(self.b)
+        _t50 = torch.square(self.b)
         # sum(l: b[l]^2)
-        _t47 = _t46.sum(dim=0)
+        _t51 = _t50.sum(dim=0)
         # sum(l: _slope_pre_g1[h1, l]*_slope_pre_g1[h2, l])
-        _t48 = self.V1 @ self.V1.T
+        _t52 = self.V1 @ self.V1.T
         # sum(h1: adj_pre_g1[h1]*sum(l: _slope_pre_g1[h1, l]*_slope_pre_g1[h2, l]))
-        _t49 = _t48 @ adj_pre_g1.T
+        _t53 = _t52 @ adj_pre_g1.T
         # sum(l: sum(h: _slope_pre_g1[h, l]*adj_pre_g1[h])^2)
-        _t50 = (_t49 * adj_pre_g1.T).sum(dim=0)
+        _t54 = (_t53 * adj_pre_g1.T).sum(dim=0)
         # -2*sum(l: b[l]*sum(h: _slope_pre_g1[h, l]*adj_pre_g1[h])) + sum(l: b[l]^2) + sum(l: s...
-        _t51 = (
+        _t55 = (
             -2 * _t15 / self.sigma ** 2
             + _t19 / self.sigma ** 4
-            - 2 * _t44
-            + 2 * _t45 / self.sigma ** 2
-            + _t47
-            + _t50
+            - 2 * _t48
+            + 2 * _t49 / self.sigma ** 2
+            + _t51
+            + _t54
         )
         # laplacian + sum(l: score[l]^2)/2
-        sm_objective = 0.5 * _t51 + laplacian
+        sm_objective = 0.5 * _t55 + laplacian
         return sm_objective.mean()
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

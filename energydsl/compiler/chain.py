@@ -1,33 +1,36 @@
-"""Derivatives of deep stacks of `let`s by forward propagation, layer by layer.
+"""Derivatives of deep stacks of `let`s, layer by layer.
 
 Differentiating through lets by substitution (`algebra.diff`) writes the score of an
 L-layer network as nested sums over the units of every layer; squaring it and taking the
 Laplacian then nests sums over pairs of units of every layer, whose cost and size grow
-like H^(2L). Forward mode instead carries two quantities per let l, with respect to the
-coordinates y of a base:
+like H^(2L). Instead, with respect to the coordinates y of a base, each let l gets
 
-    J_l[a, ..] = d l[..] / d y[a]                          (Jacobian, base index first)
-    Q_l[..]    = sum(a: d^2 l[..] / d y[a]^2)              (Laplacian in y)
+    J_l[a, ..] = d l[..] / d y[a]          (its Jacobian, base index first, carried forward)
+    S_l[..]    = sum(j, j': d^2B/dm[j] dm'[j'] sum(a: J_m[a, j] J_m'[a, j']))
+                                           (its second-order term, B its body over lets m)
+
+and the top expression Phi its adjoints adj_l = dPhi/dl (carried backward, one
+matrix-vector product per layer, `base_adjoint`). Then
+
+    score:     -sum(j: adj_u[j] A[j, p]) - dPsi/dv[p]
+    Laplacian: -(S_Phi + sum(l, i: adj_l[i] S_l[i])) - Laplacian Psi
+
+for F = Phi(u) + Psi(v) (`_Forward.laplacian`: the forward-mode Laplacian of a let is
+linear in the Laplacians of what it reads, plus S_l; unrolled, each S_l is weighted by
+its adjoint).
 
 - The base is the first layer's let u = A v + c when every nonlinear dependence on v
   flows through it and it is smaller than v: y = Q^T v, the coordinates of A's row space
   (Q with orthonormal columns holding A's rows, R^T R = A A^T: `RowSpaceFactor`). There
   u = R^T y + c, so J_u[a, j] = R[a, j], and because Q has orthonormal columns the
   Laplacian in v of a function of u is its Laplacian in y. Q itself is never formed:
-  the Jacobians read A through R^T R only, and the score goes back to v through A
-  (`base_adjoint`).
+  the Jacobians read A through R^T R only, and the score goes back to v through A.
 - Otherwise the base is v itself (y = v, J_v = the identity).
 
-For F = Phi(u) + Psi(v): Laplacian F = Q_Phi + Laplacian Psi, and the score needs no
-Jacobian: score = -sum(j: adj_u[j] A[j, p]) - dPsi/dv[p] with adj_u = dPhi/du by reverse
-accumulation through the lets (`base_adjoint`, one matrix-vector product per layer).
-Per let with body B over propagated lets m (one generic unit each):
-    J_l = sum(j: dB/dm[j] J_m[a, j])
-    Q_l = sum(j: dB/dm[j] Q_m[j]) + sum(j, j': d^2B/dm[j] dm'[j'] sum(a: J_m[a, j]
-          J_m'[a, j']))
-so every layer costs one product with its weights (one GEMM over the folded batch) and a
-sum of squares: no intermediate carries more than one pair of units. Each J and Q
-becomes a named definition the planner computes once (a Jacobian that is still a
+Per let, J_l = sum(j: dB/dm[j] J_m[a, j]): every layer costs one product with its
+weights (one GEMM over the folded batch) and a sum of squares, and no intermediate
+carries more than one pair of units. Each J, S and adjoint becomes a named definition
+(`jac_g2`, `curv_g2`, `adj_g2`) the planner computes once (a Jacobian that is still a
 Kronecker delta, or one tensor, stays inline so that the sums reading it collapse).
 """
 
@@ -71,10 +74,10 @@ class ChainForm:
 
 @dataclass
 class _Propagated:
-    """J and Q of one let, as functions of the indices to read them at."""
+    """J and S of one let, as functions of the indices to read them at."""
 
     jacobian: Callable[[tuple, sp.Idx], sp.Expr]  # (the let's indices, the base index)
-    laplacian: Callable[[tuple], sp.Expr]  # the Laplacian in y, at the let's indices
+    second: Callable[[tuple], sp.Expr]  # its second-order term S, at the let's indices
 
 
 class _Forward:
@@ -88,6 +91,7 @@ class _Forward:
         self.definitions: dict[str, Definition] = {}
         self.known: dict[sp.Basic, _Propagated] = {
             base: _Propagated(lambda at, a: base_jacobian(at[0], a), lambda at: sp.S.Zero)}
+        self.adjoints: dict[sp.Basic, Callable[[tuple], sp.Expr]] = {}  # base_adjoint's
         self.formals: dict[sp.Basic, tuple] = {base: (base_index,)}
         self.base = base
         self.order: list[Definition] = []  # the propagated lets, readers after what they read
@@ -107,10 +111,10 @@ class _Forward:
         return sorted(found, key=str)
 
     def propagate(self, body: sp.Expr, own: tuple, stem: str | None) -> _Propagated:
-        """J and Q of `body` (free indices `own`); named `jac_stem`, `lap_stem` unless
+        """J and S of `body` (free indices `own`); named `jac_stem`, `curv_stem` unless
         stem is None (the caller inlines them)."""
         a = self.a
-        jacobian_terms, laplacian_terms = [], []
+        jacobian_terms, second_terms = [], []
         atoms = self.atoms(body)
         partials = {}
         for m in atoms:
@@ -122,7 +126,6 @@ class _Forward:
             limits = [(i, i.lower, i.upper) for i in at]
             known = self.known[m]
             jacobian_terms.append(make_sum(partial * known.jacobian(at, a), limits))
-            laplacian_terms.append(make_sum(partial * known.laplacian(at), limits))
             for m2, (at2_formal, _) in partials.items():
                 at2 = self._fresh(at2_formal)
                 second = diff(partial, m2, at2)
@@ -132,16 +135,32 @@ class _Forward:
                 quadratic = make_sum(known.jacobian(at, a1) * self.known[m2].jacobian(at2, a1),
                                      [(a1, a1.lower, a1.upper)])
                 limits2 = limits + [(i, i.lower, i.upper) for i in at2]
-                laplacian_terms.append(make_sum(second * quadratic, limits2))
+                second_terms.append(make_sum(second * quadratic, limits2))
         jacobian = self.tidy(normalise(sp.Add(*jacobian_terms)))
-        laplacian = self.tidy(normalise(sp.Add(*laplacian_terms)))
+        second_order = self.tidy(normalise(sp.Add(*second_terms)))
         # a Jacobian's base index first: [N, a, units] makes each layer's product with
         # its weights one GEMM over the folded batch (J @ V^T)
         named = set(self.definitions)
         jacobian_reader = self._named(f"jac_{stem}" if stem else None, jacobian, (a, *own))
         self.jacobians += [name for name in self.definitions if name not in named]
-        laplacian_reader = self._named(f"lap_{stem}" if stem else None, laplacian, own)
-        return _Propagated(lambda at, b: jacobian_reader((b, *at)), laplacian_reader)
+        second_reader = self._named(f"curv_{stem}" if stem else None, second_order, own)
+        return _Propagated(lambda at, b: jacobian_reader((b, *at)), second_reader)
+
+    def laplacian(self, top: _Propagated) -> sp.Expr:
+        """The Laplacian in y of the top expression, by reverse accumulation of the lets'
+        second-order terms: with adj_l = d top / d l (`base_adjoint`),
+            Laplacian = S_top + sum(l, i: adj_l[i] S_l[i]),
+        because each let's forward-mode Laplacian Q_l = sum(j: dB/dm[j] Q_m[j]) + S_l is
+        linear in the Q of what it reads, and unrolled that sum weights each S_l by the
+        derivative of the top along every path from l."""
+        terms = [top.second(())]
+        for definition in self.order:
+            at = self._fresh(tuple(definition.indices))
+            second = self.known[definition.base].second(at)
+            if second != 0:
+                terms.append(make_sum(self.adjoints[definition.base](at) * second,
+                                      [(i, i.lower, i.upper) for i in at]))
+        return self.tidy(normalise(sp.Add(*terms)))
 
     def _named(self, stem: str | None, body: sp.Expr, formals: tuple
                ) -> Callable[[tuple], sp.Expr]:
@@ -179,6 +198,7 @@ class _Forward:
                     terms.append(make_sum(adjoint(formals) * partial,
                                           [(i, i.lower, i.upper) for i in formals]))
             reader = self._named(f"adj_{m}", self.tidy(normalise(sp.Add(*terms))), at)
+            self.adjoints[m] = reader
             if m != self.base:
                 definition = next(d for d in self.order if d.base == m)
                 readers.append((definition.body, tuple(definition.indices), reader))
@@ -361,7 +381,7 @@ def _through(model: FreeEnergyModel, free_energy: sp.Expr, p: sp.Idx,
         j = fresh_like(index, symbolic.taken_names)
         score = -make_sum(adjoint((j,)) * slope_base[j, p], [(j, j.lower, j.upper)]) - diff(
             psi, v, (p,), lookup)
-    laplacian = -top.laplacian(())
+    laplacian = -forward.laplacian(top)
     if psi != 0:
         laplacian -= make_sum(diff(diff(psi, v, (p,), lookup), v, (p,), lookup),
                               [(p, p.lower, p.upper)])

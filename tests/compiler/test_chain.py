@@ -116,7 +116,7 @@ def test_no_definition_nests_sums_over_the_units_of_every_layer():
     bodies = [d.body for d in derivation.definitions.values()]
     assert max(_sums_over_pairs(body) for body in bodies) <= 2
     names = set(derivation.definitions)
-    assert {"jac_g5", "lap_g5", "_slope_pre_g1"} <= names
+    assert {"jac_g5", "curv_g5", "_slope_pre_g1"} <= names
 
 
 def dem3_log_density(x, V1, V2, V3, W, b, c, sigma=1.0):
