@@ -58,14 +58,17 @@ def _row_space(slope: torch.Tensor) -> torch.Tensor:
     - H <= D: R is the Cholesky factor of the H x H Gram matrix. When that is singular
       (linearly dependent rows, a dead unit) R = Q^T slope^T with Q QR's orthonormal basis
       held constant: first derivatives stay exact (QR's own backward divides by zero
-      pivots), second derivatives in the slope do not. (The test costs a GPU one sync.)
+      pivots), second derivatives in the slope do not. The test costs a GPU one sync;
+      under torch.compile, whose graphs cannot branch on data and which takes no second
+      derivatives, R is always the fixed-basis one.
     - H > D: y = v itself, R = slope^T padded with zero rows."""
     h, d = slope.shape
     if h > d:
         return torch.nn.functional.pad(slope.T, (0, 0, 0, h - d))
-    lower, info = torch.linalg.cholesky_ex(slope @ slope.T)
-    if int(info) == 0:
-        return lower.T  # measured faster than upper=True, forward and backward
+    if not torch.compiler.is_compiling():
+        lower, info = torch.linalg.cholesky_ex(slope @ slope.T)
+        if int(info) == 0:
+            return lower.T  # measured faster than upper=True, forward and backward
     basis = torch.linalg.qr(slope.detach().T)[0]
     return basis.T @ slope.T
 
