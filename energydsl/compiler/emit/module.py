@@ -320,7 +320,7 @@ def formulas(derivation: Derivation, conditionals: Conditionals | None = None) -
 
 def derived_definitions(derivation: Derivation) -> list[tuple[str, Definition]]:
     """The definitions the derivation added that its score and Laplacian read, directly
-    or through each other (the forward form's Jacobians, Laplacians and adjoints), in
+    or through each other (a deep model's Jacobians, second-order terms and adjoints), in
     the order they are defined: what a reader of those two formulas needs."""
     own = derivation.model.symbolic.definitions
     derived = {name: d for name, d in derivation.definitions.items() if name not in own}

@@ -36,10 +36,11 @@ def scale_and_square(steps: list[Step]) -> list[Step]:
         if split is None:
             continue
         t, scale = split
-        s, dim = squares.pop(t)
+        s, dim = squares[t]
         at = min(k, s)
         if any(position.get(dep, -1) >= at for dep in (*step.deps, t)):
             continue
+        del squares[t]
         squared = steps[s]
         out[at] = Step(f"{step.name}, {squared.name}", f"_scale_and_square({t}, {scale}, {dim})",
                        f"{step.comment}\n{squared.comment}",
