@@ -145,7 +145,8 @@ def test_dem3_against_the_network_written_in_torch():
     torch.testing.assert_close(model.sm_loss(y), expected, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("first_layer", ["full rank", "a dead unit", "wider than the input"])
+@pytest.mark.parametrize("first_layer", ["full rank", "a dead unit", "all zero",
+                                         "wider than the input"])
 def test_dem3_parameter_gradients_against_autograd(first_layer):
     """d sm_loss / d parameters against autograd through the torch network's exact SM,
     whichever factor of the first layer's Gram matrix `_row_space` takes: Cholesky, the
@@ -158,6 +159,9 @@ def test_dem3_parameter_gradients_against_autograd(first_layer):
     if first_layer == "a dead unit":
         with torch.no_grad():
             model.V1[2] = 0.0
+    if first_layer == "all zero":  # as `param V1 ~ zeros` starts: QR's backward gave NaN
+        with torch.no_grad():
+            model.V1.zero_()
     names = ("V1", "V2", "V3", "W", "b", "c")
     params = [getattr(model, n) for n in names]
     x = torch.randn(5, d, dtype=F64, generator=torch.Generator().manual_seed(2))
