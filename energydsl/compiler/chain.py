@@ -51,7 +51,7 @@ from energydsl.compiler.algebra import (
 )
 from energydsl.compiler.ir import Definition, FreeEnergyModel, SymbolicModel
 from energydsl.compiler.lets import depends_on
-from energydsl.compiler.sympy_functions import RowSpaceFactor
+from energydsl.compiler.sympy_functions import JacobianSquares, RowSpaceFactor
 
 DEEP = 3
 """Nested nonlinear functions between v and F (`nesting_depth`) from which the forward
@@ -80,6 +80,21 @@ class _Propagated:
     second: Callable[[tuple], sp.Expr]  # its second-order term S, at the let's indices
 
 
+@dataclass(frozen=True)
+class _Layer:
+    """How a let (or the top) acts in a plain chain of layers: it reads one propagated
+    let `reads`, through the weights P (m[j] -> sum(j: P[h, j] m[j]); None: unit by unit)
+    and then a per-unit slope f[h] (None: 1), and its second-order term is
+    curvature[h] sum(a: T[a, h]^2) with T what the slope multiplies."""
+
+    reads: sp.Basic
+    index: sp.Idx | None  # the unit index the slope and curvature are written at
+    weights: sp.IndexedBase | None
+    transposed: bool  # P written P[j, h]
+    slope: sp.Expr | None
+    curvature: sp.Expr
+
+
 class _Forward:
     def __init__(self, symbolic: SymbolicModel, base: sp.Basic, base_index: sp.Idx,
                  base_jacobian: Callable[[sp.Idx, sp.Idx], sp.Expr],
@@ -96,6 +111,9 @@ class _Forward:
         self.base = base
         self.order: list[Definition] = []  # the propagated lets, readers after what they read
         self.jacobians: list[str] = []  # the named J_l, in propagation order
+        self.curvatures: list[str] = []  # the named S_l
+        self.layers: dict[sp.Basic, _Layer | None] = {}  # each let as a layer, if it is one
+        self.last_layer: _Layer | None = None  # the last propagated body's
 
     # ------------------------------------------------------------------ names
     def _fresh(self, formals: tuple) -> tuple:
@@ -122,6 +140,7 @@ class _Forward:
             partial = diff(body, m, at)
             if partial != 0:
                 partials[m] = (at, partial)
+        seconds = {}
         for m, (at, partial) in partials.items():
             limits = [(i, i.lower, i.upper) for i in at]
             known = self.known[m]
@@ -129,6 +148,7 @@ class _Forward:
             for m2, (at2_formal, _) in partials.items():
                 at2 = self._fresh(at2_formal)
                 second = diff(partial, m2, at2)
+                seconds[(m, m2)] = (at2, second)
                 if second == 0:
                     continue
                 a1 = fresh_like(a, self.taken)
@@ -143,8 +163,66 @@ class _Forward:
         named = set(self.definitions)
         jacobian_reader = self._named(f"jac_{stem}" if stem else None, jacobian, (a, *own))
         self.jacobians += [name for name in self.definitions if name not in named]
+        named = set(self.definitions)
         second_reader = self._named(f"curv_{stem}" if stem else None, second_order, own)
+        self.curvatures += [name for name in self.definitions if name not in named]
+        self.last_layer = self._layer(own, partials, seconds)
         return _Propagated(lambda at, b: jacobian_reader((b, *at)), second_reader)
+
+    def _layer(self, own: tuple, partials: dict, seconds: dict) -> _Layer | None:
+        """The body as a layer of a plain chain (see `_Layer`), or None: it must read one
+        propagated let, through one weight tensor that does not depend on the data or
+        unit by unit (a Kronecker delta), times a slope of its own unit only."""
+        if len(partials) != 1 or len(own) > 1:
+            return None
+        ((m, (at, partial)),) = partials.items()
+        if len(at) != 1:
+            return None
+        (j,) = at
+        at2, second = seconds[(m, m)]
+        if not own:  # the top: sum(j: phi(m[j])), its curvature phi'' at j
+            curvature = self._stripped(second, {at2[0]}, None)
+            return None if curvature is None else _Layer(m, j, None, False, None, curvature)
+        (h,) = own
+        factors = sp.Mul.make_args(partial)
+        deltas = [f for f in factors if isinstance(f, sp.KroneckerDelta)
+                  and set(f.args) == {h, j}]
+        weights = [f for f in factors if isinstance(f, sp.Indexed) and len(f.indices) == 2
+                   and set(f.indices) == {h, j} and self._constant(f.base)]
+        if len(deltas) + len(weights) != 1:
+            return None
+        slope = sp.Mul(*[f for f in factors if f not in deltas and f not in weights])
+        if slope.has(j):
+            return None
+        matrix = weights[0] if weights else None
+        curvature = self._stripped(second, {j, at2[0]},
+                                   None if matrix is None else matrix.base)
+        if curvature is None:
+            return None
+        return _Layer(m, h, None if matrix is None else matrix.base,
+                      matrix is not None and matrix.indices == (j, h),
+                      None if slope == 1 else slope, curvature)
+
+    def _constant(self, base: sp.IndexedBase) -> bool:
+        """Whether a tensor is a parameter or constant (not a let, not the data)."""
+        return base != self.symbolic.visible and str(base.label) not in self.symbolic.definitions
+
+    @staticmethod
+    def _stripped(second: sp.Expr, others: set, weights: sp.IndexedBase | None
+                  ) -> sp.Expr | None:
+        """The coefficient of a layer's second derivative once its Kronecker deltas
+        between its indices and its two weight factors are taken out; None when what is
+        left still depends on the indices `others` that the layer sums over."""
+        if second == 0:
+            return sp.S.Zero
+        indices = set(others) | set(second.atoms(sp.Idx))
+        coefficient = sp.Mul(*[
+            f for f in sp.Mul.make_args(second)
+            if not (isinstance(f, sp.KroneckerDelta) and set(f.args) <= indices
+                    and set(f.args) & set(others))
+            and not (weights is not None and isinstance(f, sp.Indexed) and f.base == weights
+                     and set(f.indices) & set(others))])
+        return None if any(coefficient.has(i) for i in others) else coefficient
 
     def laplacian(self, top: _Propagated) -> sp.Expr:
         """The Laplacian in y of the top expression, by reverse accumulation of the lets'
@@ -179,7 +257,44 @@ class _Forward:
         self.formals[definition.base] = tuple(definition.indices)
         self.known[definition.base] = self.propagate(
             definition.body, tuple(definition.indices), str(definition.base))
+        self.layers[definition.base] = self.last_layer
         self.order.append(definition)
+
+    def jacobian_squares(self, top: _Layer | None, slope: sp.IndexedBase) -> sp.Expr | None:
+        """The Laplacian's second-order terms, S_top + sum(l, h: adj_l[h] S_l[h]), as one
+        `JacobianSquares` when the lets are a plain chain of layers, each reading the one
+        before (the first reads the base u): then J_u = R(slope), and each layer is
+        "matmul" by its weights, "square" with weights adj_l[h] curvature_l[h] and
+        "scale" by its slope. None otherwise (the planner takes the S_l one by one)."""
+        steps: list[tuple[str, sp.IndexedBase]] = []
+        previous = self.base
+        for definition in self.order:
+            layer = self.layers.get(definition.base)
+            if layer is None or layer.reads != previous:
+                return None
+            if layer.weights is not None:
+                steps.append(("matmul_t" if layer.transposed else "matmul", layer.weights))
+            name = str(definition.base)
+            if layer.curvature != 0:
+                weight = self.adjoints[definition.base]((layer.index,)) * layer.curvature
+                steps.append(("square", self._vector(f"_weight_{name}", weight, layer.index)))
+            if layer.slope is not None:
+                steps.append(("scale", self._vector(f"_scale_{name}", layer.slope,
+                                                    layer.index)))
+            previous = definition.base
+        if top is None or top.reads != previous:
+            return None
+        if top.curvature != 0:
+            steps.append(("square", self._vector("_weight_top", top.curvature, top.index)))
+        return JacobianSquares(slope, *(sp.Tuple(sp.Symbol(kind), base)
+                                        for kind, base in steps))
+
+    def _vector(self, stem: str, body: sp.Expr, index: sp.Idx) -> sp.IndexedBase:
+        """A new definition stem[index] = body (always named: the helper takes tensors)."""
+        name = _unique(self.symbolic, stem)
+        base = sp.IndexedBase(name, real=True)
+        self.definitions[name] = Definition(base, (index,), self.tidy(normalise(body)))
+        return base
 
     def base_adjoint(self, top: sp.Expr) -> Callable[[tuple], sp.Expr]:
         """d top / d base[j] by reverse accumulation through the propagated lets (the
@@ -373,7 +488,14 @@ def _through(model: FreeEnergyModel, free_energy: sp.Expr, p: sp.Idx,
                 return None
             forward.let(definition)
     top = forward.propagate(phi, (), None if u is None else f"F_{base}")
+    top_layer = forward.last_layer
     adjoint = forward.base_adjoint(phi)  # dF/du (or dF/dv) by reverse accumulation
+    squares = None if u is None else forward.jacobian_squares(top_layer, slope_base)
+    jacobians = tuple(forward.jacobians)
+    if squares is not None:  # `_jacobian_squares` forms the J_l and S_l itself
+        for name in forward.jacobians + forward.curvatures:
+            del forward.definitions[name]
+        jacobians = ()
     definitions.update(forward.definitions)
     if u is None:
         score = -adjoint((p,))
@@ -381,12 +503,12 @@ def _through(model: FreeEnergyModel, free_energy: sp.Expr, p: sp.Idx,
         j = fresh_like(index, symbolic.taken_names)
         score = -make_sum(adjoint((j,)) * slope_base[j, p], [(j, j.lower, j.upper)]) - diff(
             psi, v, (p,), lookup)
-    laplacian = -forward.laplacian(top)
+    laplacian = -squares if squares is not None else -forward.laplacian(top)
     if psi != 0:
         laplacian -= make_sum(diff(diff(psi, v, (p,), lookup), v, (p,), lookup),
                               [(p, p.lower, p.upper)])
     return ChainForm(tidy(normalise(score)), tidy(normalise(laplacian)), definitions,
-                     tuple(forward.jacobians))
+                     jacobians)
 
 
 def _unique(symbolic: SymbolicModel, stem: str) -> str:

@@ -52,6 +52,11 @@ class DslPrinter(StrPrinter):
     def _print_Exp1(self, expr) -> str:
         return "exp(1)"
 
+    def _print_JacobianSquares(self, expr) -> str:
+        steps = ", ".join(f"{step.args[0]} {self._print(step.args[1].label)}"
+                          for step in expr.args[1:])
+        return f"jacobian_squares(R({self._print(expr.args[0].label)}); {steps})"
+
     def _print_RowSpaceFactor(self, expr) -> str:
         matrix, row, column = expr.args
         return f"R({self._print(matrix.label)})[{self._print(row)}, {self._print(column)}]"

@@ -334,3 +334,23 @@ class RowSpaceFactor(sp.Function):
         body = (rf"R({printer._print(matrix.label)})"
                 rf"_{{{printer._print(row)} {printer._print(column)}}}")
         return rf"{body}^{{{exp}}}" if exp is not None else body
+
+
+class JacobianSquares(sp.Function):
+    """JacobianSquares(A, (kind, X), ...): per sample, a deep model's Laplacian terms
+    sum over its "square" steps of sum(h: w[h] sum(a: J[a, h]^2)), where J starts as
+    R(A) (`RowSpaceFactor`) and runs through the steps in order: "scale" multiplies its
+    columns by the per-sample vector X[h], "matmul" maps it by the weights, J @ X^T
+    ("matmul_t": J @ X), and "square" adds the term with weights w = X. Each X is the
+    IndexedBase of a parameter or a definition (one formal index, or a parameter's two).
+    compiler/chain.py builds it for a plain chain of layers; a generated module computes
+    it with `_jacobian_squares`, which forms its gradients block by block in cache."""
+
+    def _eval_is_real(self):
+        return True
+
+    def _latex(self, printer, exp=None):
+        steps = ", ".join(rf"\mathrm{{{step.args[0]}}}\,{printer._print(step.args[1].label)}"
+                          for step in self.args[1:])
+        body = rf"\mathcal{{J}}_{{{printer._print(self.args[0].label)}}}\left({steps}\right)"
+        return rf"{body}^{{{exp}}}" if exp is not None else body

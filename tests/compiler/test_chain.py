@@ -11,6 +11,7 @@ import torch
 from energydsl.check.checks import check_compiled
 from energydsl.compiler.driver import compile_source
 from energydsl.compiler.loading import load_module
+from energydsl.compiler.sympy_functions import JacobianSquares
 
 from support import SPECS, randomise
 
@@ -53,6 +54,14 @@ let g2[h] = sigmoid(sum(j: V2[h, j] * sigmoid(u1[j])))
 let g3[h] = sigmoid(sum(j: V3[h, j] * g2[j]))
 log density p(x) = -sum(i: x[i]^2) / 2
     + sum(k: softplus(sum(h: W[k, h] * g3[h]) + sum(i: R[k, i] * x[i]) * c[k]))
+""",
+    # a plain chain of layers, one with its weights written transposed (V2[j, h]): one
+    # `_jacobian_squares` where the first layer is the base
+    "chain_transposed": """
+let g1[h] = sigmoid(sum(i: V1[h, i] * x[i]) + a[h])
+let g2[h] = tanh(sum(j: V2[j, h] * g1[j]))
+let z[k] = sum(h: W[k, h] * g2[h]) + c[k]
+log density p(x) = -sum(i: x[i]^2) / 2 + sum(k: softplus(z[k]))
 """,
     # products of two lets, powers, a scalar let and a logsumexp on top
     "products_powers_scalars": """
@@ -116,7 +125,23 @@ def test_no_definition_nests_sums_over_the_units_of_every_layer():
     bodies = [d.body for d in derivation.definitions.values()]
     assert max(_sums_over_pairs(body) for body in bodies) <= 2
     names = set(derivation.definitions)
-    assert {"jac_g5", "curv_g5", "_slope_pre_g1"} <= names
+    assert {"_weight_g5", "_scale_g5", "_slope_pre_g1"} <= names
+
+
+@pytest.mark.parametrize(("name", "chained"), [("chain_transposed", True),
+                                                ("tanh_softplus", False),
+                                                ("products_powers_scalars", False)])
+def test_a_plain_chain_of_layers_is_one_jacobian_squares(name, chained):
+    """The Laplacian of a chain of layers, each reading the one before, is handed to one
+    runtime helper (its Jacobians are not definitions); anything else (a top that reads a
+    layer through a sum, products of lets) keeps a Jacobian and S definition per let."""
+    derivation = compile_source(deep(name), f"{name}.edsl").derivation
+    assert derivation.laplacian.has(JacobianSquares) == chained
+    assert any(n.startswith("jac_") for n in derivation.definitions) != chained
+    if chained:  # V2 written V2[j, h]: J @ V2, not J @ V2^T
+        (step,) = [s for s in derivation.laplacian.atoms(JacobianSquares).pop().args[1:]
+                   if str(s.args[1].label) == "V2"]
+        assert str(step.args[0]) == "matmul_t"
 
 
 def dem3_log_density(x, V1, V2, V3, W, b, c, sigma=1.0):

@@ -48,7 +48,7 @@ def _slope(kind: str) -> torch.Tensor:
                                   "a zero row"])
 def test_row_space_factor_has_the_slopes_gram(helpers, kind):
     slope = _slope(kind)
-    r = helpers["_row_space"](slope)
+    r = helpers["_row_space"](slope, slope @ slope.T)
     h = slope.shape[0]
     assert r.shape == (h, h)
     torch.testing.assert_close(r.T @ r, slope @ slope.T, rtol=1e-10, atol=1e-10)
@@ -63,7 +63,7 @@ def test_row_space_factor_gradients_match_the_gram_matrix(helpers, kind):
     function of slope slope^T (both differentiated by autograd)."""
     slope = _slope(kind).requires_grad_()
     weights = torch.randn(slope.shape[0], slope.shape[0], dtype=F64)
-    r = helpers["_row_space"](slope)
+    r = helpers["_row_space"](slope, slope @ slope.T)
     (through_r,) = torch.autograd.grad((weights * (r.T @ r)).sum(), slope)
     (direct,) = torch.autograd.grad((weights * (slope @ slope.T)).sum(), slope)
     torch.testing.assert_close(through_r, direct, rtol=1e-8, atol=1e-8)
@@ -176,3 +176,70 @@ def test_random_draws_are_never_merged(draw):
     steps = [_step("p", "torch.sigmoid(u)", "u"), _step("a", draw, "p"),
              _step("b", draw, "p")]
     assert reuse_values(steps) == steps
+
+
+def _chain(n: int = 7, a: int = 4, h: int = 5, seed: int = 0):
+    """R and the steps of a three-layer chain: square, scale, matmul, square, scale,
+    matmul (to 3 outputs), square."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=generator, dtype=F64, requires_grad=True)
+
+    r = rand(a, h)
+    steps = [("square", rand(n, h)), ("scale", rand(n, h)), ("matmul", rand(h, h)),
+             ("square", rand(n, h)), ("scale", rand(n, h)), ("matmul", rand(3, h)),
+             ("square", rand(n, 3))]
+    return r, steps
+
+
+@pytest.mark.parametrize("block", [None, 1, 3, 32])
+def test_jacobian_squares_against_autograd_of_the_plain_form(helpers, block):
+    r, steps = _chain()
+    kinds, tensors = tuple(k for k, _ in steps), tuple(t for _, t in steps)
+    value = helpers["_jacobian_squares"](r, *steps, block=block)
+    expected = helpers["_jacobian_squares_plain"](r, kinds, tensors)
+    torch.testing.assert_close(value, expected)
+    inputs = (r, *tensors)
+    for upstream in (torch.full((7,), 0.25, dtype=F64),                 # a batch mean
+                     torch.randn(7, dtype=F64, generator=torch.Generator().manual_seed(1))):
+        got = torch.autograd.grad(value, inputs, upstream, retain_graph=True)
+        want = torch.autograd.grad(expected, inputs, upstream, retain_graph=True)
+        for g, w in zip(got, want, strict=True):
+            torch.testing.assert_close(g, w)
+
+
+def test_jacobian_squares_plain_form_against_explicit_jacobians(helpers):
+    """The plain form itself, against the Jacobians written out: J_1 = R diag(f_1),
+    J_2 = J_1 M_1^T diag(f_2), J_3 = J_2 M_2^T."""
+    r, steps = _chain()
+    (_, w1), (_, f1), (_, m1), (_, w2), (_, f2), (_, m2), (_, w3) = steps
+    total = 0
+    for n in range(7):
+        j0 = r
+        j1 = (j0 * f1[n]) @ m1.T
+        j2 = (j1 * f2[n]) @ m2.T
+        total_n = (w1[n] * (j0**2).sum(0)).sum() + (w2[n] * (j1**2).sum(0)).sum() + (
+            w3[n] * (j2**2).sum(0)).sum()
+        torch.testing.assert_close(
+            helpers["_jacobian_squares_plain"](r, tuple(k for k, _ in steps),
+                                               tuple(t for _, t in steps))[n], total_n)
+        total = total + total_n
+
+
+def test_jacobian_squares_without_a_final_square_and_without_gradients(helpers):
+    """Steps after the last square carry no gradient (zero, not uninitialised memory), and
+    with nothing requiring a gradient only the value is formed."""
+    r, steps = _chain()
+    last = torch.randn(7, 3, dtype=F64, requires_grad=True)
+    steps = [*steps[:-1], ("scale", last)]   # ends with matmul, scale: no square after
+    kinds, tensors = tuple(k for k, _ in steps), tuple(t for _, t in steps)
+    value = helpers["_jacobian_squares"](r, *steps, block=3)
+    got = torch.autograd.grad(value.sum(), (r, *tensors), allow_unused=True)
+    want = torch.autograd.grad(helpers["_jacobian_squares_plain"](r, kinds, tensors).sum(),
+                               (r, *tensors), allow_unused=True, materialize_grads=True)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
+    with torch.no_grad():
+        torch.testing.assert_close(helpers["_jacobian_squares"](r, *steps),
+                                   helpers["_jacobian_squares_plain"](r, kinds, tensors))

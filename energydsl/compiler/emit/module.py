@@ -33,12 +33,13 @@ from energydsl.compiler.ir import (
 from energydsl.compiler.notation import dsl_str, latex
 from energydsl.compiler.plan.methods import ANCHOR_BUFFER
 from energydsl.compiler.plan.methods import bare as _bare
-from energydsl.compiler.sympy_functions import RowSpaceFactor
+from energydsl.compiler.sympy_functions import JacobianSquares, RowSpaceFactor
 from energydsl.errors import shorten
 from energydsl.estimators import all_estimators
 
 DEFAULT_MAX_STATES = 2**20  # hidden states an enumerated normaliser visits by default
-RUNTIME = ("_upper_pairs", "_row_space", "_square_sum", "_scale_and_square")
+RUNTIME = (
+    "_upper_pairs", "_row_space", "_square_sum", "_scale_and_square", "_jacobian_squares")
 """The helpers a generated module may call, each written into the module when a method
 calls it (templates/runtime/NAME.py.j2, `runtime_source`), so the module stays
 self-contained."""
@@ -287,9 +288,15 @@ def formulas(derivation: Derivation, conditionals: Conditionals | None = None) -
         for name, definition in derived:
             indices = f"[{', '.join(map(str, definition.indices))}]" if definition.indices else ""
             lines.append(f"Derived:      {name}{indices} = {dsl_str(definition.body)}")
-        if any(d.body.has(RowSpaceFactor) for _, d in derived):
+        if derivation.laplacian.has(JacobianSquares) or any(
+                d.body.has(RowSpaceFactor) for _, d in derived):
             lines.append("Note:         R(A) is any H x H matrix with R^T R = A A^T (derivatives "
                          "taken in A's row space)")
+        if derivation.laplacian.has(JacobianSquares):
+            lines.append("Note:         jacobian_squares(R(A); steps) sums, per sample, "
+                         "sum(h: w[h] sum(a: J[a, h]^2)) at each 'square w' step, with J "
+                         "starting as R(A): 'scale s' is J[a, h] s[h], 'matmul V' is J V^T "
+                         "('matmul_t V': J V)")
         lines.append(f"SM objective: {dsl_str(derivation.sm_objective)}   (batch mean)")
     for condition in model.conditions:
         lines.append(f"Requires:     {dsl_str(condition)}")

@@ -42,6 +42,7 @@ from energydsl.compiler.plan.torch_steps import (
     symmetric_pairs_code,
 )
 from energydsl.compiler.sympy_functions import (
+    JacobianSquares,
     LogDet,
     LogSumExp,
     MatrixInverse,
@@ -128,6 +129,10 @@ class Planner:
             elif isinstance(node, sp.Symbol) and str(node) in batched \
                     and self._definition_symbol(node):
                 return True
+            elif isinstance(node, sp.IndexedBase) and (  # a JacobianSquares argument
+                    node in self.inputs or (str(node.label) in batched and
+                                            self.definitions[str(node.label)].base == node)):
+                return True
         return False
 
     def _definition_symbol(self, node: sp.Basic) -> bool:
@@ -159,18 +164,46 @@ class Planner:
         if key not in self.identities:
             row, column = self.definitions[name].indices
             operand = self.operand(matrix[row, column])
-            self.identities[key] = self.emit_step(
-                f"_row_space({self.align(operand, (row, column))})",
+            other = sp.Idx(f"{row}_", (row.lower, row.upper))
+            gram = self.operand(sp.Sum(matrix[row, column] * matrix[other, column],
+                                       (column, column.lower, column.upper)))
+            self.identities[key] = self.emit_step(  # the Gram matrix shared with the score's
+                f"_row_space({self.align(operand, (row, column))}, "
+                f"{self.align(gram, (row, other))})",
                 f"R with R^T R = {name} {name}^T",
                 cost=self.volume(operand.indices) * self.size(row))
         return Operand(self.identities[key], (first, second))
+
+    def _jacobian_squares(self, expr: JacobianSquares) -> Operand:
+        """`_jacobian_squares(R, (kind, X), ...)` per sample: R from `_row_space`, each X
+        a parameter's value or a definition's [N, H] (broadcast when it is the same for
+        every sample)."""
+        slope, *steps = expr.args
+        row, _ = self.definitions[str(slope.label)].indices
+        parts = [self._row_space_factor(RowSpaceFactor(slope, row, row)).code]
+        for step in steps:
+            kind, base = step.args
+            label = str(base.label)
+            if label in self.definitions and self.definitions[label].base == base:
+                formal = tuple(self.definitions[label].indices)
+                operand = self.define(label)
+                target = (BATCH, *formal)
+                code = operand.code if operand.indices == target else self.conform(
+                    operand, target, None, f"{label}, for every sample").code
+            else:  # a parameter or constant matrix
+                indices = tuple(sp.Idx(f"_js{k}") for k in range(2))
+                operand = self.operand(base[indices])
+                code = self.align(operand, indices)
+            parts.append(f'("{kind}", {code})')
+        code = f"_jacobian_squares({', '.join(parts)})"
+        return Operand(self.emit_step(code, dsl_str(expr)), (BATCH,))
 
     def has_tensor(self, expr: sp.Basic) -> bool:
         """Whether expr involves a tensor."""
         if expr not in self.tensor_cache:
             self.tensor_cache[expr] = any(
                 isinstance(node, (sp.Indexed, sp.KroneckerDelta, MatrixInverse, LogDet,
-                                  RowSpaceFactor)) or (
+                                  RowSpaceFactor, JacobianSquares)) or (
                     isinstance(node, sp.Symbol) and (str(node) in self.params
                                                      or self._definition_symbol(node)))
                 for node in sp.preorder_traversal(expr))
@@ -363,6 +396,8 @@ class Planner:
             return Operand(self.identities[key], (row, column))
         if isinstance(expr, RowSpaceFactor):
             return self._row_space_factor(expr)
+        if isinstance(expr, JacobianSquares):
+            return self._jacobian_squares(expr)
         if isinstance(expr, LogDet):
             (matrix,) = expr.args
             factor = self._cholesky_factor(matrix)
