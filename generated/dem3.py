@@ -167,11 +167,15 @@ class _JacobianSquares(torch.autograd.Function):
 
 def _jacobian_squares(r: torch.Tensor, *steps: tuple, block: int | None = None) -> torch.Tensor:
     """`_JacobianSquares` of R and the steps (kind, tensor), shape [N]. On the CPU in
-    blocks of 32 samples (measured fastest here); elsewhere the whole batch at once."""
+    blocks of 32 samples (measured fastest here); elsewhere the whole batch at once;
+    under torch.compile, the plain form (no data-dependent branch, no graph break)."""
     kinds = tuple(kind for kind, _ in steps)
+    tensors = tuple(tensor for _, tensor in steps)
+    if torch.compiler.is_compiling():  # its graphs fuse the plain form themselves
+        return _jacobian_squares_plain(r, kinds, tensors)
     if block is None and r.device.type == "cpu":
         block = 32
-    return _JacobianSquares.apply(r, kinds, block, *(tensor for _, tensor in steps))
+    return _JacobianSquares.apply(r, kinds, block, *tensors)
 
 
 class DEM3(torch.nn.Module):
