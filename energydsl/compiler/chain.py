@@ -181,7 +181,7 @@ class _Forward:
         (j,) = at
         at2, second = seconds[(m, m)]
         if not own:  # the top: sum(j: phi(m[j])), its curvature phi'' at j
-            curvature = self._stripped(second, {at2[0]}, None)
+            curvature = self._curvature(second, j, at2, None)
             return None if curvature is None else _Layer(m, j, None, False, None, curvature)
         (h,) = own
         factors = sp.Mul.make_args(partial)
@@ -195,8 +195,8 @@ class _Forward:
         if slope.has(j):
             return None
         matrix = weights[0] if weights else None
-        curvature = self._stripped(second, {j, at2[0]},
-                                   None if matrix is None else matrix.base)
+        curvature = self._curvature(second, h, (j, *at2),
+                                    None if matrix is None else matrix.base)
         if curvature is None:
             return None
         return _Layer(m, h, None if matrix is None else matrix.base,
@@ -208,21 +208,33 @@ class _Forward:
         return base != self.symbolic.visible and str(base.label) not in self.symbolic.definitions
 
     @staticmethod
-    def _stripped(second: sp.Expr, others: set, weights: sp.IndexedBase | None
-                  ) -> sp.Expr | None:
-        """The coefficient of a layer's second derivative once its Kronecker deltas
-        between its indices and its two weight factors are taken out; None when what is
-        left still depends on the indices `others` that the layer sums over."""
+    def _curvature(second: sp.Expr, own: sp.Idx, summed: tuple, weights: sp.IndexedBase | None
+                   ) -> sp.Expr | None:
+        """c[own] when a layer's second derivative in m[j], m[j2] (summed = (j, j2), or
+        (j2,) for the top, whose own index is j) is diagonal: c times Kronecker deltas that
+        tie all of own and summed together (unit by unit), or c P[own, j] P[own, j2]
+        (through the weights P, either orientation); None for any other form (a second
+        derivative that couples different units, e.g. of (sum(k: z[k]))^2)."""
         if second == 0:
             return sp.S.Zero
-        indices = set(others) | set(second.atoms(sp.Idx))
-        coefficient = sp.Mul(*[
-            f for f in sp.Mul.make_args(second)
-            if not (isinstance(f, sp.KroneckerDelta) and set(f.args) <= indices
-                    and set(f.args) & set(others))
-            and not (weights is not None and isinstance(f, sp.Indexed) and f.base == weights
-                     and set(f.indices) & set(others))])
-        return None if any(coefficient.has(i) for i in others) else coefficient
+        factors = sp.Mul.make_args(second)
+        deltas = [f for f in factors if isinstance(f, sp.KroneckerDelta)
+                  and set(f.args) & set(summed)]
+        matrices = [f for f in factors if weights is not None and isinstance(f, sp.Indexed)
+                    and f.base == weights and set(f.indices) & set(summed)]
+        coefficient = sp.Mul(*[f for f in factors if f not in deltas and f not in matrices])
+        if any(coefficient.has(i) for i in summed):
+            return None
+        if weights is None:
+            group = {own}  # the indices the deltas tie to own
+            for _ in deltas:
+                for delta in deltas:
+                    if set(delta.args) & group:
+                        group |= set(delta.args)
+            return coefficient if not matrices and set(summed) <= group else None
+        pairs = sorted(sorted(map(str, m.indices)) for m in matrices)
+        wanted = sorted(sorted(map(str, (own, i))) for i in summed)
+        return coefficient if not deltas and pairs == wanted else None
 
     def laplacian(self, top: _Propagated) -> sp.Expr:
         """The Laplacian in y of the top expression, by reverse accumulation of the lets'

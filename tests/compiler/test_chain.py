@@ -63,6 +63,13 @@ let g2[h] = tanh(sum(j: V2[j, h] * g1[j]))
 let z[k] = sum(h: W[k, h] * g2[h]) + c[k]
 log density p(x) = -sum(i: x[i]^2) / 2 + sum(k: softplus(z[k]))
 """,
+    # the same chain under a top whose second derivative couples the units (not a chain)
+    "coupled_top": """
+let g1[h] = sigmoid(sum(i: V1[h, i] * x[i]) + a[h])
+let g2[h] = tanh(sum(j: V2[h, j] * g1[j]))
+let z[k] = sum(h: W[k, h] * g2[h]) + c[k]
+log density p(x) = -sum(i: x[i]^2) / 2 - sum(k: z[k])^2 / 2
+""",
     # products of two lets, powers, a scalar let and a logsumexp on top
     "products_powers_scalars": """
 let u1[h] = sum(i: V1[h, i] * x[i])
@@ -129,6 +136,7 @@ def test_no_definition_nests_sums_over_the_units_of_every_layer():
 
 
 @pytest.mark.parametrize(("name", "chained"), [("chain_transposed", True),
+                                                ("coupled_top", False),
                                                 ("tanh_softplus", False),
                                                 ("products_powers_scalars", False)])
 def test_a_plain_chain_of_layers_is_one_jacobian_squares(name, chained):
