@@ -31,7 +31,7 @@ demo: setup
 	$(BIN)/energydsl compile specs/*.edsl
 	$(BIN)/energydsl check specs/*.edsl
 	$(BIN)/energydsl train specs/dem.edsl --objective sm --size H=16 --size K=16 \
-		--epochs 3 --lr 0.01 --out runs/demo
+		--epochs 3 --lr 0.01 --out runs/demo --overwrite
 	$(BIN)/energydsl report runs/demo
 
 test: setup
