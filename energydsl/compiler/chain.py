@@ -72,14 +72,6 @@ class ChainForm:
     jacobians: tuple[str, ...] = ()  # the named J definitions, first layer first
 
 
-@dataclass
-class _Propagated:
-    """J and S of one let, as functions of the indices to read them at."""
-
-    jacobian: Callable[[tuple, sp.Idx], sp.Expr]  # (the let's indices, the base index)
-    second: Callable[[tuple], sp.Expr]  # its second-order term S, at the let's indices
-
-
 @dataclass(frozen=True)
 class _Layer:
     """How a let (or the top) acts in a plain chain of layers: it reads one propagated
@@ -93,6 +85,15 @@ class _Layer:
     transposed: bool  # P written P[j, h]
     slope: sp.Expr | None
     curvature: sp.Expr
+
+
+@dataclass
+class _Propagated:
+    """J and S of one let, as functions of the indices to read them at."""
+
+    jacobian: Callable[[tuple, sp.Idx], sp.Expr]  # (the let's indices, the base index)
+    second: Callable[[tuple], sp.Expr]  # its second-order term S, at the let's indices
+    layer: _Layer | None = None  # the body as a layer of a plain chain, if it is one
 
 
 class _Forward:
@@ -112,8 +113,6 @@ class _Forward:
         self.order: list[Definition] = []  # the propagated lets, readers after what they read
         self.jacobians: list[str] = []  # the named J_l, in propagation order
         self.curvatures: list[str] = []  # the named S_l
-        self.layers: dict[sp.Basic, _Layer | None] = {}  # each let as a layer, if it is one
-        self.last_layer: _Layer | None = None  # the last propagated body's
 
     # ------------------------------------------------------------------ names
     def _fresh(self, formals: tuple) -> tuple:
@@ -166,8 +165,8 @@ class _Forward:
         named = set(self.definitions)
         second_reader = self._named(f"curv_{stem}" if stem else None, second_order, own)
         self.curvatures += [name for name in self.definitions if name not in named]
-        self.last_layer = self._layer(own, partials, seconds)
-        return _Propagated(lambda at, b: jacobian_reader((b, *at)), second_reader)
+        return _Propagated(lambda at, b: jacobian_reader((b, *at)), second_reader,
+                           self._layer(own, partials, seconds))
 
     def _layer(self, own: tuple, partials: dict, seconds: dict) -> _Layer | None:
         """The body as a layer of a plain chain (see `_Layer`), or None: it must read one
@@ -269,7 +268,6 @@ class _Forward:
         self.formals[definition.base] = tuple(definition.indices)
         self.known[definition.base] = self.propagate(
             definition.body, tuple(definition.indices), str(definition.base))
-        self.layers[definition.base] = self.last_layer
         self.order.append(definition)
 
     def jacobian_squares(self, top: _Layer | None, slope: sp.IndexedBase) -> sp.Expr | None:
@@ -281,7 +279,7 @@ class _Forward:
         steps: list[tuple[str, sp.IndexedBase]] = []
         previous = self.base
         for definition in self.order:
-            layer = self.layers.get(definition.base)
+            layer = self.known[definition.base].layer
             if layer is None or layer.reads != previous:
                 return None
             if layer.weights is not None:
@@ -500,9 +498,8 @@ def _through(model: FreeEnergyModel, free_energy: sp.Expr, p: sp.Idx,
                 return None
             forward.let(definition)
     top = forward.propagate(phi, (), None if u is None else f"F_{base}")
-    top_layer = forward.last_layer
     adjoint = forward.base_adjoint(phi)  # dF/du (or dF/dv) by reverse accumulation
-    squares = None if u is None else forward.jacobian_squares(top_layer, slope_base)
+    squares = None if u is None else forward.jacobian_squares(top.layer, slope_base)
     jacobians = tuple(forward.jacobians)
     if squares is not None:  # `_jacobian_squares` forms the J_l and S_l itself
         for name in forward.jacobians + forward.curvatures:
