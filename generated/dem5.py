@@ -109,8 +109,10 @@ class _JacobianSquares(torch.autograd.Function):
         block = block or n_all
         total = r.new_zeros(n_all)
         need = any(ctx.needs_input_grad[:1] + ctx.needs_input_grad[3:])
-        grads = [torch.zeros_like(t) for t in tensors]  # zero where no square follows
-        grad_r = torch.zeros_like(r)
+        # the squares are w's gradient; the other gradients stay zero where no square follows
+        grads = [torch.empty_like(t) if k == "square" or not need else torch.zeros_like(t)
+                 for k, t in zip(kinds, tensors, strict=True)]
+        grad_r = torch.zeros_like(r) if need else None
         for lo in range(0, n_all, block):
             rows = slice(lo, lo + block)
             jac, before = r, []
