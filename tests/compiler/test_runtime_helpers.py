@@ -214,7 +214,6 @@ def test_jacobian_squares_plain_form_against_explicit_jacobians(helpers):
     J_2 = J_1 M_1^T diag(f_2), J_3 = J_2 M_2^T."""
     r, steps = _chain()
     (_, w1), (_, f1), (_, m1), (_, w2), (_, f2), (_, m2), (_, w3) = steps
-    total = 0
     for n in range(7):
         j0 = r
         j1 = (j0 * f1[n]) @ m1.T
@@ -224,7 +223,6 @@ def test_jacobian_squares_plain_form_against_explicit_jacobians(helpers):
         torch.testing.assert_close(
             helpers["_jacobian_squares_plain"](r, tuple(k for k, _ in steps),
                                                tuple(t for _, t in steps))[n], total_n)
-        total = total + total_n
 
 
 def test_jacobian_squares_without_a_final_square_and_without_gradients(helpers):
