@@ -117,6 +117,13 @@ class Conditional:
         return checked_context(type(self).__name__, self.context_dim, context, n)
 
 
+def positive(name: str, value: float) -> float:
+    """value as a float, refused unless > 0 (a scale bound, a spline's interval)."""
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+    return float(value)
+
+
 def soft_clamp(raw: Tensor, bound: float) -> Tensor:
     """bound * tanh(raw / bound): raw where |raw| << bound, smoothly limited to
     (-bound, bound); the flows' log-scales, so exp(s) cannot overflow."""

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._utils import Conditional, as_flat, mlp, rand, randn, soft_clamp
+from ._utils import Conditional, as_flat, mlp, positive, rand, randn, soft_clamp
 from .autoregressive import MaskedNetwork
 from .splines import rq_spline, split_spline_params
 
@@ -321,10 +321,9 @@ class MaskedAffine(_MaskedElementwise):
         max_log_scale: float = 3.0,
         seed: int = 0,
     ) -> None:
-        if not max_log_scale > 0:
-            raise ValueError(f"max_log_scale must be > 0, got {max_log_scale}")
+        max_log_scale = positive("max_log_scale", max_log_scale)
         super().__init__(dim, hidden, order, kind, context_dim, seed, params_per_dim=2)
-        self.max_log_scale = float(max_log_scale)
+        self.max_log_scale = max_log_scale
 
     def _scale_shift(self, raw: Tensor) -> tuple[Tensor, Tensor]:
         raw_s, t = raw.unbind(1)
@@ -375,8 +374,7 @@ def _check_transform(transform: str) -> None:
 def _check_spline(bins: int, bound: float) -> None:
     if bins < 2:
         raise ValueError(f"bins must be >= 2, got {bins}")
-    if not bound > 0:
-        raise ValueError(f"bound must be > 0, got {bound}")
+    positive("bound", bound)
 
 
 def _check_alternation(flow: _Flow, _incompatible: object = None) -> None:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._utils import as_images, soft_clamp
+from ._utils import as_images, positive, soft_clamp
 from .flows import ActNorm, _Flow
 
 __all__ = ["Permutation", "LULinear", "InvConv1x1", "Squeeze", "ChannelCoupling", "Glow"]
@@ -160,10 +160,8 @@ class ChannelCoupling(nn.Module):
         super().__init__()
         if channels < 2:
             raise ValueError(f"a channel coupling needs >= 2 channels, got {channels}")
-        if not max_log_scale > 0:
-            raise ValueError(f"max_log_scale must be > 0, got {max_log_scale}")
         self.kept = channels // 2
-        self.max_log_scale = float(max_log_scale)
+        self.max_log_scale = positive("max_log_scale", max_log_scale)
         last = nn.Conv2d(hidden, 2 * (channels - self.kept), 3, padding=1)
         for p in last.parameters():
             nn.init.zeros_(p)

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._utils import positive
+
 __all__ = ["rq_spline", "spline_knots", "split_spline_params"]
 
 MIN_BIN = 1e-3
@@ -80,8 +82,7 @@ def rq_spline(
     ``widths``, ``heights``: unnormalised bin sizes [..., D, K]; ``derivatives``:
     unconstrained interior-knot derivatives [..., D, K - 1] (see the module docstring).
     """
-    if not bound > 0:
-        raise ValueError(f"bound must be > 0, got {bound}")
+    positive("bound", bound)
     if not 0 <= min_derivative < 1:
         raise ValueError(f"min_derivative must be in [0, 1), got {min_derivative}")
     xs = spline_knots(widths, bound, min_bin)
