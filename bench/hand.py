@@ -44,9 +44,13 @@ def dem(x: torch.Tensor, V: torch.Tensor, W: torch.Tensor, b: torch.Tensor, c: t
     G = V V^T [H, H]. Both the squared score and the Laplacian go through G only
     (gram_score=False forms the [N, D] score instead). The quadratic term
     sum_k s'_k sum_{h,h'} W_kh W_kh' G_hh' g'_h g'_h':
-    - "upper_pairs" (the fastest): symmetric in (h, h'), so one GEMM of (g'_h g'_h')[N, P]
-      with (w_hh' W_kh W_kh' G_hh')[K, P] over the P = H (H + 1) / 2 pairs h <= h' (w = 2
-      off the diagonal), half the work of the other forms, forward and backward;
+    - "upper_pairs" (the fewest FLOPs): symmetric in (h, h'), so one GEMM of
+      (g'_h g'_h')[N, P] with (w_hh' W_kh W_kh' G_hh')[K, P] over the P = H (H + 1) / 2
+      pairs h <= h' (w = 2 off the diagonal), half the work of the other forms, forward
+      and backward; the pairs are gathered (index_select, an index_add backward);
+    - "circulant": the same over the pairs (h, h + s mod H), s = 0 .. H / 2 (H (H / 2 + 1)
+      entries, w = 1 for s = 0 and s = H / 2), each side formed from strided views of
+      [g', g'[:H/2]] with no gather; autograd's own backward;
     - "pairwise": over every pair, (g' g'^T)[N, H*H] @ (W_kh W_kh' G_hh')[H*H, K];
     - "shared": B[n, k, h] = W_kh g'_nh, one [N K, H] x [H, H] GEMM (G broadcasts, so
       matmul folds the batch), then a row-wise dot.
@@ -71,6 +75,13 @@ def dem(x: torch.Tensor, V: torch.Tensor, W: torch.Tensor, b: torch.Tensor, c: t
     if quadratic == "shared":
         B = g1.unsqueeze(1) * W                    # [N, K, H]
         quad = ((B @ gram) * B).sum(2)             # [N, K]
+    elif quadratic == "circulant":
+        h = V.shape[0]
+        shift = torch.arange(h // 2 + 1, device=x.device).unsqueeze(1)
+        weight = torch.where((shift == 0) | (2 * shift == h), 1.0, 2.0).to(x.dtype)
+        diagonals = gram.gather(1, (torch.arange(h, device=x.device) + shift).T % h).T
+        quad = _shifted_products(g1) @ (_shifted_products(W) * (diagonals * weight)
+                                        .reshape(-1)).T
     else:
         pairs = (g1.unsqueeze(2) * g1.unsqueeze(1)).reshape(n, -1)              # [N, H*H]
         weights = (W.unsqueeze(2) * W.unsqueeze(1) * gram).reshape(W.shape[0], -1)  # [K, H*H]
@@ -83,6 +94,15 @@ def dem(x: torch.Tensor, V: torch.Tensor, W: torch.Tensor, b: torch.Tensor, c: t
     laplacian = (-d * inv + (g2 * ws) @ torch.diagonal(gram)
                  + (quad * (s * (1 - s))).sum(1))
     return (0.5 * squared + laplacian).mean()
+
+
+def _shifted_products(rows: torch.Tensor) -> torch.Tensor:
+    """rows[:, h] * rows[:, (h + s) % H] at [:, s * H + h], s = 0 .. H / 2: strided views
+    of the rows wrapped around (the product written into a contiguous [R, S, H], whose
+    own layout would follow the view's strides and cost a copy to flatten)."""
+    h = rows.shape[1]
+    windows = torch.cat([rows, rows[:, :h // 2]], 1).unfold(1, h, 1)
+    return (rows.unsqueeze(1) * windows).contiguous().reshape(rows.shape[0], -1)
 
 
 @functools.lru_cache(maxsize=8)
@@ -432,6 +452,8 @@ ADJOINT_BLOCKED = "hand, Laplacian by adjoints, forward and reverse per block of
 HAND = {
     "DEM": {
         "hand": lambda m, x: dem(x, m.V, m.W, m.b, m.c, m.sigma),
+        "hand, circulant pairs (h, h + s mod H) from strided views":
+            lambda m, x: dem(x, m.V, m.W, m.b, m.c, m.sigma, quadratic="circulant"),
         "hand, [N K, H] x [H, H] quadratic form (all pairs)":
             lambda m, x: dem(x, m.V, m.W, m.b, m.c, m.sigma, quadratic="shared"),
         SCORE_FORMED: lambda m, x: dem(x, m.V, m.W, m.b, m.c, m.sigma, gram_score=False,

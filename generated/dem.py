@@ -20,15 +20,74 @@ import math
 import torch
 
 
-def _upper_pairs(size: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The pairs a <= b of a size x size block as flat indices a * size + b, with their
-    weights (2 off the diagonal, 1 on it) in the dtype and on the device of `like`: a sum
-    over all pairs of a summand symmetric in (a, b) is the weighted sum over these, half
-    the work. (Four small operations per call: cheaper than a cache torch.compile
-    would trace around.)"""
-    first, second = torch.triu_indices(size, size, device=like.device)
-    weights = torch.where(first == second, 1.0, 2.0).to(like.dtype)
-    return first * size + second, weights
+def _circulant_layout(size: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The unordered pairs {a, b} of range(size) in circulant order: row s = 0 .. size // 2,
+    column a holds the pair (a, (a + s) % size). Returns, in the dtype and on the device of
+    `like`, the entries' flat indices a * size + (a + s) % size in a size x size block and
+    their weights: 1 on row 0 (the diagonal) and, for an even size, on row size / 2 (where
+    each pair appears twice); 2 elsewhere. A sum over all (a, b) of a summand symmetric in
+    (a, b) is the weighted sum over these (size // 2 + 1) * size entries, about half the
+    work. Circulant rather than the upper triangle: `_circulant_pairs` forms this layout
+    from a vector by strided views, with no gather. (Five small operations per call:
+    cheaper than a cache torch.compile would trace around.)"""
+    shifts = size // 2 + 1
+    shift = torch.arange(shifts, device=like.device).unsqueeze(1)
+    first = torch.arange(size, device=like.device)
+    weights = torch.full((shifts, size), 2.0, dtype=like.dtype, device=like.device)
+    weights[0] = 1.0
+    if size % 2 == 0:  # row size / 2 holds each of its pairs twice
+        weights[-1] = 1.0
+    return (first * size + (first + shift) % size).reshape(-1), weights.reshape(-1)
+
+
+def _circulant_windows(rows: torch.Tensor) -> torch.Tensor:
+    """[R, size] -> the view [R, size // 2 + 1, size] whose row s is rows shifted by s,
+    wrapped around: rows[:, (a + s) % size] at (s, a)."""
+    size = rows.shape[1]
+    return torch.cat([rows, rows[:, : size // 2]], dim=1).unfold(1, size, 1)
+
+
+class _CirculantPairs(torch.autograd.Function):
+    """The products rows[:, a] * rows[:, b] of the pairs {a, b} in `_circulant_layout`'s
+    order, [R, (size // 2 + 1) * size], from strided views (no gather, so no scatter in
+    the backward: the upper triangle's index_select and its index_add backward cost more
+    than the matrix product they feed). Backward, for the output gradient G[s, a]:
+        grad[a] = sum(s: G[s, a] rows[a + s]) + sum(s: G[s, a - s] rows[a - s]),
+    indices mod size; the second sum reads G * rows through a sheared view of it, doubled
+    along a. Written with differentiable operations: second derivatives work."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(rows)
+        count, size = rows.shape
+        # out=: the product's own layout would follow the view's strides, and the
+        # reshape would then copy it
+        out = rows.new_empty(count, size // 2 + 1, size)
+        torch.mul(rows.unsqueeze(1), _circulant_windows(rows), out=out)
+        return out.view(count, -1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (rows,) = ctx.saved_tensors
+        count, size = rows.shape
+        shifts = size // 2 + 1
+        grad = grad.reshape(count, shifts, 1, size)
+        direct = (grad.squeeze(2) * _circulant_windows(rows)).sum(1)
+        # partner[s, m] = G[s, m % size] rows[m % size] for m < 2 size; its entries
+        # m = a - s + size are G[s, a - s] rows[a - s]
+        partner = (grad * rows[:, None, None, :].expand(count, 1, 2, size)).contiguous()
+        sheared = partner.as_strided((count, shifts, size),
+                                     (shifts * 2 * size, 2 * size - 1, 1),
+                                     partner.storage_offset() + size)
+        return direct + sheared.sum(1)
+
+
+def _circulant_pairs(rows: torch.Tensor) -> torch.Tensor:
+    """`_CirculantPairs` of rows [R, size]; under torch.compile the plain product of views,
+    which its graphs fuse themselves."""
+    if torch.compiler.is_compiling():
+        return (rows.unsqueeze(1) * _circulant_windows(rows)).reshape(rows.shape[0], -1)
+    return _CirculantPairs.apply(rows)
 
 
 class DEM(torch.nn.Module):
@@ -300,10 +359,6 @@ class DEM(torch.nn.Module):
         _t14 = _t7 * (2 * g - 1)
         # (1 - sigmoid(z[k]))*sigmoid(z[k])
         _t17 = _t8 * (1 - _t8)
-        # W[k, h1]*W[k, h2]
-        _t18 = self.W[:, :, None] * self.W[:, None, :]
-        # (1 - g[h1])*(1 - g[h2])*g[h1]*g[h2]
-        _t19 = _t7[:, :, None] * _t7[:, None, :]
         # sum(i: V[h1, i]*V[h2, i])
         _t20 = self.V @ self.V.T
         # sum(i: V[h1, i]^2), from _t20
@@ -312,16 +367,14 @@ class DEM(torch.nn.Module):
         _t15 = _t14 * _t13
         # sum(i, k: sigmoid(z[k])*sum(h: (1 - g[h])*(2*g[h] - 1)*V[h, i]^2*W[k, h]*g[h]))
         _t16 = (_t15 * _t9).sum(dim=1)
-        # W[k, h1]*W[k, h2]*sum(i: V[h1, i]*V[h2, i])
-        _t21 = _t20 * _t18
-        # the pairs h2 <= h1 of H x H, weighted 2 off the diagonal
-        _t22 = _upper_pairs(self.H, _like)
-        # W[k, h1]*W[k, h2]*sum(i: V[h1, i]*V[h2, i]) at h2 <= h1, 2x off the diagonal
-        _t23 = _t21.reshape(self.K, self.H * self.H).index_select(1, _t22[0]) * _t22[1]
+        # the pairs {h1, h2} of H values, circulant: row s holds (h1, h1 + s)
+        _t22 = _circulant_layout(self.H, _like)
+        # W[k, h1]*W[k, h2]*sum(i: V[h1, i]*V[h2, i]) over the pairs {h1, h2}, 2x off the diagonal
+        _t23 = _circulant_pairs(self.W) * (_t20.reshape(-1).index_select(0, _t22[0]) * _t22[1])
         # sum(h1, h2: (1 - g[h1])*(1 - g[h2])*W[k, h1]*W[k, h2]*g[h1]*g[h2]*sum(i: V[h1, i]*V[h...
-        _t24 = _t23 @ _t19.reshape(-1, self.H * self.H).index_select(1, _t22[0]).T
+        _t24 = _circulant_pairs(_t7) @ _t23.T
         # sum(i, k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: (1 - g[h])*V[h, i]*W[k, h]*g[h])^2)
-        _t25 = (_t24 * _t17.T).sum(dim=0)
+        _t25 = (_t24 * _t17).sum(dim=1)
         # -D/sigma^2 - sum(i, k: sigmoid(z[k])*sum(h: (1 - g[h])*(2*g[h] - 1)*V[h, i]^2*W[k, h]...
         laplacian = -self.D / self.sigma ** 2 - _t16 + _t25
         return laplacian
@@ -357,10 +410,6 @@ class DEM(torch.nn.Module):
         _t14 = _t7 * (2 * g - 1)
         # (1 - sigmoid(z[k]))*sigmoid(z[k])
         _t17 = _t8 * (1 - _t8)
-        # W[k, h1]*W[k, h2]
-        _t18 = self.W[:, :, None] * self.W[:, None, :]
-        # (1 - g[h1])*(1 - g[h2])*g[h1]*g[h2]
-        _t19 = _t7[:, :, None] * _t7[:, None, :]
         # sum(i: V[h1, i]*V[h2, i])
         _t20 = self.V @ self.V.T
         # sum(i: V[h1, i]^2), from _t20
@@ -369,16 +418,14 @@ class DEM(torch.nn.Module):
         _t15 = _t14 * _t13
         # sum(i, k: sigmoid(z[k])*sum(h: (1 - g[h])*(2*g[h] - 1)*V[h, i]^2*W[k, h]*g[h]))
         _t16 = (_t15 * _t9).sum(dim=1)
-        # W[k, h1]*W[k, h2]*sum(i: V[h1, i]*V[h2, i])
-        _t21 = _t20 * _t18
-        # the pairs h2 <= h1 of H x H, weighted 2 off the diagonal
-        _t22 = _upper_pairs(self.H, _like)
-        # W[k, h1]*W[k, h2]*sum(i: V[h1, i]*V[h2, i]) at h2 <= h1, 2x off the diagonal
-        _t23 = _t21.reshape(self.K, self.H * self.H).index_select(1, _t22[0]) * _t22[1]
+        # the pairs {h1, h2} of H values, circulant: row s holds (h1, h1 + s)
+        _t22 = _circulant_layout(self.H, _like)
+        # W[k, h1]*W[k, h2]*sum(i: V[h1, i]*V[h2, i]) over the pairs {h1, h2}, 2x off the diagonal
+        _t23 = _circulant_pairs(self.W) * (_t20.reshape(-1).index_select(0, _t22[0]) * _t22[1])
         # sum(h1, h2: (1 - g[h1])*(1 - g[h2])*W[k, h1]*W[k, h2]*g[h1]*g[h2]*sum(i: V[h1, i]*V[h...
-        _t24 = _t23 @ _t19.reshape(-1, self.H * self.H).index_select(1, _t22[0]).T
+        _t24 = _circulant_pairs(_t7) @ _t23.T
         # sum(i, k: (1 - sigmoid(z[k]))*sigmoid(z[k])*sum(h: (1 - g[h])*V[h, i]*W[k, h]*g[h])^2)
-        _t25 = (_t24 * _t17.T).sum(dim=0)
+        _t25 = (_t24 * _t17).sum(dim=1)
         # -D/sigma^2 - sum(i, k: sigmoid(z[k])*sum(h: (1 - g[h])*(2*g[h] - 1)*V[h, i]^2*W[k, h]...
         laplacian = -self.D / self.sigma ** 2 - _t16 + _t25
         # sum(j: V[h1, j]*b[j])

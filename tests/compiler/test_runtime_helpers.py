@@ -241,3 +241,50 @@ def test_jacobian_squares_without_a_final_square_and_without_gradients(helpers):
     with torch.no_grad():
         torch.testing.assert_close(helpers["_jacobian_squares"](r, *steps),
                                    helpers["_jacobian_squares_plain"](r, kinds, tensors))
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 8, 9])
+def test_circulant_layout_holds_each_pair_once_with_its_weight(helpers, size):
+    """Every unordered pair {a, b} of range(size), counted with the layout's weights,
+    exactly as often as the full sum counts it: twice off the diagonal, once on it."""
+    index, weights = helpers["_circulant_layout"](size, torch.zeros((), dtype=F64))
+    assert index.shape == weights.shape == ((size // 2 + 1) * size,)
+    counted = torch.zeros(size, size, dtype=F64)
+    counted.view(-1).index_add_(0, index, weights)
+    counted = counted + counted.T - torch.diag(torch.diagonal(counted))  # {a, b} both ways
+    expected = torch.full((size, size), 2.0, dtype=F64) - torch.eye(size, dtype=F64)
+    torch.testing.assert_close(counted, expected)
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 8, 9])
+def test_circulant_pairs_are_the_layouts_entries_of_the_outer_square(helpers, size):
+    rows = torch.randn(4, size, dtype=F64, generator=torch.Generator().manual_seed(size))
+    index, weights = helpers["_circulant_layout"](size, rows)
+    outer = (rows[:, :, None] * rows[:, None, :]).reshape(4, -1)
+    torch.testing.assert_close(helpers["_circulant_pairs"](rows), outer[:, index],
+                               rtol=0, atol=0)
+    matrix = torch.randn(size, size, dtype=F64)
+    matrix = matrix + matrix.T
+    full = (outer * matrix.reshape(-1)).sum(1)
+    torch.testing.assert_close((helpers["_circulant_pairs"](rows) * weights
+                                * matrix.reshape(-1)[index]).sum(1), full)
+
+
+@pytest.mark.parametrize("size", [2, 7, 8])
+def test_circulant_pairs_first_and_second_derivatives(helpers, size):
+    rows = torch.randn(3, size, dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(helpers["_circulant_pairs"], (rows,))
+    assert torch.autograd.gradgradcheck(helpers["_circulant_pairs"], (rows,))
+
+
+def test_circulant_pairs_backward_takes_a_transposed_gradient(helpers):
+    """The gradient of `pairs @ w.T` arrives as a transposed view: the sheared sum must
+    read it by its strides."""
+    rows = torch.randn(5, 8, dtype=F64, requires_grad=True)
+    w = torch.randn(3, 40, dtype=F64)
+    (got,) = torch.autograd.grad((helpers["_circulant_pairs"](rows) @ w.T).square().sum(),
+                                 rows)
+    index, _ = helpers["_circulant_layout"](8, rows)
+    plain = (rows[:, :, None] * rows[:, None, :]).reshape(5, -1)[:, index]
+    (expected,) = torch.autograd.grad((plain @ w.T).square().sum(), rows)
+    torch.testing.assert_close(got, expected)

@@ -1,8 +1,8 @@
 """The lowering of one pairwise contraction to torch code: each form against
 torch.einsum on random operands, and the dot products that einsum would run as N tiny
-matrix products lowered to a matrix-vector product or a row-wise dot product, a matrix
-applied to every sample's matrix to one GEMM, and a sum over a symmetric pair of indices
-to the pairs a <= b."""
+matrix products lowered to a matrix-vector product or a row-wise dot product, and a
+matrix applied to every sample's matrix to one GEMM (sums over a symmetric pair of
+indices: test_symmetric.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sympy as sp
 import torch
 
 from energydsl.compiler.plan.program import BATCH, Operand
-from energydsl.compiler.plan.torch_steps import pairwise_code, symmetric_pairs_code
+from energydsl.compiler.plan.torch_steps import pairwise_code
 
 SIZES = {"n": 5, "a": 3, "i": 4, "j": 2, "k": 3, "b": 3}
 INDICES = {c: BATCH if c == "n" else sp.Symbol(c) for c in SIZES}
@@ -45,44 +45,3 @@ def test_each_lowering_computes_the_einsum(equation, form):
         assert form in code and "einsum" not in code, code
     value = eval(code, {"torch": torch, **{f"x{k}": t for k, t in enumerate(tensors)}})  # noqa: S307
     torch.testing.assert_close(value, torch.einsum(equation, *tensors))
-
-
-@pytest.mark.parametrize("equation", ["kab,nab->kn", "nab,kab->nk", "nba,kab->nk"])
-def test_symmetric_pairs_sum_over_a_le_b_only(equation):
-    """sum(a, b: X Y) with X and Y symmetric in (a, b) = sum(a <= b: w X Y), w = 2 off the
-    diagonal: the pairs' code against einsum on symmetric operands."""
-    inputs, out = equation.split("->")
-    terms = inputs.split(",")
-    generator = torch.Generator().manual_seed(1)
-    tensors = []
-    for t in terms:
-        raw = torch.randn([SIZES[c] for c in t], generator=generator, dtype=torch.float64)
-        tensors.append(raw + raw.transpose(-1, -2))  # symmetric in its last two axes
-    operands = [Operand(f"x{k}", tuple(INDICES[c] for c in t)) for k, t in enumerate(terms)]
-    emitted: dict[str, str] = {}
-
-    def emit(code: str, operand: Operand) -> str:
-        emitted[f"w{len(emitted)}"] = code
-        return f"w{len(emitted) - 1}"
-
-    code = symmetric_pairs_code(operands, inputs, out, "ab", "pairs",
-                                {c: INDICES[c] for c in SIZES}, _shape_code, emit)
-    assert code is not None and "index_select" in code
-    first, second = torch.triu_indices(3, 3)
-    scope = {"torch": torch, **{f"x{k}": t for k, t in enumerate(tensors)},
-             "pairs": (first * 3 + second, torch.where(first == second, 1.0, 2.0).double())}
-    for name, text in emitted.items():
-        scope[name] = eval(text, scope)  # noqa: S307
-    value = eval(code, scope)  # noqa: S307
-    torch.testing.assert_close(value, torch.einsum(equation, *tensors))
-
-
-def test_symmetric_pairs_need_the_pair_last_in_both_and_a_kept_axis():
-    operands = [Operand("x0", (INDICES["a"], INDICES["k"], INDICES["b"])),
-                Operand("x1", (BATCH, INDICES["a"], INDICES["b"]))]
-    assert symmetric_pairs_code(operands, "akb,nab", "kn", "ab", "p", INDICES, _shape_code,
-                                lambda code, op: "w") is None
-    operands = [Operand("x0", (INDICES["a"], INDICES["b"])),
-                Operand("x1", (BATCH, INDICES["a"], INDICES["b"]))]
-    assert symmetric_pairs_code(operands, "ab,nab", "n", "ab", "p", INDICES, _shape_code,
-                                lambda code, op: "w") is None

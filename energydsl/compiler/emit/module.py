@@ -39,7 +39,8 @@ from energydsl.estimators import all_estimators
 
 DEFAULT_MAX_STATES = 2**20  # hidden states an enumerated normaliser visits by default
 RUNTIME = (
-    "_upper_pairs", "_row_space", "_square_sum", "_scale_and_square", "_jacobian_squares")
+    "_circulant_layout", "_circulant_pairs", "_row_space", "_square_sum", "_scale_and_square",
+    "_jacobian_squares")
 """The helpers a generated module may call, each written into the module when a method
 calls it (templates/runtime/NAME.py.j2, `runtime_source`), so the module stays
 self-contained."""

@@ -34,12 +34,12 @@ from energydsl.compiler.plan.keys import (
     value_key,
 )
 from energydsl.compiler.plan.program import BATCH, Operand, Program, Step, uses_name, volume
+from energydsl.compiler.plan.symmetric import symmetric_pairwise
 from energydsl.compiler.plan.torch_steps import (
     contraction_path,
     is_per_sample_matrix,
     natural_order,
     pairwise_code,
-    symmetric_pairs_code,
 )
 from energydsl.compiler.sympy_functions import (
     JacobianSquares,
@@ -51,7 +51,6 @@ from energydsl.compiler.sympy_functions import (
 )
 
 DEFAULT_BATCH_SIZE = 128
-MIN_PAIR_RANGE = 8  # below this the pairs' gathers cost more than the halved product
 _AXIS0, _AXIS1 = sp.Symbol("_a0"), sp.Symbol("_a1")
 
 
@@ -735,58 +734,16 @@ class Planner:
             removed = {i for op in picked for i in op.indices} - set(out_indices) - {BATCH}
             formula = make_sum(sp.Mul(*[f for _, f in picked_pairs]),
                                [(i, i.lower, i.upper) for i in sorted(removed, key=str)])
-            result = self._symmetric_pairwise(picked_pairs, inputs, out_letters, out_indices,
-                                              letter_to_index, comment if last else
-                                              dsl_str(formula), name if last else None) \
+            result = symmetric_pairwise(self, picked_pairs, inputs, out_letters,
+                                        letter_to_index, comment if last else
+                                        dsl_str(formula), name if last else None,
+                                        reorder=not last) \
                 or self.pairwise(picked, inputs, out_letters, out_indices,
                                  comment if last else dsl_str(formula), name if last else None)
             if isinstance(formula, sp.Sum):
                 self._note_gram(formula, result)
             current.append((result, formula))
         return current[-1][0]
-
-    def _symmetric_pairwise(self, picked_pairs: list, inputs: str, out_letters: str,
-                            out_indices: tuple, letter_index: dict, comment: str,
-                            name: str | None) -> Operand | None:
-        """A pairwise step summing over two indices (a, b) of one range over which both
-        factors are symmetric, over the pairs a <= b only (`symmetric_pairs_code`); None
-        when it does not apply."""
-        terms = inputs.split(",")
-        if len(picked_pairs) != 2:
-            return None
-        summed = [c for c in terms[0] if c in terms[1] and c not in out_letters]
-        if len(summed) != 2:
-            return None
-        a, b = (letter_index[c] for c in summed)
-        if BATCH in (a, b) or (a.lower, a.upper) != (b.lower, b.upper) \
-                or self.size(a) < MIN_PAIR_RANGE:
-            return None
-        swap = {a: b, b: a}
-        if any(formula.xreplace(swap) != formula for _, formula in picked_pairs):
-            return None
-        picked = [op for op, _ in picked_pairs]
-        pair = "".join(summed)
-        if symmetric_pairs_code(picked, inputs, out_letters, pair, "_", letter_index,
-                                self.shape_code, lambda code, op: "_") is None:
-            return None  # asked before any step is emitted
-        key = f"pairs {self.shape_code(a)}"
-        if key not in self.identities:
-            self.identities[key] = self.emit_step(
-                f"_upper_pairs({self.shape_code(a)}, {self.like})",
-                f"the pairs {a} <= {b} of {dsl_str(a.upper - a.lower + 1)} x "
-                f"{dsl_str(a.upper - a.lower + 1)}, weighted 2 off the diagonal")
-        pairs = self.identities[key]
-
-        def weighted(code: str, operand: Operand) -> str:
-            formula = next(f for op, f in picked_pairs if op is operand)
-            return self.emit_step(code, f"{dsl_str(formula)} at {a} <= {b}, 2x off the "
-                                  "diagonal")
-
-        code = symmetric_pairs_code(picked, inputs, out_letters, pair, pairs, letter_index,
-                                    self.shape_code, weighted)
-        assert code is not None
-        cost = self.volume({i for op in picked for i in op.indices}) / 2
-        return Operand(self.emit_step(code, comment, name, cost), out_indices)
 
     def pairwise(self, picked: list[Operand], inputs: str, out_letters: str,
                  out_indices: tuple, comment: str, name: str | None) -> Operand:

@@ -158,7 +158,7 @@ def _as_matmul(picked: list[Operand], inputs: str, out_letters: str, letter_inde
             y, ys = _permuted(y, ys, ys_new)
 
     def size(letters: str) -> list[str]:
-        return _block_size(letters, letter_index, shape_code)
+        return block_size(letters, letter_index, shape_code)
 
     def matrix(op: Operand, letters: str, free: list, first: bool) -> str | None:
         f, s_ = "".join(free), block
@@ -244,7 +244,7 @@ def _as_batched_matvec(picked: list[Operand], inputs: str, out_letters: str,
     return None
 
 
-def _block_size(letters: str, letter_index: dict, shape_code: ShapeCode) -> list[str]:
+def block_size(letters: str, letter_index: dict, shape_code: ShapeCode) -> list[str]:
     """One reshape dimension for a block of letters (their sizes multiplied); -1 for the
     block holding the batch, whose size the other dimensions determine."""
     if any(letter_index[c] == BATCH for c in letters):
@@ -274,43 +274,3 @@ def _pretty_equation(inputs: str, out_letters: str, picked: list[Operand],
     return ",".join("".join(mapping[c] for c in t) for t in inputs.split(",")) + "->" + \
         "".join(mapping[c] for c in out_letters)
 
-
-def symmetric_pairs_code(picked: list[Operand], inputs: str, out_letters: str, pair: str,
-                         pairs: str, letter_index: dict, shape_code: ShapeCode,
-                         emit: Callable[[str, Operand], str]) -> str | None:
-    """sum(a, b: X[.., a, b] Y[.., a, b]) with X and Y both symmetric in (a, b), as one
-    matrix product over the pairs a <= b only, each weighted 2 off the diagonal:
-
-        sum(a, b: X Y) = sum(a <= b: w_ab X_ab Y_ab),   w = 2 - delta(a, b),
-
-    half the multiply-adds of the full product, forward and backward. `pairs` is the
-    code of (flat indices a * size + b of the pairs, their weights); the weights go to
-    the operand without the batch, in a step of its own (`emit`). None unless (a, b) are
-    the only summed axes, last in both operands, and each operand keeps some axis."""
-    terms = inputs.split(",")
-    if len(terms) != 2:
-        return None
-    (x, xs), (y, ys) = zip(picked, terms, strict=True)
-    if not (xs.endswith(pair) or xs.endswith(pair[::-1])) or not (
-            ys.endswith(pair) or ys.endswith(pair[::-1])):
-        return None
-    free_x, free_y = xs[:-2], ys[:-2]
-    if not free_x or not free_y or set(free_x) & set(free_y) or set(free_x + free_y) & set(pair):
-        return None
-    if out_letters == free_y + free_x:
-        (x, xs, free_x), (y, ys, free_y) = (y, ys, free_y), (x, xs, free_x)
-    if out_letters != free_x + free_y:
-        return None
-
-    def rows(op: Operand, letters: str, free: str, weighted: bool) -> str:
-        size = _block_size(free, letter_index, shape_code)
-        square = " * ".join([shape_code(letter_index[pair[0]])] * 2)
-        code = f"{op.code}.reshape({size[0]}, {square}).index_select(1, {pairs}[0])"
-        return emit(f"{code} * {pairs}[1]", op) if weighted else code
-
-    weigh_y = BATCH in x.indices and BATCH not in y.indices
-    code = f"{rows(x, xs, free_x, not weigh_y)} @ {rows(y, ys, free_y, weigh_y)}.T"
-    if len(free_x) > 1 or len(free_y) > 1:
-        dims = ", ".join(_block_size(c, letter_index, shape_code)[0] for c in out_letters)
-        code = f"({code}).reshape({dims})"
-    return code
