@@ -130,7 +130,7 @@ def symmetric_pairwise(planner: Planner, picked_pairs: list, inputs: str, out_le
         planner.identities[key] = planner.emit_step(
             f"_circulant_layout({size}, {planner.like})",
             f"the pairs {{{a}, {b}}} of {dsl_str(a.upper - a.lower + 1)} values, circulant: "
-            f"row s holds ({a}, {a} + s)")
+            f"row s holds ({a}, {a} + s mod {size})")
     layout = planner.identities[key]
     formulas = {id(op): formula for op, formula in picked_pairs}
 
