@@ -311,7 +311,7 @@ class DEM(torch.nn.Module):
         # sum(i: x[i]^2)
         _t6 = _t5.sum(dim=1)
         # -sum(i: b[i]*x[i]) - sum(k: softplus(z[k])) + sum(i: x[i]^2)/(2*sigma^2)
-        free_energy = -_t1 - _t4 + 0.5 * _t6 / self.sigma ** 2
+        free_energy = -_t1 - _t4 + 0.5 / self.sigma ** 2 * _t6
         return free_energy
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
@@ -448,9 +448,9 @@ class DEM(torch.nn.Module):
         _t35 = (_t34 * _t10).sum(dim=1)
         # 2*sum(j: b[j]*sum(k: sigmoid(z[k])*sum(h: (1 - g[h])*V[h, j]*W[k, h]*g[h]))) + sum(j:...
         _t36 = (
-            -2 * _t1 / self.sigma ** 2
+            -(2 / self.sigma ** 2) * _t1
             + 2 * _t29
-            - 2 * _t31 / self.sigma ** 2
+            - 2 / self.sigma ** 2 * _t31
             + _t33
             + _t35
             + _t6 / self.sigma ** 4

@@ -491,7 +491,7 @@ class DEM3(torch.nn.Module):
         # sum(i: x[i]^2)
         _t6 = _t5.sum(dim=1)
         # -sum(i: b[i]*x[i]) - sum(k: softplus(z[k])) + sum(i: x[i]^2)/(2*sigma^2)
-        free_energy = -_t1 - _t4 + 0.5 * _t6 / self.sigma ** 2
+        free_energy = -_t1 - _t4 + 0.5 / self.sigma ** 2 * _t6
         return free_energy
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
@@ -696,9 +696,9 @@ class DEM3(torch.nn.Module):
         _t27 = (_t26 * adj_u1.T).sum(dim=0)
         # -2*sum(l: b[l]*sum(h: _slope_u1[h, l]*adj_u1[h])) + sum(l: b[l]^2) + sum(l: sum(h: _s...
         _t28 = (
-            -2 * _t1 / self.sigma ** 2
+            -(2 / self.sigma ** 2) * _t1
             - 2 * _t22
-            + 2 * _t23 / self.sigma ** 2
+            + 2 / self.sigma ** 2 * _t23
             + _t25
             + _t27
             + _t6 / self.sigma ** 4

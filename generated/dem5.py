@@ -600,7 +600,7 @@ class DEM5(torch.nn.Module):
         # sum(i: x[i]^2)
         _t11 = _t10.sum(dim=1)
         # -sum(i: b[i]*x[i]) - sum(k: softplus(z[k])) + sum(i: x[i]^2)/(2*sigma^2)
-        free_energy = -_t1 + 0.5 * _t11 / self.sigma ** 2 - _t9
+        free_energy = -_t1 + 0.5 / self.sigma ** 2 * _t11 - _t9
         return free_energy
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
@@ -887,10 +887,10 @@ class DEM5(torch.nn.Module):
         _t40 = (_t39 * adj_pre_g1.T).sum(dim=0)
         # -2*sum(l: b[l]*sum(h: _slope_pre_g1[h, l]*adj_pre_g1[h])) + sum(l: b[l]^2) + sum(l: s...
         _t41 = (
-            -2 * _t1 / self.sigma ** 2
+            -(2 / self.sigma ** 2) * _t1
             + _t11 / self.sigma ** 4
             - 2 * _t35
-            + 2 * _t36 / self.sigma ** 2
+            + 2 / self.sigma ** 2 * _t36
             + _t38
             + _t40
         )

@@ -304,7 +304,7 @@ class MPoT(torch.nn.Module):
         # sum(i, j: (1 - sigmoid(sum(k: W[k, j]*v[k])))*sigmoid(sum(k: W[k, j]*v[k]))*W[i, j]^2)
         _t19 = _t18 @ _t17
         # -D + 2*gamma*sum(i, k: (phi[k]^2 - 2)*C[i, k]^2/(phi[k]^2 + 2)^2) + sum(i, j: (1 - si...
-        laplacian = -self.D + 2 * _t15 * self.gamma + _t19
+        laplacian = -self.D + 2 * self.gamma * _t15 + _t19
         return laplacian
 
     def sm_loss(self, v: torch.Tensor) -> torch.Tensor:
@@ -354,7 +354,7 @@ class MPoT(torch.nn.Module):
         # sum(i, j: (1 - sigmoid(sum(k: W[k, j]*v[k])))*sigmoid(sum(k: W[k, j]*v[k]))*W[i, j]^2)
         _t19 = _t18 @ _t17
         # -D + 2*gamma*sum(i, k: (phi[k]^2 - 2)*C[i, k]^2/(phi[k]^2 + 2)^2) + sum(i, j: (1 - si...
-        laplacian = -self.D + 2 * _t15 * self.gamma + _t19
+        laplacian = -self.D + 2 * self.gamma * _t15 + _t19
         # sum(j1: sigmoid(sum(i: W[i, j1]*v[i]))*sum(l: W[l, j1]*W[l, j2]))
         _t31 = _t30 @ _t10.T
         # sum(l: sum(j: sigmoid(sum(i: W[i, j]*v[i]))*W[l, j])^2)
@@ -364,8 +364,8 @@ class MPoT(torch.nn.Module):
             _t2
             - 2 * _t22
             + _t25 * self.gamma ** 2
-            - 2 * _t28 * self.gamma
-            + 2 * _t29 * self.gamma
+            - 2 * self.gamma * _t28
+            + 2 * self.gamma * _t29
             + _t32
         )
         # laplacian + sum(l: score[l]^2)/2
@@ -496,8 +496,8 @@ class MPoT(torch.nn.Module):
             _t2
             - 2 * _t22
             + _t25 * self.gamma ** 2
-            - 2 * _t28 * self.gamma
-            + 2 * _t29 * self.gamma
+            - 2 * self.gamma * _t28
+            + 2 * self.gamma * _t29
             + _t32
         )
         # sum(l: score[l]^2)/2
@@ -511,7 +511,7 @@ class MPoT(torch.nn.Module):
         # sum(i, k: C[i, k]^2*phi[k]^2/(phi[k]^2 + 2)^2)
         _t41 = _t40 @ _t14
         # 4*gamma*sum(i, k: C[i, k]^2*phi[k]^2/(phi[k]^2 + 2)^2) - sum(i, j: (sigmoid(sum(k: W[...
-        _t42 = -_t39 + 4 * _t41 * self.gamma
+        _t42 = -_t39 + 4 * self.gamma * _t41
         # 1/(phi[k]^2/2 + 1)
         _t43 = 1 / (0.5 * torch.square(phi) + 1)
         # sum(i, k: C[i, k]^2/(phi[k]^2/2 + 1))

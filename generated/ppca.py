@@ -270,9 +270,9 @@ class PPCA(torch.nn.Module):
         # -K*log(2*pi)/2 + LogDet(_z_precision)/2 + sum(i: (-mu[i] + v[i])^2)/(2*s2) - sum(i, k...
         free_energy = (
             -0.5 * self.K * math.log(2 * math.pi)
-            - 0.125 * _t12 / self.s2 ** 2
+            - 0.125 / self.s2 ** 2 * _t12
             + 0.5 * _t5
-            + 0.5 * _t7 / self.s2
+            + 0.5 / self.s2 * _t7
         )
         return free_energy
 
@@ -299,7 +299,7 @@ class PPCA(torch.nn.Module):
         # sum(i, k: MatrixInverse(_z_precision, i, k)*W[p, k]*sum(j: (-2*mu[j] + 2*v[j])*W[j, i]))
         _t14 = _t13 @ self.W.T
         # -(-2*mu[p] + 2*v[p])/(2*s2) + sum(i, k: MatrixInverse(_z_precision, i, k)*W[p, k]*sum...
-        score = 0.5 * _t14 / self.s2 ** 2 - 0.5 * _t9 / self.s2
+        score = 0.5 / self.s2 ** 2 * _t14 - 0.5 / self.s2 * _t9
         return score
 
     def laplacian(self, v: torch.Tensor) -> torch.Tensor:
@@ -362,7 +362,11 @@ class PPCA(torch.nn.Module):
         # sum(p: sum(i, k: MatrixInverse(_z_precision, i, k)*W[p, k]*sum(j: (-2*mu[j] + 2*v[j])...
         _t23 = (_t22 * _t10.T).sum(dim=0)
         # sum(p: (-2*mu[p] + 2*v[p])^2)/(4*s2^2) - sum(p: (-2*mu[p] + 2*v[p])*sum(i, k: MatrixI...
-        _t24 = -0.5 * _t12 / self.s2 ** 3 + 0.25 * _t19 / self.s2 ** 2 + 0.25 * _t23 / self.s2 ** 4
+        _t24 = (
+            -(0.5 / self.s2 ** 3) * _t12
+            + 0.25 / self.s2 ** 2 * _t19
+            + 0.25 / self.s2 ** 4 * _t23
+        )
         # laplacian + sum(p: score[p]^2)/2
         sm_objective = 0.5 * _t24 + laplacian
         return sm_objective.mean()
@@ -387,7 +391,7 @@ class PPCA(torch.nn.Module):
         # sum(i: (-mu[i] + v[i] - sum(k: W[i, k]*z[k]))^2)
         _t5 = _t4.sum(dim=1)
         # sum(k: z[k]^2)/2 + sum(i: (-mu[i] + v[i] - sum(k: W[i, k]*z[k]))^2)/(2*s2)
-        _t6 = 0.5 * _t2 + 0.5 * _t5 / self.s2
+        _t6 = 0.5 * _t2 + 0.5 / self.s2 * _t5
         return _t6
 
     def mean_z(self, v: torch.Tensor) -> torch.Tensor:
@@ -411,7 +415,7 @@ class PPCA(torch.nn.Module):
         # sum(k: MatrixInverse(_z_precision, i, k)*sum(j: (-2*mu[j] + 2*v[j])*W[j, k]))
         _t11 = _t10 @ _t8.T
         # sum(k: MatrixInverse(_z_precision, j, k)*sum(i: (-2*mu[i] + 2*v[i])*W[i, k]))/(2*s2)
-        _t25 = 0.5 * _t11 / self.s2
+        _t25 = 0.5 / self.s2 * _t11
         return _t25
 
     def sample_z(self, v: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -436,7 +440,7 @@ class PPCA(torch.nn.Module):
         # sum(k: MatrixInverse(_z_precision, i, k)*sum(j: (-2*mu[j] + 2*v[j])*W[j, k]))
         _t11 = _t10 @ _t8.T
         # sum(k: MatrixInverse(_z_precision, j, k)*sum(i: (-2*mu[i] + 2*v[i])*W[i, k]))/(2*s2)
-        _t25 = 0.5 * _t11 / self.s2
+        _t25 = 0.5 / self.s2 * _t11
         mean = _t25
         factor = self._cholesky(_t3.expand(_batch, self.K, self.K))
         noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype, device=mean.device)

@@ -133,6 +133,20 @@ class TorchPrinter(PythonCodePrinter):
             return f"torch.exp(torch.lgamma({self._print(expr.args[0])}))"
         return f"math.gamma({self._print(expr.args[0])})"
 
+    def _print_Mul(self, expr: sp.Mul) -> str:
+        """A tensor times several scalars with the scalars gathered in front, in one Python
+        expression: (-2 / self.sigma ** 2) * t is one tensor operation where
+        -2 * t / self.sigma ** 2 is two, each with its backward."""
+        coefficient, rest = expr.as_coeff_Mul()
+        factors = sp.Mul.make_args(rest)
+        scalars = [f for f in factors if not self._is_tensor(f)]
+        if not self._is_tensor(expr) or (abs(coefficient) != 1) + len(scalars) < 2:
+            return super()._print_Mul(expr)
+        scalar = self._print(abs(coefficient) * sp.Mul(*scalars))
+        tensor = sp.Mul(*(f for f in factors if self._is_tensor(f)))
+        sign = "-" if coefficient < 0 else ""  # a sum prints it as a subtraction
+        return f"{sign}({scalar}) * {self.parenthesize(tensor, PRECEDENCE['Mul'], strict=False)}"
+
     def _print_Pow(self, expr: sp.Pow, rational: bool = False) -> str:
         base, exponent = expr.args
         tensor = self._is_tensor(base)
