@@ -288,3 +288,16 @@ def test_circulant_pairs_backward_takes_a_transposed_gradient(helpers):
     plain = (rows[:, :, None] * rows[:, None, :]).reshape(5, -1)[:, index]
     (expected,) = torch.autograd.grad((plain @ w.T).square().sum(), rows)
     torch.testing.assert_close(got, expected)
+
+
+def test_circulant_layout_kept_outside_inference_mode_only(helpers):
+    """A layout first made in inference mode is not kept: autograd could not save its
+    index for a backward later (index_select's)."""
+    helpers["_circulant_layouts"].clear()
+    with torch.inference_mode():
+        helpers["_circulant_layout"](6, torch.zeros(()))
+    assert not helpers["_circulant_layouts"]
+    matrix = torch.randn(6, 6, requires_grad=True)
+    index, weights = helpers["_circulant_layout"](6, matrix)
+    (matrix.reshape(-1).index_select(0, index) * weights).sum().backward()
+    assert helpers["_circulant_layout"](6, matrix)[0] is index  # kept, and reused
