@@ -167,7 +167,9 @@ def _markdown(results: dict, plot_name: str) -> str:
         f"- the machine is shared: other processes used {busy_text} of its CPU time during "
         f"the run. Every time is the best of {meta['repeats']} runs after warm-up (slow "
         "methods: fewer, within a time budget); the fast methods of one table row are timed "
-        "interleaved, round by round, so their ratios are more reliable than absolute times; "
+        "interleaved, round by round (each block of calls after one untimed call, so no "
+        "method is timed in the caches another left), so their ratios are more reliable "
+        "than absolute times; "
         f"the D={D_MAIN} table's fast methods get a second such pass at the end of it",
         "- a time is one loss evaluation plus the backward pass to the parameter gradients, "
         "in milliseconds",
