@@ -64,17 +64,28 @@ class _CirculantPairs(torch.autograd.Function):
     than the matrix product they feed). Backward, for the output gradient G[s, a]:
         grad[a] = sum(s: G[s, a] rows[a + s]) + sum(s: G[s, a - s] rows[a - s]),
     indices mod size; the second sum reads G * rows through a sheared view of it, doubled
-    along a. Written with differentiable operations: second derivatives work."""
+    along a. Written with differentiable operations: second derivatives work, and so do
+    torch.func's transforms (setup_context, and a vmap rule)."""
 
     @staticmethod
-    def forward(ctx, rows: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(rows)
+    def forward(rows: torch.Tensor) -> torch.Tensor:
         count, size = rows.shape
         # out=: the product's own layout would follow the view's strides, and the
         # reshape would then copy it
         out = rows.new_empty(count, size // 2 + 1, size)
         torch.mul(rows.unsqueeze(1), _circulant_windows(rows), out=out)
         return out.view(count, -1)
+
+    @staticmethod
+    def setup_context(ctx, inputs: tuple, output: torch.Tensor) -> None:
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def vmap(info, in_dims: tuple, rows: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Under torch.func.vmap: the mapped rows are more rows."""
+        rows = rows.movedim(in_dims[0], 0)
+        batch, count, size = rows.shape
+        return _CirculantPairs.apply(rows.reshape(batch * count, size)).view(batch, count, -1), 0
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:

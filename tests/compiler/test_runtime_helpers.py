@@ -301,3 +301,21 @@ def test_circulant_layout_kept_outside_inference_mode_only(helpers):
     index, weights = helpers["_circulant_layout"](6, matrix)
     (matrix.reshape(-1).index_select(0, index) * weights).sum().backward()
     assert helpers["_circulant_layout"](6, matrix)[0] is index  # kept, and reused
+
+
+def test_circulant_pairs_under_torch_func(helpers):
+    """grad, vmap of grad, and jacrev through `_circulant_pairs` (its setup_context and
+    vmap rule) against the gathered outer square."""
+    rows = torch.randn(2, 3, 8, dtype=F64, generator=torch.Generator().manual_seed(5))
+    index, _ = helpers["_circulant_layout"](8, rows)
+
+    def plain(r: torch.Tensor) -> torch.Tensor:
+        return (r[:, :, None] * r[:, None, :]).reshape(r.shape[0], -1)[:, index]
+
+    def loss(pairs):  # noqa: ANN001, ANN202
+        return lambda r: pairs(r).sin().sum()
+
+    per_sample = torch.func.vmap(torch.func.grad(loss(helpers["_circulant_pairs"])))(rows)
+    torch.testing.assert_close(per_sample, torch.func.vmap(torch.func.grad(loss(plain)))(rows))
+    torch.testing.assert_close(torch.func.jacrev(helpers["_circulant_pairs"])(rows[0]),
+                               torch.func.jacrev(plain)(rows[0]))

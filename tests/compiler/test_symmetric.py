@@ -1,7 +1,8 @@
 """Sums over a pair of indices of a symmetric summand, over each pair once
 (plan/symmetric.py): the product's code against einsum on symmetric operands, the outer
-squares it recognises, and specs taking each path (an outer square, one times a shared or
-a per-row matrix, a formed operand) checked against autograd at odd and even sizes."""
+squares it recognises, specs taking each path (an outer square, one times a shared or
+a per-row matrix, a formed operand) checked against autograd at odd and even sizes, and
+torch.func through the DEM's."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 from energydsl.check.checks import check_compiled
 from energydsl.compiler.driver import compile_source
 from energydsl.compiler.emit.module import runtime_source
+from energydsl.compiler.loading import load_module
 from energydsl.compiler.plan.program import BATCH, Operand
 from energydsl.compiler.plan.symmetric import (
     gathered_rows,
@@ -19,6 +21,8 @@ from energydsl.compiler.plan.symmetric import (
     pair_sides,
     pairs_product_code,
 )
+
+from support import SPECS, randomise
 
 SIZES = {"n": 5, "a": 4, "k": 3, "j": 2, "b": 4}
 INDICES = {c: BATCH if c == "n" else sp.Symbol(c) for c in SIZES}
@@ -105,7 +109,7 @@ param A[K, H] ~ normal(0.3)
 let t[h] = tanh(sum(i: V[h, i] * x[i]))
 log density p(x) = -sum(i: x[i]^2) / 2 + sum(k: sigmoid(sum(h1, h2: {summand})))
 """
-SPECS = {  # name: (extra parameters, summand, code the pair step must show)
+PATHS = {  # name: (extra parameters, summand, code the pair step must show)
     "shared_matrix": ("param M[H, H] ~ normal(0.3)",
                       "A[k, h1] * A[k, h2] * (M[h1, h2] + M[h2, h1]) * t[h1] * t[h2]",
                       ".reshape(-1).index_select(0,"),
@@ -117,13 +121,48 @@ SPECS = {  # name: (extra parameters, summand, code the pair step must show)
 }
 
 
-@pytest.mark.parametrize("name", sorted(SPECS))
+@pytest.mark.parametrize("name", sorted(PATHS))
 @pytest.mark.parametrize("H", [9, 8])
 def test_specs_taking_each_path_match_autograd(name, H):
-    params, summand, shows = SPECS[name]
+    params, summand, shows = PATHS[name]
     compiled = compile_source(HEAD.format(name=name.title().replace("_", ""), params=params,
                                           summand=summand), f"{name}.edsl")
     assert "_circulant_layout(self.H" in compiled.source and shows in compiled.source
     report = check_compiled(compiled, {"D": 4, "H": H, "K": 3})
     assert report.ok, report.table()
     assert {"score", "laplacian", "sm_loss"} <= {row.quantity for row in report.rows}
+
+
+
+class _SmLoss(torch.nn.Module):
+    """A model's sm_loss as a module's forward, for torch.func.functional_call."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.sm_loss(x)
+
+
+def test_torch_func_takes_per_sample_gradients_of_the_dem():
+    """The DEM's sm_loss reads `_circulant_pairs`, an autograd.Function: torch.func's grad
+    and vmap go through it (per-sample gradients, as a DP-SGD user takes them)."""
+    source = (SPECS / "dem.edsl").read_text()
+    model = load_module(compile_source(source, "specs/dem.edsl").source, "dem_func").DEM(
+        D=6, H=9, K=3, dtype=torch.float64)
+    randomise(model, 0.3, seed=1)
+    x = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    names = ["V", "W", "b", "c"]
+    loss = _SmLoss(model)
+
+    def one(params: dict, row: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(loss, params, (row[None],), strict=False)
+
+    params = {f"model.{name}": getattr(model, name).detach() for name in names}
+    per_sample = torch.func.vmap(torch.func.grad(one), in_dims=(None, 0))(params, x)
+    for k in range(len(x)):
+        expected = torch.autograd.grad(model.sm_loss(x[k:k + 1]),
+                                       [getattr(model, name) for name in names])
+        for name, value in zip(names, expected, strict=True):
+            torch.testing.assert_close(per_sample[f"model.{name}"][k], value)
