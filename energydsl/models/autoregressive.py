@@ -336,6 +336,10 @@ class MADE(_ExactBinary):
             nn.Linear(context_dim, h, bias=False) for h in (sizes[1:] if context_dim else [])
         )
         self.context_dim = context_dim
+        # mask set k's masks in a dtype on a device, as `logits` multiplies them in: built
+        # once, not at every call; a loaded state dict (other orders or degrees) clears it
+        self._weight_masks: dict[tuple, list[Tensor]] = {}
+        self.register_load_state_dict_post_hook(_forget_weight_masks)
 
     def order(self, k: int | None = None) -> Tensor:
         """The ordering of mask set k (default: the current one)."""
@@ -352,9 +356,12 @@ class MADE(_ExactBinary):
         """All D conditional logits under mask set k, shape [N, D]."""
         h = as_flat(x, self.dim)
         c = self._context(context, h.shape[0])
-        masks = self.masks(k)
-        for i, (layer, m) in enumerate(zip(self.layers, masks, strict=True)):
-            h = F.linear(h, layer.weight * m.to(h.dtype), layer.bias)
+        k = (int(self.mask_index) if self.num_masks > 1 else 0) if k is None else k
+        key = (k, h.dtype, self.orders.device)
+        if key not in self._weight_masks:
+            self._weight_masks[key] = [m.to(h.dtype) for m in self.masks(k)]
+        for i, (layer, m) in enumerate(zip(self.layers, self._weight_masks[key], strict=True)):
+            h = F.linear(h, layer.weight * m, layer.bias)
             if c is not None:
                 h = h + self.context_layers[i](c)
             if i < len(self.layers) - 1:
@@ -396,6 +403,12 @@ class MADE(_ExactBinary):
         order = self.order().tolist()
         return _sample_in_order(n, order, (self.dim,), self.logits, self, generator,
                                 self._context(context, n))
+
+
+def _forget_weight_masks(module: MADE, incompatible_keys: object) -> None:
+    """After a state dict is loaded: its orders and degrees may differ (a function, not
+    a lambda, so that a pickled MADE stays picklable)."""
+    module._weight_masks.clear()
 
 
 class MaskedNetwork(nn.Module):

@@ -204,3 +204,28 @@ def test_nade_in_blocks_equals_the_whole_and_so_do_its_gradients(monkeypatch) ->
     torch.testing.assert_close(blocked, whole, rtol=1e-12, atol=1e-12)
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+
+
+def test_made_masks_follow_a_loaded_state_dict_dtype_and_pickling() -> None:
+    """`logits` keeps each mask set's masks once built: a state dict with other orders and
+    degrees (another seed) must replace them, as must another dtype; the model pickles."""
+    import io
+    import pickle
+
+    x = (torch.rand(6, 7, generator=torch.Generator().manual_seed(0)) < 0.5).double()
+    model = MADE(dim=7, hidden=(9,), num_masks=2, order_agnostic=True,
+                 connectivity_agnostic=True, seed=1).double()
+    other = MADE(dim=7, hidden=(9,), num_masks=2, order_agnostic=True,
+                 connectivity_agnostic=True, seed=2).double()
+    before = model.logits(x)                      # masks of seed 1 kept
+    model.load_state_dict(other.state_dict())
+    for k in (0, 1):
+        torch.testing.assert_close(model.logits(x, k), other.logits(x, k))
+    assert not torch.allclose(before, model.logits(x, 0))
+    model.mask_index.fill_(1)                     # the buffer, set directly, is obeyed
+    torch.testing.assert_close(model.logits(x), other.logits(x, 1))
+    torch.testing.assert_close(model.float().logits(x.float()), other.logits(x, 1).float())
+    buffer = io.BytesIO()
+    pickle.dump(model, buffer)
+    buffer.seek(0)
+    torch.testing.assert_close(pickle.load(buffer).logits(x.float()), model.logits(x.float()))  # noqa: S301
