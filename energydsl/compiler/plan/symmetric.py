@@ -133,20 +133,25 @@ def symmetric_pairwise(planner: Planner, picked_pairs: list, inputs: str, out_le
             f"row s holds ({a}, {a} + s mod {size})")
     layout = planner.identities[key]
     formulas = {id(op): formula for op, formula in picked_pairs}
-
-    def rows(operand: Operand, free: str, weighted: bool) -> str:
-        formula = formulas[id(operand)]
+    parts = {}  # each side's rows, and the shared matrix's entries it multiplies by
+    for operand, free in sides:
         kept = tuple(letter_index[c] for c in free)
         count = block_size(free, letter_index, planner.shape_code)[0]
-        code, scale = _square_rows(planner, formula, a, b, kept, count, size, layout)
-        if code is None:
-            code = gathered_rows(operand.code, count, size, layout)
+        code, scale = _square_rows(planner, formulas[id(operand)], a, b, kept, count, size,
+                                   layout)
+        parts[id(operand)] = (code or gathered_rows(operand.code, count, size, layout), scale)
+    # the [entries] factors (the weights, any shared matrix's entries) multiply the side
+    # without the batch, whichever side they came with: [K, E] products, not [N, E]
+    scales = [scale for _, scale in parts.values() if scale is not None]
+
+    def rows(operand: Operand, free: str, weighted: bool) -> str:
+        code = parts[id(operand)][0]
         if not weighted:
-            return code if scale is None else f"{code} * {scale}"
-        weights = f"{layout}[1]" if scale is None else f"({scale} * {layout}[1])"
-        return planner.emit_step(f"{code} * {weights}",
-                                 f"{dsl_str(formula)} over the pairs {{{a}, {b}}}, "
-                                 "2x off the diagonal")
+            return code
+        weights = " * ".join([*scales, f"{layout}[1]"])
+        return planner.emit_step(f"{code} * ({weights})",
+                                 f"{dsl_str(formulas[id(operand)])} over the pairs "
+                                 f"{{{a}, {b}}}, 2x off the diagonal")
 
     code, result_letters = pairs_product_code(sides, rows, letter_index, planner.shape_code)
     cost = planner.volume({i for op in picked for i in op.indices}) / 2
