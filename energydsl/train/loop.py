@@ -34,7 +34,8 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -152,19 +153,32 @@ class History:
     step_parts: dict[str, list[float]] = field(default_factory=dict)
 
 
-def _distributed(device: torch.device) -> tuple[int, int]:
+@contextmanager
+def _process_group(device: torch.device) -> Iterator[tuple[int, int]]:
     """(rank, world size), initialising the process group under torchrun: nccl for a
-    model on CUDA (each rank on its LOCAL_RANK's GPU), gloo for CPU tensors."""
+    model on CUDA (each rank on its LOCAL_RANK's GPU), gloo for CPU tensors. A group made
+    here is destroyed on the way out, after a barrier when the run ended well: a process
+    that exits with a live gloo group can abort in its worker threads ("terminate called
+    without an active exception"), and a rank must not close the store while another
+    still reads from it."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
-        return 0, 1
+        yield 0, 1
+        return
     import torch.distributed as dist
 
-    if not dist.is_initialized():
+    owned = not dist.is_initialized()
+    if owned:
         if device.type == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), world
+    try:
+        yield dist.get_rank(), world
+        if owned:
+            dist.barrier()
+    finally:
+        if owned:
+            dist.destroy_process_group()
 
 
 def _collective_device() -> torch.device:
@@ -287,7 +301,8 @@ def train(config: RunConfig, out: Path, resume: bool = False,
     created = not out.exists()
     _prepare_out(out, resume, overwrite)
     try:
-        return _run(config, out, device, resume, log, progress)
+        with _process_group(device) as (rank, world):
+            return _run(config, out, device, resume, log, progress, rank, world)
     except BaseException:  # a mistake found later (or Ctrl-C) leaves no empty run behind
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
@@ -295,9 +310,9 @@ def train(config: RunConfig, out: Path, resume: bool = False,
 
 
 def _run(config: RunConfig, out: Path, device: torch.device, resume: bool,
-         log: Callable[[str], None], progress: bool | None) -> History:
-    """train()'s work, in a run directory that exists."""
-    rank, world = _distributed(device)
+         log: Callable[[str], None], progress: bool | None, rank: int,
+         world: int) -> History:
+    """train()'s work, in a run directory that exists, as process `rank` of `world`."""
     text = spec_text(config) if config.is_spec else None
     prepared = on_device(prepare(config, data_kind(config, text)), device)
     if config.batch_size > len(prepared.train):
