@@ -107,26 +107,34 @@ param V[H, D] ~ normal(0.3)
 param A[K, H] ~ normal(0.3)
 {params}
 let t[h] = tanh(sum(i: V[h, i] * x[i]))
+{lets}
 log density p(x) = -sum(i: x[i]^2) / 2 + sum(k: sigmoid(sum(h1, h2: {summand})))
 """
-PATHS = {  # name: (extra parameters, summand, code the pair step must show)
-    "shared_matrix": ("param M[H, H] ~ normal(0.3)",
+PATHS = {  # name: (extra parameters, lets, summand, code the pair step must show)
+    "shared_matrix": ("param M[H, H] ~ normal(0.3)", "",
                       "A[k, h1] * A[k, h2] * (M[h1, h2] + M[h2, h1]) * t[h1] * t[h2]",
                       ".reshape(-1).index_select(0,"),
-    "per_row_matrix": ("param B[K, H, H] ~ normal(0.3)",
+    "per_row_matrix": ("param B[K, H, H] ~ normal(0.3)", "",
                        "A[k, h1] * A[k, h2] * (B[k, h1, h2] + B[k, h2, h1]) * t[h1] * t[h2]",
                        "_circulant_pairs(self.A)\n            * _t"),
-    "formed": ("", "A[k, h1] * A[k, h2] * exp(t[h1] * t[h2])",
+    "formed": ("", "", "A[k, h1] * A[k, h2] * exp(t[h1] * t[h2])",
                ".reshape(-1, self.H * self.H).index_select(1,"),
+    # symmetric through the lets' bodies only; the score's step for dq/dx has the sum
+    # (M + M^T) as its smallest factor group, which once printed without parentheses
+    "through_lets": ("param M[H, H] ~ normal(0.3)",
+                     "let P[k, h1, h2] = A[k, h1] * A[k, h2]\n"
+                     "let q[h1, h2] = t[h1] * t[h2] * (M[h1, h2] + M[h2, h1])",
+                     "P[k, h1, h2] * q[h1, h2]",
+                     "q.reshape(-1, self.H * self.H).index_select(1,"),
 }
 
 
 @pytest.mark.parametrize("name", sorted(PATHS))
 @pytest.mark.parametrize("H", [9, 8])
 def test_specs_taking_each_path_match_autograd(name, H):
-    params, summand, shows = PATHS[name]
+    params, lets, summand, shows = PATHS[name]
     compiled = compile_source(HEAD.format(name=name.title().replace("_", ""), params=params,
-                                          summand=summand), f"{name}.edsl")
+                                          lets=lets, summand=summand), f"{name}.edsl")
     assert "_circulant_layout(self.H" in compiled.source and shows in compiled.source
     report = check_compiled(compiled, {"D": 4, "H": H, "K": 3})
     assert report.ok, report.table()

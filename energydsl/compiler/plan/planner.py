@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import sympy as sp
+from sympy.printing.precedence import PRECEDENCE
 
 from energydsl.compiler.algebra import REDUCTIONS, make_sum
 from energydsl.compiler.emit.torch_printer import TorchPrinter
@@ -90,6 +91,7 @@ class Planner:
         self.constrained: dict[str, str] = {}  # constrained parameter -> its value's step
         self.identities: dict[str, str] = {}  # size code -> identity matrix step
         self.layouts: dict[sp.Expr, tuple] = {}  # definition body -> its formal axes
+        self.let_symmetry: dict[str, tuple] = {}  # let -> position pairs it is symmetric in
         # sum(i: A[i, j]^2) steps (and sum(i, j: A[i, j]^2), axis -1) and Gram matrices
         # sum(i: A[i, j1] A[i, j2]), each under (A, the summed axis): a method forming
         # both takes the first as the Gram's diagonal (or trace)
@@ -605,8 +607,11 @@ class Planner:
             scalars = groups.pop(frozenset(), [])
             order = sorted(groups, key=lambda g: (self.volume(g), sorted(map(str, g))))
             groups[order[0]] = scalars + groups[order[0]]
-            codes = [printer.doprint(sp.Mul(*groups[g])) for g in order]
-            return " * ".join([codes[0], *(f"({c})" for c in codes[1:])])
+            # the first group parenthesised too when it prints as a sum: (M + M^T) * V
+            first = printer.parenthesize(sp.Mul(*groups[order[0]]), PRECEDENCE["Mul"],
+                                         strict=False)
+            codes = [printer.doprint(sp.Mul(*groups[g])) for g in order[1:]]
+            return " * ".join([first, *(f"({c})" for c in codes)])
 
         if isinstance(expr, sp.Mul) and split(expr):
             return product(expr)

@@ -118,7 +118,8 @@ def symmetric_pairwise(planner: Planner, picked_pairs: list, inputs: str, out_le
         return None
     a, b = sorted((a, b), key=str)
     swap = {a: b, b: a}
-    if any(formula.xreplace(swap) != formula for _, formula in picked_pairs):
+    if any(canonical(planner, formula.xreplace(swap)) != canonical(planner, formula)
+           for _, formula in picked_pairs):
         return None
     picked = [op for op, _ in picked_pairs]
     sides = pair_sides(picked, inputs, out_letters, "".join(summed), reorder)
@@ -157,6 +158,44 @@ def symmetric_pairwise(planner: Planner, picked_pairs: list, inputs: str, out_le
     cost = planner.volume({i for op in picked for i in op.indices}) / 2
     return Operand(planner.emit_step(code, comment, name, cost),
                    tuple(letter_index[c] for c in result_letters))
+
+
+def canonical(planner: Planner, expr: sp.Expr) -> sp.Expr:
+    """expr with each reference q[.., a, .., b, ..] to a let symmetric in those two
+    positions written with its arguments there in sorted order, so that a summand read
+    through lets compares equal to its swap when it is symmetric:
+
+        let q[h, k] = t[h] t[k] (M[h, k] + M[k, h])   =>   q[k, h] -> q[h, k]
+    """
+    def sort_arguments(node: sp.Basic) -> sp.Basic:
+        definition = planner.definitions.get(str(node.base.label))
+        if definition is None or definition.base != node.base:
+            return node
+        arguments = list(node.indices)
+        for p, q in let_symmetries(planner, str(node.base.label)):
+            if str(arguments[q]) < str(arguments[p]):
+                arguments[p], arguments[q] = arguments[q], arguments[p]
+        return node.base[tuple(arguments)]
+
+    return expr.replace(lambda node: isinstance(node, sp.Indexed), sort_arguments)
+
+
+def let_symmetries(planner: Planner, name: str) -> tuple[tuple[int, int], ...]:
+    """The pairs of positions (p, q) in which the let `name`'s body is symmetric: its
+    body with the formal indices p and q swapped is the same expression (lets it reads
+    compared through `canonical`). Swapping two formal indices cannot capture a summed
+    one: a body's summed indices are never its formal ones."""
+    if name not in planner.let_symmetry:
+        planner.let_symmetry[name] = ()  # a let never reads itself; this ends any cycle
+        definition = planner.definitions[name]
+        formal = definition.indices
+        body = canonical(planner, definition.body)
+        planner.let_symmetry[name] = tuple(
+            (p, q) for p in range(len(formal)) for q in range(p + 1, len(formal))
+            if (formal[p].lower, formal[p].upper) == (formal[q].lower, formal[q].upper)
+            and canonical(planner, definition.body.xreplace(
+                {formal[p]: formal[q], formal[q]: formal[p]})) == body)
+    return planner.let_symmetry[name]
 
 
 def _square_rows(planner: Planner, formula: sp.Expr, a: sp.Basic, b: sp.Basic,
