@@ -330,3 +330,61 @@ def valid_specs(draw: st.DrawFn) -> GeneratedSpec:
     text = "\n".join([f"model {model}", *b.lines, energy]) + "\n"
     continuous = tuple(units for _, domain, units in hidden if domain in ("real", "positive"))
     return GeneratedSpec(text, continuous)
+
+
+_COUPLINGS = {  # a coupling of the pair (a, b), as text over a matrix M; each symmetric
+    "symmetrised": "({M}[{a}, {b}] + {M}[{b}, {a}])",
+    "product": "{M}[{a}, {b}] * {M}[{b}, {a}]",
+    "shared": "{M}[{a}, {b}]",  # not symmetric: the pair sum must not be taken as one
+    "elementwise": "exp({t}[{a}] * {t}[{b}])",
+    "none": "1",
+}
+
+
+@st.composite
+def pair_and_chain_specs(draw: st.DrawFn) -> GeneratedSpec:
+    """A visible Gaussian under stacked sigmoid or tanh layers (one to three lets deep)
+    and a sum over pairs of the last layer's units: sum(k: f(sum(a, b: L[k, a] L[k, b]
+    C[a, b] t[a] t[b]))) or sum(a, b: C[a, b] t[a] t[b]), with the coupling C of
+    `_COUPLINGS`, written inline or through lets (`let q[a, b] = ...`). The layer widths
+    are often at least 8, where the planner takes a symmetric sum over each pair once."""
+    b = _Builder(draw)
+    model = draw(_NAMES.filter(lambda n: n[0].isupper()))
+    b.used.add(model)
+    size = b.dim(*draw(st.sampled_from([(2, 6), (10, 14)])))  # the planner's choices
+    visible = b.fresh()  # turn on which of D and the widths is the smaller
+    b.lines.append(f"visible {visible} : real[{size}]")
+    (i,) = b.indices(1)
+    b.terms.append(f"+ {b.positive()} * sum({i}: {visible}[{i}]^2)")
+    layer, width = visible, size
+    for _ in range(draw(st.integers(1, 3))):
+        units = b.dim(*draw(st.sampled_from([(2, 5), (8, 10)])))
+        name, formal = b.fresh(), b.fresh()
+        function = draw(st.sampled_from(["sigmoid", "tanh"]))
+        b.lines.append(f"let {name}[{formal}] = "
+                       f"{function}({b.linear_form(layer, width, formal, units)})")
+        layer, width = name, units
+    a, c = b.indices(2)
+    kind = draw(st.sampled_from(sorted(_COUPLINGS)))
+    matrix = b.param(width, width) if kind in ("symmetrised", "product", "shared") else ""
+    coupling = _COUPLINGS[kind].format(M=matrix, t=layer, a=a, b=c)
+    pair = f"{coupling} * {layer}[{a}] * {layer}[{c}]"
+    if draw(st.booleans()):  # through a let
+        q, formal_a, formal_b = b.fresh(), b.fresh(), b.fresh()
+        b.lines.append(f"let {q}[{formal_a}, {formal_b}] = " + pair.replace(
+            f"[{a}]", f"[{formal_a}]").replace(f"[{c}]", f"[{formal_b}]").replace(
+            f"[{a}, {c}]", f"[{formal_a}, {formal_b}]").replace(
+            f"[{c}, {a}]", f"[{formal_b}, {formal_a}]"))
+        pair = f"{q}[{a}, {c}]"
+    if draw(st.booleans()):
+        experts = b.dim()
+        (k,) = b.indices(1)
+        mixing = b.param(experts, width)
+        function = draw(st.sampled_from(["softplus", "sigmoid", "tanh"]))
+        b.terms.append(f"- sum({k}: {function}(sum({a}, {c}: {mixing}[{k}, {a}] * "
+                       f"{mixing}[{k}, {c}] * {pair})))")
+    else:
+        b.terms.append(f"- sum({a}, {c}: {pair})")
+    body = " ".join(b.terms).removeprefix("+ ")
+    energy = f"free energy {b.fresh()}({visible}) = {body}"
+    return GeneratedSpec("\n".join([f"model {model}", *b.lines, energy]) + "\n", ())

@@ -6,9 +6,10 @@ through the CLI, in exit status 1 with nothing but such diagnostics on stderr. H
 draws random token streams from the grammar's own tokens, random declarations, and
 mutations of every spec in specs/ (tokens deleted, duplicated, swapped or replaced,
 truncation, stray Unicode, huge numbers); fixed cases cover deep nesting, huge numbers
-and very long files. Random *valid* specs (tests/spec_generator.py) must compile and agree
-with autograd. The examples are derandomized, so the suite is deterministic; set
-ENERGYDSL_FUZZ_EXAMPLES=N for N fresh random examples per test (a longer fuzzing run).
+and very long files. Random *valid* specs (tests/spec_generator.py), and random layer
+chains with sums over pairs of units, must compile and agree with autograd. The examples
+are derandomized, so the suite is deterministic; set ENERGYDSL_FUZZ_EXAMPLES=N for N
+fresh random examples per test (a longer fuzzing run).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from spec_generator import power_of_sum_specs, valid_specs
+from spec_generator import pair_and_chain_specs, power_of_sum_specs, valid_specs
 
 from energydsl.compiler.driver import compile_source
 from energydsl.compiler.functions import FUNCTIONS
@@ -266,6 +267,18 @@ def test_powers_of_sums_agree_with_autograd(spec) -> None:
     from energydsl.check.checks import check_compiled
 
     report = check_compiled(compile_source(spec.text, "powers.edsl"))
+    assert report.ok, f"{spec.text}\n{report.table()}"
+
+
+@fuzz_settings(10, seconds=60)
+@given(pair_and_chain_specs())
+def test_pair_sums_and_layer_chains_agree_with_autograd(spec) -> None:
+    """Stacked layers and sums over pairs of units, symmetric or not, inline or through
+    lets: the planner's pair layouts, its Jacobian chains and its product grouping (which
+    once printed (M + M^T) * V as M^T + M * V) against autograd."""
+    from energydsl.check.checks import check_compiled
+
+    report = check_compiled(compile_source(spec.text, "pairs.edsl"))
     assert report.ok, f"{spec.text}\n{report.table()}"
 
 
