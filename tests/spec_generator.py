@@ -336,6 +336,7 @@ _COUPLINGS = {  # a coupling of the pair (a, b), as text over a matrix M; each s
     "symmetrised": "({M}[{a}, {b}] + {M}[{b}, {a}])",
     "product": "{M}[{a}, {b}] * {M}[{b}, {a}]",
     "shared": "{M}[{a}, {b}]",  # not symmetric: the pair sum must not be taken as one
+    "declared": "{M}[{a}, {b}]",  # M declared `where symmetric`
     "elementwise": "exp({t}[{a}] * {t}[{b}])",
     "none": "1",
 }
@@ -367,6 +368,10 @@ def pair_and_chain_specs(draw: st.DrawFn) -> GeneratedSpec:
     a, c = b.indices(2)
     kind = draw(st.sampled_from(sorted(_COUPLINGS)))
     matrix = b.param(width, width) if kind in ("symmetrised", "product", "shared") else ""
+    if kind == "declared":
+        matrix = b.fresh()
+        b.lines.append(f"param {matrix}[{width}, {width}] ~ normal(0.3) where symmetric")
+        b.params += 1
     coupling = _COUPLINGS[kind].format(M=matrix, t=layer, a=a, b=c)
     pair = f"{coupling} * {layer}[{a}] * {layer}[{c}]"
     if draw(st.booleans()):  # through a let

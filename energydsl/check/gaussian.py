@@ -78,6 +78,20 @@ def normalisable(model, definiteness: Callable[[], str], refuses: Callable[[], o
                 p.copy_(value)
 
 
+def quadratic_at(function: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(f at each row of v, its second-order expansion at 0 there): equal to rounding
+    exactly when f is quadratic, the premise of every Gaussian formula checked here,
+    which the Hessian at one point cannot show (relu and abs have zero second
+    derivatives almost everywhere)."""
+    zero = torch.zeros(v.shape[1], dtype=v.dtype)
+    hessian = torch.autograd.functional.hessian(function, zero)
+    gradient = torch.autograd.functional.jacobian(function, zero)
+    rows = v.detach()
+    expansion = function(zero) + rows @ gradient + 0.5 * ((rows @ hessian) * rows).sum(dim=1)
+    return torch.stack([function(row) for row in rows]).detach(), expansion.detach()
+
+
 def check_gaussian(model, reference: Reference, v: torch.Tensor, add, note, then) -> None:
     """log Z and log_prob of a quadratic F from its autograd Hessian and gradient at 0;
     `then(usable)` runs the checks that need the normaliser (NCE) at the same parameters."""
@@ -90,6 +104,8 @@ def check_gaussian(model, reference: Reference, v: torch.Tensor, add, note, then
     def definiteness() -> str:
         return classify(torch.autograd.functional.hessian(free_energy, zero))
 
+    # the premise of the closed-form normaliser
+    add(f"F quadratic in {reference.model.visible.name}", *quadratic_at(free_energy, v))
     with normalisable(model, definiteness, model.log_partition, add, "log_partition") as usable:
         if usable:
             hessian = torch.autograd.functional.hessian(free_energy, zero)
@@ -118,15 +134,18 @@ def check_visible(model, reference: Reference, v: torch.Tensor, add, note,
                 if DOMAINS[checked.hidden[h].domain].takes_generator
                 else getattr(model, f"mean_{h}")(v) for h in checked.hidden}
 
-    def newton(hidden: dict[str, torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Per row: the Hessian and gradient of E(., h_n) at v = 0."""
-        zero = torch.zeros(dim, dtype=v.dtype)
-        for n in range(v.shape[0]):
-            row = {h: state[n:n + 1] for h, state in hidden.items()}
-
+    def energies(hidden: dict[str, torch.Tensor]) -> Iterator[Callable]:
+        """Per row: E(., h_n), a function of v."""
+        for row in _rows(hidden):
             def energy(x: torch.Tensor, row=row) -> torch.Tensor:
                 return reference.energy(x[None, :], row, paired=True)[0]
 
+            yield energy
+
+    def newton(hidden: dict[str, torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Per row: the Hessian and gradient of E(., h_n) at v = 0."""
+        zero = torch.zeros(dim, dtype=v.dtype)
+        for energy in energies(hidden):
             yield (torch.autograd.functional.hessian(energy, zero),
                    torch.autograd.functional.jacobian(energy, zero))
 
@@ -136,6 +155,11 @@ def check_visible(model, reference: Reference, v: torch.Tensor, add, note,
     def mean(hidden: dict[str, torch.Tensor]) -> torch.Tensor:
         return getattr(model, f"mean_{name}")(*[hidden[h] for h in checked.hidden])
 
+    # E(., h_n) quadratic in v, at row n's v
+    values, expansions = zip(*(quadratic_at(energy, v[n:n + 1])
+                               for n, energy in enumerate(energies(hidden_states()))),
+                             strict=True)
+    add(f"E quadratic in {name}", torch.cat(values), torch.cat(expansions))
     with normalisable(model, definiteness, lambda: mean(hidden_states()), add,
                       f"mean_{name}") as usable:
         if not usable:
@@ -145,6 +169,13 @@ def check_visible(model, reference: Reference, v: torch.Tensor, add, note,
             expected = [-torch.linalg.solve(hessian, gradient)
                         for hessian, gradient in newton(hidden)]
             add(f"mean_{name}", mean(hidden), torch.stack(expected))
+
+
+def _rows(states: dict[str, torch.Tensor]) -> Iterator[dict[str, torch.Tensor]]:
+    """Each row's hidden state, as one-row tensors."""
+    count = next(iter(states.values())).shape[0]
+    for n in range(count):
+        yield {h: state[n:n + 1] for h, state in states.items()}
 
 
 def _worst(states: set[str]) -> str:
@@ -175,6 +206,11 @@ def check_enumerated_log_partition(model, reference: Reference, v: torch.Tensor,
     def definiteness() -> str:
         return _worst({classify(hessian) for _, _, hessian in per_state()})
 
+    # E(., h) quadratic in v for every state, at every row
+    values, expansions = zip(*(quadratic_at(energy, v) for _, energy, _ in per_state()),
+                             strict=True)
+    add(f"E quadratic in {reference.model.visible.name}, all states", torch.cat(values),
+        torch.cat(expansions))
     with normalisable(model, definiteness, model.log_partition, add,
                       "log_partition (enumerated)") as usable:
         if not usable:

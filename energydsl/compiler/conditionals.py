@@ -29,7 +29,7 @@ from energydsl.compiler.ir import (
     HiddenUnit,
     VisibleConditional,
 )
-from energydsl.compiler.lets import at_zero, depends_on
+from energydsl.compiler.lets import at_zero, depends_on, quadratic
 from energydsl.compiler.sympy_functions import sigmoid
 
 # ---------------------------------------------------------------- unit moments
@@ -116,7 +116,7 @@ def derive_conditionals(derivation: Derivation) -> Conditionals:
         first = diff(model.energy, visible, (p,), lookup)
         precision = tidy(diff(first, visible, (q,), lookup))
         # quadratic in v (a precision of zero: linear, no Gaussian to draw from)
-        if precision != 0 and not depends_on(precision, visible, symbolic.definition_of):
+        if quadratic(first, precision, visible, lookup):
             linear = tidy(-at_zero(first, symbolic))
             conditional = VisibleConditional(p, q, precision, linear,
                                              _isotropic_part(precision, p, q),
@@ -137,7 +137,7 @@ def derive_conditionals(derivation: Derivation) -> Conditionals:
     gaussian = None
     hessian = sp.S.Zero if derivation.forward else tidy(
         diff(-derivation.score, visible, (q,), lookup))
-    if hessian != 0 and not depends_on(hessian, visible, symbolic.definition_of):
+    if quadratic(-derivation.score, hessian, visible, lookup):
         gaussian = hessian
         definitions["_gaussian_precision"] = Definition(
             sp.IndexedBase("_gaussian_precision"), (p, q), hessian)

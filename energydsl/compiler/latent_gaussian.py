@@ -18,7 +18,7 @@ import sympy as sp
 
 from energydsl.compiler.algebra import diff, make_sum, substitute_index
 from energydsl.compiler.ir import Definition, SymbolicModel
-from energydsl.compiler.lets import at_zero, depends_on
+from energydsl.compiler.lets import at_zero, depends_on, quadratic
 from energydsl.compiler.sympy_functions import LogDet, MatrixInverse
 
 
@@ -36,7 +36,7 @@ def joint_gaussian(model: SymbolicModel, name: str, energy: sp.Expr, tidy
     lookup = model.definition_of
     first = diff(energy, z, (k,), lookup)
     precision = tidy(diff(first, z, (l,), lookup))
-    if precision == 0 or depends_on(precision, z, lookup):
+    if not quadratic(first, precision, z, lookup):
         raise NotJointlyGaussian(f"its energy is not quadratic in '{name}'")
     if depends_on(precision, model.visible, lookup):
         raise NotJointlyGaussian(
@@ -50,10 +50,10 @@ def joint_gaussian(model: SymbolicModel, name: str, energy: sp.Expr, tidy
     k2, l2 = model.index(dim, "k"), model.index(dim, "l")
     b_k2 = substitute_index(linear, k, k2)
     b_l2 = substitute_index(linear, k, l2)
-    quadratic = make_sum(b_k2 * MatrixInverse(base, k2, l2) * b_l2,
+    form = make_sum(b_k2 * MatrixInverse(base, k2, l2) * b_l2,
                          [(k2, 0, k2.upper), (l2, 0, l2.upper)])
     size = k.upper + 1
-    log_z = size * sp.log(2 * sp.pi) / 2 - LogDet(base) / 2 + quadratic / 2 - constant
+    log_z = size * sp.log(2 * sp.pi) / 2 - LogDet(base) / 2 + form / 2 - constant
     mean = make_sum(MatrixInverse(base, k, l2) * substitute_index(linear, k, l2),
                     [(l2, 0, l2.upper)])
     coefficients = {"mean": mean, "precision": base[k, l], "variance": MatrixInverse(base, k, k)}

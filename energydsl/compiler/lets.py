@@ -59,6 +59,18 @@ def inline(expr: sp.Expr, base: sp.Basic | None, lookup: Lookup) -> sp.Expr:
     return visit(expr)
 
 
+def quadratic(gradient: sp.Expr, hessian: sp.Expr, base: sp.Basic, lookup) -> bool:
+    """Whether a function with this gradient and Hessian in `base` is quadratic in it:
+    the Hessian is nonzero and free of `base`, and the gradient is affine, with no
+    function of `base` in it (lets written out). The Hessian alone does not say so:
+    abs and relu have second derivatives zero almost everywhere, so
+    |x|^2 / 2 + relu(u^T x) has the constant Hessian I and is no Gaussian."""
+    if hessian == 0 or depends_on(hessian, base, lookup):
+        return False
+    return not any(isinstance(node, sp.Function) and depends_on(node, base, lookup)
+                   for node in sp.preorder_traversal(inline(gradient, base, lookup)))
+
+
 def at_zero(expr: sp.Expr, model: SymbolicModel, base: sp.Basic | None = None) -> sp.Expr:
     """expr at v = 0, or at `base` = 0 (lets that depend on it written out first)."""
     variable = model.visible if base is None else base

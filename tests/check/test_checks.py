@@ -50,3 +50,29 @@ def test_what_cannot_be_checked_is_said():
     assert report.ok, report.table()
     assert report.notes and "log_partition" in report.notes[0]
     assert "not checked: log_partition" in report.table()
+
+
+def test_a_gaussian_formula_on_an_energy_that_is_not_quadratic_is_a_mismatch(monkeypatch):
+    """The check's Gaussian references (Hessian and gradient at 0) share the premise
+    that the energy is quadratic; each checks it at its points first, so a compiler that
+    took relu(u) for quadratic (its Hessian is zero almost everywhere) is caught even
+    where the formula and its reference agree."""
+    from energydsl.compiler import conditionals
+
+    def hessian_only(gradient, hessian, base, lookup):  # the compiler's rule before
+        return hessian != 0 and not conditionals.depends_on(hessian, base, lookup)
+
+    monkeypatch.setattr(conditionals, "quadratic", hessian_only)
+    text = ("model Kinked\ndim D = 3\ndim W = 2\ndim K = 2\nvisible v : real[D]\n"
+            "hidden h : binary[K]\nparam U[W, D] ~ normal(1.0)\nparam c[W] ~ normal(1.0)\n"
+            "param G[D, K] ~ normal(0.5)\n"
+            "energy E(v, h) = sum(i: v[i]^2) / 2 + sum(w: relu(sum(i: U[w, i] * v[i]) + c[w]))"
+            " - sum(i, k: v[i] * G[i, k] * h[k])\n")
+    report = check_compiled(compile_source(text, "kinked.edsl"))
+    failed = {row.quantity for row in report.rows if not row.ok}
+    assert {"E quadratic in v", "E quadratic in v, all states"} <= failed, report.table()
+    free = text.replace("hidden h : binary[K]\n", "").replace(
+        " - sum(i, k: v[i] * G[i, k] * h[k])", "").replace("energy E(v, h)", "free energy F(v)")
+    report = check_compiled(compile_source(free, "kinked.edsl"))
+    assert "F quadratic in v" in {row.quantity for row in report.rows if not row.ok}, \
+        report.table()

@@ -281,3 +281,56 @@ def test_the_cli_time_limit_ends_in_an_error_not_a_traceback(tmp_path):
     assert "took longer than 0.5 s, the time limit" in done.stderr
     assert "Traceback" not in done.stderr
     assert list(tmp_path.glob("*.py")) == []
+
+
+KINKED = {  # a term of v with a constant Hessian almost everywhere, yet not quadratic
+    "relu": "sum(w: relu(sum(i: U[w, i] * v[i]) + c[w]))",
+    "abs": "sum(w: abs(sum(i: U[w, i] * v[i]) + c[w]))",
+}
+KINKED_HEAD = HEAD + "dim W = 3\nparam U[W, D] ~ normal(1.0)\nparam c[W] ~ normal(1.0)\n"
+
+
+@pytest.mark.parametrize("function", sorted(KINKED))
+def test_a_kinked_term_makes_no_gaussian_of_the_free_energy(function):
+    """F = |v|^2 / 2 + sum relu(U v + c) has the Hessian I wherever it exists; it was
+    taken for a Gaussian, with a closed-form log_partition and sampler that are wrong."""
+    text = KINKED_HEAD + f"free energy F(v) = sum(i: v[i]^2) / 2 + {KINKED[function]}\n"
+    compiled = compile_source(text, "kinked.edsl")
+    assert "def log_partition" not in compiled.source
+    assert "def _gaussian_precision" not in compiled.source
+    report = check_compiled(compiled)
+    assert report.ok, report.table()
+    squared = compile_source(text.replace(f"{function}(", "square("), "square.edsl")
+    assert "def log_partition" in squared.source  # quadratic: the closed form stays
+
+
+@pytest.mark.parametrize("function", sorted(KINKED))
+def test_a_kinked_term_makes_no_gaussian_visible_conditional(function):
+    """The same term in a joint energy with binary hidden units: p(v | h) is not
+    Gaussian, so there is no mean_v, no sampler of v and no enumerated log_partition
+    (whose value was wrong by 50-80%)."""
+    text = KINKED_HEAD + ("dim K = 3\nhidden h : binary[K]\nparam G[D, K] ~ normal(0.5)\n"
+                          f"energy E(v, h) = sum(i: v[i]^2) / 2 + {KINKED[function]} "
+                          "- sum(i, k: v[i] * G[i, k] * h[k])\n")
+    compiled = compile_source(text, "kinked.edsl")
+    for method in ("def mean_v", "def sample_v", "def log_partition"):
+        assert method not in compiled.source
+    report = check_compiled(compiled)
+    assert report.ok, report.table()
+    assert "def mean_v" in compile_source(text.replace(f"{function}(", "square("),
+                                          "square.edsl").source
+
+
+def test_a_kinked_term_of_coupled_real_hidden_units_is_refused():
+    """relu(z[k]) next to a coupled Gaussian in z: the precision d^2 E / dz^2 is constant
+    almost everywhere, and z was integrated out as if Gaussian (a wrong free energy)."""
+    text = HEAD + ("dim K = 2\ndim R = 2\nhidden z : real[K]\nparam A[D, K] ~ normal(0.5)\n"
+                   "param B[R, K] ~ normal(0.5)\n"
+                   "energy E(v, z) = sum(i: v[i]^2) / 2 + 2 * sum(k: z[k]^2) + 1/2 * sum(m: "
+                   "sum(k: B[m, k] * z[k])^2) + sum(k: relu(z[k])) "
+                   "- sum(i, k: v[i] * A[i, k] * z[k])\n")
+    with pytest.raises(SpecError, match="whose units interact: its energy is not quadratic "
+                                        "in 'z'"):
+        compile_source(text, "bad.edsl")
+    compiled = compile_source(text.replace("relu(", "square("), "good.edsl")
+    assert check_compiled(compiled).ok

@@ -126,6 +126,11 @@ PATHS = {  # name: (extra parameters, lets, summand, code the pair step must sho
                      "let q[h1, h2] = t[h1] * t[h2] * (M[h1, h2] + M[h2, h1])",
                      "P[k, h1, h2] * q[h1, h2]",
                      "q.reshape(-1, self.H * self.H).index_select(1,"),
+    "declared_symmetric": ("param L[H, H] ~ normal(0.3) where symmetric",
+                           "let P[k, h1, h2] = A[k, h1] * A[k, h2]\n"
+                           "let q[h1, h2] = t[h1] * t[h2] * L[h1, h2]",
+                           "P[k, h1, h2] * q[h1, h2]",
+                           "q.reshape(-1, self.H * self.H).index_select(1,"),
 }
 
 

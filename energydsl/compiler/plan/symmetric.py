@@ -162,17 +162,22 @@ def symmetric_pairwise(planner: Planner, picked_pairs: list, inputs: str, out_le
 
 def canonical(planner: Planner, expr: sp.Expr) -> sp.Expr:
     """expr with each reference q[.., a, .., b, ..] to a let symmetric in those two
-    positions written with its arguments there in sorted order, so that a summand read
-    through lets compares equal to its swap when it is symmetric:
+    positions, or L[a, b] to a parameter declared `where symmetric`, written with its
+    arguments there in sorted order, so that a summand read through lets compares equal
+    to its swap when it is symmetric:
 
         let q[h, k] = t[h] t[k] (M[h, k] + M[k, h])   =>   q[k, h] -> q[h, k]
     """
     def sort_arguments(node: sp.Basic) -> sp.Basic:
         definition = planner.definitions.get(str(node.base.label))
-        if definition is None or definition.base != node.base:
+        if node.base in planner.symbolic.symmetric and len(node.indices) == 2:
+            symmetries: tuple[tuple[int, int], ...] = ((0, 1),)
+        elif definition is not None and definition.base == node.base:
+            symmetries = let_symmetries(planner, str(node.base.label))
+        else:
             return node
         arguments = list(node.indices)
-        for p, q in let_symmetries(planner, str(node.base.label)):
+        for p, q in symmetries:
             if str(arguments[q]) < str(arguments[p]):
                 arguments[p], arguments[q] = arguments[q], arguments[p]
         return node.base[tuple(arguments)]
