@@ -51,7 +51,7 @@ def joint_gaussian(model: SymbolicModel, name: str, energy: sp.Expr, tidy
     b_k2 = substitute_index(linear, k, k2)
     b_l2 = substitute_index(linear, k, l2)
     form = make_sum(b_k2 * MatrixInverse(base, k2, l2) * b_l2,
-                         [(k2, 0, k2.upper), (l2, 0, l2.upper)])
+                    [(k2, 0, k2.upper), (l2, 0, l2.upper)])
     size = k.upper + 1
     log_z = size * sp.log(2 * sp.pi) / 2 - LogDet(base) / 2 + form / 2 - constant
     mean = make_sum(MatrixInverse(base, k, l2) * substitute_index(linear, k, l2),
