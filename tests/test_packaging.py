@@ -168,7 +168,7 @@ def test_progress_bars_show_on_a_terminal_and_never_in_piped_output(tmp_path):
     args = ["check", "masked_gaussian", "mg.edsl"]
     piped = run_cli(*args, cwd=tmp_path)
     assert piped.returncode == 0 and piped.stderr == ""
-    assert piped.stdout.count(": all 13 checks passed") == 2
+    assert piped.stdout.count(": all 14 checks passed") == 2
     assert "\r" not in piped.stdout
     code, out, terminal = _with_stderr_on_a_terminal(args, tmp_path)
     assert code == 0
