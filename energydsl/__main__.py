@@ -1,7 +1,5 @@
 """`python -m energydsl` is the `energydsl` command."""
 
-import sys
+from energydsl.cli import run
 
-from energydsl.cli import main
-
-sys.exit(main())
+run()

@@ -11,6 +11,7 @@ Ctrl-C, so no half-written file is left behind.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -306,5 +307,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BUG
 
 
+def run() -> None:
+    """The `energydsl` command: main()'s status as the exit code. A rank of a torchrun
+    job leaves without the interpreter's teardown (its output flushed first, its run
+    saved and its process group destroyed by then): in that teardown gloo's worker
+    threads can abort the process ("terminate called without an active exception"),
+    which fails the whole job after a run that went well."""
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()

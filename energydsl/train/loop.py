@@ -30,6 +30,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -175,6 +176,7 @@ def _process_group(device: torch.device) -> Iterator[tuple[int, int]]:
     try:
         yield dist.get_rank(), world
         if owned:
+            gc.collect()  # DistributedDataParallel's cycles, holding the group, go first
             dist.barrier()
     finally:
         if owned:

@@ -249,7 +249,8 @@ def test_two_torchrun_processes_match_one_process(tmp_path):
     the batch each follow the one-process run with the same global batch."""
     args = ["train", str(SPECS / "gbrbm.edsl"), "--objective", "sm", "--size", "K=4",
             "--epochs", "2", "--batch-size", "128", "--lr", "0.01"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # a rank that aborts shows its Python stack (faulthandler), and where the run got to
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
     single = subprocess.run([sys.executable, "-m", "energydsl", *args, "--out",
                              str(tmp_path / "one")], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=300)
@@ -258,7 +259,8 @@ def test_two_torchrun_processes_match_one_process(tmp_path):
                              "--standalone", "--nproc_per_node=2", "-m", "energydsl",
                              *args, "--out", str(tmp_path / "two")], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=120)
-    assert double.returncode == 0, double.stderr
+    assert double.returncode == 0, (f"{double.stderr}\nstdout:\n{double.stdout}\nrun: "
+                                    f"{sorted(p.name for p in (tmp_path / 'two').glob('*'))}")
     one, two = _params(tmp_path / "one"), _params(tmp_path / "two")
     assert one.keys() == two.keys()
     for key in one:
