@@ -341,13 +341,19 @@ class MADE(_ExactBinary):
         self._weight_masks: dict[tuple, list[Tensor]] = {}
         self.register_load_state_dict_post_hook(_forget_weight_masks)
 
+    def _mask_set(self, k: int | None) -> int:
+        """k, or the current mask set (read without a device sync when there is one)."""
+        if k is not None:
+            return k
+        return int(self.mask_index) if self.num_masks > 1 else 0
+
     def order(self, k: int | None = None) -> Tensor:
         """The ordering of mask set k (default: the current one)."""
-        return self.orders[int(self.mask_index) if k is None else k]
+        return self.orders[self._mask_set(k)]
 
     def masks(self, k: int | None = None) -> list[Tensor]:
         """The {0,1} weight masks of mask set k, one per linear layer ([out, in])."""
-        k = int(self.mask_index) if k is None else k
+        k = self._mask_set(k)
         hidden = [getattr(self, f"degrees_{i}")[k] for i in range(self.n_hidden_layers)]
         return degree_masks(input_degrees(self.orders[k]), hidden)
 
@@ -356,10 +362,9 @@ class MADE(_ExactBinary):
         """All D conditional logits under mask set k, shape [N, D]."""
         h = as_flat(x, self.dim)
         c = self._context(context, h.shape[0])
-        k = (int(self.mask_index) if self.num_masks > 1 else 0) if k is None else k
-        key = (k, h.dtype, self.orders.device)
+        key = (self._mask_set(k), h.dtype, self.orders.device)
         if key not in self._weight_masks:
-            self._weight_masks[key] = [m.to(h.dtype) for m in self.masks(k)]
+            self._weight_masks[key] = [m.to(h.dtype) for m in self.masks(key[0])]
         for i, (layer, m) in enumerate(zip(self.layers, self._weight_masks[key], strict=True)):
             h = F.linear(h, layer.weight * m, layer.bias)
             if c is not None:
