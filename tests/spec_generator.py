@@ -372,14 +372,14 @@ def pair_and_chain_specs(draw: st.DrawFn) -> GeneratedSpec:
         matrix = b.fresh()
         b.lines.append(f"param {matrix}[{width}, {width}] ~ normal(0.3) where symmetric")
         b.params += 1
-    coupling = _COUPLINGS[kind].format(M=matrix, t=layer, a=a, b=c)
-    pair = f"{coupling} * {layer}[{a}] * {layer}[{c}]"
+    def pair_of(x: str, y: str) -> str:
+        coupling = _COUPLINGS[kind].format(M=matrix, t=layer, a=x, b=y)
+        return f"{coupling} * {layer}[{x}] * {layer}[{y}]"
+
+    pair = pair_of(a, c)
     if draw(st.booleans()):  # through a let
         q, formal_a, formal_b = b.fresh(), b.fresh(), b.fresh()
-        b.lines.append(f"let {q}[{formal_a}, {formal_b}] = " + pair.replace(
-            f"[{a}]", f"[{formal_a}]").replace(f"[{c}]", f"[{formal_b}]").replace(
-            f"[{a}, {c}]", f"[{formal_a}, {formal_b}]").replace(
-            f"[{c}, {a}]", f"[{formal_b}, {formal_a}]"))
+        b.lines.append(f"let {q}[{formal_a}, {formal_b}] = {pair_of(formal_a, formal_b)}")
         pair = f"{q}[{a}, {c}]"
     if draw(st.booleans()):
         experts = b.dim()

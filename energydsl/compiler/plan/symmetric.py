@@ -191,7 +191,6 @@ def let_symmetries(planner: Planner, name: str) -> tuple[tuple[int, int], ...]:
     compared through `canonical`). Swapping two formal indices cannot capture a summed
     one: a body's summed indices are never its formal ones."""
     if name not in planner.let_symmetry:
-        planner.let_symmetry[name] = ()  # a let never reads itself; this ends any cycle
         definition = planner.definitions[name]
         formal = definition.indices
         body = canonical(planner, definition.body)
